@@ -1,0 +1,352 @@
+//! `weir bench produce | consume`: throughput and latency, in the manner of Kafka's
+//! `kafka-producer-perf-test` and `kafka-consumer-perf-test`.
+//!
+//! Produce latency is per record, from the `send` call to the acknowledgement of its batch, so it
+//! includes time spent waiting for buffer space and lingering. MB are 10^6 bytes of record values
+//! (plus keys, when consuming).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::RngCore;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Code;
+use weir_client::{
+    Client, Consumer, ConsumerConfig, Producer, ProducerConfig, RecordAck, StartFrom,
+};
+
+use super::output::{print_rows, Rows};
+use super::{BenchConsumeArgs, BenchProduceArgs, Context};
+
+/// A consume benchmark gives up when no record arrived for this long.
+const CONSUME_IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Largest latency the histogram tracks, in microseconds (one hour).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// What one producer task measured.
+struct ProducerRun {
+    latencies_us: Histogram<u64>,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+/// Sends `--records` records of `--record-size` bytes and prints throughput and latency.
+pub async fn produce(ctx: &Context, args: BenchProduceArgs) -> Result<()> {
+    let client = ctx.client().await?;
+    require_topic(&client, &args.topic).await?;
+    let mut payload = vec![0u8; args.record_size];
+    rand::rng().fill_bytes(&mut payload);
+    let payload = Bytes::from(payload);
+    let config = ProducerConfig {
+        batch_bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
+        linger: Duration::from_millis(args.linger_ms),
+        max_in_flight: args.max_in_flight as usize,
+        acks: args.acks.into(),
+        ..ProducerConfig::default()
+    };
+    let producers = u64::from(args.producers);
+    let progress = progress_bar(args.records, "produce");
+
+    // Each producer gets its own client, hence its own connections, as separate processes would.
+    let mut setups = Vec::new();
+    for _ in 0..producers {
+        let client = ctx.client().await?;
+        setups.push(Producer::new(client, &args.topic, config.clone()).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = setups
+        .into_iter()
+        .enumerate()
+        .map(|(i, producer)| {
+            let n = share(args.records, producers, i as u64);
+            tokio::spawn(run_producer(producer, n, payload.clone(), progress.clone()))
+        })
+        .collect();
+    let mut latencies = new_histogram()?;
+    let mut failed = 0u64;
+    let mut first_error = None;
+    for task in tasks {
+        let run = task
+            .await
+            .map_err(|e| anyhow!("producer task failed: {e}"))??;
+        latencies.add(&run.latencies_us)?;
+        failed += run.failed;
+        first_error = first_error.or(run.first_error);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let ok = args.records - failed;
+    let ms = |q: f64| round3(latencies.value_at_quantile(q) as f64 / 1000.0);
+    let mut rows = Rows::new(vec![
+        "records",
+        "record_size",
+        "producers",
+        "seconds",
+        "records_per_sec",
+        "mb_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+    ]);
+    rows.push(vec![
+        Value::from(ok),
+        Value::from(args.record_size),
+        Value::from(producers),
+        Value::from(round3(secs)),
+        Value::from(round3(ok as f64 / secs)),
+        Value::from(round3(ok as f64 * args.record_size as f64 / 1e6 / secs)),
+        Value::from(ms(0.5)),
+        Value::from(ms(0.99)),
+        Value::from(ms(0.999)),
+        Value::from(round3(latencies.max() as f64 / 1000.0)),
+    ]);
+    print_rows(ctx.format, &rows, &mut std::io::stdout())?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} records failed: {}",
+            args.records,
+            first_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Sends `n` records and measures each one's send-to-acknowledgement latency.
+async fn run_producer(
+    producer: Producer,
+    n: u64,
+    payload: Bytes,
+    progress: ProgressBar,
+) -> Result<ProducerRun> {
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel::<(Instant, RecordAck)>();
+    let collector = tokio::spawn(collect_latencies(acks_rx, progress));
+    for _ in 0..n {
+        let sent = Instant::now();
+        let ack = producer.send(None, &payload, None).await?;
+        if acks_tx.send((sent, ack)).is_err() {
+            break;
+        }
+    }
+    drop(acks_tx);
+    // Failures are counted per record by the collector; flush only waits for the last batches.
+    let _ = producer.flush().await;
+    collector
+        .await
+        .map_err(|e| anyhow!("latency collector failed: {e}"))?
+}
+
+/// Awaits acknowledgements as they complete (in any order) and records their latencies.
+async fn collect_latencies(
+    mut acks: mpsc::UnboundedReceiver<(Instant, RecordAck)>,
+    progress: ProgressBar,
+) -> Result<ProducerRun> {
+    let mut run = ProducerRun {
+        latencies_us: new_histogram()?,
+        failed: 0,
+        first_error: None,
+    };
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            next = acks.recv(), if open => match next {
+                Some((sent, ack)) => pending.push(async move { (sent, ack.await) }),
+                None => open = false,
+            },
+            Some((sent, result)) = pending.next(), if !pending.is_empty() => {
+                match result {
+                    Ok(_) => {
+                        let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        run.latencies_us.saturating_record(us.max(1));
+                    }
+                    Err(err) => {
+                        run.failed += 1;
+                        run.first_error.get_or_insert_with(|| err.to_string());
+                    }
+                }
+                progress.inc(1);
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// Reads `--records` records from the beginning of the topic and prints the throughput.
+pub async fn consume(ctx: &Context, args: BenchConsumeArgs) -> Result<()> {
+    let client = ctx.client().await?;
+    let partitions = require_topic(&client, &args.topic).await?;
+    let consumers = u32::min(args.consumers, partitions).max(1);
+    let progress = progress_bar(args.records, "consume");
+
+    let mut readers = Vec::new();
+    for i in 0..consumers {
+        let mine: Vec<u32> = (0..partitions).filter(|p| p % consumers == i).collect();
+        let config = ConsumerConfig {
+            partitions: Some(mine),
+            from: StartFrom::Earliest,
+            max_bytes: 8 * 1024 * 1024,
+            ..ConsumerConfig::default()
+        };
+        readers.push(Consumer::new(ctx.client().await?, &args.topic, config).await?);
+    }
+    let shared = Arc::new(ConsumeProgress {
+        records: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        last_progress_ms: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let started = Instant::now();
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|consumer| {
+            tokio::spawn(run_consumer(
+                consumer,
+                args.records,
+                shared.clone(),
+                started,
+                progress.clone(),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|e| anyhow!("consumer task failed: {e}"))??;
+    }
+    let records = shared.records.load(Ordering::Relaxed);
+    let bytes = shared.bytes.load(Ordering::Relaxed);
+    let secs = Duration::from_millis(shared.last_progress_ms.load(Ordering::Relaxed))
+        .as_secs_f64()
+        .max(1e-9);
+    progress.finish_and_clear();
+    if records < args.records {
+        bail!(
+            "only {records} of {} records arrived before {}s passed without a new record; does \
+             topic {} hold that many?",
+            args.records,
+            CONSUME_IDLE_LIMIT.as_secs(),
+            args.topic
+        );
+    }
+    let mut rows = Rows::new(vec![
+        "records",
+        "consumers",
+        "seconds",
+        "records_per_sec",
+        "mb_per_sec",
+    ]);
+    rows.push(vec![
+        Value::from(records),
+        Value::from(consumers),
+        Value::from(round3(secs)),
+        Value::from(round3(records as f64 / secs)),
+        Value::from(round3(bytes as f64 / 1e6 / secs)),
+    ]);
+    print_rows(ctx.format, &rows, &mut std::io::stdout())
+}
+
+/// Counters the consumer tasks of one benchmark share.
+struct ConsumeProgress {
+    records: AtomicU64,
+    bytes: AtomicU64,
+    /// Milliseconds from the start to the last record received.
+    last_progress_ms: AtomicU64,
+    done: AtomicBool,
+}
+
+/// Polls one consumer until the shared target is reached or the topic stays quiet too long.
+async fn run_consumer(
+    mut consumer: Consumer,
+    target: u64,
+    shared: Arc<ConsumeProgress>,
+    started: Instant,
+    progress: ProgressBar,
+) -> Result<()> {
+    while !shared.done.load(Ordering::Relaxed) {
+        let records = consumer.poll(Duration::from_millis(200)).await?;
+        let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if records.is_empty() {
+            let last = Duration::from_millis(shared.last_progress_ms.load(Ordering::Relaxed));
+            if started.elapsed().saturating_sub(last) >= CONSUME_IDLE_LIMIT {
+                shared.done.store(true, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.value.len() + r.key.as_ref().map_or(0, |k| k.len()))
+            .sum();
+        shared.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        shared.last_progress_ms.fetch_max(now_ms, Ordering::Relaxed);
+        let n = records.len() as u64;
+        progress.inc(n);
+        if shared.records.fetch_add(n, Ordering::Relaxed) + n >= target {
+            shared.done.store(true, Ordering::Relaxed);
+        }
+    }
+    consumer.close().await?;
+    Ok(())
+}
+
+/// The topic's partition count, or a clear error when it does not exist (benchmarks create nothing).
+async fn require_topic(client: &Client, topic: &str) -> Result<u32> {
+    match client.describe_topic(topic).await {
+        Ok(info) => Ok(info.partitions),
+        Err(err) if err.code() == Code::NotFound => bail!(
+            "topic {topic} does not exist; create it first with `weir topic create {topic} \
+             --partitions P --replicas R`"
+        ),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Records for worker `i` of `workers` when `total` are split as evenly as possible.
+fn share(total: u64, workers: u64, i: u64) -> u64 {
+    total / workers + u64::from(i < total % workers)
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal, so scripts see only results.
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_split_evenly_between_workers() {
+        let shares: Vec<u64> = (0..4).map(|i| share(10, 4, i)).collect();
+        assert_eq!(shares, vec![3, 3, 2, 2]);
+        assert_eq!((0..3).map(|i| share(2, 3, i)).sum::<u64>(), 2);
+        assert_eq!(share(7, 1, 0), 7);
+    }
+}

@@ -1,0 +1,480 @@
+//! The `weir` command line: argument definitions and dispatch to one module per command group.
+//!
+//! - [`output`]: tables, JSON and CSV.
+//! - [`cluster`]: `weir cluster status`.
+//! - [`topic`]: `weir topic create | list | describe | delete`.
+//! - [`produce`]: `weir produce`, stdin lines to records.
+//! - [`consume`]: `weir consume`, records to stdout lines.
+//! - [`bench`]: `weir bench produce | consume`, throughput and latency.
+
+pub mod bench;
+pub mod cluster;
+pub mod consume;
+pub mod output;
+pub mod produce;
+pub mod topic;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir_client::{Acks, Client, ClientConfig, StartFrom};
+
+use output::Format;
+
+/// Command-line tool for a Weir cluster.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Any node of the cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_SERVER",
+        default_value = "127.0.0.1:7400",
+        value_name = "HOST:PORT"
+    )]
+    pub server: String,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// How long to keep retrying a request that fails for a transient reason (no leader yet, node
+    /// down) before giving up.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_RETRY_FOR_MS",
+        default_value_t = 30_000,
+        value_name = "MS"
+    )]
+    pub retry_for_ms: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Send stdin to a topic, one record per line.
+    Produce(ProduceArgs),
+    /// Print a topic's records to stdout, one value per line.
+    Consume(ConsumeArgs),
+    /// Measure produce or consume throughput and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `weir cluster ...`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members with their state and the Raft groups they hold and lead.
+    Status,
+}
+
+/// `weir topic ...`.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create(CreateTopicArgs),
+    /// List all topics.
+    List,
+    /// Show a topic's partitions: leader, replicas, offsets.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic and all its records.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// Arguments of `weir topic create`.
+#[derive(Debug, Args)]
+pub struct CreateTopicArgs {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    #[arg(long, short = 'p', value_parser = clap::value_parser!(u32).range(1..))]
+    pub partitions: u32,
+    /// Replicas per partition.
+    #[arg(long, short = 'r', value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
+    /// Delete records older than this many milliseconds (default: keep forever).
+    #[arg(long, value_name = "MS")]
+    pub retention_ms: Option<u64>,
+    /// Trim each partition to about this many bytes (default: no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub retention_bytes: Option<u64>,
+}
+
+/// Durability asked of the cluster before it acknowledges a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcksArg {
+    /// Committed by a quorum of replicas.
+    All,
+    /// Written and fsynced by the leader only.
+    Leader,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(a: AcksArg) -> Acks {
+        match a {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+        }
+    }
+}
+
+/// Arguments of `weir produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Topic to write to.
+    pub topic: String,
+    /// Key of every record (records with one key all go to one partition).
+    #[arg(long, short = 'k')]
+    pub key: Option<String>,
+    /// Durability asked of the cluster.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+    /// Send every record to this partition instead of choosing by key.
+    #[arg(long, short = 'p')]
+    pub partition: Option<u32>,
+    /// Batches per partition awaiting acknowledgement at once; above 1, a retried batch may land
+    /// after a later one, so the default keeps stdin's line order.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+}
+
+/// Arguments of `weir consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    pub topic: String,
+    /// Consumer group: share partitions with other members, resume from and commit its offsets.
+    #[arg(long, short = 'g', conflicts_with = "partition")]
+    pub group: Option<String>,
+    /// Where to start when there is no committed offset: earliest, latest or an offset.
+    #[arg(long, default_value = "earliest", value_parser = parse_start)]
+    pub from: StartFrom,
+    /// Stop after this many records.
+    #[arg(long, short = 'n')]
+    pub max: Option<u64>,
+    /// Stop when no record arrived for this long; defaults to 5000 without --max, and to waiting
+    /// forever with --max.
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Read only this partition (default: all partitions, or the group's share).
+    #[arg(long, short = 'p')]
+    pub partition: Option<u32>,
+}
+
+/// Idle time after which `weir consume` without `--max` stops, so scripts end on their own.
+pub const DEFAULT_CONSUME_TIMEOUT: Duration = Duration::from_millis(5000);
+
+impl ConsumeArgs {
+    /// How long to wait for the next record before stopping; `None` waits forever.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        match (self.timeout_ms, self.max) {
+            (Some(ms), _) => Some(Duration::from_millis(ms)),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_CONSUME_TIMEOUT),
+        }
+    }
+}
+
+fn parse_start(s: &str) -> std::result::Result<StartFrom, String> {
+    s.parse()
+}
+
+/// `weir bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Produce records as fast as possible; report throughput and send-to-ack latency.
+    Produce(BenchProduceArgs),
+    /// Consume records from the beginning as fast as possible; report throughput.
+    Consume(BenchConsumeArgs),
+}
+
+/// Arguments of `weir bench produce`.
+#[derive(Debug, Args)]
+pub struct BenchProduceArgs {
+    /// Topic to write to (must exist).
+    #[arg(long, short = 't')]
+    pub topic: String,
+    /// Records to send in total.
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+    pub records: u64,
+    /// Size of each record's value in bytes.
+    #[arg(long, short = 's')]
+    pub record_size: usize,
+    /// Concurrent producers, each with its own connections; records are split between them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub producers: u32,
+    /// Durability asked of the cluster.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    pub acks: AcksArg,
+    /// A batch is sent once its records take this many bytes.
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_bytes: u64,
+    /// How long a batch waits for more records.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Batches per partition awaiting acknowledgement at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+}
+
+/// Arguments of `weir bench consume`.
+#[derive(Debug, Args)]
+pub struct BenchConsumeArgs {
+    /// Topic to read (must exist and hold at least --records records).
+    #[arg(long, short = 't')]
+    pub topic: String,
+    /// Records to read in total.
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+    pub records: u64,
+    /// Concurrent consumers; the partitions are split between them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub consumers: u32,
+}
+
+/// Settings every command needs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Address of the node to talk to.
+    pub server: String,
+    /// Output format.
+    pub format: Format,
+    /// Client settings derived from the global flags.
+    pub client_config: ClientConfig,
+}
+
+impl Context {
+    /// A new client for the configured server.
+    pub async fn client(&self) -> Result<Client> {
+        Ok(Client::connect_with(&self.server, self.client_config.clone()).await?)
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let ctx = Context {
+        server: cli.server,
+        format: cli.format,
+        client_config: ClientConfig {
+            retry_for: Duration::from_millis(cli.retry_for_ms),
+            ..ClientConfig::default()
+        },
+    };
+    match cli.command {
+        Command::Cluster(ClusterCommand::Status) => cluster::status(&ctx).await,
+        Command::Topic(cmd) => topic::run(&ctx, cmd).await,
+        Command::Produce(args) => produce::run(&ctx, args).await,
+        Command::Consume(args) => consume::run(&ctx, args).await,
+        Command::Bench(BenchCommand::Produce(args)) => bench::produce(&ctx, args).await,
+        Command::Bench(BenchCommand::Consume(args)) => bench::consume(&ctx, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("weir").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn global_flags_have_documented_defaults_and_work_after_the_subcommand() {
+        // The environment may set WEIR_SERVER; the default only applies without it.
+        if std::env::var_os("WEIR_SERVER").is_none() {
+            let cli = parse(&["topic", "list"]).unwrap();
+            assert_eq!(cli.server, "127.0.0.1:7400");
+        }
+        let cli = parse(&["topic", "list"]).unwrap();
+        assert_eq!(cli.format, Format::Table);
+        let cli = parse(&["topic", "list", "--server", "n2:7401", "--format", "json"]).unwrap();
+        assert_eq!(cli.server, "n2:7401");
+        assert_eq!(cli.format, Format::Json);
+        assert!(matches!(cli.command, Command::Topic(TopicCommand::List)));
+        let err = parse(&["--format", "yaml", "topic", "list"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn topic_create_requires_positive_partitions_and_replicas() {
+        let cli = parse(&[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "6",
+            "--replicas",
+            "3",
+            "--retention-ms",
+            "86400000",
+        ])
+        .unwrap();
+        let Command::Topic(TopicCommand::Create(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!(args.name, "orders");
+        assert_eq!((args.partitions, args.replicas), (6, 3));
+        assert_eq!(args.retention_ms, Some(86_400_000));
+        assert_eq!(args.retention_bytes, None);
+
+        let missing = parse(&["topic", "create", "orders", "--partitions", "6"]).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::MissingRequiredArgument);
+        let zero = parse(&[
+            "topic",
+            "create",
+            "o",
+            "--partitions",
+            "0",
+            "--replicas",
+            "1",
+        ])
+        .unwrap_err();
+        assert_eq!(zero.kind(), ErrorKind::ValueValidation);
+        // Usage errors exit with status 2, unlike failed requests (1).
+        assert_eq!(zero.exit_code(), 2);
+    }
+
+    #[test]
+    fn produce_parses_key_acks_and_partition() {
+        let cli = parse(&[
+            "produce",
+            "t",
+            "--key",
+            "k1",
+            "--acks",
+            "leader",
+            "--partition",
+            "2",
+        ])
+        .unwrap();
+        let Command::Produce(args) = cli.command else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!(args.key.as_deref(), Some("k1"));
+        assert_eq!(Acks::from(args.acks), Acks::Leader);
+        assert_eq!(args.partition, Some(2));
+        assert_eq!(args.max_in_flight, 1);
+        let default = parse(&["produce", "t"]).unwrap();
+        let Command::Produce(args) = default.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(Acks::from(args.acks), Acks::All);
+        assert!(parse(&["produce", "t", "--acks", "none"]).is_err());
+    }
+
+    #[test]
+    fn consume_timeout_defaults_depend_on_max() {
+        let consume = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Consume(c) => c,
+            other => panic!("wrong command: {other:?}"),
+        };
+        let c = consume(&["consume", "t"]);
+        assert_eq!(c.from, StartFrom::Earliest);
+        assert_eq!(c.idle_timeout(), Some(Duration::from_millis(5000)));
+        let c = consume(&["consume", "t", "--max", "10"]);
+        assert_eq!(c.idle_timeout(), None);
+        let c = consume(&[
+            "consume",
+            "t",
+            "--max",
+            "10",
+            "--timeout-ms",
+            "250",
+            "--from",
+            "42",
+        ]);
+        assert_eq!(c.idle_timeout(), Some(Duration::from_millis(250)));
+        assert_eq!(c.from, StartFrom::Offset(42));
+        let c = consume(&["consume", "t", "--group", "g1", "--from", "latest"]);
+        assert_eq!(c.group.as_deref(), Some("g1"));
+        assert_eq!(c.from, StartFrom::Latest);
+
+        let bad_from = parse(&["consume", "t", "--from", "yesterday"]).unwrap_err();
+        assert_eq!(bad_from.kind(), ErrorKind::ValueValidation);
+        let both = parse(&["consume", "t", "--group", "g", "--partition", "1"]).unwrap_err();
+        assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn bench_requires_topic_records_and_size() {
+        let cli = parse(&[
+            "bench",
+            "produce",
+            "--topic",
+            "b",
+            "--records",
+            "1000000",
+            "--record-size",
+            "100",
+            "--producers",
+            "4",
+            "--batch-bytes",
+            "65536",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Produce(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!(args.records, 1_000_000);
+        assert_eq!(args.record_size, 100);
+        assert_eq!(args.producers, 4);
+        assert_eq!(args.batch_bytes, 65536);
+        assert_eq!(Acks::from(args.acks), Acks::All);
+        let missing = parse(&["bench", "produce", "--topic", "b", "--records", "10"]).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::MissingRequiredArgument);
+
+        let cli = parse(&[
+            "bench",
+            "consume",
+            "--topic",
+            "b",
+            "--records",
+            "5",
+            "--consumers",
+            "2",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Consume(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!((args.records, args.consumers), (5, 2));
+        let zero = parse(&["bench", "consume", "--topic", "b", "--records", "0"]).unwrap_err();
+        assert_eq!(zero.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn cluster_status_and_unknown_commands() {
+        assert!(matches!(
+            parse(&["cluster", "status"]).unwrap().command,
+            Command::Cluster(ClusterCommand::Status)
+        ));
+        assert_eq!(
+            parse(&["cluster", "reboot"]).unwrap_err().kind(),
+            ErrorKind::InvalidSubcommand
+        );
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,646 @@
+//! [`Consumer`]: reads a topic's partitions, alone or as a member of a consumer group.
+//!
+//! Each assigned partition has at most one long-polling fetch in flight; fetches that complete are
+//! decoded into records and handed out by [`Consumer::poll`] in offset order per partition. Fetches
+//! outlive a `poll` that timed out, so nothing fetched is thrown away.
+//!
+//! In a group, a background task sends `GroupHeartbeat` every second; the answer is the set of
+//! partitions this member owns, and `poll` adopts changes to it. A newly assigned partition starts at
+//! the group's committed offset, or where [`StartFrom`] says when nothing was committed. Offsets are
+//! committed only by [`Consumer::commit`] (and for partitions taken away by a rebalance), so a record
+//! is committed only after the application has seen it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{join_all, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tonic::Code;
+use weir_proto::v1::FetchResponse;
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+
+/// Where a consumer starts reading a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The oldest record still stored.
+    #[default]
+    Earliest,
+    /// The next record to be written: only new records are read.
+    Latest,
+    /// A fixed offset.
+    Offset(u64),
+}
+
+impl FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "earliest" | "beginning" => Ok(StartFrom::Earliest),
+            "latest" | "end" => Ok(StartFrom::Latest),
+            other => other
+                .parse::<u64>()
+                .map(StartFrom::Offset)
+                .map_err(|_| format!("expected earliest, latest or an offset, not {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartFrom::Earliest => f.write_str("earliest"),
+            StartFrom::Latest => f.write_str("latest"),
+            StartFrom::Offset(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// How a [`Consumer`] reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Consumer group to join; `None` reads without a group (and cannot commit).
+    pub group: Option<String>,
+    /// Partitions to read without a group; `None` means all of them.
+    pub partitions: Option<Vec<u32>>,
+    /// Where to start in partitions without a committed offset.
+    pub from: StartFrom,
+    /// Upper bound on the bytes one fetch returns (whole batches may exceed it slightly).
+    pub max_bytes: u32,
+    /// How long the server holds a fetch open waiting for new records.
+    pub max_wait: Duration,
+    /// Most records one [`Consumer::poll`] returns.
+    pub max_poll_records: usize,
+    /// A member not heard from for this long loses its partitions.
+    pub session_timeout: Duration,
+    /// How often the member tells the group it is alive.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: None,
+            partitions: None,
+            from: StartFrom::Earliest,
+            max_bytes: 1024 * 1024,
+            max_wait: Duration::from_millis(500),
+            max_poll_records: 10_000,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One record as read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Partition the record was read from.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Optional key.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub value: Bytes,
+    /// Event time in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Headers as the producer set them.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+/// Reads records of one topic.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    topic: String,
+    config: ConsumerConfig,
+    membership: Option<Membership>,
+    parts: BTreeMap<u32, PartitionState>,
+    buffered: VecDeque<ConsumedRecord>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Fetched>>,
+    next_fetch_id: u64,
+}
+
+/// This process's seat in a consumer group.
+#[derive(Debug)]
+struct Membership {
+    group: String,
+    member_id: String,
+    assignment: watch::Receiver<Vec<u32>>,
+    /// Dropping it stops the heartbeat task.
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone)]
+struct PartitionState {
+    /// Next offset to fetch.
+    fetch_at: u64,
+    /// Next offset after the last record handed out by `poll`.
+    consumed: u64,
+    /// Last offset committed for the group.
+    committed: Option<u64>,
+    /// Id of the fetch in flight; answers of older fetches are ignored.
+    fetching: Option<u64>,
+}
+
+struct Fetched {
+    partition: u32,
+    id: u64,
+    result: Result<FetchResponse>,
+}
+
+enum Woke {
+    Fetched(Fetched),
+    Reassigned,
+    TimedOut,
+}
+
+impl Consumer {
+    /// A consumer of `topic`; joins the group and waits for the first assignment when
+    /// `config.group` is set. Fails with `NOT_FOUND` if the topic does not exist.
+    pub async fn new(client: Client, topic: &str, config: ConsumerConfig) -> Result<Consumer> {
+        let total = client.describe_topic(topic).await?.partitions;
+        let mut consumer = Consumer {
+            client: client.clone(),
+            topic: topic.to_string(),
+            config: config.clone(),
+            membership: None,
+            parts: BTreeMap::new(),
+            buffered: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            next_fetch_id: 0,
+        };
+        let initial = match (&config.group, &config.partitions) {
+            (Some(_), Some(_)) => {
+                return Err(ClientError::InvalidArgument(
+                    "a consumer reads either explicit partitions or as a group member, not both"
+                        .into(),
+                ))
+            }
+            (Some(group), None) => {
+                if group.is_empty() {
+                    return Err(ClientError::InvalidArgument(
+                        "group name must not be empty".into(),
+                    ));
+                }
+                let member_id = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+                let resp = client
+                    .group_heartbeat(group, topic, &member_id, config.session_timeout)
+                    .await?;
+                let initial = normalize(resp.partitions);
+                let (tx, rx) = watch::channel(initial.clone());
+                let (stop, stopped) = oneshot::channel();
+                tokio::spawn(heartbeat(
+                    client,
+                    group.clone(),
+                    topic.to_string(),
+                    member_id.clone(),
+                    config.clone(),
+                    tx,
+                    stopped,
+                ));
+                consumer.membership = Some(Membership {
+                    group: group.clone(),
+                    member_id,
+                    assignment: rx,
+                    _stop: stop,
+                });
+                initial
+            }
+            (None, Some(parts)) => {
+                if let Some(bad) = parts.iter().find(|p| **p >= total) {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "topic {topic} has {total} partitions; there is no partition {bad}"
+                    )));
+                }
+                normalize(parts.clone())
+            }
+            (None, None) => (0..total).collect(),
+        };
+        consumer.assign(initial).await?;
+        Ok(consumer)
+    }
+
+    /// The topic being read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The consumer group's member id of this consumer, when it is in a group.
+    pub fn member_id(&self) -> Option<&str> {
+        self.membership.as_ref().map(|m| m.member_id.as_str())
+    }
+
+    /// The partitions currently read.
+    pub fn assignment(&self) -> Vec<u32> {
+        self.parts.keys().copied().collect()
+    }
+
+    /// The offset after the last record `poll` returned from `partition` (what `commit` would store).
+    pub fn position(&self, partition: u32) -> Option<u64> {
+        self.parts.get(&partition).map(|s| s.consumed)
+    }
+
+    /// Waits up to `timeout` for records and returns those that arrived (possibly none), at most
+    /// [`ConsumerConfig::max_poll_records`].
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+        let max = self.config.max_poll_records;
+        self.poll_at_most(timeout, max).await
+    }
+
+    /// Like [`Consumer::poll`], but returns at most `max` records; the rest stay buffered.
+    pub async fn poll_at_most(
+        &mut self,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Vec<ConsumedRecord>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = &mut self.membership {
+                if m.assignment.has_changed().unwrap_or(false) {
+                    let next = m.assignment.borrow_and_update().clone();
+                    self.assign(next).await?;
+                }
+            }
+            if !self.buffered.is_empty() {
+                return Ok(self.drain(max.max(1)));
+            }
+            self.start_fetches();
+            let reassigned = async {
+                match &mut self.membership {
+                    Some(m) => {
+                        if m.assignment.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let woke = tokio::select! {
+                Some(fetched) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    Woke::Fetched(fetched)
+                }
+                () = reassigned => Woke::Reassigned,
+                () = tokio::time::sleep_until(deadline) => Woke::TimedOut,
+            };
+            match woke {
+                Woke::Fetched(fetched) => self.absorb(fetched).await?,
+                Woke::Reassigned => {}
+                Woke::TimedOut => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Moves the read position of a partition, e.g. to re-read it.
+    pub fn seek(&mut self, partition: u32, offset: u64) -> Result<()> {
+        let Some(state) = self.parts.get_mut(&partition) else {
+            return Err(ClientError::InvalidArgument(format!(
+                "partition {partition} is not assigned to this consumer"
+            )));
+        };
+        state.fetch_at = offset;
+        state.consumed = offset;
+        state.fetching = None;
+        self.buffered.retain(|r| r.partition != partition);
+        Ok(())
+    }
+
+    /// Commits, for every partition read, the offset after the last record `poll` returned.
+    pub async fn commit(&mut self) -> Result<()> {
+        let Some(m) = &self.membership else {
+            return Err(ClientError::InvalidArgument(
+                "offsets can only be committed by a consumer in a group".into(),
+            ));
+        };
+        let offsets: Vec<(u32, u64)> = self
+            .parts
+            .iter()
+            .filter(|(_, s)| s.committed != Some(s.consumed))
+            .map(|(p, s)| (*p, s.consumed))
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .commit_offsets(&m.group, &self.topic, &offsets)
+            .await?;
+        for (p, offset) in offsets {
+            if let Some(s) = self.parts.get_mut(&p) {
+                s.committed = Some(offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the consumer group (so its partitions move to other members at once) and stops.
+    ///
+    /// Offsets are not committed here; call [`Consumer::commit`] first to keep progress.
+    pub async fn close(mut self) -> Result<()> {
+        match self.membership.take() {
+            Some(m) => {
+                self.client
+                    .leave_group(&m.group, &self.topic, &m.member_id)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Adopts a new set of partitions: commits and forgets the ones taken away, finds the starting
+    /// offsets of the new ones.
+    async fn assign(&mut self, next: Vec<u32>) -> Result<()> {
+        let next: BTreeSet<u32> = next.into_iter().collect();
+        let revoked: Vec<u32> = self
+            .parts
+            .keys()
+            .filter(|p| !next.contains(p))
+            .copied()
+            .collect();
+        let added: Vec<u32> = next
+            .iter()
+            .filter(|p| !self.parts.contains_key(p))
+            .copied()
+            .collect();
+        if !revoked.is_empty() {
+            if let Some(m) = &self.membership {
+                let progress: Vec<(u32, u64)> = revoked
+                    .iter()
+                    .filter_map(|p| self.parts.get(p).map(|s| (*p, s)))
+                    .filter(|(_, s)| s.committed != Some(s.consumed))
+                    .map(|(p, s)| (p, s.consumed))
+                    .collect();
+                // The new owner starts from the last commit; handing over progress saves it from
+                // re-reading, but failing to do so only causes duplicates, not loss.
+                if !progress.is_empty() {
+                    if let Err(err) = self
+                        .client
+                        .commit_offsets(&m.group, &self.topic, &progress)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "could not commit revoked partitions");
+                    }
+                }
+            }
+            for p in &revoked {
+                self.parts.remove(p);
+            }
+            self.buffered.retain(|r| next.contains(&r.partition));
+        }
+        if !added.is_empty() {
+            let group = self.membership.as_ref().map(|m| m.group.as_str());
+            let starts =
+                start_offsets(&self.client, &self.topic, group, self.config.from, &added).await?;
+            for (p, (start, committed)) in added.into_iter().zip(starts) {
+                self.parts.insert(
+                    p,
+                    PartitionState {
+                        fetch_at: start,
+                        consumed: start,
+                        committed,
+                        fetching: None,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues a long-polling fetch for every partition that has none in flight.
+    fn start_fetches(&mut self) {
+        for (&partition, state) in self.parts.iter_mut() {
+            if state.fetching.is_some() {
+                continue;
+            }
+            self.next_fetch_id += 1;
+            let id = self.next_fetch_id;
+            state.fetching = Some(id);
+            let client = self.client.clone();
+            let topic = self.topic.clone();
+            let offset = state.fetch_at;
+            let max_bytes = self.config.max_bytes;
+            let max_wait = self.config.max_wait;
+            let wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
+            self.in_flight.push(
+                async move {
+                    let started = Instant::now();
+                    let result = client
+                        .fetch(&topic, partition, offset, max_bytes, wait_ms)
+                        .await;
+                    // A server that answers an empty fetch at once would otherwise be polled in a
+                    // tight loop.
+                    let floor = max_wait.min(Duration::from_millis(100));
+                    if matches!(&result, Ok(r) if r.batches.is_empty()) && started.elapsed() < floor
+                    {
+                        tokio::time::sleep_until(started + floor).await;
+                    }
+                    Fetched {
+                        partition,
+                        id,
+                        result,
+                    }
+                }
+                .boxed(),
+            );
+        }
+    }
+
+    /// Turns a completed fetch into buffered records and advances the partition's fetch position.
+    async fn absorb(&mut self, fetched: Fetched) -> Result<()> {
+        let Some(state) = self.parts.get_mut(&fetched.partition) else {
+            return Ok(());
+        };
+        if state.fetching != Some(fetched.id) {
+            return Ok(());
+        }
+        state.fetching = None;
+        let resp = match fetched.result {
+            Ok(resp) => resp,
+            Err(err) if err.code() == Code::OutOfRange => {
+                return self.reset_out_of_range(fetched.partition, err).await;
+            }
+            Err(err) => return Err(err),
+        };
+        for stored in resp.batches {
+            let records = weir_proto::batch::decode(&stored.batch).map_err(|e| {
+                ClientError::CorruptBatch {
+                    topic: self.topic.clone(),
+                    partition: fetched.partition,
+                    base_offset: stored.base_offset,
+                    reason: e.to_string(),
+                }
+            })?;
+            for (i, record) in records.into_iter().enumerate() {
+                let offset = stored.base_offset + i as u64;
+                // A batch may begin before the offset asked for.
+                if offset < state.fetch_at {
+                    continue;
+                }
+                state.fetch_at = offset + 1;
+                self.buffered.push_back(ConsumedRecord {
+                    partition: fetched.partition,
+                    offset,
+                    key: record.key,
+                    value: record.value,
+                    timestamp_ms: record.timestamp_ms,
+                    headers: record.headers,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a partition whose position fell outside the stored range (retention deleted it, or
+    /// an explicit offset lies beyond the end) to the nearest valid offset.
+    async fn reset_out_of_range(&mut self, partition: u32, err: ClientError) -> Result<()> {
+        let range = self.client.list_offsets(&self.topic, partition).await?;
+        let Some(state) = self.parts.get_mut(&partition) else {
+            return Ok(());
+        };
+        let to = if state.fetch_at < range.earliest {
+            range.earliest
+        } else if state.fetch_at > range.latest {
+            range.latest
+        } else {
+            // In range after all: the records were moved or trimmed meanwhile; just fetch again.
+            return Ok(());
+        };
+        tracing::warn!(
+            topic = %self.topic,
+            partition,
+            from = state.fetch_at,
+            to,
+            error = %err,
+            "offset out of range, skipping"
+        );
+        state.fetch_at = to;
+        state.consumed = to;
+        Ok(())
+    }
+
+    /// Hands out up to `max` buffered records, moving the consumed positions past them.
+    fn drain(&mut self, max: usize) -> Vec<ConsumedRecord> {
+        let n = max.min(self.buffered.len());
+        let out: Vec<ConsumedRecord> = self.buffered.drain(..n).collect();
+        for r in &out {
+            if let Some(state) = self.parts.get_mut(&r.partition) {
+                state.consumed = r.offset + 1;
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // A consumer dropped without `close` still leaves its group, so its partitions do not wait
+        // out the session timeout; this needs a runtime to run on.
+        if let Some(m) = self.membership.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let client = self.client.clone();
+                let topic = self.topic.clone();
+                handle.spawn(async move {
+                    let _ = client.leave_group(&m.group, &topic, &m.member_id).await;
+                });
+            }
+        }
+    }
+}
+
+/// Starting offset (and committed offset, if any) of each newly read partition.
+async fn start_offsets(
+    client: &Client,
+    topic: &str,
+    group: Option<&str>,
+    from: StartFrom,
+    partitions: &[u32],
+) -> Result<Vec<(u64, Option<u64>)>> {
+    let committed = match group {
+        Some(group) => client.fetch_committed(group, topic).await?,
+        None => BTreeMap::new(),
+    };
+    let lookups = partitions.iter().map(|&p| {
+        let committed = committed.get(&p).copied();
+        async move {
+            let start = match (committed, from) {
+                (Some(offset), _) => offset,
+                (None, StartFrom::Offset(n)) => n,
+                (None, StartFrom::Earliest) => client.list_offsets(topic, p).await?.earliest,
+                (None, StartFrom::Latest) => client.list_offsets(topic, p).await?.latest,
+            };
+            Ok((start, committed))
+        }
+    });
+    join_all(lookups).await.into_iter().collect()
+}
+
+/// Sorted, deduplicated partition list, so equal assignments compare equal.
+fn normalize(mut parts: Vec<u32>) -> Vec<u32> {
+    parts.sort_unstable();
+    parts.dedup();
+    parts
+}
+
+/// Keeps the member in its group and publishes assignment changes until stopped.
+async fn heartbeat(
+    client: Client,
+    group: String,
+    topic: String,
+    member_id: String,
+    config: ConsumerConfig,
+    assignment: watch::Sender<Vec<u32>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; the consumer already sent its first heartbeat.
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let beat = client.group_heartbeat(&group, &topic, &member_id, config.session_timeout);
+        let resp = tokio::select! {
+            _ = &mut stop => return,
+            resp = beat => resp,
+        };
+        match resp {
+            Ok(resp) => {
+                let next = normalize(resp.partitions);
+                assignment.send_if_modified(|current| {
+                    if *current == next {
+                        false
+                    } else {
+                        *current = next;
+                        true
+                    }
+                });
+            }
+            Err(err) => tracing::warn!(group, topic, error = %err, "group heartbeat failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!("earliest".parse(), Ok(StartFrom::Earliest));
+        assert_eq!("LATEST".parse(), Ok(StartFrom::Latest));
+        assert_eq!("42".parse(), Ok(StartFrom::Offset(42)));
+        assert!("-1".parse::<StartFrom>().is_err());
+        assert!("soon".parse::<StartFrom>().is_err());
+        assert_eq!(StartFrom::Offset(7).to_string(), "7");
+    }
+}

@@ -1,0 +1,571 @@
+//! [`Producer`]: batches records per partition and keeps several batches in flight.
+//!
+//! Records are appended to an open batch of their partition (see [`crate::partitioner`]). A batch is
+//! sealed when it reaches [`ProducerConfig::batch_bytes`], or taken as it is once it has waited
+//! [`ProducerConfig::linger`] and its partition has a free in-flight slot; while all slots are busy
+//! the open batch keeps growing, so batches get bigger exactly when the cluster is the bottleneck.
+//! One sender task per partition sends up to [`ProducerConfig::max_in_flight`] batches at a time.
+//!
+//! # Ordering
+//!
+//! Batches of a partition are sent in order and, without failures, are appended in order. As in
+//! Kafka with `max.in.flight.requests.per.connection > 1`, a batch that has to be retried (its leader
+//! died) can land after a batch sent later. Set `max_in_flight` to 1 for strict per-partition order
+//! at the cost of one round trip per batch.
+//!
+//! # Delivery
+//!
+//! A batch whose answer was lost is sent again, so records are delivered at least once. Memory is
+//! bounded by [`ProducerConfig::buffer_bytes`]: `send` waits while that many bytes of records are
+//! not yet acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::{join_all, BoxFuture, Shared};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::time::Instant;
+use weir_proto::batch::BatchBuilder;
+use weir_proto::v1::Acks;
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::partitioner::Partitioner;
+
+/// Per-record bytes of framing (varints) counted on top of key, value and headers when sizing
+/// batches and the buffer.
+const RECORD_OVERHEAD: usize = 16;
+
+/// How a [`Producer`] batches and sends records.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// A batch is sealed once its records take this many bytes.
+    pub batch_bytes: usize,
+    /// How long a batch may wait for more records before it is sent.
+    pub linger: Duration,
+    /// Batches per partition that may be awaiting their acknowledgement at once (1 = strict order).
+    pub max_in_flight: usize,
+    /// What the cluster must have done before it acknowledges a batch.
+    pub acks: Acks,
+    /// Bytes of records that may be waiting for acknowledgement before `send` waits.
+    pub buffer_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes: 256 * 1024,
+            linger: Duration::from_millis(5),
+            max_in_flight: 4,
+            acks: Acks::All,
+            buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters of what a producer has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Records the cluster acknowledged.
+    pub records_acked: u64,
+    /// Records whose batch failed for good.
+    pub records_failed: u64,
+    /// Batches acknowledged.
+    pub batches_acked: u64,
+    /// Bytes of acknowledged batches, headers included.
+    pub bytes_acked: u64,
+}
+
+/// Sends records to one topic, batching them per partition.
+///
+/// Cloning is cheap and clones share batches; the records buffered when the last clone is dropped
+/// are still sent, but only [`Producer::flush`] waits for them.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    handle: Arc<Handle>,
+}
+
+/// Resolves to a record's offset once its batch is acknowledged.
+#[must_use = "a RecordAck does nothing unless awaited; drop it to ignore the outcome"]
+#[derive(Debug, Clone)]
+pub struct RecordAck {
+    batch: BatchAck,
+    partition: u32,
+    index: u32,
+}
+
+type BatchAck = Shared<BoxFuture<'static, Result<u64>>>;
+
+impl RecordAck {
+    /// The partition the record was sent to.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+impl Future for RecordAck {
+    type Output = Result<u64>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let index = u64::from(self.index);
+        Pin::new(&mut self.batch)
+            .poll(cx)
+            .map(|r| r.map(|base| base + index))
+    }
+}
+
+/// Dropping the last handle tells the sender tasks to send what is left and stop.
+#[derive(Debug)]
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.lock().closed = true;
+        for wake in &self.core.wake {
+            wake.notify_one();
+        }
+    }
+}
+
+/// State shared by the producer handles and the per-partition sender tasks.
+#[derive(Debug)]
+struct Core {
+    client: Client,
+    topic: String,
+    config: ProducerConfig,
+    partitions: u32,
+    state: Mutex<Accumulator>,
+    /// One per partition: wakes its sender task when a batch may be ready.
+    wake: Vec<Notify>,
+    /// Bytes of the buffer still free; `send` takes, acknowledgement gives back.
+    memory: Semaphore,
+    records_acked: AtomicU64,
+    records_failed: AtomicU64,
+    batches_acked: AtomicU64,
+    bytes_acked: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Accumulator {
+    partitioner: Partitioner,
+    parts: Vec<PartitionQueue>,
+    /// Every batch not yet acknowledged, by sequence number, for `flush`.
+    pending: HashMap<u64, BatchAck>,
+    next_seq: u64,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    ready: VecDeque<Sealed>,
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    builder: BatchBuilder,
+    opened: Instant,
+    done: oneshot::Sender<Result<u64>>,
+    ack: BatchAck,
+    permits: usize,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Sealed {
+    blob: Bytes,
+    records: u32,
+    done: oneshot::Sender<Result<u64>>,
+    permits: usize,
+    seq: u64,
+}
+
+/// What a sender task should do next.
+enum Next {
+    Send(Sealed),
+    WaitUntil(Instant),
+    Idle,
+    Finished,
+}
+
+impl Producer {
+    /// A producer for `topic`; fails with `NOT_FOUND` if the topic does not exist.
+    pub async fn new(client: Client, topic: &str, config: ProducerConfig) -> Result<Producer> {
+        if config.batch_bytes == 0 || config.max_in_flight == 0 || config.buffer_bytes == 0 {
+            return Err(ClientError::InvalidArgument(
+                "batch_bytes, max_in_flight and buffer_bytes must be positive".into(),
+            ));
+        }
+        let partitions = client.describe_topic(topic).await?.partitions;
+        if partitions == 0 {
+            return Err(ClientError::InvalidArgument(format!(
+                "topic {topic} has no partitions"
+            )));
+        }
+        let buffer = config.buffer_bytes.min(Semaphore::MAX_PERMITS);
+        let core = Arc::new(Core {
+            client,
+            topic: topic.to_string(),
+            partitions,
+            state: Mutex::new(Accumulator {
+                partitioner: Partitioner::new(partitions),
+                parts: (0..partitions).map(|_| PartitionQueue::default()).collect(),
+                pending: HashMap::new(),
+                next_seq: 0,
+                closed: false,
+            }),
+            wake: (0..partitions).map(|_| Notify::new()).collect(),
+            memory: Semaphore::new(buffer),
+            records_acked: AtomicU64::new(0),
+            records_failed: AtomicU64::new(0),
+            batches_acked: AtomicU64::new(0),
+            bytes_acked: AtomicU64::new(0),
+            config,
+        });
+        for partition in 0..partitions {
+            tokio::spawn(run_sender(core.clone(), partition));
+        }
+        Ok(Producer {
+            handle: Arc::new(Handle { core }),
+        })
+    }
+
+    /// The topic records are sent to.
+    pub fn topic(&self) -> &str {
+        &self.handle.core.topic
+    }
+
+    /// Number of partitions of the topic.
+    pub fn partitions(&self) -> u32 {
+        self.handle.core.partitions
+    }
+
+    /// Counters of acknowledged and failed records so far.
+    pub fn stats(&self) -> ProducerStats {
+        let core = &self.handle.core;
+        ProducerStats {
+            records_acked: core.records_acked.load(Ordering::Relaxed),
+            records_failed: core.records_failed.load(Ordering::Relaxed),
+            batches_acked: core.batches_acked.load(Ordering::Relaxed),
+            bytes_acked: core.bytes_acked.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues a record for the partition chosen by its key; `timestamp_ms` defaults to now.
+    ///
+    /// Waits only when the buffer is full. The returned [`RecordAck`] resolves to the record's
+    /// offset once the cluster has acknowledged it.
+    pub async fn send(
+        &self,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<RecordAck> {
+        self.send_with_headers(None, key, value, timestamp_ms, &[])
+            .await
+    }
+
+    /// Queues a record for an explicit partition.
+    pub async fn send_to(
+        &self,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<RecordAck> {
+        self.send_with_headers(Some(partition), key, value, timestamp_ms, &[])
+            .await
+    }
+
+    /// Queues a record with headers, to `partition` or (for `None`) the partition of its key.
+    pub async fn send_with_headers(
+        &self,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: Option<i64>,
+        headers: &[(&[u8], &[u8])],
+    ) -> Result<RecordAck> {
+        let core = &self.handle.core;
+        if let Some(p) = partition {
+            if p >= core.partitions {
+                return Err(ClientError::InvalidArgument(format!(
+                    "topic {} has {} partitions; there is no partition {p}",
+                    core.topic, core.partitions
+                )));
+            }
+        }
+        let size = key.map_or(0, <[u8]>::len)
+            + value.len()
+            + headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+            + RECORD_OVERHEAD;
+        // A record larger than the whole buffer takes the whole buffer rather than waiting forever.
+        let permits = size
+            .min(core.config.buffer_bytes)
+            .min(Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
+        core.memory
+            .acquire_many(permits as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?
+            .forget();
+        let timestamp_ms = timestamp_ms.unwrap_or_else(now_ms);
+
+        let mut st = core.lock();
+        let p = partition.unwrap_or_else(|| st.partitioner.partition(key));
+        let batch_bytes = core.config.batch_bytes;
+        let full = st.parts[p as usize]
+            .open
+            .as_ref()
+            .is_some_and(|b| !b.builder.is_empty() && b.builder.body_len() + size > batch_bytes);
+        if full {
+            st.seal(p);
+        }
+        let (ack, opened) = st.append(p, key, value, timestamp_ms, headers, permits);
+        let complete = st.parts[p as usize]
+            .open
+            .as_ref()
+            .is_some_and(|b| b.builder.body_len() >= batch_bytes);
+        if complete {
+            st.seal(p);
+        }
+        drop(st);
+        // The sender only needs waking when it has something new to time or to send.
+        if opened || full || complete {
+            core.wake[p as usize].notify_one();
+        }
+        Ok(ack)
+    }
+
+    /// Sends every buffered record now and waits until all records sent before the call are
+    /// acknowledged; returns the first failure, if any.
+    pub async fn flush(&self) -> Result<()> {
+        let core = &self.handle.core;
+        let acks: Vec<BatchAck> = {
+            let mut st = core.lock();
+            for p in 0..core.partitions {
+                st.seal(p);
+            }
+            st.pending.values().cloned().collect()
+        };
+        for wake in &core.wake {
+            wake.notify_one();
+        }
+        let mut first_err = None;
+        for result in join_all(acks).await {
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Accumulator> {
+        // The accumulator stays consistent across a panic elsewhere: every update is one call.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Picks the next batch for a partition's sender, or says how long to wait for one.
+    fn next_batch(&self, partition: u32) -> Next {
+        let mut st = self.lock();
+        let closed = st.closed;
+        let queue = &mut st.parts[partition as usize];
+        if let Some(sealed) = queue.ready.pop_front() {
+            return Next::Send(sealed);
+        }
+        match &queue.open {
+            Some(open) => {
+                let due = open.opened + self.config.linger;
+                if closed || Instant::now() >= due {
+                    st.seal(partition);
+                    match st.parts[partition as usize].ready.pop_front() {
+                        Some(sealed) => Next::Send(sealed),
+                        None => Next::Idle,
+                    }
+                } else {
+                    Next::WaitUntil(due)
+                }
+            }
+            None if closed => Next::Finished,
+            None => Next::Idle,
+        }
+    }
+
+    /// Settles a batch: counts it, frees its buffer space and wakes whoever awaits its records.
+    fn settle(&self, sealed: Sealed, result: Result<u64>) {
+        let records = u64::from(sealed.records);
+        match &result {
+            Ok(_) => {
+                self.records_acked.fetch_add(records, Ordering::Relaxed);
+                self.batches_acked.fetch_add(1, Ordering::Relaxed);
+                self.bytes_acked
+                    .fetch_add(sealed.blob.len() as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.records_failed.fetch_add(records, Ordering::Relaxed);
+                tracing::warn!(topic = %self.topic, records, error = %err, "batch failed");
+            }
+        }
+        self.memory.add_permits(sealed.permits);
+        self.lock().pending.remove(&sealed.seq);
+        // Nobody may be waiting for this batch any more; that is fine.
+        let _ = sealed.done.send(result);
+    }
+}
+
+impl Accumulator {
+    /// Appends a record to the partition's open batch, opening one if needed; also says whether a
+    /// batch was opened (its sender must start the linger clock).
+    fn append(
+        &mut self,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp_ms: i64,
+        headers: &[(&[u8], &[u8])],
+        permits: usize,
+    ) -> (RecordAck, bool) {
+        let Accumulator {
+            parts,
+            pending,
+            next_seq,
+            ..
+        } = self;
+        let mut opened = false;
+        let open = parts[partition as usize].open.get_or_insert_with(|| {
+            opened = true;
+            let (done, rx) = oneshot::channel();
+            let ack: BatchAck = async move { rx.await.unwrap_or(Err(ClientError::Closed)) }
+                .boxed()
+                .shared();
+            let seq = *next_seq;
+            *next_seq += 1;
+            pending.insert(seq, ack.clone());
+            OpenBatch {
+                builder: BatchBuilder::new(),
+                opened: Instant::now(),
+                done,
+                ack,
+                permits: 0,
+                seq,
+            }
+        });
+        let index = open.builder.len();
+        open.builder
+            .push_with_headers(key, value, timestamp_ms, headers);
+        open.permits += permits;
+        let ack = RecordAck {
+            batch: open.ack.clone(),
+            partition,
+            index,
+        };
+        (ack, opened)
+    }
+
+    /// Moves the partition's open batch, if any, to its send queue.
+    fn seal(&mut self, partition: u32) {
+        let queue = &mut self.parts[partition as usize];
+        let Some(open) = queue.open.take() else {
+            return;
+        };
+        let records = open.builder.len();
+        queue.ready.push_back(Sealed {
+            blob: open.builder.finish(),
+            records,
+            done: open.done,
+            permits: open.permits,
+            seq: open.seq,
+        });
+        self.partitioner.batch_sealed(partition);
+    }
+}
+
+/// Sends one partition's batches, keeping up to `max_in_flight` of them awaiting acknowledgement.
+async fn run_sender(core: Arc<Core>, partition: u32) {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let mut wait_until = None;
+        let mut finished = false;
+        while in_flight.len() < core.config.max_in_flight {
+            match core.next_batch(partition) {
+                Next::Send(sealed) => in_flight.push(send_batch(core.clone(), partition, sealed)),
+                Next::WaitUntil(due) => {
+                    wait_until = Some(due);
+                    break;
+                }
+                Next::Idle => break,
+                Next::Finished => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if finished && in_flight.is_empty() {
+            return;
+        }
+        let has_slot = in_flight.len() < core.config.max_in_flight;
+        let linger = async {
+            match wait_until {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            () = core.wake[partition as usize].notified(), if has_slot && !finished => {}
+            () = linger, if has_slot => {}
+        }
+    }
+}
+
+/// Produces one batch (with the client's retries) and settles it.
+async fn send_batch(core: Arc<Core>, partition: u32, sealed: Sealed) {
+    let result = core
+        .client
+        .produce(
+            &core.topic,
+            partition,
+            sealed.blob.clone(),
+            core.config.acks,
+        )
+        .await
+        .map(|(base, count)| {
+            if count != sealed.records {
+                tracing::warn!(
+                    topic = %core.topic,
+                    partition,
+                    sent = sealed.records,
+                    stored = count,
+                    "the broker stored a different record count than was sent"
+                );
+            }
+            base
+        });
+    core.settle(sealed, result);
+}
+
+/// Milliseconds since the Unix epoch, the timestamp of records sent without one.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,250 @@
+//! The `Cluster` gRPC service (join, status, heartbeats) and the heartbeat each node sends.
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use weir_proto::v1::cluster_client::ClusterClient;
+use weir_proto::v1::cluster_server::Cluster;
+use weir_proto::v1::{
+    GroupReport, HeartbeatAck, JoinRequest, JoinResponse, Member, NodeHeartbeat, StatusRequest,
+    StatusResponse,
+};
+use weir_storage::catalog::{MetaCommand, MetaResponse, METADATA_GROUP};
+use weir_storage::{Request as Cmd, Response as Resp};
+
+use crate::error::{NodeError, NodeResult};
+use crate::groups::Registry;
+use crate::leader::{self, forwarded, was_forwarded};
+use crate::liveness::Liveness;
+use crate::peers::Peers;
+
+/// Shared context of the node's services.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// This node's id.
+    pub node_id: u64,
+    /// The running groups.
+    pub registry: Registry,
+    /// Channels to other nodes.
+    pub peers: Peers,
+    /// Member liveness (meaningful on the metadata leader).
+    pub liveness: Liveness,
+    /// The node's storage engine (partition reads go straight to it).
+    pub engine: weir_storage::Engine,
+}
+
+impl NodeContext {
+    /// Address of the metadata leader, or `Unavailable` while there is none.
+    pub fn metadata_leader_addr(&self) -> NodeResult<String> {
+        let meta = self.registry.metadata()?;
+        let catalog = self.registry.catalog()?;
+        leader::leader_addr(&meta, &catalog)
+            .ok_or_else(|| NodeError::Unavailable("the metadata group has no leader yet".into()))
+    }
+
+    /// Applies a catalog change through the metadata leader, which must be this node.
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> NodeResult<MetaResponse> {
+        let meta = self.registry.metadata()?;
+        let catalog = self.registry.catalog()?;
+        match leader::write(&meta, &catalog, Cmd::Meta(cmd)).await? {
+            Resp::Meta(r) => Ok(r),
+            other => Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A client of the metadata leader's Cluster service (for forwarding).
+    pub fn cluster_client_of_leader(&self) -> NodeResult<ClusterClient<tonic::transport::Channel>> {
+        Ok(ClusterClient::new(
+            self.peers.channel(&self.metadata_leader_addr()?)?,
+        ))
+    }
+
+    /// True when this node leads the metadata group.
+    pub fn is_metadata_leader(&self) -> bool {
+        self.registry
+            .get(METADATA_GROUP)
+            .is_some_and(|h| h.is_leader())
+    }
+}
+
+/// The `Cluster` service.
+pub struct ClusterService {
+    ctx: NodeContext,
+}
+
+impl ClusterService {
+    /// The service over `ctx`.
+    pub fn new(ctx: NodeContext) -> ClusterService {
+        ClusterService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            let mut c = self.ctx.cluster_client_of_leader()?;
+            return c.join(forwarded(request.into_inner())).await;
+        }
+        let req = request.into_inner();
+        if req.advertise_addr.trim().is_empty() {
+            return Err(Status::invalid_argument("advertise_addr is empty"));
+        }
+        let cmd = if req.node_id != 0 {
+            MetaCommand::UpdateNode {
+                node: weir_storage::catalog::NodeInfo {
+                    id: req.node_id,
+                    addr: req.advertise_addr.clone(),
+                    http_addr: req.http_addr.clone(),
+                },
+            }
+        } else {
+            MetaCommand::AddNode {
+                addr: req.advertise_addr.clone(),
+                http_addr: req.http_addr.clone(),
+            }
+        };
+        let resp = self.ctx.propose_meta(cmd).await?;
+        match resp {
+            MetaResponse::NodeId(node_id) => {
+                tracing::info!(node = node_id, addr = %req.advertise_addr, "node joined");
+                Ok(Response::new(JoinResponse { node_id }))
+            }
+            MetaResponse::Rejected(m) => Err(Status::failed_precondition(m)),
+            MetaResponse::Ok => Ok(Response::new(JoinResponse {
+                node_id: req.node_id,
+            })),
+        }
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            let mut c = self.ctx.cluster_client_of_leader()?;
+            return c.status(forwarded(request.into_inner())).await;
+        }
+        let catalog = self.ctx.registry.catalog()?;
+        let meta = self.ctx.registry.metadata()?;
+        let m = meta.raft.metrics().borrow_watched().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let reports = self.ctx.liveness.reports();
+        let mut members = Vec::new();
+        for n in catalog.nodes.values() {
+            let mine = reports.get(&n.id);
+            let held = mine.map(|r| r.len()).unwrap_or(0) as u32;
+            let led = mine
+                .map(|r| r.iter().filter(|g| g.leader).count())
+                .unwrap_or(0) as u32;
+            let up = n.id == self.ctx.node_id || self.ctx.liveness.is_up(n.id);
+            members.push(Member {
+                id: n.id,
+                addr: n.addr.clone(),
+                state: if up { "up" } else { "down" }.into(),
+                groups_held: held,
+                groups_led: led,
+                metadata_role: if voters.contains(&n.id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                http_addr: n.http_addr.clone(),
+                last_seen_ms: self.ctx.liveness.silence(n.id).as_millis() as u64,
+            });
+        }
+        Ok(Response::new(StatusResponse {
+            members,
+            metadata_leader: self.ctx.node_id,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<NodeHeartbeat>,
+    ) -> Result<Response<HeartbeatAck>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            return Err(NodeError::Unavailable("not the metadata leader".into()).into());
+        }
+        let hb = request.into_inner();
+        self.ctx.liveness.record(hb.node_id, hb.groups);
+        Ok(Response::new(HeartbeatAck {}))
+    }
+}
+
+/// What this node reports about the groups it holds.
+pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
+    let groups = registry.all();
+    let mut out = Vec::with_capacity(groups.len());
+    for h in groups.values() {
+        let m = h.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader == Some(m.id);
+        let (earliest_offset, latest_offset) = match (&h.watch, leader) {
+            (weir_storage::GroupWatch::Partition(rx), true) => {
+                let st = *rx.borrow();
+                (st.earliest, st.next_offset)
+            }
+            _ => (0, 0),
+        };
+        let (voters, max_lag) = if leader {
+            let last = m.last_log_index.unwrap_or(0);
+            let lag = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.values()
+                        .map(|l| last.saturating_sub(l.map(|l| l.index).unwrap_or(0)))
+                        .max()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            (m.membership_config.membership().voter_ids().collect(), lag)
+        } else {
+            (Vec::new(), 0)
+        };
+        out.push(GroupReport {
+            group_id: h.id,
+            leader,
+            voters,
+            max_lag,
+            earliest_offset,
+            latest_offset,
+        });
+    }
+    out
+}
+
+/// Sends this node's heartbeat to the metadata leader every second, forever.
+pub async fn heartbeat_loop(ctx: Arc<NodeContext>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let hb = NodeHeartbeat {
+            node_id: ctx.node_id,
+            groups: group_reports(&ctx.registry),
+        };
+        crate::metrics::record_groups(&hb.groups);
+        if ctx.is_metadata_leader() {
+            ctx.liveness.record(ctx.node_id, hb.groups);
+            continue;
+        }
+        let Ok(mut client) = ctx.cluster_client_of_leader() else {
+            continue;
+        };
+        let mut req = Request::new(hb);
+        req.set_timeout(Duration::from_secs(2));
+        if let Err(e) = client.heartbeat(req).await {
+            tracing::debug!(error = %e, "heartbeat to the metadata leader failed");
+        }
+    }
+}

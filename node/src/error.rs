@@ -1,0 +1,67 @@
+//! The node's error type and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// Why a request failed, in terms a client can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The named topic (or partition) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed or violates a limit.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The object already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// An offset outside the partition's stored range.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// This node does not lead the group; `leader` is the leader's address when known.
+    #[error("node does not lead group {group}")]
+    NotLeader {
+        /// The group.
+        group: u64,
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
+    /// Temporarily unable to serve (no leader elected yet, node starting): retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A storage or internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<weir_storage::StorageError> for NodeError {
+    fn from(e: weir_storage::StorageError) -> Self {
+        NodeError::Internal(e.to_string())
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Status {
+        match e {
+            NodeError::NotFound(m) => Status::new(Code::NotFound, m),
+            NodeError::InvalidArgument(m) => Status::new(Code::InvalidArgument, m),
+            NodeError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
+            NodeError::OutOfRange(m) => Status::new(Code::OutOfRange, m),
+            NodeError::Unavailable(m) => Status::new(Code::Unavailable, m),
+            NodeError::Internal(m) => Status::new(Code::Internal, m),
+            NodeError::NotLeader { group, leader } => {
+                let mut s = Status::new(
+                    Code::FailedPrecondition,
+                    format!("this node does not lead group {group}; retry on its leader"),
+                );
+                if let Some(addr) = leader.and_then(|a| a.parse().ok()) {
+                    s.metadata_mut()
+                        .insert(weir_proto::LEADER_METADATA_KEY, addr);
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Result type of the node.
+pub type NodeResult<T> = Result<T, NodeError>;

@@ -1,0 +1,29 @@
+//! weir-node: the Weir server. Every node runs the same code; any node answers any request.
+//!
+//! - [`node`]: start-up and shut-down: identity, bootstrap or join, servers, background loops.
+//! - [`groups`]: the actor owning this node's Raft groups (start, drop, membership reconciliation).
+//! - [`raft`]: Raft transport (outgoing network, incoming service) and per-kind timing.
+//! - [`cluster`]: the `Cluster` service (join, status, heartbeats) and the node context.
+//! - [`liveness`]: member heartbeats as the metadata leader sees them.
+//! - [`placement`]: where replicas go; the placement loop of the metadata leader.
+//! - [`log`]: Kafka-like topics: the `Log` service, consumer groups, retention.
+//! - [`leader`]: writing through a group's leader and forwarding to it.
+//! - [`http`]: record ingest, health, readiness and metrics over HTTP.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`peers`]: shared gRPC channels to other nodes.
+//! - [`error`]: the node's error type and its mapping to gRPC status codes.
+
+pub mod cluster;
+pub mod error;
+pub mod groups;
+pub mod http;
+pub mod leader;
+pub mod liveness;
+pub mod log;
+pub mod metrics;
+pub mod node;
+pub mod peers;
+pub mod placement;
+pub mod raft;
+
+pub use node::{start, NodeConfig, RunningNode};

@@ -1,0 +1,87 @@
+//! Liveness of the members, as the metadata leader hears their heartbeats.
+//!
+//! Soft state: it lives only on the metadata leader and starts afresh when leadership moves, giving
+//! every member a full window to report in before it is counted down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weir_proto::v1::GroupReport;
+
+/// A member is shown "down" after this long without a heartbeat.
+pub const DOWN_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct State {
+    since: Option<Instant>,
+    seen: HashMap<u64, (Instant, Vec<GroupReport>)>,
+}
+
+/// Heartbeat bookkeeping shared by the cluster service and the placement loop.
+#[derive(Clone)]
+pub struct Liveness {
+    state: Arc<Mutex<State>>,
+    gone_after: Duration,
+}
+
+impl Liveness {
+    /// Liveness where a member silent for `gone_after` has its replicas re-created elsewhere.
+    pub fn new(gone_after: Duration) -> Liveness {
+        Liveness {
+            state: Arc::new(Mutex::new(State {
+                since: Some(Instant::now()),
+                seen: HashMap::new(),
+            })),
+            gone_after,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+
+    /// Forgets everything (this node just became the metadata leader).
+    pub fn reset(&self) {
+        self.with(|s| {
+            s.since = Some(Instant::now());
+            s.seen.clear();
+        })
+    }
+
+    /// Records a heartbeat.
+    pub fn record(&self, node: u64, reports: Vec<GroupReport>) {
+        self.with(|s| {
+            s.seen.insert(node, (Instant::now(), reports));
+        })
+    }
+
+    /// Time since `node` was last heard from (or since bookkeeping began).
+    pub fn silence(&self, node: u64) -> Duration {
+        self.with(|s| match s.seen.get(&node) {
+            Some((t, _)) => t.elapsed(),
+            None => s.since.map(|t| t.elapsed()).unwrap_or_default(),
+        })
+    }
+
+    /// True when `node` reported recently.
+    pub fn is_up(&self, node: u64) -> bool {
+        self.silence(node) < DOWN_AFTER
+    }
+
+    /// True when `node` has been silent long enough to re-create its replicas elsewhere.
+    pub fn is_gone(&self, node: u64) -> bool {
+        self.silence(node) >= self.gone_after
+    }
+
+    /// The latest group reports of every member.
+    pub fn reports(&self) -> HashMap<u64, Vec<GroupReport>> {
+        self.with(|s| {
+            s.seen
+                .iter()
+                .map(|(n, (_, r))| (*n, r.clone()))
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! The log: Kafka-like topics served by the partition groups of this node.
+//!
+//! - [`service`]: the `Log` gRPC service (topics, produce, fetch, offsets, consumer groups).
+//! - [`coordinator`]: consumer-group membership and partition assignment.
+//! - [`retention`]: drops old batches of the partitions this node leads.
+
+pub mod coordinator;
+pub mod retention;
+pub mod service;

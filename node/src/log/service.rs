@@ -1,0 +1,611 @@
+//! The `Log` gRPC service: topics, produce, fetch, offsets and consumer groups.
+//!
+//! Any node answers any request. Topic changes go through the metadata leader, partition reads
+//! and writes through the partition's leader, offsets and group membership through the leader of the
+//! offsets group; a node that does not lead forwards the call once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+use weir_proto::batch::BatchHeader;
+use weir_proto::v1::log_client::LogClient;
+use weir_proto::v1::log_server::Log;
+use weir_proto::v1::*;
+use weir_storage::catalog::{Catalog, GroupInfo, MetaCommand, MetaResponse, INTERNAL_PREFIX};
+use weir_storage::partition::{self, PartitionState};
+use weir_storage::{GroupWatch, Request as Cmd, Response as Resp};
+
+use crate::cluster::NodeContext;
+use crate::error::{NodeError, NodeResult};
+use crate::groups::GroupHandle;
+use crate::leader::{self, forwarded, was_forwarded};
+use crate::log::coordinator::Coordinator;
+use crate::metrics;
+use crate::placement;
+
+/// Largest batch a producer may send (Kafka's `message.max.bytes` applies per batch too).
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Largest fetch answer.
+const MAX_FETCH_BYTES: u32 = 32 << 20;
+/// Longest long-poll a fetch may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Most partitions a topic may have.
+const MAX_PARTITIONS: u32 = 4096;
+
+/// The `Log` service.
+pub struct LogService {
+    ctx: NodeContext,
+    coordinator: Coordinator,
+}
+
+impl LogService {
+    /// The service over `ctx`.
+    pub fn new(ctx: NodeContext) -> LogService {
+        LogService {
+            ctx,
+            coordinator: Coordinator::start(),
+        }
+    }
+
+    fn catalog(&self) -> NodeResult<Arc<Catalog>> {
+        self.ctx.registry.catalog()
+    }
+
+    fn leader_client(&self) -> NodeResult<LogClient<tonic::transport::Channel>> {
+        Ok(LogClient::new(
+            self.ctx.peers.channel(&self.ctx.metadata_leader_addr()?)?,
+        ))
+    }
+
+    /// A client of `addr` for forwarding.
+    fn client(&self, addr: &str) -> NodeResult<LogClient<tonic::transport::Channel>> {
+        Ok(LogClient::new(self.ctx.peers.channel(addr)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// The partition's group, or `NotFound`.
+    fn partition(&self, catalog: &Catalog, topic: &str, p: u32) -> NodeResult<GroupInfo> {
+        let t = catalog
+            .topics
+            .get(topic)
+            .ok_or_else(|| NodeError::NotFound(format!("topic '{topic}' does not exist")))?;
+        if p as usize >= t.groups.len() {
+            return Err(NodeError::NotFound(format!(
+                "topic '{topic}' has {} partitions; partition {p} does not exist",
+                t.groups.len()
+            )));
+        }
+        catalog
+            .partition_group(topic, p)
+            .cloned()
+            .ok_or_else(|| NodeError::Internal(format!("partition {p} of '{topic}' has no group")))
+    }
+
+    /// Where a request for `group` should go when this node cannot serve it: the leader if known,
+    /// else one of the group's replicas (which knows its leader).
+    fn route(&self, catalog: &Catalog, group: &GroupInfo) -> NodeResult<String> {
+        if let Some(h) = self.ctx.registry.get(group.id) {
+            if let Some(addr) = leader::leader_addr(&h, catalog) {
+                return Ok(addr);
+            }
+            return Err(NodeError::Unavailable(format!(
+                "group {} has no leader yet; retry",
+                group.id
+            )));
+        }
+        group
+            .replicas
+            .iter()
+            .filter(|n| **n != self.ctx.node_id)
+            .find_map(|n| catalog.nodes.get(n).map(|i| i.addr.clone()))
+            .ok_or_else(|| NodeError::Unavailable(format!("group {} has no replica", group.id)))
+    }
+
+    /// The local group if this node leads it.
+    fn led(&self, group: u64) -> Option<Arc<GroupHandle>> {
+        self.ctx.registry.get(group).filter(|h| h.is_leader())
+    }
+
+    fn topic_info(&self, catalog: &Catalog, name: &str) -> NodeResult<TopicInfo> {
+        let t = catalog
+            .topics
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(format!("topic '{name}' does not exist")))?;
+        let reports = self.ctx.liveness.reports();
+        let mut parts = Vec::new();
+        for (i, g) in t.groups.iter().enumerate() {
+            let info = catalog.groups.get(g);
+            let led = reports
+                .iter()
+                .find_map(|(n, rs)| rs.iter().find(|r| r.group_id == *g && r.leader).map(|r| (*n, r)));
+            let (leader, earliest, latest) = match led {
+                Some((n, r)) => (n, r.earliest_offset, r.latest_offset),
+                None => (0, 0, 0),
+            };
+            parts.push(PartitionInfo {
+                partition: i as u32,
+                group_id: *g,
+                leader,
+                leader_addr: catalog
+                    .nodes
+                    .get(&leader)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
+                replicas: info.map(|i| i.replicas.clone()).unwrap_or_default(),
+                earliest_offset: earliest,
+                latest_offset: latest,
+            });
+        }
+        Ok(TopicInfo {
+            name: t.name.clone(),
+            partitions: t.groups.len() as u32,
+            replicas: t.replicas,
+            retention_ms: t.retention_ms,
+            retention_bytes: t.retention_bytes,
+            partition_info: parts,
+        })
+    }
+
+    fn offsets_group(&self, catalog: &Catalog) -> NodeResult<GroupInfo> {
+        catalog
+            .offsets_group
+            .and_then(|g| catalog.groups.get(&g))
+            .cloned()
+            .ok_or_else(|| NodeError::Unavailable("the offsets group is not created yet".into()))
+    }
+}
+
+fn partition_state(h: &GroupHandle) -> NodeResult<PartitionState> {
+    match &h.watch {
+        GroupWatch::Partition(rx) => Ok(*rx.borrow()),
+        _ => Err(NodeError::Internal(format!("group {} is not a partition", h.id))),
+    }
+}
+
+/// Checks a topic name the way Kafka does.
+fn validate_topic_name(name: &str) -> NodeResult<()> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(NodeError::InvalidArgument(
+            "topic name must be 1 to 249 characters".into(),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(NodeError::InvalidArgument(format!("'{name}' is not a valid topic name")));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NodeError::InvalidArgument(format!(
+            "topic name '{name}' contains '{c}'; use letters, digits, '.', '_' and '-'"
+        )));
+    }
+    if name.starts_with(INTERNAL_PREFIX) {
+        return Err(NodeError::InvalidArgument(format!(
+            "topic names starting with '{INTERNAL_PREFIX}' are reserved"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Log for LogService {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<TopicInfo>, Status> {
+        let req = request.get_ref();
+        validate_topic_name(&req.name)?;
+        if req.partitions == 0 || req.partitions > MAX_PARTITIONS {
+            return Err(NodeError::InvalidArgument(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                req.partitions
+            ))
+            .into());
+        }
+        if req.replicas == 0 {
+            return Err(NodeError::InvalidArgument("replicas must be at least 1".into()).into());
+        }
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            return self
+                .leader_client()?
+                .create_topic(forwarded(request.into_inner()))
+                .await;
+        }
+        let req = request.into_inner();
+        let catalog = self.catalog()?;
+        if catalog.topics.contains_key(&req.name) {
+            return Err(NodeError::AlreadyExists(format!("topic '{}' already exists", req.name)).into());
+        }
+        let placement = placement::place_new(&catalog, &self.ctx.liveness, req.partitions, req.replicas)?;
+        let resp = self
+            .ctx
+            .propose_meta(MetaCommand::CreateTopic {
+                name: req.name.clone(),
+                replicas: req.replicas,
+                retention_ms: req.retention_ms,
+                retention_bytes: req.retention_bytes,
+                placement,
+            })
+            .await?;
+        if let MetaResponse::Rejected(m) = resp {
+            return Err(NodeError::AlreadyExists(m).into());
+        }
+        // Answer once every partition has elected a leader, so the topic is usable right away.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let catalog = self.catalog()?;
+            let info = self.topic_info(&catalog, &req.name)?;
+            if info.partition_info.iter().all(|p| p.leader != 0) || Instant::now() > deadline {
+                return Ok(Response::new(info));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            return self
+                .leader_client()?
+                .delete_topic(forwarded(request.into_inner()))
+                .await;
+        }
+        let name = request.into_inner().name;
+        match self.ctx.propose_meta(MetaCommand::DeleteTopic { name }).await? {
+            MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
+            _ => Ok(Response::new(DeleteTopicResponse {})),
+        }
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        if !self.ctx.is_metadata_leader() && !was_forwarded(&request) {
+            if let Ok(mut c) = self.leader_client() {
+                return c.list_topics(forwarded(request.into_inner())).await;
+            }
+        }
+        let catalog = self.catalog()?;
+        let topics = catalog
+            .topics
+            .keys()
+            .map(|n| self.topic_info(&catalog, n))
+            .collect::<NodeResult<Vec<_>>>()?;
+        Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<TopicInfo>, Status> {
+        // Leaders and offsets come from the heartbeats only the metadata leader collects.
+        if !self.ctx.is_metadata_leader() && !was_forwarded(&request) {
+            if let Ok(mut c) = self.leader_client() {
+                return c.describe_topic(forwarded(request.into_inner())).await;
+            }
+        }
+        let catalog = self.catalog()?;
+        Ok(Response::new(self.topic_info(&catalog, &request.get_ref().name)?))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let started = Instant::now();
+        let catalog = self.catalog()?;
+        let req = request.get_ref();
+        let group = self.partition(&catalog, &req.topic, req.partition)?;
+        if req.batch.len() > MAX_BATCH_BYTES {
+            return Err(NodeError::InvalidArgument(format!(
+                "batch of {} bytes is over the {MAX_BATCH_BYTES}-byte limit",
+                req.batch.len()
+            ))
+            .into());
+        }
+        let header = BatchHeader::parse(&req.batch)
+            .map_err(|e| NodeError::InvalidArgument(format!("rejected batch: {e}")))?;
+        let Some(h) = self.led(group.id) else {
+            if was_forwarded(&request) {
+                return Err(NodeError::NotLeader {
+                    group: group.id,
+                    leader: None,
+                }
+                .into());
+            }
+            let addr = self.route(&catalog, &group)?;
+            return self.client(&addr)?.produce(forwarded(request.into_inner())).await;
+        };
+        let req = request.into_inner();
+        let cmd = Cmd::Append {
+            batch: req.batch,
+            count: header.count,
+            max_timestamp_ms: header.max_timestamp_ms,
+        };
+        let span = tracing::debug_span!("produce", group = group.id, topic = %req.topic, partition = req.partition);
+        let _e = span.enter();
+        if req.acks == Acks::Leader as i32 {
+            h.raft
+                .client_write_ff(cmd, None)
+                .await
+                .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            metrics::produced(header.count, started.elapsed());
+            return Ok(Response::new(ProduceResponse {
+                base_offset: 0,
+                count: header.count,
+                offsets_pending: true,
+            }));
+        }
+        match leader::write(&h, &catalog, cmd).await? {
+            Resp::Appended { base_offset, count } => {
+                metrics::produced(count, started.elapsed());
+                Ok(Response::new(ProduceResponse {
+                    base_offset,
+                    count,
+                    offsets_pending: false,
+                }))
+            }
+            other => Err(NodeError::Internal(format!("unexpected answer {other:?}")).into()),
+        }
+    }
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        let started = Instant::now();
+        let catalog = self.catalog()?;
+        let req = request.get_ref();
+        let group = self.partition(&catalog, &req.topic, req.partition)?;
+        let Some(h) = self.led(group.id) else {
+            if was_forwarded(&request) {
+                return Err(NodeError::NotLeader {
+                    group: group.id,
+                    leader: None,
+                }
+                .into());
+            }
+            let addr = self.route(&catalog, &group)?;
+            return self.client(&addr)?.fetch(forwarded(request.into_inner())).await;
+        };
+        let req = request.into_inner();
+        let mut rx = match &h.watch {
+            GroupWatch::Partition(rx) => rx.clone(),
+            _ => return Err(NodeError::Internal("not a partition group".into()).into()),
+        };
+        let mut st = *rx.borrow_and_update();
+        if req.offset < st.earliest || req.offset > st.next_offset {
+            return Err(NodeError::OutOfRange(format!(
+                "offset {} is outside partition {} of '{}': earliest {}, latest {}",
+                req.offset, req.partition, req.topic, st.earliest, st.next_offset
+            ))
+            .into());
+        }
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        while req.offset >= st.next_offset {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => st = *rx.borrow_and_update(),
+                _ => break,
+            }
+        }
+        let max_bytes = if req.max_bytes == 0 {
+            1 << 20
+        } else {
+            req.max_bytes.min(MAX_FETCH_BYTES)
+        };
+        let engine = self.ctx.engine.clone();
+        let (group_id, offset) = (h.id, req.offset.max(st.earliest));
+        let batches = tokio::task::spawn_blocking(move || {
+            partition::read_batches(&engine, group_id, offset, st.next_offset, max_bytes as usize)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(NodeError::from)?;
+        let records: u64 = batches.iter().map(|b| u64::from(b.count)).sum();
+        metrics::fetched(records, started.elapsed());
+        Ok(Response::new(FetchResponse {
+            batches: batches
+                .into_iter()
+                .map(|b| StoredBatch {
+                    base_offset: b.base_offset,
+                    batch: b.batch,
+                })
+                .collect(),
+            high_watermark: st.next_offset,
+            earliest_offset: st.earliest,
+        }))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let catalog = self.catalog()?;
+        let req = request.get_ref();
+        let group = self.partition(&catalog, &req.topic, req.partition)?;
+        let Some(h) = self.led(group.id) else {
+            if was_forwarded(&request) {
+                return Err(NodeError::NotLeader {
+                    group: group.id,
+                    leader: None,
+                }
+                .into());
+            }
+            let addr = self.route(&catalog, &group)?;
+            return self
+                .client(&addr)?
+                .list_offsets(forwarded(request.into_inner()))
+                .await;
+        };
+        let st = partition_state(&h)?;
+        Ok(Response::new(ListOffsetsResponse {
+            earliest: st.earliest,
+            latest: st.next_offset,
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let catalog = self.catalog()?;
+        let req = request.get_ref();
+        let topic = catalog
+            .topics
+            .get(&req.topic)
+            .ok_or_else(|| NodeError::NotFound(format!("topic '{}' does not exist", req.topic)))?;
+        if req.group.is_empty() {
+            return Err(NodeError::InvalidArgument("consumer group name is empty".into()).into());
+        }
+        if let Some(bad) = req.offsets.iter().find(|o| o.partition as usize >= topic.groups.len()) {
+            return Err(NodeError::NotFound(format!(
+                "topic '{}' has no partition {}",
+                req.topic, bad.partition
+            ))
+            .into());
+        }
+        let og = self.offsets_group(&catalog)?;
+        let Some(h) = self.led(og.id) else {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
+            }
+            let addr = self.route(&catalog, &og)?;
+            return self
+                .client(&addr)?
+                .commit_offsets(forwarded(request.into_inner()))
+                .await;
+        };
+        let req = request.into_inner();
+        let cmd = Cmd::CommitOffsets {
+            group: req.group,
+            topic: req.topic,
+            offsets: req.offsets.iter().map(|o| (o.partition, o.offset)).collect(),
+        };
+        leader::write(&h, &catalog, cmd).await?;
+        Ok(Response::new(CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_committed(
+        &self,
+        request: Request<FetchCommittedRequest>,
+    ) -> Result<Response<FetchCommittedResponse>, Status> {
+        let catalog = self.catalog()?;
+        let og = self.offsets_group(&catalog)?;
+        let Some(h) = self.led(og.id) else {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
+            }
+            let addr = self.route(&catalog, &og)?;
+            return self
+                .client(&addr)?
+                .fetch_committed(forwarded(request.into_inner()))
+                .await;
+        };
+        let req = request.into_inner();
+        // A read index makes sure a commit acknowledged by a previous leader is visible.
+        h.raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let GroupWatch::Offsets(rx) = &h.watch else {
+            return Err(NodeError::Internal("offsets group has the wrong kind".into()).into());
+        };
+        let map = rx.borrow().clone();
+        let offsets = map
+            .range((req.group.clone(), req.topic.clone(), 0)..=(req.group.clone(), req.topic.clone(), u32::MAX))
+            .map(|((_, _, p), o)| PartitionOffset {
+                partition: *p,
+                offset: *o,
+            })
+            .collect();
+        Ok(Response::new(FetchCommittedResponse { offsets }))
+    }
+
+    async fn group_heartbeat(
+        &self,
+        request: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        let catalog = self.catalog()?;
+        let req = request.get_ref();
+        let topic = catalog
+            .topics
+            .get(&req.topic)
+            .ok_or_else(|| NodeError::NotFound(format!("topic '{}' does not exist", req.topic)))?;
+        let partitions = topic.groups.len() as u32;
+        if req.group.is_empty() || req.member_id.is_empty() {
+            return Err(NodeError::InvalidArgument("group and member id are required".into()).into());
+        }
+        let og = self.offsets_group(&catalog)?;
+        if self.led(og.id).is_none() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
+            }
+            let addr = self.route(&catalog, &og)?;
+            return self
+                .client(&addr)?
+                .group_heartbeat(forwarded(request.into_inner()))
+                .await;
+        }
+        let req = request.into_inner();
+        let timeout = match req.session_timeout_ms {
+            0 => Duration::from_secs(10),
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let a = self
+            .coordinator
+            .heartbeat(req.group, req.topic, req.member_id, timeout, partitions)
+            .await
+            .ok_or_else(|| NodeError::Internal("coordinator stopped".into()))?;
+        Ok(Response::new(GroupHeartbeatResponse {
+            generation: a.generation,
+            partitions: a.partitions,
+            members: a.members,
+        }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<LeaveGroupRequest>,
+    ) -> Result<Response<LeaveGroupResponse>, Status> {
+        let catalog = self.catalog()?;
+        let og = self.offsets_group(&catalog)?;
+        if self.led(og.id).is_none() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
+            }
+            let addr = self.route(&catalog, &og)?;
+            return self
+                .client(&addr)?
+                .leave_group(forwarded(request.into_inner()))
+                .await;
+        }
+        let req = request.into_inner();
+        self.coordinator
+            .leave(req.group, req.topic, req.member_id)
+            .await;
+        Ok(Response::new(LeaveGroupResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_raw-2").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", "__consumer_offsets", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

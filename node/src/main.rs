@@ -1,0 +1,68 @@
+//! `weir-node`: runs one Weir node.
+//!
+//! With an empty data dir and no `--join` it bootstraps a one-node cluster; with `--join` it joins
+//! the cluster of that member; on a data dir it has used before it comes back as itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Runs a Weir node.
+#[derive(Debug, Parser)]
+#[command(name = "weir-node", version, about = "Runs a Weir node")]
+struct Args {
+    /// Where the node keeps its data.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
+    data_dir: PathBuf,
+    /// gRPC address to listen on.
+    #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// HTTP address to listen on (ingest, health, metrics).
+    #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:7480")]
+    http: String,
+    /// gRPC address other nodes and clients reach this node on (default: the listen address).
+    #[arg(long, env = "WEIR_ADVERTISE")]
+    advertise: Option<String>,
+    /// Any member of an existing cluster to join (only used on an empty data dir).
+    #[arg(long, env = "WEIR_JOIN")]
+    join: Option<String>,
+    /// Seconds a node may be silent before its replicas are re-created elsewhere.
+    #[arg(long, env = "WEIR_DOWN_TIMEOUT_SECS", default_value_t = 30)]
+    down_timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut cfg = weir_node::NodeConfig::new(args.data_dir);
+    cfg.listen = args.listen;
+    cfg.http = args.http;
+    cfg.advertise = args.advertise;
+    cfg.join = args.join;
+    cfg.down_timeout = Duration::from_secs(args.down_timeout_secs);
+    let mut node = match weir_node::start(cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "weir-node {} listening on {} (gRPC) and {} (HTTP)",
+        node.node_id, node.grpc_addr, node.http_addr
+    );
+    tokio::select! {
+        _ = node.wait() => {}
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            node.shutdown().await;
+        }
+    }
+}

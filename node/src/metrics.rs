@@ -1,0 +1,61 @@
+//! Prometheus metrics of the node, rendered by `GET /metrics`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use weir_proto::v1::GroupReport;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &buckets)
+            .ok()?
+            .install_recorder()
+            .ok()
+    });
+}
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    HANDLE
+        .get()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.render())
+        .unwrap_or_default()
+}
+
+/// Records an acknowledged produce request.
+pub fn produced(records: u32, latency: Duration) {
+    counter!("weir_produce_requests_total").increment(1);
+    counter!("weir_produce_records_total").increment(u64::from(records));
+    histogram!("weir_produce_latency_seconds").record(latency.as_secs_f64());
+}
+
+/// Records a fetch answer.
+pub fn fetched(records: u64, latency: Duration) {
+    counter!("weir_fetch_requests_total").increment(1);
+    counter!("weir_fetch_records_total").increment(records);
+    histogram!("weir_fetch_latency_seconds").record(latency.as_secs_f64());
+}
+
+/// Records the Raft groups this node holds and leads, and the worst replication lag.
+pub fn record_groups(reports: &[GroupReport]) {
+    gauge!("weir_raft_groups_held").set(reports.len() as f64);
+    gauge!("weir_raft_groups_led").set(reports.iter().filter(|r| r.leader).count() as f64);
+    let lag = reports.iter().map(|r| r.max_lag).max().unwrap_or(0);
+    gauge!("weir_raft_replication_lag_entries").set(lag as f64);
+}
+
+/// Records the storage engine's group-commit counters.
+pub fn record_engine(fsyncs: u64, synced_appends: u64) {
+    gauge!("weir_wal_fsyncs").set(fsyncs as f64);
+    gauge!("weir_wal_synced_appends").set(synced_appends as f64);
+}

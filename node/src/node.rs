@@ -1,0 +1,313 @@
+//! Starting and stopping a node: identity, bootstrap or join, servers and background loops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_proto::v1::cluster_client::ClusterClient;
+use weir_proto::v1::cluster_server::ClusterServer;
+use weir_proto::v1::log_server::LogServer;
+use weir_proto::v1::raft_transport_server::RaftTransportServer;
+use weir_proto::v1::JoinRequest;
+use weir_storage::catalog::{MetaCommand, NodeInfo};
+use weir_storage::engine::{group_key, CF_META};
+use weir_storage::{decode, encode, Engine};
+
+use crate::cluster::{self, ClusterService, NodeContext};
+use crate::groups::{GroupManager, GroupManagerConfig};
+use crate::http::{self, HttpState};
+use crate::liveness::Liveness;
+use crate::log::retention;
+use crate::log::service::LogService;
+use crate::peers::Peers;
+use crate::placement;
+
+/// Largest gRPC message a node accepts (a produce batch plus framing).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Reserved group id under which the node keeps its own identity.
+const IDENTITY_GROUP: u64 = u64::MAX;
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where RocksDB and snapshots live.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// HTTP listen address.
+    pub http: String,
+    /// Address other nodes and clients use for gRPC; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    /// Any member of the cluster to join; none bootstraps a new cluster on an empty data dir.
+    pub join: Option<String>,
+    /// A node silent this long has its replicas re-created on other nodes.
+    pub down_timeout: Duration,
+    /// How often placement runs on the metadata leader.
+    pub placement_interval: Duration,
+    /// How often partition leaders apply retention.
+    pub retention_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults of the `weir-node` flags with the given data dir.
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen: "127.0.0.1:7400".into(),
+            http: "127.0.0.1:7480".into(),
+            advertise: None,
+            join: None,
+            down_timeout: Duration::from_secs(30),
+            placement_interval: Duration::from_secs(1),
+            retention_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the node persists about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    node_id: u64,
+}
+
+/// A started node.
+pub struct RunningNode {
+    /// This node's id.
+    pub node_id: u64,
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Shared context (for in-process tests and tools).
+    pub ctx: Arc<NodeContext>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops the servers, the loops and every Raft group.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for h in self.ctx.registry.all().values() {
+            let _ = h.raft.shutdown().await;
+        }
+    }
+
+    /// Waits until the servers stop (they stop on [`RunningNode::shutdown`] or on error).
+    pub async fn wait(&mut self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+fn read_identity(engine: &Engine) -> anyhow::Result<Option<Identity>> {
+    Ok(match engine.get(CF_META, &group_key(IDENTITY_GROUP, b"node"))? {
+        Some(v) => Some(decode(&v)?),
+        None => None,
+    })
+}
+
+fn write_identity(engine: &Engine, id: &Identity) -> anyhow::Result<()> {
+    let mut b = rocksdb::WriteBatch::default();
+    b.put_cf(engine.cf(CF_META)?, group_key(IDENTITY_GROUP, b"node"), encode(id)?);
+    engine.write_sync(b)?;
+    Ok(())
+}
+
+/// Asks `seed` (any member) for a node id, retrying until the cluster answers or a minute passes.
+async fn join(seed: &str, advertise: &str, http: &str) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_err = String::new();
+    while Instant::now() < deadline {
+        let attempt = async {
+            let mut c = ClusterClient::connect(format!("http://{seed}")).await?;
+            let r = c
+                .join(JoinRequest {
+                    advertise_addr: advertise.to_string(),
+                    http_addr: http.to_string(),
+                    node_id: 0,
+                })
+                .await?;
+            anyhow::Ok(r.into_inner().node_id)
+        };
+        match attempt.await {
+            Ok(id) => return Ok(id),
+            Err(e) => {
+                last_err = e.to_string();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    anyhow::bail!("could not join the cluster through {seed}: {last_err}")
+}
+
+/// Starts a node: opens its storage, bootstraps or joins, and serves gRPC and HTTP.
+pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
+    crate::metrics::install();
+    let engine = Engine::open(&cfg.data_dir)?;
+    let grpc_listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let http_listener = TcpListener::bind(&cfg.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", cfg.http))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+
+    let (identity, bootstrap) = match read_identity(&engine)? {
+        Some(id) => (id, false),
+        None => match &cfg.join {
+            Some(seed) => {
+                let node_id = join(seed, &advertise, &http_addr.to_string()).await?;
+                (Identity { node_id }, false)
+            }
+            None => (Identity { node_id: 1 }, true),
+        },
+    };
+    write_identity(&engine, &identity)?;
+    let node_id = identity.node_id;
+    tracing::info!(node = node_id, %grpc_addr, %http_addr, bootstrap, "starting node");
+
+    let peers = Peers::default();
+    let liveness = Liveness::new(cfg.down_timeout);
+    let registry = GroupManager::start(GroupManagerConfig {
+        node_id,
+        advertise: advertise.clone(),
+        engine: engine.clone(),
+        peers: peers.clone(),
+        snapshot_root: cfg.data_dir.join("snapshots"),
+        liveness: liveness.clone(),
+        bootstrap,
+    })
+    .await?;
+    let ctx = Arc::new(NodeContext {
+        node_id,
+        registry,
+        peers,
+        liveness,
+        engine,
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let log = Arc::new(LogService::new((*ctx).clone()));
+    let mut tasks = Vec::new();
+
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .add_service(
+            RaftTransportServer::new(crate::raft::service::RaftService::new(ctx.registry.clone()))
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
+        .add_service(ClusterServer::new(ClusterService::new((*ctx).clone())))
+        .add_service(
+            LogServer::from_arc(log.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        );
+    let mut rx = stop_rx.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    tasks.push(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stopped).await {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    }));
+
+    let app = http::router(HttpState {
+        ctx: ctx.clone(),
+        log,
+        next_partition: Arc::new(AtomicU32::new(0)),
+    });
+    let mut rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    }));
+
+    tasks.push(tokio::spawn(cluster::heartbeat_loop(ctx.clone())));
+    tasks.push(tokio::spawn(placement::placement_loop(
+        ctx.clone(),
+        cfg.placement_interval,
+    )));
+    tasks.push(tokio::spawn(retention::retention_loop(
+        ctx.clone(),
+        cfg.retention_interval,
+    )));
+    tasks.push(tokio::spawn(register_self(
+        ctx.clone(),
+        NodeInfo {
+            id: node_id,
+            addr: advertise,
+            http_addr: http_addr.to_string(),
+        },
+    )));
+
+    Ok(RunningNode {
+        node_id,
+        grpc_addr,
+        http_addr,
+        ctx,
+        stop,
+        tasks,
+    })
+}
+
+/// Makes sure the catalog knows this node as it is now: the first node writes the cluster's first
+/// catalog entry; a node restarted on another address updates it.
+async fn register_self(ctx: Arc<NodeContext>, me: NodeInfo) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(catalog) = ctx.registry.catalog() else {
+            continue;
+        };
+        let cmd = match catalog.nodes.get(&me.id) {
+            Some(known) if *known == me => return,
+            Some(_) => MetaCommand::UpdateNode { node: me.clone() },
+            None if catalog.nodes.is_empty() && ctx.is_metadata_leader() => {
+                MetaCommand::Bootstrap { node: me.clone() }
+            }
+            None => continue,
+        };
+        if ctx.is_metadata_leader() {
+            if let Err(e) = ctx.propose_meta(cmd).await {
+                tracing::warn!(error = %e, "registering this node failed");
+            }
+        } else if let MetaCommand::UpdateNode { .. } = cmd {
+            // Only the leader writes the catalog: tell it our new addresses.
+            if let Ok(mut c) = ctx.cluster_client_of_leader() {
+                let r = c
+                    .join(JoinRequest {
+                        advertise_addr: me.addr.clone(),
+                        http_addr: me.http_addr.clone(),
+                        node_id: me.id,
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "updating this node's address failed");
+                }
+            }
+        }
+    }
+}

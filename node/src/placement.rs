@@ -1,0 +1,254 @@
+//! Placement (the PD of TiKV): where replicas of groups live.
+//!
+//! [`place_new`] spreads the replicas of new groups over the live nodes holding the fewest. The
+//! placement loop runs on the metadata leader and keeps the cluster in shape: it creates the
+//! offsets group, re-creates the replicas of nodes that have been gone longer than the down timeout,
+//! and moves replicas onto nodes that hold fewer (a node that just joined), one move at a time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_storage::catalog::{Catalog, MetaCommand, METADATA_GROUP};
+
+use crate::cluster::NodeContext;
+use crate::error::{NodeError, NodeResult};
+use crate::liveness::Liveness;
+
+/// Replication factor of the offsets group (capped by the cluster size).
+const OFFSETS_REPLICAS: usize = 3;
+
+/// Replicas held per node, over every group in the catalog.
+fn load(catalog: &Catalog) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = catalog.nodes.keys().map(|n| (*n, 0)).collect();
+    for g in catalog.groups.values() {
+        for n in &g.replicas {
+            *load.entry(*n).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// Nodes that may receive new replicas: every member not known to be down.
+fn candidates(catalog: &Catalog, liveness: &Liveness) -> Vec<u64> {
+    catalog
+        .nodes
+        .keys()
+        .copied()
+        .filter(|n| liveness.is_up(*n))
+        .collect()
+}
+
+/// Replica sets for `groups` new groups of `replicas` replicas each.
+pub fn place_new(
+    catalog: &Catalog,
+    liveness: &Liveness,
+    groups: u32,
+    replicas: u32,
+) -> NodeResult<Vec<Vec<u64>>> {
+    let nodes = candidates(catalog, liveness);
+    if (replicas as usize) > nodes.len() {
+        return Err(NodeError::InvalidArgument(format!(
+            "replicas {replicas} is more than the {} live node(s) of the cluster",
+            nodes.len()
+        )));
+    }
+    let mut load = load(catalog);
+    let mut out = Vec::with_capacity(groups as usize);
+    for i in 0..groups as usize {
+        // Least loaded first; ties rotate with the group index so the first replica (the likely
+        // first leader) differs from group to group.
+        let mut order = nodes.clone();
+        order.rotate_left(i % nodes.len());
+        order.sort_by_key(|n| load.get(n).copied().unwrap_or(0));
+        let set: Vec<u64> = order.into_iter().take(replicas as usize).collect();
+        for n in &set {
+            *load.entry(*n).or_default() += 1;
+        }
+        out.push(set);
+    }
+    Ok(out)
+}
+
+/// One placement decision: re-replicate a lost replica or move one replica to a lighter node.
+fn next_move(
+    catalog: &Catalog,
+    liveness: &Liveness,
+    healthy: &dyn Fn(u64, &[u64]) -> bool,
+) -> Option<MetaCommand> {
+    if catalog.nodes.is_empty() {
+        return None;
+    }
+    let live = candidates(catalog, liveness);
+    if catalog.offsets_group.is_none() && !live.is_empty() {
+        let mut by_load: Vec<u64> = live.clone();
+        let l = load(catalog);
+        by_load.sort_by_key(|n| l.get(n).copied().unwrap_or(0));
+        by_load.truncate(OFFSETS_REPLICAS);
+        return Some(MetaCommand::CreateOffsetsGroup { replicas: by_load });
+    }
+    let l = load(catalog);
+    // 1. Replicas on nodes gone for longer than the down timeout are re-created elsewhere.
+    for g in catalog.groups.values() {
+        if let Some(gone) = g.replicas.iter().find(|n| liveness.is_gone(**n)) {
+            let spare = live
+                .iter()
+                .filter(|n| !g.replicas.contains(n))
+                .min_by_key(|n| l.get(n).copied().unwrap_or(0));
+            let mut replicas: Vec<u64> = g.replicas.iter().copied().filter(|n| n != gone).collect();
+            if let Some(s) = spare {
+                replicas.push(*s);
+            } else if replicas.is_empty() {
+                continue;
+            }
+            return Some(MetaCommand::SetReplicas {
+                group: g.id,
+                replicas,
+            });
+        }
+    }
+    // 2. Balance: move one replica from the most to the least loaded live node, when that narrows
+    // the gap and the group is not in the middle of another change.
+    let live_load: Vec<(u64, usize)> = live.iter().map(|n| (*n, l.get(n).copied().unwrap_or(0))).collect();
+    let (min_node, min) = *live_load.iter().min_by_key(|(n, c)| (*c, *n))?;
+    let (max_node, max) = *live_load.iter().max_by_key(|(n, c)| (*c, u64::MAX - n))?;
+    if max < min + 2 {
+        return None;
+    }
+    let g = catalog.groups.values().find(|g| {
+        g.replicas.contains(&max_node) && !g.replicas.contains(&min_node) && healthy(g.id, &g.replicas)
+    })?;
+    let replicas = g
+        .replicas
+        .iter()
+        .map(|n| if *n == max_node { min_node } else { *n })
+        .collect();
+    Some(MetaCommand::SetReplicas {
+        group: g.id,
+        replicas,
+    })
+}
+
+/// Runs placement while this node leads the metadata group.
+pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
+    let mut was_leader = false;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leader = ctx.is_metadata_leader();
+        if leader && !was_leader {
+            // Give every member a fresh window to report in to the new leader.
+            ctx.liveness.reset();
+        }
+        was_leader = leader;
+        if !leader {
+            continue;
+        }
+        let Ok(catalog) = ctx.registry.catalog() else {
+            continue;
+        };
+        let reports = ctx.liveness.reports();
+        let mut led_voters: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+        for rs in reports.values() {
+            for r in rs.iter().filter(|r| r.leader && r.group_id != METADATA_GROUP) {
+                led_voters.insert(r.group_id, r.voters.iter().copied().collect());
+            }
+        }
+        let healthy = |g: u64, replicas: &[u64]| {
+            led_voters
+                .get(&g)
+                .is_some_and(|v| *v == replicas.iter().copied().collect::<BTreeSet<_>>())
+        };
+        // A move is only started once every previous move has completed.
+        let settled = catalog.groups.values().all(|g| healthy(g.id, &g.replicas));
+        let Some(cmd) = next_move(&catalog, &ctx.liveness, &healthy) else {
+            continue;
+        };
+        if matches!(cmd, MetaCommand::SetReplicas { .. })
+            && !settled
+            && !is_repair(&cmd, &catalog, &ctx.liveness)
+        {
+            continue;
+        }
+        tracing::info!(?cmd, "placement");
+        if let Err(e) = ctx.propose_meta(cmd).await {
+            tracing::warn!(error = %e, "placement proposal failed");
+        }
+    }
+}
+
+/// True when `cmd` replaces a replica on a gone node (repairs are not held back by moves).
+fn is_repair(cmd: &MetaCommand, catalog: &Catalog, liveness: &Liveness) -> bool {
+    match cmd {
+        MetaCommand::SetReplicas { group, .. } => catalog
+            .groups
+            .get(group)
+            .is_some_and(|g| g.replicas.iter().any(|n| liveness.is_gone(*n))),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_storage::catalog::NodeInfo;
+
+    fn catalog(nodes: u64) -> Catalog {
+        let mut c = Catalog::default();
+        for id in 1..=nodes {
+            c.nodes.insert(
+                id,
+                NodeInfo {
+                    id,
+                    addr: format!("n{id}"),
+                    http_addr: String::new(),
+                },
+            );
+        }
+        c.next_node_id = nodes + 1;
+        c.offsets_group = Some(999);
+        c
+    }
+
+    #[test]
+    fn new_replicas_spread_evenly_with_rotating_first_replica() {
+        let c = catalog(3);
+        let live = Liveness::new(Duration::from_secs(30));
+        let p = place_new(&c, &live, 6, 3).unwrap();
+        for set in &p {
+            assert_eq!(set.iter().collect::<BTreeSet<_>>().len(), 3);
+        }
+        let firsts: BTreeSet<u64> = p.iter().map(|s| s[0]).collect();
+        assert_eq!(firsts.len(), 3, "first replicas {p:?}");
+        assert!(place_new(&c, &live, 1, 4).is_err());
+    }
+
+    #[test]
+    fn a_joined_node_receives_replicas() {
+        let mut c = catalog(1);
+        let live = Liveness::new(Duration::from_secs(30));
+        let placement = place_new(&c, &live, 6, 1).unwrap();
+        c.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            replicas: 1,
+            retention_ms: 0,
+            retention_bytes: 0,
+            placement,
+        });
+        c.apply(&MetaCommand::AddNode {
+            addr: "n2".into(),
+            http_addr: String::new(),
+        });
+        let all_healthy = |_: u64, _: &[u64]| true;
+        let mut moves = 0;
+        while let Some(cmd) = next_move(&c, &live, &all_healthy) {
+            c.apply(&cmd);
+            moves += 1;
+            assert!(moves < 10);
+        }
+        let l = load(&c);
+        assert_eq!(l[&1], 3);
+        assert_eq!(l[&2], 3);
+    }
+}

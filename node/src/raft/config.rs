@@ -1,0 +1,32 @@
+//! Raft timing per kind of group, sized for hundreds of groups per node.
+
+use std::sync::Arc;
+
+use openraft::{Config, SnapshotPolicy};
+
+/// Raft settings of the metadata group: small, latency-sensitive, one per cluster.
+pub fn metadata() -> Arc<Config> {
+    build(250, 1000, 2000, 2_000)
+}
+
+/// Raft settings of data groups (partitions, offsets): slower heartbeats since a node holds many.
+/// openraft randomises each election timeout in the range, so groups do not beat in step.
+pub fn data() -> Arc<Config> {
+    build(500, 2500, 5000, 20_000)
+}
+
+fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64) -> Arc<Config> {
+    let c = Config {
+        cluster_name: "weir".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: min,
+        election_timeout_max: max,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    Arc::new(c.validate().expect("static raft config is valid"))
+}

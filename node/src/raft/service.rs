@@ -1,0 +1,103 @@
+//! Incoming Raft traffic: the `RaftTransport` gRPC service, which hands each message to the group
+//! it names.
+
+use futures::StreamExt;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+use weir_proto::v1::raft_transport_server::RaftTransport;
+use weir_proto::v1::{RaftReply, RaftRequest, SnapshotChunk};
+use weir_storage::snapshot::SnapshotData;
+use weir_storage::TypeConfig;
+
+use crate::groups::Registry;
+
+/// The gRPC face of every Raft group on this node.
+pub struct RaftService {
+    registry: Registry,
+}
+
+impl RaftService {
+    /// A service dispatching to the groups of `registry`.
+    pub fn new(registry: Registry) -> RaftService {
+        RaftService { registry }
+    }
+
+    fn group(&self, id: u64) -> Result<std::sync::Arc<crate::groups::GroupHandle>, Status> {
+        self.registry
+            .get(id)
+            .ok_or_else(|| Status::unavailable(format!("group {id} is not running on this node")))
+    }
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
+    let payload = bincode::serialize(&r).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply {
+        payload: payload.into(),
+    }))
+}
+
+fn bad(e: bincode::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
+        reply(g.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        let rpc: VoteRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
+        reply(g.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let g = self.group(first.group_id)?;
+        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+            bincode::deserialize(&first.header).map_err(bad)?;
+        let path = g
+            .snapshots
+            .temp_path()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut chunk = Some(first);
+        while let Some(c) = chunk.take() {
+            file.write_all(&c.data)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            chunk = stream.next().await.transpose()?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        drop(file);
+        tracing::info!(group = g.id, snapshot = ?meta.last_log_id, "installing snapshot");
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData { path },
+        };
+        reply(g.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}

@@ -1,0 +1,17 @@
+//! weir-proto: the wire formats Weir speaks.
+//!
+//! - [`v1`]: the gRPC services and messages generated from `proto/weir.proto` (cluster, log, Raft
+//!   transport).
+//! - [`batch`]: the record-batch encoding producers write and consumers read. The broker stores a batch
+//!   as one checksummed blob and only reads its fixed-size header.
+
+pub mod batch;
+
+/// Generated gRPC services and messages of `weir.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("weir.v1");
+}
+
+/// gRPC metadata key that carries the leader's address on a `FAILED_PRECONDITION` "not leader" error.
+pub const LEADER_METADATA_KEY: &str = "weir-leader";

@@ -1,0 +1,419 @@
+//! The state machine of one Raft group.
+//!
+//! A group holds one of three kinds of state (see [`GroupKind`]): the catalog (group 0), a log
+//! partition, or consumer-group offsets. Every apply writes its changes and the new applied log id
+//! in one RocksDB write batch, so a restart never applies an entry twice. The node watches a group's
+//! state through the [`GroupWatch`] it gets before handing the state machine to openraft.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::catalog::{Catalog, GroupKind, MetaResponse};
+use crate::engine::{group_key, key_suffix_u64, CF_DATA};
+use crate::partition::{self, PartitionState};
+use crate::snapshot::{read_rows, SnapshotData, SnapshotDir, SnapshotWriter};
+use crate::{decode, encode, Engine, Request, Response, StorageError, TypeConfig};
+
+const TAG_HEADER: u8 = 0;
+const TAG_CATALOG: u8 = 2;
+const TAG_OFFSET: u8 = 3;
+/// Rows per write batch when a snapshot is installed.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// Key of committed offsets: (consumer group, topic, partition).
+pub type OffsetKey = (String, String, u32);
+
+/// What every state machine persists next to its data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Header {
+    applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    partition: PartitionState,
+}
+
+/// Kind-specific state kept in memory.
+enum Kind {
+    Metadata(watch::Sender<Arc<Catalog>>),
+    Partition(watch::Sender<PartitionState>),
+    Offsets(watch::Sender<Arc<BTreeMap<OffsetKey, u64>>>),
+}
+
+/// How the node observes a group's applied state.
+#[derive(Debug, Clone)]
+pub enum GroupWatch {
+    /// The catalog, after every applied change.
+    Catalog(watch::Receiver<Arc<Catalog>>),
+    /// Offsets and size of a partition.
+    Partition(watch::Receiver<PartitionState>),
+    /// Committed consumer-group offsets.
+    Offsets(watch::Receiver<Arc<BTreeMap<OffsetKey, u64>>>),
+}
+
+/// The state machine of one group.
+pub struct StateMachine {
+    engine: Engine,
+    group: u64,
+    header: Header,
+    kind: Kind,
+    snapshots: SnapshotDir,
+}
+
+impl StateMachine {
+    /// Opens the state machine of `group` from what the engine holds.
+    pub fn open(
+        engine: Engine,
+        group: u64,
+        kind: &GroupKind,
+        snapshot_root: &Path,
+    ) -> Result<StateMachine, StorageError> {
+        let header: Header = match engine.get(CF_DATA, &group_key(group, &[TAG_HEADER]))? {
+            Some(v) => decode(&v)?,
+            None => Header::default(),
+        };
+        let kind = match kind {
+            GroupKind::Metadata => {
+                let catalog = match engine.get(CF_DATA, &group_key(group, &[TAG_CATALOG]))? {
+                    Some(v) => decode(&v)?,
+                    None => Catalog::default(),
+                };
+                Kind::Metadata(watch::channel(Arc::new(catalog)).0)
+            }
+            GroupKind::Partition { .. } => Kind::Partition(watch::channel(header.partition).0),
+            GroupKind::Offsets => {
+                Kind::Offsets(watch::channel(Arc::new(load_offsets(&engine, group)?)).0)
+            }
+        };
+        Ok(StateMachine {
+            engine,
+            group,
+            header,
+            kind,
+            snapshots: SnapshotDir::new(snapshot_root, group),
+        })
+    }
+
+    /// A handle to observe the applied state.
+    pub fn watch(&self) -> GroupWatch {
+        match &self.kind {
+            Kind::Metadata(tx) => GroupWatch::Catalog(tx.subscribe()),
+            Kind::Partition(tx) => GroupWatch::Partition(tx.subscribe()),
+            Kind::Offsets(tx) => GroupWatch::Offsets(tx.subscribe()),
+        }
+    }
+
+    /// Deletes the group's data and snapshots (the replica is being dropped).
+    pub fn destroy(engine: &Engine, group: u64, snapshot_root: &Path) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        engine.delete_group_range(&mut b, CF_DATA, group)?;
+        engine.write_sync(b)?;
+        SnapshotDir::new(snapshot_root, group).destroy()
+    }
+
+    fn apply_one(&mut self, req: &Request, b: &mut WriteBatch) -> Result<Response, StorageError> {
+        let cf = self.engine.cf(CF_DATA)?;
+        let group = self.group;
+        Ok(match (&mut self.kind, req) {
+            (Kind::Metadata(tx), Request::Meta(cmd)) => {
+                let mut catalog = (**tx.borrow()).clone();
+                let resp = catalog.apply(cmd);
+                if !matches!(resp, MetaResponse::Rejected(_)) {
+                    b.put_cf(&cf, group_key(group, &[TAG_CATALOG]), encode(&catalog)?);
+                    tx.send_replace(Arc::new(catalog));
+                }
+                Response::Meta(resp)
+            }
+            (
+                Kind::Partition(_),
+                Request::Append {
+                    batch,
+                    count,
+                    max_timestamp_ms,
+                },
+            ) => {
+                let p = &mut self.header.partition;
+                let base_offset = p.next_offset;
+                b.put_cf(
+                    &cf,
+                    partition::batch_key(group, base_offset),
+                    partition::batch_value(*count, *max_timestamp_ms, batch),
+                );
+                p.next_offset += u64::from(*count);
+                p.bytes += batch.len() as u64;
+                Response::Appended {
+                    base_offset,
+                    count: *count,
+                }
+            }
+            (Kind::Partition(_), Request::Trim { before }) => {
+                let p = &mut self.header.partition;
+                let before = (*before).min(p.next_offset);
+                if before > p.earliest {
+                    let mut dropped = 0u64;
+                    partition::scan_batches(&self.engine, group, before, |_, _, sb| {
+                        dropped += sb.batch.len() as u64;
+                        Ok(true)
+                    })?;
+                    b.delete_range_cf(
+                        &cf,
+                        partition::batch_key(group, 0),
+                        partition::batch_key(group, before),
+                    );
+                    p.earliest = before;
+                    p.bytes = p.bytes.saturating_sub(dropped);
+                }
+                Response::Ok
+            }
+            (
+                Kind::Offsets(tx),
+                Request::CommitOffsets {
+                    group: cg,
+                    topic,
+                    offsets,
+                },
+            ) => {
+                let mut map = (**tx.borrow()).clone();
+                for (p, off) in offsets {
+                    let key = (cg.clone(), topic.clone(), *p);
+                    b.put_cf(&cf, offset_key(group, &key)?, off.to_be_bytes());
+                    map.insert(key, *off);
+                }
+                tx.send_replace(Arc::new(map));
+                Response::Ok
+            }
+            (_, other) => Response::Rejected(format!(
+                "group {group} cannot apply {other}: command does not match the group's kind"
+            )),
+        })
+    }
+
+    fn put_header(&self, b: &mut WriteBatch) -> Result<(), StorageError> {
+        b.put_cf(
+            &self.engine.cf(CF_DATA)?,
+            group_key(self.group, &[TAG_HEADER]),
+            encode(&self.header)?,
+        );
+        Ok(())
+    }
+
+    fn publish(&self) {
+        if let Kind::Partition(tx) = &self.kind {
+            tx.send_replace(self.header.partition);
+        }
+    }
+}
+
+fn offset_key(group: u64, key: &OffsetKey) -> Result<Vec<u8>, StorageError> {
+    let mut suffix = vec![TAG_OFFSET];
+    suffix.extend_from_slice(&encode(key)?);
+    Ok(group_key(group, &suffix))
+}
+
+fn load_offsets(engine: &Engine, group: u64) -> Result<BTreeMap<OffsetKey, u64>, StorageError> {
+    let mut map = BTreeMap::new();
+    engine.scan(
+        CF_DATA,
+        &group_key(group, &[TAG_OFFSET]),
+        &group_key(group, &[TAG_OFFSET + 1]),
+        |k, v| {
+            let key: OffsetKey = decode(&k[9..])?;
+            let off = key_suffix_u64(v).ok_or_else(|| StorageError::Corrupt("bad offset".into()))?;
+            map.insert(key, off);
+            Ok(true)
+        },
+    )?;
+    Ok(map)
+}
+
+/// Builds a snapshot of the state as it was when the builder was made.
+pub struct SnapshotBuilder {
+    engine: Engine,
+    group: u64,
+    header: Header,
+    rows: CapturedRows,
+    snapshots: SnapshotDir,
+}
+
+/// What the builder copies: small states are captured in memory, partitions are scanned.
+enum CapturedRows {
+    Rows(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Batches are append-only, so every batch below the captured high watermark is the captured state
+    /// (retention may since have dropped some at the front, which the builder accounts for).
+    PartitionBelow(u64),
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let mut w = SnapshotWriter::create(self.snapshots.temp_path()?)?;
+        let mut header = self.header.clone();
+        match &self.rows {
+            CapturedRows::Rows(rows) => {
+                for (k, v) in rows {
+                    w.row(k, v)?;
+                }
+            }
+            CapturedRows::PartitionBelow(end) => {
+                let mut first = None;
+                let mut bytes = 0u64;
+                partition::scan_batches(&self.engine, self.group, *end, |k, v, sb| {
+                    first.get_or_insert(sb.base_offset);
+                    bytes += sb.batch.len() as u64;
+                    w.row(k, v)?;
+                    Ok(true)
+                })?;
+                header.partition.earliest = first.unwrap_or(*end).max(header.partition.earliest);
+                header.partition.bytes = bytes;
+            }
+        }
+        w.row(&group_key(self.group, &[TAG_HEADER]), &encode(&header)?)?;
+        let path = w.finish()?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: header.applied,
+            last_membership: header.membership.clone(),
+        };
+        let snapshot = self.snapshots.promote(&meta, &path)?;
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        Ok((self.header.applied, self.header.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut b = WriteBatch::default();
+        let mut replies = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            self.header.applied = Some(entry.log_id);
+            let resp = match &entry.payload {
+                EntryPayload::Blank => Response::Ok,
+                EntryPayload::Normal(req) => self.apply_one(req, &mut b)?,
+                EntryPayload::Membership(m) => {
+                    self.header.membership =
+                        StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
+                    Response::Ok
+                }
+            };
+            if let Some(r) = responder {
+                replies.push((r, resp));
+            }
+        }
+        self.put_header(&mut b)?;
+        self.engine.write(b)?;
+        self.publish();
+        for (r, resp) in replies {
+            r.send(resp);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let rows = match &self.kind {
+            Kind::Metadata(tx) => CapturedRows::Rows(vec![(
+                group_key(self.group, &[TAG_CATALOG]),
+                encode(&**tx.borrow()).unwrap_or_default(),
+            )]),
+            Kind::Partition(_) => CapturedRows::PartitionBelow(self.header.partition.next_offset),
+            Kind::Offsets(tx) => CapturedRows::Rows(
+                tx.borrow()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((offset_key(self.group, k).ok()?, v.to_be_bytes().to_vec()))
+                    })
+                    .collect(),
+            ),
+        };
+        SnapshotBuilder {
+            engine: self.engine.clone(),
+            group: self.group,
+            header: self.header.clone(),
+            rows,
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let cf = self.engine.cf(CF_DATA)?;
+        let mut b = WriteBatch::default();
+        self.engine.delete_group_range(&mut b, CF_DATA, self.group)?;
+        let mut header = Header::default();
+        let header_key = group_key(self.group, &[TAG_HEADER]);
+        let mut pending = 0usize;
+        let engine = self.engine.clone();
+        read_rows(&snapshot.path, |k, v| {
+            if k.get(..8) != Some(&self.group.to_be_bytes()[..]) {
+                return Err(StorageError::Corrupt(
+                    "snapshot row belongs to another group".into(),
+                ));
+            }
+            if k == header_key {
+                header = decode(&v)?;
+                return Ok(());
+            }
+            pending += k.len() + v.len();
+            b.put_cf(&cf, k, v);
+            if pending >= INSTALL_BATCH_BYTES {
+                engine.write(std::mem::take(&mut b))?;
+                pending = 0;
+            }
+            Ok(())
+        })?;
+        header.applied = meta.last_log_id;
+        header.membership = meta.last_membership.clone();
+        self.header = header;
+        self.put_header(&mut b)?;
+        self.engine.write_sync(b)?;
+        // Reload the in-memory views from what is now stored.
+        match &self.kind {
+            Kind::Metadata(tx) => {
+                let catalog = match self
+                    .engine
+                    .get(CF_DATA, &group_key(self.group, &[TAG_CATALOG]))?
+                {
+                    Some(v) => decode(&v)?,
+                    None => Catalog::default(),
+                };
+                tx.send_replace(Arc::new(catalog));
+            }
+            Kind::Offsets(tx) => {
+                tx.send_replace(Arc::new(load_offsets(&self.engine, self.group)?));
+            }
+            Kind::Partition(_) => self.publish(),
+        }
+        self.snapshots.promote(meta, &snapshot.path)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        Ok(self
+            .snapshots
+            .current()?
+            .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot }))
+    }
+}

@@ -1,0 +1,85 @@
+//! The Raft type configuration shared by every group, and the commands groups replicate.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{MetaCommand, MetaResponse};
+
+openraft::declare_raft_types!(
+    /// Raft types of every Weir group: u64 node ids, nodes addressed by their gRPC address.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+/// The Raft handle of one group.
+pub type Raft = openraft::Raft<TypeConfig, crate::StateMachine>;
+
+/// A command replicated through a group's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Metadata group: change the catalog.
+    Meta(MetaCommand),
+    /// Partition group: append one record batch (kept as the producer encoded it).
+    Append {
+        /// The encoded batch.
+        batch: Bytes,
+        /// Records in the batch (from its header, checked by the leader).
+        count: u32,
+        /// Largest record timestamp (drives time retention).
+        max_timestamp_ms: i64,
+    },
+    /// Partition group: drop whole batches that end at or before `before` (retention).
+    Trim {
+        /// First offset to keep.
+        before: u64,
+    },
+    /// Offsets group: record committed offsets of a consumer group.
+    CommitOffsets {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// (partition, next offset to consume).
+        offsets: Vec<(u32, u64)>,
+    },
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Meta(c) => write!(f, "meta {c:?}"),
+            Request::Append { count, batch, .. } => {
+                write!(f, "append {count} records ({} bytes)", batch.len())
+            }
+            Request::Trim { before } => write!(f, "trim before {before}"),
+            Request::CommitOffsets {
+                group,
+                topic,
+                offsets,
+            } => write!(f, "commit {group}/{topic} {offsets:?}"),
+        }
+    }
+}
+
+/// What applying a [`Request`] answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Nothing to report (blank and membership entries, trims, commits).
+    Ok,
+    /// Answer of a catalog change.
+    Meta(MetaResponse),
+    /// Offsets given to an appended batch: `[base_offset, base_offset + count)`.
+    Appended {
+        /// First offset of the batch.
+        base_offset: u64,
+        /// Records in the batch.
+        count: u32,
+    },
+    /// The command does not fit this group (a bug or a stale route); nothing was changed.
+    Rejected(String),
+}
