@@ -243,6 +243,9 @@ impl Client {
     /// Appends one encoded record batch (see [`weir_proto::batch::BatchBuilder`]) to a partition;
     /// returns the offset of its first record and its record count.
     ///
+    /// The offset is `None` when, with [`Acks::Leader`], the leader acknowledged the batch before
+    /// the offsets were assigned (they are assigned when the batch commits).
+    ///
     /// A batch whose answer was lost in a failure is sent again, so a record may be stored twice
     /// (at-least-once delivery).
     pub async fn produce(
@@ -251,7 +254,7 @@ impl Client {
         partition: u32,
         batch: Bytes,
         acks: Acks,
-    ) -> Result<(u64, u32)> {
+    ) -> Result<(Option<u64>, u32)> {
         let timeout = self.inner.config.request_timeout;
         let req = ProduceRequest {
             topic: topic.to_string(),
@@ -265,7 +268,8 @@ impl Client {
                 async move { log(ch).produce(request(req, timeout)).await }
             })
             .await?;
-        Ok((resp.base_offset, resp.count))
+        let base = (!resp.offsets_pending).then_some(resp.base_offset);
+        Ok((base, resp.count))
     }
 
     /// Reads whole batches of a partition from `offset`, waiting up to `max_wait_ms` for records

@@ -20,6 +20,7 @@ use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Code;
 use weir_proto::v1::FetchResponse;
@@ -136,8 +137,25 @@ struct Membership {
     group: String,
     member_id: String,
     assignment: watch::Receiver<Vec<u32>>,
-    /// Dropping it stops the heartbeat task.
-    _stop: oneshot::Sender<()>,
+    /// Dropping it stops the heartbeat task after its current heartbeat.
+    stop: oneshot::Sender<()>,
+    heartbeats: JoinHandle<()>,
+}
+
+impl Membership {
+    /// Stops heartbeating, then leaves the group. The order matters: a heartbeat still in flight
+    /// after LeaveGroup would put the member back into the group until its session expires.
+    async fn leave(self, client: &Client, topic: &str) -> Result<()> {
+        drop(self.stop);
+        let mut heartbeats = self.heartbeats;
+        let grace = client.config().request_timeout;
+        if tokio::time::timeout(grace, &mut heartbeats).await.is_err() {
+            heartbeats.abort();
+        }
+        client
+            .leave_group(&self.group, topic, &self.member_id)
+            .await
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +217,7 @@ impl Consumer {
                 let initial = normalize(resp.partitions);
                 let (tx, rx) = watch::channel(initial.clone());
                 let (stop, stopped) = oneshot::channel();
-                tokio::spawn(heartbeat(
+                let heartbeats = tokio::spawn(heartbeat(
                     client,
                     group.clone(),
                     topic.to_string(),
@@ -212,7 +230,8 @@ impl Consumer {
                     group: group.clone(),
                     member_id,
                     assignment: rx,
-                    _stop: stop,
+                    stop,
+                    heartbeats,
                 });
                 initial
             }
@@ -265,9 +284,11 @@ impl Consumer {
     ) -> Result<Vec<ConsumedRecord>> {
         let deadline = Instant::now() + timeout;
         loop {
+            // Compared by value: `changed()` below marks a new assignment as seen before it is
+            // adopted here.
             if let Some(m) = &mut self.membership {
-                if m.assignment.has_changed().unwrap_or(false) {
-                    let next = m.assignment.borrow_and_update().clone();
+                let next = m.assignment.borrow_and_update().clone();
+                if !next.iter().copied().eq(self.parts.keys().copied()) {
                     self.assign(next).await?;
                 }
             }
@@ -346,11 +367,7 @@ impl Consumer {
     /// Offsets are not committed here; call [`Consumer::commit`] first to keep progress.
     pub async fn close(mut self) -> Result<()> {
         match self.membership.take() {
-            Some(m) => {
-                self.client
-                    .leave_group(&m.group, &self.topic, &m.member_id)
-                    .await
-            }
+            Some(m) => m.leave(&self.client, &self.topic).await,
             None => Ok(()),
         }
     }
@@ -548,7 +565,7 @@ impl Drop for Consumer {
                 let client = self.client.clone();
                 let topic = self.topic.clone();
                 handle.spawn(async move {
-                    let _ = client.leave_group(&m.group, &topic, &m.member_id).await;
+                    let _ = m.leave(&client, &topic).await;
                 });
             }
         }
@@ -608,11 +625,11 @@ async fn heartbeat(
             _ = &mut stop => return,
             _ = ticker.tick() => {}
         }
-        let beat = client.group_heartbeat(&group, &topic, &member_id, config.session_timeout);
-        let resp = tokio::select! {
-            _ = &mut stop => return,
-            resp = beat => resp,
-        };
+        // Not interrupted by `stop`: the request may already be on its way, and leaving must wait
+        // until it has been answered.
+        let resp = client
+            .group_heartbeat(&group, &topic, &member_id, config.session_timeout)
+            .await;
         match resp {
             Ok(resp) => {
                 let next = normalize(resp.partitions);

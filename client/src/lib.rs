@@ -23,7 +23,7 @@
 //! let producer = Producer::new(client, "events", ProducerConfig::default()).await?;
 //! let ack = producer.send(Some(b"user-1"), b"clicked", None).await?;
 //! producer.flush().await?;
-//! println!("stored at offset {}", ack.await?);
+//! println!("stored at offset {:?}", ack.await?);
 //! # Ok(())
 //! # }
 //! ```

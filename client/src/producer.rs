@@ -94,7 +94,10 @@ pub struct Producer {
 }
 
 /// Resolves to a record's offset once its batch is acknowledged.
-#[must_use = "a RecordAck does nothing unless awaited; drop it to ignore the outcome"]
+///
+/// The offset is `None` with [`Acks::Leader`] when the leader acknowledged before the batch
+/// committed, since offsets are only assigned at commit.
+#[must_use = "the record is sent either way; await the ack to learn its offset or its failure"]
 #[derive(Debug, Clone)]
 pub struct RecordAck {
     batch: BatchAck,
@@ -102,7 +105,7 @@ pub struct RecordAck {
     index: u32,
 }
 
-type BatchAck = Shared<BoxFuture<'static, Result<u64>>>;
+type BatchAck = Shared<BoxFuture<'static, Result<Option<u64>>>>;
 
 impl RecordAck {
     /// The partition the record was sent to.
@@ -112,13 +115,13 @@ impl RecordAck {
 }
 
 impl Future for RecordAck {
-    type Output = Result<u64>;
+    type Output = Result<Option<u64>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let index = u64::from(self.index);
         Pin::new(&mut self.batch)
             .poll(cx)
-            .map(|r| r.map(|base| base + index))
+            .map(|r| r.map(|base| base.map(|b| b + index)))
     }
 }
 
@@ -175,7 +178,7 @@ struct PartitionQueue {
 struct OpenBatch {
     builder: BatchBuilder,
     opened: Instant,
-    done: oneshot::Sender<Result<u64>>,
+    done: oneshot::Sender<Result<Option<u64>>>,
     ack: BatchAck,
     permits: usize,
     seq: u64,
@@ -185,7 +188,7 @@ struct OpenBatch {
 struct Sealed {
     blob: Bytes,
     records: u32,
-    done: oneshot::Sender<Result<u64>>,
+    done: oneshot::Sender<Result<Option<u64>>>,
     permits: usize,
     seq: u64,
 }
@@ -263,8 +266,8 @@ impl Producer {
 
     /// Queues a record for the partition chosen by its key; `timestamp_ms` defaults to now.
     ///
-    /// Waits only when the buffer is full. The returned [`RecordAck`] resolves to the record's
-    /// offset once the cluster has acknowledged it.
+    /// Waits only when the buffer is full. The returned [`RecordAck`] resolves once the cluster has
+    /// acknowledged the record, to its offset when known.
     pub async fn send(
         &self,
         key: Option<&[u8]>,
@@ -410,7 +413,7 @@ impl Core {
     }
 
     /// Settles a batch: counts it, frees its buffer space and wakes whoever awaits its records.
-    fn settle(&self, sealed: Sealed, result: Result<u64>) {
+    fn settle(&self, sealed: Sealed, result: Result<Option<u64>>) {
         let records = u64::from(sealed.records);
         match &result {
             Ok(_) => {

@@ -115,7 +115,7 @@ impl Cluster for ClusterService {
                 tracing::info!(node = node_id, addr = %req.advertise_addr, "node joined");
                 Ok(Response::new(JoinResponse { node_id }))
             }
-            MetaResponse::Rejected(m) => Err(Status::failed_precondition(m)),
+            MetaResponse::Rejected(m) => Err(Status::unavailable(m)),
             MetaResponse::Ok => Ok(Response::new(JoinResponse {
                 node_id: req.node_id,
             })),

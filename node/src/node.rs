@@ -278,7 +278,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
 /// catalog entry; a node restarted on another address updates it.
 async fn register_self(ctx: Arc<NodeContext>, me: NodeInfo) {
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let Ok(catalog) = ctx.registry.catalog() else {
             continue;
         };

@@ -165,6 +165,11 @@ impl Catalog {
                 MetaResponse::NodeId(node.id)
             }
             MetaCommand::AddNode { addr, http_addr } => {
+                if self.nodes.is_empty() {
+                    return MetaResponse::Rejected(
+                        "the cluster is not bootstrapped yet; retry".into(),
+                    );
+                }
                 if let Some(existing) = self.nodes.values().find(|n| &n.addr == addr) {
                     return MetaResponse::NodeId(existing.id);
                 }

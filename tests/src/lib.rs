@@ -1,1 +1,125 @@
-//! placeholder
+//! weir-tests: helpers for Weir's multi-node tests.
+//!
+//! - [`InProcessCluster`]: several nodes in this test process on loopback ports, temporary dirs.
+//! - [`ProcessCluster`] (in [`process`]): the real `weir-node` binaries, killed and restarted.
+//! - [`wait_until`]: polling with a deadline, the only way tests wait.
+
+pub mod process;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use weir_node::{NodeConfig, RunningNode};
+use weir_proto::v1::cluster_client::ClusterClient;
+use weir_proto::v1::log_client::LogClient;
+use weir_proto::v1::StatusRequest;
+
+pub use process::ProcessCluster;
+
+/// Polls `check` every 50 ms until it returns `Some`, failing with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A log client of `addr`.
+pub async fn log_client(addr: &str) -> LogClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .connect_lazy();
+    LogClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A cluster client of `addr`.
+pub async fn cluster_client(addr: &str) -> ClusterClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .connect_lazy();
+    ClusterClient::new(ch)
+}
+
+/// Number of members the cluster reports as up, asked through `addr`.
+pub async fn members_up(addr: &str) -> usize {
+    match cluster_client(addr).await.status(StatusRequest {}).await {
+        Ok(r) => r
+            .into_inner()
+            .members
+            .iter()
+            .filter(|m| m.state == "up")
+            .count(),
+        Err(_) => 0,
+    }
+}
+
+/// Logs to the test output, filtered by `WEIR_LOG` (default: warnings).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Several nodes running inside the test process.
+pub struct InProcessCluster {
+    /// The running nodes, in start order.
+    pub nodes: Vec<RunningNode>,
+    _dirs: Vec<TempDir>,
+}
+
+impl InProcessCluster {
+    /// Starts `n` nodes: the first bootstraps, the others join it; returns once all are up.
+    pub async fn start(n: usize) -> InProcessCluster {
+        init_tracing();
+        let mut nodes: Vec<RunningNode> = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut cfg = NodeConfig::new(dir.path());
+            cfg.listen = "127.0.0.1:0".into();
+            cfg.http = "127.0.0.1:0".into();
+            if i > 0 {
+                cfg.join = Some(nodes[0].grpc_addr.to_string());
+            }
+            let node = weir_node::start(cfg).await.expect("node starts");
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        let first = nodes[0].grpc_addr.to_string();
+        wait_until("all members up", Duration::from_secs(30), || {
+            let first = first.clone();
+            async move { (members_up(&first).await == n).then_some(()) }
+        })
+        .await;
+        InProcessCluster {
+            nodes,
+            _dirs: dirs,
+        }
+    }
+
+    /// gRPC address of node `i`.
+    pub fn addr(&self, i: usize) -> String {
+        self.nodes[i].grpc_addr.to_string()
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Clusters of real `weir-node` processes, for tests that kill nodes with SIGKILL.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// A free port on 127.0.0.1 (bound once by the OS, then released for the node to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Path of a workspace binary, next to the test executable's directory (`target/<profile>/`).
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("WEIR_{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built; run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// One node process and what it needs to restart.
+pub struct NodeProcess {
+    /// Node data directory.
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    pub addr: String,
+    /// HTTP address.
+    pub http: String,
+    join: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("node log file");
+        let mut cmd = Command::new(binary("weir-node"));
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--http")
+            .arg(&self.http)
+            .args(extra)
+            .env("WEIR_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        if let Some(j) = &self.join {
+            cmd.arg("--join").arg(j);
+        }
+        self.child = Some(cmd.spawn().expect("weir-node starts"));
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Several `weir-node` processes on loopback ports, each with its own temporary data dir.
+pub struct ProcessCluster {
+    /// The nodes, in start order (node `i` has id `i + 1`).
+    pub nodes: Vec<NodeProcess>,
+    extra: Vec<String>,
+    dir: TempDir,
+}
+
+impl ProcessCluster {
+    /// Starts `n` nodes (the first bootstraps, the others join it), passing `extra` flags to all.
+    pub fn start(n: usize, extra: &[&str]) -> ProcessCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = ProcessCluster {
+            nodes: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        for _ in 0..n {
+            c.add_node();
+        }
+        c
+    }
+
+    /// Starts one more node that joins the first.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let join = self.nodes.first().map(|n| n.addr.clone());
+        let mut node = NodeProcess {
+            data_dir: self.dir.path().join(format!("node{i}")),
+            addr: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            join,
+            child: None,
+            log: self.dir.path().join(format!("node{i}.log")),
+        };
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        node.spawn(&extra);
+        self.nodes.push(node);
+        i
+    }
+
+    /// gRPC address of node `i`.
+    pub fn addr(&self, i: usize) -> String {
+        self.nodes[i].addr.clone()
+    }
+
+    /// Kills node `i` with SIGKILL (no chance to flush or say goodbye).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts node `i` on its data dir and addresses.
+    pub fn restart(&mut self, i: usize) {
+        assert!(!self.nodes[i].is_running(), "node {i} is still running");
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.nodes[i].spawn(&extra);
+    }
+
+    /// The log of node `i` (for failure messages).
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// How long tests wait for the cluster to settle after a fault.
+    pub fn settle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
