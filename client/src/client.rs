@@ -261,6 +261,7 @@ impl Client {
             partition,
             batch,
             acks: acks as i32,
+            ..Default::default()
         };
         let resp = self
             .call_leader(topic, partition, |ch| {

@@ -172,6 +172,8 @@ async fn ingest(
             partition,
             batch,
             acks: Acks::All as i32,
+            producer_id: 0,
+            sequence: 0,
         });
         match s.log.produce(req).await {
             Ok(resp) => {

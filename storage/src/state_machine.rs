@@ -27,6 +27,11 @@ use crate::{decode, encode, Engine, Request, Response, StorageError, TypeConfig}
 const TAG_HEADER: u8 = 0;
 const TAG_CATALOG: u8 = 2;
 const TAG_OFFSET: u8 = 3;
+const TAG_PRODUCER: u8 = 4;
+/// Batches remembered per producer for de-duplication (as Kafka's five in-flight batches).
+const PRODUCER_WINDOW: usize = 5;
+/// Producers remembered per partition; the least recently active is forgotten first.
+const MAX_PRODUCERS: usize = 10_000;
 /// Rows per write batch when a snapshot is installed.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
@@ -41,10 +46,19 @@ struct Header {
     partition: PartitionState,
 }
 
+/// The last batches an idempotent producer wrote to a partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ProducerState {
+    /// Log index of the producer's last write (orders eviction the same way on every replica).
+    last_index: u64,
+    /// (sequence, base offset, count) of the last batches, oldest first.
+    batches: std::collections::VecDeque<(u64, u64, u32)>,
+}
+
 /// Kind-specific state kept in memory.
 enum Kind {
     Metadata(watch::Sender<Arc<Catalog>>),
-    Partition(watch::Sender<PartitionState>),
+    Partition(watch::Sender<PartitionState>, BTreeMap<u64, ProducerState>),
     Offsets(watch::Sender<Arc<BTreeMap<OffsetKey, u64>>>),
 }
 
@@ -88,7 +102,10 @@ impl StateMachine {
                 };
                 Kind::Metadata(watch::channel(Arc::new(catalog)).0)
             }
-            GroupKind::Partition { .. } => Kind::Partition(watch::channel(header.partition).0),
+            GroupKind::Partition { .. } => Kind::Partition(
+                watch::channel(header.partition).0,
+                load_producers(&engine, group)?,
+            ),
             GroupKind::Offsets => {
                 Kind::Offsets(watch::channel(Arc::new(load_offsets(&engine, group)?)).0)
             }
@@ -106,7 +123,7 @@ impl StateMachine {
     pub fn watch(&self) -> GroupWatch {
         match &self.kind {
             Kind::Metadata(tx) => GroupWatch::Catalog(tx.subscribe()),
-            Kind::Partition(tx) => GroupWatch::Partition(tx.subscribe()),
+            Kind::Partition(tx, _) => GroupWatch::Partition(tx.subscribe()),
             Kind::Offsets(tx) => GroupWatch::Offsets(tx.subscribe()),
         }
     }
@@ -119,7 +136,12 @@ impl StateMachine {
         SnapshotDir::new(snapshot_root, group).destroy()
     }
 
-    fn apply_one(&mut self, req: &Request, b: &mut WriteBatch) -> Result<Response, StorageError> {
+    fn apply_one(
+        &mut self,
+        index: u64,
+        req: &Request,
+        b: &mut WriteBatch,
+    ) -> Result<Response, StorageError> {
         let cf = self.engine.cf(CF_DATA)?;
         let group = self.group;
         Ok(match (&mut self.kind, req) {
@@ -133,15 +155,49 @@ impl StateMachine {
                 Response::Meta(resp)
             }
             (
-                Kind::Partition(_),
+                Kind::Partition(_, producers),
                 Request::Append {
                     batch,
                     count,
                     max_timestamp_ms,
+                    producer,
                 },
             ) => {
                 let p = &mut self.header.partition;
                 let base_offset = p.next_offset;
+                if let Some(ps) = producer {
+                    let st = producers.entry(ps.producer_id).or_default();
+                    if let Some((_, base, n)) =
+                        st.batches.iter().find(|(seq, _, _)| *seq == ps.sequence)
+                    {
+                        return Ok(Response::Appended {
+                            base_offset: *base,
+                            count: *n,
+                        });
+                    }
+                    if st.batches.back().is_some_and(|(seq, _, _)| *seq > ps.sequence) {
+                        return Ok(Response::Rejected(format!(
+                            "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
+                            ps.sequence, ps.producer_id
+                        )));
+                    }
+                    st.batches.push_back((ps.sequence, base_offset, *count));
+                    if st.batches.len() > PRODUCER_WINDOW {
+                        st.batches.pop_front();
+                    }
+                    st.last_index = index;
+                    b.put_cf(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+                    if producers.len() > MAX_PRODUCERS {
+                        if let Some(oldest) = producers
+                            .iter()
+                            .min_by_key(|(_, st)| st.last_index)
+                            .map(|(id, _)| *id)
+                        {
+                            producers.remove(&oldest);
+                            b.delete_cf(cf, producer_key(group, oldest));
+                        }
+                    }
+                }
                 b.put_cf(
                     &cf,
                     partition::batch_key(group, base_offset),
@@ -154,7 +210,7 @@ impl StateMachine {
                     count: *count,
                 }
             }
-            (Kind::Partition(_), Request::Trim { before }) => {
+            (Kind::Partition(..), Request::Trim { before }) => {
                 let p = &mut self.header.partition;
                 let before = (*before).min(p.next_offset);
                 if before > p.earliest {
@@ -206,7 +262,7 @@ impl StateMachine {
     }
 
     fn publish(&self) {
-        if let Kind::Partition(tx) = &self.kind {
+        if let Kind::Partition(tx, _) = &self.kind {
             tx.send_replace(self.header.partition);
         }
     }
@@ -216,6 +272,25 @@ fn offset_key(group: u64, key: &OffsetKey) -> Result<Vec<u8>, StorageError> {
     let mut suffix = vec![TAG_OFFSET];
     suffix.extend_from_slice(&encode(key)?);
     Ok(group_key(group, &suffix))
+}
+
+fn producer_key(group: u64, producer: u64) -> Vec<u8> {
+    crate::engine::group_key_u64(group, TAG_PRODUCER, producer)
+}
+
+fn load_producers(engine: &Engine, group: u64) -> Result<BTreeMap<u64, ProducerState>, StorageError> {
+    let mut map = BTreeMap::new();
+    engine.scan(
+        CF_DATA,
+        &group_key(group, &[TAG_PRODUCER]),
+        &group_key(group, &[TAG_PRODUCER + 1]),
+        |k, v| {
+            let id = key_suffix_u64(k).ok_or_else(|| StorageError::Corrupt("bad producer key".into()))?;
+            map.insert(id, decode(v)?);
+            Ok(true)
+        },
+    )?;
+    Ok(map)
 }
 
 fn load_offsets(engine: &Engine, group: u64) -> Result<BTreeMap<OffsetKey, u64>, StorageError> {
@@ -248,7 +323,8 @@ enum CapturedRows {
     Rows(Vec<(Vec<u8>, Vec<u8>)>),
     /// Batches are append-only, so every batch below the captured high watermark is the captured state
     /// (retention may since have dropped some at the front, which the builder accounts for).
-    PartitionBelow(u64),
+    /// Producer de-duplication state is small and captured as rows.
+    PartitionBelow(u64, Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -263,7 +339,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     w.row(k, v)?;
                 }
             }
-            CapturedRows::PartitionBelow(end) => {
+            CapturedRows::PartitionBelow(end, producers) => {
+                for (k, v) in producers {
+                    w.row(k, v)?;
+                }
                 let mut first = None;
                 let mut bytes = 0u64;
                 partition::scan_batches(&self.engine, self.group, *end, |k, v, sb| {
@@ -307,7 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.header.applied = Some(entry.log_id);
             let resp = match &entry.payload {
                 EntryPayload::Blank => Response::Ok,
-                EntryPayload::Normal(req) => self.apply_one(req, &mut b)?,
+                EntryPayload::Normal(req) => self.apply_one(entry.log_id.index, req, &mut b)?,
                 EntryPayload::Membership(m) => {
                     self.header.membership =
                         StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
@@ -333,7 +412,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 group_key(self.group, &[TAG_CATALOG]),
                 encode(&**tx.borrow()).unwrap_or_default(),
             )]),
-            Kind::Partition(_) => CapturedRows::PartitionBelow(self.header.partition.next_offset),
+            Kind::Partition(_, producers) => CapturedRows::PartitionBelow(
+                self.header.partition.next_offset,
+                producers
+                    .iter()
+                    .filter_map(|(id, st)| Some((producer_key(self.group, *id), encode(st).ok()?)))
+                    .collect(),
+            ),
             Kind::Offsets(tx) => CapturedRows::Rows(
                 tx.borrow()
                     .iter()
@@ -388,7 +473,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.put_header(&mut b)?;
         self.engine.write_sync(b)?;
         // Reload the in-memory views from what is now stored.
-        match &self.kind {
+        match &mut self.kind {
             Kind::Metadata(tx) => {
                 let catalog = match self
                     .engine
@@ -402,8 +487,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Kind::Offsets(tx) => {
                 tx.send_replace(Arc::new(load_offsets(&self.engine, self.group)?));
             }
-            Kind::Partition(_) => self.publish(),
+            Kind::Partition(_, producers) => {
+                *producers = load_producers(&self.engine, self.group)?;
+            }
         }
+        self.publish();
         self.snapshots.promote(meta, &snapshot.path)?;
         Ok(())
     }
@@ -415,5 +503,142 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snapshots
             .current()?
             .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::GroupKind;
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderId;
+
+    fn append(index: u64, n: u32) -> openraft::alias::EntryOf<TypeConfig> {
+        let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+        openraft::alias::EntryOf::<TypeConfig>::new_normal(
+            openraft::LogId::new(lid, index),
+            Request::Append {
+                batch: bytes::Bytes::from(vec![index as u8; 100]),
+                count: n,
+                max_timestamp_ms: index as i64,
+                producer: None,
+            },
+        )
+    }
+
+    async fn apply_all(sm: &mut StateMachine, entries: Vec<openraft::alias::EntryOf<TypeConfig>>) {
+        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+        sm.apply(stream).await.unwrap();
+    }
+
+    fn partition() -> GroupKind {
+        GroupKind::Partition {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    fn state(sm: &StateMachine) -> PartitionState {
+        match sm.watch() {
+            GroupWatch::Partition(rx) => *rx.borrow(),
+            _ => unreachable!("partition group"),
+        }
+    }
+
+    #[tokio::test]
+    async fn partition_applies_snapshots_installs_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("a")).unwrap();
+        let snaps = dir.path().join("snap-a");
+        let mut sm = StateMachine::open(engine.clone(), 5, &partition(), &snaps).unwrap();
+        apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
+        assert_eq!(state(&sm).next_offset, 30);
+        let got = partition::read_batches(&engine, 5, 7, 30, usize::MAX).unwrap();
+        assert_eq!(got.first().map(|b| b.base_offset), Some(6), "batch holding offset 7");
+        assert_eq!(got.len(), 8);
+
+        // Retention drops whole batches from the front.
+        let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+        let trim = openraft::alias::EntryOf::<TypeConfig>::new_normal(
+            openraft::LogId::new(lid, 11),
+            Request::Trim { before: 9 },
+        );
+        apply_all(&mut sm, vec![trim]).await;
+        assert_eq!(state(&sm).earliest, 9);
+        assert_eq!(state(&sm).bytes, 700);
+
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id.unwrap().index, 11);
+
+        // A fresh replica installs it and serves the same data.
+        let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+        let mut sm_b =
+            StateMachine::open(engine_b.clone(), 5, &partition(), &dir.path().join("snap-b")).unwrap();
+        let copy = dir.path().join("incoming.snap");
+        std::fs::copy(&snap.snapshot.path, &copy).unwrap();
+        sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy }).await.unwrap();
+        assert_eq!(state(&sm_b), state(&sm));
+        let a = partition::read_batches(&engine, 5, 9, 30, usize::MAX).unwrap();
+        let b = partition::read_batches(&engine_b, 5, 9, 30, usize::MAX).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(sm_b.applied_state().await.unwrap().0.unwrap().index, 11);
+        assert!(sm_b.get_current_snapshot().await.unwrap().is_some());
+
+        // Restart: the applied index and data come back from disk, so nothing is applied twice.
+        drop(sm_b);
+        drop(engine_b);
+        let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+        let sm_b = StateMachine::open(engine_b, 5, &partition(), &dir.path().join("snap-b")).unwrap();
+        assert_eq!(state(&sm_b).next_offset, 30);
+        assert_eq!(state(&sm_b).earliest, 9);
+    }
+
+    #[tokio::test]
+    async fn retried_batches_of_idempotent_producers_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(engine.clone(), 2, &partition(), dir.path()).unwrap();
+        let req = |seq: u64| Request::Append {
+            batch: bytes::Bytes::from_static(b"x"),
+            count: 10,
+            max_timestamp_ms: 0,
+            producer: Some(crate::types::ProducerSeq {
+                producer_id: 42,
+                sequence: seq,
+            }),
+        };
+        let mut b = WriteBatch::default();
+        let first = sm.apply_one(1, &req(0), &mut b).unwrap();
+        let second = sm.apply_one(2, &req(1), &mut b).unwrap();
+        let retry = sm.apply_one(3, &req(0), &mut b).unwrap();
+        assert_eq!(first, retry, "a retried batch gets its original offsets");
+        assert_eq!(
+            second,
+            Response::Appended {
+                base_offset: 10,
+                count: 10
+            }
+        );
+        engine.write(b).unwrap();
+        assert_eq!(sm.header.partition.next_offset, 20);
+        // The de-duplication window survives a restart.
+        drop(sm);
+        let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        assert_eq!(sm.apply_one(4, &req(1), &mut b).unwrap(), second);
+    }
+
+    #[tokio::test]
+    async fn commands_of_another_kind_are_rejected_without_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(engine, 1, &GroupKind::Offsets, dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(1, &Request::Trim { before: 3 }, &mut b)
+            .unwrap();
+        assert!(matches!(r, Response::Rejected(_)));
+        assert_eq!(b.len(), 0);
     }
 }

@@ -32,6 +32,9 @@ pub enum Request {
         count: u32,
         /// Largest record timestamp (drives time retention).
         max_timestamp_ms: i64,
+        /// Idempotent producers name themselves and number their batches, so a retried batch
+        /// that was already written is answered with its offsets instead of being written twice.
+        producer: Option<ProducerSeq>,
     },
     /// Partition group: drop whole batches that end at or before `before` (retention).
     Trim {
@@ -64,6 +67,15 @@ impl fmt::Display for Request {
             } => write!(f, "commit {group}/{topic} {offsets:?}"),
         }
     }
+}
+
+/// A producer's id and the sequence number of one of its batches to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerSeq {
+    /// Chosen at random by the producer, once per producer instance.
+    pub producer_id: u64,
+    /// Increases by one per batch the producer sends to the partition.
+    pub sequence: u64,
 }
 
 /// What applying a [`Request`] answered.

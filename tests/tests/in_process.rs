@@ -40,6 +40,7 @@ async fn three_nodes_produce_and_consume() {
                     partition,
                     batch: builder.finish(),
                     acks: Acks::All as i32,
+                    ..Default::default()
                 })
                 .await
                 .expect("produce acknowledged")
@@ -100,6 +101,7 @@ async fn three_nodes_produce_and_consume() {
             partition: 0,
             batch: BatchBuilder::new().finish(),
             acks: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -110,6 +112,7 @@ async fn three_nodes_produce_and_consume() {
             partition: 0,
             batch: bytes::Bytes::from_static(b"garbage"),
             acks: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

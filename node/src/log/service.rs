@@ -14,6 +14,7 @@ use weir_proto::v1::log_server::Log;
 use weir_proto::v1::*;
 use weir_storage::catalog::{Catalog, GroupInfo, MetaCommand, MetaResponse, INTERNAL_PREFIX};
 use weir_storage::partition::{self, PartitionState};
+use weir_storage::types::ProducerSeq;
 use weir_storage::{GroupWatch, Request as Cmd, Response as Resp};
 
 use crate::cluster::NodeContext;
@@ -333,6 +334,10 @@ impl Log for LogService {
             batch: req.batch,
             count: header.count,
             max_timestamp_ms: header.max_timestamp_ms,
+            producer: (req.producer_id != 0).then_some(ProducerSeq {
+                producer_id: req.producer_id,
+                sequence: req.sequence,
+            }),
         };
         let span = tracing::debug_span!("produce", group = group.id, topic = %req.topic, partition = req.partition);
         let _e = span.enter();
@@ -357,6 +362,7 @@ impl Log for LogService {
                     offsets_pending: false,
                 }))
             }
+            Resp::Rejected(m) => Err(NodeError::InvalidArgument(m).into()),
             other => Err(NodeError::Internal(format!("unexpected answer {other:?}")).into()),
         }
     }
