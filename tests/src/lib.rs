@@ -64,6 +64,28 @@ pub async fn members_up(addr: &str) -> usize {
     }
 }
 
+/// Sends one HTTP/1.1 request to `addr` and returns the status code and body.
+pub async fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("HTTP connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("HTTP write");
+    s.write_all(body).await.expect("HTTP write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("HTTP read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("HTTP status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
 /// Logs to the test output, filtered by `WEIR_LOG` (default: warnings).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")

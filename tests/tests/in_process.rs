@@ -155,3 +155,120 @@ async fn three_nodes_produce_and_consume() {
     assert_eq!(latest, 1000);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_ingest_health_metrics_and_retention() {
+    let cluster = InProcessCluster::start(1).await;
+    let http = cluster.nodes[0].http_addr.to_string();
+    let mut c = log_client(&cluster.addr(0)).await;
+    c.create_topic(CreateTopicRequest {
+        name: "clicks".into(),
+        partitions: 2,
+        replicas: 1,
+        retention_ms: 0,
+        retention_bytes: 2_000,
+    })
+    .await
+    .expect("topic created");
+
+    assert_eq!(weir_tests::http(&http, "GET", "/health", "text/plain", b"").await.0, 200);
+    let ready = wait_until("node ready", Duration::from_secs(10), || {
+        let http = http.clone();
+        async move {
+            let (s, _) = weir_tests::http(&http, "GET", "/ready", "text/plain", b"").await;
+            (s == 200).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(ready, ());
+
+    // A JSON array: one record per element, all to the partition of the key.
+    let (status, body) = weir_tests::http(
+        &http,
+        "POST",
+        "/v1/topics/clicks/records?key=user-1",
+        "application/json",
+        br#"[{"page": "/"}, {"page": "/cart"}, "plain text"]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["offsets"], serde_json::json!([0, 1, 2]));
+    let partition = v["partition"].as_u64().expect("partition") as u32;
+
+    // NDJSON to an explicit partition.
+    let (status, body) = weir_tests::http(
+        &http,
+        "POST",
+        &format!("/v1/topics/clicks/records?partition={partition}"),
+        "application/x-ndjson",
+        b"{\"n\":1}\n{\"n\":2}\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[3,4]"), "{body}");
+
+    // Bad input: a clear 4xx and nothing written.
+    let (status, body) = weir_tests::http(&http, "POST", "/v1/topics/clicks/records", "application/json", b"[1, 2").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a JSON array"), "{body}");
+    let (status, _) = weir_tests::http(&http, "POST", "/v1/topics/nope/records", "application/json", b"[1]").await;
+    assert_eq!(status, 404);
+    let offs = c
+        .list_offsets(ListOffsetsRequest {
+            topic: "clicks".into(),
+            partition,
+        })
+        .await
+        .expect("offsets")
+        .into_inner();
+    assert_eq!(offs.latest, 5, "the malformed body wrote nothing");
+
+    let (status, metrics) = weir_tests::http(&http, "GET", "/metrics", "text/plain", b"").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("weir_produce_records_total"), "{metrics}");
+    assert!(metrics.contains("weir_raft_groups_led"), "{metrics}");
+
+    // Size retention: write well past 2,000 bytes; the earliest offset moves forward.
+    for i in 0..20 {
+        let body = format!("[\"{}\"]", "x".repeat(200 + i));
+        let (status, _) = weir_tests::http(
+            &http,
+            "POST",
+            &format!("/v1/topics/clicks/records?partition={partition}"),
+            "application/json",
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let earliest = wait_until("retention drops old batches", Duration::from_secs(30), || {
+        let mut c = c.clone();
+        async move {
+            let o = c
+                .list_offsets(ListOffsetsRequest {
+                    topic: "clicks".into(),
+                    partition,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (o.earliest > 0).then_some(o.earliest)
+        }
+    })
+    .await;
+    assert!(earliest <= 25);
+    let err = c
+        .fetch(FetchRequest {
+            topic: "clicks".into(),
+            partition,
+            offset: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "dropped offsets are out of range");
+    cluster.shutdown().await;
+}
