@@ -1,20 +1,59 @@
 //! gRPC channels to other nodes, one per address, shared by every group and service.
+//!
+//! Connections are made by tokio's TCP by default; a simulation hands in its own connector
+//! ([`Peers::with_connector`]) so the same Raft transport runs over a simulated network.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::ServiceExt;
 
 use crate::error::{NodeError, NodeResult};
 
+/// Turns a configured endpoint into a lazily connected channel; erases the connector's type so
+/// that `Peers` stays one concrete, cloneable type whatever network it runs on.
+type Connect = Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>;
+
 /// A cache of lazily connected channels by address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<RwLock<HashMap<String, Channel>>>,
+    connect: Connect,
+}
+
+impl Default for Peers {
+    /// Peers reached over tokio TCP.
+    fn default() -> Peers {
+        Peers::from_connect(Arc::new(|ep: &Endpoint| ep.connect_lazy()))
+    }
 }
 
 impl Peers {
+    /// Peers reached through `connector`, which opens a byte stream to a `http://HOST:PORT` URI
+    /// (for example over a simulated network instead of the OS's TCP).
+    pub fn with_connector<C, S>(connector: C) -> Peers
+    where
+        C: tower::Service<Uri, Response = S> + Clone + Send + Sync + 'static,
+        C::Future: Send,
+        Box<dyn std::error::Error + Send + Sync>: From<C::Error>,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Peers::from_connect(Arc::new(move |ep: &Endpoint| {
+            ep.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
+        }))
+    }
+
+    fn from_connect(connect: Connect) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            connect,
+        }
+    }
+
     /// The channel to `addr` (`HOST:PORT`), created on first use.
     pub fn channel(&self, addr: &str) -> NodeResult<Channel> {
         if let Some(c) = self
@@ -32,7 +71,7 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20);
-        let ch = ep.connect_lazy();
+        let ch = (self.connect)(&ep);
         self.channels
             .write()
             .map_err(|_| NodeError::Internal("peer cache poisoned".into()))?

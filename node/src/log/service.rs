@@ -118,12 +118,14 @@ impl LogService {
         let mut parts = Vec::new();
         for (i, g) in t.groups.iter().enumerate() {
             let info = catalog.groups.get(g);
+            // Reports of nodes that went silent may still claim leadership: skip them.
             let led = reports
                 .iter()
+                .filter(|(n, _)| **n == self.ctx.node_id || self.ctx.liveness.is_up(**n))
                 .find_map(|(n, rs)| rs.iter().find(|r| r.group_id == *g && r.leader).map(|r| (*n, r)));
-            let (leader, earliest, latest) = match led {
-                Some((n, r)) => (n, r.earliest_offset, r.latest_offset),
-                None => (0, 0, 0),
+            let (leader, earliest, latest, voters, max_lag) = match led {
+                Some((n, r)) => (n, r.earliest_offset, r.latest_offset, r.voters.clone(), r.max_lag),
+                None => (0, 0, 0, Vec::new(), 0),
             };
             parts.push(PartitionInfo {
                 partition: i as u32,
@@ -137,6 +139,8 @@ impl LogService {
                 replicas: info.map(|i| i.replicas.clone()).unwrap_or_default(),
                 earliest_offset: earliest,
                 latest_offset: latest,
+                voters,
+                max_lag,
             });
         }
         Ok(TopicInfo {

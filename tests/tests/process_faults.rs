@@ -1,0 +1,270 @@
+//! Real `weir-node` processes: SIGKILL during produce, join with rebalancing, and node loss.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use weir_client::consumer::{Consumer, ConsumerConfig};
+use weir_client::{Client, NewTopic, Producer, ProducerConfig};
+use weir_tests::{members_up, wait_until, ProcessCluster};
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+async fn cluster_up(c: &ProcessCluster, n: usize) {
+    let addr = c.addr(0);
+    wait_until(&format!("{n} members up"), SETTLE, || {
+        let addr = addr.clone();
+        async move { (members_up(&addr).await == n).then_some(()) }
+    })
+    .await;
+}
+
+/// Reads every record of every partition up to the latest offset: partition → [(offset, value)].
+async fn read_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, String)>> {
+    let info = client.describe_topic(topic).await.expect("topic");
+    let mut latest = BTreeMap::new();
+    for p in 0..info.partitions {
+        let o = client.list_offsets(topic, p).await.expect("offsets");
+        latest.insert(p, o.latest);
+    }
+    let mut consumer = Consumer::new(client.clone(), topic, ConsumerConfig::default())
+        .await
+        .expect("consumer");
+    let mut out: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    let total: u64 = latest.values().sum();
+    let mut got = 0u64;
+    let deadline = std::time::Instant::now() + SETTLE;
+    while got < total {
+        assert!(std::time::Instant::now() < deadline, "read {got} of {total} records");
+        for r in consumer.poll(Duration::from_millis(500)).await.expect("poll") {
+            got += 1;
+            out.entry(r.partition)
+                .or_default()
+                .push((r.offset, String::from_utf8_lossy(&r.value).to_string()));
+        }
+    }
+    out
+}
+
+/// Partitions in offset order, dense from their first offset, no offset twice.
+fn assert_dense(data: &BTreeMap<u32, Vec<(u64, String)>>) {
+    for (p, recs) in data {
+        for w in recs.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1, "partition {p}: offsets not dense and ordered");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_partition_leader_loses_no_acknowledged_record() {
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster_up(&cluster, 3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new("durable", 3, 3))
+        .await
+        .expect("topic");
+    let leader = client.describe_topic("durable").await.expect("describe").partition_info[0].leader;
+    assert!(leader > 0, "partition 0 has a leader");
+    let status = client.cluster_status().await.expect("status");
+    let leader_addr = &status.members.iter().find(|m| m.id == leader).expect("leader is a member").addr;
+    let victim = (0..3).find(|i| &cluster.addr(*i) == leader_addr).expect("leader is one of ours");
+
+    let producer = Producer::new(client.clone(), "durable", ProducerConfig::default())
+        .await
+        .expect("producer");
+    let total = 20_000u64;
+    let sender = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(total as usize);
+            for i in 0..total {
+                let value = format!("record-{i}");
+                let key = format!("k{}", i % 97);
+                let ack = producer
+                    .send(Some(key.as_bytes()), value.as_bytes(), None)
+                    .await
+                    .expect("queued");
+                acks.push((value, ack));
+                if i % 500 == 0 {
+                    // Pace the producer so the kill lands in the middle of the stream.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            producer.flush().await.expect("flush");
+            let mut acked = Vec::new();
+            for (value, ack) in acks {
+                let p = ack.partition();
+                if let Ok(Some(offset)) = ack.await {
+                    acked.push((p, offset, value));
+                }
+            }
+            acked
+        })
+    };
+
+    // Kill the leader of partition 0 once a quarter of the records are acknowledged, then restart it.
+    wait_until("a quarter acknowledged", SETTLE, || {
+        let producer = producer.clone();
+        async move { (producer.stats().records_acked >= total / 4).then_some(()) }
+    })
+    .await;
+    cluster.kill(victim);
+    wait_until("a new leader for partition 0", SETTLE, || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic("durable").await.ok()?;
+            let l = info.partition_info[0].leader;
+            (l != 0 && l != leader).then_some(())
+        }
+    })
+    .await;
+    cluster.restart(victim);
+
+    let acked = sender.await.expect("producer task");
+    assert_eq!(acked.len() as u64, total, "every record was acknowledged (retries ride over the kill)");
+    cluster_up(&cluster, 3).await;
+
+    let data = read_all(&client, "durable").await;
+    assert_dense(&data);
+    let mut at: HashMap<(u32, u64), &str> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (p, recs) in &data {
+        for (o, v) in recs {
+            at.insert((*p, *o), v);
+            *seen.entry(v.as_str()).or_default() += 1;
+        }
+    }
+    for (p, o, v) in &acked {
+        assert_eq!(at.get(&(*p, *o)).copied(), Some(v.as_str()), "acked record {v} at {p}/{o}");
+        assert_eq!(seen.get(v.as_str()), Some(&1), "acked record {v} stored exactly once");
+    }
+    // Records of one key keep their order within their partition.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for recs in data.values() {
+        for (_, v) in recs {
+            let i: u64 = v.trim_start_matches("record-").parse().expect("record number");
+            let key = format!("k{}", i % 97);
+            if let Some(prev) = last.insert(key.clone(), i) {
+                assert!(prev < i, "key {key}: record {i} after {prev}");
+            }
+        }
+    }
+
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joining_nodes_receive_partitions_without_losing_records() {
+    let mut cluster = ProcessCluster::start(1, &[]);
+    cluster_up(&cluster, 1).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new("spread", 6, 1))
+        .await
+        .expect("topic");
+    let producer = Producer::new(client.clone(), "spread", ProducerConfig::default())
+        .await
+        .expect("producer");
+    let mut acks = Vec::new();
+    for i in 0..3000 {
+        acks.push(
+            producer
+                .send(None, format!("v{i}").as_bytes(), None)
+                .await
+                .expect("queued"),
+        );
+    }
+    producer.flush().await.expect("flush");
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+
+    cluster.add_node();
+    cluster.add_node();
+    cluster_up(&cluster, 3).await;
+    // Every node ends up holding and leading at least one partition.
+    wait_until("partitions spread over the three nodes", SETTLE, || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic("spread").await.ok()?;
+            let mut holders = HashSet::new();
+            for p in &info.partition_info {
+                if p.replicas.len() != 1 || p.leader != p.replicas[0] {
+                    return None;
+                }
+                holders.insert(p.leader);
+            }
+            (holders.len() == 3).then_some(())
+        }
+    })
+    .await;
+
+    let data = read_all(&client, "spread").await;
+    assert_dense(&data);
+    let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len(), 3000, "no record lost in the moves");
+    for (p, recs) in &data {
+        assert_eq!(recs.first().map(|r| r.0), Some(0), "partition {p} starts at 0");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
+    let mut cluster = ProcessCluster::start(4, &["--down-timeout-secs", "4"]);
+    cluster_up(&cluster, 4).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new("resilient", 4, 3))
+        .await
+        .expect("topic");
+    let producer = Producer::new(client.clone(), "resilient", ProducerConfig::default())
+        .await
+        .expect("producer");
+    let mut acks = Vec::new();
+    for i in 0..2000 {
+        acks.push(
+            producer
+                .send(None, format!("v{i}").as_bytes(), None)
+                .await
+                .expect("queued"),
+        );
+    }
+    producer.flush().await.expect("flush");
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+
+    // Kill the last node for good (never node 0, the client's seed). Ids follow join order, so
+    // look the node up by address.
+    let lost = 3usize;
+    let status = client.cluster_status().await.expect("status");
+    let lost_id = status
+        .members
+        .iter()
+        .find(|m| m.addr == cluster.addr(lost))
+        .expect("the node is a member")
+        .id;
+    cluster.kill(lost);
+    wait_until("every partition back to 3 live replicas", SETTLE, || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic("resilient").await.ok()?;
+            let ok = info.partition_info.iter().all(|p| {
+                let mut voters = p.voters.clone();
+                voters.sort();
+                let mut replicas = p.replicas.clone();
+                replicas.sort();
+                replicas.len() == 3 && !replicas.contains(&lost_id) && voters == replicas
+            });
+            ok.then_some(())
+        }
+    })
+    .await;
+    let status = client.cluster_status().await.expect("status");
+    let lost_member = status.members.iter().find(|m| m.id == lost_id).expect("member listed");
+    assert_eq!(lost_member.state, "down");
+
+    let data = read_all(&client, "resilient").await;
+    assert_dense(&data);
+    let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len(), 2000, "all records still readable");
+}
