@@ -66,7 +66,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             max_in_flight: 4,
             acks: Acks::All,
-            buffer_bytes: 64 * 1024 * 1024,
+            buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -3,6 +3,10 @@
 //! keeps the wire contract of weir.proto but none of the replication: it exists to check routing,
 //! retries, batching and consumer groups on the client side.
 
+// Messages are built with `..Default::default()` even when every field is set, so the fake keeps
+// compiling as weir.proto gains fields.
+#![allow(clippy::needless_update)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,11 +31,13 @@ use weir_proto::v1::*;
 
 // ---------------------------------------------------------------- the fake
 
+/// One partition's batches: (base offset, record count, blob).
+type PartitionLog = Vec<(u64, u32, Bytes)>;
+
 #[derive(Default)]
 struct Store {
     topics: BTreeMap<String, CreateTopicRequest>,
-    /// Batches per (topic, partition): (base offset, count, blob).
-    logs: HashMap<(String, u32), Vec<(u64, u32, Bytes)>>,
+    logs: HashMap<(String, u32), PartitionLog>,
     committed: HashMap<(String, String), BTreeMap<u32, u64>>,
     members: HashMap<(String, String), BTreeMap<String, Instant>>,
     generation: u64,
@@ -121,8 +127,10 @@ impl Node {
                     replicas: vec![1],
                     earliest_offset: 0,
                     latest_offset: store.high_watermark(name, p),
+                    ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 }
@@ -220,6 +228,7 @@ impl Log for Node {
             base_offset: if pending { 0 } else { base },
             count: header.count,
             offsets_pending: pending,
+            ..Default::default()
         }))
     }
 
@@ -264,6 +273,7 @@ impl Log for Node {
                         batches,
                         high_watermark: hw,
                         earliest_offset: 0,
+                        ..Default::default()
                     }));
                 }
             }
@@ -282,6 +292,7 @@ impl Log for Node {
         Ok(Response::new(ListOffsetsResponse {
             earliest: 0,
             latest: store.high_watermark(&req.topic, req.partition),
+            ..Default::default()
         }))
     }
 
@@ -349,6 +360,7 @@ impl Log for Node {
             generation: store.generation,
             partitions: assigned,
             members: ids.len() as u32,
+            ..Default::default()
         }))
     }
 
@@ -385,8 +397,10 @@ impl Cluster for Node {
                 metadata_role: "voter".into(),
                 http_addr: "127.0.0.1:7480".into(),
                 last_seen_ms: 5,
+                ..Default::default()
             }],
             metadata_leader: 1,
+            ..Default::default()
         }))
     }
 

@@ -68,7 +68,8 @@ impl Registry {
     /// A registry of exactly `groups`, for running groups without a [`GroupManager`] (simulations,
     /// tools); it never changes.
     pub fn fixed(groups: impl IntoIterator<Item = Arc<GroupHandle>>) -> Registry {
-        let groups: HashMap<u64, Arc<GroupHandle>> = groups.into_iter().map(|g| (g.id, g)).collect();
+        let groups: HashMap<u64, Arc<GroupHandle>> =
+            groups.into_iter().map(|g| (g.id, g)).collect();
         // A receiver keeps the last value after its sender is gone.
         let (_, rx) = watch::channel(Arc::new(groups));
         Registry { rx }

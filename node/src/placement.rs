@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_storage::catalog::{Catalog, MetaCommand, METADATA_GROUP};
+use weir_storage::catalog::{Catalog, GroupKind, MetaCommand, METADATA_GROUP};
 
 use crate::cluster::NodeContext;
 use crate::error::{NodeError, NodeResult};
@@ -70,6 +70,27 @@ pub fn place_new(
     Ok(out)
 }
 
+/// The live node holding the fewest replicas among those not in `replicas`.
+fn least_loaded_spare(live: &[u64], load: &BTreeMap<u64, usize>, replicas: &[u64]) -> Option<u64> {
+    live.iter()
+        .filter(|n| !replicas.contains(n))
+        .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+        .copied()
+}
+
+/// The replication factor a group should have.
+fn wanted_replicas(catalog: &Catalog, g: &weir_storage::catalog::GroupInfo) -> usize {
+    match &g.kind {
+        GroupKind::Partition { topic, .. } => catalog
+            .topics
+            .get(topic)
+            .map(|t| t.replicas as usize)
+            .unwrap_or(g.replicas.len()),
+        GroupKind::Offsets => OFFSETS_REPLICAS.min(catalog.nodes.len()),
+        GroupKind::Metadata => g.replicas.len(),
+    }
+}
+
 /// One placement decision: re-replicate a lost replica or move one replica to a lighter node.
 fn next_move(
     catalog: &Catalog,
@@ -88,19 +109,33 @@ fn next_move(
         return Some(MetaCommand::CreateOffsetsGroup { replicas: by_load });
     }
     let l = load(catalog);
-    // 1. Replicas on nodes gone for longer than the down timeout are re-created elsewhere.
+    // 1. Replicas on nodes gone for longer than the down timeout are re-created elsewhere. With no
+    // spare node the replica stays listed, so the group gets it back if the node returns.
     for g in catalog.groups.values() {
-        if let Some(gone) = g.replicas.iter().find(|n| liveness.is_gone(**n)) {
-            let spare = live
-                .iter()
-                .filter(|n| !g.replicas.contains(n))
-                .min_by_key(|n| l.get(n).copied().unwrap_or(0));
-            let mut replicas: Vec<u64> = g.replicas.iter().copied().filter(|n| n != gone).collect();
-            if let Some(s) = spare {
-                replicas.push(*s);
-            } else if replicas.is_empty() {
-                continue;
-            }
+        let Some(gone) = g.replicas.iter().find(|n| liveness.is_gone(**n)) else {
+            continue;
+        };
+        let Some(spare) = least_loaded_spare(&live, &l, &g.replicas) else {
+            continue;
+        };
+        let replicas = g
+            .replicas
+            .iter()
+            .map(|n| if n == gone { spare } else { *n })
+            .collect();
+        return Some(MetaCommand::SetReplicas {
+            group: g.id,
+            replicas,
+        });
+    }
+    // Groups below their replication factor (created while nodes were missing) get replicas back.
+    for g in catalog.groups.values() {
+        if g.replicas.len() >= wanted_replicas(catalog, g) {
+            continue;
+        }
+        if let Some(spare) = least_loaded_spare(&live, &l, &g.replicas) {
+            let mut replicas = g.replicas.clone();
+            replicas.push(spare);
             return Some(MetaCommand::SetReplicas {
                 group: g.id,
                 replicas,
@@ -184,7 +219,10 @@ fn is_repair(cmd: &MetaCommand, catalog: &Catalog, liveness: &Liveness) -> bool 
         MetaCommand::SetReplicas { group, .. } => catalog
             .groups
             .get(group)
-            .is_some_and(|g| g.replicas.iter().any(|n| liveness.is_gone(*n))),
+            .is_some_and(|g| {
+                g.replicas.iter().any(|n| liveness.is_gone(*n))
+                    || g.replicas.len() < wanted_replicas(catalog, g)
+            }),
         _ => false,
     }
 }
@@ -222,6 +260,29 @@ mod tests {
         let firsts: BTreeSet<u64> = p.iter().map(|s| s[0]).collect();
         assert_eq!(firsts.len(), 3, "first replicas {p:?}");
         assert!(place_new(&c, &live, 1, 4).is_err());
+    }
+
+    #[test]
+    fn under_replicated_groups_get_replicas_back() {
+        let mut c = catalog(2);
+        let live = Liveness::new(Duration::from_secs(30));
+        c.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            replicas: 3,
+            retention_ms: 0,
+            retention_bytes: 0,
+            placement: vec![vec![1, 2]],
+        });
+        let healthy = |_: u64, _: &[u64]| true;
+        assert_eq!(next_move(&c, &live, &healthy), None, "no spare node yet");
+        c.apply(&MetaCommand::AddNode {
+            addr: "n3".into(),
+            http_addr: String::new(),
+        });
+        let cmd = next_move(&c, &live, &healthy).expect("a repair");
+        assert!(is_repair(&cmd, &c, &live));
+        c.apply(&cmd);
+        assert_eq!(c.groups.values().next().unwrap().replicas, vec![1, 2, 3]);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use output::Format;
 
 /// Command-line tool for a Weir cluster.
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about, propagate_version = true)]
+#[command(name = "weir", version, propagate_version = true)]
 pub struct Cli {
     /// Any node of the cluster.
     #[arg(
@@ -67,6 +67,9 @@ pub enum Command {
     /// Send stdin to a topic, one record per line.
     Produce(ProduceArgs),
     /// Print a topic's records to stdout, one value per line.
+    ///
+    /// Records of a partition come in offset order. With --format json each line is an object
+    /// with partition, offset, timestamp_ms, key and value; with --format csv, a row of those.
     Consume(ConsumeArgs),
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]

@@ -33,6 +33,9 @@ pub async fn run(ctx: &Context, args: ProduceArgs) -> Result<()> {
     }
     let key = args.key.as_deref().map(str::as_bytes);
 
+    // Long loads show progress on a terminal; when stderr is redirected the bar draws nothing.
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_message(format!("sending to {}", args.topic));
     let mut chunks = read_stdin_in_chunks();
     let mut sent = 0u64;
     let mut read_error = None;
@@ -54,9 +57,12 @@ pub async fn run(ctx: &Context, args: ProduceArgs) -> Result<()> {
             drop(ack);
             sent += 1;
         }
+        progress.set_message(format!("{sent} records sent to {}", args.topic));
+        progress.tick();
     }
 
     let flushed = producer.flush().await;
+    progress.finish_and_clear();
     let stats = producer.stats();
     print_summary(
         ctx.format,

@@ -47,6 +47,8 @@ pub async fn run(ctx: &Context, cmd: TopicCommand) -> Result<()> {
                 "earliest",
                 "latest",
                 "leader_address",
+                "voters",
+                "max_lag",
             ]);
             let mut parts = info.partition_info.clone();
             parts.sort_by_key(|p| p.partition);
@@ -67,6 +69,9 @@ pub async fn run(ctx: &Context, cmd: TopicCommand) -> Result<()> {
                     } else {
                         Value::from(p.leader_addr.clone())
                     },
+                    // Differs from `replicas` while a replica is being moved.
+                    Value::from(p.voters.clone()),
+                    Value::from(p.max_lag),
                 ]);
             }
             print_rows(ctx.format, &rows, &mut out)
