@@ -255,13 +255,29 @@ impl Client {
         batch: Bytes,
         acks: Acks,
     ) -> Result<(Option<u64>, u32)> {
+        self.produce_idempotent(topic, partition, batch, acks, None)
+            .await
+    }
+
+    /// Like [`Client::produce`], naming the batch as `(producer_id, sequence)` so that a retry of a
+    /// batch the cluster already stored is answered with its original offsets, not stored twice.
+    pub async fn produce_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+        producer: Option<(u64, u64)>,
+    ) -> Result<(Option<u64>, u32)> {
         let timeout = self.inner.config.request_timeout;
+        let (producer_id, sequence) = producer.unwrap_or((0, 0));
         let req = ProduceRequest {
             topic: topic.to_string(),
             partition,
             batch,
             acks: acks as i32,
-            ..Default::default()
+            producer_id,
+            sequence,
         };
         let resp = self
             .call_leader(topic, partition, |ch| {

@@ -145,6 +145,9 @@ impl Drop for Handle {
 struct Core {
     client: Client,
     topic: String,
+    /// Random id naming this producer's batches, for the broker's de-duplication of retries. A
+    /// batch that fails for good leaves a gap in the sequence, so the producer then takes a new id.
+    producer_id: AtomicU64,
     config: ProducerConfig,
     partitions: u32,
     state: Mutex<Accumulator>,
@@ -172,6 +175,8 @@ struct Accumulator {
 struct PartitionQueue {
     open: Option<OpenBatch>,
     ready: VecDeque<Sealed>,
+    /// Sequence number the next sealed batch of this partition gets.
+    next_sequence: u64,
 }
 
 #[derive(Debug)]
@@ -188,6 +193,8 @@ struct OpenBatch {
 struct Sealed {
     blob: Bytes,
     records: u32,
+    /// Per-partition batch number, sent with the producer id so retries are not stored twice.
+    sequence: u64,
     done: oneshot::Sender<Result<Option<u64>>>,
     permits: usize,
     seq: u64,
@@ -219,6 +226,7 @@ impl Producer {
         let core = Arc::new(Core {
             client,
             topic: topic.to_string(),
+            producer_id: AtomicU64::new(rand::random::<u64>().max(1)),
             partitions,
             state: Mutex::new(Accumulator {
                 partitioner: Partitioner::new(partitions),
@@ -424,6 +432,8 @@ impl Core {
             }
             Err(err) => {
                 self.records_failed.fetch_add(records, Ordering::Relaxed);
+                self.producer_id
+                    .store(rand::random::<u64>().max(1), Ordering::Relaxed);
                 tracing::warn!(topic = %self.topic, records, error = %err, "batch failed");
             }
         }
@@ -490,9 +500,12 @@ impl Accumulator {
             return;
         };
         let records = open.builder.len();
+        let sequence = queue.next_sequence;
+        queue.next_sequence += 1;
         queue.ready.push_back(Sealed {
             blob: open.builder.finish(),
             records,
+            sequence,
             done: open.done,
             permits: open.permits,
             seq: open.seq,
@@ -543,11 +556,12 @@ async fn run_sender(core: Arc<Core>, partition: u32) {
 async fn send_batch(core: Arc<Core>, partition: u32, sealed: Sealed) {
     let result = core
         .client
-        .produce(
+        .produce_idempotent(
             &core.topic,
             partition,
             sealed.blob.clone(),
             core.config.acks,
+            Some((core.producer_id.load(Ordering::Relaxed), sealed.sequence)),
         )
         .await
         .map(|(base, count)| {

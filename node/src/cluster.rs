@@ -145,7 +145,7 @@ impl Cluster for ClusterService {
             let led = mine
                 .map(|r| r.iter().filter(|g| g.leader).count())
                 .unwrap_or(0) as u32;
-            let up = n.id == self.ctx.node_id || self.ctx.liveness.is_up(n.id);
+            let up = n.id == self.ctx.node_id || self.ctx.liveness.was_heard(n.id);
             members.push(Member {
                 id: n.id,
                 addr: n.addr.clone(),

@@ -28,6 +28,10 @@ pub enum NodeError {
     /// Temporarily unable to serve (no leader elected yet, node starting): retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The request must be retried after an earlier one (an idempotent producer's batch that
+    /// overtook an earlier batch).
+    #[error("{0}")]
+    Aborted(String),
     /// A storage or internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -47,6 +51,7 @@ impl From<NodeError> for Status {
             NodeError::AlreadyExists(m) => Status::new(Code::AlreadyExists, m),
             NodeError::OutOfRange(m) => Status::new(Code::OutOfRange, m),
             NodeError::Unavailable(m) => Status::new(Code::Unavailable, m),
+            NodeError::Aborted(m) => Status::new(Code::Aborted, m),
             NodeError::Internal(m) => Status::new(Code::Internal, m),
             NodeError::NotLeader { group, leader } => {
                 let mut s = Status::new(

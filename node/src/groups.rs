@@ -95,7 +95,9 @@ impl Registry {
     pub fn catalog(&self) -> NodeResult<Arc<Catalog>> {
         match &self.metadata()?.watch {
             GroupWatch::Catalog(rx) => Ok(rx.borrow().clone()),
-            _ => Err(NodeError::Internal("group 0 is not the metadata group".into())),
+            _ => Err(NodeError::Internal(
+                "group 0 is not the metadata group".into(),
+            )),
         }
     }
 }
@@ -146,7 +148,9 @@ impl GroupManager {
         } else {
             None
         };
-        let meta = mgr.open_group(METADATA_GROUP, GroupKind::Metadata, init).await?;
+        let meta = mgr
+            .open_group(METADATA_GROUP, GroupKind::Metadata, init)
+            .await?;
         let catalog_rx = match &meta.watch {
             GroupWatch::Catalog(rx) => rx.clone(),
             _ => return Err(NodeError::Internal("group 0 must hold the catalog".into())),
@@ -366,7 +370,12 @@ fn membership_step(
     }
     let raft = h.raft.clone();
     let group = h.id;
-    let addr = |n: u64| catalog.nodes.get(&n).map(|i| BasicNode::new(i.addr.clone()));
+    let addr = |n: u64| {
+        catalog
+            .nodes
+            .get(&n)
+            .map(|i| BasicNode::new(i.addr.clone()))
+    };
     // Everyone who must hold the data but is not in the group yet joins as a learner first.
     let to_add: Vec<(u64, BasicNode)> = voters
         .union(&learners)
@@ -381,7 +390,8 @@ fn membership_step(
                     tracing::warn!(group, node = n, error = %e, "add learner failed");
                 }
             }
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
     }
     let last = m.last_log_index.unwrap_or(0);
     let caught_up = |n: &u64| {
@@ -391,7 +401,11 @@ fn membership_step(
             .is_some_and(|l| l.index + CAUGHT_UP_ENTRIES >= last)
     };
     if cur_voters != voters {
-        if !voters.iter().filter(|n| !cur_voters.contains(n)).all(caught_up) {
+        if !voters
+            .iter()
+            .filter(|n| !cur_voters.contains(n))
+            .all(caught_up)
+        {
             return None;
         }
         return Some(Box::pin(async move {

@@ -58,7 +58,9 @@ async fn ready(State(s): State<HttpState>) -> Response {
         .unwrap_or(false);
     match (leader, member) {
         (Ok(_), true) => (StatusCode::OK, "ready\n").into_response(),
-        (Err(e), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+        (Err(e), _) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+        }
         (Ok(_), false) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: this node is not in the catalog yet\n",
@@ -109,8 +111,8 @@ fn parse_records(body: &[u8], content_type: &str) -> Result<Vec<Vec<u8>>, String
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| format!("line {} is not JSON: {e}", i + 1))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {} is not JSON: {e}", i + 1))?;
         out.push(as_record(v));
     }
     Ok(out)
@@ -137,7 +139,10 @@ async fn ingest(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let Some(t) = catalog.topics.get(&topic) else {
-        return error(StatusCode::NOT_FOUND, format!("topic '{topic}' does not exist"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("topic '{topic}' does not exist"),
+        );
     };
     let partitions = t.groups.len() as u32;
     let partition = match (params.partition, &params.key) {
@@ -215,7 +220,10 @@ mod tests {
     #[test]
     fn arrays_and_ndjson_become_records() {
         let r = parse_records(br#"["a", {"x": 1}, 3]"#, "application/json").unwrap();
-        assert_eq!(r, vec![b"a".to_vec(), br#"{"x":1}"#.to_vec(), b"3".to_vec()]);
+        assert_eq!(
+            r,
+            vec![b"a".to_vec(), br#"{"x":1}"#.to_vec(), b"3".to_vec()]
+        );
         let r = parse_records(b"{\"a\":1}\n\n\"b\"\n", "application/x-ndjson").unwrap();
         assert_eq!(r, vec![br#"{"a":1}"#.to_vec(), b"b".to_vec()]);
         assert!(parse_records(b"[1, 2", "application/json").is_err());

@@ -1,7 +1,9 @@
 //! Liveness of the members, as the metadata leader hears their heartbeats.
 //!
 //! Soft state: it lives only on the metadata leader and starts afresh when leadership moves, giving
-//! every member a full window to report in before it is counted down.
+//! every member a full window to report in before it is counted down. Until this node has become
+//! the metadata leader (and armed it), it knows nothing, and then it counts every member as alive:
+//! a follower must never conclude that its peers are gone just because nobody reported to it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,10 +31,7 @@ impl Liveness {
     /// Liveness where a member silent for `gone_after` has its replicas re-created elsewhere.
     pub fn new(gone_after: Duration) -> Liveness {
         Liveness {
-            state: Arc::new(Mutex::new(State {
-                since: Some(Instant::now()),
-                seen: HashMap::new(),
-            })),
+            state: Arc::new(Mutex::new(State::default())),
             gone_after,
         }
     }
@@ -42,7 +41,15 @@ impl Liveness {
         f(&mut s)
     }
 
-    /// Forgets everything (this node just became the metadata leader).
+    /// Stops judging liveness (this node no longer leads the metadata group).
+    pub fn disarm(&self) {
+        self.with(|s| {
+            s.since = None;
+            s.seen.clear();
+        })
+    }
+
+    /// Forgets everything and starts judging afresh (this node just became the metadata leader).
     pub fn reset(&self) {
         self.with(|s| {
             s.since = Some(Instant::now());
@@ -57,7 +64,7 @@ impl Liveness {
         })
     }
 
-    /// Time since `node` was last heard from (or since bookkeeping began).
+    /// Time since `node` was last heard from (or since bookkeeping began; zero while disarmed).
     pub fn silence(&self, node: u64) -> Duration {
         self.with(|s| match s.seen.get(&node) {
             Some((t, _)) => t.elapsed(),
@@ -65,9 +72,18 @@ impl Liveness {
         })
     }
 
-    /// True when `node` reported recently.
+    /// True when `node` reported recently, or may still report in (for placement decisions).
     pub fn is_up(&self, node: u64) -> bool {
         self.silence(node) < DOWN_AFTER
+    }
+
+    /// True only when `node` actually reported within the liveness window (for display).
+    pub fn was_heard(&self, node: u64) -> bool {
+        self.with(|s| {
+            s.seen
+                .get(&node)
+                .is_some_and(|(t, _)| t.elapsed() < DOWN_AFTER)
+        })
     }
 
     /// True when `node` has been silent long enough to re-create its replicas elsewhere.
@@ -77,11 +93,6 @@ impl Liveness {
 
     /// The latest group reports of every member.
     pub fn reports(&self) -> HashMap<u64, Vec<GroupReport>> {
-        self.with(|s| {
-            s.seen
-                .iter()
-                .map(|(n, (_, r))| (*n, r.clone()))
-                .collect()
-        })
+        self.with(|s| s.seen.iter().map(|(n, (_, r))| (*n, r.clone())).collect())
     }
 }

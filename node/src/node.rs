@@ -110,15 +110,21 @@ impl RunningNode {
 }
 
 fn read_identity(engine: &Engine) -> anyhow::Result<Option<Identity>> {
-    Ok(match engine.get(CF_META, &group_key(IDENTITY_GROUP, b"node"))? {
-        Some(v) => Some(decode(&v)?),
-        None => None,
-    })
+    Ok(
+        match engine.get(CF_META, &group_key(IDENTITY_GROUP, b"node"))? {
+            Some(v) => Some(decode(&v)?),
+            None => None,
+        },
+    )
 }
 
 fn write_identity(engine: &Engine, id: &Identity) -> anyhow::Result<()> {
     let mut b = rocksdb::WriteBatch::default();
-    b.put_cf(engine.cf(CF_META)?, group_key(IDENTITY_GROUP, b"node"), encode(id)?);
+    b.put_cf(
+        engine.cf(CF_META)?,
+        group_key(IDENTITY_GROUP, b"node"),
+        encode(id)?,
+    );
     engine.write_sync(b)?;
     Ok(())
 }
@@ -162,7 +168,10 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", cfg.http))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let advertise = cfg.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+    let advertise = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
 
     let (identity, bootstrap) = match read_identity(&engine)? {
         Some(id) => (id, false),

@@ -144,14 +144,19 @@ fn next_move(
     }
     // 2. Balance: move one replica from the most to the least loaded live node, when that narrows
     // the gap and the group is not in the middle of another change.
-    let live_load: Vec<(u64, usize)> = live.iter().map(|n| (*n, l.get(n).copied().unwrap_or(0))).collect();
+    let live_load: Vec<(u64, usize)> = live
+        .iter()
+        .map(|n| (*n, l.get(n).copied().unwrap_or(0)))
+        .collect();
     let (min_node, min) = *live_load.iter().min_by_key(|(n, c)| (*c, *n))?;
     let (max_node, max) = *live_load.iter().max_by_key(|(n, c)| (*c, u64::MAX - n))?;
     if max < min + 2 {
         return None;
     }
     let g = catalog.groups.values().find(|g| {
-        g.replicas.contains(&max_node) && !g.replicas.contains(&min_node) && healthy(g.id, &g.replicas)
+        g.replicas.contains(&max_node)
+            && !g.replicas.contains(&min_node)
+            && healthy(g.id, &g.replicas)
     })?;
     let replicas = g
         .replicas
@@ -175,6 +180,8 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
         if leader && !was_leader {
             // Give every member a fresh window to report in to the new leader.
             ctx.liveness.reset();
+        } else if !leader && was_leader {
+            ctx.liveness.disarm();
         }
         was_leader = leader;
         if !leader {
@@ -186,7 +193,10 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
         let reports = ctx.liveness.reports();
         let mut led_voters: HashMap<u64, BTreeSet<u64>> = HashMap::new();
         for rs in reports.values() {
-            for r in rs.iter().filter(|r| r.leader && r.group_id != METADATA_GROUP) {
+            for r in rs
+                .iter()
+                .filter(|r| r.leader && r.group_id != METADATA_GROUP)
+            {
                 led_voters.insert(r.group_id, r.voters.iter().copied().collect());
             }
         }
@@ -216,13 +226,10 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
 /// True when `cmd` replaces a replica on a gone node (repairs are not held back by moves).
 fn is_repair(cmd: &MetaCommand, catalog: &Catalog, liveness: &Liveness) -> bool {
     match cmd {
-        MetaCommand::SetReplicas { group, .. } => catalog
-            .groups
-            .get(group)
-            .is_some_and(|g| {
-                g.replicas.iter().any(|n| liveness.is_gone(*n))
-                    || g.replicas.len() < wanted_replicas(catalog, g)
-            }),
+        MetaCommand::SetReplicas { group, .. } => catalog.groups.get(group).is_some_and(|g| {
+            g.replicas.iter().any(|n| liveness.is_gone(*n))
+                || g.replicas.len() < wanted_replicas(catalog, g)
+        }),
         _ => false,
     }
 }

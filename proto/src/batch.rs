@@ -214,7 +214,9 @@ pub fn decode(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
         });
     }
     if pos != batch.len() {
-        return Err(BatchError::Malformed("trailing bytes after the last record"));
+        return Err(BatchError::Malformed(
+            "trailing bytes after the last record",
+        ));
     }
     Ok(out)
 }
@@ -224,7 +226,9 @@ fn take(buf: &Bytes, pos: &mut usize, len: u64) -> Result<Bytes, BatchError> {
     let end = pos
         .checked_add(len)
         .filter(|end| *end <= buf.len())
-        .ok_or(BatchError::Malformed("record runs past the end of the batch"))?;
+        .ok_or(BatchError::Malformed(
+            "record runs past the end of the batch",
+        ))?;
     let out = buf.slice(*pos..end);
     *pos = end;
     Ok(out)
@@ -241,9 +245,9 @@ fn put_varint(buf: &mut BytesMut, mut v: u64) {
 fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, BatchError> {
     let mut out = 0u64;
     for shift in (0..64).step_by(7) {
-        let b = *buf
-            .get(*pos)
-            .ok_or(BatchError::Malformed("varint runs past the end of the batch"))?;
+        let b = *buf.get(*pos).ok_or(BatchError::Malformed(
+            "varint runs past the end of the batch",
+        ))?;
         *pos += 1;
         out |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
@@ -290,7 +294,10 @@ mod tests {
             BatchHeader::parse(&blob),
             Err(BatchError::BadChecksum { .. })
         ));
-        assert_eq!(BatchHeader::parse(&blob[..10]), Err(BatchError::TooShort(10)));
+        assert_eq!(
+            BatchHeader::parse(&blob[..10]),
+            Err(BatchError::TooShort(10))
+        );
     }
 
     #[test]

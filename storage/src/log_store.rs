@@ -38,7 +38,10 @@ impl LogStore {
         group_key_u64(self.group, TAG_ENTRY, index)
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, tag: &[u8]) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         match self.engine.get(CF_META, &group_key(self.group, tag))? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
@@ -61,7 +64,8 @@ impl LogStore {
     pub fn destroy(&self) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
         self.engine.delete_group_range(&mut b, CF_LOG, self.group)?;
-        self.engine.delete_group_range(&mut b, CF_META, self.group)?;
+        self.engine
+            .delete_group_range(&mut b, CF_META, self.group)?;
         self.engine.write_sync(b)
     }
 }
@@ -164,7 +168,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -175,8 +183,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.put_cf(&cf, self.entry_key(e.log_id.index), encode(&e)?);
         }
         self.engine.write(b)?;
-        self.engine
-            .sync(Box::new(move |r| callback.io_completed(r.map_err(io::Error::from))));
+        self.engine.sync(Box::new(move |r| {
+            callback.io_completed(r.map_err(io::Error::from))
+        }));
         Ok(())
     }
 
@@ -247,10 +256,16 @@ mod tests {
 
             append(&mut s, (1..=10).map(|i| entry(1, i)).collect()).await;
             let got = s.try_get_log_entries(3..6).await.unwrap();
-            assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![3, 4, 5]);
+            assert_eq!(
+                got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+                vec![3, 4, 5]
+            );
 
             s.truncate_after(Some(entry(1, 7).log_id)).await.unwrap();
-            assert_eq!(s.get_log_state().await.unwrap().last_log_id.unwrap().index, 7);
+            assert_eq!(
+                s.get_log_state().await.unwrap().last_log_id.unwrap().index,
+                7
+            );
 
             s.purge(entry(1, 4).log_id).await.unwrap();
             let st = s.get_log_state().await.unwrap();
@@ -267,7 +282,14 @@ mod tests {
         assert_eq!(st.last_log_id.unwrap().index, 7);
         assert_eq!(st.last_purged_log_id.unwrap().index, 4);
         assert_eq!(s.read_vote().await.unwrap().unwrap().leader_id().term, 5);
-        assert_eq!(LogStore::new(engine, 4).try_get_log_entries(..).await.unwrap().len(), 5);
+        assert_eq!(
+            LogStore::new(engine, 4)
+                .try_get_log_entries(..)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
 
         // Purging everything leaves the purged id as the last log id.
         s.purge(entry(1, 7).log_id).await.unwrap();

@@ -55,7 +55,9 @@ pub fn batch_value(count: u32, max_timestamp_ms: i64, batch: &[u8]) -> Vec<u8> {
 
 fn parse(key: &[u8], value: &[u8]) -> Result<StoredBatch, StorageError> {
     if value.len() < PREFIX_LEN {
-        return Err(StorageError::Corrupt("stored batch shorter than its prefix".into()));
+        return Err(StorageError::Corrupt(
+            "stored batch shorter than its prefix".into(),
+        ));
     }
     let base_offset =
         key_suffix_u64(key).ok_or_else(|| StorageError::Corrupt("bad batch key".into()))?;

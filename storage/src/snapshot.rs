@@ -59,7 +59,9 @@ impl SnapshotDir {
     }
 
     /// The current snapshot, if the group has one.
-    pub fn current(&self) -> Result<Option<(SnapshotMetaOf<TypeConfig>, SnapshotData)>, StorageError> {
+    pub fn current(
+        &self,
+    ) -> Result<Option<(SnapshotMetaOf<TypeConfig>, SnapshotData)>, StorageError> {
         let meta = match std::fs::read(self.meta_path()) {
             Ok(b) => decode(&b)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -178,7 +180,8 @@ mod tests {
         let sd = SnapshotDir::new(dir.path(), 9);
         let mut w = SnapshotWriter::create(sd.temp_path().unwrap()).unwrap();
         for i in 0..1000u32 {
-            w.row(&i.to_be_bytes(), &vec![i as u8; (i % 300) as usize]).unwrap();
+            w.row(&i.to_be_bytes(), &vec![i as u8; (i % 300) as usize])
+                .unwrap();
         }
         let path = w.finish().unwrap();
         let meta = SnapshotMetaOf::<TypeConfig>::default();

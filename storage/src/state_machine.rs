@@ -175,11 +175,22 @@ impl StateMachine {
                             count: *n,
                         });
                     }
-                    if st.batches.back().is_some_and(|(seq, _, _)| *seq > ps.sequence) {
-                        return Ok(Response::Rejected(format!(
-                            "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
-                            ps.sequence, ps.producer_id
-                        )));
+                    if let Some(last) = st.batches.back().map(|(seq, _, _)| *seq) {
+                        if ps.sequence > last + 1 {
+                            return Ok(Response::OutOfOrder(format!(
+                                "batch {} of producer {} arrived before batch {}",
+                                ps.sequence,
+                                ps.producer_id,
+                                last + 1
+                            )));
+                        }
+                        if ps.sequence <= last {
+                            // Older than everything remembered: it may or may not be stored.
+                            return Ok(Response::Rejected(format!(
+                                "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
+                                ps.sequence, ps.producer_id
+                            )));
+                        }
                     }
                     st.batches.push_back((ps.sequence, base_offset, *count));
                     if st.batches.len() > PRODUCER_WINDOW {
@@ -278,14 +289,18 @@ fn producer_key(group: u64, producer: u64) -> Vec<u8> {
     crate::engine::group_key_u64(group, TAG_PRODUCER, producer)
 }
 
-fn load_producers(engine: &Engine, group: u64) -> Result<BTreeMap<u64, ProducerState>, StorageError> {
+fn load_producers(
+    engine: &Engine,
+    group: u64,
+) -> Result<BTreeMap<u64, ProducerState>, StorageError> {
     let mut map = BTreeMap::new();
     engine.scan(
         CF_DATA,
         &group_key(group, &[TAG_PRODUCER]),
         &group_key(group, &[TAG_PRODUCER + 1]),
         |k, v| {
-            let id = key_suffix_u64(k).ok_or_else(|| StorageError::Corrupt("bad producer key".into()))?;
+            let id = key_suffix_u64(k)
+                .ok_or_else(|| StorageError::Corrupt("bad producer key".into()))?;
             map.insert(id, decode(v)?);
             Ok(true)
         },
@@ -301,7 +316,8 @@ fn load_offsets(engine: &Engine, group: u64) -> Result<BTreeMap<OffsetKey, u64>,
         &group_key(group, &[TAG_OFFSET + 1]),
         |k, v| {
             let key: OffsetKey = decode(&k[9..])?;
-            let off = key_suffix_u64(v).ok_or_else(|| StorageError::Corrupt("bad offset".into()))?;
+            let off =
+                key_suffix_u64(v).ok_or_else(|| StorageError::Corrupt("bad offset".into()))?;
             map.insert(key, off);
             Ok(true)
         },
@@ -444,7 +460,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let cf = self.engine.cf(CF_DATA)?;
         let mut b = WriteBatch::default();
-        self.engine.delete_group_range(&mut b, CF_DATA, self.group)?;
+        self.engine
+            .delete_group_range(&mut b, CF_DATA, self.group)?;
         let mut header = Header::default();
         let header_key = group_key(self.group, &[TAG_HEADER]);
         let mut pending = 0usize;
@@ -554,7 +571,11 @@ mod tests {
         apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
         assert_eq!(state(&sm).next_offset, 30);
         let got = partition::read_batches(&engine, 5, 7, 30, usize::MAX).unwrap();
-        assert_eq!(got.first().map(|b| b.base_offset), Some(6), "batch holding offset 7");
+        assert_eq!(
+            got.first().map(|b| b.base_offset),
+            Some(6),
+            "batch holding offset 7"
+        );
         assert_eq!(got.len(), 8);
 
         // Retention drops whole batches from the front.
@@ -573,11 +594,18 @@ mod tests {
 
         // A fresh replica installs it and serves the same data.
         let engine_b = Engine::open(&dir.path().join("b")).unwrap();
-        let mut sm_b =
-            StateMachine::open(engine_b.clone(), 5, &partition(), &dir.path().join("snap-b")).unwrap();
+        let mut sm_b = StateMachine::open(
+            engine_b.clone(),
+            5,
+            &partition(),
+            &dir.path().join("snap-b"),
+        )
+        .unwrap();
         let copy = dir.path().join("incoming.snap");
         std::fs::copy(&snap.snapshot.path, &copy).unwrap();
-        sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy }).await.unwrap();
+        sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy })
+            .await
+            .unwrap();
         assert_eq!(state(&sm_b), state(&sm));
         let a = partition::read_batches(&engine, 5, 9, 30, usize::MAX).unwrap();
         let b = partition::read_batches(&engine_b, 5, 9, 30, usize::MAX).unwrap();
@@ -589,7 +617,8 @@ mod tests {
         drop(sm_b);
         drop(engine_b);
         let engine_b = Engine::open(&dir.path().join("b")).unwrap();
-        let sm_b = StateMachine::open(engine_b, 5, &partition(), &dir.path().join("snap-b")).unwrap();
+        let sm_b =
+            StateMachine::open(engine_b, 5, &partition(), &dir.path().join("snap-b")).unwrap();
         assert_eq!(state(&sm_b).next_offset, 30);
         assert_eq!(state(&sm_b).earliest, 9);
     }
@@ -610,6 +639,10 @@ mod tests {
         };
         let mut b = WriteBatch::default();
         let first = sm.apply_one(1, &req(0), &mut b).unwrap();
+        assert!(matches!(
+            sm.apply_one(2, &req(2), &mut b).unwrap(),
+            Response::OutOfOrder(_)
+        ));
         let second = sm.apply_one(2, &req(1), &mut b).unwrap();
         let retry = sm.apply_one(3, &req(0), &mut b).unwrap();
         assert_eq!(first, retry, "a retried batch gets its original offsets");

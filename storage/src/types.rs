@@ -94,4 +94,8 @@ pub enum Response {
     },
     /// The command does not fit this group (a bug or a stale route); nothing was changed.
     Rejected(String),
+    /// An idempotent producer's batch arrived before an earlier one of its batches; nothing was
+    /// written and the producer should retry it after the earlier batch (Kafka's out-of-order
+    /// sequence), which keeps its batches in order across retries.
+    OutOfOrder(String),
 }

@@ -28,7 +28,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -65,9 +68,17 @@ pub async fn members_up(addr: &str) -> usize {
 }
 
 /// Sends one HTTP/1.1 request to `addr` and returns the status code and body.
-pub async fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("HTTP connect");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("HTTP connect");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -82,7 +93,10 @@ pub async fn http(addr: &str, method: &str, path: &str, content_type: &str, body
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("HTTP status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -127,10 +141,7 @@ impl InProcessCluster {
             async move { (members_up(&first).await == n).then_some(()) }
         })
         .await;
-        InProcessCluster {
-            nodes,
-            _dirs: dirs,
-        }
+        InProcessCluster { nodes, _dirs: dirs }
     }
 
     /// gRPC address of node `i`.

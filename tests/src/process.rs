@@ -17,7 +17,10 @@ pub fn free_port() -> u16 {
 
 /// Path of a workspace binary, next to the test executable's directory (`target/<profile>/`).
 pub fn binary(name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(format!("WEIR_{}_BIN", name.to_uppercase().replace('-', "_"))) {
+    if let Ok(p) = std::env::var(format!(
+        "WEIR_{}_BIN",
+        name.to_uppercase().replace('-', "_")
+    )) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -26,7 +29,11 @@ pub fn binary(name: &str) -> PathBuf {
         .and_then(|d| d.parent())
         .expect("target directory");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is not built; run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 

@@ -23,7 +23,13 @@ async fn three_nodes_produce_and_consume() {
         .into_inner();
     assert_eq!(info.partition_info.len(), 3);
     for p in &info.partition_info {
-        assert_eq!(p.replicas.len(), 3, "partition {} replicas {:?}", p.partition, p.replicas);
+        assert_eq!(
+            p.replicas.len(),
+            3,
+            "partition {} replicas {:?}",
+            p.partition,
+            p.replicas
+        );
     }
 
     // 20 batches of 50 records per partition, sent to node 1, which forwards to the leaders.
@@ -32,7 +38,11 @@ async fn three_nodes_produce_and_consume() {
         for b in 0..20 {
             let mut builder = BatchBuilder::new();
             for r in 0..50 {
-                builder.push(None, format!("p{partition}-{}", b * 50 + r).as_bytes(), 1_000 + r);
+                builder.push(
+                    None,
+                    format!("p{partition}-{}", b * 50 + r).as_bytes(),
+                    1_000 + r,
+                );
             }
             let resp = c
                 .produce(ProduceRequest {
@@ -171,7 +181,12 @@ async fn http_ingest_health_metrics_and_retention() {
     .await
     .expect("topic created");
 
-    assert_eq!(weir_tests::http(&http, "GET", "/health", "text/plain", b"").await.0, 200);
+    assert_eq!(
+        weir_tests::http(&http, "GET", "/health", "text/plain", b"")
+            .await
+            .0,
+        200
+    );
     let ready = wait_until("node ready", Duration::from_secs(10), || {
         let http = http.clone();
         async move {
@@ -210,10 +225,24 @@ async fn http_ingest_health_metrics_and_retention() {
     assert!(body.contains("[3,4]"), "{body}");
 
     // Bad input: a clear 4xx and nothing written.
-    let (status, body) = weir_tests::http(&http, "POST", "/v1/topics/clicks/records", "application/json", b"[1, 2").await;
+    let (status, body) = weir_tests::http(
+        &http,
+        "POST",
+        "/v1/topics/clicks/records",
+        "application/json",
+        b"[1, 2",
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not a JSON array"), "{body}");
-    let (status, _) = weir_tests::http(&http, "POST", "/v1/topics/nope/records", "application/json", b"[1]").await;
+    let (status, _) = weir_tests::http(
+        &http,
+        "POST",
+        "/v1/topics/nope/records",
+        "application/json",
+        b"[1]",
+    )
+    .await;
     assert_eq!(status, 404);
     let offs = c
         .list_offsets(ListOffsetsRequest {
@@ -243,20 +272,24 @@ async fn http_ingest_health_metrics_and_retention() {
         .await;
         assert_eq!(status, 200);
     }
-    let earliest = wait_until("retention drops old batches", Duration::from_secs(30), || {
-        let mut c = c.clone();
-        async move {
-            let o = c
-                .list_offsets(ListOffsetsRequest {
-                    topic: "clicks".into(),
-                    partition,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (o.earliest > 0).then_some(o.earliest)
-        }
-    })
+    let earliest = wait_until(
+        "retention drops old batches",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            async move {
+                let o = c
+                    .list_offsets(ListOffsetsRequest {
+                        topic: "clicks".into(),
+                        partition,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (o.earliest > 0).then_some(o.earliest)
+            }
+        },
+    )
     .await;
     assert!(earliest <= 25);
     let err = c
@@ -269,6 +302,10 @@ async fn http_ingest_health_metrics_and_retention() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::OutOfRange, "dropped offsets are out of range");
+    assert_eq!(
+        err.code(),
+        tonic::Code::OutOfRange,
+        "dropped offsets are out of range"
+    );
     cluster.shutdown().await;
 }

@@ -34,8 +34,15 @@ async fn read_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, Strin
     let mut got = 0u64;
     let deadline = std::time::Instant::now() + SETTLE;
     while got < total {
-        assert!(std::time::Instant::now() < deadline, "read {got} of {total} records");
-        for r in consumer.poll(Duration::from_millis(500)).await.expect("poll") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read {got} of {total} records"
+        );
+        for r in consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .expect("poll")
+        {
             got += 1;
             out.entry(r.partition)
                 .or_default()
@@ -49,7 +56,11 @@ async fn read_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, Strin
 fn assert_dense(data: &BTreeMap<u32, Vec<(u64, String)>>) {
     for (p, recs) in data {
         for w in recs.windows(2) {
-            assert_eq!(w[1].0, w[0].0 + 1, "partition {p}: offsets not dense and ordered");
+            assert_eq!(
+                w[1].0,
+                w[0].0 + 1,
+                "partition {p}: offsets not dense and ordered"
+            );
         }
     }
 }
@@ -63,11 +74,23 @@ async fn sigkill_of_a_partition_leader_loses_no_acknowledged_record() {
         .create_topic(&NewTopic::new("durable", 3, 3))
         .await
         .expect("topic");
-    let leader = client.describe_topic("durable").await.expect("describe").partition_info[0].leader;
+    let leader = client
+        .describe_topic("durable")
+        .await
+        .expect("describe")
+        .partition_info[0]
+        .leader;
     assert!(leader > 0, "partition 0 has a leader");
     let status = client.cluster_status().await.expect("status");
-    let leader_addr = &status.members.iter().find(|m| m.id == leader).expect("leader is a member").addr;
-    let victim = (0..3).find(|i| &cluster.addr(*i) == leader_addr).expect("leader is one of ours");
+    let leader_addr = &status
+        .members
+        .iter()
+        .find(|m| m.id == leader)
+        .expect("leader is a member")
+        .addr;
+    let victim = (0..3)
+        .find(|i| &cluster.addr(*i) == leader_addr)
+        .expect("leader is one of ours");
 
     let producer = Producer::new(client.clone(), "durable", ProducerConfig::default())
         .await
@@ -121,7 +144,11 @@ async fn sigkill_of_a_partition_leader_loses_no_acknowledged_record() {
     cluster.restart(victim);
 
     let acked = sender.await.expect("producer task");
-    assert_eq!(acked.len() as u64, total, "every record was acknowledged (retries ride over the kill)");
+    assert_eq!(
+        acked.len() as u64,
+        total,
+        "every record was acknowledged (retries ride over the kill)"
+    );
     cluster_up(&cluster, 3).await;
 
     let data = read_all(&client, "durable").await;
@@ -135,21 +162,31 @@ async fn sigkill_of_a_partition_leader_loses_no_acknowledged_record() {
         }
     }
     for (p, o, v) in &acked {
-        assert_eq!(at.get(&(*p, *o)).copied(), Some(v.as_str()), "acked record {v} at {p}/{o}");
-        assert_eq!(seen.get(v.as_str()), Some(&1), "acked record {v} stored exactly once");
+        assert_eq!(
+            at.get(&(*p, *o)).copied(),
+            Some(v.as_str()),
+            "acked record {v} at {p}/{o}"
+        );
+        assert_eq!(
+            seen.get(v.as_str()),
+            Some(&1),
+            "acked record {v} stored exactly once"
+        );
     }
     // Records of one key keep their order within their partition.
     let mut last: HashMap<String, u64> = HashMap::new();
     for recs in data.values() {
         for (_, v) in recs {
-            let i: u64 = v.trim_start_matches("record-").parse().expect("record number");
+            let i: u64 = v
+                .trim_start_matches("record-")
+                .parse()
+                .expect("record number");
             let key = format!("k{}", i % 97);
             if let Some(prev) = last.insert(key.clone(), i) {
                 assert!(prev < i, "key {key}: record {i} after {prev}");
             }
         }
     }
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,7 +240,11 @@ async fn joining_nodes_receive_partitions_without_losing_records() {
     let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
     assert_eq!(values.len(), 3000, "no record lost in the moves");
     for (p, recs) in &data {
-        assert_eq!(recs.first().map(|r| r.0), Some(0), "partition {p} starts at 0");
+        assert_eq!(
+            recs.first().map(|r| r.0),
+            Some(0),
+            "partition {p} starts at 0"
+        );
     }
 }
 
@@ -260,7 +301,11 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
     })
     .await;
     let status = client.cluster_status().await.expect("status");
-    let lost_member = status.members.iter().find(|m| m.id == lost_id).expect("member listed");
+    let lost_member = status
+        .members
+        .iter()
+        .find(|m| m.id == lost_id)
+        .expect("member listed");
     assert_eq!(lost_member.state, "down");
 
     let data = read_all(&client, "resilient").await;

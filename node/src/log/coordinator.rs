@@ -43,7 +43,10 @@ impl GroupState {
 }
 
 /// Range assignment: member `i` of `n` (sorted) gets a contiguous share of the partitions.
-fn assign<'a>(members: impl Iterator<Item = &'a String>, partitions: u32) -> HashMap<String, Vec<u32>> {
+fn assign<'a>(
+    members: impl Iterator<Item = &'a String>,
+    partitions: u32,
+) -> HashMap<String, Vec<u32>> {
     let members: Vec<&String> = members.collect();
     let n = members.len() as u32;
     let mut out = HashMap::new();
@@ -116,7 +119,14 @@ impl Coordinator {
 
     /// Removes `member` from its group at once.
     pub async fn leave(&self, group: String, topic: String, member: String) {
-        let _ = self.tx.send(Msg::Leave { group, topic, member }).await;
+        let _ = self
+            .tx
+            .send(Msg::Leave {
+                group,
+                topic,
+                member,
+            })
+            .await;
     }
 }
 

@@ -122,9 +122,19 @@ impl LogService {
             let led = reports
                 .iter()
                 .filter(|(n, _)| **n == self.ctx.node_id || self.ctx.liveness.is_up(**n))
-                .find_map(|(n, rs)| rs.iter().find(|r| r.group_id == *g && r.leader).map(|r| (*n, r)));
+                .find_map(|(n, rs)| {
+                    rs.iter()
+                        .find(|r| r.group_id == *g && r.leader)
+                        .map(|r| (*n, r))
+                });
             let (leader, earliest, latest, voters, max_lag) = match led {
-                Some((n, r)) => (n, r.earliest_offset, r.latest_offset, r.voters.clone(), r.max_lag),
+                Some((n, r)) => (
+                    n,
+                    r.earliest_offset,
+                    r.latest_offset,
+                    r.voters.clone(),
+                    r.max_lag,
+                ),
                 None => (0, 0, 0, Vec::new(), 0),
             };
             parts.push(PartitionInfo {
@@ -165,7 +175,10 @@ impl LogService {
 fn partition_state(h: &GroupHandle) -> NodeResult<PartitionState> {
     match &h.watch {
         GroupWatch::Partition(rx) => Ok(*rx.borrow()),
-        _ => Err(NodeError::Internal(format!("group {} is not a partition", h.id))),
+        _ => Err(NodeError::Internal(format!(
+            "group {} is not a partition",
+            h.id
+        ))),
     }
 }
 
@@ -177,7 +190,9 @@ fn validate_topic_name(name: &str) -> NodeResult<()> {
         ));
     }
     if name == "." || name == ".." {
-        return Err(NodeError::InvalidArgument(format!("'{name}' is not a valid topic name")));
+        return Err(NodeError::InvalidArgument(format!(
+            "'{name}' is not a valid topic name"
+        )));
     }
     if let Some(c) = name
         .chars()
@@ -225,9 +240,12 @@ impl Log for LogService {
         let req = request.into_inner();
         let catalog = self.catalog()?;
         if catalog.topics.contains_key(&req.name) {
-            return Err(NodeError::AlreadyExists(format!("topic '{}' already exists", req.name)).into());
+            return Err(
+                NodeError::AlreadyExists(format!("topic '{}' already exists", req.name)).into(),
+            );
         }
-        let placement = placement::place_new(&catalog, &self.ctx.liveness, req.partitions, req.replicas)?;
+        let placement =
+            placement::place_new(&catalog, &self.ctx.liveness, req.partitions, req.replicas)?;
         let resp = self
             .ctx
             .propose_meta(MetaCommand::CreateTopic {
@@ -267,7 +285,11 @@ impl Log for LogService {
                 .await;
         }
         let name = request.into_inner().name;
-        match self.ctx.propose_meta(MetaCommand::DeleteTopic { name }).await? {
+        match self
+            .ctx
+            .propose_meta(MetaCommand::DeleteTopic { name })
+            .await?
+        {
             MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
             _ => Ok(Response::new(DeleteTopicResponse {})),
         }
@@ -302,7 +324,9 @@ impl Log for LogService {
             }
         }
         let catalog = self.catalog()?;
-        Ok(Response::new(self.topic_info(&catalog, &request.get_ref().name)?))
+        Ok(Response::new(
+            self.topic_info(&catalog, &request.get_ref().name)?,
+        ))
     }
 
     async fn produce(
@@ -331,7 +355,10 @@ impl Log for LogService {
                 .into());
             }
             let addr = self.route(&catalog, &group)?;
-            return self.client(&addr)?.produce(forwarded(request.into_inner())).await;
+            return self
+                .client(&addr)?
+                .produce(forwarded(request.into_inner()))
+                .await;
         };
         let req = request.into_inner();
         let cmd = Cmd::Append {
@@ -367,11 +394,15 @@ impl Log for LogService {
                 }))
             }
             Resp::Rejected(m) => Err(NodeError::InvalidArgument(m).into()),
+            Resp::OutOfOrder(m) => Err(NodeError::Aborted(m).into()),
             other => Err(NodeError::Internal(format!("unexpected answer {other:?}")).into()),
         }
     }
 
-    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
         let started = Instant::now();
         let catalog = self.catalog()?;
         let req = request.get_ref();
@@ -385,7 +416,10 @@ impl Log for LogService {
                 .into());
             }
             let addr = self.route(&catalog, &group)?;
-            return self.client(&addr)?.fetch(forwarded(request.into_inner())).await;
+            return self
+                .client(&addr)?
+                .fetch(forwarded(request.into_inner()))
+                .await;
         };
         let req = request.into_inner();
         let mut rx = match &h.watch {
@@ -416,7 +450,13 @@ impl Log for LogService {
         let engine = self.ctx.engine.clone();
         let (group_id, offset) = (h.id, req.offset.max(st.earliest));
         let batches = tokio::task::spawn_blocking(move || {
-            partition::read_batches(&engine, group_id, offset, st.next_offset, max_bytes as usize)
+            partition::read_batches(
+                &engine,
+                group_id,
+                offset,
+                st.next_offset,
+                max_bytes as usize,
+            )
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
@@ -477,7 +517,11 @@ impl Log for LogService {
         if req.group.is_empty() {
             return Err(NodeError::InvalidArgument("consumer group name is empty".into()).into());
         }
-        if let Some(bad) = req.offsets.iter().find(|o| o.partition as usize >= topic.groups.len()) {
+        if let Some(bad) = req
+            .offsets
+            .iter()
+            .find(|o| o.partition as usize >= topic.groups.len())
+        {
             return Err(NodeError::NotFound(format!(
                 "topic '{}' has no partition {}",
                 req.topic, bad.partition
@@ -499,7 +543,11 @@ impl Log for LogService {
         let cmd = Cmd::CommitOffsets {
             group: req.group,
             topic: req.topic,
-            offsets: req.offsets.iter().map(|o| (o.partition, o.offset)).collect(),
+            offsets: req
+                .offsets
+                .iter()
+                .map(|o| (o.partition, o.offset))
+                .collect(),
         };
         leader::write(&h, &catalog, cmd).await?;
         Ok(Response::new(CommitOffsetsResponse {}))
@@ -532,7 +580,10 @@ impl Log for LogService {
         };
         let map = rx.borrow().clone();
         let offsets = map
-            .range((req.group.clone(), req.topic.clone(), 0)..=(req.group.clone(), req.topic.clone(), u32::MAX))
+            .range(
+                (req.group.clone(), req.topic.clone(), 0)
+                    ..=(req.group.clone(), req.topic.clone(), u32::MAX),
+            )
             .map(|((_, _, p), o)| PartitionOffset {
                 partition: *p,
                 offset: *o,
@@ -553,7 +604,9 @@ impl Log for LogService {
             .ok_or_else(|| NodeError::NotFound(format!("topic '{}' does not exist", req.topic)))?;
         let partitions = topic.groups.len() as u32;
         if req.group.is_empty() || req.member_id.is_empty() {
-            return Err(NodeError::InvalidArgument("group and member id are required".into()).into());
+            return Err(
+                NodeError::InvalidArgument("group and member id are required".into()).into(),
+            );
         }
         let og = self.offsets_group(&catalog)?;
         if self.led(og.id).is_none() {
@@ -614,7 +667,15 @@ mod tests {
     #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v1_raw-2").is_ok());
-        for bad in ["", ".", "..", "a b", "a/b", "__consumer_offsets", &"x".repeat(250)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a/b",
+            "__consumer_offsets",
+            &"x".repeat(250),
+        ] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
         }
     }

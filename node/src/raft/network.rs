@@ -59,16 +59,16 @@ fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 }
 
 impl PeerLink {
-    fn client(&self) -> Result<RaftTransportClient<tonic::transport::Channel>, RPCError<TypeConfig>> {
+    fn client(
+        &self,
+    ) -> Result<RaftTransportClient<tonic::transport::Channel>, RPCError<TypeConfig>> {
         let ch = self.peers.channel(&self.addr).map_err(unreachable)?;
         Ok(RaftTransportClient::new(ch)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20))
     }
 
-    fn decode<T: DeserializeOwned>(
-        payload: &[u8],
-    ) -> Result<T, RPCError<TypeConfig>> {
+    fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
         let r: Result<T, String> = bincode::deserialize(payload)
             .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
         r.map_err(|e| RPCError::Network(NetworkError::from_string(e)))

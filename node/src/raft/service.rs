@@ -32,7 +32,9 @@ impl RaftService {
     }
 }
 
-fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+fn reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<RaftReply>, Status> {
     let r: Result<T, String> = r.map_err(|e| e.to_string());
     let payload = bincode::serialize(&r).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftReply {
@@ -52,7 +54,8 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         let g = self.group(req.group_id)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            bincode::deserialize(&req.payload).map_err(bad)?;
         reply(g.raft.append_entries(rpc).await)
     }
 
