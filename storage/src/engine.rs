@@ -186,14 +186,14 @@ impl Engine {
         cf: &str,
         from: &[u8],
         to: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Option<KeyValue>, StorageError> {
         let cf = self.cf(cf)?;
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_iterate_lower_bound(from.to_vec());
-        let mut iter = self
+        let iter = self
             .db
             .iterator_cf_opt(cf, ro, IteratorMode::From(to, Direction::Reverse));
-        while let Some(item) = iter.next() {
+        for item in iter {
             let (k, v) = item?;
             if k.as_ref() < to {
                 return Ok(Some((k.to_vec(), v.to_vec())));
@@ -202,6 +202,9 @@ impl Engine {
         Ok(None)
     }
 }
+
+/// An owned key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Completion of a group-commit fsync.
 pub type SyncCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
