@@ -69,7 +69,8 @@ pub async fn produce(ctx: &Context, args: BenchProduceArgs) -> Result<()> {
         .enumerate()
         .map(|(i, producer)| {
             let n = share(args.records, producers, i as u64);
-            tokio::spawn(run_producer(producer, n, payload.clone(), progress.clone()))
+            let rate = share(args.throughput, producers, i as u64);
+            tokio::spawn(run_producer(producer, n, rate, payload.clone(), progress.clone()))
         })
         .collect();
     let mut latencies = new_histogram()?;
@@ -128,12 +129,19 @@ pub async fn produce(ctx: &Context, args: BenchProduceArgs) -> Result<()> {
 async fn run_producer(
     producer: Producer,
     n: u64,
+    rate: u64,
     payload: Bytes,
     progress: ProgressBar,
 ) -> Result<ProducerRun> {
     let (acks_tx, acks_rx) = mpsc::unbounded_channel::<(Instant, RecordAck)>();
     let collector = tokio::spawn(collect_latencies(acks_rx, progress));
-    for _ in 0..n {
+    let start = Instant::now();
+    for i in 0..n {
+        if rate > 0 && i % 64 == 0 {
+            // Pace in steps of 64 records: record i is due at start + i / rate.
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
         let sent = Instant::now();
         let ack = producer.send(None, &payload, None).await?;
         if acks_tx.send((sent, ack)).is_err() {

@@ -236,6 +236,10 @@ pub struct BenchProduceArgs {
     /// Batches per partition awaiting acknowledgement at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// Target records/s over all producers, paced evenly (as kafka-producer-perf-test's
+    /// --throughput); 0 sends as fast as possible. Latency is only meaningful below saturation.
+    #[arg(long, default_value_t = 0)]
+    pub throughput: u64,
 }
 
 /// Arguments of `weir bench consume`.
