@@ -432,8 +432,13 @@ impl Core {
             }
             Err(err) => {
                 self.records_failed.fetch_add(records, Ordering::Relaxed);
+                // The failed batch leaves a gap in the sequence the broker would wait on forever:
+                // start over as a new producer, whose batches count from 0 again.
                 self.producer_id
                     .store(rand::random::<u64>().max(1), Ordering::Relaxed);
+                for part in &mut self.lock().parts {
+                    part.next_sequence = 0;
+                }
                 tracing::warn!(topic = %self.topic, records, error = %err, "batch failed");
             }
         }

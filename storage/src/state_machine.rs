@@ -175,7 +175,19 @@ impl StateMachine {
                             count: *n,
                         });
                     }
-                    if let Some(last) = st.batches.back().map(|(seq, _, _)| *seq) {
+                    // A producer's first batch here is its batch 0; a later one arriving first
+                    // (several in flight) waits for it.
+                    let last = match st.batches.back() {
+                        Some((seq, _, _)) => Some(*seq),
+                        None if ps.sequence == 0 => None,
+                        None => {
+                            return Ok(Response::OutOfOrder(format!(
+                                "batch {} of producer {} arrived before its batch 0",
+                                ps.sequence, ps.producer_id
+                            )))
+                        }
+                    };
+                    if let Some(last) = last {
                         if ps.sequence > last + 1 {
                             return Ok(Response::OutOfOrder(format!(
                                 "batch {} of producer {} arrived before batch {}",
@@ -638,6 +650,13 @@ mod tests {
             }),
         };
         let mut b = WriteBatch::default();
+        assert!(
+            matches!(
+                sm.apply_one(1, &req(1), &mut b).unwrap(),
+                Response::OutOfOrder(_)
+            ),
+            "a new producer's batch 1 waits for its batch 0"
+        );
         let first = sm.apply_one(1, &req(0), &mut b).unwrap();
         assert!(matches!(
             sm.apply_one(2, &req(2), &mut b).unwrap(),

@@ -70,7 +70,13 @@ pub async fn produce(ctx: &Context, args: BenchProduceArgs) -> Result<()> {
         .map(|(i, producer)| {
             let n = share(args.records, producers, i as u64);
             let rate = share(args.throughput, producers, i as u64);
-            tokio::spawn(run_producer(producer, n, rate, payload.clone(), progress.clone()))
+            tokio::spawn(run_producer(
+                producer,
+                n,
+                rate,
+                payload.clone(),
+                progress.clone(),
+            ))
         })
         .collect();
     let mut latencies = new_histogram()?;
