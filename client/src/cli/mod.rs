@@ -126,7 +126,7 @@ pub struct CreateTopicArgs {
 pub enum AcksArg {
     /// Committed by a quorum of replicas.
     All,
-    /// Written and fsynced by the leader only.
+    /// Accepted by the partition leader, answered before quorum commit (may be lost if it crashes).
     Leader,
 }
 

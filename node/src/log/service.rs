@@ -34,6 +34,14 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most partitions a topic may have.
 const MAX_PARTITIONS: u32 = 4096;
 
+/// Where a request for a group is served.
+enum Serve {
+    /// This node leads the group.
+    Local(Arc<GroupHandle>),
+    /// Forward to this node, which leads the group or knows who does.
+    Forward(LogClient<tonic::transport::Channel>),
+}
+
 /// The `Log` service.
 pub struct LogService {
     ctx: NodeContext,
@@ -104,9 +112,25 @@ impl LogService {
             .ok_or_else(|| NodeError::Unavailable(format!("group {} has no replica", group.id)))
     }
 
-    /// The local group if this node leads it.
-    fn led(&self, group: u64) -> Option<Arc<GroupHandle>> {
-        self.ctx.registry.get(group).filter(|h| h.is_leader())
+    /// Serves locally when this node leads `group`; otherwise a client of the node to forward to,
+    /// unless the request was already forwarded once (then the leader moved: the caller retries).
+    fn serve(
+        &self,
+        catalog: &Catalog,
+        group: &GroupInfo,
+        was_forwarded: bool,
+    ) -> NodeResult<Serve> {
+        if let Some(h) = self.ctx.registry.get(group.id).filter(|h| h.is_leader()) {
+            return Ok(Serve::Local(h));
+        }
+        if was_forwarded {
+            return Err(NodeError::NotLeader {
+                group: group.id,
+                leader: None,
+            });
+        }
+        let addr = self.route(catalog, group)?;
+        Ok(Serve::Forward(self.client(&addr)?))
     }
 
     fn topic_info(&self, catalog: &Catalog, name: &str) -> NodeResult<TopicInfo> {
@@ -346,19 +370,9 @@ impl Log for LogService {
         }
         let header = BatchHeader::parse(&req.batch)
             .map_err(|e| NodeError::InvalidArgument(format!("rejected batch: {e}")))?;
-        let Some(h) = self.led(group.id) else {
-            if was_forwarded(&request) {
-                return Err(NodeError::NotLeader {
-                    group: group.id,
-                    leader: None,
-                }
-                .into());
-            }
-            let addr = self.route(&catalog, &group)?;
-            return self
-                .client(&addr)?
-                .produce(forwarded(request.into_inner()))
-                .await;
+        let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => return c.produce(forwarded(request.into_inner())).await,
         };
         let req = request.into_inner();
         let cmd = Cmd::Append {
@@ -407,19 +421,9 @@ impl Log for LogService {
         let catalog = self.catalog()?;
         let req = request.get_ref();
         let group = self.partition(&catalog, &req.topic, req.partition)?;
-        let Some(h) = self.led(group.id) else {
-            if was_forwarded(&request) {
-                return Err(NodeError::NotLeader {
-                    group: group.id,
-                    leader: None,
-                }
-                .into());
-            }
-            let addr = self.route(&catalog, &group)?;
-            return self
-                .client(&addr)?
-                .fetch(forwarded(request.into_inner()))
-                .await;
+        let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => return c.fetch(forwarded(request.into_inner())).await,
         };
         let req = request.into_inner();
         let mut rx = match &h.watch {
@@ -483,19 +487,9 @@ impl Log for LogService {
         let catalog = self.catalog()?;
         let req = request.get_ref();
         let group = self.partition(&catalog, &req.topic, req.partition)?;
-        let Some(h) = self.led(group.id) else {
-            if was_forwarded(&request) {
-                return Err(NodeError::NotLeader {
-                    group: group.id,
-                    leader: None,
-                }
-                .into());
-            }
-            let addr = self.route(&catalog, &group)?;
-            return self
-                .client(&addr)?
-                .list_offsets(forwarded(request.into_inner()))
-                .await;
+        let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => return c.list_offsets(forwarded(request.into_inner())).await,
         };
         let st = partition_state(&h)?;
         Ok(Response::new(ListOffsetsResponse {
@@ -529,15 +523,11 @@ impl Log for LogService {
             .into());
         }
         let og = self.offsets_group(&catalog)?;
-        let Some(h) = self.led(og.id) else {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
+        let h = match self.serve(&catalog, &og, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => {
+                return c.commit_offsets(forwarded(request.into_inner())).await
             }
-            let addr = self.route(&catalog, &og)?;
-            return self
-                .client(&addr)?
-                .commit_offsets(forwarded(request.into_inner()))
-                .await;
         };
         let req = request.into_inner();
         let cmd = Cmd::CommitOffsets {
@@ -559,15 +549,11 @@ impl Log for LogService {
     ) -> Result<Response<FetchCommittedResponse>, Status> {
         let catalog = self.catalog()?;
         let og = self.offsets_group(&catalog)?;
-        let Some(h) = self.led(og.id) else {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
+        let h = match self.serve(&catalog, &og, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => {
+                return c.fetch_committed(forwarded(request.into_inner())).await
             }
-            let addr = self.route(&catalog, &og)?;
-            return self
-                .client(&addr)?
-                .fetch_committed(forwarded(request.into_inner()))
-                .await;
         };
         let req = request.into_inner();
         // A read index makes sure a commit acknowledged by a previous leader is visible.
@@ -609,15 +595,8 @@ impl Log for LogService {
             );
         }
         let og = self.offsets_group(&catalog)?;
-        if self.led(og.id).is_none() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
-            }
-            let addr = self.route(&catalog, &og)?;
-            return self
-                .client(&addr)?
-                .group_heartbeat(forwarded(request.into_inner()))
-                .await;
+        if let Serve::Forward(mut c) = self.serve(&catalog, &og, was_forwarded(&request))? {
+            return c.group_heartbeat(forwarded(request.into_inner())).await;
         }
         let req = request.into_inner();
         let timeout = match req.session_timeout_ms {
@@ -642,15 +621,8 @@ impl Log for LogService {
     ) -> Result<Response<LeaveGroupResponse>, Status> {
         let catalog = self.catalog()?;
         let og = self.offsets_group(&catalog)?;
-        if self.led(og.id).is_none() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("offsets leader moved; retry".into()).into());
-            }
-            let addr = self.route(&catalog, &og)?;
-            return self
-                .client(&addr)?
-                .leave_group(forwarded(request.into_inner()))
-                .await;
+        if let Serve::Forward(mut c) = self.serve(&catalog, &og, was_forwarded(&request))? {
+            return c.leave_group(forwarded(request.into_inner())).await;
         }
         let req = request.into_inner();
         self.coordinator
