@@ -110,6 +110,17 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Starts one node on free loopback ports in a new temporary dir, joining `join` if given.
+async fn start_node(join: Option<String>) -> (RunningNode, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.http = "127.0.0.1:0".into();
+    cfg.join = join;
+    let node = weir_node::start(cfg).await.expect("node starts");
+    (node, dir)
+}
+
 /// Several nodes running inside the test process.
 pub struct InProcessCluster {
     /// The running nodes, in start order.
@@ -124,14 +135,7 @@ impl InProcessCluster {
         let mut nodes: Vec<RunningNode> = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..n {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let mut cfg = NodeConfig::new(dir.path());
-            cfg.listen = "127.0.0.1:0".into();
-            cfg.http = "127.0.0.1:0".into();
-            if i > 0 {
-                cfg.join = Some(nodes[0].grpc_addr.to_string());
-            }
-            let node = weir_node::start(cfg).await.expect("node starts");
+            let (node, dir) = start_node((i > 0).then(|| nodes[0].grpc_addr.to_string())).await;
             nodes.push(node);
             dirs.push(dir);
         }
@@ -147,6 +151,14 @@ impl InProcessCluster {
     /// gRPC address of node `i`.
     pub fn addr(&self, i: usize) -> String {
         self.nodes[i].grpc_addr.to_string()
+    }
+
+    /// Starts one more node that joins the first; returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let (node, dir) = start_node(Some(self.addr(0))).await;
+        self.nodes.push(node);
+        self._dirs.push(dir);
+        self.nodes.len() - 1
     }
 
     /// Stops every node.

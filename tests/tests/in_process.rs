@@ -309,3 +309,118 @@ async fn http_ingest_health_metrics_and_retention() {
     );
     cluster.shutdown().await;
 }
+
+/// A replica created after the leader purged its log can only catch up from a snapshot streamed
+/// over the network: the records must all be there after the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
+    use openraft::async_runtime::WatchReceiver;
+
+    let mut cluster = InProcessCluster::start(1).await;
+    let mut c = log_client(&cluster.addr(0)).await;
+    c.create_topic(CreateTopicRequest {
+        name: "moved".into(),
+        partitions: 4,
+        replicas: 1,
+        retention_ms: 0,
+        retention_bytes: 0,
+    })
+    .await
+    .expect("topic created");
+    for partition in 0..4u32 {
+        for b in 0..10 {
+            let mut builder = BatchBuilder::new();
+            for r in 0..100 {
+                builder.push(None, format!("p{partition}-{}", b * 100 + r).as_bytes(), 7);
+            }
+            c.produce(ProduceRequest {
+                topic: "moved".into(),
+                partition,
+                batch: builder.finish(),
+                acks: Acks::All as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("produce");
+        }
+    }
+    // Snapshot every partition and purge its whole log.
+    let groups = cluster.nodes[0].ctx.registry.all();
+    for h in groups
+        .values()
+        .filter(|h| matches!(h.kind, weir_storage::catalog::GroupKind::Partition { .. }))
+    {
+        h.raft.trigger().snapshot().await.expect("snapshot");
+        let applied = wait_until("snapshot built", Duration::from_secs(20), || {
+            let raft = h.raft.clone();
+            async move {
+                let m = raft.metrics().borrow_watched().clone();
+                let applied = m.last_applied?.index;
+                (m.snapshot?.index >= applied).then_some(applied)
+            }
+        })
+        .await;
+        h.raft.trigger().purge_log(applied).await.expect("purge");
+        wait_until("log purged", Duration::from_secs(20), || {
+            let raft = h.raft.clone();
+            async move { (raft.metrics().borrow_watched().purged?.index >= applied).then_some(()) }
+        })
+        .await;
+    }
+
+    // A second node joins; placement moves partitions onto it.
+    let added = cluster.add_node().await;
+    let new_id = cluster.nodes[added].node_id;
+    wait_until(
+        "partitions moved to the new node",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            async move {
+                let info = c
+                    .describe_topic(weir_proto::v1::DescribeTopicRequest {
+                        name: "moved".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let moved = info
+                    .partition_info
+                    .iter()
+                    .filter(|p| p.replicas == vec![new_id] && p.leader == new_id)
+                    .count();
+                (moved >= 1).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Every record of every partition is still there, in order, wherever it now lives.
+    let mut c2 = log_client(&cluster.addr(added)).await;
+    for partition in 0..4u32 {
+        let mut values = Vec::new();
+        let mut offset = 0u64;
+        while offset < 1000 {
+            let r = c2
+                .fetch(FetchRequest {
+                    topic: "moved".into(),
+                    partition,
+                    offset,
+                    max_bytes: 1 << 20,
+                    max_wait_ms: 100,
+                })
+                .await
+                .expect("fetch")
+                .into_inner();
+            for b in r.batches {
+                for rec in decode(&b.batch).expect("batch") {
+                    values.push(String::from_utf8(rec.value.to_vec()).unwrap());
+                }
+                offset = b.base_offset + 100;
+            }
+        }
+        let expected: Vec<String> = (0..1000).map(|i| format!("p{partition}-{i}")).collect();
+        assert_eq!(values, expected, "partition {partition}");
+    }
+    cluster.shutdown().await;
+}
