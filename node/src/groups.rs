@@ -27,6 +27,8 @@ use crate::raft::{config, network::GroupNetwork};
 /// How long a replica the catalog moved away keeps running before it is dropped, so the leader
 /// can finish the membership change that removes it.
 const MOVED_AWAY_GRACE: Duration = Duration::from_secs(20);
+/// How long founders other than the first wait before initializing a new group themselves.
+const FOUNDER_INIT_DELAY: Duration = Duration::from_secs(5);
 /// A learner is promoted to voter once it is this close to the leader's log.
 const CAUGHT_UP_ENTRIES: u64 = 1_000;
 
@@ -141,10 +143,10 @@ impl GroupManager {
             moved_away: HashMap::new(),
         };
         let init = if mgr.cfg.bootstrap {
-            Some(BTreeMap::from([(
+            Some((
                 mgr.cfg.node_id,
-                BasicNode::new(mgr.cfg.advertise.clone()),
-            )]))
+                BTreeMap::from([(mgr.cfg.node_id, BasicNode::new(mgr.cfg.advertise.clone()))]),
+            ))
         } else {
             None
         };
@@ -169,7 +171,7 @@ impl GroupManager {
         &self,
         id: u64,
         kind: GroupKind,
-        init: Option<BTreeMap<u64, BasicNode>>,
+        init: Option<(u64, BTreeMap<u64, BasicNode>)>,
     ) -> NodeResult<Arc<GroupHandle>> {
         let engine = self.cfg.engine.clone();
         let sm = StateMachine::open(engine.clone(), id, &kind, &self.cfg.snapshot_root)?;
@@ -188,17 +190,27 @@ impl GroupManager {
         )
         .await
         .map_err(|e| NodeError::Internal(format!("starting group {id}: {e}")))?;
-        if let Some(members) = init {
-            let initialized = raft
-                .is_initialized()
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
-            if !initialized {
-                tracing::info!(group = id, members = ?members.keys(), "initializing group");
-                if let Err(e) = raft.initialize(members).await {
-                    tracing::warn!(group = id, error = %e, "initialize refused");
+        if let Some((first_founder, members)) = init {
+            // The first founder initializes at once and so usually becomes the leader (placement
+            // rotates first replicas, so leaders spread). The other founders initialize, with the
+            // same membership, only if the group still has not reached them later: a group whose
+            // first founder is down still forms, and founders do not split the first votes.
+            let first = first_founder == self.cfg.node_id;
+            let delay = if first {
+                Duration::ZERO
+            } else {
+                FOUNDER_INIT_DELAY
+            };
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(false) = raft.is_initialized().await {
+                    tracing::info!(group = id, members = ?members.keys(), "initializing group");
+                    if let Err(e) = raft.initialize(members).await {
+                        tracing::warn!(group = id, error = %e, "initialize refused");
+                    }
                 }
-            }
+            });
         }
         Ok(Arc::new(GroupHandle {
             id,
@@ -237,7 +249,8 @@ impl GroupManager {
                 continue;
             }
             let init = (g.epoch == 0).then(|| {
-                g.replicas
+                let members = g
+                    .replicas
                     .iter()
                     .filter_map(|n| {
                         catalog
@@ -245,7 +258,8 @@ impl GroupManager {
                             .get(n)
                             .map(|info| (*n, BasicNode::new(info.addr.clone())))
                     })
-                    .collect::<BTreeMap<_, _>>()
+                    .collect::<BTreeMap<_, _>>();
+                (g.replicas.first().copied().unwrap_or(me), members)
             });
             match self.open_group(g.id, g.kind.clone(), init).await {
                 Ok(h) => {

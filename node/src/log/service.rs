@@ -284,7 +284,8 @@ impl Log for LogService {
             return Err(NodeError::AlreadyExists(m).into());
         }
         // Answer once every partition has elected a leader, so the topic is usable right away.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // Bounded well below clients' request timeouts; a slow election just leaves leader 0 here.
+        let deadline = Instant::now() + Duration::from_secs(6);
         loop {
             let catalog = self.catalog()?;
             let info = self.topic_info(&catalog, &req.name)?;

@@ -9,10 +9,20 @@ pub fn metadata() -> Arc<Config> {
     build(250, 1000, 2000, 2_000)
 }
 
+/// Default heartbeat interval of data groups, in milliseconds.
+pub const DATA_HEARTBEAT_MS: u64 = 500;
+
 /// Raft settings of data groups (partitions, offsets): slower heartbeats since a node holds many.
 /// openraft randomises each election timeout in the range, so groups do not beat in step.
+/// `WEIR_RAFT_HEARTBEAT_MS` trades idle CPU (one heartbeat per group and follower per interval)
+/// against failover time (elections start after 5 to 10 intervals).
 pub fn data() -> Arc<Config> {
-    build(500, 2500, 5000, 20_000)
+    let hb = std::env::var("WEIR_RAFT_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| (50..=60_000).contains(v))
+        .unwrap_or(DATA_HEARTBEAT_MS);
+    build(hb, hb * 5, hb * 10, 20_000)
 }
 
 fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64) -> Arc<Config> {
