@@ -52,6 +52,36 @@ async fn read_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, Strin
     out
 }
 
+/// Creates a topic and writes `records` records `v0..` into it, all acknowledged.
+async fn create_and_fill(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    replicas: u32,
+    records: u64,
+) {
+    client
+        .create_topic(&NewTopic::new(topic, partitions, replicas))
+        .await
+        .expect("topic");
+    let producer = Producer::new(client.clone(), topic, ProducerConfig::default())
+        .await
+        .expect("producer");
+    let mut acks = Vec::new();
+    for i in 0..records {
+        acks.push(
+            producer
+                .send(None, format!("v{i}").as_bytes(), None)
+                .await
+                .expect("queued"),
+        );
+    }
+    producer.flush().await.expect("flush");
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+}
+
 /// Partitions in offset order, dense from their first offset, no offset twice.
 fn assert_dense(data: &BTreeMap<u32, Vec<(u64, String)>>) {
     for (p, recs) in data {
@@ -194,26 +224,7 @@ async fn joining_nodes_receive_partitions_without_losing_records() {
     let mut cluster = ProcessCluster::start(1, &[]);
     cluster_up(&cluster, 1).await;
     let client = Client::connect(cluster.addr(0)).await.expect("client");
-    client
-        .create_topic(&NewTopic::new("spread", 6, 1))
-        .await
-        .expect("topic");
-    let producer = Producer::new(client.clone(), "spread", ProducerConfig::default())
-        .await
-        .expect("producer");
-    let mut acks = Vec::new();
-    for i in 0..3000 {
-        acks.push(
-            producer
-                .send(None, format!("v{i}").as_bytes(), None)
-                .await
-                .expect("queued"),
-        );
-    }
-    producer.flush().await.expect("flush");
-    for a in acks {
-        a.await.expect("acknowledged");
-    }
+    create_and_fill(&client, "spread", 6, 1, 3000).await;
 
     cluster.add_node();
     cluster.add_node();
@@ -253,26 +264,7 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
     let mut cluster = ProcessCluster::start(4, &["--down-timeout-secs", "4"]);
     cluster_up(&cluster, 4).await;
     let client = Client::connect(cluster.addr(0)).await.expect("client");
-    client
-        .create_topic(&NewTopic::new("resilient", 4, 3))
-        .await
-        .expect("topic");
-    let producer = Producer::new(client.clone(), "resilient", ProducerConfig::default())
-        .await
-        .expect("producer");
-    let mut acks = Vec::new();
-    for i in 0..2000 {
-        acks.push(
-            producer
-                .send(None, format!("v{i}").as_bytes(), None)
-                .await
-                .expect("queued"),
-        );
-    }
-    producer.flush().await.expect("flush");
-    for a in acks {
-        a.await.expect("acknowledged");
-    }
+    create_and_fill(&client, "resilient", 4, 3, 2000).await;
 
     // Kill the last node for good (never node 0, the client's seed). Ids follow join order, so
     // look the node up by address.
