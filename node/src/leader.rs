@@ -16,17 +16,6 @@ pub fn leader_addr(h: &GroupHandle, catalog: &Catalog) -> Option<String> {
     catalog.nodes.get(&leader).map(|n| n.addr.clone())
 }
 
-/// `NotLeader` (with the leader's address) unless this node leads `h`.
-pub fn require_leader(h: &GroupHandle, catalog: &Catalog) -> NodeResult<()> {
-    if h.is_leader() {
-        return Ok(());
-    }
-    Err(NodeError::NotLeader {
-        group: h.id,
-        leader: leader_addr(h, catalog),
-    })
-}
-
 /// Replicates `req` through `h` and returns what applying it answered (after quorum commit).
 pub async fn write(h: &Arc<GroupHandle>, catalog: &Catalog, req: Request) -> NodeResult<Response> {
     match h.raft.client_write(req).await {
@@ -49,7 +38,11 @@ fn write_error(
                 group: h.id,
                 leader: Some(addr),
             },
-            None => NodeError::Unavailable(format!("group {} has no leader yet; retry", h.id)),
+            // A just-elected leader refuses writes until a quorum has acknowledged it.
+            None => NodeError::Unavailable(format!(
+                "group {} cannot take writes yet ({:?}); retry",
+                h.id, f.reason
+            )),
         };
     }
     NodeError::Unavailable(format!("group {}: {e}", h.id))

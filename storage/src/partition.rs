@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{group_key, group_key_u64, key_suffix_u64, CF_DATA};
+use crate::engine::{group_key_u64, key_suffix_u64, CF_DATA};
 use crate::{Engine, StorageError};
 
 /// Key tag of partition batches within a group's range.
@@ -148,9 +148,4 @@ pub fn retention_cut(
         }
     })?;
     Ok(cut.filter(|c| *c > state.earliest))
-}
-
-/// Range of all keys of `group` (for snapshots and drops).
-pub fn group_range(group: u64) -> (Vec<u8>, Vec<u8>) {
-    (group_key(group, &[]), (group + 1).to_be_bytes().to_vec())
 }

@@ -3,7 +3,6 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -140,16 +139,6 @@ impl ProcessCluster {
         assert!(!self.nodes[i].is_running(), "node {i} is still running");
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         self.nodes[i].spawn(&extra);
-    }
-
-    /// The log of node `i` (for failure messages).
-    pub fn log_of(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
-    }
-
-    /// How long tests wait for the cluster to settle after a fault.
-    pub fn settle_timeout() -> Duration {
-        Duration::from_secs(60)
     }
 }
 
