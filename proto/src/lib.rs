@@ -1,11 +1,13 @@
 //! weir-proto: the wire formats Weir speaks.
 //!
-//! - [`v1`]: the gRPC services and messages generated from `proto/weir.proto` (cluster, log, Raft
-//!   transport).
+//! - [`v1`]: the gRPC services and messages generated from `proto/weir.proto` (cluster, log, tables,
+//!   Raft transport).
 //! - [`batch`]: the record-batch encoding producers write and consumers read. The broker stores a batch
 //!   as one checksummed blob and only reads its fixed-size header.
+//! - [`table`]: table schemas, typed values, and the key and row encodings of the region store.
 
 pub mod batch;
+pub mod table;
 
 /// Generated gRPC services and messages of `weir.v1`.
 #[allow(missing_docs, clippy::all)]
