@@ -1,6 +1,7 @@
 //! The cluster catalog: what group 0 (the metadata group) replicates.
 //!
-//! Nodes, topics and the Raft groups behind their partitions, with each group's target replica set.
+//! Nodes, topics and tables, and the Raft groups behind their partitions and regions, with each
+//! group's target replica set.
 //! Every node holds group 0 (as a voter or a learner), so every node has the catalog locally and
 //! starts or stops its replicas by watching it. The placement loop on the leader of group 0 decides
 //! replica sets and proposes them as [`MetaCommand`]s; applying a command is deterministic.
@@ -8,12 +9,17 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use weir_proto::table::TableSchema;
 
 /// The id of the metadata group.
 pub const METADATA_GROUP: u64 = 0;
 
 /// Name prefix reserved for Weir's own topics.
 pub const INTERNAL_PREFIX: &str = "__";
+
+/// Size at which a region splits unless its table says otherwise (HBase's `hbase.hregion.max.filesize`
+/// is larger; TiKV's region-split-size is 96 MiB).
+pub const DEFAULT_SPLIT_BYTES: u64 = 64 << 20;
 
 /// A member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +46,19 @@ pub enum GroupKind {
     },
     /// Committed offsets of consumer groups (the `__consumer_offsets` of Kafka).
     Offsets,
+    /// One key range of a table.
+    Region {
+        /// Table name.
+        table: String,
+        /// First encoded key of the range (empty: the table's first key).
+        start: Vec<u8>,
+        /// Encoded key just past the range (empty: unbounded).
+        end: Vec<u8>,
+        /// Bumped by every split of the region.
+        epoch: u64,
+        /// The region this one split from; its replicas hold its first data.
+        parent: Option<u64>,
+    },
 }
 
 /// A Raft group and where it should live.
@@ -71,6 +90,23 @@ pub struct TopicInfo {
     pub groups: Vec<u64>,
 }
 
+/// A table: typed columns and a primary key, stored in regions (one Raft group each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    /// Table name.
+    pub name: String,
+    /// Never reused.
+    pub id: u64,
+    /// Columns and primary key.
+    pub schema: TableSchema,
+    /// Replication factor of each region.
+    pub replicas: u32,
+    /// A region larger than this splits.
+    pub split_bytes: u64,
+    /// Region group ids, in key order.
+    pub regions: Vec<u64>,
+}
+
 /// The replicated catalog of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -86,6 +122,10 @@ pub struct Catalog {
     pub groups: BTreeMap<u64, GroupInfo>,
     /// The group holding consumer-group offsets, once created.
     pub offsets_group: Option<u64>,
+    /// Tables by name.
+    pub tables: BTreeMap<String, TableInfo>,
+    /// Next table id to hand out.
+    pub next_table_id: u64,
 }
 
 /// A change to the catalog, proposed through group 0.
@@ -131,6 +171,38 @@ pub enum MetaCommand {
         /// Its replica set.
         replicas: Vec<u64>,
     },
+    /// Creates a table with one region spanning all keys.
+    CreateTable {
+        /// Table name.
+        name: String,
+        /// Columns and key.
+        schema: TableSchema,
+        /// Replication factor.
+        replicas: u32,
+        /// Split threshold of its regions.
+        split_bytes: u64,
+        /// Replica set of the first region.
+        placement: Vec<u64>,
+    },
+    /// Drops a table and its regions.
+    DropTable {
+        /// Table name.
+        name: String,
+    },
+    /// Reserves a group id (for the region a split is about to create).
+    AllocateGroup,
+    /// Records a split the region `parent` has applied through its own log: it now ends at
+    /// `split_key` and the new region `child` (on the same replicas) holds the rest.
+    SplitRegion {
+        /// The region that split.
+        parent: u64,
+        /// Its epoch after the split.
+        epoch: u64,
+        /// First key of the new region.
+        split_key: Vec<u8>,
+        /// The new region's group id (from [`MetaCommand::AllocateGroup`]).
+        child: u64,
+    },
     /// Moves a group to a new replica set.
     SetReplicas {
         /// The group.
@@ -147,6 +219,8 @@ pub enum MetaResponse {
     Ok,
     /// The id given to a new node.
     NodeId(u64),
+    /// A reserved group id.
+    GroupId(u64),
     /// The command was refused (name taken, unknown topic...); the catalog is unchanged.
     Rejected(String),
 }
@@ -257,6 +331,63 @@ impl Catalog {
                 self.offsets_group = Some(id);
                 MetaResponse::Ok
             }
+            MetaCommand::CreateTable {
+                name,
+                schema,
+                replicas,
+                split_bytes,
+                placement,
+            } => {
+                if self.tables.contains_key(name) {
+                    return MetaResponse::Rejected(format!("table '{name}' already exists"));
+                }
+                let id = self.alloc_group();
+                self.groups.insert(
+                    id,
+                    GroupInfo {
+                        id,
+                        kind: GroupKind::Region {
+                            table: name.clone(),
+                            start: Vec::new(),
+                            end: Vec::new(),
+                            epoch: 0,
+                            parent: None,
+                        },
+                        replicas: placement.clone(),
+                        epoch: 0,
+                    },
+                );
+                let table_id = self.next_table_id.max(1);
+                self.next_table_id = table_id + 1;
+                self.tables.insert(
+                    name.clone(),
+                    TableInfo {
+                        name: name.clone(),
+                        id: table_id,
+                        schema: schema.clone(),
+                        replicas: *replicas,
+                        split_bytes: *split_bytes,
+                        regions: vec![id],
+                    },
+                );
+                MetaResponse::Ok
+            }
+            MetaCommand::DropTable { name } => match self.tables.remove(name) {
+                Some(t) => {
+                    for g in t.regions {
+                        self.groups.remove(&g);
+                    }
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::Rejected(format!("table '{name}' does not exist")),
+            },
+            MetaCommand::AllocateGroup => MetaResponse::GroupId(self.alloc_group()),
+            MetaCommand::SplitRegion {
+                parent,
+                epoch,
+                split_key,
+                child,
+            } => self.split_region(*parent, *epoch, split_key, *child),
             MetaCommand::SetReplicas { group, replicas } => match self.groups.get_mut(group) {
                 Some(g) => {
                     if &g.replicas != replicas {
@@ -270,6 +401,76 @@ impl Catalog {
         }
     }
 
+    fn split_region(
+        &mut self,
+        parent: u64,
+        new_epoch: u64,
+        split_key: &[u8],
+        child: u64,
+    ) -> MetaResponse {
+        let Some(g) = self.groups.get(&parent) else {
+            return MetaResponse::Rejected(format!("region {parent} does not exist"));
+        };
+        let GroupKind::Region {
+            table,
+            start,
+            end,
+            epoch,
+            ..
+        } = &g.kind
+        else {
+            return MetaResponse::Rejected(format!("group {parent} is not a region"));
+        };
+        if *epoch >= new_epoch {
+            // Reported before (the reporter retried after a lost answer).
+            return MetaResponse::Ok;
+        }
+        if new_epoch != epoch + 1 {
+            return MetaResponse::Rejected(format!(
+                "region {parent} is at epoch {epoch}; a split to epoch {new_epoch} skips one"
+            ));
+        }
+        if split_key <= start.as_slice() || (!end.is_empty() && split_key >= end.as_slice()) {
+            return MetaResponse::Rejected(format!("split key is outside region {parent}'s range"));
+        }
+        if child >= self.next_group_id || self.groups.contains_key(&child) {
+            return MetaResponse::Rejected(format!("group id {child} was not reserved"));
+        }
+        let (table, old_end, replicas) = (table.clone(), end.clone(), g.replicas.clone());
+        let Some(t) = self.tables.get_mut(&table) else {
+            return MetaResponse::Rejected(format!("table '{table}' does not exist"));
+        };
+        let Some(pos) = t.regions.iter().position(|r| *r == parent) else {
+            return MetaResponse::Rejected(format!("region {parent} is not in table '{table}'"));
+        };
+        t.regions.insert(pos + 1, child);
+        if let Some(GroupInfo {
+            kind: GroupKind::Region { end, epoch, .. },
+            ..
+        }) = self.groups.get_mut(&parent)
+        {
+            *end = split_key.to_vec();
+            *epoch = new_epoch;
+        }
+        self.groups.insert(
+            child,
+            GroupInfo {
+                id: child,
+                kind: GroupKind::Region {
+                    table,
+                    start: split_key.to_vec(),
+                    end: old_end,
+                    epoch: new_epoch,
+                    parent: Some(parent),
+                },
+                replicas,
+                // Not founders: the child starts from the parent's split, not from `initialize`.
+                epoch: 1,
+            },
+        );
+        MetaResponse::Ok
+    }
+
     fn alloc_group(&mut self) -> u64 {
         let id = self.next_group_id.max(1);
         self.next_group_id = id + 1;
@@ -281,6 +482,15 @@ impl Catalog {
         let t = self.topics.get(topic)?;
         let g = t.groups.get(partition as usize)?;
         self.groups.get(g)
+    }
+
+    /// The table's regions in key order, with their groups.
+    pub fn regions_of<'a>(&'a self, table: &TableInfo) -> impl Iterator<Item = &'a GroupInfo> + 'a {
+        table
+            .regions
+            .clone()
+            .into_iter()
+            .filter_map(move |r| self.groups.get(&r))
     }
 
     /// Groups whose target replica set includes `node`.
@@ -322,6 +532,64 @@ mod tests {
         assert_eq!(add(&mut c, "b:1"), MetaResponse::NodeId(2));
         c.nodes.remove(&3);
         assert_eq!(add(&mut c, "d:1"), MetaResponse::NodeId(4));
+    }
+
+    #[test]
+    fn splits_are_recorded_once_and_keep_regions_in_key_order() {
+        let mut c = boot();
+        let schema = TableSchema::parse("k VARCHAR, v VARCHAR", &["k".into()]).unwrap();
+        let create = MetaCommand::CreateTable {
+            name: "t".into(),
+            schema,
+            replicas: 1,
+            split_bytes: 1024,
+            placement: vec![1],
+        };
+        assert_eq!(c.apply(&create), MetaResponse::Ok);
+        let r1 = c.tables["t"].regions[0];
+        let MetaResponse::GroupId(child) = c.apply(&MetaCommand::AllocateGroup) else {
+            panic!("group id")
+        };
+        let split = MetaCommand::SplitRegion {
+            parent: r1,
+            epoch: 1,
+            split_key: b"m".to_vec(),
+            child,
+        };
+        assert_eq!(c.apply(&split), MetaResponse::Ok);
+        assert_eq!(
+            c.apply(&split),
+            MetaResponse::Ok,
+            "a repeated report is a no-op"
+        );
+        assert_eq!(c.tables["t"].regions, vec![r1, child]);
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> = c
+            .regions_of(&c.tables["t"])
+            .map(|g| match &g.kind {
+                GroupKind::Region { start, end, .. } => (start.clone(), end.clone()),
+                _ => unreachable!("regions"),
+            })
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![(vec![], b"m".to_vec()), (b"m".to_vec(), vec![])]
+        );
+        // A split of the parent at a key the child now holds is refused.
+        let MetaResponse::GroupId(other) = c.apply(&MetaCommand::AllocateGroup) else {
+            panic!("group id")
+        };
+        let bad = MetaCommand::SplitRegion {
+            parent: r1,
+            epoch: 2,
+            split_key: b"x".to_vec(),
+            child: other,
+        };
+        assert!(matches!(c.apply(&bad), MetaResponse::Rejected(_)));
+        assert_eq!(
+            c.apply(&MetaCommand::DropTable { name: "t".into() }),
+            MetaResponse::Ok
+        );
+        assert!(c.groups.is_empty());
     }
 
     #[test]

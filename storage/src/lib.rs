@@ -3,9 +3,10 @@
 //! - [`engine`]: the node's one RocksDB (column families, key layout) and group commit.
 //! - [`types`]: the Raft type configuration and the commands every group replicates.
 //! - [`log_store`]: openraft's log storage for one group, over the shared engine.
-//! - [`state_machine`]: the state machine of one group (catalog, partition or offsets), applying
+//! - [`state_machine`]: the state machine of one group (catalog, partition, offsets or region), applying
 //!   committed commands atomically with the applied index.
 //! - [`partition`]: how a log partition stores its batches and reads them back.
+//! - [`region`]: how a region stores its rows, reads them in consistent snapshots, and splits.
 //! - [`catalog`]: the cluster catalog replicated by the metadata group.
 //! - [`snapshot`]: snapshot files: built from a group's data, streamed in chunks, installed.
 
@@ -13,6 +14,7 @@ pub mod catalog;
 pub mod engine;
 pub mod log_store;
 pub mod partition;
+pub mod region;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

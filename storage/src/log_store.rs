@@ -60,6 +60,23 @@ impl LogStore {
         }
     }
 
+    /// Adds to `b` the state of a log that starts after `log_id`, as if everything up to it had been
+    /// applied and purged: a region made by a split starts so, and replicas that did not apply the
+    /// split must get its data from a snapshot.
+    pub fn seed_purged(
+        engine: &Engine,
+        b: &mut WriteBatch,
+        group: u64,
+        log_id: &LogIdOf<TypeConfig>,
+    ) -> Result<(), StorageError> {
+        b.put_cf(
+            engine.cf(CF_META)?,
+            group_key(group, META_PURGED),
+            encode(log_id)?,
+        );
+        Ok(())
+    }
+
     /// Deletes the group's whole log and Raft metadata (the replica is being dropped).
     pub fn destroy(&self) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();

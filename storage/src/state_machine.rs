@@ -1,11 +1,11 @@
 //! The state machine of one Raft group.
 //!
-//! A group holds one of three kinds of state (see [`GroupKind`]): the catalog (group 0), a log
-//! partition, or consumer-group offsets. Every apply writes its changes and the new applied log id
+//! A group holds one of four kinds of state (see [`GroupKind`]): the catalog (group 0), a log
+//! partition, consumer-group offsets, or a region of a table. Every apply writes its changes and the new applied log id
 //! in one RocksDB write batch, so a restart never applies an entry twice. The node watches a group's
 //! state through the [`GroupWatch`] it gets before handing the state machine to openraft.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, OptionalSend};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,9 @@ use tokio::sync::watch;
 use crate::catalog::{Catalog, GroupKind, MetaResponse};
 use crate::engine::{group_key, key_suffix_u64, CF_DATA};
 use crate::partition::{self, PartitionState};
+use crate::region::{self, RegionState};
 use crate::snapshot::{read_rows, SnapshotData, SnapshotDir, SnapshotWriter};
+use crate::types::{Expect, KvOp};
 use crate::{decode, encode, Engine, Request, Response, StorageError, TypeConfig};
 
 const TAG_HEADER: u8 = 0;
@@ -34,6 +37,10 @@ const PRODUCER_WINDOW: usize = 5;
 const MAX_PRODUCERS: usize = 10_000;
 /// Rows per write batch when a snapshot is installed.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
+/// Log index a region made by a split starts after (as TiKV's RAFT_INIT_LOG_INDEX): the new
+/// region's log is empty and everything up to it counts as applied and purged, so replicas that
+/// do not hold the split's data get it from a snapshot.
+pub const REGION_INIT_INDEX: u64 = 5;
 
 /// Key of committed offsets: (consumer group, topic, partition).
 pub type OffsetKey = (String, String, u32);
@@ -60,6 +67,13 @@ enum Kind {
     Metadata(watch::Sender<Arc<Catalog>>),
     Partition(watch::Sender<PartitionState>, BTreeMap<u64, ProducerState>),
     Offsets(watch::Sender<Arc<BTreeMap<OffsetKey, u64>>>),
+    /// The region's state, and the rows written by entries of the current apply call that are
+    /// not in RocksDB yet (a compare-and-set must see them).
+    Region(
+        watch::Sender<RegionState>,
+        RegionState,
+        HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ),
 }
 
 /// How the node observes a group's applied state.
@@ -71,6 +85,8 @@ pub enum GroupWatch {
     Partition(watch::Receiver<PartitionState>),
     /// Committed consumer-group offsets.
     Offsets(watch::Receiver<Arc<BTreeMap<OffsetKey, u64>>>),
+    /// A region's range, epoch and size.
+    Region(watch::Receiver<RegionState>),
 }
 
 /// The state machine of one group.
@@ -109,6 +125,21 @@ impl StateMachine {
             GroupKind::Offsets => {
                 Kind::Offsets(watch::channel(Arc::new(load_offsets(&engine, group)?)).0)
             }
+            GroupKind::Region {
+                start, end, epoch, ..
+            } => {
+                // A region not written yet starts as the catalog describes it.
+                let st = match region::load_state(&engine, group)? {
+                    Some(st) => st,
+                    None => RegionState {
+                        start: start.clone(),
+                        end: end.clone(),
+                        epoch: *epoch,
+                        ..RegionState::default()
+                    },
+                };
+                Kind::Region(watch::channel(st.clone()).0, st, HashMap::new())
+            }
         };
         Ok(StateMachine {
             engine,
@@ -125,6 +156,7 @@ impl StateMachine {
             Kind::Metadata(tx) => GroupWatch::Catalog(tx.subscribe()),
             Kind::Partition(tx, _) => GroupWatch::Partition(tx.subscribe()),
             Kind::Offsets(tx) => GroupWatch::Offsets(tx.subscribe()),
+            Kind::Region(tx, ..) => GroupWatch::Region(tx.subscribe()),
         }
     }
 
@@ -269,10 +301,146 @@ impl StateMachine {
                 tx.send_replace(Arc::new(map));
                 Response::Ok
             }
+            (Kind::Region(_, st, pending), Request::KvWrite { ops, condition }) => {
+                let outside = ops
+                    .iter()
+                    .map(KvOp::key)
+                    .chain(condition.as_ref().map(|c| c.key.as_slice()))
+                    .any(|k| !st.contains(k));
+                if outside {
+                    return Ok(Response::NotInRegion(st.clone()));
+                }
+                if let Some(cond) = condition {
+                    let rk = region::row_key(group, &cond.key);
+                    let stored = match pending.get(&rk) {
+                        Some(v) => v.clone(),
+                        None => self.engine.get(CF_DATA, &rk)?,
+                    };
+                    let current = match &stored {
+                        Some(v) => {
+                            let (version, cells) = region::split_value(v)?;
+                            Some((version, cells.to_vec()))
+                        }
+                        None => None,
+                    };
+                    let holds = match (&cond.expect, &current) {
+                        (Expect::Version(want), cur) => {
+                            cur.as_ref().map(|(v, _)| *v).unwrap_or(0) == *want
+                        }
+                        (Expect::Cell { index, cell }, Some((_, cells))) => {
+                            weir_proto::table::row::cell_at(cells, *index as usize)
+                                .map_err(|e| StorageError::Corrupt(e.to_string()))?
+                                == Some(cell.as_slice())
+                        }
+                        (Expect::Cell { .. }, None) => false,
+                    };
+                    if !holds {
+                        return Ok(Response::CasFailed { current });
+                    }
+                }
+                for op in ops {
+                    let rk = region::row_key(group, op.key());
+                    match op {
+                        KvOp::Put { key, value } => {
+                            let v = region::row_value(index, value);
+                            st.approx_bytes += (key.len() + v.len()) as u64;
+                            b.put_cf(cf, &rk, &v);
+                            pending.insert(rk, Some(v));
+                        }
+                        KvOp::Delete { key } => {
+                            st.approx_bytes += key.len() as u64;
+                            b.delete_cf(cf, &rk);
+                            pending.insert(rk, None);
+                        }
+                    }
+                }
+                region::put_state(&self.engine, b, group, st)?;
+                Response::KvWritten { version: index }
+            }
+            (Kind::Region(_, st, _), Request::Split { split_key, child }) => {
+                let inside = split_key.as_slice() > st.start.as_slice()
+                    && (st.end.is_empty() || split_key.as_slice() < st.end.as_slice());
+                if !inside {
+                    return Ok(Response::Rejected(format!(
+                        "split key is outside region {group}'s range (epoch {})",
+                        st.epoch
+                    )));
+                }
+                let epoch = st.epoch + 1;
+                let child_exists = region::load_state(&self.engine, *child)?.is_some();
+                let moved = if child_exists {
+                    // The new region already got its data here from a snapshot; only drop ours.
+                    b.delete_range_cf(
+                        cf,
+                        region::row_key(group, split_key),
+                        group_key(group, &[region::TAG_ROW + 1]),
+                    );
+                    0
+                } else {
+                    region::move_rows(&self.engine, b, group, *child, split_key)?
+                };
+                if !child_exists {
+                    let init = openraft::LogId::new(
+                        openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(0, 0),
+                        REGION_INIT_INDEX,
+                    );
+                    let child_header = Header {
+                        applied: Some(init),
+                        membership: StoredMembershipOf::<TypeConfig>::new(
+                            Some(init),
+                            self.header.membership.membership().clone(),
+                        ),
+                        partition: PartitionState::default(),
+                    };
+                    b.put_cf(cf, group_key(*child, &[TAG_HEADER]), encode(&child_header)?);
+                    crate::LogStore::seed_purged(&self.engine, b, *child, &init)?;
+                    region::put_state(
+                        &self.engine,
+                        b,
+                        *child,
+                        &RegionState {
+                            start: split_key.clone(),
+                            end: st.end.clone(),
+                            epoch,
+                            approx_bytes: moved,
+                            last_split: None,
+                        },
+                    )?;
+                }
+                st.end = split_key.clone();
+                st.epoch = epoch;
+                st.approx_bytes = st.approx_bytes.saturating_sub(moved);
+                st.last_split = Some(region::SplitRecord {
+                    child: *child,
+                    split_key: split_key.clone(),
+                    epoch,
+                });
+                region::put_state(&self.engine, b, group, st)?;
+                Response::Ok
+            }
             (_, other) => Response::Rejected(format!(
                 "group {group} cannot apply {other}: command does not match the group's kind"
             )),
         })
+    }
+
+    /// Writes the region's state, rows and header to a snapshot file as they are now.
+    fn write_region_snapshot(&self) -> Result<std::path::PathBuf, StorageError> {
+        let mut w = SnapshotWriter::create(self.snapshots.temp_path()?)?;
+        self.engine.scan(
+            CF_DATA,
+            &group_key(self.group, &[region::TAG_REGION]),
+            &group_key(self.group, &[region::TAG_ROW + 1]),
+            |k, v| {
+                w.row(k, v)?;
+                Ok(true)
+            },
+        )?;
+        w.row(
+            &group_key(self.group, &[TAG_HEADER]),
+            &encode(&self.header)?,
+        )?;
+        w.finish()
     }
 
     fn put_header(&self, b: &mut WriteBatch) -> Result<(), StorageError> {
@@ -284,9 +452,16 @@ impl StateMachine {
         Ok(())
     }
 
-    fn publish(&self) {
-        if let Kind::Partition(tx, _) = &self.kind {
-            tx.send_replace(self.header.partition);
+    fn publish(&mut self) {
+        match &mut self.kind {
+            Kind::Partition(tx, _) => {
+                tx.send_replace(self.header.partition);
+            }
+            Kind::Region(tx, st, pending) => {
+                pending.clear();
+                tx.send_replace(st.clone());
+            }
+            _ => {}
         }
     }
 }
@@ -353,15 +528,27 @@ enum CapturedRows {
     /// (retention may since have dropped some at the front, which the builder accounts for).
     /// Producer de-duplication state is small and captured as rows.
     PartitionBelow(u64, Vec<(Vec<u8>, Vec<u8>)>),
+    /// Regions change in place, so their snapshot file is written when the builder is made.
+    File(Result<std::path::PathBuf, StorageError>),
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: self.header.applied,
+            last_membership: self.header.membership.clone(),
+        };
+        if let CapturedRows::File(written) = &self.rows {
+            let path = written.clone()?;
+            let snapshot = self.snapshots.promote(&meta, &path)?;
+            return Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot });
+        }
         let mut w = SnapshotWriter::create(self.snapshots.temp_path()?)?;
         let mut header = self.header.clone();
         match &self.rows {
+            CapturedRows::File(_) => {}
             CapturedRows::Rows(rows) => {
                 for (k, v) in rows {
                     w.row(k, v)?;
@@ -385,10 +572,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         w.row(&group_key(self.group, &[TAG_HEADER]), &encode(&header)?)?;
         let path = w.finish()?;
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: header.applied,
-            last_membership: header.membership.clone(),
-        };
         let snapshot = self.snapshots.promote(&meta, &path)?;
         Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
     }
@@ -411,6 +594,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut b = WriteBatch::default();
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
+            if matches!(&entry.payload, EntryPayload::Normal(Request::Split { .. })) && b.len() > 0
+            {
+                // A split moves rows by reading them from RocksDB: the entries before it go in first.
+                self.put_header(&mut b)?;
+                self.engine.write(std::mem::take(&mut b))?;
+                self.publish();
+            }
             self.header.applied = Some(entry.log_id);
             let resp = match &entry.payload {
                 EntryPayload::Blank => Response::Ok,
@@ -447,6 +637,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .filter_map(|(id, st)| Some((producer_key(self.group, *id), encode(st).ok()?)))
                     .collect(),
             ),
+            Kind::Region(..) => CapturedRows::File(self.write_region_snapshot()),
             Kind::Offsets(tx) => CapturedRows::Rows(
                 tx.borrow()
                     .iter()
@@ -519,6 +710,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Kind::Partition(_, producers) => {
                 *producers = load_producers(&self.engine, self.group)?;
             }
+            Kind::Region(_, st, pending) => {
+                pending.clear();
+                if let Some(stored) = region::load_state(&self.engine, self.group)? {
+                    *st = stored;
+                }
+            }
         }
         self.publish();
         self.snapshots.promote(meta, &snapshot.path)?;
@@ -528,10 +725,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        Ok(self
-            .snapshots
-            .current()?
-            .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot }))
+        if let Some((meta, snapshot)) = self.snapshots.current()? {
+            return Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+                meta,
+                snapshot,
+            }));
+        }
+        // A region made by a split has a purged log but no snapshot yet; a follower that needs it
+        // gets one built now rather than a replication error.
+        if self.header.applied.is_some() {
+            let mut builder = self.get_snapshot_builder().await;
+            return Ok(Some(builder.build_snapshot().await?));
+        }
+        Ok(None)
     }
 }
 
@@ -679,6 +885,155 @@ mod tests {
         let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
         let mut b = WriteBatch::default();
         assert_eq!(sm.apply_one(4, &req(1), &mut b).unwrap(), second);
+    }
+
+    fn region_kind() -> GroupKind {
+        GroupKind::Region {
+            table: "t".into(),
+            start: Vec::new(),
+            end: Vec::new(),
+            epoch: 0,
+            parent: None,
+        }
+    }
+
+    fn entry(index: u64, req: Request) -> openraft::alias::EntryOf<TypeConfig> {
+        let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+        openraft::alias::EntryOf::<TypeConfig>::new_normal(openraft::LogId::new(lid, index), req)
+    }
+
+    fn put(k: &str, v: &str) -> KvOp {
+        KvOp::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn regions_apply_writes_cas_and_splits_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
+        let ops = keys.iter().map(|k| put(k, "v")).collect();
+        apply_all(
+            &mut sm,
+            vec![
+                entry(
+                    1,
+                    Request::KvWrite {
+                        ops,
+                        condition: None,
+                    },
+                ),
+                // In the same apply call: a CAS sees the write before it.
+                entry(
+                    2,
+                    Request::KvWrite {
+                        ops: vec![put("k000", "w")],
+                        condition: Some(crate::types::KvCondition {
+                            key: b"k000".to_vec(),
+                            expect: Expect::Version(1),
+                        }),
+                    },
+                ),
+                entry(
+                    3,
+                    Request::Split {
+                        split_key: b"k050".to_vec(),
+                        child: 8,
+                    },
+                ),
+            ],
+        )
+        .await;
+        let k = |s: &str| s.as_bytes().to_vec();
+        let got = region::get_rows(&engine, 7, &[k("k000"), k("k049")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got[0].as_ref().map(|r| (r.version, r.value.clone())),
+            Some((2, k("w")))
+        );
+        assert!(got[1].is_some());
+        // The parent no longer holds the keys past the split; the child does, from a purged log.
+        assert!(region::get_rows(&engine, 7, &[k("k050")]).unwrap().is_err());
+        let child = region::get_rows(&engine, 8, &[k("k050"), k("k099")])
+            .unwrap()
+            .unwrap();
+        assert!(child.iter().all(|r| r.is_some()));
+        let st = region::load_state(&engine, 7).unwrap().unwrap();
+        assert_eq!((st.end.clone(), st.epoch), (k("k050"), 1));
+        let mut child_log = crate::LogStore::new(engine.clone(), 8);
+        use openraft::storage::RaftLogStorage;
+        let ls = child_log.get_log_state().await.unwrap();
+        assert_eq!(
+            ls.last_purged_log_id.map(|l| l.index),
+            Some(REGION_INIT_INDEX)
+        );
+        let mut child_sm =
+            StateMachine::open(engine.clone(), 8, &region_kind(), dir.path()).unwrap();
+        let (applied, membership) = child_sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(REGION_INIT_INDEX));
+        assert_eq!(
+            membership.log_id().map(|l| l.index),
+            Some(REGION_INIT_INDEX)
+        );
+        // The child can hand a follower a snapshot even though it never built one.
+        assert!(child_sm.get_current_snapshot().await.unwrap().is_some());
+
+        // Scans cross nothing: each region answers for its own range and says where to go on.
+        let page = region::scan_rows(&engine, 7, b"k040", b"", 1000, usize::MAX, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.rows.len(), 10);
+        assert!(page.more);
+        assert_eq!(page.resume, k("k050"));
+        let page = region::scan_rows(&engine, 8, b"k050", b"", 1000, usize::MAX, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.rows.first().map(|r| r.key.clone()), Some(k("k099")));
+        assert_eq!(page.rows.len(), 50);
+        assert!(!page.more);
+        let page = region::scan_rows(&engine, 7, b"", b"k050", 5, usize::MAX, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.rows.len(), 5);
+        assert_eq!(page.resume, k("k045"));
+
+        // A failed CAS and a write outside the range change nothing.
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(
+                4,
+                &Request::KvWrite {
+                    ops: vec![put("k001", "x")],
+                    condition: Some(crate::types::KvCondition {
+                        key: b"k001".to_vec(),
+                        expect: Expect::Version(99),
+                    }),
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(matches!(
+            r,
+            Response::CasFailed {
+                current: Some((1, _))
+            }
+        ));
+        let r = sm
+            .apply_one(
+                4,
+                &Request::KvWrite {
+                    ops: vec![put("k001", "x"), put("k077", "x")],
+                    condition: None,
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(matches!(r, Response::NotInRegion(_)));
+        assert_eq!(b.len(), 0);
     }
 
     #[tokio::test]

@@ -41,6 +41,20 @@ pub enum Request {
         /// First offset to keep.
         before: u64,
     },
+    /// Region group: puts and deletes applied atomically, all of them only if `condition` holds.
+    KvWrite {
+        /// The changes, applied in order.
+        ops: Vec<KvOp>,
+        /// Compare-and-set: what must hold first.
+        condition: Option<KvCondition>,
+    },
+    /// Region group: split at `split_key`; the keys from it on move to the new region `child`.
+    Split {
+        /// First key of the new region.
+        split_key: Vec<u8>,
+        /// The new region's group id.
+        child: u64,
+    },
     /// Offsets group: record committed offsets of a consumer group.
     CommitOffsets {
         /// Consumer group.
@@ -60,6 +74,17 @@ impl fmt::Display for Request {
                 write!(f, "append {count} records ({} bytes)", batch.len())
             }
             Request::Trim { before } => write!(f, "trim before {before}"),
+            Request::KvWrite { ops, condition } => write!(
+                f,
+                "kv write of {} ops{}",
+                ops.len(),
+                if condition.is_some() {
+                    " (conditional)"
+                } else {
+                    ""
+                }
+            ),
+            Request::Split { child, .. } => write!(f, "split into region {child}"),
             Request::CommitOffsets {
                 group,
                 topic,
@@ -67,6 +92,55 @@ impl fmt::Display for Request {
             } => write!(f, "commit {group}/{topic} {offsets:?}"),
         }
     }
+}
+
+/// One change to a region's rows (keys and cells encoded as in `weir_proto::table`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    /// Write a row.
+    Put {
+        /// Encoded primary key.
+        key: Vec<u8>,
+        /// Encoded non-key cells.
+        value: Vec<u8>,
+    },
+    /// Delete a row (absent rows are fine).
+    Delete {
+        /// Encoded primary key.
+        key: Vec<u8>,
+    },
+}
+
+impl KvOp {
+    /// The row's key.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+        }
+    }
+}
+
+/// The condition of a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCondition {
+    /// The row the condition reads.
+    pub key: Vec<u8>,
+    /// What it must find.
+    pub expect: Expect,
+}
+
+/// What a compare-and-set expects of a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// The row's version (0: the row does not exist).
+    Version(u64),
+    /// The row exists and its `index`-th non-key cell encodes to `cell`.
+    Cell {
+        /// Position among the non-key columns.
+        index: u32,
+        /// The encoded cell.
+        cell: Vec<u8>,
+    },
 }
 
 /// A producer's id and the sequence number of one of its batches to one partition.
@@ -92,6 +166,19 @@ pub enum Response {
         /// Records in the batch.
         count: u32,
     },
+    /// A region write was applied at this version (its log index).
+    KvWritten {
+        /// The version the written rows now have.
+        version: u64,
+    },
+    /// A compare-and-set found something else; nothing was written.
+    CasFailed {
+        /// The row as found: (version, encoded cells), or None when absent.
+        current: Option<(u64, Vec<u8>)>,
+    },
+    /// A region write named a key outside the region (it split, or the route was stale); nothing
+    /// was written.
+    NotInRegion(crate::region::RegionState),
     /// The command does not fit this group (a bug or a stale route); nothing was changed.
     Rejected(String),
     /// An idempotent producer's batch arrived before an earlier one of its batches; nothing was

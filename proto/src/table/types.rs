@@ -105,10 +105,12 @@ impl ColumnType {
             "BINARY" | "VARBINARY" | "BYTEA" | "BLOB" | "BYTES" => ColumnType::Binary,
             "DATE" | "DATE32" => ColumnType::Date32,
             "TIMESTAMP" | "DATETIME" | "TIMESTAMPTZ" => ColumnType::Timestamp,
-            _ => return Err(TableError::Schema(format!(
+            _ => {
+                return Err(TableError::Schema(format!(
                 "unknown type '{text}' (try BIGINT, INT, DOUBLE, DECIMAL(p,s), BOOLEAN, VARCHAR, \
                      VARBINARY, DATE, TIMESTAMP)"
-            ))),
+            )))
+            }
         };
         // Lengths such as VARCHAR(20) are accepted and not enforced, as in PostgreSQL's TEXT.
         Ok(ty)

@@ -1,0 +1,329 @@
+//! How a region stores its rows, reads them back, and splits.
+//!
+//! A region is one key range of a table, replicated by its own Raft group. Its rows live under
+//! `group | TAG_ROW | encoded key` with the value `version (8 bytes BE) | encoded cells`, where the
+//! version is the log index of the write that last changed the row. The region's range and epoch
+//! ([`RegionState`]) are stored under `group | TAG_REGION` in the same write batch as every change,
+//! so a read through one RocksDB snapshot sees the rows and the range they belong to together: a
+//! read never sees a key its region had already split off.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{group_key, CF_DATA};
+use crate::{decode, encode, Engine, StorageError};
+
+/// Tag of the region's state.
+pub(crate) const TAG_REGION: u8 = 5;
+/// Tag of the region's rows.
+pub(crate) const TAG_ROW: u8 = 6;
+
+/// A region's key range and split history, as applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionState {
+    /// First key of the range.
+    pub start: Vec<u8>,
+    /// Key just past the range; empty is unbounded.
+    pub end: Vec<u8>,
+    /// Bumped by every split.
+    pub epoch: u64,
+    /// Bytes of keys and values written since the region was created or last measured; grows with
+    /// overwrites and deletes too, so it is an upper bound the split check confirms by scanning.
+    pub approx_bytes: u64,
+    /// The last split applied, until the catalog has recorded it.
+    pub last_split: Option<SplitRecord>,
+}
+
+/// A split as the parent applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    /// The new region.
+    pub child: u64,
+    /// Its first key.
+    pub split_key: Vec<u8>,
+    /// The parent's epoch after the split.
+    pub epoch: u64,
+}
+
+impl RegionState {
+    /// True when `key` falls in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+}
+
+/// One stored row: its encoded key, version and encoded cells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    /// Encoded primary key.
+    pub key: Vec<u8>,
+    /// Log index of the write that last changed it.
+    pub version: u64,
+    /// Encoded non-key cells.
+    pub value: Vec<u8>,
+}
+
+/// A read that reached a region not holding its key (it split, or the route was stale).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotInRegion(pub RegionState);
+
+/// Key of `key`'s row in `group`.
+pub fn row_key(group: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(TAG_ROW);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The stored value of a row.
+pub fn row_value(version: u64, cells: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + cells.len());
+    v.extend_from_slice(&version.to_be_bytes());
+    v.extend_from_slice(cells);
+    v
+}
+
+/// Splits a stored value into (version, cells).
+pub fn split_value(v: &[u8]) -> Result<(u64, &[u8]), StorageError> {
+    if v.len() < 8 {
+        return Err(StorageError::Corrupt(
+            "row value shorter than its version".into(),
+        ));
+    }
+    let (ver, cells) = v.split_at(8);
+    let mut a = [0u8; 8];
+    a.copy_from_slice(ver);
+    Ok((u64::from_be_bytes(a), cells))
+}
+
+/// Key of the region state.
+pub(crate) fn state_key(group: u64) -> Vec<u8> {
+    group_key(group, &[TAG_REGION])
+}
+
+/// Reads the region state as stored (None for a region that has not been written yet).
+pub fn load_state(engine: &Engine, group: u64) -> Result<Option<RegionState>, StorageError> {
+    match engine.get(CF_DATA, &state_key(group))? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Adds the region state to a write batch.
+pub(crate) fn put_state(
+    engine: &Engine,
+    b: &mut WriteBatch,
+    group: u64,
+    st: &RegionState,
+) -> Result<(), StorageError> {
+    b.put_cf(engine.cf(CF_DATA)?, state_key(group), encode(st)?);
+    Ok(())
+}
+
+fn rows_end(group: u64) -> Vec<u8> {
+    group_key(group, &[TAG_ROW + 1])
+}
+
+/// Reads the rows of `keys` in one consistent snapshot, or reports that the region does not hold
+/// one of them.
+pub fn get_rows(
+    engine: &Engine,
+    group: u64,
+    keys: &[Vec<u8>],
+) -> Result<Result<Vec<Option<StoredRow>>, NotInRegion>, StorageError> {
+    let db = engine.db();
+    let cf = engine.cf(CF_DATA)?;
+    let snap = db.snapshot();
+    let st: RegionState = match snap.get_cf(cf, state_key(group))? {
+        Some(v) => decode(&v)?,
+        None => RegionState::default(),
+    };
+    if let Some(_outside) = keys.iter().find(|k| !st.contains(k)) {
+        return Ok(Err(NotInRegion(st)));
+    }
+    let mut ro = ReadOptions::default();
+    ro.set_snapshot(&snap);
+    let full: Vec<Vec<u8>> = keys.iter().map(|k| row_key(group, k)).collect();
+    let got = db.batched_multi_get_cf_opt(cf, &full, false, &ro);
+    let mut out = Vec::with_capacity(keys.len());
+    for (k, r) in keys.iter().zip(got) {
+        out.push(match r? {
+            Some(v) => {
+                let (version, cells) = split_value(&v)?;
+                Some(StoredRow {
+                    key: k.clone(),
+                    version,
+                    value: cells.to_vec(),
+                })
+            }
+            None => None,
+        });
+    }
+    Ok(Ok(out))
+}
+
+/// What one region returned for a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// Rows in scan order.
+    pub rows: Vec<StoredRow>,
+    /// True when the scanned range continues past this page (a limit was hit or the region ends
+    /// before the range does).
+    pub more: bool,
+    /// Where the scan continues: the next start key (forward) or the next exclusive end key (reverse).
+    pub resume: Vec<u8>,
+}
+
+/// Scans `[start, end)` (empty end: unbounded) within this region, at most `limit` rows and about
+/// `max_bytes`. Forward scans must start inside the region; reverse scans must end inside it (or
+/// at its end). Everything is read from one snapshot together with the region's range.
+pub fn scan_rows(
+    engine: &Engine,
+    group: u64,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    max_bytes: usize,
+    reverse: bool,
+) -> Result<Result<ScanPage, NotInRegion>, StorageError> {
+    let db = engine.db();
+    let cf = engine.cf(CF_DATA)?;
+    let snap = db.snapshot();
+    let st: RegionState = match snap.get_cf(cf, state_key(group))? {
+        Some(v) => decode(&v)?,
+        None => RegionState::default(),
+    };
+    let unbounded_end = end.is_empty();
+    // The part of [start, end) this region holds.
+    let lo: &[u8] = if start > st.start.as_slice() {
+        start
+    } else {
+        &st.start
+    };
+    let hi: Option<&[u8]> = match (unbounded_end, st.end.is_empty()) {
+        (true, true) => None,
+        (true, false) => Some(&st.end),
+        (false, true) => Some(end),
+        (false, false) => Some(if end < st.end.as_slice() {
+            end
+        } else {
+            &st.end
+        }),
+    };
+    let anchored = if reverse {
+        // The range's end must fall inside the region (or be the region's own end).
+        match (unbounded_end, st.end.is_empty()) {
+            (true, true) => true,
+            (true, false) => false,
+            (false, true) => end > st.start.as_slice(),
+            (false, false) => end > st.start.as_slice() && end <= st.end.as_slice(),
+        }
+    } else {
+        st.contains(start) || (start.is_empty() && st.start.is_empty())
+    };
+    if !anchored {
+        return Ok(Err(NotInRegion(st)));
+    }
+    let mut page = ScanPage::default();
+    if hi.is_some_and(|h| h <= lo) {
+        return Ok(Ok(page));
+    }
+    let mut ro = ReadOptions::default();
+    ro.set_snapshot(&snap);
+    let lo_key = row_key(group, lo);
+    let hi_key = hi
+        .map(|h| row_key(group, h))
+        .unwrap_or_else(|| rows_end(group));
+    ro.set_iterate_lower_bound(lo_key.clone());
+    ro.set_iterate_upper_bound(hi_key.clone());
+    let mode = if reverse {
+        IteratorMode::End
+    } else {
+        IteratorMode::From(&lo_key, Direction::Forward)
+    };
+    let mut bytes = 0usize;
+    let mut hit_limit = false;
+    for item in db.iterator_cf_opt(cf, ro, mode) {
+        let (k, v) = item?;
+        if page.rows.len() >= limit || bytes >= max_bytes {
+            hit_limit = true;
+            break;
+        }
+        let (version, cells) = split_value(&v)?;
+        bytes += k.len() + v.len();
+        page.rows.push(StoredRow {
+            key: k[9..].to_vec(),
+            version,
+            value: cells.to_vec(),
+        });
+    }
+    if hit_limit {
+        let last = page.rows.last().map(|r| r.key.clone()).unwrap_or_default();
+        page.more = true;
+        page.resume = if reverse {
+            last
+        } else {
+            let mut next = last;
+            next.push(0);
+            next
+        };
+    } else if reverse {
+        // The range continues below this region's start.
+        if start < st.start.as_slice() {
+            page.more = true;
+            page.resume = st.start.clone();
+        }
+    } else if !st.end.is_empty() && (unbounded_end || end > st.end.as_slice()) {
+        page.more = true;
+        page.resume = st.end.clone();
+    }
+    Ok(Ok(page))
+}
+
+/// Adds to `b` the move of the rows at and after `split_key` from `parent` to `child`; returns the
+/// bytes moved.
+pub(crate) fn move_rows(
+    engine: &Engine,
+    b: &mut WriteBatch,
+    parent: u64,
+    child: u64,
+    split_key: &[u8],
+) -> Result<u64, StorageError> {
+    let cf = engine.cf(CF_DATA)?;
+    let from = row_key(parent, split_key);
+    let to = rows_end(parent);
+    let mut moved = 0u64;
+    engine.scan(CF_DATA, &from, &to, |k, v| {
+        moved += (k.len() - 9 + v.len()) as u64;
+        b.put_cf(cf, row_key(child, &k[9..]), v);
+        Ok(true)
+    })?;
+    b.delete_range_cf(cf, from, to);
+    Ok(moved)
+}
+
+/// The key at which the region's rows divide into two halves of about equal size, and the
+/// region's measured size; None when the region cannot split (fewer than two rows).
+pub fn middle_key(engine: &Engine, group: u64) -> Result<(Option<Vec<u8>>, u64), StorageError> {
+    let from = group_key(group, &[TAG_ROW]);
+    let to = rows_end(group);
+    let mut total = 0u64;
+    engine.scan(CF_DATA, &from, &to, |k, v| {
+        total += (k.len() - 9 + v.len()) as u64;
+        Ok(true)
+    })?;
+    let mut seen = 0u64;
+    let mut first = true;
+    let mut mid = None;
+    engine.scan(CF_DATA, &from, &to, |k, v| {
+        if !first && seen >= total / 2 {
+            mid = Some(k[9..].to_vec());
+            return Ok(false);
+        }
+        first = false;
+        seen += (k.len() - 9 + v.len()) as u64;
+        Ok(true)
+    })?;
+    Ok((mid, total))
+}
