@@ -7,8 +7,11 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use weir_proto::v1::cluster_client::ClusterClient;
 use weir_proto::v1::cluster_server::Cluster;
+use std::collections::HashMap;
+
 use weir_proto::v1::{
-    GroupReport, HeartbeatAck, JoinRequest, JoinResponse, Member, NodeHeartbeat, StatusRequest,
+    AllocateGroupRequest, AllocateGroupResponse, GroupReport, HeartbeatAck, JoinRequest,
+    JoinResponse, Member, NodeHeartbeat, ReportSplitRequest, ReportSplitResponse, StatusRequest,
     StatusResponse,
 };
 use weir_storage::catalog::{MetaCommand, MetaResponse, METADATA_GROUP};
@@ -116,7 +119,7 @@ impl Cluster for ClusterService {
                 Ok(Response::new(JoinResponse { node_id }))
             }
             MetaResponse::Rejected(m) => Err(Status::unavailable(m)),
-            MetaResponse::Ok => Ok(Response::new(JoinResponse {
+            MetaResponse::Ok | MetaResponse::GroupId(_) => Ok(Response::new(JoinResponse {
                 node_id: req.node_id,
             })),
         }
@@ -179,6 +182,72 @@ impl Cluster for ClusterService {
         self.ctx.liveness.record(hb.node_id, hb.groups);
         Ok(Response::new(HeartbeatAck {}))
     }
+
+    async fn allocate_group(
+        &self,
+        request: Request<AllocateGroupRequest>,
+    ) -> Result<Response<AllocateGroupResponse>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            return self
+                .ctx
+                .cluster_client_of_leader()?
+                .allocate_group(forwarded(request.into_inner()))
+                .await;
+        }
+        match self.ctx.propose_meta(MetaCommand::AllocateGroup).await? {
+            MetaResponse::GroupId(group_id) => Ok(Response::new(AllocateGroupResponse { group_id })),
+            other => Err(NodeError::Internal(format!("allocating a group answered {other:?}")).into()),
+        }
+    }
+
+    async fn report_split(
+        &self,
+        request: Request<ReportSplitRequest>,
+    ) -> Result<Response<ReportSplitResponse>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            return self
+                .ctx
+                .cluster_client_of_leader()?
+                .report_split(forwarded(request.into_inner()))
+                .await;
+        }
+        let r = request.into_inner();
+        match self
+            .ctx
+            .propose_meta(MetaCommand::SplitRegion {
+                parent: r.parent,
+                epoch: r.epoch,
+                split_key: r.split_key.to_vec(),
+                child: r.child,
+            })
+            .await?
+        {
+            MetaResponse::Rejected(m) => Err(NodeError::FailedPrecondition(m).into()),
+            _ => Ok(Response::new(ReportSplitResponse {})),
+        }
+    }
+}
+
+/// The groups some live node reports leading, with that node and its report (meaningful on the
+/// metadata leader, which receives the heartbeats).
+pub fn led_groups(ctx: &NodeContext) -> HashMap<u64, (u64, GroupReport)> {
+    let mut out = HashMap::new();
+    for (n, reports) in ctx.liveness.reports() {
+        // Reports of nodes that went silent may still claim leadership: skip them.
+        if n != ctx.node_id && !ctx.liveness.is_up(n) {
+            continue;
+        }
+        for r in reports.into_iter().filter(|r| r.leader) {
+            out.insert(r.group_id, (n, r));
+        }
+    }
+    out
 }
 
 /// What this node reports about the groups it holds.
@@ -188,12 +257,13 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
     for h in groups.values() {
         let m = h.raft.metrics().borrow_watched().clone();
         let leader = m.current_leader == Some(m.id);
-        let (earliest_offset, latest_offset) = match (&h.watch, leader) {
+        let (earliest_offset, latest_offset, region_bytes) = match (&h.watch, leader) {
             (weir_storage::GroupWatch::Partition(rx), true) => {
                 let st = *rx.borrow();
-                (st.earliest, st.next_offset)
+                (st.earliest, st.next_offset, 0)
             }
-            _ => (0, 0),
+            (weir_storage::GroupWatch::Region(rx), true) => (0, 0, rx.borrow().approx_bytes),
+            _ => (0, 0, 0),
         };
         let (voters, max_lag) = if leader {
             let last = m.last_log_index.unwrap_or(0);
@@ -218,6 +288,7 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
             max_lag,
             earliest_offset,
             latest_offset,
+            region_bytes,
         });
     }
     out

@@ -32,6 +32,12 @@ pub enum NodeError {
     /// overtook an earlier batch).
     #[error("{0}")]
     Aborted(String),
+    /// The request is valid but the state does not allow it (a stale split report).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The answer of another node this request was forwarded to, passed on as it is.
+    #[error("{0}")]
+    Remote(Status),
     /// A storage or internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -40,6 +46,12 @@ pub enum NodeError {
 impl From<weir_storage::StorageError> for NodeError {
     fn from(e: weir_storage::StorageError) -> Self {
         NodeError::Internal(e.to_string())
+    }
+}
+
+impl From<Status> for NodeError {
+    fn from(s: Status) -> Self {
+        NodeError::Remote(s)
     }
 }
 
@@ -53,6 +65,8 @@ impl From<NodeError> for Status {
             NodeError::Unavailable(m) => Status::new(Code::Unavailable, m),
             NodeError::Aborted(m) => Status::new(Code::Aborted, m),
             NodeError::Internal(m) => Status::new(Code::Internal, m),
+            NodeError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
+            NodeError::Remote(s) => s,
             NodeError::NotLeader { group, leader } => {
                 let mut s = Status::new(
                     Code::FailedPrecondition,

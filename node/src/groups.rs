@@ -248,6 +248,20 @@ impl GroupManager {
             if self.groups.contains_key(&g.id) {
                 continue;
             }
+            if let GroupKind::Region {
+                parent: Some(parent),
+                ..
+            } = &g.kind
+            {
+                // A region made by a split starts here once the local replica of its parent has
+                // applied the split, which wrote the new region's first state; where its parent
+                // does not run, it starts empty and gets a snapshot from its leader.
+                if self.groups.contains_key(parent)
+                    && matches!(weir_storage::region::load_state(&self.cfg.engine, g.id), Ok(None))
+                {
+                    continue;
+                }
+            }
             let init = (g.epoch == 0).then(|| {
                 let members = g
                     .replicas

@@ -4,11 +4,82 @@ use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
-use weir_storage::catalog::Catalog;
+use openraft::ReadPolicy;
+use weir_storage::catalog::{Catalog, GroupInfo};
 use weir_storage::{Request, Response, TypeConfig};
 
+use crate::cluster::NodeContext;
 use crate::error::{NodeError, NodeResult};
 use crate::groups::GroupHandle;
+
+/// Where a request for a group is served.
+pub enum Target {
+    /// Here: this node leads the group (or holds a replica, for reads that may be stale).
+    Local(Arc<GroupHandle>),
+    /// On the node at this address, which leads the group or knows who does.
+    Forward(String),
+}
+
+/// Decides where a request for `group` is served: here when this node leads it (or, with
+/// `any_replica`, holds it), else forwarded once to the leader this node knows or to a replica. A
+/// request that was already forwarded is not forwarded again: the leader moved and the client
+/// retries.
+pub fn target(
+    ctx: &NodeContext,
+    catalog: &Catalog,
+    group: &GroupInfo,
+    was_forwarded: bool,
+    any_replica: bool,
+) -> NodeResult<Target> {
+    let local = ctx.registry.get(group.id);
+    if let Some(h) = local.as_ref().filter(|h| any_replica || h.is_leader()) {
+        return Ok(Target::Local(h.clone()));
+    }
+    if was_forwarded {
+        return Err(NodeError::NotLeader {
+            group: group.id,
+            leader: local.and_then(|h| leader_addr(&h, catalog)),
+        });
+    }
+    if let Some(h) = local {
+        return match leader_addr(&h, catalog) {
+            Some(addr) => Ok(Target::Forward(addr)),
+            None => Err(NodeError::Unavailable(format!(
+                "group {} has no leader yet; retry",
+                group.id
+            ))),
+        };
+    }
+    group
+        .replicas
+        .iter()
+        .filter(|n| **n != ctx.node_id)
+        .find_map(|n| catalog.nodes.get(n).map(|i| Target::Forward(i.addr.clone())))
+        .ok_or_else(|| NodeError::Unavailable(format!("group {} has no replica", group.id)))
+}
+
+/// Waits until a read on this leader's state machine is linearizable: by leader lease when it is
+/// valid, else by confirming leadership with a quorum (read index).
+pub async fn linearizable(h: &GroupHandle, catalog: &Catalog) -> NodeResult<()> {
+    if h.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.is_ok() {
+        return Ok(());
+    }
+    match h.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Err(NodeError::NotLeader {
+                group: h.id,
+                leader: f
+                    .leader_id
+                    .and_then(|id| catalog.nodes.get(&id).map(|n| n.addr.clone())),
+            }),
+            None => Err(NodeError::Unavailable(format!(
+                "group {} cannot confirm its leadership: {e}; retry",
+                h.id
+            ))),
+        },
+    }
+}
 
 /// Address of the group's leader, if known.
 pub fn leader_addr(h: &GroupHandle, catalog: &Catalog) -> Option<String> {

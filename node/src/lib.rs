@@ -7,6 +7,8 @@
 //! - [`liveness`]: member heartbeats as the metadata leader sees them.
 //! - [`placement`]: where replicas go; the placement loop of the metadata leader.
 //! - [`log`]: Kafka-like topics: the `Log` service, consumer groups, retention.
+//! - [`region`]: HBase-like tables: the `Kv` service and region splits.
+//! - [`names`]: naming rules of topics and tables.
 //! - [`leader`]: writing through a group's leader and forwarding to it.
 //! - [`http`]: record ingest, health, readiness and metrics over HTTP.
 //! - [`metrics`]: Prometheus metrics.
@@ -21,9 +23,11 @@ pub mod leader;
 pub mod liveness;
 pub mod log;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod peers;
 pub mod placement;
 pub mod raft;
+pub mod region;
 
 pub use node::{start, NodeConfig, RunningNode};

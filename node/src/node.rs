@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_proto::v1::cluster_client::ClusterClient;
 use weir_proto::v1::cluster_server::ClusterServer;
+use weir_proto::v1::kv_server::KvServer;
 use weir_proto::v1::log_server::LogServer;
 use weir_proto::v1::raft_transport_server::RaftTransportServer;
 use weir_proto::v1::JoinRequest;
@@ -24,6 +25,8 @@ use crate::groups::{GroupManager, GroupManagerConfig};
 use crate::http::{self, HttpState};
 use crate::liveness::Liveness;
 use crate::log::retention;
+use crate::region::service::KvService;
+use crate::region::split;
 use crate::log::service::LogService;
 use crate::peers::Peers;
 use crate::placement;
@@ -52,6 +55,8 @@ pub struct NodeConfig {
     pub placement_interval: Duration,
     /// How often partition leaders apply retention.
     pub retention_interval: Duration,
+    /// How often region leaders check whether their region should split.
+    pub split_check_interval: Duration,
 }
 
 impl NodeConfig {
@@ -66,6 +71,7 @@ impl NodeConfig {
             down_timeout: Duration::from_secs(30),
             placement_interval: Duration::from_secs(1),
             retention_interval: Duration::from_secs(5),
+            split_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -225,6 +231,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             LogServer::from_arc(log.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            KvServer::new(KvService::new((*ctx).clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
         );
     let mut rx = stop_rx.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -263,6 +274,10 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     tasks.push(tokio::spawn(retention::retention_loop(
         ctx.clone(),
         cfg.retention_interval,
+    )));
+    tasks.push(tokio::spawn(split::split_loop(
+        ctx.clone(),
+        cfg.split_check_interval,
     )));
     tasks.push(tokio::spawn(register_self(
         ctx.clone(),

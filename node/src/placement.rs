@@ -86,6 +86,11 @@ fn wanted_replicas(catalog: &Catalog, g: &weir_storage::catalog::GroupInfo) -> u
             .get(topic)
             .map(|t| t.replicas as usize)
             .unwrap_or(g.replicas.len()),
+        GroupKind::Region { table, .. } => catalog
+            .tables
+            .get(table)
+            .map(|t| t.replicas as usize)
+            .unwrap_or(g.replicas.len()),
         GroupKind::Offsets => OFFSETS_REPLICAS.min(catalog.nodes.len()),
         GroupKind::Metadata => g.replicas.len(),
     }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -164,6 +165,16 @@ fn check_with_limits<'a>(
             Err(why) => return Verdict::Inconclusive(why),
         }
     }
+    // The cheap necessary condition runs on every key first, so that a plain stale read is
+    // reported even when another key's search would exhaust its limits.
+    for (key, problem) in &problems {
+        if let Some(detail) = problem.impossible_read() {
+            return Verdict::NotLinearizable {
+                key: key.to_vec(),
+                detail,
+            };
+        }
+    }
     let mut inconclusive = None;
     for (key, problem) in problems {
         match problem.search(limits) {
@@ -190,7 +201,7 @@ enum Search {
 
 /// What applying an operation requires of and does to the register, with values interned so
 /// that states compare and hash as integers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Effect {
     Write(u32),
     Read(u32),
@@ -207,181 +218,292 @@ impl Effect {
             Effect::NoSwap { expected } => (state != expected).then_some(state),
         }
     }
+
+    fn read_only(self) -> bool {
+        matches!(self, Effect::Read(_) | Effect::NoSwap { .. })
+    }
 }
+
+/// Register value id shared by every value that no read returns and no CAS expects: such values
+/// are indistinguishable to every operation in the history, so telling them apart would only
+/// multiply the states the search has to visit.
+const UNOBSERVED: u32 = 0;
 
 struct SearchOp<'a> {
     event: &'a Event,
     effect: Effect,
-    /// The outcome is unknown, so the search may leave this operation out entirely.
-    optional: bool,
+    /// Position in the applied-set bitset, chosen so typical sets are a few runs of ones.
+    bit: usize,
+    /// For an operation with an unknown outcome (which the search may leave out entirely): its
+    /// class of operations with the same effect, and its rank in that class by invocation time.
+    optional: Option<(usize, usize)>,
 }
 
-#[derive(Default)]
-struct Interner<'a> {
-    ids: HashMap<Option<&'a [u8]>, u32>,
-    values: Vec<Option<&'a [u8]>>,
-}
+impl<'a> SearchOp<'a> {
+    /// The value the register holds after this operation if it takes effect and writes.
+    fn written(&self) -> Option<Option<&'a [u8]>> {
+        let e: &'a Event = self.event;
+        match (&e.op, self.effect) {
+            (Op::Put { value }, _) => Some(value.as_deref()),
+            (Op::Cas { new, .. }, Effect::Swap { .. }) => Some(new.as_deref()),
+            _ => None,
+        }
+    }
 
-impl<'a> Interner<'a> {
-    fn id(&mut self, v: Option<&'a [u8]>) -> u32 {
-        *self.ids.entry(v).or_insert_with(|| {
-            self.values.push(v);
-            u32::try_from(self.values.len() - 1).expect("fewer than 2^32 distinct values")
-        })
+    /// The value the register certainly held when this operation took effect.
+    fn observed(&self) -> Option<Option<&'a [u8]>> {
+        let e: &'a Event = self.event;
+        match (&e.op, &e.outcome) {
+            (Op::Get, Outcome::Value(v)) => Some(v.as_deref()),
+            // A swap whose write could also be its own source is left to the search.
+            (Op::Cas { expected, new }, Outcome::CasResult(true)) if expected != new => {
+                Some(expected.as_deref())
+            }
+            _ => None,
+        }
     }
 }
 
 /// One key's history, reduced to what the search needs.
 struct KeyProblem<'a> {
     ops: Vec<SearchOp<'a>>,
-    values: Vec<Option<&'a [u8]>>,
+    classes: usize,
     initial: u32,
+    initial_value: Option<&'a [u8]>,
 }
 
 impl<'a> KeyProblem<'a> {
-    fn new(events: &[&'a Event], initial: Option<&'a [u8]>) -> Result<Self, String> {
-        let mut interner = Interner::default();
-        let initial = interner.id(initial);
-        let mut ops = Vec::with_capacity(events.len());
+    fn new(events: &[&'a Event], initial_value: Option<&'a [u8]>) -> Result<Self, String> {
+        let mut parsed = Vec::with_capacity(events.len());
         for &e in events {
-            let optional = e.outcome == Outcome::Unknown;
-            let effect = match (&e.op, &e.outcome) {
-                // An abandoned read neither constrains nor changes the register.
-                (Op::Get, Outcome::Unknown) => continue,
-                (Op::Put { value }, Outcome::Ok | Outcome::Unknown) => {
-                    Effect::Write(interner.id(value.as_deref()))
-                }
-                (Op::Get, Outcome::Value(v)) => Effect::Read(interner.id(v.as_deref())),
-                // A swap of a value for itself changes nothing whether or not it happened.
-                (Op::Cas { expected, new }, Outcome::Unknown) if expected == new => continue,
-                (Op::Cas { expected, new }, Outcome::CasResult(true) | Outcome::Unknown) => {
-                    Effect::Swap {
-                        expected: interner.id(expected.as_deref()),
-                        new: interner.id(new.as_deref()),
-                    }
-                }
-                (Op::Cas { expected, .. }, Outcome::CasResult(false)) => Effect::NoSwap {
-                    expected: interner.id(expected.as_deref()),
-                },
-                _ => {
-                    return Err(format!(
-                        "malformed event (outcome does not fit the operation): {}",
-                        describe(e)
-                    ))
-                }
-            };
-            if !optional && e.complete_ns < e.invoke_ns {
-                return Err(format!(
-                    "malformed event (completed before it was invoked): {}",
-                    describe(e)
-                ));
+            if let Some(raw) = RawEffect::parse(e)? {
+                parsed.push((e, raw));
             }
-            ops.push(SearchOp {
-                event: e,
-                effect,
-                optional,
-            });
         }
+        let mut observed: HashSet<Option<&[u8]>> = HashSet::new();
+        for (_, raw) in &parsed {
+            match *raw {
+                RawEffect::Read(v)
+                | RawEffect::Swap { expected: v, .. }
+                | RawEffect::NoSwap { expected: v } => {
+                    observed.insert(v);
+                }
+                RawEffect::Write(_) => {}
+            }
+        }
+        let mut ids: HashMap<Option<&[u8]>, u32> = HashMap::new();
+        let mut id = |v: Option<&'a [u8]>| -> u32 {
+            if !observed.contains(&v) {
+                return UNOBSERVED;
+            }
+            let next = u32::try_from(ids.len() + 1).expect("fewer than 2^32 distinct values");
+            *ids.entry(v).or_insert(next)
+        };
+        let initial = id(initial_value);
+        let mut ops: Vec<SearchOp<'a>> = parsed
+            .into_iter()
+            .map(|(event, raw)| SearchOp {
+                event,
+                effect: match raw {
+                    RawEffect::Write(v) => Effect::Write(id(v)),
+                    RawEffect::Read(v) => Effect::Read(id(v)),
+                    RawEffect::Swap { expected, new } => Effect::Swap {
+                        expected: id(expected),
+                        new: id(new),
+                    },
+                    RawEffect::NoSwap { expected } => Effect::NoSwap {
+                        expected: id(expected),
+                    },
+                },
+                bit: 0,
+                optional: None,
+            })
+            .collect();
         // Bit positions in the memo keys are u32.
         if ops.len() >= (u32::MAX / 2) as usize {
             return Err(format!("{} operations on one key is too many", ops.len()));
         }
+
+        // Known operations get bits in invocation order, since the search applies them roughly
+        // in that order. Unknown ones are grouped by class after them: the search always takes
+        // a class's members in rank order (see `Searcher::candidate`), so each class contributes
+        // one run of ones.
+        let mut by_invocation: Vec<usize> = (0..ops.len()).collect();
+        by_invocation.sort_by_key(|&i| (ops[i].event.invoke_ns, i));
+        let mut class_of: HashMap<Effect, usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut next_bit = 0;
+        for &i in &by_invocation {
+            if ops[i].event.outcome == Outcome::Unknown {
+                let class = *class_of.entry(ops[i].effect).or_insert_with(|| {
+                    members.push(Vec::new());
+                    members.len() - 1
+                });
+                ops[i].optional = Some((class, members[class].len()));
+                members[class].push(i);
+            } else {
+                ops[i].bit = next_bit;
+                next_bit += 1;
+            }
+        }
+        for &i in members.iter().flatten() {
+            ops[i].bit = next_bit;
+            next_bit += 1;
+        }
         Ok(Self {
             ops,
-            values: interner.values,
+            classes: members.len(),
             initial,
+            initial_value,
         })
     }
 
-    /// Wing & Gong / Lowe: walk the time-ordered list of invocations and responses; at an
-    /// invocation, try to apply that operation next; at a response, the operation that responded
-    /// has not been applied yet, so the current partial order is a dead end and the most recent
-    /// choice is undone.
-    fn search(&self, limits: Limits) -> Search {
-        let mut remaining = self.ops.iter().filter(|o| !o.optional).count();
-        if remaining == 0 {
-            return Search::Linearizable;
+    /// Looks for an observation that no write can explain: the value was never written before
+    /// the observer completed, or every such write was overwritten by a known write that lies
+    /// strictly between it and the observer in real time.
+    ///
+    /// This is only a necessary condition, but it catches the usual violations (stale or
+    /// invented reads) in O(n log n), with a precise explanation, where the exhaustive search
+    /// may need exponential time to prove that nothing else explains them.
+    fn impossible_read(&self) -> Option<String> {
+        let completion = |o: &SearchOp<'_>| {
+            if o.optional.is_some() {
+                u64::MAX
+            } else {
+                o.event.complete_ns
+            }
+        };
+        // Per written value, writers by invocation with the latest completion among them so
+        // far: the latest-completing candidate source is the hardest one to rule out.
+        let mut writers: HashMap<Option<&[u8]>, Vec<(u64, u64, usize)>> = HashMap::new();
+        let mut known_writes: Vec<(u64, u64, usize)> = Vec::new();
+        for (i, o) in self.ops.iter().enumerate() {
+            if let Some(v) = o.written() {
+                let w = (o.event.invoke_ns, completion(o), i);
+                writers.entry(v).or_default().push(w);
+                if o.optional.is_none() {
+                    known_writes.push(w);
+                }
+            }
         }
-        let mut list = EntryList::new(&self.ops);
-        let mut applied = Applied::new(self.ops.len());
-        let mut cache: HashSet<Box<[u32]>> = HashSet::new();
-        let mut memo_key = Vec::new();
-        // Applied operations with the register value before each, for backtracking.
-        let mut stack: Vec<(usize, u32)> = Vec::new();
-        let mut state = self.initial;
-        // Entry 0 is the list head, so the first response reached always replaces this.
+        for list in writers.values_mut() {
+            list.sort_unstable();
+            let mut latest = (0, 0);
+            for w in list.iter_mut() {
+                latest = latest.max((w.1, w.2));
+                (w.1, w.2) = latest;
+            }
+        }
+        // Known writes by invocation with the earliest completion from there on, to find a
+        // write invoked after one time and completed before another.
+        known_writes.sort_unstable();
+        let mut earliest = (u64::MAX, usize::MAX);
+        for w in known_writes.iter_mut().rev() {
+            earliest = earliest.min((w.1, w.2));
+            (w.1, w.2) = earliest;
+        }
+        let overwriter = |after: Option<u64>, before: u64| -> Option<usize> {
+            let from = after.map_or(0, |t| known_writes.partition_point(|w| w.0 <= t));
+            known_writes
+                .get(from)
+                .and_then(|w| (w.1 < before).then_some(w.2))
+        };
+        for o in &self.ops {
+            let Some(v) = o.observed() else { continue };
+            let (invoke, complete) = (o.event.invoke_ns, o.event.complete_ns);
+            let source = writers.get(&v).and_then(|list| {
+                let n = list.partition_point(|w| w.0 <= complete);
+                n.checked_sub(1).map(|k| (list[k].1, list[k].2))
+            });
+            let why = match source {
+                Some((source_complete, w)) => match overwriter(Some(source_complete), invoke) {
+                    None => continue,
+                    Some(w2) => format!(
+                        "every write of {} that could precede it was overwritten first: the last to complete, {}, was followed by {}, which completed before the observer was invoked",
+                        fmt_value(v),
+                        describe(self.ops[w].event),
+                        describe(self.ops[w2].event),
+                    ),
+                },
+                None if v == self.initial_value => match overwriter(None, invoke) {
+                    None => continue,
+                    Some(w2) => format!(
+                        "{} is the initial value, but {} overwrote it and completed before the observer was invoked",
+                        fmt_value(v),
+                        describe(self.ops[w2].event),
+                    ),
+                },
+                None => format!(
+                    "no operation that writes {} was invoked before it completed, and it is not the initial value",
+                    fmt_value(v),
+                ),
+            };
+            return Some(format!(
+                "{} cannot be linearized: {why}",
+                describe(o.event)
+            ));
+        }
+        None
+    }
+
+    fn search(&self, limits: Limits) -> Search {
+        let mut s = Searcher::new(self, limits.cache_entries);
         let mut furthest = Furthest {
             entry: 0,
             op: 0,
-            state,
+            register: None,
             applied: 0,
             recent: Vec::new(),
         };
-        let mut cur = list.first();
-        let mut backtracks = 0u64; let mut steps = 0u64;
-        for _ in 0..limits.steps { steps += 1;
-            let entry = list.nodes[cur];
-            if !entry.is_return {
-                let op = &self.ops[entry.op];
-                // Applying an optional operation without changing the register is the same as
-                // leaving it out, which the search also explores.
-                let next = op
-                    .effect
-                    .apply(state)
-                    .filter(|&next| !(op.optional && next == state));
-                if let Some(next) = next {
-                    applied.insert(entry.op);
-                    applied.memo_key(next, &mut memo_key);
-                    if !cache.contains(memo_key.as_slice()) {
-                        if cache.len() >= limits.cache_entries {
-                            return Search::GaveUp(format!(
-                                "search limit: memo reached {} entries",
-                                limits.cache_entries
-                            ));
-                        }
-                        cache.insert(memo_key.as_slice().into());
-                        stack.push((entry.op, state));
-                        state = next;
-                        list.lift(entry.op);
-                        if !op.optional {
-                            remaining -= 1;
-                            // Unknown operations still pending can simply never have happened.
-                            if remaining == 0 {
-                                eprintln!("steps {steps} backtracks {backtracks} cache {}", cache.len());
-                                return Search::Linearizable;
-                            }
-                        }
-                        cur = list.first();
-                        continue;
+        let mut next = Move::Arrive;
+        for _ in 0..limits.steps {
+            next = match next {
+                Move::Arrive => {
+                    if s.remaining == 0 {
+                        // Unknown operations still pending can simply never have happened.
+                        return Search::Linearizable;
                     }
-                    applied.remove(entry.op);
+                    match s.applicable_read() {
+                        // A read-only operation that fits now can be moved to this point of any
+                        // linearization of the rest without breaking it, so it is the only move
+                        // worth trying here.
+                        Some(op) => match s.push(op, s.state, true) {
+                            Ok(true) => Move::Arrive,
+                            Ok(false) => Move::Backtrack,
+                            Err(why) => return Search::GaveUp(why),
+                        },
+                        None => Move::Scan(s.list.first()),
+                    }
                 }
-                // Known responses sort before the absent responses of unknown operations, so
-                // while a known operation remains, a response follows and this is never the end.
-                cur = entry.next;
-            } else {
-                if cur > furthest.entry {
-                    let tail = stack.len().saturating_sub(REPORTED_RECENT);
-                    furthest = Furthest {
-                        entry: cur,
-                        op: entry.op,
-                        state,
-                        applied: stack.len(),
-                        recent: stack[tail..].iter().map(|&(op, _)| op).collect(),
-                    };
+                Move::Scan(cur) => {
+                    let node = s.list.nodes[cur];
+                    if node.is_return {
+                        // This operation responded before taking effect in the current partial
+                        // linearization, so no extension of it works.
+                        if cur > furthest.entry {
+                            furthest = s.dead_end(cur, node.op);
+                        }
+                        Move::Backtrack
+                    } else if let Some(state) = s.candidate(node.op) {
+                        match s.push(node.op, state, false) {
+                            Ok(true) => Move::Arrive,
+                            Ok(false) => Move::Scan(node.next),
+                            Err(why) => return Search::GaveUp(why),
+                        }
+                    } else {
+                        // Known responses sort before the missing responses of unknown
+                        // operations, so while a known operation is pending a response follows
+                        // and this never runs off the end of the list.
+                        Move::Scan(node.next)
+                    }
                 }
-                backtracks += 1;
-                let Some((op, before)) = stack.pop() else {
-                    return Search::Violation(self.report(&furthest));
-                };
-                list.unlift(op);
-                applied.remove(op);
-                state = before;
-                if !self.ops[op].optional {
-                    remaining += 1;
-                }
-                cur = list.nodes[list.call[op]].next;
-            }
+                Move::Backtrack => match s.pop() {
+                    None => return Search::Violation(self.report(&furthest)),
+                    // The configuration before a forced move is dead if the one after it is.
+                    Some(frame) if frame.forced => Move::Backtrack,
+                    Some(frame) => Move::Scan(s.list.nodes[s.list.call[frame.op]].next),
+                },
+            };
         }
         Search::GaveUp(format!(
             "search limit: no verdict after {} steps",
@@ -391,13 +513,17 @@ impl<'a> KeyProblem<'a> {
 
     fn report(&self, f: &Furthest) -> String {
         let blamed = self.ops[f.op].event;
+        let register = f
+            .register
+            .and_then(|op| self.ops[op].written())
+            .unwrap_or(self.initial_value);
         let mut s = format!(
             "{} cannot be linearized: no order of the operations before its response explains its result. \
              Furthest partial linearization: {} of {} operations applied, register = {}",
             describe(blamed),
             f.applied,
             self.ops.len(),
-            fmt_value(self.values[f.state as usize]),
+            fmt_value(register),
         );
         if !f.recent.is_empty() {
             s.push_str(", last applied (oldest first): ");
@@ -415,7 +541,7 @@ impl<'a> KeyProblem<'a> {
             .filter(|&(i, o)| {
                 i != f.op
                     && o.event.invoke_ns <= blamed.complete_ns
-                    && (o.optional || o.event.complete_ns >= blamed.invoke_ns)
+                    && (o.optional.is_some() || o.event.complete_ns >= blamed.invoke_ns)
             })
             .map(|(_, o)| o.event)
             .collect();
@@ -437,6 +563,73 @@ impl<'a> KeyProblem<'a> {
     }
 }
 
+/// An event's requirement and effect before values are interned.
+#[derive(Clone, Copy)]
+enum RawEffect<'a> {
+    Write(Option<&'a [u8]>),
+    Read(Option<&'a [u8]>),
+    Swap {
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+    },
+    NoSwap {
+        expected: Option<&'a [u8]>,
+    },
+}
+
+impl<'a> RawEffect<'a> {
+    /// `None` for events that cannot affect the verdict either way.
+    fn parse(e: &'a Event) -> Result<Option<Self>, String> {
+        let raw = match (&e.op, &e.outcome) {
+            // An abandoned read neither constrains nor changes the register.
+            (Op::Get, Outcome::Unknown) => return Ok(None),
+            // A swap of a value for itself changes nothing whether or not it happened.
+            (Op::Cas { expected, new }, Outcome::Unknown) if expected == new => return Ok(None),
+            (Op::Put { value }, Outcome::Ok | Outcome::Unknown) => Self::Write(value.as_deref()),
+            (Op::Get, Outcome::Value(v)) => Self::Read(v.as_deref()),
+            (Op::Cas { expected, new }, Outcome::CasResult(true) | Outcome::Unknown) => {
+                Self::Swap {
+                    expected: expected.as_deref(),
+                    new: new.as_deref(),
+                }
+            }
+            (Op::Cas { expected, .. }, Outcome::CasResult(false)) => Self::NoSwap {
+                expected: expected.as_deref(),
+            },
+            _ => {
+                return Err(format!(
+                    "malformed event (outcome does not fit the operation): {}",
+                    describe(e)
+                ))
+            }
+        };
+        if e.outcome != Outcome::Unknown && e.complete_ns < e.invoke_ns {
+            return Err(format!(
+                "malformed event (completed before it was invoked): {}",
+                describe(e)
+            ));
+        }
+        Ok(Some(raw))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// A configuration was just reached.
+    Arrive,
+    /// Look for the next operation to try, from this list entry on.
+    Scan(usize),
+    /// Undo the most recent move.
+    Backtrack,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    op: usize,
+    before: u32,
+    forced: bool,
+}
+
 const REPORTED_RECENT: usize = 5;
 const REPORTED_CONCURRENT: usize = 12;
 
@@ -445,9 +638,194 @@ struct Furthest {
     /// Position of the blocking response in time order; later means a longer explained prefix.
     entry: usize,
     op: usize,
-    state: u32,
+    /// The operation whose write the register held then, `None` for the initial value.
+    register: Option<usize>,
     applied: usize,
     recent: Vec<usize>,
+}
+
+/// The mutable state of one key's depth-first search: the current partial linearization and
+/// the memo of configurations already explored (every one of which failed, or the search would
+/// have ended).
+struct Searcher<'p, 'a> {
+    problem: &'p KeyProblem<'a>,
+    list: EntryList,
+    applied: Applied,
+    /// Per class of unknown operations, how many (always the lowest ranks) are applied.
+    consumed: Vec<usize>,
+    cache: HashSet<Box<[u32]>, BuildHasherDefault<FxHasher>>,
+    cache_limit: usize,
+    memo_key: Vec<u32>,
+    stack: Vec<Frame>,
+    state: u32,
+    /// Known operations not yet applied.
+    remaining: usize,
+}
+
+impl<'p, 'a> Searcher<'p, 'a> {
+    fn new(problem: &'p KeyProblem<'a>, cache_limit: usize) -> Self {
+        Self {
+            problem,
+            list: EntryList::new(&problem.ops),
+            applied: Applied::new(problem.ops.len()),
+            consumed: vec![0; problem.classes],
+            cache: HashSet::default(),
+            cache_limit,
+            memo_key: Vec::new(),
+            stack: Vec::new(),
+            state: problem.initial,
+            remaining: problem
+                .ops
+                .iter()
+                .filter(|o| o.optional.is_none())
+                .count(),
+        }
+    }
+
+    /// A pending read-only operation that the current register value satisfies.
+    fn applicable_read(&self) -> Option<usize> {
+        let mut cur = self.list.first();
+        while !self.list.nodes[cur].is_return {
+            let op = self.list.nodes[cur].op;
+            let effect = self.problem.ops[op].effect;
+            if effect.read_only() && effect.apply(self.state).is_some() {
+                return Some(op);
+            }
+            cur = self.list.nodes[cur].next;
+        }
+        None
+    }
+
+    /// The register value after applying pending `op` now, if that is a move worth trying.
+    fn candidate(&self, op: usize) -> Option<u32> {
+        let o = &self.problem.ops[op];
+        // Read-only operations were tried on arrival, and the register has not changed since.
+        if o.effect.read_only() {
+            return None;
+        }
+        if let Some((class, rank)) = o.optional {
+            // Invoked members of a class are interchangeable, so only histories that apply
+            // them in rank order need exploring.
+            if self.consumed[class] != rank {
+                return None;
+            }
+        }
+        let next = o.effect.apply(self.state)?;
+        // Applying an unknown operation without changing the register is the same as leaving
+        // it out, which the search explores anyway.
+        if o.optional.is_some() && next == self.state {
+            return None;
+        }
+        Some(next)
+    }
+
+    /// Applies `op`, unless that reaches a configuration explored before (`Ok(false)`).
+    fn push(&mut self, op: usize, next_state: u32, forced: bool) -> Result<bool, String> {
+        let o = &self.problem.ops[op];
+        self.applied.insert(o.bit);
+        self.applied.memo_key(next_state, &mut self.memo_key);
+        if self.cache.contains(self.memo_key.as_slice()) {
+            self.applied.remove(o.bit);
+            return Ok(false);
+        }
+        if self.cache.len() >= self.cache_limit {
+            return Err(format!(
+                "search limit: memo reached {} entries",
+                self.cache_limit
+            ));
+        }
+        self.cache.insert(self.memo_key.as_slice().into());
+        self.stack.push(Frame {
+            op,
+            before: self.state,
+            forced,
+        });
+        self.state = next_state;
+        self.list.lift(op);
+        match o.optional {
+            Some((class, _)) => self.consumed[class] += 1,
+            None => self.remaining -= 1,
+        }
+        Ok(true)
+    }
+
+    fn pop(&mut self) -> Option<Frame> {
+        let frame = self.stack.pop()?;
+        let o = &self.problem.ops[frame.op];
+        self.list.unlift(frame.op);
+        self.applied.remove(o.bit);
+        self.state = frame.before;
+        match o.optional {
+            Some((class, _)) => self.consumed[class] -= 1,
+            None => self.remaining += 1,
+        }
+        Some(frame)
+    }
+
+    fn dead_end(&self, entry: usize, op: usize) -> Furthest {
+        let ops = &self.problem.ops;
+        let tail = self.stack.len().saturating_sub(REPORTED_RECENT);
+        Furthest {
+            entry,
+            op,
+            register: self
+                .stack
+                .iter()
+                .rev()
+                .map(|f| f.op)
+                .find(|&op| !ops[op].effect.read_only()),
+            applied: self.stack.len(),
+            recent: self.stack[tail..].iter().map(|f| f.op).collect(),
+        }
+    }
+}
+
+/// FxHash (as in rustc) with a final mix: the memo is hashed once per step, and SipHash's
+/// resistance to adversarial keys buys nothing here.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The hash table picks buckets from the low bits, which a multiply alone leaves weak.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
+    }
 }
 
 const HEAD: usize = 0;
@@ -475,7 +853,7 @@ impl EntryList {
         let mut points: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * ops.len());
         for (i, op) in ops.iter().enumerate() {
             points.push((op.event.invoke_ns, false, i));
-            if !op.optional {
+            if op.optional.is_none() {
                 points.push((op.event.complete_ns, true, i));
             }
         }
@@ -749,7 +1127,7 @@ mod tests {
             detail.contains("client 3 Get => \"a\" [invoked 40 ns, completed 50 ns]"),
             "{detail}"
         );
-        assert!(detail.contains("register = \"b\""), "{detail}");
+        assert!(detail.contains("client 2 Put(\"b\")"), "{detail}");
     }
 
     #[test]
@@ -1164,21 +1542,44 @@ mod tests {
         panic!("no stale-read candidate in the history");
     }
 
+    /// Corrupts the read at `gi` and checks that the full check and, if `search_too`, the search
+    /// on its own (without the stale-read pre-check) both blame exactly that read.
     #[track_caller]
-    fn assert_corruption_detected(events: &[Event], gi: usize, value: Option<Vec<u8>>) {
+    fn assert_corruption_detected(
+        events: &[Event],
+        gi: usize,
+        value: Option<Vec<u8>>,
+        search_too: bool,
+    ) {
         let mut corrupted = events.to_vec();
         corrupted[gi].outcome = Outcome::Value(value);
-        let start = Instant::now();
-        let verdict = check(&corrupted, None);
-        println!("corrupted read checked in {:?}", start.elapsed());
-        match verdict {
+        let blamed = describe(&corrupted[gi]);
+        match check(&corrupted, None) {
             Verdict::NotLinearizable { key, detail } => {
                 assert_eq!(key, corrupted[gi].key);
-                // The search can always explain everything before the corrupted read, so that
-                // read is where it gets stuck and what it must blame.
-                assert!(detail.starts_with(&describe(&corrupted[gi])), "{detail}");
+                assert!(detail.starts_with(&blamed), "{detail}");
             }
             other => panic!("expected a violation, got {other:?}"),
+        }
+        if search_too {
+            let same_key: Vec<&Event> = corrupted
+                .iter()
+                .filter(|e| e.key == corrupted[gi].key)
+                .collect();
+            let problem = KeyProblem::new(&same_key, None).expect("well-formed history");
+            let start = Instant::now();
+            match problem.search(DEFAULT_LIMITS) {
+                // Everything before the corrupted read can still be explained, so that read is
+                // where the search gets stuck.
+                Search::Violation(detail) => assert!(detail.starts_with(&blamed), "{detail}"),
+                Search::Linearizable => panic!("the search accepted a corrupted history"),
+                Search::GaveUp(why) => panic!("{why}"),
+            }
+            println!(
+                "search alone rejected {} events in {:?}",
+                same_key.len(),
+                start.elapsed()
+            );
         }
     }
 
@@ -1201,9 +1602,9 @@ mod tests {
         let gi = (events.len() / 2..events.len())
             .find(|&i| is_known_get(&events[i]))
             .expect("a read");
-        assert_corruption_detected(&events, gi, val("never-written"));
+        assert_corruption_detected(&events, gi, val("never-written"), true);
         let (gi, stale) = stale_read_corruption(&events);
-        assert_corruption_detected(&events, gi, stale);
+        assert_corruption_detected(&events, gi, stale, true);
     }
 
     #[test]
@@ -1212,7 +1613,7 @@ mod tests {
             let events = simulate(seed, 8, 4, 2_000, 6);
             assert_eq!(check(&events, None), Verdict::Linearizable, "seed {seed}");
             let (gi, stale) = stale_read_corruption(&events);
-            assert_corruption_detected(&events, gi, stale);
+            assert_corruption_detected(&events, gi, stale, true);
         }
     }
 
@@ -1278,7 +1679,7 @@ mod tests {
         assert_eq!(check(&events, None), Verdict::Linearizable);
 
         let gi = events.iter().rposition(is_known_get).expect("a read");
-        assert_corruption_detected(&events, gi, val("never-written"));
+        assert_corruption_detected(&events, gi, val("never-written"), true);
     }
 }
 #[cfg(test)]

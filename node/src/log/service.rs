@@ -12,7 +12,7 @@ use weir_proto::batch::BatchHeader;
 use weir_proto::v1::log_client::LogClient;
 use weir_proto::v1::log_server::Log;
 use weir_proto::v1::*;
-use weir_storage::catalog::{Catalog, GroupInfo, MetaCommand, MetaResponse, INTERNAL_PREFIX};
+use weir_storage::catalog::{Catalog, GroupInfo, MetaCommand, MetaResponse};
 use weir_storage::partition::{self, PartitionState};
 use weir_storage::types::ProducerSeq;
 use weir_storage::{GroupWatch, Request as Cmd, Response as Resp};
@@ -92,45 +92,19 @@ impl LogService {
             .ok_or_else(|| NodeError::Internal(format!("partition {p} of '{topic}' has no group")))
     }
 
-    /// Where a request for `group` should go when this node cannot serve it: the leader if known,
-    /// else one of the group's replicas (which knows its leader).
-    fn route(&self, catalog: &Catalog, group: &GroupInfo) -> NodeResult<String> {
-        if let Some(h) = self.ctx.registry.get(group.id) {
-            if let Some(addr) = leader::leader_addr(&h, catalog) {
-                return Ok(addr);
-            }
-            return Err(NodeError::Unavailable(format!(
-                "group {} has no leader yet; retry",
-                group.id
-            )));
-        }
-        group
-            .replicas
-            .iter()
-            .filter(|n| **n != self.ctx.node_id)
-            .find_map(|n| catalog.nodes.get(n).map(|i| i.addr.clone()))
-            .ok_or_else(|| NodeError::Unavailable(format!("group {} has no replica", group.id)))
-    }
-
-    /// Serves locally when this node leads `group`; otherwise a client of the node to forward to,
-    /// unless the request was already forwarded once (then the leader moved: the caller retries).
+    /// Serves locally when this node leads `group`; otherwise a client of the node to forward to.
     fn serve(
         &self,
         catalog: &Catalog,
         group: &GroupInfo,
         was_forwarded: bool,
     ) -> NodeResult<Serve> {
-        if let Some(h) = self.ctx.registry.get(group.id).filter(|h| h.is_leader()) {
-            return Ok(Serve::Local(h));
-        }
-        if was_forwarded {
-            return Err(NodeError::NotLeader {
-                group: group.id,
-                leader: None,
-            });
-        }
-        let addr = self.route(catalog, group)?;
-        Ok(Serve::Forward(self.client(&addr)?))
+        Ok(
+            match leader::target(&self.ctx, catalog, group, was_forwarded, false)? {
+                leader::Target::Local(h) => Serve::Local(h),
+                leader::Target::Forward(addr) => Serve::Forward(self.client(&addr)?),
+            },
+        )
     }
 
     fn topic_info(&self, catalog: &Catalog, name: &str) -> NodeResult<TopicInfo> {
@@ -138,19 +112,11 @@ impl LogService {
             .topics
             .get(name)
             .ok_or_else(|| NodeError::NotFound(format!("topic '{name}' does not exist")))?;
-        let reports = self.ctx.liveness.reports();
+        let led_groups = crate::cluster::led_groups(&self.ctx);
         let mut parts = Vec::new();
         for (i, g) in t.groups.iter().enumerate() {
             let info = catalog.groups.get(g);
-            // Reports of nodes that went silent may still claim leadership: skip them.
-            let led = reports
-                .iter()
-                .filter(|(n, _)| **n == self.ctx.node_id || self.ctx.liveness.is_up(**n))
-                .find_map(|(n, rs)| {
-                    rs.iter()
-                        .find(|r| r.group_id == *g && r.leader)
-                        .map(|r| (*n, r))
-                });
+            let led = led_groups.get(g).map(|(n, r)| (*n, r));
             let (leader, earliest, latest, voters, max_lag) = match led {
                 Some((n, r)) => (
                     n,
@@ -208,30 +174,7 @@ fn partition_state(h: &GroupHandle) -> NodeResult<PartitionState> {
 
 /// Checks a topic name the way Kafka does.
 fn validate_topic_name(name: &str) -> NodeResult<()> {
-    if name.is_empty() || name.len() > 249 {
-        return Err(NodeError::InvalidArgument(
-            "topic name must be 1 to 249 characters".into(),
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(NodeError::InvalidArgument(format!(
-            "'{name}' is not a valid topic name"
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(NodeError::InvalidArgument(format!(
-            "topic name '{name}' contains '{c}'; use letters, digits, '.', '_' and '-'"
-        )));
-    }
-    if name.starts_with(INTERNAL_PREFIX) {
-        return Err(NodeError::InvalidArgument(format!(
-            "topic names starting with '{INTERNAL_PREFIX}' are reserved"
-        )));
-    }
-    Ok(())
+    crate::names::validate("topic", name)
 }
 
 #[tonic::async_trait]

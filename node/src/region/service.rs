@@ -1,0 +1,739 @@
+//! The `Kv` gRPC service: table DDL through the metadata leader, reads and writes through the
+//! leader of each key's region.
+//!
+//! Any node answers any request: it splits the keys by region using its catalog, serves the regions
+//! it leads, and forwards the rest once. The region leader is the authority on its range: a key
+//! outside the range it has applied is refused with `UNAVAILABLE` (the region split, or the route
+//! was stale) and the client retries after refreshing its routes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use weir_proto::table::{key, row, Column, ColumnType, TableSchema, Value, MAX_KEY_BYTES};
+use weir_proto::v1::kv_client::KvClient;
+use weir_proto::v1::kv_server::Kv;
+use weir_proto::v1::{self, mutation, *};
+use weir_storage::catalog::{
+    Catalog, GroupInfo, GroupKind, MetaCommand, MetaResponse, TableInfo as CatalogTable,
+    DEFAULT_SPLIT_BYTES,
+};
+use weir_storage::region::{self, NotInRegion, StoredRow};
+use weir_storage::types::{Expect, KvCondition, KvOp};
+use weir_storage::{Request as Cmd, Response as Resp};
+
+use crate::cluster::NodeContext;
+use crate::error::{NodeError, NodeResult};
+use crate::leader::{self, forwarded, was_forwarded, Target};
+use crate::placement;
+
+/// Most rows one scan answer carries.
+const MAX_SCAN_ROWS: usize = 10_000;
+/// About the most bytes one scan answer carries.
+const MAX_SCAN_BYTES: usize = 4 << 20;
+/// Replicas of a region when the request does not say.
+const DEFAULT_REPLICAS: u32 = 3;
+
+/// The `Kv` service.
+pub struct KvService {
+    ctx: NodeContext,
+}
+
+/// A table's schema and name, resolved from the catalog.
+struct Table {
+    info: CatalogTable,
+}
+
+fn invalid(e: impl std::fmt::Display) -> NodeError {
+    NodeError::InvalidArgument(e.to_string())
+}
+
+fn not_in_region(group: u64, NotInRegion(st): NotInRegion) -> NodeError {
+    NodeError::Unavailable(format!(
+        "region {group} (epoch {}) no longer holds the key: it split or the route was stale; \
+         refresh the table's regions and retry",
+        st.epoch
+    ))
+}
+
+impl Table {
+    fn schema(&self) -> &TableSchema {
+        &self.info.schema
+    }
+
+    /// Indexes of the columns to return (all when `names` is empty).
+    fn projection(&self, names: &[String]) -> NodeResult<Vec<usize>> {
+        if names.is_empty() {
+            return Ok((0..self.schema().columns.len()).collect());
+        }
+        names
+            .iter()
+            .map(|n| self.schema().column_index(n).map_err(invalid))
+            .collect()
+    }
+
+    /// Encodes a full primary key.
+    fn encode_key(&self, k: &v1::Key) -> NodeResult<Vec<u8>> {
+        let pk = self.schema().primary_key.len();
+        if k.values.len() != pk {
+            return Err(NodeError::InvalidArgument(format!(
+                "table '{}' has a key of {pk} column(s), {} value(s) given",
+                self.info.name,
+                k.values.len()
+            )));
+        }
+        let values = k
+            .values
+            .iter()
+            .map(Value::from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        key::encode_key(self.schema(), &values).map_err(invalid)
+    }
+
+    /// Checks and encodes a full row.
+    fn encode_row(&self, r: &v1::Row) -> NodeResult<(Vec<u8>, Vec<u8>)> {
+        let values = r
+            .values
+            .iter()
+            .map(Value::from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        row::encode_row(self.schema(), values).map_err(invalid)
+    }
+
+    /// The stored row as the client asked for it.
+    fn to_row(&self, stored: &StoredRow, projection: &[usize]) -> NodeResult<v1::Row> {
+        let full = row::decode_row(self.schema(), &stored.key, &stored.value)
+            .map_err(|e| NodeError::Internal(format!("stored row does not decode: {e}")))?;
+        Ok(v1::Row {
+            values: projection.iter().map(|i| full[*i].to_proto()).collect(),
+            version: stored.version,
+        })
+    }
+}
+
+/// The region of `table` holding `key` (the last region starting at or before it).
+fn region_for<'a>(catalog: &'a Catalog, table: &CatalogTable, key: &[u8]) -> NodeResult<&'a GroupInfo> {
+    let mut found = None;
+    for g in catalog.regions_of(table) {
+        if let GroupKind::Region { start, .. } = &g.kind {
+            if start.as_slice() <= key {
+                found = Some(g);
+            } else {
+                break;
+            }
+        }
+    }
+    found.ok_or_else(|| NodeError::Internal(format!("table '{}' has no region", table.name)))
+}
+
+/// The region holding the keys just below `end` (the last region when `end` is empty).
+fn region_before<'a>(
+    catalog: &'a Catalog,
+    table: &CatalogTable,
+    end: &[u8],
+) -> NodeResult<&'a GroupInfo> {
+    let mut found = None;
+    for g in catalog.regions_of(table) {
+        if let GroupKind::Region { start, .. } = &g.kind {
+            if found.is_none() || end.is_empty() || start.as_slice() < end {
+                found = Some(g);
+            } else {
+                break;
+            }
+        }
+    }
+    found.ok_or_else(|| NodeError::Internal(format!("table '{}' has no region", table.name)))
+}
+
+impl KvService {
+    /// The service over `ctx`.
+    pub fn new(ctx: NodeContext) -> KvService {
+        KvService { ctx }
+    }
+
+    fn catalog(&self) -> NodeResult<Arc<Catalog>> {
+        self.ctx.registry.catalog()
+    }
+
+    fn table(&self, catalog: &Catalog, name: &str) -> NodeResult<Table> {
+        catalog
+            .tables
+            .get(name)
+            .map(|t| Table { info: t.clone() })
+            .ok_or_else(|| NodeError::NotFound(format!("table '{name}' does not exist")))
+    }
+
+    fn client(&self, addr: &str) -> NodeResult<KvClient<tonic::transport::Channel>> {
+        Ok(KvClient::new(self.ctx.peers.channel(addr)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    fn leader_client(&self) -> NodeResult<KvClient<tonic::transport::Channel>> {
+        self.client(&self.ctx.metadata_leader_addr()?)
+    }
+
+    /// The table as clients see it: columns, key, and regions with leaders and sizes (as the
+    /// metadata leader last heard from the nodes).
+    fn table_info(&self, catalog: &Catalog, name: &str) -> NodeResult<v1::TableInfo> {
+        let t = self.table(catalog, name)?.info;
+        let led = crate::cluster::led_groups(&self.ctx);
+        let regions = catalog
+            .regions_of(&t)
+            .map(|g| {
+                let (start, end, epoch) = match &g.kind {
+                    GroupKind::Region {
+                        start, end, epoch, ..
+                    } => (start.clone(), end.clone(), *epoch),
+                    _ => (Vec::new(), Vec::new(), 0),
+                };
+                let (leader, bytes) = led
+                    .get(&g.id)
+                    .map(|(n, r)| (*n, r.region_bytes))
+                    .unwrap_or((0, 0));
+                RegionInfo {
+                    id: g.id,
+                    start_key: start.into(),
+                    end_key: end.into(),
+                    epoch,
+                    replicas: g.replicas.clone(),
+                    leader,
+                    leader_addr: catalog
+                        .nodes
+                        .get(&leader)
+                        .map(|n| n.addr.clone())
+                        .unwrap_or_default(),
+                    approx_bytes: bytes,
+                }
+            })
+            .collect();
+        Ok(v1::TableInfo {
+            name: t.name.clone(),
+            id: t.id,
+            columns: t
+                .schema
+                .columns
+                .iter()
+                .map(|c| ColumnDef {
+                    name: c.name.clone(),
+                    r#type: c.ty.sql_name(),
+                    nullable: c.nullable,
+                })
+                .collect(),
+            primary_key: t
+                .schema
+                .key_columns()
+                .map(|c| c.name.clone())
+                .collect(),
+            replicas: t.replicas,
+            split_bytes: t.split_bytes,
+            regions,
+        })
+    }
+
+    /// Reads `keys` (encoded, with their wire form for forwarding) from one region.
+    async fn get_region(
+        &self,
+        catalog: &Catalog,
+        table: &Table,
+        group: &GroupInfo,
+        keys: Vec<(Vec<u8>, v1::Key)>,
+        req: &GetRequest,
+        projection: &[usize],
+        was_forwarded: bool,
+    ) -> NodeResult<Vec<MaybeRow>> {
+        match leader::target(&self.ctx, catalog, group, was_forwarded, req.stale)? {
+            Target::Local(h) => {
+                if !req.stale {
+                    leader::linearizable(&h, catalog).await?;
+                }
+                let encoded: Vec<Vec<u8>> = keys.into_iter().map(|(k, _)| k).collect();
+                let rows = region::get_rows(&self.ctx.engine, group.id, &encoded)?
+                    .map_err(|e| not_in_region(group.id, e))?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(match r {
+                            Some(r) => MaybeRow {
+                                found: true,
+                                row: Some(table.to_row(r, projection)?),
+                            },
+                            None => MaybeRow {
+                                found: false,
+                                row: None,
+                            },
+                        })
+                    })
+                    .collect()
+            }
+            Target::Forward(addr) => {
+                let sub = GetRequest {
+                    table: req.table.clone(),
+                    keys: keys.into_iter().map(|(_, k)| k).collect(),
+                    columns: req.columns.clone(),
+                    stale: req.stale,
+                };
+                Ok(self
+                    .client(&addr)?
+                    .get(forwarded(sub))
+                    .await?
+                    .into_inner()
+                    .rows)
+            }
+        }
+    }
+
+    /// Applies `ops` to one region (atomically), or forwards the mutations they came from.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_region(
+        &self,
+        catalog: &Catalog,
+        group: &GroupInfo,
+        table_name: &str,
+        ops: Vec<KvOp>,
+        mutations: Vec<Mutation>,
+        was_forwarded: bool,
+    ) -> NodeResult<u64> {
+        let n = ops.len() as u64;
+        match leader::target(&self.ctx, catalog, group, was_forwarded, false)? {
+            Target::Local(h) => {
+                let resp = leader::write(
+                    &h,
+                    catalog,
+                    Cmd::KvWrite {
+                        ops,
+                        condition: None,
+                    },
+                )
+                .await?;
+                match resp {
+                    Resp::KvWritten { .. } => Ok(n),
+                    Resp::NotInRegion(st) => Err(not_in_region(group.id, NotInRegion(st))),
+                    other => Err(NodeError::Internal(format!(
+                        "region {} answered {other:?}",
+                        group.id
+                    ))),
+                }
+            }
+            Target::Forward(addr) => {
+                let sub = WriteRequest {
+                    table: table_name.to_string(),
+                    mutations,
+                    atomic: true,
+                };
+                Ok(self
+                    .client(&addr)?
+                    .write(forwarded(sub))
+                    .await?
+                    .into_inner()
+                    .applied)
+            }
+        }
+    }
+}
+
+/// Builds a column list from the wire definitions.
+fn columns_of(defs: &[ColumnDef]) -> NodeResult<Vec<Column>> {
+    defs.iter()
+        .map(|d| {
+            Ok(Column {
+                name: d.name.clone(),
+                ty: ColumnType::parse(&d.r#type).map_err(|e| {
+                    NodeError::InvalidArgument(format!("column '{}': {e}", d.name))
+                })?,
+                nullable: d.nullable,
+            })
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn create_table(
+        &self,
+        request: Request<CreateTableRequest>,
+    ) -> Result<Response<v1::TableInfo>, Status> {
+        let req = request.get_ref();
+        crate::names::validate("table", &req.name)?;
+        let schema =
+            TableSchema::new(columns_of(&req.columns)?, &req.primary_key).map_err(invalid)?;
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            return self
+                .leader_client()?
+                .create_table(forwarded(request.into_inner()))
+                .await;
+        }
+        let req = request.into_inner();
+        let catalog = self.catalog()?;
+        if catalog.tables.contains_key(&req.name) {
+            return Err(
+                NodeError::AlreadyExists(format!("table '{}' already exists", req.name)).into(),
+            );
+        }
+        let live = catalog
+            .nodes
+            .keys()
+            .filter(|n| self.ctx.liveness.is_up(**n))
+            .count() as u32;
+        let replicas = match req.replicas {
+            0 => DEFAULT_REPLICAS.min(live.max(1)),
+            r => r,
+        };
+        let placement = placement::place_new(&catalog, &self.ctx.liveness, 1, replicas)?;
+        let resp = self
+            .ctx
+            .propose_meta(MetaCommand::CreateTable {
+                name: req.name.clone(),
+                schema,
+                replicas,
+                split_bytes: if req.split_bytes == 0 {
+                    DEFAULT_SPLIT_BYTES
+                } else {
+                    req.split_bytes
+                },
+                placement: placement.into_iter().next().unwrap_or_default(),
+            })
+            .await?;
+        if let MetaResponse::Rejected(m) = resp {
+            return Err(NodeError::AlreadyExists(m).into());
+        }
+        // Answer once the first region has a leader, so the table is usable right away.
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            let catalog = self.catalog()?;
+            let info = self.table_info(&catalog, &req.name)?;
+            if info.regions.iter().all(|r| r.leader != 0) || Instant::now() > deadline {
+                return Ok(Response::new(info));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<DropTableRequest>,
+    ) -> Result<Response<DropTableResponse>, Status> {
+        if !self.ctx.is_metadata_leader() {
+            if was_forwarded(&request) {
+                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+            }
+            return self
+                .leader_client()?
+                .drop_table(forwarded(request.into_inner()))
+                .await;
+        }
+        let name = request.into_inner().name;
+        match self
+            .ctx
+            .propose_meta(MetaCommand::DropTable { name })
+            .await?
+        {
+            MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
+            _ => Ok(Response::new(DropTableResponse {})),
+        }
+    }
+
+    async fn list_tables(
+        &self,
+        request: Request<ListTablesRequest>,
+    ) -> Result<Response<ListTablesResponse>, Status> {
+        if !self.ctx.is_metadata_leader() && !was_forwarded(&request) {
+            return self
+                .leader_client()?
+                .list_tables(forwarded(request.into_inner()))
+                .await;
+        }
+        let catalog = self.catalog()?;
+        let tables = catalog
+            .tables
+            .keys()
+            .map(|n| self.table_info(&catalog, n))
+            .collect::<NodeResult<Vec<_>>>()?;
+        Ok(Response::new(ListTablesResponse { tables }))
+    }
+
+    async fn describe_table(
+        &self,
+        request: Request<DescribeTableRequest>,
+    ) -> Result<Response<v1::TableInfo>, Status> {
+        if !self.ctx.is_metadata_leader() && !was_forwarded(&request) {
+            return self
+                .leader_client()?
+                .describe_table(forwarded(request.into_inner()))
+                .await;
+        }
+        let catalog = self.catalog()?;
+        Ok(Response::new(
+            self.table_info(&catalog, &request.get_ref().name)?,
+        ))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let fwd = was_forwarded(&request);
+        let req = request.into_inner();
+        let span = tracing::debug_span!("kv_get", table = %req.table, keys = req.keys.len());
+        async move {
+            let catalog = self.catalog()?;
+            let table = self.table(&catalog, &req.table)?;
+            let projection = table.projection(&req.columns)?;
+            // Keys grouped by region, remembering each key's place in the answer.
+            let mut parts: BTreeMap<u64, (GroupInfo, Vec<usize>, Vec<(Vec<u8>, v1::Key)>)> =
+                BTreeMap::new();
+            for (i, k) in req.keys.iter().enumerate() {
+                let enc = table.encode_key(k)?;
+                let g = region_for(&catalog, &table.info, &enc)?;
+                let e = parts
+                    .entry(g.id)
+                    .or_insert_with(|| (g.clone(), Vec::new(), Vec::new()));
+                e.1.push(i);
+                e.2.push((enc, k.clone()));
+            }
+            let answers = try_join_all(parts.into_values().map(|(g, idx, keys)| {
+                let (catalog, table, req, projection) = (&catalog, &table, &req, &projection);
+                async move {
+                    let rows = self
+                        .get_region(catalog, table, &g, keys, req, projection, fwd)
+                        .await?;
+                    Ok::<_, NodeError>((idx, rows))
+                }
+            }))
+            .await?;
+            let mut rows = vec![MaybeRow::default(); req.keys.len()];
+            for (idx, got) in answers {
+                if idx.len() != got.len() {
+                    return Err(NodeError::Internal("a region answered the wrong number of rows".into()));
+                }
+                for (i, r) in idx.into_iter().zip(got) {
+                    rows[i] = r;
+                }
+            }
+            Ok(Response::new(GetResponse { rows }))
+        }
+        .instrument(span)
+        .await
+        .map_err(Status::from)
+    }
+
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let fwd = was_forwarded(&request);
+        let req = request.into_inner();
+        let span = tracing::debug_span!("kv_write", table = %req.table, mutations = req.mutations.len());
+        async move {
+            let catalog = self.catalog()?;
+            let table = self.table(&catalog, &req.table)?;
+            let mut parts: BTreeMap<u64, (GroupInfo, Vec<KvOp>, Vec<Mutation>)> = BTreeMap::new();
+            for (i, m) in req.mutations.iter().enumerate() {
+                let at = |e: NodeError| NodeError::InvalidArgument(format!("mutation {i}: {e}"));
+                let op = match &m.op {
+                    Some(mutation::Op::Put(r)) => {
+                        let (key, value) = table.encode_row(r).map_err(at)?;
+                        KvOp::Put { key, value }
+                    }
+                    Some(mutation::Op::Delete(k)) => KvOp::Delete {
+                        key: table.encode_key(k).map_err(at)?,
+                    },
+                    None => {
+                        return Err(NodeError::InvalidArgument(format!(
+                            "mutation {i} is neither a put nor a delete"
+                        )))
+                    }
+                };
+                let g = region_for(&catalog, &table.info, op.key())?;
+                let e = parts
+                    .entry(g.id)
+                    .or_insert_with(|| (g.clone(), Vec::new(), Vec::new()));
+                e.1.push(op);
+                e.2.push(m.clone());
+            }
+            if req.atomic && parts.len() > 1 {
+                return Err(NodeError::InvalidArgument(format!(
+                    "an atomic write must stay in one region; these keys span {} regions of table '{}' \
+                     (regions {:?})",
+                    parts.len(),
+                    req.table,
+                    parts.keys().collect::<Vec<_>>()
+                )));
+            }
+            let applied = try_join_all(parts.into_values().map(|(g, ops, muts)| {
+                let catalog = &catalog;
+                let name = &req.table;
+                async move { self.write_region(catalog, &g, name, ops, muts, fwd).await }
+            }))
+            .await?;
+            Ok(Response::new(WriteResponse {
+                applied: applied.into_iter().sum(),
+            }))
+        }
+        .instrument(span)
+        .await
+        .map_err(Status::from)
+    }
+
+    async fn compare_and_set(
+        &self,
+        request: Request<CasRequest>,
+    ) -> Result<Response<CasResponse>, Status> {
+        let fwd = was_forwarded(&request);
+        let req = request.into_inner();
+        let catalog = self.catalog()?;
+        let table = self.table(&catalog, &req.table)?;
+        let key = table.encode_key(
+            req.key
+                .as_ref()
+                .ok_or_else(|| invalid("compare-and-set needs a key"))?,
+        )?;
+        let expect = match &req.expect {
+            Some(cas_request::Expect::Version(v)) => Expect::Version(*v),
+            Some(cas_request::Expect::Column(c)) => {
+                let schema = table.schema();
+                let col = schema.column_index(&c.column).map_err(invalid)?;
+                let index = schema
+                    .value_columns()
+                    .iter()
+                    .position(|i| *i == col)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "'{}' is a key column; expect a row version (0 = absent) instead",
+                            c.column
+                        ))
+                    })?;
+                let v = Value::from_proto(&c.value.clone().unwrap_or_default())
+                    .map_err(invalid)?;
+                let v = v.check(&schema.columns[col]).map_err(invalid)?;
+                let mut cell = Vec::new();
+                row::encode_cell(&v, &mut cell);
+                Expect::Cell {
+                    index: index as u32,
+                    cell,
+                }
+            }
+            None => return Err(invalid("compare-and-set needs an expected version or column value").into()),
+        };
+        let op = match req.then.as_ref().and_then(|m| m.op.as_ref()) {
+            Some(mutation::Op::Put(r)) => {
+                let (k, value) = table.encode_row(r)?;
+                if k != key {
+                    return Err(invalid("the row to put has a different key than the one compared").into());
+                }
+                KvOp::Put { key: k, value }
+            }
+            Some(mutation::Op::Delete(k)) => {
+                if table.encode_key(k)? != key {
+                    return Err(invalid("the key to delete differs from the one compared").into());
+                }
+                KvOp::Delete { key: key.clone() }
+            }
+            None => return Err(invalid("compare-and-set needs a put or delete to apply").into()),
+        };
+        let g = region_for(&catalog, &table.info, &key)?.clone();
+        let h = match leader::target(&self.ctx, &catalog, &g, fwd, false)? {
+            Target::Local(h) => h,
+            Target::Forward(addr) => return self.client(&addr)?.compare_and_set(forwarded(req)).await,
+        };
+        let all: Vec<usize> = (0..table.schema().columns.len()).collect();
+        let written = match &op {
+            KvOp::Put { key, value } => Some((key.clone(), value.clone())),
+            KvOp::Delete { .. } => None,
+        };
+        let resp = leader::write(
+            &h,
+            &catalog,
+            Cmd::KvWrite {
+                ops: vec![op],
+                condition: Some(KvCondition {
+                    key: key.clone(),
+                    expect,
+                }),
+            },
+        )
+        .await?;
+        let as_row = |found: Option<(u64, Vec<u8>)>| -> NodeResult<MaybeRow> {
+            Ok(match found {
+                Some((version, value)) => MaybeRow {
+                    found: true,
+                    row: Some(table.to_row(
+                        &StoredRow {
+                            key: key.clone(),
+                            version,
+                            value,
+                        },
+                        &all,
+                    )?),
+                },
+                None => MaybeRow::default(),
+            })
+        };
+        let (succeeded, current) = match resp {
+            Resp::KvWritten { version } => (true, as_row(written.map(|(_, v)| (version, v)))?),
+            Resp::CasFailed { current } => (false, as_row(current)?),
+            Resp::NotInRegion(st) => return Err(not_in_region(g.id, NotInRegion(st)).into()),
+            other => {
+                return Err(NodeError::Internal(format!("region {} answered {other:?}", g.id)).into())
+            }
+        };
+        Ok(Response::new(CasResponse {
+            succeeded,
+            current: Some(current),
+        }))
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let fwd = was_forwarded(&request);
+        let req = request.into_inner();
+        if req.start_key.len() > MAX_KEY_BYTES + 1 || req.end_key.len() > MAX_KEY_BYTES + 1 {
+            return Err(invalid("scan bounds are longer than any key").into());
+        }
+        let catalog = self.catalog()?;
+        let table = self.table(&catalog, &req.table)?;
+        let projection = table.projection(&req.columns)?;
+        let g = if req.reverse {
+            region_before(&catalog, &table.info, &req.end_key)?
+        } else {
+            region_for(&catalog, &table.info, &req.start_key)?
+        }
+        .clone();
+        let h = match leader::target(&self.ctx, &catalog, &g, fwd, req.stale)? {
+            Target::Local(h) => h,
+            Target::Forward(addr) => return self.client(&addr)?.scan(forwarded(req)).await,
+        };
+        if !req.stale {
+            leader::linearizable(&h, &catalog).await?;
+        }
+        let limit = match req.limit as usize {
+            0 => MAX_SCAN_ROWS,
+            n => n.min(MAX_SCAN_ROWS),
+        };
+        let page = region::scan_rows(
+            &self.ctx.engine,
+            g.id,
+            &req.start_key,
+            &req.end_key,
+            limit,
+            MAX_SCAN_BYTES,
+            req.reverse,
+        )
+        .map_err(NodeError::from)?
+        .map_err(|e| not_in_region(g.id, e))?;
+        let rows = page
+            .rows
+            .iter()
+            .map(|r| table.to_row(r, &projection))
+            .collect::<NodeResult<Vec<_>>>()?;
+        Ok(Response::new(ScanResponse {
+            rows,
+            keys: page.rows.into_iter().map(|r| r.key.into()).collect(),
+            more: page.more,
+            resume_key: page.resume.into(),
+        }))
+    }
+}
