@@ -30,7 +30,7 @@ use crate::routing::{Route, Routes};
 
 /// Largest gRPC message the client sends or accepts; fetch responses carry whole batches and can be
 /// far larger than tonic's 4 MiB default.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How a [`Client`] talks to the cluster.
 #[derive(Debug, Clone)]
@@ -136,6 +136,11 @@ impl Client {
     /// The address the client was created with.
     pub fn seed(&self) -> &str {
         &self.inner.seed
+    }
+
+    /// The node channels shared by every request of this client.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
     }
 
     /// The settings the client was created with.
@@ -419,7 +424,7 @@ impl Client {
     }
 
     /// Sends a request any node can answer, retrying transient failures.
-    async fn call_any<T, F, Fut>(&self, call: F) -> Result<T>
+    pub(crate) async fn call_any<T, F, Fut>(&self, call: F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<Response<T>, Status>>,
@@ -566,7 +571,7 @@ fn log(channel: Channel) -> LogClient<Channel> {
 
 /// Wraps a message with a per-attempt deadline, so a node that accepted the connection but hangs
 /// does not stall the retry loop.
-fn request<T>(message: T, timeout: Duration) -> Request<T> {
+pub(crate) fn request<T>(message: T, timeout: Duration) -> Request<T> {
     let mut req = Request::new(message);
     req.set_timeout(timeout);
     req

@@ -8,6 +8,8 @@
 //!   flight, a future per record that resolves to its offset.
 //! - [`consumer`]: [`Consumer`], reading explicit partitions or as a consumer-group member, with long
 //!   polling, committed offsets and heartbeats.
+//! - [`table`]: [`Table`], rows of a table read and written by key at each region's leader,
+//!   compare-and-set, and scans that cross region boundaries.
 //! - [`partitioner`]: which partition a record goes to (key hash, or sticky round-robin per batch).
 //! - [`error`]: [`ClientError`], every failure with its gRPC code, printable as one line.
 //! - [`retry`]: which failures are retried (not leader, unavailable, broken connection) and the
@@ -38,12 +40,15 @@ mod pool;
 pub mod producer;
 pub mod retry;
 mod routing;
+pub mod table;
 
 pub use client::{Client, ClientConfig, NewTopic};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::{ClientError, Result};
 pub use partitioner::Partitioner;
 pub use producer::{now_ms, Producer, ProducerConfig, ProducerStats, RecordAck};
+pub use table::{CasAction, CasOutcome, Expectation, ScanOptions, Table, TableRow};
+pub use weir_proto::table::{ColumnType, TableSchema, Value};
 pub use weir_proto::v1::{
     Acks, FetchResponse, ListOffsetsResponse, Member, PartitionInfo, StatusResponse, TopicInfo,
 };

@@ -4,10 +4,10 @@ use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 use weir_proto::v1::cluster_client::ClusterClient;
 use weir_proto::v1::cluster_server::Cluster;
-use std::collections::HashMap;
 
 use weir_proto::v1::{
     AllocateGroupRequest, AllocateGroupResponse, GroupReport, HeartbeatAck, JoinRequest,
@@ -198,8 +198,12 @@ impl Cluster for ClusterService {
                 .await;
         }
         match self.ctx.propose_meta(MetaCommand::AllocateGroup).await? {
-            MetaResponse::GroupId(group_id) => Ok(Response::new(AllocateGroupResponse { group_id })),
-            other => Err(NodeError::Internal(format!("allocating a group answered {other:?}")).into()),
+            MetaResponse::GroupId(group_id) => {
+                Ok(Response::new(AllocateGroupResponse { group_id }))
+            }
+            other => {
+                Err(NodeError::Internal(format!("allocating a group answered {other:?}")).into())
+            }
         }
     }
 

@@ -257,7 +257,10 @@ impl GroupManager {
                 // applied the split, which wrote the new region's first state; where its parent
                 // does not run, it starts empty and gets a snapshot from its leader.
                 if self.groups.contains_key(parent)
-                    && matches!(weir_storage::region::load_state(&self.cfg.engine, g.id), Ok(None))
+                    && matches!(
+                        weir_storage::region::load_state(&self.cfg.engine, g.id),
+                        Ok(None)
+                    )
                 {
                     continue;
                 }

@@ -54,14 +54,23 @@ pub fn target(
         .replicas
         .iter()
         .filter(|n| **n != ctx.node_id)
-        .find_map(|n| catalog.nodes.get(n).map(|i| Target::Forward(i.addr.clone())))
+        .find_map(|n| {
+            catalog
+                .nodes
+                .get(n)
+                .map(|i| Target::Forward(i.addr.clone()))
+        })
         .ok_or_else(|| NodeError::Unavailable(format!("group {} has no replica", group.id)))
 }
 
 /// Waits until a read on this leader's state machine is linearizable: by leader lease when it is
 /// valid, else by confirming leadership with a quorum (read index).
 pub async fn linearizable(h: &GroupHandle, catalog: &Catalog) -> NodeResult<()> {
-    if h.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.is_ok() {
+    if h.raft
+        .ensure_linearizable(ReadPolicy::LeaseRead)
+        .await
+        .is_ok()
+    {
         return Ok(());
     }
     match h.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {

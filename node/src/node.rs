@@ -25,11 +25,11 @@ use crate::groups::{GroupManager, GroupManagerConfig};
 use crate::http::{self, HttpState};
 use crate::liveness::Liveness;
 use crate::log::retention;
-use crate::region::service::KvService;
-use crate::region::split;
 use crate::log::service::LogService;
 use crate::peers::Peers;
 use crate::placement;
+use crate::region::service::KvService;
+use crate::region::split;
 
 /// Largest gRPC message a node accepts (a produce batch plus framing).
 const MAX_MESSAGE: usize = 64 << 20;

@@ -141,7 +141,7 @@ struct Limits {
     cache_entries: usize,
 }
 
-// Roughly ten seconds of searching and at most about a gigabyte of memo per key.
+// A few seconds of searching and at most about a gigabyte of memo per key.
 const DEFAULT_LIMITS: Limits = Limits {
     steps: 50_000_000,
     cache_entries: 10_000_000,
@@ -159,15 +159,15 @@ fn check_with_limits<'a>(
     // Every key is prepared before any is searched, so a malformed event is reported even when
     // another key would have failed first.
     let mut problems = Vec::with_capacity(by_key.len());
-    for (key, evs) in by_key {
-        match KeyProblem::new(&evs, initial) {
-            Ok(p) => problems.push((key, p)),
+    for (key, evs) in &by_key {
+        match KeyProblem::new(evs, Initial::Value(initial)) {
+            Ok(p) => problems.push((*key, evs, p)),
             Err(why) => return Verdict::Inconclusive(why),
         }
     }
     // The cheap necessary condition runs on every key first, so that a plain stale read is
     // reported even when another key's search would exhaust its limits.
-    for (key, problem) in &problems {
+    for (key, _, problem) in &problems {
         if let Some(detail) = problem.impossible_read() {
             return Verdict::NotLinearizable {
                 key: key.to_vec(),
@@ -176,8 +176,8 @@ fn check_with_limits<'a>(
         }
     }
     let mut inconclusive = None;
-    for (key, problem) in problems {
-        match problem.search(limits) {
+    for (key, evs, problem) in &problems {
+        match search_key(evs, problem, limits) {
             Search::Linearizable => {}
             Search::Violation(detail) => {
                 return Verdict::NotLinearizable {
@@ -199,6 +199,106 @@ enum Search {
     GaveUp(String),
 }
 
+/// The search over one key's whole history, helped by searches over windows of it.
+///
+/// Proving a violation means exhausting every partial linearization up to the offending
+/// operation, which is hopeless in a long history with many concurrent clients. So if the search
+/// does not finish quickly, the operation it got stuck on is suspected and the search is run on
+/// short windows of history ending there: a window that has no linearization proves the whole
+/// history has none (see [`window`]), and it is far cheaper to exhaust. A window that does have
+/// one proves nothing, and the full search resumes.
+fn search_key(events: &[&Event], problem: &KeyProblem<'_>, limits: Limits) -> Search {
+    let mut full = Run::new(problem, limits.cache_entries);
+    let first_slice = limits.steps / 10;
+    let mut result = full.run(first_slice);
+    if matches!(result, None | Some(Search::GaveUp(_))) {
+        if let Some(suspect) = full.suspect() {
+            if let Some(detail) = window_violation(events, suspect, limits) {
+                return Search::Violation(detail);
+            }
+        }
+        if result.is_none() {
+            result = full.run(limits.steps - first_slice);
+        }
+    }
+    result.unwrap_or_else(|| {
+        let mut why = format!("search limit: no verdict after {} steps", limits.steps);
+        if let Some(suspect) = full.suspect() {
+            let _ = write!(
+                why,
+                "; the furthest the search got was blocked by {}",
+                describe(suspect)
+            );
+        }
+        Search::GaveUp(why)
+    })
+}
+
+/// Lookbacks, in operations invoked before the suspect, of the windows tried.
+const WINDOW_LOOKBACKS: [usize; 5] = [16, 64, 256, 1024, 4096];
+
+fn window_violation(events: &[&Event], suspect: &Event, limits: Limits) -> Option<String> {
+    let end = suspect.complete_ns.saturating_add(1);
+    let mut earlier: Vec<u64> = events
+        .iter()
+        .map(|e| e.invoke_ns)
+        .filter(|&t| t < suspect.invoke_ns)
+        .collect();
+    earlier.sort_unstable();
+    let budget = limits.steps / 10 / WINDOW_LOOKBACKS.len() as u64;
+    for lookback in WINDOW_LOOKBACKS {
+        // A window reaching back to the start, but with an arbitrary initial value, is weaker
+        // than the full search.
+        let Some(&first) = earlier.len().checked_sub(lookback).and_then(|i| earlier.get(i)) else {
+            break;
+        };
+        let start = first.saturating_sub(1);
+        let clipped: Vec<Event> = events.iter().filter_map(|e| window(e, start, end)).collect();
+        let refs: Vec<&Event> = clipped.iter().collect();
+        let problem = KeyProblem::new(&refs, Initial::Any).ok()?;
+        if let Some(Search::Violation(detail)) =
+            Run::new(&problem, limits.cache_entries).run(budget)
+        {
+            return Some(format!(
+                "{detail}. (Proven on the window of operations invoked after {start} ns and \
+                 completed before {end} ns, starting from an arbitrary value and with writes \
+                 straddling the window's edges free to take effect or not, because the whole \
+                 history was too concurrent to search exhaustively in time.)"
+            ));
+        }
+    }
+    None
+}
+
+/// `e` as seen by the window of history strictly between `start` and `end`, if at all.
+///
+/// Cut any linearization of the whole history at real times `start` and `end`: the middle part
+/// contains every operation lying strictly inside the window, none lying strictly outside it,
+/// and some of those straddling an edge. So it linearizes the window's operations if straddling
+/// reads are dropped, straddling writes may or may not take effect, and the register starts
+/// with whatever value it had at `start`. Hence a window without a linearization proves that
+/// the whole history has none.
+fn window(e: &Event, start: u64, end: u64) -> Option<Event> {
+    let complete = if e.outcome == Outcome::Unknown {
+        u64::MAX
+    } else {
+        e.complete_ns
+    };
+    if complete < start || e.invoke_ns > end {
+        return None;
+    }
+    if e.invoke_ns > start && complete < end {
+        return Some(e.clone());
+    }
+    match (&e.op, &e.outcome) {
+        (Op::Get, _) | (Op::Cas { .. }, Outcome::CasResult(false)) => None,
+        _ => Some(Event {
+            outcome: Outcome::Unknown,
+            ..e.clone()
+        }),
+    }
+}
+
 /// What applying an operation requires of and does to the register, with values interned so
 /// that states compare and hash as integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,8 +313,10 @@ impl Effect {
     fn apply(self, state: u32) -> Option<u32> {
         match self {
             Effect::Write(v) => Some(v),
-            Effect::Read(v) => (state == v).then_some(state),
-            Effect::Swap { expected, new } => (state == expected).then_some(new),
+            Effect::Read(v) => (state == v || state == ANY).then_some(v),
+            Effect::Swap { expected, new } => (state == expected || state == ANY).then_some(new),
+            // "Anything but `expected`" is widened back to anything, which can only make the
+            // search accept more, so a window's violation still stands.
             Effect::NoSwap { expected } => (state != expected).then_some(state),
         }
     }
@@ -228,6 +330,15 @@ impl Effect {
 /// are indistinguishable to every operation in the history, so telling them apart would only
 /// multiply the states the search has to visit.
 const UNOBSERVED: u32 = 0;
+
+/// Register state standing for any value at all, which windows of history start from.
+const ANY: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+enum Initial<'a> {
+    Value(Option<&'a [u8]>),
+    Any,
+}
 
 struct SearchOp<'a> {
     event: &'a Event,
@@ -268,12 +379,13 @@ impl<'a> SearchOp<'a> {
 struct KeyProblem<'a> {
     ops: Vec<SearchOp<'a>>,
     classes: usize,
-    initial: u32,
-    initial_value: Option<&'a [u8]>,
+    initial: Initial<'a>,
+    /// Observed values by id, for reports.
+    values: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> KeyProblem<'a> {
-    fn new(events: &[&'a Event], initial_value: Option<&'a [u8]>) -> Result<Self, String> {
+    fn new(events: &[&'a Event], initial: Initial<'a>) -> Result<Self, String> {
         let mut parsed = Vec::with_capacity(events.len());
         for &e in events {
             if let Some(raw) = RawEffect::parse(e)? {
@@ -292,14 +404,16 @@ impl<'a> KeyProblem<'a> {
             }
         }
         let mut ids: HashMap<Option<&[u8]>, u32> = HashMap::new();
+        let mut values = vec![None];
         let mut id = |v: Option<&'a [u8]>| -> u32 {
             if !observed.contains(&v) {
                 return UNOBSERVED;
             }
-            let next = u32::try_from(ids.len() + 1).expect("fewer than 2^32 distinct values");
-            *ids.entry(v).or_insert(next)
+            *ids.entry(v).or_insert_with(|| {
+                values.push(v);
+                u32::try_from(values.len() - 1).expect("fewer than 2^32 distinct values")
+            })
         };
-        let initial = id(initial_value);
         let mut ops: Vec<SearchOp<'a>> = parsed
             .into_iter()
             .map(|(event, raw)| SearchOp {
@@ -354,8 +468,18 @@ impl<'a> KeyProblem<'a> {
             ops,
             classes: members.len(),
             initial,
-            initial_value,
+            values,
         })
+    }
+
+    fn initial_state(&self) -> u32 {
+        match self.initial {
+            Initial::Any => ANY,
+            Initial::Value(v) => {
+                let id = self.values.iter().skip(1).position(|&x| x == v);
+                id.map_or(UNOBSERVED, |i| i as u32 + 1)
+            }
+        }
     }
 
     /// Looks for an observation that no write can explain: the value was never written before
@@ -366,6 +490,9 @@ impl<'a> KeyProblem<'a> {
     /// invented reads) in O(n log n), with a precise explanation, where the exhaustive search
     /// may need exponential time to prove that nothing else explains them.
     fn impossible_read(&self) -> Option<String> {
+        let Initial::Value(initial) = self.initial else {
+            return None;
+        };
         let completion = |o: &SearchOp<'_>| {
             if o.optional.is_some() {
                 u64::MAX
@@ -419,111 +546,53 @@ impl<'a> KeyProblem<'a> {
                 Some((source_complete, w)) => match overwriter(Some(source_complete), invoke) {
                     None => continue,
                     Some(w2) => format!(
-                        "every write of {} that could precede it was overwritten first: the last to complete, {}, was followed by {}, which completed before the observer was invoked",
+                        "every write of {} that could precede it was overwritten first: the last \
+                         to complete, {}, was followed by {}, which completed before the observer \
+                         was invoked",
                         fmt_value(v),
                         describe(self.ops[w].event),
                         describe(self.ops[w2].event),
                     ),
                 },
-                None if v == self.initial_value => match overwriter(None, invoke) {
+                None if v == initial => match overwriter(None, invoke) {
                     None => continue,
                     Some(w2) => format!(
-                        "{} is the initial value, but {} overwrote it and completed before the observer was invoked",
+                        "{} is the initial value, but {} overwrote it and completed before the \
+                         observer was invoked",
                         fmt_value(v),
                         describe(self.ops[w2].event),
                     ),
                 },
                 None => format!(
-                    "no operation that writes {} was invoked before it completed, and it is not the initial value",
+                    "no operation that writes {} was invoked before it completed, and it is not \
+                     the initial value",
                     fmt_value(v),
                 ),
             };
-            return Some(format!(
-                "{} cannot be linearized: {why}",
-                describe(o.event)
-            ));
+            return Some(format!("{} cannot be linearized: {why}", describe(o.event)));
         }
         None
     }
 
-    fn search(&self, limits: Limits) -> Search {
-        let mut s = Searcher::new(self, limits.cache_entries);
-        let mut furthest = Furthest {
-            entry: 0,
-            op: 0,
-            register: None,
-            applied: 0,
-            recent: Vec::new(),
-        };
-        let mut next = Move::Arrive;
-        for _ in 0..limits.steps {
-            next = match next {
-                Move::Arrive => {
-                    if s.remaining == 0 {
-                        // Unknown operations still pending can simply never have happened.
-                        return Search::Linearizable;
-                    }
-                    match s.applicable_read() {
-                        // A read-only operation that fits now can be moved to this point of any
-                        // linearization of the rest without breaking it, so it is the only move
-                        // worth trying here.
-                        Some(op) => match s.push(op, s.state, true) {
-                            Ok(true) => Move::Arrive,
-                            Ok(false) => Move::Backtrack,
-                            Err(why) => return Search::GaveUp(why),
-                        },
-                        None => Move::Scan(s.list.first()),
-                    }
-                }
-                Move::Scan(cur) => {
-                    let node = s.list.nodes[cur];
-                    if node.is_return {
-                        // This operation responded before taking effect in the current partial
-                        // linearization, so no extension of it works.
-                        if cur > furthest.entry {
-                            furthest = s.dead_end(cur, node.op);
-                        }
-                        Move::Backtrack
-                    } else if let Some(state) = s.candidate(node.op) {
-                        match s.push(node.op, state, false) {
-                            Ok(true) => Move::Arrive,
-                            Ok(false) => Move::Scan(node.next),
-                            Err(why) => return Search::GaveUp(why),
-                        }
-                    } else {
-                        // Known responses sort before the missing responses of unknown
-                        // operations, so while a known operation is pending a response follows
-                        // and this never runs off the end of the list.
-                        Move::Scan(node.next)
-                    }
-                }
-                Move::Backtrack => match s.pop() {
-                    None => return Search::Violation(self.report(&furthest)),
-                    // The configuration before a forced move is dead if the one after it is.
-                    Some(frame) if frame.forced => Move::Backtrack,
-                    Some(frame) => Move::Scan(s.list.nodes[s.list.call[frame.op]].next),
-                },
-            };
-        }
-        Search::GaveUp(format!(
-            "search limit: no verdict after {} steps",
-            limits.steps
-        ))
-    }
-
     fn report(&self, f: &Furthest) -> String {
         let blamed = self.ops[f.op].event;
-        let register = f
-            .register
-            .and_then(|op| self.ops[op].written())
-            .unwrap_or(self.initial_value);
+        let register = if f.state == ANY {
+            "any value".to_string()
+        } else if f.state != UNOBSERVED {
+            fmt_value(self.values[f.state as usize])
+        } else {
+            match (f.register.and_then(|op| self.ops[op].written()), self.initial) {
+                (Some(v), _) | (None, Initial::Value(v)) => fmt_value(v),
+                (None, Initial::Any) => "any value".to_string(),
+            }
+        };
         let mut s = format!(
-            "{} cannot be linearized: no order of the operations before its response explains its result. \
-             Furthest partial linearization: {} of {} operations applied, register = {}",
+            "{} cannot be linearized: no order of the operations before its response explains \
+             its result. Furthest partial linearization: {} of {} operations applied, register = {}",
             describe(blamed),
             f.applied,
             self.ops.len(),
-            fmt_value(register),
+            register,
         );
         if !f.recent.is_empty() {
             s.push_str(", last applied (oldest first): ");
@@ -638,15 +707,106 @@ struct Furthest {
     /// Position of the blocking response in time order; later means a longer explained prefix.
     entry: usize,
     op: usize,
+    state: u32,
     /// The operation whose write the register held then, `None` for the initial value.
     register: Option<usize>,
     applied: usize,
     recent: Vec<usize>,
 }
 
+/// Wing & Gong / Lowe: walk the time-ordered list of invocations and responses; at an
+/// invocation, try to apply that operation next; at a response, the operation that responded
+/// has not been applied yet, so the current partial linearization is a dead end and the most
+/// recent choice is undone. Resumable, so that the step budget can be spent in slices.
+struct Run<'p, 'a> {
+    s: Searcher<'p, 'a>,
+    next: Move,
+    furthest: Furthest,
+}
+
+impl<'p, 'a> Run<'p, 'a> {
+    fn new(problem: &'p KeyProblem<'a>, cache_limit: usize) -> Self {
+        let s = Searcher::new(problem, cache_limit);
+        let furthest = Furthest {
+            // Entry 0 is the list head, so the first response reached always replaces this.
+            entry: 0,
+            op: 0,
+            state: s.state,
+            register: None,
+            applied: 0,
+            recent: Vec::new(),
+        };
+        Self {
+            s,
+            next: Move::Arrive,
+            furthest,
+        }
+    }
+
+    /// The operation at the deepest dead end so far, where a violation most likely is.
+    fn suspect(&self) -> Option<&'a Event> {
+        (self.furthest.entry > 0).then(|| self.s.problem.ops[self.furthest.op].event)
+    }
+
+    /// Advances by at most `steps` steps; `None` if that was not enough for a verdict.
+    fn run(&mut self, steps: u64) -> Option<Search> {
+        let s = &mut self.s;
+        for _ in 0..steps {
+            self.next = match self.next {
+                Move::Arrive => {
+                    if s.remaining == 0 {
+                        // Unknown operations still pending can simply never have happened.
+                        return Some(Search::Linearizable);
+                    }
+                    match s.applicable_read() {
+                        // A read-only operation that fits now can be moved to this point of any
+                        // linearization of the rest without breaking it, so it is the only move
+                        // worth trying here.
+                        Some(op) => match s.push(op, s.state, true) {
+                            Ok(true) => Move::Arrive,
+                            Ok(false) => Move::Backtrack,
+                            Err(why) => return Some(Search::GaveUp(why)),
+                        },
+                        None => Move::Scan(s.list.first()),
+                    }
+                }
+                Move::Scan(cur) => {
+                    let node = s.list.nodes[cur];
+                    if node.is_return {
+                        // This operation responded before taking effect in the current partial
+                        // linearization, so no extension of it works.
+                        if cur > self.furthest.entry {
+                            self.furthest = s.dead_end(cur, node.op);
+                        }
+                        Move::Backtrack
+                    } else if let Some(state) = s.candidate(node.op) {
+                        match s.push(node.op, state, false) {
+                            Ok(true) => Move::Arrive,
+                            Ok(false) => Move::Scan(node.next),
+                            Err(why) => return Some(Search::GaveUp(why)),
+                        }
+                    } else {
+                        // Known responses sort before the missing responses of unknown
+                        // operations, so while a known operation is pending a response follows
+                        // and this never runs off the end of the list.
+                        Move::Scan(node.next)
+                    }
+                }
+                Move::Backtrack => match s.pop() {
+                    None => return Some(Search::Violation(s.problem.report(&self.furthest))),
+                    // The configuration before a forced move is dead if the one after it is.
+                    Some(frame) if frame.forced => Move::Backtrack,
+                    Some(frame) => Move::Scan(s.list.nodes[s.list.call[frame.op]].next),
+                },
+            };
+        }
+        None
+    }
+}
+
 /// The mutable state of one key's depth-first search: the current partial linearization and
-/// the memo of configurations already explored (every one of which failed, or the search would
-/// have ended).
+/// the memo of configurations already explored (every one of which failed or is an ancestor of
+/// the current one, or the search would have ended).
 struct Searcher<'p, 'a> {
     problem: &'p KeyProblem<'a>,
     list: EntryList,
@@ -673,7 +833,7 @@ impl<'p, 'a> Searcher<'p, 'a> {
             cache_limit,
             memo_key: Vec::new(),
             stack: Vec::new(),
-            state: problem.initial,
+            state: problem.initial_state(),
             remaining: problem
                 .ops
                 .iter()
@@ -682,8 +842,12 @@ impl<'p, 'a> Searcher<'p, 'a> {
         }
     }
 
-    /// A pending read-only operation that the current register value satisfies.
+    /// A pending read-only operation that the current register value satisfies without being
+    /// narrowed down.
     fn applicable_read(&self) -> Option<usize> {
+        if self.state == ANY {
+            return None;
+        }
         let mut cur = self.list.first();
         while !self.list.nodes[cur].is_return {
             let op = self.list.nodes[cur].op;
@@ -700,7 +864,7 @@ impl<'p, 'a> Searcher<'p, 'a> {
     fn candidate(&self, op: usize) -> Option<u32> {
         let o = &self.problem.ops[op];
         // Read-only operations were tried on arrival, and the register has not changed since.
-        if o.effect.read_only() {
+        if o.effect.read_only() && self.state != ANY {
             return None;
         }
         if let Some((class, rank)) = o.optional {
@@ -729,6 +893,7 @@ impl<'p, 'a> Searcher<'p, 'a> {
             return Ok(false);
         }
         if self.cache.len() >= self.cache_limit {
+            self.applied.remove(o.bit);
             return Err(format!(
                 "search limit: memo reached {} entries",
                 self.cache_limit
@@ -768,6 +933,7 @@ impl<'p, 'a> Searcher<'p, 'a> {
         Furthest {
             entry,
             op,
+            state: self.state,
             register: self
                 .stack
                 .iter()
@@ -1028,6 +1194,7 @@ fn fmt_bytes(b: &[u8]) -> String {
     s
 }
 
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1252,8 +1419,11 @@ mod tests {
             put(2, "b", 5, 15),
             get(7, Some("ghost"), 8, 20),
         ]);
-        assert!(detail.contains("client 7 Get => \"ghost\""), "{detail}");
-        assert!(detail.contains("Concurrent with it (2)"), "{detail}");
+        assert!(
+            detail.starts_with("client 7 Get => \"ghost\" [invoked 8 ns, completed 20 ns]"),
+            "{detail}"
+        );
+        assert!(detail.contains("no operation that writes \"ghost\""), "{detail}");
     }
 
     #[test]
@@ -1298,19 +1468,44 @@ mod tests {
         assert!(matches!(check(&backwards, None), Verdict::Inconclusive(_)));
     }
 
-    /// Twelve fully concurrent writes followed by an impossible read force an exhaustive search.
+    /// Twelve fully concurrent writes, then reads of two of them in turn: each read alone is
+    /// explainable, but together they force an exhaustive search.
     fn exhaustive_history() -> Vec<Event> {
         let mut events: Vec<Event> = (0..12)
             .map(|c| put(c, &format!("v{c}"), 0, 100))
             .collect();
-        events.push(get(99, Some("ghost"), 200, 300));
+        events.push(get(98, Some("v0"), 200, 300));
+        events.push(get(99, Some("v1"), 400, 500));
         events
     }
 
     #[test]
     fn exhaustive_search_proves_a_violation() {
         let detail = assert_violation(&exhaustive_history());
-        assert!(detail.contains("client 99"), "{detail}");
+        assert!(detail.starts_with("client 99 Get"), "{detail}");
+        assert!(detail.contains("register = \"v0\""), "{detail}");
+    }
+
+    #[test]
+    fn search_report_names_the_stuck_operation_and_its_context() {
+        // Neither read is stale on its own; only their order gives them away.
+        let detail = assert_violation(&[
+            put(1, "a", 0, 10),
+            put(2, "b", 20, 100),
+            get(3, Some("b"), 25, 35),
+            get(4, Some("a"), 40, 50),
+        ]);
+        let expected = "client 4 Get => \"a\" [invoked 40 ns, completed 50 ns] cannot be linearized";
+        assert!(detail.starts_with(expected), "{detail}");
+        assert!(detail.contains("register = \"b\""), "{detail}");
+        assert!(
+            detail.contains("last applied (oldest first): client 1 Put(\"a\")"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("Concurrent with it (1): client 2 Put(\"b\") => ok"),
+            "{detail}"
+        );
     }
 
     #[test]
@@ -1542,6 +1737,63 @@ mod tests {
         panic!("no stale-read candidate in the history");
     }
 
+    /// Finds reads `r1` before `r2` and a write `w_old` that completed before the writer of
+    /// `r1`'s value was invoked, such that `r2` returning `w_old`'s value gets past
+    /// [`KeyProblem::impossible_read`]: with unique values that is still a certain violation
+    /// (`r2` would have to see an older write than `r1` did), but only the search can prove it.
+    fn inversion_corruption(events: &[Event]) -> (usize, Option<Vec<u8>>) {
+        let writer_of = |v: &Option<Vec<u8>>| {
+            events.iter().find(|e| match (&e.op, &e.outcome) {
+                (Op::Put { value }, _) => value == v,
+                (Op::Cas { new, .. }, Outcome::CasResult(true) | Outcome::Unknown) => new == v,
+                _ => false,
+            })
+        };
+        let mut by_invocation: Vec<usize> = (0..events.len()).collect();
+        by_invocation.sort_by_key(|&i| events[i].invoke_ns);
+        for &r1 in &by_invocation[events.len() / 2..] {
+            let Outcome::Value(v_new @ Some(_)) = &events[r1].outcome else {
+                continue;
+            };
+            let Some(w_new) = writer_of(v_new) else {
+                continue;
+            };
+            let Some(w_old) = events
+                .iter()
+                .filter(|w| {
+                    w.key == events[r1].key
+                        && w.outcome == Outcome::Ok
+                        && matches!(&w.op, Op::Put { value: Some(_) })
+                        && w.complete_ns < w_new.invoke_ns
+                })
+                .max_by_key(|w| w.complete_ns)
+            else {
+                continue;
+            };
+            let Op::Put { value: old } = &w_old.op else {
+                unreachable!()
+            };
+            let later_reads = by_invocation.iter().copied().filter(|&r2| {
+                events[r2].key == events[r1].key
+                    && is_known_get(&events[r2])
+                    && events[r2].invoke_ns > events[r1].complete_ns
+            });
+            for r2 in later_reads.take(20) {
+                let mut corrupted = events.to_vec();
+                corrupted[r2].outcome = Outcome::Value(old.clone());
+                let same_key: Vec<&Event> = corrupted
+                    .iter()
+                    .filter(|e| e.key == events[r1].key)
+                    .collect();
+                let problem = KeyProblem::new(&same_key, Initial::Value(None)).unwrap();
+                if problem.impossible_read().is_none() {
+                    return (r2, old.clone());
+                }
+            }
+        }
+        panic!("no ordering-inversion candidate in the history");
+    }
+
     /// Corrupts the read at `gi` and checks that the full check and, if `search_too`, the search
     /// on its own (without the stale-read pre-check) both blame exactly that read.
     #[track_caller]
@@ -1566,9 +1818,10 @@ mod tests {
                 .iter()
                 .filter(|e| e.key == corrupted[gi].key)
                 .collect();
-            let problem = KeyProblem::new(&same_key, None).expect("well-formed history");
+            let problem =
+                KeyProblem::new(&same_key, Initial::Value(None)).expect("well-formed history");
             let start = Instant::now();
-            match problem.search(DEFAULT_LIMITS) {
+            match search_key(&same_key, &problem, DEFAULT_LIMITS) {
                 // Everything before the corrupted read can still be explained, so that read is
                 // where the search gets stuck.
                 Search::Violation(detail) => assert!(detail.starts_with(&blamed), "{detail}"),
@@ -1605,6 +1858,8 @@ mod tests {
         assert_corruption_detected(&events, gi, val("never-written"), true);
         let (gi, stale) = stale_read_corruption(&events);
         assert_corruption_detected(&events, gi, stale, true);
+        let (gi, old) = inversion_corruption(&events);
+        assert_corruption_detected(&events, gi, old, true);
     }
 
     #[test]
@@ -1614,6 +1869,8 @@ mod tests {
             assert_eq!(check(&events, None), Verdict::Linearizable, "seed {seed}");
             let (gi, stale) = stale_read_corruption(&events);
             assert_corruption_detected(&events, gi, stale, true);
+            let (gi, old) = inversion_corruption(&events);
+            assert_corruption_detected(&events, gi, old, true);
         }
     }
 

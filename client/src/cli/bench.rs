@@ -25,7 +25,7 @@ use weir_client::{
 };
 
 use super::output::{print_rows, Rows};
-use super::{BenchConsumeArgs, BenchProduceArgs, Context};
+use super::{BenchConsumeArgs, BenchKvArgs, BenchProduceArgs, Context};
 
 /// A consume benchmark gives up when no record arrived for this long.
 const CONSUME_IDLE_LIMIT: Duration = Duration::from_secs(10);
@@ -363,4 +363,226 @@ mod tests {
         assert_eq!((0..3).map(|i| share(2, 3, i)).sum::<u64>(), 2);
         assert_eq!(share(7, 1, 0), 7);
     }
+}
+
+/// What one key/value client measured.
+struct KvRun {
+    puts_us: Histogram<u64>,
+    gets_us: Histogram<u64>,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+/// `weir bench kv`: synchronous clients doing puts and gets of one-column keys, in the manner of
+/// etcd's `benchmark put` / `benchmark range`: each client waits for its answer before the next.
+pub async fn kv(ctx: &Context, args: BenchKvArgs) -> Result<()> {
+    let (put_w, get_w) = parse_mix(&args.mix)?;
+    let client = ctx.client().await?;
+    let table = match client.table(&args.table).await {
+        Ok(t) => t,
+        Err(e) if e.code() == Code::NotFound => {
+            let schema =
+                weir_client::TableSchema::parse("key VARCHAR, value VARCHAR", &["key".into()])?;
+            client.create_table(&args.table, &schema, 0, 0).await?;
+            client.table(&args.table).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let schema = table.schema().clone();
+    if schema.columns.len() != 2 || schema.primary_key.len() != 1 {
+        bail!(
+            "bench kv needs a table of one key column and one value column, like \
+             'key VARCHAR, value VARCHAR'; '{}' has ({})",
+            args.table,
+            schema.to_sql()
+        );
+    }
+    let key_ty = schema.columns[schema.primary_key[0]].ty;
+    let value_ty = schema.columns[1 - schema.primary_key[0]].ty;
+    if !matches!(
+        value_ty,
+        weir_client::ColumnType::Utf8 | weir_client::ColumnType::Binary
+    ) {
+        bail!(
+            "the value column of '{}' must be VARCHAR or VARBINARY",
+            args.table
+        );
+    }
+    let keys = if args.keys == 0 { args.ops } else { args.keys };
+    let clients = u64::from(args.clients);
+    let progress = progress_bar(args.ops, "kv");
+    let mut tables = Vec::new();
+    for _ in 0..clients {
+        // Each client has its own connections, as separate processes would.
+        tables.push(ctx.client().await?.table(&args.table).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let spec = KvSpec {
+                client: i as u64,
+                clients,
+                ops: share(args.ops, clients, i as u64),
+                keys,
+                value_size: args.value_size,
+                put_weight: put_w,
+                get_weight: get_w,
+                key_ty,
+            };
+            tokio::spawn(run_kv_client(t, spec, progress.clone()))
+        })
+        .collect();
+    let mut puts = new_histogram()?;
+    let mut gets = new_histogram()?;
+    let mut failed = 0;
+    let mut first_error = None;
+    for task in tasks {
+        let run = task
+            .await
+            .map_err(|e| anyhow!("client task failed: {e}"))??;
+        puts.add(&run.puts_us)?;
+        gets.add(&run.gets_us)?;
+        failed += run.failed;
+        first_error = first_error.or(run.first_error);
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    progress.finish_and_clear();
+    let mut rows = Rows::new(vec![
+        "op",
+        "ops",
+        "clients",
+        "value_size",
+        "seconds",
+        "ops_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+    ]);
+    for (name, h) in [("put", &puts), ("get", &gets)] {
+        if h.is_empty() {
+            continue;
+        }
+        let ms = |q: f64| round3(h.value_at_quantile(q) as f64 / 1000.0);
+        rows.push(vec![
+            Value::from(name),
+            Value::from(h.len()),
+            Value::from(clients),
+            Value::from(args.value_size),
+            Value::from(round3(secs)),
+            Value::from(round3(h.len() as f64 / secs)),
+            Value::from(ms(0.5)),
+            Value::from(ms(0.99)),
+            Value::from(ms(0.999)),
+            Value::from(round3(h.max() as f64 / 1000.0)),
+        ]);
+    }
+    print_rows(ctx.format, &rows, &mut std::io::stdout())?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} ops failed: {}",
+            args.ops,
+            first_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// What one benchmark client does.
+struct KvSpec {
+    client: u64,
+    clients: u64,
+    ops: u64,
+    keys: u64,
+    value_size: usize,
+    put_weight: u64,
+    get_weight: u64,
+    key_ty: weir_client::ColumnType,
+}
+
+fn bench_key(ty: weir_client::ColumnType, n: u64) -> weir_client::Value {
+    match ty {
+        weir_client::ColumnType::Utf8 | weir_client::ColumnType::Binary => {
+            weir_client::Value::Str(format!("key{n:012}"))
+        }
+        _ => weir_client::Value::Int(n as i64),
+    }
+}
+
+async fn run_kv_client(
+    table: weir_client::Table,
+    spec: KvSpec,
+    progress: ProgressBar,
+) -> Result<KvRun> {
+    let mut run = KvRun {
+        puts_us: new_histogram()?,
+        gets_us: new_histogram()?,
+        failed: 0,
+        first_error: None,
+    };
+    let mut payload = vec![0u8; spec.value_size];
+    rand::rng().fill_bytes(&mut payload);
+    let value: String = payload.iter().map(|b| char::from(b'a' + b % 26)).collect();
+    let cycle = spec.put_weight + spec.get_weight;
+    let mut next_put = spec.client;
+    for i in 0..spec.ops {
+        let is_put = (i % cycle) < spec.put_weight;
+        let begun = Instant::now();
+        let res = if is_put {
+            // Puts walk the key space, the clients interleaved, so later gets find every key.
+            let k = next_put % spec.keys;
+            next_put += spec.clients;
+            table
+                .put(vec![vec![
+                    bench_key(spec.key_ty, k),
+                    weir_client::Value::Str(value.clone()),
+                ]])
+                .await
+                .map(|_| ())
+        } else {
+            let k = rand::random_range(0..spec.keys);
+            table
+                .get(&[vec![bench_key(spec.key_ty, k)]], &[], false)
+                .await
+                .map(|_| ())
+        };
+        let us = begun.elapsed().as_micros() as u64;
+        match res {
+            Ok(()) => {
+                let h = if is_put {
+                    &mut run.puts_us
+                } else {
+                    &mut run.gets_us
+                };
+                h.record(us.clamp(1, MAX_LATENCY_US))?;
+            }
+            Err(e) => {
+                run.failed += 1;
+                run.first_error.get_or_insert(e.to_string());
+            }
+        }
+        progress.inc(1);
+    }
+    Ok(run)
+}
+
+/// Parses `put:get` weights such as `1:0` (puts only) or `1:9`.
+fn parse_mix(mix: &str) -> Result<(u64, u64)> {
+    let (p, g) = mix
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--mix is PUT:GET, e.g. 1:0 or 1:9; got '{mix}'"))?;
+    let p: u64 = p
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("--mix: '{p}' is not a number"))?;
+    let g: u64 = g
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("--mix: '{g}' is not a number"))?;
+    if p + g == 0 {
+        bail!("--mix needs at least one non-zero weight");
+    }
+    Ok((p, g))
 }

@@ -5,13 +5,19 @@
 //! - [`topic`]: `weir topic create | list | describe | delete`.
 //! - [`produce`]: `weir produce`, stdin lines to records.
 //! - [`consume`]: `weir consume`, records to stdout lines.
-//! - [`bench`]: `weir bench produce | consume`, throughput and latency.
+//! - [`table`]: `weir table create | list | describe | drop`.
+//! - [`kv`]: `weir kv put | get | delete | scan`, rows by key.
+//! - [`load`]: `weir load csv`, files into tables.
+//! - [`bench`]: `weir bench produce | consume | kv`, throughput and latency.
 
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+pub mod kv;
+pub mod load;
 pub mod output;
 pub mod produce;
+pub mod table;
 pub mod topic;
 
 use std::time::Duration;
@@ -71,9 +77,157 @@ pub enum Command {
     /// Records of a partition come in offset order. With --format json each line is an object
     /// with partition, offset, timestamp_ms, key and value; with --format csv, a row of those.
     Consume(ConsumeArgs),
-    /// Measure produce or consume throughput and latency.
+    /// Create, list, describe and drop tables.
+    #[command(subcommand)]
+    Table(TableCommand),
+    /// Read and write rows of a table by key.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Load a file into a table.
+    #[command(subcommand)]
+    Load(LoadCommand),
+    /// Measure produce, consume or key/value throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `weir table ...`.
+#[derive(Debug, Subcommand)]
+pub enum TableCommand {
+    /// Create a table (it starts as one region and splits as it grows).
+    Create(CreateTableArgs),
+    /// List all tables.
+    List,
+    /// Show a table's columns and its regions: key ranges, leaders, sizes.
+    Describe {
+        /// Table name.
+        name: String,
+    },
+    /// Drop a table and all its rows.
+    Drop {
+        /// Table name.
+        name: String,
+    },
+}
+
+/// Arguments of `weir table create`.
+#[derive(Debug, Args)]
+pub struct CreateTableArgs {
+    /// Table name.
+    pub name: String,
+    /// Columns, e.g. 'id BIGINT, name VARCHAR NOT NULL, price DECIMAL(10,2), at TIMESTAMP'.
+    #[arg(long)]
+    pub schema: String,
+    /// Primary-key column(s), comma-separated, in key order.
+    #[arg(long)]
+    pub primary_key: String,
+    /// Replicas of each region (default 3, or the cluster size if smaller).
+    #[arg(long, short = 'r', default_value_t = 0)]
+    pub replicas: u32,
+    /// A region larger than this many bytes splits (default 64 MiB).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub split_bytes: u64,
+}
+
+/// `weir kv ...`.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Write one row, given as a JSON object (missing columns are NULL) or array.
+    Put {
+        /// Table name.
+        table: String,
+        /// The row, e.g. '{"id": 1, "name": "ada"}'.
+        row: String,
+    },
+    /// Read rows by key; a composite key is its values separated by commas.
+    Get {
+        /// Table name.
+        table: String,
+        /// Keys to read.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Columns to print, comma-separated (default all).
+        #[arg(long)]
+        columns: Option<String>,
+        /// Read from any replica; may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete rows by key.
+    Delete {
+        /// Table name.
+        table: String,
+        /// Keys to delete.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Print rows in key order from --start (inclusive) to --end (exclusive).
+    Scan {
+        /// Table name.
+        table: String,
+        /// First key or key prefix (inclusive).
+        #[arg(long)]
+        start: Option<String>,
+        /// Key or key prefix to stop before (exclusive).
+        #[arg(long)]
+        end: Option<String>,
+        /// Most rows to print.
+        #[arg(long, short = 'n')]
+        limit: Option<usize>,
+        /// Largest keys first.
+        #[arg(long)]
+        reverse: bool,
+        /// Columns to print, comma-separated (default all).
+        #[arg(long)]
+        columns: Option<String>,
+        /// Read from any replica; may miss the latest writes.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+/// `weir load ...`.
+#[derive(Debug, Subcommand)]
+pub enum LoadCommand {
+    /// Load a CSV file into a table.
+    Csv(LoadCsvArgs),
+}
+
+/// Arguments of `weir load csv`.
+#[derive(Debug, Args)]
+pub struct LoadCsvArgs {
+    /// The CSV file.
+    pub file: String,
+    /// Table to load into.
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// Create the table, inferring column types from the first rows.
+    #[arg(long)]
+    pub create: bool,
+    /// Primary key of a created table, comma-separated (default: the first column).
+    #[arg(long, requires = "create")]
+    pub primary_key: Option<String>,
+    /// Replicas of a created table's regions (default 3, or the cluster size if smaller).
+    #[arg(long, default_value_t = 0, requires = "create")]
+    pub replicas: u32,
+    /// Split threshold of a created table (default 64 MiB).
+    #[arg(long, default_value_t = 0, requires = "create", value_name = "BYTES")]
+    pub split_bytes: u64,
+    /// Field separator.
+    #[arg(long, short = 'd', default_value_t = ',')]
+    pub delimiter: char,
+    /// The first line names the columns.
+    #[arg(long)]
+    pub header: bool,
+    /// Write rows that do not fit the table here, with the reason, instead of stopping.
+    #[arg(long, value_name = "FILE")]
+    pub bad_rows: Option<String>,
+    /// Rows per write request.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_rows: u64,
+    /// Write requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
 }
 
 /// `weir cluster ...`.
@@ -207,6 +361,31 @@ pub enum BenchCommand {
     Produce(BenchProduceArgs),
     /// Consume records from the beginning as fast as possible; report throughput.
     Consume(BenchConsumeArgs),
+    /// Puts and gets by synchronous clients; report throughput and latency per operation.
+    Kv(BenchKvArgs),
+}
+
+/// Arguments of `weir bench kv`.
+#[derive(Debug, Args)]
+pub struct BenchKvArgs {
+    /// Table of one key and one value column (created as 'key VARCHAR, value VARCHAR' if missing).
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// Operations in total.
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: u64,
+    /// Size of each value in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Concurrent clients, each waiting for its answer before its next request.
+    #[arg(long, short = 'c', default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// Ratio of puts to gets, e.g. 1:0 (puts only), 0:1 (gets only), 1:9.
+    #[arg(long, default_value = "1:0")]
+    pub mix: String,
+    /// Size of the key space (default: --ops); puts cover it in order, gets pick keys at random.
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
 }
 
 /// Arguments of `weir bench produce`.
@@ -291,6 +470,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(&ctx, args).await,
         Command::Bench(BenchCommand::Produce(args)) => bench::produce(&ctx, args).await,
         Command::Bench(BenchCommand::Consume(args)) => bench::consume(&ctx, args).await,
+        Command::Bench(BenchCommand::Kv(args)) => bench::kv(&ctx, args).await,
+        Command::Table(cmd) => table::run(&ctx, cmd).await,
+        Command::Kv(cmd) => kv::run(&ctx, cmd).await,
+        Command::Load(LoadCommand::Csv(args)) => load::csv(&ctx, args).await,
     }
 }
 

@@ -23,16 +23,16 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rows {
     /// Column names, also the JSON keys and the CSV header.
-    pub columns: Vec<&'static str>,
+    pub columns: Vec<String>,
     /// One vector of cells per row, in column order.
     pub rows: Vec<Vec<Value>>,
 }
 
 impl Rows {
     /// An empty result with the given columns.
-    pub fn new(columns: Vec<&'static str>) -> Self {
+    pub fn new<S: Into<String>>(columns: Vec<S>) -> Self {
         Rows {
-            columns,
+            columns: columns.into_iter().map(Into::into).collect(),
             rows: Vec::new(),
         }
     }
@@ -50,7 +50,7 @@ pub fn print_rows(format: Format, rows: &Rows, out: &mut dyn Write) -> Result<()
             let mut grid = Grid::new();
             grid.load_preset(UTF8_FULL_CONDENSED)
                 .set_content_arrangement(ContentArrangement::Dynamic)
-                .set_header(rows.columns.iter().copied());
+                .set_header(rows.columns.iter().map(String::as_str));
             for row in &rows.rows {
                 grid.add_row(row.iter().map(|v| cell_text(v, "-")));
             }
@@ -105,18 +105,19 @@ pub fn print_summary(
     Ok(())
 }
 
-fn object(columns: &[&'static str], row: &[Value]) -> Value {
+/// One row as a JSON object keyed by column name.
+pub fn object(columns: &[String], row: &[Value]) -> Value {
     Value::Object(
         columns
             .iter()
             .zip(row)
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     )
 }
 
 /// A cell as text: strings unquoted, lists comma-joined, null as `empty`.
-fn cell_text(v: &Value, empty: &str) -> String {
+pub fn cell_text(v: &Value, empty: &str) -> String {
     match v {
         Value::Null => empty.to_string(),
         Value::String(s) => s.clone(),

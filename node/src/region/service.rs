@@ -117,7 +117,11 @@ impl Table {
 }
 
 /// The region of `table` holding `key` (the last region starting at or before it).
-fn region_for<'a>(catalog: &'a Catalog, table: &CatalogTable, key: &[u8]) -> NodeResult<&'a GroupInfo> {
+fn region_for<'a>(
+    catalog: &'a Catalog,
+    table: &CatalogTable,
+    key: &[u8],
+) -> NodeResult<&'a GroupInfo> {
     let mut found = None;
     for g in catalog.regions_of(table) {
         if let GroupKind::Region { start, .. } = &g.kind {
@@ -225,11 +229,7 @@ impl KvService {
                     nullable: c.nullable,
                 })
                 .collect(),
-            primary_key: t
-                .schema
-                .key_columns()
-                .map(|c| c.name.clone())
-                .collect(),
+            primary_key: t.schema.key_columns().map(|c| c.name.clone()).collect(),
             replicas: t.replicas,
             split_bytes: t.split_bytes,
             regions,
@@ -342,9 +342,8 @@ fn columns_of(defs: &[ColumnDef]) -> NodeResult<Vec<Column>> {
         .map(|d| {
             Ok(Column {
                 name: d.name.clone(),
-                ty: ColumnType::parse(&d.r#type).map_err(|e| {
-                    NodeError::InvalidArgument(format!("column '{}': {e}", d.name))
-                })?,
+                ty: ColumnType::parse(&d.r#type)
+                    .map_err(|e| NodeError::InvalidArgument(format!("column '{}': {e}", d.name)))?,
                 nullable: d.nullable,
             })
         })
@@ -508,7 +507,9 @@ impl Kv for KvService {
             let mut rows = vec![MaybeRow::default(); req.keys.len()];
             for (idx, got) in answers {
                 if idx.len() != got.len() {
-                    return Err(NodeError::Internal("a region answered the wrong number of rows".into()));
+                    return Err(NodeError::Internal(
+                        "a region answered the wrong number of rows".into(),
+                    ));
                 }
                 for (i, r) in idx.into_iter().zip(got) {
                     rows[i] = r;
@@ -527,7 +528,8 @@ impl Kv for KvService {
     ) -> Result<Response<WriteResponse>, Status> {
         let fwd = was_forwarded(&request);
         let req = request.into_inner();
-        let span = tracing::debug_span!("kv_write", table = %req.table, mutations = req.mutations.len());
+        let span =
+            tracing::debug_span!("kv_write", table = %req.table, mutations = req.mutations.len());
         async move {
             let catalog = self.catalog()?;
             let table = self.table(&catalog, &req.table)?;
@@ -607,8 +609,7 @@ impl Kv for KvService {
                             c.column
                         ))
                     })?;
-                let v = Value::from_proto(&c.value.clone().unwrap_or_default())
-                    .map_err(invalid)?;
+                let v = Value::from_proto(&c.value.clone().unwrap_or_default()).map_err(invalid)?;
                 let v = v.check(&schema.columns[col]).map_err(invalid)?;
                 let mut cell = Vec::new();
                 row::encode_cell(&v, &mut cell);
@@ -617,13 +618,20 @@ impl Kv for KvService {
                     cell,
                 }
             }
-            None => return Err(invalid("compare-and-set needs an expected version or column value").into()),
+            None => {
+                return Err(
+                    invalid("compare-and-set needs an expected version or column value").into(),
+                )
+            }
         };
         let op = match req.then.as_ref().and_then(|m| m.op.as_ref()) {
             Some(mutation::Op::Put(r)) => {
                 let (k, value) = table.encode_row(r)?;
                 if k != key {
-                    return Err(invalid("the row to put has a different key than the one compared").into());
+                    return Err(invalid(
+                        "the row to put has a different key than the one compared",
+                    )
+                    .into());
                 }
                 KvOp::Put { key: k, value }
             }
@@ -638,7 +646,9 @@ impl Kv for KvService {
         let g = region_for(&catalog, &table.info, &key)?.clone();
         let h = match leader::target(&self.ctx, &catalog, &g, fwd, false)? {
             Target::Local(h) => h,
-            Target::Forward(addr) => return self.client(&addr)?.compare_and_set(forwarded(req)).await,
+            Target::Forward(addr) => {
+                return self.client(&addr)?.compare_and_set(forwarded(req)).await
+            }
         };
         let all: Vec<usize> = (0..table.schema().columns.len()).collect();
         let written = match &op {
@@ -678,7 +688,9 @@ impl Kv for KvService {
             Resp::CasFailed { current } => (false, as_row(current)?),
             Resp::NotInRegion(st) => return Err(not_in_region(g.id, NotInRegion(st)).into()),
             other => {
-                return Err(NodeError::Internal(format!("region {} answered {other:?}", g.id)).into())
+                return Err(
+                    NodeError::Internal(format!("region {} answered {other:?}", g.id)).into(),
+                )
             }
         };
         Ok(Response::new(CasResponse {

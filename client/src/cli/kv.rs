@@ -1,0 +1,251 @@
+//! `weir kv put | get | delete | scan`: rows of a table by key.
+//!
+//! Keys are given as text: the value of a one-column key as it is, a composite key as its values
+//! separated by commas (quoted as in CSV when a value holds a comma). Rows are printed as a table,
+//! or with `--format json` as JSON lines (one object per row), or as CSV.
+
+use std::io::Write;
+
+use anyhow::{anyhow, bail, Result};
+use weir_client::{ColumnType, ScanOptions, Table, TableRow, TableSchema, Value};
+
+use super::output::{cell_text, object, print_rows, print_summary, Format, Rows};
+use super::{Context, KvCommand};
+
+/// Runs one `weir kv` subcommand.
+pub async fn run(ctx: &Context, cmd: KvCommand) -> Result<()> {
+    let client = ctx.client().await?;
+    let mut out = std::io::stdout();
+    match cmd {
+        KvCommand::Put { table, row } => {
+            let t = client.table(&table).await?;
+            let json: serde_json::Value = serde_json::from_str(&row)
+                .map_err(|e| anyhow!("the row is not JSON ({e}): {row}"))?;
+            let values = row_from_json(t.schema(), &json)?;
+            t.put(vec![values]).await?;
+            print_summary(
+                ctx.format,
+                &format!("put 1 row into {table}"),
+                &[("rows", serde_json::Value::from(1))],
+                &mut out,
+            )
+        }
+        KvCommand::Get {
+            table,
+            keys,
+            columns,
+            stale,
+        } => {
+            let t = client.table(&table).await?;
+            let keys = keys
+                .iter()
+                .map(|k| parse_key(t.schema(), k, false))
+                .collect::<Result<Vec<_>>>()?;
+            let columns = super::table::split_names(columns.as_deref().unwrap_or(""));
+            let rows = t.get(&keys, &columns, stale).await?;
+            let mut printer = RowPrinter::new(ctx.format, &t, &columns)?;
+            let found: Vec<TableRow> = rows.into_iter().flatten().collect();
+            printer.print(&found, &mut out)?;
+            printer.finish(&mut out)
+        }
+        KvCommand::Delete { table, keys } => {
+            let t = client.table(&table).await?;
+            let keys = keys
+                .iter()
+                .map(|k| parse_key(t.schema(), k, false))
+                .collect::<Result<Vec<_>>>()?;
+            let n = t.delete(&keys).await?;
+            print_summary(
+                ctx.format,
+                &format!("deleted {n} key(s) from {table}"),
+                &[("keys", serde_json::Value::from(n))],
+                &mut out,
+            )
+        }
+        KvCommand::Scan {
+            table,
+            start,
+            end,
+            limit,
+            reverse,
+            columns,
+            stale,
+        } => {
+            let t = client.table(&table).await?;
+            let columns = super::table::split_names(columns.as_deref().unwrap_or(""));
+            let opts = ScanOptions {
+                start: start
+                    .as_deref()
+                    .map(|k| parse_key(t.schema(), k, true))
+                    .transpose()?,
+                end: end
+                    .as_deref()
+                    .map(|k| parse_key(t.schema(), k, true))
+                    .transpose()?,
+                limit: limit.unwrap_or(0),
+                reverse,
+                columns: columns.clone(),
+                stale,
+            };
+            let mut printer = RowPrinter::new(ctx.format, &t, &columns)?;
+            let mut failed = None;
+            t.scan(&opts, |page| {
+                let rows: Vec<TableRow> = page.into_iter().map(|(_, r)| r).collect();
+                match printer.print(&rows, &mut out) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })
+            .await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            printer.finish(&mut out)
+        }
+    }
+}
+
+/// Parses a key given as text; `prefix` allows fewer values than key columns (scan bounds).
+pub fn parse_key(schema: &TableSchema, text: &str, prefix: bool) -> Result<Vec<Value>> {
+    let cols: Vec<_> = schema.key_columns().collect();
+    let parts: Vec<String> = if cols.len() == 1 {
+        vec![text.to_string()]
+    } else {
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        match r.records().next() {
+            Some(rec) => rec?.iter().map(str::to_string).collect(),
+            None => Vec::new(),
+        }
+    };
+    if parts.len() > cols.len() || (!prefix && parts.len() != cols.len()) {
+        bail!(
+            "key '{text}' has {} value(s); the key is ({})",
+            parts.len(),
+            cols.iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    parts
+        .iter()
+        .zip(cols)
+        .map(|(p, c)| Value::parse_text(p, c).map_err(|e| anyhow!("key '{text}': {e}")))
+        .collect()
+}
+
+/// A full row from a JSON object (missing columns are NULL) or array (values in column order).
+pub fn row_from_json(schema: &TableSchema, json: &serde_json::Value) -> Result<Vec<Value>> {
+    match json {
+        serde_json::Value::Object(map) => {
+            for k in map.keys() {
+                schema.column_index(k)?;
+            }
+            schema
+                .columns
+                .iter()
+                .map(|c| {
+                    let v = map
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&c.name))
+                        .map(|(_, v)| v)
+                        .unwrap_or(&serde_json::Value::Null);
+                    Ok(Value::from_json(v, c)?)
+                })
+                .collect()
+        }
+        serde_json::Value::Array(items) => {
+            if items.len() != schema.columns.len() {
+                bail!(
+                    "the row has {} values; the table has {} columns ({})",
+                    items.len(),
+                    schema.columns.len(),
+                    schema.column_names().join(", ")
+                );
+            }
+            items
+                .iter()
+                .zip(&schema.columns)
+                .map(|(v, c)| Ok(Value::from_json(v, c)?))
+                .collect()
+        }
+        other => bail!("a row is a JSON object or array, not {other}"),
+    }
+}
+
+/// Prints rows as they arrive: JSON lines and CSV stream, a table is drawn at the end.
+struct RowPrinter {
+    format: Format,
+    names: Vec<String>,
+    types: Vec<ColumnType>,
+    grid: Rows,
+    header_done: bool,
+}
+
+impl RowPrinter {
+    fn new(format: Format, table: &Table, columns: &[String]) -> Result<RowPrinter> {
+        let schema = table.schema();
+        let idx: Vec<usize> = if columns.is_empty() {
+            (0..schema.columns.len()).collect()
+        } else {
+            columns
+                .iter()
+                .map(|c| schema.column_index(c))
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let names: Vec<String> = idx
+            .iter()
+            .map(|i| schema.columns[*i].name.clone())
+            .collect();
+        Ok(RowPrinter {
+            format,
+            types: idx.iter().map(|i| schema.columns[*i].ty).collect(),
+            grid: Rows::new(names.clone()),
+            names,
+            header_done: false,
+        })
+    }
+
+    fn print(&mut self, rows: &[TableRow], out: &mut dyn Write) -> Result<()> {
+        for r in rows {
+            let cells: Vec<serde_json::Value> = r
+                .values
+                .iter()
+                .zip(&self.types)
+                .map(|(v, t)| v.to_json(*t))
+                .collect();
+            match self.format {
+                Format::Table => self.grid.push(cells),
+                Format::Json => writeln!(out, "{}", object(&self.names, &cells))?,
+                Format::Csv => {
+                    let mut w = csv::Writer::from_writer(&mut *out);
+                    if !self.header_done {
+                        w.write_record(&self.names)?;
+                        self.header_done = true;
+                    }
+                    w.write_record(cells.iter().map(|c| cell_text(c, "")))?;
+                    w.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, out: &mut dyn Write) -> Result<()> {
+        match self.format {
+            Format::Table => print_rows(Format::Table, &self.grid, out),
+            Format::Csv if !self.header_done => {
+                let mut w = csv::Writer::from_writer(&mut *out);
+                w.write_record(&self.names)?;
+                w.flush()?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
