@@ -1,0 +1,352 @@
+//! The region store on an in-process 3-node cluster: splits under load, scans across regions,
+//! compare-and-set, and bad input.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::Code;
+use weir_client::{CasAction, Client, Expectation, ScanOptions, Table, TableSchema, Value};
+use weir_tests::{wait_until, InProcessCluster};
+
+/// Every key of `table` by a full scan, failing on a key that is not larger than the one before.
+async fn scan_keys(table: &Table, reverse: bool) -> Vec<i64> {
+    let mut keys = Vec::new();
+    let opts = ScanOptions {
+        reverse,
+        columns: vec!["k".into()],
+        ..ScanOptions::default()
+    };
+    table
+        .scan(&opts, |page| {
+            for (_, row) in page {
+                match row.values.first() {
+                    Some(Value::Int(k)) => keys.push(*k),
+                    other => panic!("unexpected key {other:?}"),
+                }
+            }
+            true
+        })
+        .await
+        .expect("scan");
+    keys
+}
+
+fn strictly_increasing(keys: &[i64]) -> bool {
+    keys.windows(2).all(|w| w[0] < w[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splits_under_load_keep_every_key_once_and_scans_ordered() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(0)).await.unwrap();
+    let schema =
+        TableSchema::parse("k BIGINT, writer INT, payload VARCHAR", &["k".into()]).unwrap();
+    client
+        .create_table("split", &schema, 3, 16 * 1024)
+        .await
+        .unwrap();
+
+    const WRITERS: i64 = 4;
+    const PER_WRITER: i64 = 1500;
+    let acked: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let table = Client::connect(cluster.addr(w as usize % 3))
+            .await
+            .unwrap()
+            .table("split")
+            .await
+            .unwrap();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let payload = "x".repeat(100);
+            for chunk in (0..PER_WRITER).collect::<Vec<_>>().chunks(25) {
+                let rows: Vec<Vec<Value>> = chunk
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            Value::Int(w + WRITERS * i),
+                            Value::Int(w),
+                            Value::Str(payload.clone()),
+                        ]
+                    })
+                    .collect();
+                let keys: Vec<i64> = chunk.iter().map(|i| w + WRITERS * i).collect();
+                table.put(rows).await.expect("put acknowledged");
+                acked.lock().unwrap().extend(keys);
+            }
+        }));
+    }
+
+    // Scan while the writers run and the table splits: each scan must be strictly ordered and
+    // hold every key acknowledged before it started.
+    let scanner_table = Client::connect(cluster.addr(1))
+        .await
+        .unwrap()
+        .table("split")
+        .await
+        .unwrap();
+    let mut scans = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let before: BTreeSet<i64> = acked.lock().unwrap().clone();
+        let reverse = scans % 2 == 1;
+        let mut keys = scan_keys(&scanner_table, reverse).await;
+        if reverse {
+            keys.reverse();
+        }
+        assert!(
+            strictly_increasing(&keys),
+            "scan {scans} repeated or reordered a key"
+        );
+        let seen: BTreeSet<i64> = keys.into_iter().collect();
+        let missing: Vec<_> = before.difference(&seen).take(5).collect();
+        assert!(
+            missing.is_empty(),
+            "scan {scans} skipped acknowledged keys {missing:?}"
+        );
+        scans += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(scans >= 2, "the scanner ran during the load");
+
+    let info = wait_until(
+        "the table to split into many regions",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move {
+                let info = client.describe_table("split").await.ok()?;
+                (info.regions.len() >= 6).then_some(info)
+            }
+        },
+    )
+    .await;
+    // Regions tile the key space in order.
+    for pair in info.regions.windows(2) {
+        assert_eq!(pair[0].end_key, pair[1].start_key);
+    }
+    assert!(info.regions.first().unwrap().start_key.is_empty());
+    assert!(info.regions.last().unwrap().end_key.is_empty());
+
+    let table = client.table("split").await.unwrap();
+    let keys = scan_keys(&table, false).await;
+    let want: Vec<i64> = (0..WRITERS * PER_WRITER).collect();
+    assert_eq!(keys, want, "every written key exactly once, in order");
+    let mut back = scan_keys(&table, true).await;
+    back.reverse();
+    assert_eq!(back, want);
+
+    // A bounded scan and a limit cross region boundaries too.
+    let mut some = Vec::new();
+    table
+        .scan(
+            &ScanOptions {
+                start: Some(vec![Value::Int(1000)]),
+                end: Some(vec![Value::Int(5000)]),
+                limit: 3500,
+                columns: vec!["k".into()],
+                ..ScanOptions::default()
+            },
+            |page| {
+                some.extend(page.into_iter().map(|(_, r)| r.values[0].clone()));
+                true
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 3500);
+    assert_eq!(some.first(), Some(&Value::Int(1000)));
+    assert_eq!(some.last(), Some(&Value::Int(4499)));
+
+    // Multi-get across regions answers in request order; absent keys are None.
+    let got = table
+        .get(
+            &[
+                vec![Value::Int(5999)],
+                vec![Value::Int(7)],
+                vec![Value::Int(-1)],
+            ],
+            &["writer".into()],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got[0].as_ref().unwrap().values, vec![Value::Int(3)]);
+    assert_eq!(got[1].as_ref().unwrap().values, vec![Value::Int(3)]);
+    assert!(got[2].is_none());
+
+    // An atomic write spanning regions is refused and writes nothing.
+    let first = i64::from_be_bytes(
+        info.regions[1].start_key[..8]
+            .try_into()
+            .map(|b: [u8; 8]| (u64::from_be_bytes(b) ^ (1 << 63)).to_be_bytes())
+            .unwrap(),
+    );
+    let err = table
+        .write_atomic(
+            vec![
+                vec![Value::Int(first - 1), Value::Int(9), Value::Str("a".into())],
+                vec![Value::Int(first), Value::Int(9), Value::Str("a".into())],
+            ],
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("one region"), "{err}");
+    let after = table
+        .get(&[vec![Value::Int(first - 1)]], &["writer".into()], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        after[0].as_ref().unwrap().values,
+        vec![Value::Int(((first - 1) % 4) as i32 as i64)]
+    );
+
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compare_and_set_and_bad_input() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(2)).await.unwrap();
+    let schema = TableSchema::parse(
+        "id VARCHAR, n BIGINT, price DECIMAL(10,2), at TIMESTAMP",
+        &["id".into()],
+    )
+    .unwrap();
+    client.create_table("acct", &schema, 3, 0).await.unwrap();
+    let t = client.table("acct").await.unwrap();
+    let row = |n: i64| {
+        vec![
+            Value::Str("a".into()),
+            Value::Int(n),
+            Value::Decimal(1999),
+            Value::Null,
+        ]
+    };
+    let key = vec![Value::Str("a".into())];
+
+    // Version 0 means "must not exist": the first create wins, the second loses.
+    let first = t
+        .compare_and_set(&key, Expectation::Version(0), CasAction::Put(row(1)))
+        .await
+        .unwrap();
+    assert!(first.succeeded);
+    let v1 = first.current.as_ref().unwrap().version;
+    assert!(v1 > 0);
+    let again = t
+        .compare_and_set(&key, Expectation::Version(0), CasAction::Put(row(2)))
+        .await
+        .unwrap();
+    assert!(!again.succeeded);
+    assert_eq!(again.current.unwrap().values[1], Value::Int(1));
+    // On a column value.
+    let by_col = t
+        .compare_and_set(
+            &key,
+            Expectation::Column("n".into(), Value::Int(1)),
+            CasAction::Put(row(5)),
+        )
+        .await
+        .unwrap();
+    assert!(by_col.succeeded);
+    let stale = t
+        .compare_and_set(&key, Expectation::Version(v1), CasAction::Delete)
+        .await
+        .unwrap();
+    assert!(!stale.succeeded, "the version moved on");
+    let v2 = stale.current.unwrap().version;
+    let del = t
+        .compare_and_set(&key, Expectation::Version(v2), CasAction::Delete)
+        .await
+        .unwrap();
+    assert!(del.succeeded);
+    assert!(t.get(&[key.clone()], &[], false).await.unwrap()[0].is_none());
+
+    // Bad input: a clear status, nothing written.
+    let err = client.table("nope").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = t
+        .put(vec![vec![
+            Value::Str("b".into()),
+            Value::Str("many".into()),
+            Value::Null,
+            Value::Null,
+        ]])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("column 'n'"), "{err}");
+    let err = t
+        .put(vec![vec![
+            Value::Str("b".into()),
+            Value::Int(1),
+            Value::Str("123.456".into()),
+            Value::Null,
+        ]])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("price"), "{err}");
+    let huge = Value::Str("k".repeat(20_000));
+    let err = t
+        .put(vec![vec![huge, Value::Int(1), Value::Null, Value::Null]])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("bytes"), "{err}");
+    assert!(t
+        .get(&[vec![Value::Str("b".into())]], &[], false)
+        .await
+        .unwrap()[0]
+        .is_none());
+    let err = t
+        .get(&[key.clone()], &["nope".into()], false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.to_string().contains("unknown column 'nope'"), "{err}");
+    let bad_schema = TableSchema::parse("a INT", &["a".into()]).unwrap();
+    let err = client
+        .create_table("acct", &bad_schema, 1, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = client
+        .create_table("bad name!", &bad_schema, 1, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Stale reads are served by any replica and see the row once it has replicated.
+    t.put(vec![row(7)]).await.unwrap();
+    for i in 0..3 {
+        let replica = Client::connect(cluster.addr(i))
+            .await
+            .unwrap()
+            .table("acct")
+            .await
+            .unwrap();
+        wait_until(
+            "a stale read to see the row",
+            Duration::from_secs(10),
+            || {
+                let replica = replica.clone();
+                let key = key.clone();
+                async move {
+                    let got = replica.get(&[key], &["n".into()], true).await.ok()?;
+                    (got[0].as_ref()?.values == vec![Value::Int(7)]).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    client.drop_table("acct").await.unwrap();
+    assert_eq!(
+        client.table("acct").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    cluster.shutdown().await;
+}
