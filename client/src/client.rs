@@ -25,7 +25,7 @@ use weir_proto::v1::{
 
 use crate::error::{is_transport, ClientError, Result};
 use crate::pool::{endpoint, normalize, Pool};
-use crate::retry::{classify, Attempts, Verdict};
+use crate::retry::{classify, is_ambiguous, Attempts, Verdict};
 use crate::routing::{Route, Routes};
 
 /// Largest gRPC message the client sends or accepts; fetch responses carry whole batches and can be
@@ -473,8 +473,8 @@ impl Client {
                 Verdict::Unavailable => {
                     if is_transport(&status) {
                         self.inner.pool.suspect(&addr);
-                        attempts.ambiguous = true;
                     }
+                    attempts.ambiguous |= is_ambiguous(&status);
                 }
             }
             attempts.pause(err).await?;

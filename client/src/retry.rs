@@ -74,9 +74,17 @@ pub(crate) fn classify(status: &Status) -> Verdict {
                 .map(str::to_string);
             Verdict::NotLeader(hint)
         }
-        Code::Unavailable | Code::Aborted => Verdict::Unavailable,
+        // UNKNOWN: the write's leader changed before it committed. Idempotent requests retry;
+        // callers of non-idempotent ones (compare-and-set) must not, see `is_ambiguous`.
+        Code::Unavailable | Code::Aborted | Code::Unknown => Verdict::Unavailable,
         _ => Verdict::Fail,
     }
+}
+
+/// True when a failed request may nevertheless have been applied: the connection broke before
+/// the answer, or the server said the outcome is unknown.
+pub(crate) fn is_ambiguous(status: &Status) -> bool {
+    is_transport(status) || status.code() == Code::Unknown
 }
 
 /// Tracks the attempts of one logical request against its deadline.

@@ -22,7 +22,7 @@ use weir_proto::v1::{self, mutation, ColumnDef, ColumnExpect, Mutation, RegionIn
 use crate::client::{request, Client, MAX_MESSAGE_BYTES};
 use crate::error::{is_transport, ClientError, Result};
 use crate::pool::normalize;
-use crate::retry::{classify, Attempts, Verdict};
+use crate::retry::{classify, is_ambiguous, Attempts, Verdict};
 
 pub use v1::TableInfo;
 
@@ -409,9 +409,9 @@ impl Table {
                 Verdict::Unavailable => {
                     if is_transport(&status) {
                         self.client.pool().suspect(&addr);
-                        if !retry_ambiguous {
-                            return Err(err);
-                        }
+                    }
+                    if !retry_ambiguous && is_ambiguous(&status) {
+                        return Err(err);
                     }
                     self.mark_stale();
                 }

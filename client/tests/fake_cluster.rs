@@ -410,6 +410,20 @@ impl Cluster for Node {
     ) -> Result<Response<HeartbeatAck>, Status> {
         Ok(Response::new(HeartbeatAck {}))
     }
+
+    async fn allocate_group(
+        &self,
+        _req: Request<weir_proto::v1::AllocateGroupRequest>,
+    ) -> Result<Response<weir_proto::v1::AllocateGroupResponse>, Status> {
+        Err(Status::unimplemented("the fake has no regions"))
+    }
+
+    async fn report_split(
+        &self,
+        _req: Request<weir_proto::v1::ReportSplitRequest>,
+    ) -> Result<Response<weir_proto::v1::ReportSplitResponse>, Status> {
+        Err(Status::unimplemented("the fake has no regions"))
+    }
 }
 
 /// Starts a fake node sharing `shared` with the others; returns it once it accepts connections.

@@ -38,6 +38,9 @@ pub enum NodeError {
     /// The answer of another node this request was forwarded to, passed on as it is.
     #[error("{0}")]
     Remote(Status),
+    /// A write may or may not have been applied (its leader changed before it committed).
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// A storage or internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -67,6 +70,7 @@ impl From<NodeError> for Status {
             NodeError::Internal(m) => Status::new(Code::Internal, m),
             NodeError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             NodeError::Remote(s) => s,
+            NodeError::OutcomeUnknown(m) => Status::new(Code::Unknown, m),
             NodeError::NotLeader { group, leader } => {
                 let mut s = Status::new(
                     Code::FailedPrecondition,

@@ -109,6 +109,14 @@ fn write_error(
     catalog: &Catalog,
     e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
 ) -> NodeError {
+    if let Some(ClientWriteError::LogEntryDiscarded(_)) = e.api_error() {
+        // The entry was appended but its leader lost office before it committed; a later leader
+        // may still commit it. Retrying blindly could apply it twice.
+        return NodeError::OutcomeUnknown(format!(
+            "group {}: the leader changed before the write committed; it may or may not have              been applied",
+            h.id
+        ));
+    }
     if let Some(f) = e.forward_to_leader() {
         let leader = f
             .leader_id
