@@ -50,7 +50,7 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn spawn(&mut self, extra: &[&str]) {
+    fn spawn(&mut self, extra: &[&str], envs: &[(String, String)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -65,6 +65,7 @@ impl NodeProcess {
             .arg(&self.http)
             .args(extra)
             .env("WEIR_LOG", "info,openraft=warn")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
@@ -78,6 +79,18 @@ impl NodeProcess {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill -{sig} {} failed", c.id());
+        }
+    }
 }
 
 /// Several `weir-node` processes on loopback ports, each with its own temporary data dir.
@@ -85,16 +98,27 @@ pub struct ProcessCluster {
     /// The nodes, in start order (node `i` has id `i + 1`).
     pub nodes: Vec<NodeProcess>,
     extra: Vec<String>,
+    envs: Vec<(String, String)>,
     dir: TempDir,
 }
 
 impl ProcessCluster {
     /// Starts `n` nodes (the first bootstraps, the others join it), passing `extra` flags to all.
     pub fn start(n: usize, extra: &[&str]) -> ProcessCluster {
+        ProcessCluster::start_with_env(n, extra, &[])
+    }
+
+    /// Like [`ProcessCluster::start`], with environment variables for every node (`WEIR_*`
+    /// settings that have no flag).
+    pub fn start_with_env(n: usize, extra: &[&str], envs: &[(&str, &str)]) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut c = ProcessCluster {
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
         };
         for _ in 0..n {
@@ -116,7 +140,7 @@ impl ProcessCluster {
             log: self.dir.path().join(format!("node{i}.log")),
         };
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        node.spawn(&extra);
+        node.spawn(&extra, &self.envs);
         self.nodes.push(node);
         i
     }
@@ -138,7 +162,23 @@ impl ProcessCluster {
     pub fn restart(&mut self, i: usize) {
         assert!(!self.nodes[i].is_running(), "node {i} is still running");
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.nodes[i].spawn(&extra);
+        self.nodes[i].spawn(&extra, &self.envs);
+    }
+
+    /// Freezes node `i` with SIGSTOP: to the others it is partitioned away (its connections stay
+    /// open but nothing answers), until [`ProcessCluster::resume`].
+    pub fn pause(&mut self, i: usize) {
+        self.nodes[i].signal("STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].signal("CONT");
+    }
+
+    /// The directory holding the nodes' data dirs and logs (files a test writes can go here).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 
