@@ -182,3 +182,268 @@ async fn csv_load_of_a_million_rows_survives_a_killed_node() {
         assert_eq!(pair[0].end_key, pair[1].start_key, "regions tile the keys");
     }
 }
+
+mod linearizable {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rand::Rng;
+    use weir_proto::v1::kv_client::KvClient;
+    use weir_proto::v1::{self, cas_request, mutation, ColumnExpect, Mutation};
+    use weir_tests::linearizability::{check, Event, History, Op, Outcome, Verdict};
+    use weir_tests::{members_up, wait_until, ProcessCluster};
+
+    const KEYS: [&str; 3] = ["x", "y", "z"];
+
+    fn key(k: &str) -> v1::Key {
+        v1::Key {
+            values: vec![weir_client::Value::Str(k.into()).to_proto()],
+        }
+    }
+
+    fn row(k: &str, v: i64) -> v1::Row {
+        v1::Row {
+            values: vec![
+                weir_client::Value::Str(k.into()).to_proto(),
+                weir_client::Value::Int(v).to_proto(),
+            ],
+            version: 0,
+        }
+    }
+
+    fn bytes(v: i64) -> Vec<u8> {
+        v.to_be_bytes().to_vec()
+    }
+
+    fn request<T>(m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.set_timeout(Duration::from_secs(3));
+        r
+    }
+
+    /// One client: single attempts (no retries, so every outcome is what the server said), any
+    /// error recorded as an unknown outcome.
+    async fn run_client(id: usize, addr: String, history: Arc<History>, stop: Arc<AtomicBool>) {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("address")
+            .connect_timeout(Duration::from_millis(500))
+            .connect_lazy();
+        let mut kv = KvClient::new(ch);
+        let mut seen: [Option<i64>; 3] = [None; 3];
+        let mut n = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            let (ki, choice, fresh) = {
+                let mut rng = rand::rng();
+                (
+                    rng.random_range(0..KEYS.len()),
+                    rng.random_range(0..10),
+                    rng.random_range(0..3),
+                )
+            };
+            let k = KEYS[ki];
+            n += 1;
+            let value = (id as i64) * 1_000_000_000 + n;
+            let invoke_ns = history.now_ns();
+            let (op, outcome) = if choice < 4 {
+                let r = kv
+                    .get(request(v1::GetRequest {
+                        table: "reg".into(),
+                        keys: vec![key(k)],
+                        columns: vec!["v".into()],
+                        stale: false,
+                    }))
+                    .await;
+                let outcome = match r {
+                    Ok(resp) => {
+                        let got = resp.into_inner().rows.into_iter().next();
+                        let v = got.filter(|m| m.found).and_then(|m| m.row).and_then(|r| {
+                            match weir_client::Value::from_proto(r.values.first()?).ok()? {
+                                weir_client::Value::Int(v) => Some(v),
+                                _ => None,
+                            }
+                        });
+                        seen[ki] = v;
+                        Outcome::Value(v.map(bytes))
+                    }
+                    Err(_) => Outcome::Unknown,
+                };
+                (Op::Get, outcome)
+            } else if choice < 7 {
+                let r = kv
+                    .write(request(v1::WriteRequest {
+                        table: "reg".into(),
+                        mutations: vec![Mutation {
+                            op: Some(mutation::Op::Put(row(k, value))),
+                        }],
+                        atomic: true,
+                    }))
+                    .await;
+                let outcome = if r.is_ok() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Unknown
+                };
+                (
+                    Op::Put {
+                        value: Some(bytes(value)),
+                    },
+                    outcome,
+                )
+            } else {
+                // Expect what this client last saw (usually current), or a value never written.
+                let expected = if fresh == 0 { Some(-1) } else { seen[ki] };
+                let Some(expected) = expected else {
+                    continue;
+                };
+                let r = kv
+                    .compare_and_set(request(v1::CasRequest {
+                        table: "reg".into(),
+                        key: Some(key(k)),
+                        expect: Some(cas_request::Expect::Column(ColumnExpect {
+                            column: "v".into(),
+                            value: Some(weir_client::Value::Int(expected).to_proto()),
+                        })),
+                        then: Some(Mutation {
+                            op: Some(mutation::Op::Put(row(k, value))),
+                        }),
+                    }))
+                    .await;
+                let outcome = match r {
+                    Ok(resp) => Outcome::CasResult(resp.into_inner().succeeded),
+                    Err(_) => Outcome::Unknown,
+                };
+                (
+                    Op::Cas {
+                        expected: Some(bytes(expected)),
+                        new: Some(bytes(value)),
+                    },
+                    outcome,
+                )
+            };
+            let failed = outcome == Outcome::Unknown;
+            history.record(Event {
+                client: id,
+                key: k.as_bytes().to_vec(),
+                op,
+                outcome,
+                invoke_ns,
+                complete_ns: history.now_ns(),
+            });
+            if failed {
+                // The node may be down: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Index of the node leading the table's region, as the cluster reports it.
+    async fn region_leader(cluster: &ProcessCluster, via: usize) -> Option<usize> {
+        let client = weir_client::Client::connect(cluster.addr(via)).await.ok()?;
+        let info = client.describe_table("reg").await.ok()?;
+        let leader = info.regions.first()?.leader_addr.clone();
+        (0..cluster.nodes.len()).find(|i| cluster.addr(*i) == leader)
+    }
+
+    fn ok_ops(h: &History) -> usize {
+        h.events()
+            .iter()
+            .filter(|e| e.outcome != Outcome::Unknown)
+            .count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn put_get_cas_stay_linearizable_through_kills_and_partitions() {
+        // Short Raft timeouts so that failovers fit the test.
+        let mut cluster =
+            ProcessCluster::start_with_env(3, &[], &[("WEIR_RAFT_HEARTBEAT_MS", "100")]);
+        let first = cluster.addr(0);
+        wait_until("3 members up", Duration::from_secs(60), || {
+            let first = first.clone();
+            async move { (members_up(&first).await == 3).then_some(()) }
+        })
+        .await;
+        let client = weir_client::Client::connect(cluster.addr(0)).await.unwrap();
+        let schema =
+            weir_client::TableSchema::parse("k VARCHAR, v BIGINT", &["k".into()]).unwrap();
+        client.create_table("reg", &schema, 3, 0).await.unwrap();
+
+        let history = Arc::new(History::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..6)
+            .map(|i| {
+                tokio::spawn(run_client(
+                    i,
+                    cluster.addr(i % 3),
+                    history.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        wait_until("ops to flow", Duration::from_secs(30), || {
+            let n = ok_ops(&history);
+            async move { (n > 200).then_some(()) }
+        })
+        .await;
+
+        // Kill the region's leader, let the others elect, bring it back.
+        let leader = wait_until("a region leader", Duration::from_secs(30), || {
+            let c = &cluster;
+            async move { region_leader(c, 0).await }
+        })
+        .await;
+        cluster.kill(leader);
+        let via = (leader + 1) % 3;
+        let before = ok_ops(&history);
+        wait_until("a new leader serving ops", Duration::from_secs(60), || {
+            let c = &cluster;
+            let h = history.clone();
+            async move {
+                let l = region_leader(c, via).await?;
+                (l != leader && ok_ops(&h) > before + 100).then_some(())
+            }
+        })
+        .await;
+        cluster.restart(leader);
+
+        // Partition the new leader away (SIGSTOP) until the others serve ops, then heal.
+        let leader = wait_until("the current leader", Duration::from_secs(30), || {
+            let c = &cluster;
+            async move { region_leader(c, via).await }
+        })
+        .await;
+        cluster.pause(leader);
+        let before = ok_ops(&history);
+        wait_until(
+            "ops to flow without the partitioned node",
+            Duration::from_secs(60),
+            || {
+                let h = history.clone();
+                async move { (ok_ops(&h) > before + 100).then_some(()) }
+            },
+        )
+        .await;
+        cluster.resume(leader);
+        let before = ok_ops(&history);
+        wait_until("ops after healing", Duration::from_secs(60), || {
+            let h = history.clone();
+            async move { (ok_ops(&h) > before + 200).then_some(()) }
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+
+        let events = history.events();
+        let cas_ok = events
+            .iter()
+            .filter(|e| e.outcome == Outcome::CasResult(true))
+            .count();
+        assert!(cas_ok > 10, "some compare-and-sets succeeded ({cas_ok})");
+        match check(&events, None) {
+            Verdict::Linearizable => {}
+            other => panic!("{} events: {other:?}", events.len()),
+        }
+    }
+}
