@@ -3,7 +3,9 @@
 //! - [`InProcessCluster`]: several nodes in this test process on loopback ports, temporary dirs.
 //! - [`ProcessCluster`] (in [`process`]): the real `weir-node` binaries, killed and restarted.
 //! - [`wait_until`]: polling with a deadline, the only way tests wait.
+//! - [`linearizability`]: a linearizability checker for histories of a key/value register.
 
+pub mod linearizability;
 pub mod process;
 
 use std::future::Future;
