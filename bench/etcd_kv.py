@@ -22,7 +22,7 @@ Usage:
     bench/etcd_cluster.sh stop
 
 Prints one summary line on stdout, e.g.
-    put: 30000 ops in 9.8 s = 3061 ops/s, p50 4.9 ms, p99 11.2 ms, p99.9 16.0 ms
+    put: 30000 ops in 8.5 s = 3549 ops/s, p50 4.0 ms, p99 13.4 ms, p99.9 24.6 ms
 and CPU accounting (client processes, etcd processes, whole machine) on
 stderr, so it is visible whether the client or etcd was the bottleneck.
 
@@ -42,10 +42,11 @@ does not package):
   * clients are threads, optionally spread over --procs OS processes. The
     client shares the machine's cores with etcd, so what matters is its CPU
     cost per request, not only that it is not pegged: the default transport
-    costs ~50-70 us of CPU per request (the grpcio library ~200 us), and one
-    process keeps up with 16 clients without saturating a core (the
-    summary on stderr reports the busiest client process). Extra processes
-    only add scheduler and gRPC-runtime overhead on a 2-core machine.
+    costs ~60-80 us of CPU per request, the grpcio library ~200-230 us
+    (enough to cut etcd's measured throughput by 40-50% on 2 cores). One
+    process keeps 16 clients going at well under one core (the summary on
+    stderr reports the busiest client process); more processes give the
+    same numbers on 2 cores, so the default is 1.
     Each process takes a share of the ops proportional to its clients;
     inside a process clients pull ops from a shared counter so nobody idles
     while others still have work.
@@ -372,6 +373,8 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _etcd_cpu_ticks():
+    # Sums every process named "etcd" (the benchmark cluster is assumed to
+    # be the only one running).
     total = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
