@@ -238,7 +238,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_encoding_message_size(MAX_MESSAGE),
         );
     let mut rx = stop_rx.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // The builder's TCP options only apply to listeners tonic binds itself; without NODELAY on
+    // accepted sockets, small answers wait out the client's delayed ACK (about 40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     tasks.push(tokio::spawn(async move {
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
