@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
-use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use weir_storage::catalog::{Catalog, GroupInfo};
 use weir_storage::{Request, Response, TypeConfig};

@@ -240,7 +240,8 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let mut rx = stop_rx.clone();
     // The builder's TCP options only apply to listeners tonic binds itself; without NODELAY on
     // accepted sockets, small answers wait out the client's delayed ACK (about 40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     tasks.push(tokio::spawn(async move {
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -594,7 +594,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut b = WriteBatch::default();
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
-            if matches!(&entry.payload, EntryPayload::Normal(Request::Split { .. })) && b.len() > 0
+            if matches!(&entry.payload, EntryPayload::Normal(Request::Split { .. }))
+                && !b.is_empty()
             {
                 // A split moves rows by reading them from RocksDB: the entries before it go in first.
                 self.put_header(&mut b)?;

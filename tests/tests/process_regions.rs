@@ -364,8 +364,7 @@ mod linearizable {
         })
         .await;
         let client = weir_client::Client::connect(cluster.addr(0)).await.unwrap();
-        let schema =
-            weir_client::TableSchema::parse("k VARCHAR, v BIGINT", &["k".into()]).unwrap();
+        let schema = weir_client::TableSchema::parse("k VARCHAR, v BIGINT", &["k".into()]).unwrap();
         client.create_table("reg", &schema, 3, 0).await.unwrap();
 
         let history = Arc::new(History::new());

@@ -265,7 +265,7 @@ async fn compare_and_set_and_bad_input() {
         .await
         .unwrap();
     assert!(del.succeeded);
-    assert!(t.get(&[key.clone()], &[], false).await.unwrap()[0].is_none());
+    assert!(t.get(std::slice::from_ref(&key), &[], false).await.unwrap()[0].is_none());
 
     // Bad input: a clear status, nothing written.
     let err = client.table("nope").await.unwrap_err();
@@ -303,7 +303,7 @@ async fn compare_and_set_and_bad_input() {
         .unwrap()[0]
         .is_none());
     let err = t
-        .get(&[key.clone()], &["nope".into()], false)
+        .get(std::slice::from_ref(&key), &["nope".into()], false)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

@@ -352,19 +352,6 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_are_split_evenly_between_workers() {
-        let shares: Vec<u64> = (0..4).map(|i| share(10, 4, i)).collect();
-        assert_eq!(shares, vec![3, 3, 2, 2]);
-        assert_eq!((0..3).map(|i| share(2, 3, i)).sum::<u64>(), 2);
-        assert_eq!(share(7, 1, 0), 7);
-    }
-}
-
 /// What one key/value client measured.
 struct KvRun {
     puts_us: Histogram<u64>,
@@ -585,4 +572,17 @@ fn parse_mix(mix: &str) -> Result<(u64, u64)> {
         bail!("--mix needs at least one non-zero weight");
     }
     Ok((p, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_split_evenly_between_workers() {
+        let shares: Vec<u64> = (0..4).map(|i| share(10, 4, i)).collect();
+        assert_eq!(shares, vec![3, 3, 2, 2]);
+        assert_eq!((0..3).map(|i| share(2, 3, i)).sum::<u64>(), 2);
+        assert_eq!(share(7, 1, 0), 7);
+    }
 }

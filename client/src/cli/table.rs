@@ -53,13 +53,11 @@ pub async fn run(ctx: &Context, cmd: TableCommand) -> Result<()> {
                     J::from(c.name.clone()),
                     J::from(c.r#type.clone()),
                     J::from(c.nullable),
-                    J::from(
-                        info.primary_key
-                            .iter()
-                            .position(|k| k == &c.name)
-                            .map(|i| J::from(i + 1))
-                            .unwrap_or(J::Null),
-                    ),
+                    info.primary_key
+                        .iter()
+                        .position(|k| k == &c.name)
+                        .map(|i| J::from(i + 1))
+                        .unwrap_or(J::Null),
                 ]);
             }
             let schema = weir_client::table::schema_of(&info)?;

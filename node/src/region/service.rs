@@ -244,9 +244,9 @@ impl KvService {
         group: &GroupInfo,
         keys: Vec<(Vec<u8>, v1::Key)>,
         req: &GetRequest,
-        projection: &[usize],
         was_forwarded: bool,
     ) -> NodeResult<Vec<MaybeRow>> {
+        let projection = table.projection(&req.columns)?;
         match leader::target(&self.ctx, catalog, group, was_forwarded, req.stale)? {
             Target::Local(h) => {
                 if !req.stale {
@@ -260,7 +260,7 @@ impl KvService {
                         Ok(match r {
                             Some(r) => MaybeRow {
                                 found: true,
-                                row: Some(table.to_row(r, projection)?),
+                                row: Some(table.to_row(r, &projection)?),
                             },
                             None => MaybeRow {
                                 found: false,
@@ -481,7 +481,8 @@ impl Kv for KvService {
         async move {
             let catalog = self.catalog()?;
             let table = self.table(&catalog, &req.table)?;
-            let projection = table.projection(&req.columns)?;
+            // Unknown columns fail here, before anything is sent.
+            table.projection(&req.columns)?;
             // Keys grouped by region, remembering each key's place in the answer.
             let mut parts: BTreeMap<u64, (GroupInfo, Vec<usize>, Vec<(Vec<u8>, v1::Key)>)> =
                 BTreeMap::new();
@@ -495,11 +496,9 @@ impl Kv for KvService {
                 e.2.push((enc, k.clone()));
             }
             let answers = try_join_all(parts.into_values().map(|(g, idx, keys)| {
-                let (catalog, table, req, projection) = (&catalog, &table, &req, &projection);
+                let (catalog, table, req) = (&catalog, &table, &req);
                 async move {
-                    let rows = self
-                        .get_region(catalog, table, &g, keys, req, projection, fwd)
-                        .await?;
+                    let rows = self.get_region(catalog, table, &g, keys, req, fwd).await?;
                     Ok::<_, NodeError>((idx, rows))
                 }
             }))

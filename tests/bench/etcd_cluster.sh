@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Start / stop a 3-member etcd cluster on 127.0.0.1 for the peer benchmark
-# (see bench/etcd_kv.py and BENCHMARKS.md).
+# (see tests/bench/etcd_kv.py and BENCHMARKS.md).
 #
-#   bench/etcd_cluster.sh start    # start 3 members, wait until all healthy
-#   bench/etcd_cluster.sh status   # print endpoint status / health
-#   bench/etcd_cluster.sh stop     # stop the members and delete the data dirs
+#   tests/bench/etcd_cluster.sh start    # start 3 members, wait until all healthy
+#   tests/bench/etcd_cluster.sh status   # print endpoint status / health
+#   tests/bench/etcd_cluster.sh stop     # stop the members and delete the data dirs
 #
 # Requires the Debian packages etcd-server (etcd) and, for the health check,
 # etcd-client (etcdctl); falls back to curl on /health without etcdctl:

@@ -12,14 +12,14 @@ and then running this script with ~/.cache/weir/etcd-venv/bin/python.
 
 Usage:
 
-    bench/etcd_cluster.sh start
-    python3 bench/etcd_kv.py \
+    tests/bench/etcd_cluster.sh start
+    python3 tests/bench/etcd_kv.py \
         --endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 \
         --op put --ops 30000 --value-size 256 --clients 16
-    python3 bench/etcd_kv.py \
+    python3 tests/bench/etcd_kv.py \
         --endpoints 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 \
         --op get --ops 60000 --value-size 256 --clients 16
-    bench/etcd_cluster.sh stop
+    tests/bench/etcd_cluster.sh stop
 
 Prints one summary line on stdout, e.g.
     put: 30000 ops in 8.5 s = 3549 ops/s, p50 4.0 ms, p99 13.4 ms, p99.9 24.6 ms
