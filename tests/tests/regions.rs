@@ -350,3 +350,67 @@ async fn compare_and_set_and_bad_input() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regions_move_onto_joining_nodes_and_keep_their_rows() {
+    let mut cluster = InProcessCluster::start(1).await;
+    let client = Client::connect(cluster.addr(0)).await.unwrap();
+    let schema = TableSchema::parse("k BIGINT, payload VARCHAR", &["k".into()]).unwrap();
+    client
+        .create_table("moved", &schema, 1, 8 * 1024)
+        .await
+        .unwrap();
+    let table = client.table("moved").await.unwrap();
+    const ROWS: i64 = 3000;
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(100) {
+        let rows = chunk
+            .iter()
+            .map(|k| vec![Value::Int(*k), Value::Str(format!("{k:0>60}"))])
+            .collect();
+        table.put(rows).await.unwrap();
+    }
+    wait_until("the table to split", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_table("moved").await.ok()?;
+            (info.regions.len() >= 4).then_some(())
+        }
+    })
+    .await;
+
+    // Two nodes join; placement moves regions (made by splits, so their logs start after a
+    // purged prefix and the new replicas must be sent snapshots) onto them.
+    cluster.add_node().await;
+    cluster.add_node().await;
+    let addrs: Vec<String> = (1..3).map(|i| cluster.addr(i)).collect();
+    wait_until(
+        "the joined nodes to lead regions",
+        Duration::from_secs(120),
+        || {
+            let client = client.clone();
+            let addrs = addrs.clone();
+            async move {
+                let info = client.describe_table("moved").await.ok()?;
+                addrs
+                    .iter()
+                    .all(|a| info.regions.iter().any(|r| &r.leader_addr == a))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let table = client.table("moved").await.unwrap();
+    assert_eq!(
+        scan_keys(&table, false).await,
+        (0..ROWS).collect::<Vec<_>>()
+    );
+    let got = table
+        .get(&[vec![Value::Int(ROWS - 1)]], &["payload".into()], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        got[0].as_ref().unwrap().values,
+        vec![Value::Str(format!("{:0>60}", ROWS - 1))]
+    );
+    cluster.shutdown().await;
+}

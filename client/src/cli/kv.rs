@@ -249,3 +249,52 @@ impl RowPrinter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_as_one_value_or_comma_separated_values() {
+        let one = TableSchema::parse("name VARCHAR, n INT", &["name".into()]).unwrap();
+        assert_eq!(
+            parse_key(&one, "a,b", false).unwrap(),
+            vec![Value::Str("a,b".into())],
+            "a one-column key is taken whole"
+        );
+        let two = TableSchema::parse(
+            "day DATE, id BIGINT, v VARCHAR",
+            &["day".into(), "id".into()],
+        )
+        .unwrap();
+        let k = parse_key(&two, "2024-01-02,7", false).unwrap();
+        assert_eq!(k, vec![Value::Date(19724), Value::Int(7)]);
+        assert_eq!(parse_key(&two, "2024-01-02", true).unwrap().len(), 1);
+        let err = parse_key(&two, "2024-01-02", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(day, id)"), "{err}");
+        let err = parse_key(&two, "2024-01-02,x", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("column 'id'"), "{err}");
+    }
+
+    #[test]
+    fn rows_parse_from_objects_and_arrays() {
+        let s = TableSchema::parse("id BIGINT, name VARCHAR, ok BOOLEAN", &["id".into()]).unwrap();
+        let row = row_from_json(&s, &serde_json::json!({"id": 1, "NAME": "x"})).unwrap();
+        assert_eq!(
+            row,
+            vec![Value::Int(1), Value::Str("x".into()), Value::Null]
+        );
+        let row = row_from_json(&s, &serde_json::json!([2, null, true])).unwrap();
+        assert_eq!(row, vec![Value::Int(2), Value::Null, Value::Bool(true)]);
+        let err = row_from_json(&s, &serde_json::json!({"id": 1, "nope": 2}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown column 'nope'"), "{err}");
+        assert!(row_from_json(&s, &serde_json::json!([1])).is_err());
+        assert!(row_from_json(&s, &serde_json::json!("x")).is_err());
+    }
+}

@@ -663,6 +663,95 @@ mod tests {
     }
 
     #[test]
+    fn table_kv_load_and_bench_kv_parse() {
+        let cli = parse(&[
+            "table",
+            "create",
+            "users",
+            "--schema",
+            "id BIGINT, name VARCHAR",
+            "--primary-key",
+            "id",
+        ])
+        .unwrap();
+        let Command::Table(TableCommand::Create(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command);
+        };
+        assert_eq!((args.replicas, args.split_bytes), (0, 0));
+        assert_eq!(
+            parse(&["table", "create", "t", "--schema", "a INT"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let cli = parse(&[
+            "kv",
+            "scan",
+            "users",
+            "--start",
+            "5",
+            "--end",
+            "9",
+            "--limit",
+            "3",
+            "--reverse",
+        ])
+        .unwrap();
+        let Command::Kv(KvCommand::Scan {
+            start,
+            end,
+            limit,
+            reverse,
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            (start.as_deref(), end.as_deref(), limit, reverse),
+            (Some("5"), Some("9"), Some(3), true)
+        );
+        assert_eq!(
+            parse(&["kv", "get", "users"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let cli = parse(&[
+            "load", "csv", "f.csv", "--table", "t", "--create", "--header", "-d", ";",
+        ])
+        .unwrap();
+        let Command::Load(LoadCommand::Csv(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.create && args.header);
+        assert_eq!(args.delimiter, ';');
+        assert_eq!((args.batch_rows, args.concurrency), (2000, 8));
+        // Creation options only make sense with --create.
+        assert_eq!(
+            parse(&[
+                "load",
+                "csv",
+                "f.csv",
+                "--table",
+                "t",
+                "--primary-key",
+                "id"
+            ])
+            .unwrap_err()
+            .kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let cli = parse(&[
+            "bench", "kv", "--table", "kv", "--ops", "100", "--mix", "1:9",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Kv(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((args.clients, args.value_size), (16, 256));
+        assert_eq!(args.mix, "1:9");
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
