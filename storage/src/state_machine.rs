@@ -357,7 +357,20 @@ impl StateMachine {
                 region::put_state(&self.engine, b, group, st)?;
                 Response::KvWritten { version: index }
             }
-            (Kind::Region(_, st, _), Request::Split { split_key, child }) => {
+            (
+                Kind::Region(_, st, _),
+                Request::Split {
+                    split_key,
+                    child,
+                    epoch: planned,
+                },
+            ) => {
+                if *planned != st.epoch {
+                    return Ok(Response::Rejected(format!(
+                        "split planned at epoch {planned}, region {group} is at epoch {}",
+                        st.epoch
+                    )));
+                }
                 let inside = split_key.as_slice() > st.start.as_slice()
                     && (st.end.is_empty() || split_key.as_slice() < st.end.as_slice());
                 if !inside {
@@ -943,6 +956,7 @@ mod tests {
                     Request::Split {
                         split_key: b"k050".to_vec(),
                         child: 8,
+                        epoch: 0,
                     },
                 ),
             ],
@@ -1034,6 +1048,19 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(r, Response::NotInRegion(_)));
+        // A split planned at an epoch the region has left (an earlier leader's plan) is refused.
+        let r = sm
+            .apply_one(
+                4,
+                &Request::Split {
+                    split_key: b"k020".to_vec(),
+                    child: 9,
+                    epoch: 0,
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(matches!(r, Response::Rejected(_)));
         assert_eq!(b.len(), 0);
     }
 

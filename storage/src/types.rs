@@ -54,6 +54,9 @@ pub enum Request {
         split_key: Vec<u8>,
         /// The new region's group id.
         child: u64,
+        /// The region's epoch the split was planned at; a split planned at another epoch (by an
+        /// earlier leader, say) is refused, so splits apply one epoch at a time.
+        epoch: u64,
     },
     /// Offsets group: record committed offsets of a consumer group.
     CommitOffsets {

@@ -93,7 +93,7 @@ async fn check(
     let Some(split_key) = mid.filter(|_| size >= t.split_bytes) else {
         return Ok(());
     };
-    split(ctx, catalog, h, split_key, size).await
+    split(ctx, catalog, h, split_key, st.epoch, size).await
 }
 
 async fn split(
@@ -101,6 +101,7 @@ async fn split(
     catalog: &Catalog,
     h: &Arc<GroupHandle>,
     split_key: Vec<u8>,
+    epoch: u64,
     size: u64,
 ) -> NodeResult<()> {
     let child = ctx
@@ -116,6 +117,7 @@ async fn split(
         Cmd::Split {
             split_key: split_key.clone(),
             child,
+            epoch,
         },
     )
     .await?
