@@ -46,6 +46,19 @@ pub fn fetched(records: u64, latency: Duration) {
     histogram!("weir_fetch_latency_seconds").record(latency.as_secs_f64());
 }
 
+/// Records a table request a client sent to this node (`op`: get, write, cas, scan) and the rows
+/// it read or wrote.
+pub fn kv_request(op: &'static str, rows: u64, latency: Duration) {
+    counter!("weir_kv_requests_total", "op" => op).increment(1);
+    counter!("weir_kv_rows_total", "op" => op).increment(rows);
+    histogram!("weir_kv_latency_seconds", "op" => op).record(latency.as_secs_f64());
+}
+
+/// Records a region split applied by a region this node leads.
+pub fn region_split() {
+    counter!("weir_region_splits_total").increment(1);
+}
+
 /// Records the Raft groups this node holds and leads, and the worst replication lag.
 pub fn record_groups(reports: &[GroupReport]) {
     gauge!("weir_raft_groups_held").set(reports.len() as f64);

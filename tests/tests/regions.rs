@@ -343,6 +343,24 @@ async fn compare_and_set_and_bad_input() {
         )
         .await;
     }
+    // The node the client talked to counts its table requests.
+    let (status, body) = weir_tests::http(
+        &cluster.nodes[2].http_addr.to_string(),
+        "GET",
+        "/metrics",
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("weir_kv_requests_total{op=\"write\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("weir_kv_latency_seconds_bucket{op=\"get\""),
+        "{body}"
+    );
     client.drop_table("acct").await.unwrap();
     assert_eq!(
         client.table("acct").await.unwrap_err().code(),

@@ -28,6 +28,7 @@ use weir_storage::{Request as Cmd, Response as Resp};
 use crate::cluster::NodeContext;
 use crate::error::{NodeError, NodeResult};
 use crate::leader::{self, forwarded, was_forwarded, Target};
+use crate::metrics;
 use crate::placement;
 
 /// Most rows one scan answer carries.
@@ -475,6 +476,7 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let started = Instant::now();
         let fwd = was_forwarded(&request);
         let req = request.into_inner();
         let span = tracing::debug_span!("kv_get", table = %req.table, keys = req.keys.len());
@@ -514,6 +516,10 @@ impl Kv for KvService {
                     rows[i] = r;
                 }
             }
+            if !fwd {
+                let found = rows.iter().filter(|r| r.found).count() as u64;
+                metrics::kv_request("get", found, started.elapsed());
+            }
             Ok(Response::new(GetResponse { rows }))
         }
         .instrument(span)
@@ -525,6 +531,7 @@ impl Kv for KvService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let started = Instant::now();
         let fwd = was_forwarded(&request);
         let req = request.into_inner();
         let span =
@@ -571,9 +578,11 @@ impl Kv for KvService {
                 async move { self.write_region(catalog, &g, name, ops, muts, fwd).await }
             }))
             .await?;
-            Ok(Response::new(WriteResponse {
-                applied: applied.into_iter().sum(),
-            }))
+            let applied: u64 = applied.into_iter().sum();
+            if !fwd {
+                metrics::kv_request("write", applied, started.elapsed());
+            }
+            Ok(Response::new(WriteResponse { applied }))
         }
         .instrument(span)
         .await
@@ -584,6 +593,7 @@ impl Kv for KvService {
         &self,
         request: Request<CasRequest>,
     ) -> Result<Response<CasResponse>, Status> {
+        let started = Instant::now();
         let fwd = was_forwarded(&request);
         let req = request.into_inner();
         let catalog = self.catalog()?;
@@ -692,6 +702,7 @@ impl Kv for KvService {
                 )
             }
         };
+        metrics::kv_request("cas", u64::from(succeeded), started.elapsed());
         Ok(Response::new(CasResponse {
             succeeded,
             current: Some(current),
@@ -699,6 +710,7 @@ impl Kv for KvService {
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let started = Instant::now();
         let fwd = was_forwarded(&request);
         let req = request.into_inner();
         if req.start_key.len() > MAX_KEY_BYTES + 1 || req.end_key.len() > MAX_KEY_BYTES + 1 {
@@ -740,6 +752,7 @@ impl Kv for KvService {
             .iter()
             .map(|r| table.to_row(r, &projection))
             .collect::<NodeResult<Vec<_>>>()?;
+        metrics::kv_request("scan", rows.len() as u64, started.elapsed());
         Ok(Response::new(ScanResponse {
             rows,
             keys: page.rows.into_iter().map(|r| r.key.into()).collect(),

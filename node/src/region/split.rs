@@ -135,6 +135,7 @@ async fn split(
     };
     let rec = rx.borrow().last_split.clone();
     tracing::info!(region = h.id, child, bytes = size, "region split");
+    crate::metrics::region_split();
     if let Some(rec) = rec {
         report(ctx, h.id, &rec).await?;
     }
