@@ -287,6 +287,7 @@ impl GroupManager {
                 Err(e) => tracing::error!(group = g.id, error = %e, "cannot start replica"),
             }
         }
+        self.drop_stray_split_children(catalog);
         let running: Vec<u64> = self.groups.keys().copied().collect();
         for id in running {
             if id == METADATA_GROUP {
@@ -322,6 +323,41 @@ impl GroupManager {
         }
         if changed {
             self.publish();
+        }
+    }
+
+    /// Deletes the first state of regions that a local parent's split wrote here although the
+    /// catalog placed them elsewhere (the parent's replicas changed between the split and its
+    /// report), so that no orphaned rows stay behind.
+    fn drop_stray_split_children(&self, catalog: &Catalog) {
+        let me = self.cfg.node_id;
+        for g in catalog.groups.values() {
+            let GroupKind::Region {
+                parent: Some(parent),
+                ..
+            } = &g.kind
+            else {
+                continue;
+            };
+            if g.replicas.contains(&me)
+                || self.groups.contains_key(&g.id)
+                || !self.groups.contains_key(parent)
+            {
+                continue;
+            }
+            if let Ok(Some(_)) = weir_storage::region::load_state(&self.cfg.engine, g.id) {
+                let dropped = LogStore::new(self.cfg.engine.clone(), g.id)
+                    .destroy()
+                    .and_then(|_| {
+                        StateMachine::destroy(&self.cfg.engine, g.id, &self.cfg.snapshot_root)
+                    });
+                match dropped {
+                    Ok(()) => {
+                        tracing::info!(region = g.id, "dropped a split's data placed elsewhere")
+                    }
+                    Err(e) => tracing::warn!(region = g.id, error = %e, "dropping a split's data"),
+                }
+            }
         }
     }
 
