@@ -187,15 +187,12 @@ impl Cluster for ClusterService {
         &self,
         request: Request<AllocateGroupRequest>,
     ) -> Result<Response<AllocateGroupResponse>, Status> {
-        if !self.ctx.is_metadata_leader() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
-            }
-            return self
-                .ctx
-                .cluster_client_of_leader()?
-                .allocate_group(forwarded(request.into_inner()))
-                .await;
+        if let Ok(answer) = leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
+            ClusterClient::new(ch).allocate_group(r).await
+        })
+        .await?
+        {
+            return Ok(answer);
         }
         match self.ctx.propose_meta(MetaCommand::AllocateGroup).await? {
             MetaResponse::GroupId(group_id) => {
@@ -211,16 +208,14 @@ impl Cluster for ClusterService {
         &self,
         request: Request<ReportSplitRequest>,
     ) -> Result<Response<ReportSplitResponse>, Status> {
-        if !self.ctx.is_metadata_leader() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
-            }
-            return self
-                .ctx
-                .cluster_client_of_leader()?
-                .report_split(forwarded(request.into_inner()))
-                .await;
-        }
+        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
+            ClusterClient::new(ch).report_split(r).await
+        })
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
         let r = request.into_inner();
         match self
             .ctx

@@ -164,6 +164,30 @@ fn write_error(
     NodeError::Unavailable(format!("group {}: {e}", h.id))
 }
 
+/// Catalog changes are made by the metadata leader: returns the request to serve it here when this
+/// node leads group 0, or the leader's answer after forwarding it there with `forward` (once: a
+/// request that was already forwarded finds the leader moved and the client retries).
+pub async fn on_metadata_leader<T, R, F, Fut>(
+    ctx: &NodeContext,
+    request: tonic::Request<T>,
+    forward: F,
+) -> Result<Result<tonic::Response<R>, tonic::Request<T>>, tonic::Status>
+where
+    F: FnOnce(tonic::transport::Channel, tonic::Request<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    if ctx.is_metadata_leader() {
+        return Ok(Err(request));
+    }
+    if was_forwarded(&request) {
+        return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
+    }
+    let channel = ctx.peers.channel(&ctx.metadata_leader_addr()?)?;
+    forward(channel, forwarded(request.into_inner()))
+        .await
+        .map(Ok)
+}
+
 /// Header marking a request one node forwarded to another, so it is not forwarded again.
 pub const FORWARDED: &str = "weir-forwarded";
 

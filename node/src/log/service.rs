@@ -195,15 +195,14 @@ impl Log for LogService {
         if req.replicas == 0 {
             return Err(NodeError::InvalidArgument("replicas must be at least 1".into()).into());
         }
-        if !self.ctx.is_metadata_leader() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
-            }
-            return self
-                .leader_client()?
-                .create_topic(forwarded(request.into_inner()))
-                .await;
-        }
+        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
+            LogClient::new(ch).create_topic(r).await
+        })
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
         let req = request.into_inner();
         let catalog = self.catalog()?;
         if catalog.topics.contains_key(&req.name) {
@@ -243,15 +242,14 @@ impl Log for LogService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        if !self.ctx.is_metadata_leader() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
-            }
-            return self
-                .leader_client()?
-                .delete_topic(forwarded(request.into_inner()))
-                .await;
-        }
+        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
+            LogClient::new(ch).delete_topic(r).await
+        })
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
         let name = request.into_inner().name;
         match self
             .ctx

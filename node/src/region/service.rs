@@ -361,15 +361,14 @@ impl Kv for KvService {
         crate::names::validate("table", &req.name)?;
         let schema =
             TableSchema::new(columns_of(&req.columns)?, &req.primary_key).map_err(invalid)?;
-        if !self.ctx.is_metadata_leader() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
-            }
-            return self
-                .leader_client()?
-                .create_table(forwarded(request.into_inner()))
-                .await;
-        }
+        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
+            KvClient::new(ch).create_table(r).await
+        })
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
         let req = request.into_inner();
         let catalog = self.catalog()?;
         if catalog.tables.contains_key(&req.name) {
@@ -420,15 +419,14 @@ impl Kv for KvService {
         &self,
         request: Request<DropTableRequest>,
     ) -> Result<Response<DropTableResponse>, Status> {
-        if !self.ctx.is_metadata_leader() {
-            if was_forwarded(&request) {
-                return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
-            }
-            return self
-                .leader_client()?
-                .drop_table(forwarded(request.into_inner()))
-                .await;
-        }
+        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
+            KvClient::new(ch).drop_table(r).await
+        })
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
         let name = request.into_inner().name;
         match self
             .ctx
