@@ -192,6 +192,20 @@ impl Client {
         replicas: u32,
         split_bytes: u64,
     ) -> Result<TableInfo> {
+        self.create_table_split_at(name, schema, replicas, split_bytes, &[])
+            .await
+    }
+
+    /// Creates a table already split before each of `split_points` (keys or key prefixes), one
+    /// region per range, as HBase's `SPLITS`: a bulk load is spread over nodes from the start.
+    pub async fn create_table_split_at(
+        &self,
+        name: &str,
+        schema: &TableSchema,
+        replicas: u32,
+        split_bytes: u64,
+        split_points: &[Vec<Value>],
+    ) -> Result<TableInfo> {
         let req = v1::CreateTableRequest {
             name: name.to_string(),
             columns: schema
@@ -206,6 +220,7 @@ impl Client {
             primary_key: schema.key_columns().map(|c| c.name.clone()).collect(),
             replicas,
             split_bytes,
+            split_points: split_points.iter().map(|k| to_key(k)).collect(),
         };
         let timeout = self
             .config()

@@ -181,8 +181,10 @@ pub enum MetaCommand {
         replicas: u32,
         /// Split threshold of its regions.
         split_bytes: u64,
-        /// Replica set of the first region.
-        placement: Vec<u64>,
+        /// Encoded keys the table starts split at, ascending; no keys: one region.
+        split_keys: Vec<Vec<u8>>,
+        /// Replica set of each region, in key order (one more than split keys).
+        placement: Vec<Vec<u64>>,
     },
     /// Drops a table and its regions.
     DropTable {
@@ -336,27 +338,45 @@ impl Catalog {
                 schema,
                 replicas,
                 split_bytes,
+                split_keys,
                 placement,
             } => {
                 if self.tables.contains_key(name) {
                     return MetaResponse::Rejected(format!("table '{name}' already exists"));
                 }
-                let id = self.alloc_group();
-                self.groups.insert(
-                    id,
-                    GroupInfo {
+                let ascending = split_keys.windows(2).all(|w| w[0] < w[1]);
+                if placement.len() != split_keys.len() + 1
+                    || !ascending
+                    || split_keys.first().is_some_and(|k| k.is_empty())
+                {
+                    return MetaResponse::Rejected(
+                        "split keys must be non-empty and ascending, with one placement per region"
+                            .into(),
+                    );
+                }
+                let mut bounds = vec![Vec::new()];
+                bounds.extend(split_keys.iter().cloned());
+                bounds.push(Vec::new());
+                let mut regions = Vec::with_capacity(placement.len());
+                for (i, nodes) in placement.iter().enumerate() {
+                    let id = self.alloc_group();
+                    self.groups.insert(
                         id,
-                        kind: GroupKind::Region {
-                            table: name.clone(),
-                            start: Vec::new(),
-                            end: Vec::new(),
+                        GroupInfo {
+                            id,
+                            kind: GroupKind::Region {
+                                table: name.clone(),
+                                start: bounds[i].clone(),
+                                end: bounds[i + 1].clone(),
+                                epoch: 0,
+                                parent: None,
+                            },
+                            replicas: nodes.clone(),
                             epoch: 0,
-                            parent: None,
                         },
-                        replicas: placement.clone(),
-                        epoch: 0,
-                    },
-                );
+                    );
+                    regions.push(id);
+                }
                 let table_id = self.next_table_id.max(1);
                 self.next_table_id = table_id + 1;
                 self.tables.insert(
@@ -367,7 +387,7 @@ impl Catalog {
                         schema: schema.clone(),
                         replicas: *replicas,
                         split_bytes: *split_bytes,
-                        regions: vec![id],
+                        regions,
                     },
                 );
                 MetaResponse::Ok
@@ -543,7 +563,8 @@ mod tests {
             schema,
             replicas: 1,
             split_bytes: 1024,
-            placement: vec![1],
+            split_keys: vec![],
+            placement: vec![vec![1]],
         };
         assert_eq!(c.apply(&create), MetaResponse::Ok);
         let r1 = c.tables["t"].regions[0];

@@ -432,3 +432,69 @@ async fn regions_move_onto_joining_nodes_and_keep_their_rows() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tables_can_start_split_at_given_keys() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.unwrap();
+    let schema = TableSchema::parse(
+        "day DATE, id BIGINT, v VARCHAR",
+        &["day".into(), "id".into()],
+    )
+    .unwrap();
+    let day = |d: &str| Value::parse_text(d, &schema.columns[0]).unwrap();
+    let info = client
+        .create_table_split_at(
+            "events",
+            &schema,
+            3,
+            0,
+            &[vec![day("2024-03-01")], vec![day("2024-02-01")]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.regions.len(), 3, "two split points make three regions");
+    // Regions are ordered and tile the key space whatever the order the points were given in.
+    assert!(info.regions[0].start_key.is_empty() && info.regions[2].end_key.is_empty());
+    assert_eq!(info.regions[0].end_key, info.regions[1].start_key);
+    assert!(info.regions[0].end_key < info.regions[1].end_key);
+
+    let table = client.table("events").await.unwrap();
+    let rows: Vec<Vec<Value>> = ["2024-01-15", "2024-02-15", "2024-03-15"]
+        .iter()
+        .flat_map(|d| (0..10).map(move |i| (d, i)))
+        .map(|(d, i)| vec![day(d), Value::Int(i), Value::Str(format!("{d}/{i}"))])
+        .collect();
+    assert_eq!(table.put(rows).await.unwrap(), 30);
+    // A prefix bound selects one month, across the boundary-free middle region.
+    let mut got = Vec::new();
+    table
+        .scan(
+            &ScanOptions {
+                start: Some(vec![day("2024-02-01")]),
+                end: Some(vec![day("2024-03-01")]),
+                columns: vec!["v".into()],
+                ..ScanOptions::default()
+            },
+            |page| {
+                got.extend(page.into_iter().map(|(_, r)| r.values[0].clone()));
+                true
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 10);
+    assert_eq!(got[0], Value::Str("2024-02-15/0".into()));
+
+    // A split point that does not fit the key is refused and creates nothing.
+    let err = client
+        .create_table_split_at("bad", &schema, 1, 0, &[vec![Value::Str("x".into())]])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert_eq!(
+        client.table("bad").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    cluster.shutdown().await;
+}

@@ -127,6 +127,9 @@ pub struct CreateTableArgs {
     /// A region larger than this many bytes splits (default 64 MiB).
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub split_bytes: u64,
+    /// Start with a region boundary before this key (or key prefix); repeat for more regions.
+    #[arg(long = "split-at", value_name = "KEY")]
+    pub split_at: Vec<String>,
 }
 
 /// `weir kv ...`.
@@ -678,6 +681,25 @@ mod tests {
             panic!("wrong command: {:?}", cli.command);
         };
         assert_eq!((args.replicas, args.split_bytes), (0, 0));
+        assert!(args.split_at.is_empty());
+        let cli = parse(&[
+            "table",
+            "create",
+            "t",
+            "--schema",
+            "a INT",
+            "--primary-key",
+            "a",
+            "--split-at",
+            "10",
+            "--split-at",
+            "20",
+        ])
+        .unwrap();
+        let Command::Table(TableCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.split_at, vec!["10", "20"]);
         assert_eq!(
             parse(&["table", "create", "t", "--schema", "a INT"])
                 .unwrap_err()

@@ -17,15 +17,27 @@ pub async fn run(ctx: &Context, cmd: TableCommand) -> Result<()> {
             let pk = split_names(&args.primary_key);
             let schema = TableSchema::parse(&args.schema, &pk)
                 .context("invalid --schema / --primary-key")?;
+            let points = args
+                .split_at
+                .iter()
+                .map(|k| super::kv::parse_key(&schema, k, true))
+                .collect::<Result<Vec<_>>>()?;
             let info = client
-                .create_table(&args.name, &schema, args.replicas, args.split_bytes)
+                .create_table_split_at(
+                    &args.name,
+                    &schema,
+                    args.replicas,
+                    args.split_bytes,
+                    &points,
+                )
                 .await?;
             let sentence = format!(
-                "created table {} ({}) with primary key ({}), {} replica(s)",
+                "created table {} ({}) with primary key ({}), {} replica(s), {} region(s)",
                 info.name,
                 schema.to_sql(),
                 info.primary_key.join(", "),
-                info.replicas
+                info.replicas,
+                info.regions.len()
             );
             print_summary(ctx.format, &sentence, &table_fields(&info), &mut out)
         }

@@ -35,6 +35,8 @@ use crate::placement;
 const MAX_SCAN_ROWS: usize = 10_000;
 /// About the most bytes one scan answer carries.
 const MAX_SCAN_BYTES: usize = 4 << 20;
+/// Most regions a table may be created with.
+const MAX_SPLIT_POINTS: usize = 1024;
 /// Replicas of a region when the request does not say.
 const DEFAULT_REPLICAS: u32 = 3;
 
@@ -385,7 +387,35 @@ impl Kv for KvService {
             0 => DEFAULT_REPLICAS.min(live.max(1)),
             r => r,
         };
-        let placement = placement::place_new(&catalog, &self.ctx.liveness, 1, replicas)?;
+        let mut split_keys = Vec::with_capacity(req.split_points.len());
+        for (i, k) in req.split_points.iter().enumerate() {
+            let values = k
+                .values
+                .iter()
+                .map(Value::from_proto)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
+            let enc = key::encode_key(&schema, &values)
+                .map_err(|e| invalid(format!("split point {i}: {e}")))?;
+            if enc.is_empty() {
+                return Err(invalid(format!("split point {i} is empty")).into());
+            }
+            split_keys.push(enc);
+        }
+        split_keys.sort();
+        split_keys.dedup();
+        if split_keys.len() >= MAX_SPLIT_POINTS {
+            return Err(invalid(format!(
+                "at most {MAX_SPLIT_POINTS} split points are allowed at creation"
+            ))
+            .into());
+        }
+        let placement = placement::place_new(
+            &catalog,
+            &self.ctx.liveness,
+            split_keys.len() as u32 + 1,
+            replicas,
+        )?;
         let resp = self
             .ctx
             .propose_meta(MetaCommand::CreateTable {
@@ -397,7 +427,8 @@ impl Kv for KvService {
                 } else {
                     req.split_bytes
                 },
-                placement: placement.into_iter().next().unwrap_or_default(),
+                split_keys,
+                placement,
             })
             .await?;
         if let MetaResponse::Rejected(m) = resp {
