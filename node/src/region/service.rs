@@ -529,7 +529,11 @@ impl Kv for KvService {
             let answers = try_join_all(parts.into_values().map(|(g, idx, keys)| {
                 let (catalog, table, req) = (&catalog, &table, &req);
                 async move {
-                    let rows = self.get_region(catalog, table, &g, keys, req, fwd).await?;
+                    let span = tracing::debug_span!("region_get", region = g.id);
+                    let rows = self
+                        .get_region(catalog, table, &g, keys, req, fwd)
+                        .instrument(span)
+                        .await?;
                     Ok::<_, NodeError>((idx, rows))
                 }
             }))
@@ -604,7 +608,12 @@ impl Kv for KvService {
             let applied = try_join_all(parts.into_values().map(|(g, ops, muts)| {
                 let catalog = &catalog;
                 let name = &req.table;
-                async move { self.write_region(catalog, &g, name, ops, muts, fwd).await }
+                let span = tracing::debug_span!("region_write", region = g.id, ops = ops.len());
+                async move {
+                    self.write_region(catalog, &g, name, ops, muts, fwd)
+                        .instrument(span)
+                        .await
+                }
             }))
             .await?;
             let applied: u64 = applied.into_iter().sum();
@@ -682,6 +691,7 @@ impl Kv for KvService {
             None => return Err(invalid("compare-and-set needs a put or delete to apply").into()),
         };
         let g = region_for(&catalog, &table.info, &key)?.clone();
+        tracing::debug!(table = %req.table, region = g.id, "compare-and-set");
         let h = match leader::target(&self.ctx, &catalog, &g, fwd, false)? {
             Target::Local(h) => h,
             Target::Forward(addr) => {
@@ -754,6 +764,7 @@ impl Kv for KvService {
             region_for(&catalog, &table.info, &req.start_key)?
         }
         .clone();
+        tracing::debug!(table = %req.table, region = g.id, reverse = req.reverse, "scan");
         let h = match leader::target(&self.ctx, &catalog, &g, fwd, req.stale)? {
             Target::Local(h) => h,
             Target::Forward(addr) => return self.client(&addr)?.scan(forwarded(req)).await,
