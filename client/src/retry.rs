@@ -76,7 +76,8 @@ pub(crate) fn classify(status: &Status) -> Verdict {
         }
         // UNKNOWN: the write's leader changed before it committed. Idempotent requests retry;
         // callers of non-idempotent ones (compare-and-set) must not, see `is_ambiguous`.
-        Code::Unavailable | Code::Aborted | Code::Unknown => Verdict::Unavailable,
+        // CANCELLED: a stream reset on the way (a node between died mid-request), likewise.
+        Code::Unavailable | Code::Aborted | Code::Unknown | Code::Cancelled => Verdict::Unavailable,
         _ => Verdict::Fail,
     }
 }
@@ -84,7 +85,7 @@ pub(crate) fn classify(status: &Status) -> Verdict {
 /// True when a failed request may nevertheless have been applied: the connection broke before
 /// the answer, or the server said the outcome is unknown.
 pub(crate) fn is_ambiguous(status: &Status) -> bool {
-    is_transport(status) || status.code() == Code::Unknown
+    is_transport(status) || matches!(status.code(), Code::Unknown | Code::Cancelled)
 }
 
 /// Tracks the attempts of one logical request against its deadline.

@@ -92,7 +92,10 @@ impl Cluster for ClusterService {
                 return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
             }
             let mut c = self.ctx.cluster_client_of_leader()?;
-            return c.join(forwarded(request.into_inner())).await;
+            return c
+                .join(forwarded(request.into_inner()))
+                .await
+                .map_err(leader::relay);
         }
         let req = request.into_inner();
         if req.advertise_addr.trim().is_empty() {
@@ -134,7 +137,10 @@ impl Cluster for ClusterService {
                 return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
             }
             let mut c = self.ctx.cluster_client_of_leader()?;
-            return c.status(forwarded(request.into_inner())).await;
+            return c
+                .status(forwarded(request.into_inner()))
+                .await
+                .map_err(leader::relay);
         }
         let catalog = self.ctx.registry.catalog()?;
         let meta = self.ctx.registry.metadata()?;

@@ -54,7 +54,7 @@ impl From<weir_storage::StorageError> for NodeError {
 
 impl From<Status> for NodeError {
     fn from(s: Status) -> Self {
-        NodeError::Remote(s)
+        NodeError::Remote(crate::leader::relay(s))
     }
 }
 

@@ -188,6 +188,21 @@ where
         .map(Ok)
 }
 
+/// The answer to pass back for a forwarded request: the other node's own status as it is, but a
+/// failure of the forwarding connection itself (the node died or the stream was reset, which tonic
+/// reports as CANCELLED or UNKNOWN with the I/O error as its source) becomes UNKNOWN with a message
+/// saying so, since the other node may have applied the request before it went away.
+pub fn relay(status: tonic::Status) -> tonic::Status {
+    if std::error::Error::source(&status).is_none() {
+        return status;
+    }
+    tonic::Status::unknown(format!(
+        "the node this request was forwarded to failed before answering ({}); it may or may not \
+         have been applied",
+        status.message()
+    ))
+}
+
 /// Header marking a request one node forwarded to another, so it is not forwarded again.
 pub const FORWARDED: &str = "weir-forwarded";
 
@@ -202,4 +217,24 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
     r.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_forwarding_connection_is_reported_as_unknown_outcome() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        let relayed = relay(broken);
+        assert_eq!(relayed.code(), tonic::Code::Unknown);
+        assert!(relayed.message().contains("may or may not"));
+        // The other node's own answers pass through unchanged.
+        let own = tonic::Status::not_found("table 't' does not exist");
+        assert_eq!(relay(own.clone()).code(), own.code());
+        assert_eq!(relay(own.clone()).message(), own.message());
+    }
 }

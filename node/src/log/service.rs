@@ -267,7 +267,10 @@ impl Log for LogService {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         if !self.ctx.is_metadata_leader() && !was_forwarded(&request) {
             if let Ok(mut c) = self.leader_client() {
-                return c.list_topics(forwarded(request.into_inner())).await;
+                return c
+                    .list_topics(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay);
             }
         }
         let catalog = self.catalog()?;
@@ -286,7 +289,10 @@ impl Log for LogService {
         // Leaders and offsets come from the heartbeats only the metadata leader collects.
         if !self.ctx.is_metadata_leader() && !was_forwarded(&request) {
             if let Ok(mut c) = self.leader_client() {
-                return c.describe_topic(forwarded(request.into_inner())).await;
+                return c
+                    .describe_topic(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay);
             }
         }
         let catalog = self.catalog()?;
@@ -314,7 +320,12 @@ impl Log for LogService {
             .map_err(|e| NodeError::InvalidArgument(format!("rejected batch: {e}")))?;
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
             Serve::Local(h) => h,
-            Serve::Forward(mut c) => return c.produce(forwarded(request.into_inner())).await,
+            Serve::Forward(mut c) => {
+                return c
+                    .produce(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
+            }
         };
         let req = request.into_inner();
         let cmd = Cmd::Append {
@@ -365,7 +376,12 @@ impl Log for LogService {
         let group = self.partition(&catalog, &req.topic, req.partition)?;
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
             Serve::Local(h) => h,
-            Serve::Forward(mut c) => return c.fetch(forwarded(request.into_inner())).await,
+            Serve::Forward(mut c) => {
+                return c
+                    .fetch(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
+            }
         };
         let req = request.into_inner();
         let mut rx = match &h.watch {
@@ -431,7 +447,12 @@ impl Log for LogService {
         let group = self.partition(&catalog, &req.topic, req.partition)?;
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
             Serve::Local(h) => h,
-            Serve::Forward(mut c) => return c.list_offsets(forwarded(request.into_inner())).await,
+            Serve::Forward(mut c) => {
+                return c
+                    .list_offsets(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
+            }
         };
         let st = partition_state(&h)?;
         Ok(Response::new(ListOffsetsResponse {
@@ -468,7 +489,10 @@ impl Log for LogService {
         let h = match self.serve(&catalog, &og, was_forwarded(&request))? {
             Serve::Local(h) => h,
             Serve::Forward(mut c) => {
-                return c.commit_offsets(forwarded(request.into_inner())).await
+                return c
+                    .commit_offsets(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
             }
         };
         let req = request.into_inner();
@@ -494,7 +518,10 @@ impl Log for LogService {
         let h = match self.serve(&catalog, &og, was_forwarded(&request))? {
             Serve::Local(h) => h,
             Serve::Forward(mut c) => {
-                return c.fetch_committed(forwarded(request.into_inner())).await
+                return c
+                    .fetch_committed(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
             }
         };
         let req = request.into_inner();
@@ -538,7 +565,10 @@ impl Log for LogService {
         }
         let og = self.offsets_group(&catalog)?;
         if let Serve::Forward(mut c) = self.serve(&catalog, &og, was_forwarded(&request))? {
-            return c.group_heartbeat(forwarded(request.into_inner())).await;
+            return c
+                .group_heartbeat(forwarded(request.into_inner()))
+                .await
+                .map_err(leader::relay);
         }
         let req = request.into_inner();
         let timeout = match req.session_timeout_ms {
@@ -564,7 +594,10 @@ impl Log for LogService {
         let catalog = self.catalog()?;
         let og = self.offsets_group(&catalog)?;
         if let Serve::Forward(mut c) = self.serve(&catalog, &og, was_forwarded(&request))? {
-            return c.leave_group(forwarded(request.into_inner())).await;
+            return c
+                .leave_group(forwarded(request.into_inner()))
+                .await
+                .map_err(leader::relay);
         }
         let req = request.into_inner();
         self.coordinator

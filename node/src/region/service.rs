@@ -477,7 +477,8 @@ impl Kv for KvService {
             return self
                 .leader_client()?
                 .list_tables(forwarded(request.into_inner()))
-                .await;
+                .await
+                .map_err(leader::relay);
         }
         let catalog = self.catalog()?;
         let tables = catalog
@@ -496,7 +497,8 @@ impl Kv for KvService {
             return self
                 .leader_client()?
                 .describe_table(forwarded(request.into_inner()))
-                .await;
+                .await
+                .map_err(leader::relay);
         }
         let catalog = self.catalog()?;
         Ok(Response::new(
@@ -695,7 +697,11 @@ impl Kv for KvService {
         let h = match leader::target(&self.ctx, &catalog, &g, fwd, false)? {
             Target::Local(h) => h,
             Target::Forward(addr) => {
-                return self.client(&addr)?.compare_and_set(forwarded(req)).await
+                return self
+                    .client(&addr)?
+                    .compare_and_set(forwarded(req))
+                    .await
+                    .map_err(leader::relay)
             }
         };
         let all: Vec<usize> = (0..table.schema().columns.len()).collect();
@@ -767,7 +773,13 @@ impl Kv for KvService {
         tracing::debug!(table = %req.table, region = g.id, reverse = req.reverse, "scan");
         let h = match leader::target(&self.ctx, &catalog, &g, fwd, req.stale)? {
             Target::Local(h) => h,
-            Target::Forward(addr) => return self.client(&addr)?.scan(forwarded(req)).await,
+            Target::Forward(addr) => {
+                return self
+                    .client(&addr)?
+                    .scan(forwarded(req))
+                    .await
+                    .map_err(leader::relay)
+            }
         };
         if !req.stale {
             leader::linearizable(&h, &catalog).await?;
