@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_storage::catalog::{Catalog, GroupKind, METADATA_GROUP};
+use weir_storage::catalog::{Catalog, GroupInfo, GroupKind, METADATA_GROUP};
 use weir_storage::snapshot::SnapshotDir;
 use weir_storage::types::Raft;
 use weir_storage::{Engine, GroupWatch, LogStore, StateMachine};
@@ -174,7 +174,29 @@ impl GroupManager {
         init: Option<(u64, BTreeMap<u64, BasicNode>)>,
     ) -> NodeResult<Arc<GroupHandle>> {
         let engine = self.cfg.engine.clone();
-        let sm = StateMachine::open(engine.clone(), id, &kind, &self.cfg.snapshot_root)?;
+        let mut sm = StateMachine::open(engine.clone(), id, &kind, &self.cfg.snapshot_root)?;
+        {
+            use openraft::storage::{RaftLogStorage, RaftStateMachine};
+            let io = |e: std::io::Error| NodeError::Internal(format!("group {id}: {e}"));
+            let (applied, _) = sm.applied_state().await.map_err(io)?;
+            let purged = LogStore::new(engine.clone(), id)
+                .get_log_state()
+                .await
+                .map_err(io)?
+                .last_purged_log_id;
+            if purged.is_some() && applied < purged {
+                // A log can only be purged up to what the state machine holds; anything else
+                // would append entries on top of missing data. Start empty and get a snapshot.
+                tracing::warn!(
+                    group = id,
+                    ?applied,
+                    ?purged,
+                    "log purged past the applied state; starting the replica empty"
+                );
+                StateMachine::destroy(&engine, id, &self.cfg.snapshot_root)?;
+                sm = StateMachine::open(engine.clone(), id, &kind, &self.cfg.snapshot_root)?;
+            }
+        }
         let watch = sm.watch();
         let raft_config = if id == METADATA_GROUP {
             config::metadata()
@@ -243,25 +265,44 @@ impl GroupManager {
     async fn sync_groups(&mut self, catalog: &Catalog) {
         let me = self.cfg.node_id;
         let mut changed = false;
-        for g in catalog.groups_of(me) {
-            self.moved_away.remove(&g.id);
+        // Regions a local parent's split started here although the catalog placed them
+        // elsewhere (the parent's replicas were changing): they run like replicas moved away, so
+        // the voters of their first membership are there to elect a leader, which then moves
+        // the region to its catalog replicas; the moved-away path drops them afterwards.
+        let stray: Vec<&GroupInfo> = catalog
+            .groups
+            .values()
+            .filter(|g| {
+                matches!(&g.kind, GroupKind::Region { parent: Some(p), .. } if self.groups.contains_key(p))
+                    && !g.replicas.contains(&me)
+                    && !self.groups.contains_key(&g.id)
+                    && matches!(weir_storage::region::load_state(&self.cfg.engine, g.id), Ok(Some(_)))
+            })
+            .collect();
+        for g in catalog.groups_of(me).chain(stray) {
+            if g.replicas.contains(&me) {
+                self.moved_away.remove(&g.id);
+            }
             if self.groups.contains_key(&g.id) {
                 continue;
             }
             if let GroupKind::Region {
                 parent: Some(parent),
+                origin,
                 ..
             } = &g.kind
             {
                 // A region made by a split starts here once the local replica of its parent has
-                // applied the split, which wrote the new region's first state; where its parent
-                // does not run, it starts empty and gets a snapshot from its leader.
-                if self.groups.contains_key(parent)
-                    && matches!(
-                        weir_storage::region::load_state(&self.cfg.engine, g.id),
-                        Ok(None)
-                    )
-                {
+                // applied the split, which wrote the new region's first state. Where its parent
+                // does not run, or got past the split by a snapshot (so never applied it), it
+                // starts empty and gets a snapshot from its leader.
+                let engine = &self.cfg.engine;
+                let seeded = matches!(weir_storage::region::load_state(engine, g.id), Ok(Some(_)));
+                let parent_past_split = matches!(
+                    weir_storage::region::load_state(engine, *parent),
+                    Ok(Some(p)) if p.epoch >= origin.2
+                );
+                if self.groups.contains_key(parent) && !seeded && !parent_past_split {
                     continue;
                 }
             }
@@ -287,7 +328,6 @@ impl GroupManager {
                 Err(e) => tracing::error!(group = g.id, error = %e, "cannot start replica"),
             }
         }
-        self.drop_stray_split_children(catalog);
         let running: Vec<u64> = self.groups.keys().copied().collect();
         for id in running {
             if id == METADATA_GROUP {
@@ -309,11 +349,8 @@ impl GroupManager {
                     if let Err(e) = h.raft.shutdown().await {
                         tracing::warn!(group = id, error = %e, "raft shutdown failed");
                     }
-                    let dropped = LogStore::new(self.cfg.engine.clone(), id)
-                        .destroy()
-                        .and_then(|_| {
-                            StateMachine::destroy(&self.cfg.engine, id, &self.cfg.snapshot_root)
-                        });
+                    let dropped =
+                        StateMachine::destroy(&self.cfg.engine, id, &self.cfg.snapshot_root);
                     match dropped {
                         Ok(()) => tracing::info!(group = id, "dropped replica"),
                         Err(e) => tracing::error!(group = id, error = %e, "dropping replica"),
@@ -323,41 +360,6 @@ impl GroupManager {
         }
         if changed {
             self.publish();
-        }
-    }
-
-    /// Deletes the first state of regions that a local parent's split wrote here although the
-    /// catalog placed them elsewhere (the parent's replicas changed between the split and its
-    /// report), so that no orphaned rows stay behind.
-    fn drop_stray_split_children(&self, catalog: &Catalog) {
-        let me = self.cfg.node_id;
-        for g in catalog.groups.values() {
-            let GroupKind::Region {
-                parent: Some(parent),
-                ..
-            } = &g.kind
-            else {
-                continue;
-            };
-            if g.replicas.contains(&me)
-                || self.groups.contains_key(&g.id)
-                || !self.groups.contains_key(parent)
-            {
-                continue;
-            }
-            if let Ok(Some(_)) = weir_storage::region::load_state(&self.cfg.engine, g.id) {
-                let dropped = LogStore::new(self.cfg.engine.clone(), g.id)
-                    .destroy()
-                    .and_then(|_| {
-                        StateMachine::destroy(&self.cfg.engine, g.id, &self.cfg.snapshot_root)
-                    });
-                match dropped {
-                    Ok(()) => {
-                        tracing::info!(region = g.id, "dropped a split's data placed elsewhere")
-                    }
-                    Err(e) => tracing::warn!(region = g.id, error = %e, "dropping a split's data"),
-                }
-            }
         }
     }
 

@@ -58,6 +58,10 @@ pub enum GroupKind {
         epoch: u64,
         /// The region this one split from; its replicas hold its first data.
         parent: Option<u64>,
+        /// The range and epoch the region's group was created with, which never change: a
+        /// replica that starts empty replays the group's log from there (splits shrink `end`
+        /// and bump `epoch` as they are applied), never from the range the catalog shows now.
+        origin: (Vec<u8>, Vec<u8>, u64),
     },
 }
 
@@ -370,6 +374,7 @@ impl Catalog {
                                 end: bounds[i + 1].clone(),
                                 epoch: 0,
                                 parent: None,
+                                origin: (bounds[i].clone(), bounds[i + 1].clone(), 0),
                             },
                             replicas: nodes.clone(),
                             epoch: 0,
@@ -479,9 +484,10 @@ impl Catalog {
                 kind: GroupKind::Region {
                     table,
                     start: split_key.to_vec(),
-                    end: old_end,
+                    end: old_end.clone(),
                     epoch: new_epoch,
                     parent: Some(parent),
+                    origin: (split_key.to_vec(), old_end, new_epoch),
                 },
                 replicas,
                 // Not founders: the child starts from the parent's split, not from `initialize`.

@@ -125,16 +125,15 @@ impl StateMachine {
             GroupKind::Offsets => {
                 Kind::Offsets(watch::channel(Arc::new(load_offsets(&engine, group)?)).0)
             }
-            GroupKind::Region {
-                start, end, epoch, ..
-            } => {
-                // A region not written yet starts as the catalog describes it.
+            GroupKind::Region { origin, .. } => {
+                // A replica holding nothing yet starts from the group's origin, as the first entry
+                // of its log found it, so replaying the log repeats every split.
                 let st = match region::load_state(&engine, group)? {
                     Some(st) => st,
                     None => RegionState {
-                        start: start.clone(),
-                        end: end.clone(),
-                        epoch: *epoch,
+                        start: origin.0.clone(),
+                        end: origin.1.clone(),
+                        epoch: origin.2,
                         ..RegionState::default()
                     },
                 };
@@ -160,9 +159,14 @@ impl StateMachine {
         }
     }
 
-    /// Deletes the group's data and snapshots (the replica is being dropped).
+    /// Deletes everything of the group's replica — Raft log, Raft metadata, data — in one write
+    /// batch, then its snapshots (the replica is being dropped). One batch, so that another
+    /// group's apply (a parent seeding a split region) can never land between the deletions and
+    /// leave a log without the data it stands for.
     pub fn destroy(engine: &Engine, group: u64, snapshot_root: &Path) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
+        engine.delete_group_range(&mut b, crate::engine::CF_LOG, group)?;
+        engine.delete_group_range(&mut b, crate::engine::CF_META, group)?;
         engine.delete_group_range(&mut b, CF_DATA, group)?;
         engine.write_sync(b)?;
         SnapshotDir::new(snapshot_root, group).destroy()
@@ -908,6 +912,7 @@ mod tests {
             end: Vec::new(),
             epoch: 0,
             parent: None,
+            origin: (Vec::new(), Vec::new(), 0),
         }
     }
 
@@ -963,6 +968,64 @@ mod tests {
         )
         .await;
         let k = |s: &str| s.as_bytes().to_vec();
+        // A replica that starts empty after the split (the catalog now shows the narrower range)
+        // replays the same log from its origin and ends in the same state.
+        let late_engine = Engine::open(&dir.path().join("late")).unwrap();
+        let narrowed = GroupKind::Region {
+            table: "t".into(),
+            start: Vec::new(),
+            end: k("k050"),
+            epoch: 1,
+            parent: None,
+            origin: (Vec::new(), Vec::new(), 0),
+        };
+        let mut late =
+            StateMachine::open(late_engine.clone(), 7, &narrowed, &dir.path().join("s2")).unwrap();
+        let replay: Vec<_> = (0..100)
+            .map(|i| format!("k{i:03}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|key| put(key, "v"))
+            .collect();
+        apply_all(
+            &mut late,
+            vec![
+                entry(
+                    1,
+                    Request::KvWrite {
+                        ops: replay,
+                        condition: None,
+                    },
+                ),
+                entry(
+                    2,
+                    Request::KvWrite {
+                        ops: vec![put("k000", "w")],
+                        condition: Some(crate::types::KvCondition {
+                            key: b"k000".to_vec(),
+                            expect: Expect::Version(1),
+                        }),
+                    },
+                ),
+                entry(
+                    3,
+                    Request::Split {
+                        split_key: b"k050".to_vec(),
+                        child: 8,
+                        epoch: 0,
+                    },
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            region::load_state(&late_engine, 7).unwrap(),
+            region::load_state(&engine, 7).unwrap()
+        );
+        assert!(region::get_rows(&late_engine, 8, &[k("k099")])
+            .unwrap()
+            .unwrap()[0]
+            .is_some());
         let got = region::get_rows(&engine, 7, &[k("k000"), k("k049")])
             .unwrap()
             .unwrap();

@@ -418,9 +418,20 @@ async fn regions_move_onto_joining_nodes_and_keep_their_rows() {
     )
     .await;
     let table = client.table("moved").await.unwrap();
-    assert_eq!(
-        scan_keys(&table, false).await,
-        (0..ROWS).collect::<Vec<_>>()
+    let keys = scan_keys(&table, false).await;
+    let got: BTreeSet<i64> = keys.iter().copied().collect();
+    let missing: Vec<i64> = (0..ROWS).filter(|k| !got.contains(k)).collect();
+    let info = client.describe_table("moved").await.unwrap();
+    assert!(
+        missing.is_empty() && keys.len() == ROWS as usize,
+        "{} keys, missing {} (first {:?}); regions {:?}",
+        keys.len(),
+        missing.len(),
+        missing.iter().take(10).collect::<Vec<_>>(),
+        info.regions
+            .iter()
+            .map(|r| (r.id, r.epoch, r.leader, r.replicas.clone()))
+            .collect::<Vec<_>>()
     );
     let got = table
         .get(&[vec![Value::Int(ROWS - 1)]], &["payload".into()], false)
