@@ -125,6 +125,19 @@ fn rows_end(group: u64) -> Vec<u8> {
     group_key(group, &[TAG_ROW + 1])
 }
 
+/// The region state as of a RocksDB snapshot, so that reads in the same snapshot are checked
+/// against the range they were written under.
+fn state_at(
+    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+    cf: &rocksdb::ColumnFamily,
+    group: u64,
+) -> Result<RegionState, StorageError> {
+    Ok(match snap.get_cf(cf, state_key(group))? {
+        Some(v) => decode(&v)?,
+        None => RegionState::default(),
+    })
+}
+
 /// Reads the rows of `keys` in one consistent snapshot, or reports that the region does not hold
 /// one of them.
 pub fn get_rows(
@@ -135,10 +148,7 @@ pub fn get_rows(
     let db = engine.db();
     let cf = engine.cf(CF_DATA)?;
     let snap = db.snapshot();
-    let st: RegionState = match snap.get_cf(cf, state_key(group))? {
-        Some(v) => decode(&v)?,
-        None => RegionState::default(),
-    };
+    let st = state_at(&snap, cf, group)?;
     if let Some(_outside) = keys.iter().find(|k| !st.contains(k)) {
         return Ok(Err(NotInRegion(st)));
     }
@@ -190,10 +200,7 @@ pub fn scan_rows(
     let db = engine.db();
     let cf = engine.cf(CF_DATA)?;
     let snap = db.snapshot();
-    let st: RegionState = match snap.get_cf(cf, state_key(group))? {
-        Some(v) => decode(&v)?,
-        None => RegionState::default(),
-    };
+    let st = state_at(&snap, cf, group)?;
     let unbounded_end = end.is_empty();
     // The part of [start, end) this region holds.
     let lo: &[u8] = if start > st.start.as_slice() {
