@@ -183,6 +183,89 @@ async fn csv_load_of_a_million_rows_survives_a_killed_node() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regions_of_a_lost_node_are_recreated_elsewhere() {
+    let mut cluster = ProcessCluster::start(4, &["--down-timeout-secs", "4"]);
+    let first = cluster.addr(0);
+    wait_until("4 members up", Duration::from_secs(60), || {
+        let first = first.clone();
+        async move { (members_up(&first).await == 4).then_some(()) }
+    })
+    .await;
+    let client = Client::connect(cluster.addr(0)).await.unwrap();
+    let schema = weir_client::TableSchema::parse("k BIGINT, v VARCHAR", &["k".into()]).unwrap();
+    client
+        .create_table("kept", &schema, 3, 16 * 1024)
+        .await
+        .unwrap();
+    let table = client.table("kept").await.unwrap();
+    const ROWS: i64 = 2000;
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(200) {
+        let rows = chunk
+            .iter()
+            .map(|k| vec![Value::Int(*k), Value::Str(format!("{k:0>40}"))])
+            .collect();
+        table.put(rows).await.unwrap();
+    }
+    wait_until("the table to split", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_table("kept").await.ok()?;
+            (info.regions.len() >= 3).then_some(())
+        }
+    })
+    .await;
+
+    // Kill the last node for good; after the down timeout every region has three replicas on
+    // live nodes again, and a leader among them.
+    let lost = 3usize;
+    let lost_id = client
+        .cluster_status()
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .find(|m| m.addr == cluster.addr(lost))
+        .expect("the node is a member")
+        .id;
+    cluster.kill(lost);
+    wait_until(
+        "every region back to 3 live replicas",
+        Duration::from_secs(120),
+        || {
+            let client = client.clone();
+            async move {
+                let info = client.describe_table("kept").await.ok()?;
+                info.regions
+                    .iter()
+                    .all(|r| {
+                        r.replicas.len() == 3
+                            && !r.replicas.contains(&lost_id)
+                            && r.leader != 0
+                            && r.leader != lost_id
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let table = client.table("kept").await.unwrap();
+    let mut keys = Vec::new();
+    table
+        .scan(&ScanOptions::default(), |page| {
+            keys.extend(page.into_iter().map(|(_, r)| r.values[0].clone()));
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys, (0..ROWS).map(Value::Int).collect::<Vec<_>>());
+    // And the table still takes writes.
+    table
+        .put(vec![vec![Value::Int(ROWS), Value::Str("after".into())]])
+        .await
+        .unwrap();
+}
+
 mod linearizable {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
