@@ -15,9 +15,9 @@ use std::sync::{Arc, RwLock};
 use futures::future::try_join_all;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
-use weir_proto::table::{key, Column, TableSchema, Value};
+use weir_proto::table::{key, TableSchema, Value};
 use weir_proto::v1::kv_client::KvClient;
-use weir_proto::v1::{self, mutation, ColumnDef, ColumnExpect, Mutation, RegionInfo};
+use weir_proto::v1::{self, mutation, ColumnExpect, Mutation, RegionInfo};
 
 use crate::client::{request, Client, MAX_MESSAGE_BYTES};
 use crate::error::{is_transport, ClientError, Result};
@@ -127,19 +127,7 @@ pub struct Table {
 
 /// Builds a schema from the wire description of a table.
 pub fn schema_of(info: &TableInfo) -> Result<TableSchema> {
-    let columns = info
-        .columns
-        .iter()
-        .map(|c| {
-            Ok(Column {
-                name: c.name.clone(),
-                ty: weir_proto::table::ColumnType::parse(&c.r#type)
-                    .map_err(|e| ClientError::InvalidArgument(e.to_string()))?,
-                nullable: c.nullable,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    TableSchema::new(columns, &info.primary_key)
+    TableSchema::from_column_defs(&info.columns, &info.primary_key)
         .map_err(|e| ClientError::InvalidArgument(e.to_string()))
 }
 
@@ -208,15 +196,7 @@ impl Client {
     ) -> Result<TableInfo> {
         let req = v1::CreateTableRequest {
             name: name.to_string(),
-            columns: schema
-                .columns
-                .iter()
-                .map(|c| ColumnDef {
-                    name: c.name.clone(),
-                    r#type: c.ty.sql_name(),
-                    nullable: c.nullable,
-                })
-                .collect(),
+            columns: schema.column_defs(),
             primary_key: schema.key_columns().map(|c| c.name.clone()).collect(),
             replicas,
             split_bytes,

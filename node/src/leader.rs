@@ -188,6 +188,23 @@ where
         .map(Ok)
 }
 
+/// After a topic or table was created: describes it with `describe` until `led` says every group
+/// has a leader, so the caller can use it right away. Bounded well below clients' request
+/// timeouts; after a slow election the description simply shows no leader yet.
+pub async fn describe_once_led<T>(
+    describe: impl Fn() -> NodeResult<T>,
+    led: impl Fn(&T) -> bool,
+) -> NodeResult<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    loop {
+        let info = describe()?;
+        if led(&info) || std::time::Instant::now() > deadline {
+            return Ok(info);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The answer to pass back for a forwarded request: the other node's own status as it is, but a
 /// failure of the forwarding connection itself (the node died or the stream was reset, which tonic
 /// reports as CANCELLED or UNKNOWN with the I/O error as its source) becomes UNKNOWN with a message

@@ -511,12 +511,36 @@ impl Catalog {
     }
 
     /// The table's regions in key order, with their groups.
-    pub fn regions_of<'a>(&'a self, table: &TableInfo) -> impl Iterator<Item = &'a GroupInfo> + 'a {
-        table
+    pub fn regions_of<'a>(&'a self, table: &'a TableInfo) -> impl Iterator<Item = &'a GroupInfo> {
+        table.regions.iter().filter_map(|r| self.groups.get(r))
+    }
+
+    /// The region of `table` holding the encoded `key`: the last one starting at or before it.
+    pub fn region_at<'a>(&'a self, table: &TableInfo, key: &[u8]) -> Option<&'a GroupInfo> {
+        let i = table
             .regions
-            .clone()
-            .into_iter()
-            .filter_map(move |r| self.groups.get(&r))
+            .partition_point(|r| self.region_start(*r).is_some_and(|s| s <= key));
+        self.groups.get(table.regions.get(i.checked_sub(1)?)?)
+    }
+
+    /// The region of `table` holding the keys just below the encoded `end` (the last region when
+    /// `end` is empty), where a reverse scan ending at `end` starts.
+    pub fn region_before<'a>(&'a self, table: &TableInfo, end: &[u8]) -> Option<&'a GroupInfo> {
+        let i = if end.is_empty() {
+            table.regions.len()
+        } else {
+            table
+                .regions
+                .partition_point(|r| self.region_start(*r).is_some_and(|s| s < end))
+        };
+        self.groups.get(table.regions.get(i.max(1) - 1)?)
+    }
+
+    fn region_start(&self, group: u64) -> Option<&[u8]> {
+        match &self.groups.get(&group)?.kind {
+            GroupKind::Region { start, .. } => Some(start),
+            _ => None,
+        }
     }
 
     /// Groups whose target replica set includes `node`.
@@ -601,6 +625,12 @@ mod tests {
             ranges,
             vec![(vec![], b"m".to_vec()), (b"m".to_vec(), vec![])]
         );
+        let t = &c.tables["t"];
+        assert_eq!(c.region_at(t, b"a").map(|g| g.id), Some(r1));
+        assert_eq!(c.region_at(t, b"m").map(|g| g.id), Some(child));
+        assert_eq!(c.region_before(t, b"m").map(|g| g.id), Some(r1));
+        assert_eq!(c.region_before(t, b"").map(|g| g.id), Some(child));
+        assert_eq!(c.region_before(t, b"z").map(|g| g.id), Some(child));
         // A split of the parent at a key the child now holds is refused.
         let MetaResponse::GroupId(other) = c.apply(&MetaCommand::AllocateGroup) else {
             panic!("group id")

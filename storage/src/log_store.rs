@@ -76,15 +76,6 @@ impl LogStore {
         );
         Ok(())
     }
-
-    /// Deletes the group's whole log and Raft metadata (the replica is being dropped).
-    pub fn destroy(&self) -> Result<(), StorageError> {
-        let mut b = WriteBatch::default();
-        self.engine.delete_group_range(&mut b, CF_LOG, self.group)?;
-        self.engine
-            .delete_group_range(&mut b, CF_META, self.group)?;
-        self.engine.write_sync(b)
-    }
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -300,7 +291,7 @@ mod tests {
         assert_eq!(st.last_purged_log_id.unwrap().index, 4);
         assert_eq!(s.read_vote().await.unwrap().unwrap().leader_id().term, 5);
         assert_eq!(
-            LogStore::new(engine, 4)
+            LogStore::new(engine.clone(), 4)
                 .try_get_log_entries(..)
                 .await
                 .unwrap()
@@ -312,7 +303,9 @@ mod tests {
         s.purge(entry(1, 7).log_id).await.unwrap();
         let st = s.get_log_state().await.unwrap();
         assert_eq!(st.last_log_id.unwrap().index, 7);
-        s.destroy().unwrap();
+        // Dropping the replica takes its log and Raft metadata with it.
+        crate::StateMachine::destroy(&engine, 3, dir.path()).unwrap();
         assert!(s.get_log_state().await.unwrap().last_log_id.is_none());
+        assert!(s.read_vote().await.unwrap().is_none());
     }
 }

@@ -933,10 +933,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&dir.path().join("db")).unwrap();
         let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
-        let keys: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
-        let ops = keys.iter().map(|k| put(k, "v")).collect();
-        apply_all(
-            &mut sm,
+        // 100 rows, a CAS that must see them within the same apply call, a split at k050.
+        let log = || {
+            let ops = (0..100).map(|i| put(&format!("k{i:03}"), "v")).collect();
             vec![
                 entry(
                     1,
@@ -964,9 +963,9 @@ mod tests {
                         epoch: 0,
                     },
                 ),
-            ],
-        )
-        .await;
+            ]
+        };
+        apply_all(&mut sm, log()).await;
         let k = |s: &str| s.as_bytes().to_vec();
         // A replica that starts empty after the split (the catalog now shows the narrower range)
         // replays the same log from its origin and ends in the same state.
@@ -981,43 +980,7 @@ mod tests {
         };
         let mut late =
             StateMachine::open(late_engine.clone(), 7, &narrowed, &dir.path().join("s2")).unwrap();
-        let replay: Vec<_> = (0..100)
-            .map(|i| format!("k{i:03}"))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|key| put(key, "v"))
-            .collect();
-        apply_all(
-            &mut late,
-            vec![
-                entry(
-                    1,
-                    Request::KvWrite {
-                        ops: replay,
-                        condition: None,
-                    },
-                ),
-                entry(
-                    2,
-                    Request::KvWrite {
-                        ops: vec![put("k000", "w")],
-                        condition: Some(crate::types::KvCondition {
-                            key: b"k000".to_vec(),
-                            expect: Expect::Version(1),
-                        }),
-                    },
-                ),
-                entry(
-                    3,
-                    Request::Split {
-                        split_key: b"k050".to_vec(),
-                        child: 8,
-                        epoch: 0,
-                    },
-                ),
-            ],
-        )
-        .await;
+        apply_all(&mut late, log()).await;
         assert_eq!(
             region::load_state(&late_engine, 7).unwrap(),
             region::load_state(&engine, 7).unwrap()

@@ -69,6 +69,19 @@ pub async fn members_up(addr: &str) -> usize {
     }
 }
 
+/// The id of the member listening on `addr` (ids follow join order, so tests look them up).
+pub async fn node_id_of(client: &weir_client::Client, addr: &str) -> u64 {
+    client
+        .cluster_status()
+        .await
+        .expect("cluster status")
+        .members
+        .iter()
+        .find(|m| m.addr == addr)
+        .expect("the node is a member")
+        .id
+}
+
 /// Sends one HTTP/1.1 request to `addr` and returns the status code and body.
 pub async fn http(
     addr: &str,

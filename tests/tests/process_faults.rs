@@ -269,13 +269,7 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
     // Kill the last node for good (never node 0, the client's seed). Ids follow join order, so
     // look the node up by address.
     let lost = 3usize;
-    let status = client.cluster_status().await.expect("status");
-    let lost_id = status
-        .members
-        .iter()
-        .find(|m| m.addr == cluster.addr(lost))
-        .expect("the node is a member")
-        .id;
+    let lost_id = weir_tests::node_id_of(&client, &cluster.addr(lost)).await;
     cluster.kill(lost);
     wait_until("every partition back to 3 live replicas", SETTLE, || {
         let client = client.clone();

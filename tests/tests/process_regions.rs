@@ -219,15 +219,7 @@ async fn regions_of_a_lost_node_are_recreated_elsewhere() {
     // Kill the last node for good; after the down timeout every region has three replicas on
     // live nodes again, and a leader among them.
     let lost = 3usize;
-    let lost_id = client
-        .cluster_status()
-        .await
-        .unwrap()
-        .members
-        .iter()
-        .find(|m| m.addr == cluster.addr(lost))
-        .expect("the node is a member")
-        .id;
+    let lost_id = weir_tests::node_id_of(&client, &cluster.addr(lost)).await;
     cluster.kill(lost);
     wait_until(
         "every region back to 3 live replicas",

@@ -82,7 +82,7 @@ pub async fn run(ctx: &Context, cmd: KvCommand) -> Result<()> {
                     .as_deref()
                     .map(|k| parse_key(t.schema(), k, true))
                     .transpose()?,
-                limit: limit.unwrap_or(0),
+                limit: limit.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
                 reverse,
                 columns: columns.clone(),
                 stale,

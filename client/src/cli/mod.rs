@@ -174,9 +174,9 @@ pub enum KvCommand {
         /// Key or key prefix to stop before (exclusive).
         #[arg(long)]
         end: Option<String>,
-        /// Most rows to print.
-        #[arg(long, short = 'n')]
-        limit: Option<usize>,
+        /// Most rows to print (default: all).
+        #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
         /// Largest keys first.
         #[arg(long)]
         reverse: bool,
@@ -732,6 +732,13 @@ mod tests {
         assert_eq!(
             (start.as_deref(), end.as_deref(), limit, reverse),
             (Some("5"), Some("9"), Some(3), true)
+        );
+        assert_eq!(
+            parse(&["kv", "scan", "users", "--limit", "0"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ValueValidation,
+            "a limit of 0 is refused rather than read as unlimited"
         );
         assert_eq!(
             parse(&["kv", "get", "users"]).unwrap_err().kind(),

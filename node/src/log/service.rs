@@ -225,17 +225,12 @@ impl Log for LogService {
         if let MetaResponse::Rejected(m) = resp {
             return Err(NodeError::AlreadyExists(m).into());
         }
-        // Answer once every partition has elected a leader, so the topic is usable right away.
-        // Bounded well below clients' request timeouts; a slow election just leaves leader 0 here.
-        let deadline = Instant::now() + Duration::from_secs(6);
-        loop {
-            let catalog = self.catalog()?;
-            let info = self.topic_info(&catalog, &req.name)?;
-            if info.partition_info.iter().all(|p| p.leader != 0) || Instant::now() > deadline {
-                return Ok(Response::new(info));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let info = leader::describe_once_led(
+            || self.topic_info(&*self.catalog()?, &req.name),
+            |info| info.partition_info.iter().all(|p| p.leader != 0),
+        )
+        .await?;
+        Ok(Response::new(info))
     }
 
     async fn delete_topic(

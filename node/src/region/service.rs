@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::try_join_all;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use weir_proto::table::{key, row, Column, ColumnType, TableSchema, Value, MAX_KEY_BYTES};
+use weir_proto::table::{key, row, TableSchema, Value, MAX_KEY_BYTES};
 use weir_proto::v1::kv_client::KvClient;
 use weir_proto::v1::kv_server::Kv;
 use weir_proto::v1::{self, mutation, *};
@@ -45,9 +45,9 @@ pub struct KvService {
     ctx: NodeContext,
 }
 
-/// A table's schema and name, resolved from the catalog.
-struct Table {
-    info: CatalogTable,
+/// A table's schema and name, resolved from the catalog the request is served with.
+struct Table<'c> {
+    info: &'c CatalogTable,
 }
 
 fn invalid(e: impl std::fmt::Display) -> NodeError {
@@ -62,7 +62,7 @@ fn not_in_region(group: u64, NotInRegion(st): NotInRegion) -> NodeError {
     ))
 }
 
-impl Table {
+impl Table<'_> {
     fn schema(&self) -> &TableSchema {
         &self.info.schema
     }
@@ -119,41 +119,18 @@ impl Table {
     }
 }
 
-/// The region of `table` holding `key` (the last region starting at or before it).
-fn region_for<'a>(
+/// The region of `table` holding `key`, or the region a reverse scan ending at `key` starts in.
+fn region_of<'a>(
     catalog: &'a Catalog,
     table: &CatalogTable,
     key: &[u8],
+    reverse: bool,
 ) -> NodeResult<&'a GroupInfo> {
-    let mut found = None;
-    for g in catalog.regions_of(table) {
-        if let GroupKind::Region { start, .. } = &g.kind {
-            if start.as_slice() <= key {
-                found = Some(g);
-            } else {
-                break;
-            }
-        }
-    }
-    found.ok_or_else(|| NodeError::Internal(format!("table '{}' has no region", table.name)))
-}
-
-/// The region holding the keys just below `end` (the last region when `end` is empty).
-fn region_before<'a>(
-    catalog: &'a Catalog,
-    table: &CatalogTable,
-    end: &[u8],
-) -> NodeResult<&'a GroupInfo> {
-    let mut found = None;
-    for g in catalog.regions_of(table) {
-        if let GroupKind::Region { start, .. } = &g.kind {
-            if found.is_none() || end.is_empty() || start.as_slice() < end {
-                found = Some(g);
-            } else {
-                break;
-            }
-        }
-    }
+    let found = if reverse {
+        catalog.region_before(table, key)
+    } else {
+        catalog.region_at(table, key)
+    };
     found.ok_or_else(|| NodeError::Internal(format!("table '{}' has no region", table.name)))
 }
 
@@ -167,11 +144,11 @@ impl KvService {
         self.ctx.registry.catalog()
     }
 
-    fn table(&self, catalog: &Catalog, name: &str) -> NodeResult<Table> {
+    fn table<'c>(&self, catalog: &'c Catalog, name: &str) -> NodeResult<Table<'c>> {
         catalog
             .tables
             .get(name)
-            .map(|t| Table { info: t.clone() })
+            .map(|info| Table { info })
             .ok_or_else(|| NodeError::NotFound(format!("table '{name}' does not exist")))
     }
 
@@ -191,7 +168,7 @@ impl KvService {
         let t = self.table(catalog, name)?.info;
         let led = crate::cluster::led_groups(&self.ctx);
         let regions = catalog
-            .regions_of(&t)
+            .regions_of(t)
             .map(|g| {
                 let (start, end, epoch) = match &g.kind {
                     GroupKind::Region {
@@ -222,16 +199,7 @@ impl KvService {
         Ok(v1::TableInfo {
             name: t.name.clone(),
             id: t.id,
-            columns: t
-                .schema
-                .columns
-                .iter()
-                .map(|c| ColumnDef {
-                    name: c.name.clone(),
-                    r#type: c.ty.sql_name(),
-                    nullable: c.nullable,
-                })
-                .collect(),
+            columns: t.schema.column_defs(),
             primary_key: t.schema.key_columns().map(|c| c.name.clone()).collect(),
             replicas: t.replicas,
             split_bytes: t.split_bytes,
@@ -239,14 +207,16 @@ impl KvService {
         })
     }
 
-    /// Reads `keys` (encoded, with their wire form for forwarding) from one region.
+    /// Reads the keys of `req` at `idx` (encoded in `keys`) from one region.
+    #[allow(clippy::too_many_arguments)]
     async fn get_region(
         &self,
         catalog: &Catalog,
-        table: &Table,
+        table: &Table<'_>,
         group: &GroupInfo,
-        keys: Vec<(Vec<u8>, v1::Key)>,
         req: &GetRequest,
+        idx: &[usize],
+        keys: Vec<Vec<u8>>,
         was_forwarded: bool,
     ) -> NodeResult<Vec<MaybeRow>> {
         let projection = table.projection(&req.columns)?;
@@ -255,8 +225,7 @@ impl KvService {
                 if !req.stale {
                     leader::linearizable(&h, catalog).await?;
                 }
-                let encoded: Vec<Vec<u8>> = keys.into_iter().map(|(k, _)| k).collect();
-                let rows = region::get_rows(&self.ctx.engine, group.id, &encoded)?
+                let rows = region::get_rows(&self.ctx.engine, group.id, &keys)?
                     .map_err(|e| not_in_region(group.id, e))?;
                 rows.iter()
                     .map(|r| {
@@ -276,7 +245,7 @@ impl KvService {
             Target::Forward(addr) => {
                 let sub = GetRequest {
                     table: req.table.clone(),
-                    keys: keys.into_iter().map(|(_, k)| k).collect(),
+                    keys: idx.iter().map(|i| req.keys[*i].clone()).collect(),
                     columns: req.columns.clone(),
                     stale: req.stale,
                 };
@@ -290,15 +259,15 @@ impl KvService {
         }
     }
 
-    /// Applies `ops` to one region (atomically), or forwards the mutations they came from.
-    #[allow(clippy::too_many_arguments)]
+    /// Applies `ops` (the mutations of `req` at `idx`) to one region atomically, or forwards
+    /// those mutations.
     async fn write_region(
         &self,
         catalog: &Catalog,
         group: &GroupInfo,
-        table_name: &str,
+        req: &WriteRequest,
+        idx: &[usize],
         ops: Vec<KvOp>,
-        mutations: Vec<Mutation>,
         was_forwarded: bool,
     ) -> NodeResult<u64> {
         let n = ops.len() as u64;
@@ -324,8 +293,8 @@ impl KvService {
             }
             Target::Forward(addr) => {
                 let sub = WriteRequest {
-                    table: table_name.to_string(),
-                    mutations,
+                    table: req.table.clone(),
+                    mutations: idx.iter().map(|i| req.mutations[*i].clone()).collect(),
                     atomic: true,
                 };
                 Ok(self
@@ -339,20 +308,6 @@ impl KvService {
     }
 }
 
-/// Builds a column list from the wire definitions.
-fn columns_of(defs: &[ColumnDef]) -> NodeResult<Vec<Column>> {
-    defs.iter()
-        .map(|d| {
-            Ok(Column {
-                name: d.name.clone(),
-                ty: ColumnType::parse(&d.r#type)
-                    .map_err(|e| NodeError::InvalidArgument(format!("column '{}': {e}", d.name)))?,
-                nullable: d.nullable,
-            })
-        })
-        .collect()
-}
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn create_table(
@@ -362,7 +317,7 @@ impl Kv for KvService {
         let req = request.get_ref();
         crate::names::validate("table", &req.name)?;
         let schema =
-            TableSchema::new(columns_of(&req.columns)?, &req.primary_key).map_err(invalid)?;
+            TableSchema::from_column_defs(&req.columns, &req.primary_key).map_err(invalid)?;
         let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
             KvClient::new(ch).create_table(r).await
         })
@@ -434,16 +389,12 @@ impl Kv for KvService {
         if let MetaResponse::Rejected(m) = resp {
             return Err(NodeError::AlreadyExists(m).into());
         }
-        // Answer once the first region has a leader, so the table is usable right away.
-        let deadline = Instant::now() + Duration::from_secs(6);
-        loop {
-            let catalog = self.catalog()?;
-            let info = self.table_info(&catalog, &req.name)?;
-            if info.regions.iter().all(|r| r.leader != 0) || Instant::now() > deadline {
-                return Ok(Response::new(info));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let info = leader::describe_once_led(
+            || self.table_info(&*self.catalog()?, &req.name),
+            |info| info.regions.iter().all(|r| r.leader != 0),
+        )
+        .await?;
+        Ok(Response::new(info))
     }
 
     async fn drop_table(
@@ -517,23 +468,22 @@ impl Kv for KvService {
             // Unknown columns fail here, before anything is sent.
             table.projection(&req.columns)?;
             // Keys grouped by region, remembering each key's place in the answer.
-            let mut parts: BTreeMap<u64, (GroupInfo, Vec<usize>, Vec<(Vec<u8>, v1::Key)>)> =
-                BTreeMap::new();
+            let mut parts: BTreeMap<u64, (&GroupInfo, Vec<usize>, Vec<Vec<u8>>)> = BTreeMap::new();
             for (i, k) in req.keys.iter().enumerate() {
                 let enc = table.encode_key(k)?;
-                let g = region_for(&catalog, &table.info, &enc)?;
+                let g = region_of(&catalog, table.info, &enc, false)?;
                 let e = parts
                     .entry(g.id)
-                    .or_insert_with(|| (g.clone(), Vec::new(), Vec::new()));
+                    .or_insert_with(|| (g, Vec::new(), Vec::new()));
                 e.1.push(i);
-                e.2.push((enc, k.clone()));
+                e.2.push(enc);
             }
             let answers = try_join_all(parts.into_values().map(|(g, idx, keys)| {
                 let (catalog, table, req) = (&catalog, &table, &req);
                 async move {
                     let span = tracing::debug_span!("region_get", region = g.id);
                     let rows = self
-                        .get_region(catalog, table, &g, keys, req, fwd)
+                        .get_region(catalog, table, g, req, &idx, keys, fwd)
                         .instrument(span)
                         .await?;
                     Ok::<_, NodeError>((idx, rows))
@@ -574,7 +524,7 @@ impl Kv for KvService {
         async move {
             let catalog = self.catalog()?;
             let table = self.table(&catalog, &req.table)?;
-            let mut parts: BTreeMap<u64, (GroupInfo, Vec<KvOp>, Vec<Mutation>)> = BTreeMap::new();
+            let mut parts: BTreeMap<u64, (&GroupInfo, Vec<usize>, Vec<KvOp>)> = BTreeMap::new();
             for (i, m) in req.mutations.iter().enumerate() {
                 let at = |e: NodeError| NodeError::InvalidArgument(format!("mutation {i}: {e}"));
                 let op = match &m.op {
@@ -591,12 +541,10 @@ impl Kv for KvService {
                         )))
                     }
                 };
-                let g = region_for(&catalog, &table.info, op.key())?;
-                let e = parts
-                    .entry(g.id)
-                    .or_insert_with(|| (g.clone(), Vec::new(), Vec::new()));
-                e.1.push(op);
-                e.2.push(m.clone());
+                let g = region_of(&catalog, table.info, op.key(), false)?;
+                let e = parts.entry(g.id).or_insert_with(|| (g, Vec::new(), Vec::new()));
+                e.1.push(i);
+                e.2.push(op);
             }
             if req.atomic && parts.len() > 1 {
                 return Err(NodeError::InvalidArgument(format!(
@@ -607,12 +555,11 @@ impl Kv for KvService {
                     parts.keys().collect::<Vec<_>>()
                 )));
             }
-            let applied = try_join_all(parts.into_values().map(|(g, ops, muts)| {
-                let catalog = &catalog;
-                let name = &req.table;
+            let applied = try_join_all(parts.into_values().map(|(g, idx, ops)| {
+                let (catalog, req) = (&catalog, &req);
                 let span = tracing::debug_span!("region_write", region = g.id, ops = ops.len());
                 async move {
-                    self.write_region(catalog, &g, name, ops, muts, fwd)
+                    self.write_region(catalog, g, req, &idx, ops, fwd)
                         .instrument(span)
                         .await
                 }
@@ -692,9 +639,9 @@ impl Kv for KvService {
             }
             None => return Err(invalid("compare-and-set needs a put or delete to apply").into()),
         };
-        let g = region_for(&catalog, &table.info, &key)?.clone();
+        let g = region_of(&catalog, table.info, &key, false)?;
         tracing::debug!(table = %req.table, region = g.id, "compare-and-set");
-        let h = match leader::target(&self.ctx, &catalog, &g, fwd, false)? {
+        let h = match leader::target(&self.ctx, &catalog, g, fwd, false)? {
             Target::Local(h) => h,
             Target::Forward(addr) => {
                 return self
@@ -764,14 +711,14 @@ impl Kv for KvService {
         let catalog = self.catalog()?;
         let table = self.table(&catalog, &req.table)?;
         let projection = table.projection(&req.columns)?;
-        let g = if req.reverse {
-            region_before(&catalog, &table.info, &req.end_key)?
+        let anchor = if req.reverse {
+            &req.end_key
         } else {
-            region_for(&catalog, &table.info, &req.start_key)?
-        }
-        .clone();
+            &req.start_key
+        };
+        let g = region_of(&catalog, table.info, anchor, req.reverse)?;
         tracing::debug!(table = %req.table, region = g.id, reverse = req.reverse, "scan");
-        let h = match leader::target(&self.ctx, &catalog, &g, fwd, req.stale)? {
+        let h = match leader::target(&self.ctx, &catalog, g, fwd, req.stale)? {
             Target::Local(h) => h,
             Target::Forward(addr) => {
                 return self

@@ -303,6 +303,37 @@ impl TableSchema {
             .collect()
     }
 
+    /// The columns as the wire describes them (`CreateTable`, `TableInfo`).
+    pub fn column_defs(&self) -> Vec<crate::v1::ColumnDef> {
+        self.columns
+            .iter()
+            .map(|c| crate::v1::ColumnDef {
+                name: c.name.clone(),
+                r#type: c.ty.sql_name(),
+                nullable: c.nullable,
+            })
+            .collect()
+    }
+
+    /// A schema from wire column definitions and the names of its key columns.
+    pub fn from_column_defs(
+        defs: &[crate::v1::ColumnDef],
+        primary_key: &[String],
+    ) -> Result<TableSchema> {
+        let columns = defs
+            .iter()
+            .map(|d| {
+                Ok(Column {
+                    name: d.name.clone(),
+                    ty: ColumnType::parse(&d.r#type)
+                        .map_err(|e| TableError::Schema(format!("column '{}': {e}", d.name)))?,
+                    nullable: d.nullable,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        TableSchema::new(columns, primary_key)
+    }
+
     /// The schema as `'id BIGINT NOT NULL, name VARCHAR'` (what `parse` reads).
     pub fn to_sql(&self) -> String {
         self.columns
@@ -365,6 +396,8 @@ mod tests {
         assert_eq!(s.primary_key, vec![0]);
         let again = TableSchema::parse(&s.to_sql(), &["id".into()]).unwrap();
         assert_eq!(again, s);
+        let wire = TableSchema::from_column_defs(&s.column_defs(), &["id".into()]).unwrap();
+        assert_eq!(wire, s);
     }
 
     #[test]
