@@ -2,7 +2,9 @@
 //!
 //! It starts a group when the catalog places a replica here, drops it (and its data) when the group
 //! is deleted or moved away, and, for the groups this node leads, reconciles the group's Raft
-//! membership with the replica set the catalog asks for. Other parts of the node read the running
+//! membership with the replica set the catalog asks for. A replica the catalog moved away keeps
+//! running, and so keeps its data and its vote, until the group's leader has committed a
+//! membership without it. Other parts of the node read the running
 //! groups through a [`Registry`], a published immutable map, so nobody locks the manager's state.
 
 use openraft::async_runtime::WatchReceiver;
@@ -11,9 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ChangeMembers};
+use futures::FutureExt;
+use openraft::{BasicNode, ChangeMembers, Membership};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weir_proto::v1::raft_transport_client::RaftTransportClient;
+use weir_proto::v1::{MembershipReply, MembershipRequest};
 use weir_storage::catalog::{Catalog, GroupInfo, GroupKind, METADATA_GROUP};
 use weir_storage::snapshot::SnapshotDir;
 use weir_storage::types::Raft;
@@ -24,9 +29,11 @@ use crate::liveness::Liveness;
 use crate::peers::Peers;
 use crate::raft::{config, network::GroupNetwork};
 
-/// How long a replica the catalog moved away keeps running before it is dropped, so the leader
-/// can finish the membership change that removes it.
-const MOVED_AWAY_GRACE: Duration = Duration::from_secs(20);
+/// How often a replica the catalog moved away asks its group's leader whether the membership
+/// change removing it has committed.
+const REMOVAL_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long one such question may take.
+const REMOVAL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long founders other than the first wait before initializing a new group themselves.
 const FOUNDER_INIT_DELAY: Duration = Duration::from_secs(5);
 /// A learner is promoted to voter once it is this close to the leader's log.
@@ -44,12 +51,20 @@ pub struct GroupHandle {
     pub watch: GroupWatch,
     /// Where the group's snapshots live.
     pub snapshots: SnapshotDir,
+    /// Until when this replica grants no votes: one lease after it restarted, since before the
+    /// restart it may have promised a leader not to vote for anyone else within its lease.
+    pub no_votes_until: Instant,
 }
 
 impl GroupHandle {
     /// The current leader's node id, if any.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// True when this replica may grant votes (it is not within a lease of its restart).
+    pub fn may_vote(&self) -> bool {
+        Instant::now() >= self.no_votes_until
     }
 
     /// True when this node leads the group.
@@ -128,7 +143,18 @@ pub struct GroupManager {
     groups: HashMap<u64, Arc<GroupHandle>>,
     tx: watch::Sender<Arc<HashMap<u64, Arc<GroupHandle>>>>,
     changes: HashMap<u64, JoinHandle<()>>,
-    moved_away: HashMap<u64, Instant>,
+    moved_away: HashMap<u64, RemovalCheck>,
+    /// Groups with state on disk that the catalog did not place here when the node started (they
+    /// moved away while it was down): they run until their removal is confirmed, then are deleted.
+    leftovers: BTreeSet<u64>,
+}
+
+/// The state of asking whether a moved-away replica has left its group's membership.
+struct RemovalCheck {
+    /// The question in flight: resolves to true once the leader confirmed the removal.
+    asking: Option<JoinHandle<bool>>,
+    /// When the last question was sent.
+    asked: Option<Instant>,
 }
 
 impl GroupManager {
@@ -141,7 +167,9 @@ impl GroupManager {
             tx,
             changes: HashMap::new(),
             moved_away: HashMap::new(),
+            leftovers: BTreeSet::new(),
         };
+        mgr.leftovers = mgr.local_groups()?;
         let init = if mgr.cfg.bootstrap {
             Some((
                 mgr.cfg.node_id,
@@ -161,6 +189,21 @@ impl GroupManager {
         mgr.publish();
         tokio::spawn(mgr.run(catalog_rx));
         Ok(Registry { rx })
+    }
+
+    /// Every group with Raft state in this node's engine, except the metadata group.
+    fn local_groups(&self) -> NodeResult<BTreeSet<u64>> {
+        let mut ids = BTreeSet::new();
+        for cf in [weir_storage::engine::CF_META, weir_storage::engine::CF_LOG] {
+            let found = self
+                .cfg
+                .engine
+                .group_ids(cf)
+                .map_err(|e| NodeError::Internal(format!("listing local groups: {e}")))?;
+            ids.extend(found);
+        }
+        ids.remove(&METADATA_GROUP);
+        Ok(ids)
     }
 
     fn publish(&self) {
@@ -212,6 +255,25 @@ impl GroupManager {
         )
         .await
         .map_err(|e| NodeError::Internal(format!("starting group {id}: {e}")))?;
+        // A replica with a vote on disk may have acknowledged a leader just before it stopped;
+        // that leader serves lease reads counting on this replica not to vote for another one
+        // within the lease, so it neither grants votes nor stands for election until the lease
+        // has passed.
+        let restarted = raft.metrics().borrow_watched().vote.leader_id.term > 0;
+        let lease = Duration::from_millis(raft.config().election_timeout_max);
+        let no_votes_until = if restarted {
+            Instant::now() + lease
+        } else {
+            Instant::now()
+        };
+        if restarted {
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(lease).await;
+                raft.runtime_config().elect(true);
+            });
+        }
         if let Some((first_founder, members)) = init {
             // The first founder initializes at once and so usually becomes the leader (placement
             // rotates first replicas, so leaders spread). The other founders initialize, with the
@@ -240,6 +302,7 @@ impl GroupManager {
             raft,
             watch,
             snapshots: SnapshotDir::new(&self.cfg.snapshot_root, id),
+            no_votes_until,
         }))
     }
 
@@ -279,7 +342,17 @@ impl GroupManager {
                     && matches!(weir_storage::region::load_state(&self.cfg.engine, g.id), Ok(Some(_)))
             })
             .collect();
-        for g in catalog.groups_of(me).chain(stray) {
+        // Groups that moved away while this node was down: run them again so that they leave
+        // through the same confirmed path as any moved-away replica (a group the catalog no
+        // longer has at all is dropped below as deleted).
+        let leftover: Vec<&GroupInfo> = self
+            .leftovers
+            .iter()
+            .filter_map(|id| catalog.groups.get(id))
+            .filter(|g| !g.replicas.contains(&me) && !self.groups.contains_key(&g.id))
+            .collect();
+        self.leftovers.clear();
+        for g in catalog.groups_of(me).chain(stray).chain(leftover) {
             if g.replicas.contains(&me) {
                 self.moved_away.remove(&g.id);
             }
@@ -335,11 +408,7 @@ impl GroupManager {
             }
             let drop_now = match catalog.groups.get(&id) {
                 None => true,
-                Some(g) if !g.replicas.contains(&me) => {
-                    let since = *self.moved_away.entry(id).or_insert_with(Instant::now);
-                    let leading = self.groups.get(&id).is_some_and(|h| h.is_leader());
-                    !leading && since.elapsed() > MOVED_AWAY_GRACE
-                }
+                Some(g) if !g.replicas.contains(&me) => self.removal_confirmed(id, catalog),
                 Some(_) => false,
             };
             if drop_now {
@@ -352,7 +421,10 @@ impl GroupManager {
                     let dropped =
                         StateMachine::destroy(&self.cfg.engine, id, &self.cfg.snapshot_root);
                     match dropped {
-                        Ok(()) => tracing::info!(group = id, "dropped replica"),
+                        Ok(()) => {
+                            crate::metrics::replica_dropped();
+                            tracing::info!(group = id, "dropped replica");
+                        }
                         Err(e) => tracing::error!(group = id, error = %e, "dropping replica"),
                     }
                 }
@@ -361,6 +433,59 @@ impl GroupManager {
         if changed {
             self.publish();
         }
+    }
+
+    /// True once the membership change that removes this node from group `id` has committed, so
+    /// its replica can be deleted without leaving the group short of a voter. Asks the group's
+    /// leader in the background (a removed replica may never hear of its own removal) and answers
+    /// false until it has confirmed.
+    fn removal_confirmed(&mut self, id: u64, catalog: &Catalog) -> bool {
+        let me = self.cfg.node_id;
+        let Some(h) = self.groups.get(&id) else {
+            return false;
+        };
+        if h.is_leader() {
+            // Its own reconciliation moves the group off this node and hands leadership over.
+            return false;
+        }
+        if removed(&membership_view(h), me) {
+            return true;
+        }
+        let check = self.moved_away.entry(id).or_insert(RemovalCheck {
+            asking: None,
+            asked: None,
+        });
+        if let Some(task) = check.asking.take_if(|t| t.is_finished()) {
+            if let Some(Ok(true)) = task.now_or_never() {
+                return true;
+            }
+        }
+        if check.asking.is_none()
+            && check
+                .asked
+                .is_none_or(|t| t.elapsed() >= REMOVAL_CHECK_EVERY)
+        {
+            let m = h.raft.metrics().borrow_watched().clone();
+            let mut addrs: BTreeSet<String> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(n, _)| **n != me)
+                .map(|(_, node)| node.addr.clone())
+                .collect();
+            if let Some(g) = catalog.groups.get(&id) {
+                addrs.extend(
+                    g.replicas
+                        .iter()
+                        .filter(|n| **n != me)
+                        .filter_map(|n| catalog.nodes.get(n).map(|i| i.addr.clone())),
+                );
+            }
+            let peers = self.cfg.peers.clone();
+            check.asked = Some(Instant::now());
+            check.asking = Some(tokio::spawn(leader_confirms_removal(id, me, addrs, peers)));
+        }
+        false
     }
 
     /// For every group led here, moves its Raft membership towards the catalog's replica set.
@@ -386,6 +511,60 @@ impl GroupManager {
             }
         }
     }
+}
+
+/// A group's membership as replica `h` sees it, in the form the `Membership` RPC answers.
+pub fn membership_view(h: &GroupHandle) -> MembershipReply {
+    let m = h.raft.metrics().borrow_watched().clone();
+    let stored = &m.membership_config;
+    let membership = stored.membership();
+    let members: BTreeSet<u64> = membership
+        .voter_ids()
+        .chain(membership.learner_ids())
+        .collect();
+    MembershipReply {
+        leader: m.current_leader == Some(m.id),
+        leader_id: m.current_leader.unwrap_or(0),
+        members: members.into_iter().collect(),
+        committed: stored.log_id().is_some() && *stored.log_id() <= m.last_applied,
+    }
+}
+
+/// True when `view` is a committed membership that no longer has `node`.
+fn removed(view: &MembershipReply, node: u64) -> bool {
+    view.committed && !view.members.contains(&node)
+}
+
+/// Asks the replicas at `addrs` for group `group`'s membership and answers true once one that
+/// leads it reports a committed membership without `me`.
+async fn leader_confirms_removal(
+    group: u64,
+    me: u64,
+    addrs: BTreeSet<String>,
+    peers: Peers,
+) -> bool {
+    for addr in addrs {
+        let Ok(channel) = peers.channel(&addr) else {
+            continue;
+        };
+        let mut client = RaftTransportClient::new(channel);
+        let ask = client.membership(MembershipRequest { group_id: group });
+        match tokio::time::timeout(REMOVAL_CHECK_TIMEOUT, ask).await {
+            Ok(Ok(reply)) => {
+                let view = reply.into_inner();
+                if view.leader {
+                    let gone = removed(&view, me);
+                    tracing::debug!(group, leader = %addr, gone, "asked the leader about removal");
+                    return gone;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(group, peer = %addr, error = %e, "membership query failed")
+            }
+            Err(_) => tracing::debug!(group, peer = %addr, "membership query timed out"),
+        }
+    }
+    false
 }
 
 /// The metadata group's target: up to three voters that are not long gone, everyone else a learner.
@@ -420,7 +599,58 @@ fn metadata_members(
     (voters, learners)
 }
 
-/// The next membership change that moves `h` towards `voters` + `learners`, if any.
+/// One step that moves a group's Raft membership towards its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MembershipPlan {
+    /// Leave a joint configuration that an interrupted change left behind (a leader that crashed
+    /// or lost leadership between the two steps, or a region that inherited it at a split) by
+    /// committing its newest configuration; openraft never finishes one by itself.
+    FinishJoint(BTreeSet<u64>),
+    /// Add nodes that must hold the data as learners, so they catch up before they vote.
+    AddLearners(Vec<u64>),
+    /// Make the voters exactly these (the new ones have caught up).
+    ChangeVoters(BTreeSet<u64>),
+    /// Drop learners that are no longer wanted.
+    RemoveLearners(BTreeSet<u64>),
+}
+
+/// The next step from `membership` towards `voters` + `learners`, if any; `caught_up` says
+/// whether a node's log is close enough to the leader's for it to become a voter.
+fn plan_membership(
+    membership: &Membership<u64, BasicNode>,
+    voters: &BTreeSet<u64>,
+    learners: &BTreeSet<u64>,
+    caught_up: impl Fn(&u64) -> bool,
+) -> Option<MembershipPlan> {
+    let configs = membership.get_joint_config();
+    if configs.len() > 1 {
+        return configs.last().cloned().map(MembershipPlan::FinishJoint);
+    }
+    let cur_voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let cur_learners: BTreeSet<u64> = membership.learner_ids().collect();
+    if &cur_voters == voters && &cur_learners == learners {
+        return None;
+    }
+    let to_add: Vec<u64> = voters
+        .union(learners)
+        .filter(|n| !cur_voters.contains(n) && !cur_learners.contains(n))
+        .copied()
+        .collect();
+    if !to_add.is_empty() {
+        return Some(MembershipPlan::AddLearners(to_add));
+    }
+    if &cur_voters != voters {
+        let new_ready = voters
+            .iter()
+            .filter(|n| !cur_voters.contains(n))
+            .all(caught_up);
+        return new_ready.then(|| MembershipPlan::ChangeVoters(voters.clone()));
+    }
+    let extra: BTreeSet<u64> = cur_learners.difference(learners).copied().collect();
+    (!extra.is_empty()).then_some(MembershipPlan::RemoveLearners(extra))
+}
+
+/// The next membership change that moves `h` towards `voters` + `learners`, as a task, if any.
 fn membership_step(
     h: &GroupHandle,
     catalog: &Catalog,
@@ -428,40 +658,6 @@ fn membership_step(
     learners: BTreeSet<u64>,
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let m = h.raft.metrics().borrow_watched().clone();
-    let membership = m.membership_config.membership();
-    if membership.get_joint_config().len() > 1 {
-        return None;
-    }
-    let cur_voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let cur_learners: BTreeSet<u64> = membership.learner_ids().collect();
-    if cur_voters == voters && cur_learners == learners {
-        return None;
-    }
-    let raft = h.raft.clone();
-    let group = h.id;
-    let addr = |n: u64| {
-        catalog
-            .nodes
-            .get(&n)
-            .map(|i| BasicNode::new(i.addr.clone()))
-    };
-    // Everyone who must hold the data but is not in the group yet joins as a learner first.
-    let to_add: Vec<(u64, BasicNode)> = voters
-        .union(&learners)
-        .filter(|n| !cur_voters.contains(n) && !cur_learners.contains(n))
-        .filter_map(|n| Some((*n, addr(*n)?)))
-        .collect();
-    if !to_add.is_empty() {
-        return Some(Box::pin(async move {
-            for (n, node) in to_add {
-                tracing::info!(group, node = n, "adding learner");
-                if let Err(e) = raft.add_learner(n, node, false).await {
-                    tracing::warn!(group, node = n, error = %e, "add learner failed");
-                }
-            }
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
-    }
     let last = m.last_log_index.unwrap_or(0);
     let caught_up = |n: &u64| {
         m.replication
@@ -469,32 +665,130 @@ fn membership_step(
             .and_then(|r| r.get(n).cloned().flatten())
             .is_some_and(|l| l.index + CAUGHT_UP_ENTRIES >= last)
     };
-    if cur_voters != voters {
-        if !voters
+    let plan = plan_membership(
+        m.membership_config.membership(),
+        &voters,
+        &learners,
+        caught_up,
+    )?;
+    let raft = h.raft.clone();
+    let group = h.id;
+    let nodes: Vec<(u64, BasicNode)> = match &plan {
+        MembershipPlan::AddLearners(ids) => ids
             .iter()
-            .filter(|n| !cur_voters.contains(n))
-            .all(caught_up)
-        {
-            return None;
-        }
-        return Some(Box::pin(async move {
-            tracing::info!(group, ?voters, "changing voters");
-            if let Err(e) = raft.change_membership(voters, false).await {
-                tracing::warn!(group, error = %e, "membership change failed");
+            .filter_map(|n| {
+                catalog
+                    .nodes
+                    .get(n)
+                    .map(|i| (*n, BasicNode::new(i.addr.clone())))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(async move {
+        match plan {
+            MembershipPlan::FinishJoint(target) => {
+                tracing::info!(group, voters = ?target, "finishing a joint membership");
+                if let Err(e) = raft.change_membership(target, false).await {
+                    tracing::warn!(group, error = %e, "finishing the joint membership failed");
+                }
             }
-        }));
-    }
-    let extra: BTreeSet<u64> = cur_learners.difference(&learners).copied().collect();
-    if extra.is_empty() {
-        return None;
-    }
-    Some(Box::pin(async move {
-        tracing::info!(group, ?extra, "removing learners");
-        if let Err(e) = raft
-            .change_membership(ChangeMembers::RemoveNodes(extra), false)
-            .await
-        {
-            tracing::warn!(group, error = %e, "removing learners failed");
+            MembershipPlan::AddLearners(_) => {
+                for (n, node) in nodes {
+                    tracing::info!(group, node = n, "adding learner");
+                    if let Err(e) = raft.add_learner(n, node, false).await {
+                        tracing::warn!(group, node = n, error = %e, "add learner failed");
+                    }
+                }
+            }
+            MembershipPlan::ChangeVoters(voters) => {
+                tracing::info!(group, ?voters, "changing voters");
+                if let Err(e) = raft.change_membership(voters, false).await {
+                    tracing::warn!(group, error = %e, "membership change failed");
+                }
+            }
+            MembershipPlan::RemoveLearners(extra) => {
+                tracing::info!(group, ?extra, "removing learners");
+                if let Err(e) = raft
+                    .change_membership(ChangeMembers::RemoveNodes(extra), false)
+                    .await
+                {
+                    tracing::warn!(group, error = %e, "removing learners failed");
+                }
+            }
         }
-    }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> BTreeSet<u64> {
+        v.iter().copied().collect()
+    }
+
+    fn membership(configs: &[&[u64]], learners: &[u64]) -> Membership<u64, BasicNode> {
+        let all: BTreeSet<u64> = configs
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .chain(learners.iter().copied())
+            .collect();
+        let nodes: BTreeMap<u64, BasicNode> = all
+            .into_iter()
+            .map(|n| (n, BasicNode::new(format!("127.0.0.1:{}", 7000 + n))))
+            .collect();
+        Membership::new(configs.iter().map(|c| ids(c)).collect(), nodes).expect("valid membership")
+    }
+
+    #[test]
+    fn a_joint_membership_is_finished_at_its_newest_configuration() {
+        // A leader that crashed between the two steps of {1,2,3} -> {2,3,4} left both configs.
+        let joint = membership(&[&[1, 2, 3], &[2, 3, 4]], &[]);
+        let plan = plan_membership(&joint, &ids(&[2, 3, 4]), &BTreeSet::new(), |_| true);
+        assert_eq!(plan, Some(MembershipPlan::FinishJoint(ids(&[2, 3, 4]))));
+        // Even when the catalog has since moved on to yet another replica set.
+        let plan = plan_membership(&joint, &ids(&[3, 4, 5]), &BTreeSet::new(), |_| true);
+        assert_eq!(plan, Some(MembershipPlan::FinishJoint(ids(&[2, 3, 4]))));
+    }
+
+    #[test]
+    fn a_move_adds_a_learner_then_swaps_voters_once_it_caught_up_then_drops_learners() {
+        let start = membership(&[&[1, 2, 3]], &[]);
+        let target = ids(&[2, 3, 4]);
+        let none = BTreeSet::new();
+        assert_eq!(
+            plan_membership(&start, &target, &none, |_| true),
+            Some(MembershipPlan::AddLearners(vec![4]))
+        );
+        let with_learner = membership(&[&[1, 2, 3]], &[4]);
+        assert_eq!(
+            plan_membership(&with_learner, &target, &none, |_| false),
+            None
+        );
+        assert_eq!(
+            plan_membership(&with_learner, &target, &none, |n| *n == 4),
+            Some(MembershipPlan::ChangeVoters(target.clone()))
+        );
+        let done = membership(&[&[2, 3, 4]], &[]);
+        assert_eq!(plan_membership(&done, &target, &none, |_| true), None);
+        let extra_learner = membership(&[&[2, 3, 4]], &[1]);
+        assert_eq!(
+            plan_membership(&extra_learner, &target, &none, |_| true),
+            Some(MembershipPlan::RemoveLearners(ids(&[1])))
+        );
+    }
+
+    #[test]
+    fn only_a_committed_membership_without_the_node_counts_as_its_removal() {
+        let view = |members: &[u64], committed| MembershipReply {
+            leader: true,
+            leader_id: 1,
+            members: members.to_vec(),
+            committed,
+        };
+        assert!(removed(&view(&[1, 2, 4], true), 3));
+        assert!(!removed(&view(&[1, 2, 4], false), 3));
+        assert!(!removed(&view(&[1, 2, 3, 4], true), 3));
+    }
 }

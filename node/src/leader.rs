@@ -1,10 +1,12 @@
 //! Writing through a group's leader and telling clients where the leader is.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
+use openraft::LinearizerOption;
 use openraft::ReadPolicy;
 use weir_storage::catalog::{Catalog, GroupInfo};
 use weir_storage::{Request, Response, TypeConfig};
@@ -64,45 +66,101 @@ pub fn target(
         .ok_or_else(|| NodeError::Unavailable(format!("group {} has no replica", group.id)))
 }
 
-/// The lease check of `ReadPolicy::LeaseRead`, made on the metrics openraft publishes instead of a
-/// round trip through the group's Raft task, with half the lease as margin: this node leads, a
-/// quorum acknowledged it within half its lease (so no other leader can have been elected since),
-/// an entry of its own term is committed (so everything earlier leaders committed is too), and its
-/// state machine has applied everything committed.
+/// How long after a quorum acknowledged this leader it still serves reads on its lease.
+///
+/// Followers refuse to vote for a full `election_timeout_max` after they last heard from the
+/// leader, counted from when they received its message, while the leader counts from when it sent
+/// it; reading on only half of that leaves the other half as the bound on clock drift between
+/// nodes (and a restarted node does not vote for one lease either: see `GroupHandle::may_vote`).
+pub fn read_lease(h: &GroupHandle) -> Duration {
+    Duration::from_millis(h.raft.config().election_timeout_max / 2)
+}
+
+/// The lease check made on the metrics openraft publishes instead of a round trip through the
+/// group's Raft task: this node leads, a quorum acknowledged it within the read lease (so no other
+/// leader can have been elected since), an entry of its own term is committed (so everything
+/// earlier leaders committed is too), and its state machine has applied everything committed.
 fn lease_is_fresh(h: &GroupHandle) -> bool {
     let m = h.raft.metrics();
     let m = m.borrow_watched();
-    let half_lease = std::time::Duration::from_millis(h.raft.config().election_timeout_max / 2);
+    let lease = read_lease(h);
     let fresh = m
         .last_quorum_acked
         .as_ref()
-        .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < half_lease);
+        .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < lease);
+    fresh && term_applied(&m)
+}
+
+/// True when this node leads the group and its state machine has applied an entry of its own
+/// term, so its state holds everything any earlier leader committed.
+fn term_applied(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
     let own_term_committed = m
         .cluster_committed
         .as_ref()
         .is_some_and(|c| c.leader_id.term == m.vote.leader_id.term && m.vote.committed);
     m.current_leader == Some(m.id)
         && m.state == openraft::ServerState::Leader
-        && fresh
         && own_term_committed
         && m.last_applied >= m.cluster_committed
 }
 
-/// Waits until a read on this leader's state machine is linearizable: by leader lease when it is
-/// valid, else by confirming leadership with a quorum (read index).
-pub async fn linearizable(h: &GroupHandle, catalog: &Catalog) -> NodeResult<()> {
-    if lease_is_fresh(h) {
-        return Ok(());
-    }
-    if h.raft
-        .ensure_linearizable(ReadPolicy::LeaseRead)
+/// Waits (up to `timeout`) until this leader has applied an entry of its own term. A leader just
+/// elected may not have applied what its predecessor committed: answering from its state then
+/// would show offsets going backwards (a fetch past its end refused as out of range).
+pub async fn term_applied_within(h: &GroupHandle, timeout: Duration) -> NodeResult<()> {
+    h.raft
+        .wait(Some(timeout))
+        .metrics(term_applied, "leader applied its term")
         .await
-        .is_ok()
-    {
-        return Ok(());
+        .map(|_| ())
+        .map_err(|_| {
+            NodeError::Unavailable(format!(
+                "group {}: the new leader has not caught up with its term yet; retry",
+                h.id
+            ))
+        })
+}
+
+/// How a read was found linearizable; re-checked once the data has been read.
+#[must_use = "a lease read must be confirmed after reading"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConfirmation {
+    /// On the leader lease: valid only if the lease still holds when the read has finished.
+    Lease,
+    /// By a quorum round after the read began (read index): nothing to re-check.
+    Quorum,
+}
+
+impl ReadConfirmation {
+    /// Confirms, after reading, that a lease the read relied on still held: a leader paused
+    /// between its check and its read (a stalled thread, a SIGSTOP) may have been deposed and its
+    /// successor may have accepted writes the read does not show.
+    pub fn confirm(self, h: &GroupHandle) -> NodeResult<()> {
+        match self {
+            ReadConfirmation::Quorum => Ok(()),
+            ReadConfirmation::Lease if lease_is_fresh(h) => Ok(()),
+            ReadConfirmation::Lease => Err(NodeError::Unavailable(format!(
+                "group {}: the leader lease lapsed during the read; retry",
+                h.id
+            ))),
+        }
+    }
+}
+
+/// Waits until a read on this leader's state machine is linearizable: by leader lease when it is
+/// valid, else by confirming leadership with a quorum (read index). A lease read must be
+/// confirmed with [`ReadConfirmation::confirm`] after reading.
+pub async fn linearizable(h: &GroupHandle, catalog: &Catalog) -> NodeResult<ReadConfirmation> {
+    if lease_is_fresh(h) {
+        return Ok(ReadConfirmation::Lease);
+    }
+    let on_lease =
+        LinearizerOption::new(Some(read_lease(h)), false).with_wait_timeout(Duration::ZERO);
+    if h.raft.ensure_linearizable(on_lease).await.is_ok() {
+        return Ok(ReadConfirmation::Lease);
     }
     match h.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(ReadConfirmation::Quorum),
         Err(e) => match e.forward_to_leader() {
             Some(f) => Err(NodeError::NotLeader {
                 group: h.id,

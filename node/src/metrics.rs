@@ -59,6 +59,12 @@ pub fn region_split() {
     counter!("weir_region_splits_total").increment(1);
 }
 
+/// Records a replica deleted from this node (its group was deleted, or moved away and its
+/// removal from the group's membership confirmed).
+pub fn replica_dropped() {
+    counter!("weir_replicas_dropped_total").increment(1);
+}
+
 /// Records the Raft groups this node holds and leads, and the worst replication lag.
 pub fn record_groups(reports: &[GroupReport]) {
     gauge!("weir_raft_groups_held").set(reports.len() as f64);

@@ -215,17 +215,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        // Delete only what the previous purge left: ranges that all start at 0 would pile up
+        // overlapping tombstones that every later read of the log has to step over.
+        let from = self
+            .get_meta::<LogIdOf<TypeConfig>>(META_PURGED)?
+            .map_or(0, |p| p.index + 1);
         let mut b = WriteBatch::default();
         b.put_cf(
             &self.engine.cf(CF_META)?,
             group_key(self.group, META_PURGED),
             encode(&log_id)?,
         );
-        b.delete_range_cf(
-            &self.engine.cf(CF_LOG)?,
-            self.entry_key(0),
-            self.entry_key(log_id.index + 1),
-        );
+        if from <= log_id.index {
+            b.delete_range_cf(
+                &self.engine.cf(CF_LOG)?,
+                self.entry_key(from),
+                self.entry_key(log_id.index + 1),
+            );
+        }
         Ok(self.engine.write(b)?)
     }
 }

@@ -115,6 +115,19 @@ pub async fn http(
     (status, body)
 }
 
+/// The body of `GET path` on `addr`, or `None` while the server cannot be reached (a node that
+/// is still starting).
+pub async fn try_http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
 /// Logs to the test output, filtered by `WEIR_LOG` (default: warnings).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")

@@ -270,6 +270,14 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
     // look the node up by address.
     let lost = 3usize;
     let lost_id = weir_tests::node_id_of(&client, &cluster.addr(lost)).await;
+    let info = client.describe_topic("resilient").await.expect("describe");
+    let moved: Vec<u64> = info
+        .partition_info
+        .iter()
+        .filter(|p| p.replicas.contains(&lost_id))
+        .map(|p| p.group_id)
+        .collect();
+    assert!(!moved.is_empty(), "the lost node holds partitions");
     cluster.kill(lost);
     wait_until("every partition back to 3 live replicas", SETTLE, || {
         let client = client.clone();
@@ -298,4 +306,41 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
     assert_dense(&data);
     let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
     assert_eq!(values.len(), 2000, "all records still readable");
+
+    // The lost node comes back after its replicas were re-created elsewhere: it deletes the
+    // data of the groups it no longer belongs to (once their leaders confirm the removal).
+    cluster.restart(lost);
+    let http = cluster.nodes[lost].http.clone();
+    wait_until(
+        "the returning node to drop its moved replicas",
+        SETTLE,
+        || {
+            let http = http.clone();
+            let n = moved.len() as f64;
+            async move {
+                let body = weir_tests::try_http_get(&http, "/metrics").await?;
+                let dropped = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("weir_replicas_dropped_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())?;
+                (dropped >= n).then_some(())
+            }
+        },
+    )
+    .await;
+    cluster.kill(lost);
+    let engine = weir_storage::Engine::open(&cluster.nodes[lost].data_dir).expect("open engine");
+    for cf in [
+        weir_storage::engine::CF_LOG,
+        weir_storage::engine::CF_META,
+        weir_storage::engine::CF_DATA,
+    ] {
+        let left: Vec<u64> = engine
+            .group_ids(cf)
+            .expect("list groups")
+            .into_iter()
+            .filter(|g| moved.contains(g))
+            .collect();
+        assert!(left.is_empty(), "{cf} still holds moved groups {left:?}");
+    }
 }

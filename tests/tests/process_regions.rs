@@ -420,6 +420,13 @@ mod linearizable {
         (0..cluster.nodes.len()).find(|i| cluster.addr(*i) == leader)
     }
 
+    fn cas_ok(h: &History) -> usize {
+        h.events()
+            .iter()
+            .filter(|e| e.outcome == Outcome::CasResult(true))
+            .count()
+    }
+
     fn ok_ops(h: &History) -> usize {
         h.events()
             .iter()
@@ -499,10 +506,16 @@ mod linearizable {
         .await;
         cluster.resume(leader);
         let before = ok_ops(&history);
-        wait_until("ops after healing", Duration::from_secs(60), || {
-            let h = history.clone();
-            async move { (ok_ops(&h) > before + 200).then_some(()) }
-        })
+        // The history is judged once it holds enough of every kind of operation: how long that
+        // takes depends on the machine, not on the cluster's correctness.
+        wait_until(
+            "ops and successful compare-and-sets after healing",
+            Duration::from_secs(120),
+            || {
+                let h = history.clone();
+                async move { (ok_ops(&h) > before + 200 && cas_ok(&h) > 10).then_some(()) }
+            },
+        )
         .await;
         stop.store(true, Ordering::Relaxed);
         for c in clients {
@@ -510,11 +523,6 @@ mod linearizable {
         }
 
         let events = history.events();
-        let cas_ok = events
-            .iter()
-            .filter(|e| e.outcome == Outcome::CasResult(true))
-            .count();
-        assert!(cas_ok > 10, "some compare-and-sets succeeded ({cas_ok})");
         match check(&events, None) {
             Verdict::Linearizable => {}
             other => panic!("{} events: {other:?}", events.len()),

@@ -155,6 +155,7 @@ async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Resu
         raft,
         watch,
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
+        no_votes_until: std::time::Instant::now(),
     });
     replicas.lock().expect("replica map").insert(
         id,

@@ -31,6 +31,9 @@ pub const MAX_BATCH_BYTES: usize = 8 << 20;
 const MAX_FETCH_BYTES: u32 = 32 << 20;
 /// Longest long-poll a fetch may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long a fetch waits for a just-elected leader to apply its own term before answering
+/// UNAVAILABLE (the client retries).
+const TERM_APPLIED_WAIT: Duration = Duration::from_secs(2);
 /// Most partitions a topic may have.
 const MAX_PARTITIONS: u32 = 4096;
 
@@ -379,6 +382,7 @@ impl Log for LogService {
             }
         };
         let req = request.into_inner();
+        leader::term_applied_within(&h, TERM_APPLIED_WAIT).await?;
         let mut rx = match &h.watch {
             GroupWatch::Partition(rx) => rx.clone(),
             _ => return Err(NodeError::Internal("not a partition group".into()).into()),
@@ -449,6 +453,7 @@ impl Log for LogService {
                     .map_err(leader::relay)
             }
         };
+        leader::term_applied_within(&h, TERM_APPLIED_WAIT).await?;
         let st = partition_state(&h)?;
         Ok(Response::new(ListOffsetsResponse {
             earliest: st.earliest,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::raft_transport_server::RaftTransport;
-use weir_proto::v1::{RaftReply, RaftRequest, SnapshotChunk};
+use weir_proto::v1::{MembershipReply, MembershipRequest, RaftReply, RaftRequest, SnapshotChunk};
 use weir_storage::snapshot::SnapshotData;
 use weir_storage::TypeConfig;
 
@@ -62,6 +62,12 @@ impl RaftTransport for RaftService {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         let g = self.group(req.group_id)?;
+        if !g.may_vote() {
+            return Err(Status::unavailable(format!(
+                "group {}: restarted within a leader lease; not voting yet",
+                g.id
+            )));
+        }
         let rpc: VoteRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
         reply(g.raft.vote(rpc).await)
     }
@@ -102,5 +108,13 @@ impl RaftTransport for RaftService {
             snapshot: SnapshotData { path },
         };
         reply(g.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn membership(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let g = self.group(request.into_inner().group_id)?;
+        Ok(Response::new(crate::groups::membership_view(&g)))
     }
 }

@@ -222,11 +222,15 @@ impl KvService {
         let projection = table.projection(&req.columns)?;
         match leader::target(&self.ctx, catalog, group, was_forwarded, req.stale)? {
             Target::Local(h) => {
-                if !req.stale {
-                    leader::linearizable(&h, catalog).await?;
-                }
+                let confirmation = match req.stale {
+                    false => Some(leader::linearizable(&h, catalog).await?),
+                    true => None,
+                };
                 let rows = region::get_rows(&self.ctx.engine, group.id, &keys)?
                     .map_err(|e| not_in_region(group.id, e))?;
+                if let Some(c) = confirmation {
+                    c.confirm(&h)?;
+                }
                 rows.iter()
                     .map(|r| {
                         Ok(match r {
@@ -728,9 +732,10 @@ impl Kv for KvService {
                     .map_err(leader::relay)
             }
         };
-        if !req.stale {
-            leader::linearizable(&h, &catalog).await?;
-        }
+        let confirmation = match req.stale {
+            false => Some(leader::linearizable(&h, &catalog).await?),
+            true => None,
+        };
         let limit = match req.limit as usize {
             0 => MAX_SCAN_ROWS,
             n => n.min(MAX_SCAN_ROWS),
@@ -746,6 +751,9 @@ impl Kv for KvService {
         )
         .map_err(NodeError::from)?
         .map_err(|e| not_in_region(g.id, e))?;
+        if let Some(c) = confirmation {
+            c.confirm(&h)?;
+        }
         let rows = page
             .rows
             .iter()
