@@ -18,8 +18,14 @@
 //! A batch whose answer was lost is sent again, so records are delivered at least once. Memory is
 //! bounded by [`ProducerConfig::buffer_bytes`]: `send` waits while that many bytes of records are
 //! not yet acknowledged.
+//!
+//! Each batch is sent under a (producer id, sequence) pair, with which the broker answers a retry
+//! of a stored batch with its offsets instead of storing it twice. Pairs are given as batches are
+//! sent and never given twice, so an acknowledgement always stands for the batch it answers. A
+//! batch that fails for good leaves a gap the broker would wait on forever: the partition then
+//! takes a new id, and the batches sent after the failed one are sent again, numbered from 0.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::future::{join_all, BoxFuture, Shared};
+use futures::future::{join_all, AbortHandle, Abortable, BoxFuture, Shared};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{oneshot, Notify, Semaphore};
@@ -145,9 +151,6 @@ impl Drop for Handle {
 struct Core {
     client: Client,
     topic: String,
-    /// Random id naming this producer's batches, for the broker's de-duplication of retries. A
-    /// batch that fails for good leaves a gap in the sequence, so the producer then takes a new id.
-    producer_id: AtomicU64,
     config: ProducerConfig,
     partitions: u32,
     state: Mutex<Accumulator>,
@@ -175,8 +178,6 @@ struct Accumulator {
 struct PartitionQueue {
     open: Option<OpenBatch>,
     ready: VecDeque<Sealed>,
-    /// Sequence number the next sealed batch of this partition gets.
-    next_sequence: u64,
 }
 
 #[derive(Debug)]
@@ -193,8 +194,6 @@ struct OpenBatch {
 struct Sealed {
     blob: Bytes,
     records: u32,
-    /// Per-partition batch number, sent with the producer id so retries are not stored twice.
-    sequence: u64,
     done: oneshot::Sender<Result<Option<u64>>>,
     permits: usize,
     seq: u64,
@@ -226,7 +225,6 @@ impl Producer {
         let core = Arc::new(Core {
             client,
             topic: topic.to_string(),
-            producer_id: AtomicU64::new(rand::random::<u64>().max(1)),
             partitions,
             state: Mutex::new(Accumulator {
                 partitioner: Partitioner::new(partitions),
@@ -432,13 +430,6 @@ impl Core {
             }
             Err(err) => {
                 self.records_failed.fetch_add(records, Ordering::Relaxed);
-                // The failed batch leaves a gap in the sequence the broker would wait on forever:
-                // start over as a new producer, whose batches count from 0 again.
-                self.producer_id
-                    .store(rand::random::<u64>().max(1), Ordering::Relaxed);
-                for part in &mut self.lock().parts {
-                    part.next_sequence = 0;
-                }
                 tracing::warn!(topic = %self.topic, records, error = %err, "batch failed");
             }
         }
@@ -505,12 +496,9 @@ impl Accumulator {
             return;
         };
         let records = open.builder.len();
-        let sequence = queue.next_sequence;
-        queue.next_sequence += 1;
         queue.ready.push_back(Sealed {
             blob: open.builder.finish(),
             records,
-            sequence,
             done: open.done,
             permits: open.permits,
             seq: open.seq,
@@ -519,15 +507,73 @@ impl Accumulator {
     }
 }
 
+/// (producer id, sequence) under which a batch is sent.
+type BatchName = (u64, u64);
+
+/// Names one partition's batches as they are sent.
+///
+/// The broker answers a name it has stored with the offsets of the batch stored under it, so a
+/// name given to two batches would acknowledge one of them without storing it. Names are
+/// therefore given at send time, in send order, and a new id never reuses a name of an old one.
+#[derive(Debug)]
+struct Sequencer {
+    producer_id: u64,
+    next: u64,
+}
+
+impl Sequencer {
+    /// A sequencer under a fresh random id, counting from 0.
+    fn new() -> Self {
+        Sequencer {
+            // 0 tells the broker the producer is not idempotent.
+            producer_id: rand::random::<u64>().max(1),
+            next: 0,
+        }
+    }
+
+    /// The name of the next batch sent.
+    fn assign(&mut self) -> BatchName {
+        let name = (self.producer_id, self.next);
+        self.next += 1;
+        name
+    }
+}
+
+/// A batch awaiting its answer, and the handle that stops waiting for it.
+#[derive(Debug)]
+struct InFlight {
+    sealed: Sealed,
+    abort: AbortHandle,
+}
+
 /// Sends one partition's batches, keeping up to `max_in_flight` of them awaiting acknowledgement.
 async fn run_sender(core: Arc<Core>, partition: u32) {
-    let mut in_flight = FuturesUnordered::new();
+    let mut names = Sequencer::new();
+    // Ordered by name, so the batches sent under one id after a given one are a range.
+    let mut in_flight: BTreeMap<BatchName, InFlight> = BTreeMap::new();
+    // One answer per batch sent; `None` for a batch taken back to be sent again.
+    let mut answers = FuturesUnordered::new();
     loop {
         let mut wait_until = None;
         let mut finished = false;
         while in_flight.len() < core.config.max_in_flight {
             match core.next_batch(partition) {
-                Next::Send(sealed) => in_flight.push(send_batch(core.clone(), partition, sealed)),
+                Next::Send(sealed) => {
+                    let name = names.assign();
+                    let (abort, registration) = AbortHandle::new_pair();
+                    let answer = Abortable::new(
+                        produce(
+                            core.clone(),
+                            partition,
+                            sealed.blob.clone(),
+                            sealed.records,
+                            name,
+                        ),
+                        registration,
+                    );
+                    answers.push(answer.map(move |answer| (name, answer.ok())));
+                    in_flight.insert(name, InFlight { sealed, abort });
+                }
                 Next::WaitUntil(due) => {
                     wait_until = Some(due);
                     break;
@@ -550,38 +596,75 @@ async fn run_sender(core: Arc<Core>, partition: u32) {
             }
         };
         tokio::select! {
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            Some((name, answer)) = answers.next(), if !answers.is_empty() => {
+                // A batch taken back has no entry any more: its answer, if any, is not waited for.
+                if let (Some(result), Some(batch)) = (answer, in_flight.remove(&name)) {
+                    // A failure under an old id needs nothing: the batches sent after it under
+                    // that id were taken back when the id was dropped.
+                    if result.is_err() && name.0 == names.producer_id {
+                        // Dropping the id also retires the failed batch's name: were it stored
+                        // after all, no other batch can be answered with its offsets.
+                        names = Sequencer::new();
+                        take_back(&core, partition, &mut in_flight, name);
+                    }
+                    core.settle(batch.sealed, result);
+                }
+            }
             () = core.wake[partition as usize].notified(), if has_slot && !finished => {}
             () = linger, if has_slot => {}
         }
     }
 }
 
-/// Produces one batch (with the client's retries) and settles it.
-async fn send_batch(core: Arc<Core>, partition: u32, sealed: Sealed) {
-    let result = core
-        .client
-        .produce_idempotent(
-            &core.topic,
-            partition,
-            sealed.blob.clone(),
-            core.config.acks,
-            Some((core.producer_id.load(Ordering::Relaxed), sealed.sequence)),
-        )
+/// Stops waiting for the batches sent under the id of the `failed` batch after it, which the
+/// broker will never store, and queues them first, in their order, to be named again.
+///
+/// A request stopped here may still have been stored (when the failed batch was in fact stored
+/// and only its answer was lost); it is then stored twice, which at-least-once delivery allows.
+fn take_back(
+    core: &Core,
+    partition: u32,
+    in_flight: &mut BTreeMap<BatchName, InFlight>,
+    failed: BatchName,
+) {
+    let (id, sequence) = failed;
+    let later: Vec<BatchName> = in_flight
+        .range((id, sequence.saturating_add(1))..=(id, u64::MAX))
+        .map(|(name, _)| *name)
+        .collect();
+    let mut st = core.lock();
+    let ready = &mut st.parts[partition as usize].ready;
+    for name in later.into_iter().rev() {
+        if let Some(batch) = in_flight.remove(&name) {
+            batch.abort.abort();
+            ready.push_front(batch.sealed);
+        }
+    }
+}
+
+/// Produces one batch under `name`, with the client's retries; resolves to its base offset.
+async fn produce(
+    core: Arc<Core>,
+    partition: u32,
+    blob: Bytes,
+    records: u32,
+    name: BatchName,
+) -> Result<Option<u64>> {
+    core.client
+        .produce_idempotent(&core.topic, partition, blob, core.config.acks, Some(name))
         .await
         .map(|(base, count)| {
-            if count != sealed.records {
+            if count != records {
                 tracing::warn!(
                     topic = %core.topic,
                     partition,
-                    sent = sealed.records,
+                    sent = records,
                     stored = count,
                     "the broker stored a different record count than was sent"
                 );
             }
             base
-        });
-    core.settle(sealed, result);
+        })
 }
 
 /// Milliseconds since the Unix epoch, the timestamp of records sent without one.

@@ -1,13 +1,14 @@
 //! The client library and the `weir` binary against an in-process fake of the `Log` and `Cluster`
 //! services, with injectable faults (not-leader answers, unavailability, dead leaders). The fake
-//! keeps the wire contract of weir.proto but none of the replication: it exists to check routing,
+//! keeps the wire contract of weir.proto, including the de-duplication of idempotent producers'
+//! batches by (producer id, sequence), but none of the replication: it exists to check routing,
 //! retries, batching and consumer groups on the client side.
 
 // Messages are built with `..Default::default()` even when every field is set, so the fake keeps
 // compiling as weir.proto gains fields.
 #![allow(clippy::needless_update)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::MetadataValue;
@@ -24,7 +25,7 @@ use weir_client::{
     Acks, Client, ClientConfig, ClientError, ConsumedRecord, Consumer, ConsumerConfig, NewTopic,
     Producer, ProducerConfig, StartFrom,
 };
-use weir_proto::batch::{BatchBuilder, BatchHeader};
+use weir_proto::batch::{self, BatchBuilder, BatchHeader};
 use weir_proto::v1::cluster_server::{Cluster, ClusterServer};
 use weir_proto::v1::log_server::{Log, LogServer};
 use weir_proto::v1::*;
@@ -34,10 +35,18 @@ use weir_proto::v1::*;
 /// One partition's batches: (base offset, record count, blob).
 type PartitionLog = Vec<(u64, u32, Bytes)>;
 
+/// Batches an idempotent producer may retry and still be answered as duplicates, as on the server.
+const PRODUCER_WINDOW: usize = 5;
+
+/// (sequence, base offset, count) of an idempotent producer's last batches, oldest first.
+type ProducerWindow = VecDeque<(u64, u64, u32)>;
+
 #[derive(Default)]
 struct Store {
     topics: BTreeMap<String, CreateTopicRequest>,
     logs: HashMap<(String, u32), PartitionLog>,
+    /// The last batches of each (topic, partition, producer id).
+    producers: HashMap<(String, u32, u64), ProducerWindow>,
     committed: HashMap<(String, String), BTreeMap<u32, u64>>,
     members: HashMap<(String, String), BTreeMap<String, Instant>>,
     generation: u64,
@@ -49,6 +58,63 @@ impl Store {
             .get(&(topic.to_string(), partition))
             .and_then(|l| l.last())
             .map_or(0, |(base, count, _)| base + u64::from(*count))
+    }
+
+    /// The server's rule for an idempotent producer's batch: `Ok(Some(..))` answers a duplicate
+    /// with its first (base offset, count), `Ok(None)` means append it; a batch ahead of its
+    /// predecessors is ABORTED (the client retries), one older than the window is refused.
+    fn sequence(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        req: &ProduceRequest,
+        count: u32,
+    ) -> Result<Option<(u64, u32)>, Status> {
+        if req.producer_id == 0 {
+            return Ok(None);
+        }
+        let base = self.high_watermark(topic, partition);
+        let window = self
+            .producers
+            .entry((topic.to_string(), partition, req.producer_id))
+            .or_default();
+        if let Some(&(_, base, count)) = window.iter().find(|(seq, _, _)| *seq == req.sequence) {
+            return Ok(Some((base, count)));
+        }
+        let expected = window.back().map_or(0, |(seq, _, _)| seq + 1);
+        if req.sequence > expected {
+            return Err(Status::aborted(format!(
+                "batch {} of producer {} arrived before batch {expected}",
+                req.sequence, req.producer_id
+            )));
+        }
+        if req.sequence < expected {
+            return Err(Status::invalid_argument(format!(
+                "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
+                req.sequence, req.producer_id
+            )));
+        }
+        window.push_back((req.sequence, base, count));
+        if window.len() > PRODUCER_WINDOW {
+            window.pop_front();
+        }
+        Ok(None)
+    }
+
+    /// The values of the records stored in a partition, by offset.
+    fn values(&self, topic: &str, partition: u32) -> BTreeMap<u64, Bytes> {
+        let mut values = BTreeMap::new();
+        for (base, _, blob) in self
+            .logs
+            .get(&(topic.to_string(), partition))
+            .into_iter()
+            .flatten()
+        {
+            for (offset, record) in (*base..).zip(batch::decode(blob).unwrap()) {
+                values.insert(offset, record.value);
+            }
+        }
+        values
     }
 
     fn check(&self, topic: &str, partition: u32) -> Result<(), Status> {
@@ -78,6 +144,33 @@ struct Faults {
     /// This many Produce calls fail with UNAVAILABLE before one is served.
     unavailable_produces: AtomicU32,
     produce_calls: AtomicU32,
+    /// A batch holding a record with one of these values fails with INVALID_ARGUMENT, which the
+    /// client does not retry: the batch fails for good.
+    rejected_values: Mutex<HashSet<Vec<u8>>>,
+    /// A Produce call whose batch holds a record with one of these values is answered only once
+    /// its gate opens.
+    gates: Mutex<HashMap<Vec<u8>, watch::Receiver<bool>>>,
+    /// Produce calls that have waited at a closed gate.
+    held_calls: AtomicU32,
+}
+
+impl Faults {
+    /// Holds Produce calls of batches with a record of `value` until the returned sender sends
+    /// `true`.
+    fn gate(&self, value: &[u8]) -> watch::Sender<bool> {
+        let (open, gate) = watch::channel(false);
+        self.gates.lock().unwrap().insert(value.to_vec(), gate);
+        open
+    }
+
+    /// Waits until `n` Produce calls have been held at a gate.
+    async fn wait_held(&self, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.held_calls.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "fewer than {n} calls were held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -212,21 +305,46 @@ impl Log for Node {
         let req = req.into_inner();
         let header = BatchHeader::parse(&req.batch)
             .map_err(|e| Status::invalid_argument(format!("bad batch: {e}")))?;
+        let values: Vec<Bytes> = batch::decode(&req.batch)
+            .map(|records| records.into_iter().map(|r| r.value).collect())
+            .unwrap_or_default();
+        let gate = {
+            let gates = self.faults.gates.lock().unwrap();
+            values.iter().find_map(|v| gates.get(&v[..]).cloned())
+        };
+        if let Some(mut gate) = gate {
+            self.faults.held_calls.fetch_add(1, Ordering::SeqCst);
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        if values
+            .iter()
+            .any(|v| self.faults.rejected_values.lock().unwrap().contains(&v[..]))
+        {
+            return Err(Status::invalid_argument(
+                "the batch holds a rejected record",
+            ));
+        }
         let mut store = self.shared.store.lock().unwrap();
         store.check(&req.topic, req.partition)?;
-        let base = store.high_watermark(&req.topic, req.partition);
-        store
-            .logs
-            .entry((req.topic.clone(), req.partition))
-            .or_default()
-            .push((base, header.count, req.batch));
+        let (base, count) = match store.sequence(&req.topic, req.partition, &req, header.count)? {
+            Some(duplicate) => duplicate,
+            None => {
+                let base = store.high_watermark(&req.topic, req.partition);
+                store
+                    .logs
+                    .entry((req.topic.clone(), req.partition))
+                    .or_default()
+                    .push((base, header.count, req.batch));
+                (base, header.count)
+            }
+        };
         drop(store);
         self.shared.appended.notify_waiters();
         // Like the real server, a leader-only acknowledgement comes before offsets are assigned.
         let pending = req.acks == Acks::Leader as i32;
         Ok(Response::new(ProduceResponse {
             base_offset: if pending { 0 } else { base },
-            count: header.count,
+            count,
             offsets_pending: pending,
             ..Default::default()
         }))
@@ -667,6 +785,109 @@ async fn retries_give_up_at_the_deadline() {
     let err = client.list_topics().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.to_string().contains(&nowhere), "{err}");
+}
+
+/// A producer of one-record batches to partition 0 of a new one-partition topic "t", with
+/// `max_in_flight` batches in flight and 3 s of retries.
+async fn one_record_batches(node: &Node, max_in_flight: usize) -> Producer {
+    let client = Client::connect_with(&node.addr, quick(3000)).await.unwrap();
+    client
+        .create_topic(&NewTopic::new("t", 1, 1))
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        batch_bytes: 1,
+        max_in_flight,
+        ..ProducerConfig::default()
+    };
+    Producer::new(client, "t", config).await.unwrap()
+}
+
+/// Checks that every acknowledged record is stored at the offset of its ack, and that the
+/// partition holds exactly the records in `stored`.
+fn assert_acks_are_stored(node: &Node, acked: &[(&str, Option<u64>)], stored: &[&str]) {
+    let values = node.shared.store.lock().unwrap().values("t", 0);
+    for (value, offset) in acked {
+        let offset = offset.expect("acks=all assigns offsets");
+        assert_eq!(
+            values.get(&offset).map(|v| &v[..]),
+            Some(value.as_bytes()),
+            "{value} was acknowledged at offset {offset}; the partition holds {values:?}"
+        );
+    }
+    let mut held: Vec<&[u8]> = values.values().map(|v| &v[..]).collect();
+    let mut want: Vec<&[u8]> = stored.iter().map(|v| v.as_bytes()).collect();
+    held.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(held, want);
+}
+
+#[tokio::test]
+async fn batches_sealed_before_a_failed_batch_are_not_acknowledged_as_duplicates() {
+    let node = start_node(Arc::default()).await;
+    let producer = one_record_batches(&node, 2).await;
+    node.faults
+        .rejected_values
+        .lock()
+        .unwrap()
+        .insert(b"poison".to_vec());
+    let open_first = node.faults.gate(b"first");
+    let open_poison = node.faults.gate(b"poison");
+
+    // "first" and "poison" take both slots; "third" is sealed and waits for one.
+    let first = producer.send_to(0, None, b"first", None).await.unwrap();
+    let poison = producer.send_to(0, None, b"poison", None).await.unwrap();
+    let third = producer.send_to(0, None, b"third", None).await.unwrap();
+    node.faults.wait_held(2).await;
+    open_poison.send(true).unwrap();
+    let err = poison.await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    open_first.send(true).unwrap();
+
+    // Batches sealed after the failure must not reuse the sequence numbers "third" was given.
+    let mut acks = vec![("first", first), ("third", third)];
+    for value in ["a", "b", "c", "d"] {
+        let ack = producer.send_to(0, None, value.as_bytes(), None).await;
+        acks.push((value, ack.unwrap()));
+    }
+    producer.flush().await.unwrap();
+    let mut acked = Vec::new();
+    for (value, ack) in acks {
+        acked.push((value, ack.await.unwrap()));
+    }
+    assert_acks_are_stored(&node, &acked, &["first", "third", "a", "b", "c", "d"]);
+    assert_eq!(producer.stats().records_failed, 1);
+}
+
+#[tokio::test]
+async fn batches_in_flight_behind_a_failed_batch_are_sent_again_and_stored() {
+    let node = start_node(Arc::default()).await;
+    let producer = one_record_batches(&node, 2).await;
+    node.faults
+        .rejected_values
+        .lock()
+        .unwrap()
+        .insert(b"poison".to_vec());
+    let open_poison = node.faults.gate(b"poison");
+    let open_second = node.faults.gate(b"second");
+
+    // "second" is in flight behind "poison", so the server can never store it under the sequence
+    // it was sent with.
+    let poison = producer.send_to(0, None, b"poison", None).await.unwrap();
+    let second = producer.send_to(0, None, b"second", None).await.unwrap();
+    node.faults.wait_held(2).await;
+    open_poison.send(true).unwrap();
+    let err = poison.await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    open_second.send(true).unwrap();
+
+    let third = producer.send_to(0, None, b"third", None).await.unwrap();
+    producer.flush().await.unwrap();
+    let acked = [
+        ("second", second.await.unwrap()),
+        ("third", third.await.unwrap()),
+    ];
+    assert_acks_are_stored(&node, &acked, &["second", "third"]);
 }
 
 #[tokio::test]
