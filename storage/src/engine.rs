@@ -62,6 +62,19 @@ pub struct EngineStats {
 /// are flushed (so disk use after a load does not stay at every WAL file written during it).
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
+/// Runs `f`, a long piece of disk work (copying half a region at a split, writing a snapshot),
+/// without holding up the other tasks of the runtime's worker thread it is called on: on a
+/// multi-threaded tokio runtime the worker's other tasks (heartbeats, votes of other groups) move
+/// to another thread meanwhile. Elsewhere (a single-threaded runtime, no runtime) it just runs `f`.
+pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The node's storage engine: one RocksDB shared by every Raft group on the node.
 #[derive(Clone)]
 pub struct Engine {

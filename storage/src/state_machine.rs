@@ -394,7 +394,9 @@ impl StateMachine {
                     );
                     0
                 } else {
-                    region::move_rows(&self.engine, b, group, *child, split_key)?
+                    crate::engine::off_runtime(|| {
+                        region::move_rows(&self.engine, b, group, *child, split_key)
+                    })?
                 };
                 if !child_exists {
                     let init = openraft::LogId::new(

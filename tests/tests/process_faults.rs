@@ -344,3 +344,79 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
         assert!(left.is_empty(), "{cf} still holds moved groups {left:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_finish_when_their_leader_is_killed_midway() {
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster_up(&cluster, 3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    create_and_fill(&client, "moving", 6, 3, 3000).await;
+
+    // A fourth node joins: the placement loop moves replicas onto it one at a time. Whenever a
+    // partition is caught mid-move (its voters differ from its replicas), SIGKILL its leader and
+    // bring it back; the new leader must finish the change.
+    cluster.add_node();
+    cluster_up(&cluster, 4).await;
+    let addr_of: HashMap<String, usize> = (0..4).map(|i| (cluster.addr(i), i)).collect();
+    let mut kills = 0;
+    let deadline = std::time::Instant::now() + SETTLE;
+    while kills < 3 && std::time::Instant::now() < deadline {
+        let Ok(info) = client.describe_topic("moving").await else {
+            continue;
+        };
+        let moving = info.partition_info.iter().find(|p| {
+            let mut voters = p.voters.clone();
+            voters.sort();
+            let mut replicas = p.replicas.clone();
+            replicas.sort();
+            voters != replicas && p.leader != 0
+        });
+        let target = moving.and_then(|p| Some((p.partition, *addr_of.get(&p.leader_addr)?)));
+        match target {
+            // Never node 0: the client's seed.
+            Some((partition, i)) if i != 0 => {
+                cluster.kill(i);
+                kills += 1;
+                let killed = cluster.addr(i);
+                wait_until("another node to lead the partition", SETTLE, || {
+                    let client = client.clone();
+                    let killed = killed.clone();
+                    async move {
+                        let info = client.describe_topic("moving").await.ok()?;
+                        let p = info.partition_info.get(partition as usize)?;
+                        (p.leader != 0 && p.leader_addr != killed).then_some(())
+                    }
+                })
+                .await;
+                cluster.restart(i);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // Whether or not a kill landed mid-change, every group settles on its catalog replicas, and
+    // the new node holds replicas.
+    let new_id = weir_tests::node_id_of(&client, &cluster.addr(3)).await;
+    wait_until("every partition's voters to equal its replicas", SETTLE, || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic("moving").await.ok()?;
+            let settled = info.partition_info.iter().all(|p| {
+                let mut voters = p.voters.clone();
+                voters.sort();
+                let mut replicas = p.replicas.clone();
+                replicas.sort();
+                p.leader != 0 && voters == replicas && replicas.len() == 3
+            });
+            let on_new = info
+                .partition_info
+                .iter()
+                .any(|p| p.replicas.contains(&new_id));
+            (settled && on_new).then_some(())
+        }
+    })
+    .await;
+    let data = read_all(&client, "moving").await;
+    assert_dense(&data);
+    let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len(), 3000, "no record lost across the moves and kills");
+}
