@@ -217,29 +217,15 @@ impl GroupManager {
         init: Option<(u64, BTreeMap<u64, BasicNode>)>,
     ) -> NodeResult<Arc<GroupHandle>> {
         let engine = self.cfg.engine.clone();
-        let mut sm = StateMachine::open(engine.clone(), id, &kind, &self.cfg.snapshot_root)?;
-        {
-            use openraft::storage::{RaftLogStorage, RaftStateMachine};
-            let io = |e: std::io::Error| NodeError::Internal(format!("group {id}: {e}"));
-            let (applied, _) = sm.applied_state().await.map_err(io)?;
-            let purged = LogStore::new(engine.clone(), id)
-                .get_log_state()
+        // Recovery may clear an install a crash cut short or reset a replica behind its purged
+        // log (keeping its vote): disk work, kept off the async worker threads.
+        let sm = {
+            let (engine, kind, root) =
+                (engine.clone(), kind.clone(), self.cfg.snapshot_root.clone());
+            tokio::task::spawn_blocking(move || StateMachine::recover(engine, id, &kind, &root))
                 .await
-                .map_err(io)?
-                .last_purged_log_id;
-            if purged.is_some() && applied < purged {
-                // A log can only be purged up to what the state machine holds; anything else
-                // would append entries on top of missing data. Start empty and get a snapshot.
-                tracing::warn!(
-                    group = id,
-                    ?applied,
-                    ?purged,
-                    "log purged past the applied state; starting the replica empty"
-                );
-                StateMachine::destroy(&engine, id, &self.cfg.snapshot_root)?;
-                sm = StateMachine::open(engine.clone(), id, &kind, &self.cfg.snapshot_root)?;
-            }
-        }
+                .map_err(|e| NodeError::Internal(format!("group {id}: recovery task: {e}")))??
+        };
         let watch = sm.watch();
         let raft_config = if id == METADATA_GROUP {
             config::metadata()

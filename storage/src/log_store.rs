@@ -76,6 +76,28 @@ impl LogStore {
         );
         Ok(())
     }
+
+    /// The last purged log id of `group`.
+    pub fn last_purged(
+        engine: &Engine,
+        group: u64,
+    ) -> Result<Option<LogIdOf<TypeConfig>>, StorageError> {
+        LogStore::new(engine.clone(), group).get_meta(META_PURGED)
+    }
+
+    /// Adds to `b` the deletion of the group's log entries and its committed and purged ids, but
+    /// not its vote: a replica that is reset stays a member, and must remember whom it voted for.
+    pub fn clear_keeping_vote(
+        engine: &Engine,
+        b: &mut WriteBatch,
+        group: u64,
+    ) -> Result<(), StorageError> {
+        engine.delete_group_range(b, CF_LOG, group)?;
+        let meta = engine.cf(CF_META)?;
+        b.delete_cf(meta, group_key(group, META_COMMITTED));
+        b.delete_cf(meta, group_key(group, META_PURGED));
+        Ok(())
+    }
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {

@@ -4,18 +4,39 @@
 //! A snapshot of any size never sits in memory: rows are written as they are scanned, sent in chunks
 //! read from the file, received into a file, and installed in bounded write batches.
 //!
-//! File layout: `WSNP1` then rows of `u32 key_len | key | u32 value_len | value` (big endian).
-//! Each group keeps its current snapshot as `current.snap` + `current.meta` in its own directory.
+//! A snapshot is one file holding its metadata and its rows, so the two can never disagree. Layout
+//! (integers big endian):
+//!
+//! ```text
+//! WSNP2 | u32 meta_len | meta                      (bincode of the openraft snapshot meta)
+//!       | u32 key_len | key | u32 value_len | value  (once per row, key_len < END)
+//!       | u32 END | u64 rows | u32 crc32             (crc32 of every byte before it)
+//! ```
+//!
+//! A file is written under a temporary name, fsynced, and made the group's `current.snap` by one
+//! rename followed by an fsync of the directory: a crash leaves the old snapshot or the new one,
+//! never a mix. Readers check the end marker and the checksum and refuse a torn or corrupt file, so
+//! a damaged snapshot is never applied; the group then builds or receives a fresh one.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::alias::SnapshotMetaOf;
 
 use crate::{decode, encode, StorageError, TypeConfig};
 
-const MAGIC: &[u8; 5] = b"WSNP1";
+const MAGIC: &[u8; 5] = b"WSNP2";
+/// Length prefix that ends the rows; no key is this long.
+const END: u32 = u32::MAX;
+/// Largest metadata a snapshot file may announce (a membership is a few kilobytes at most); bounds
+/// the allocation made for a file that came over the network.
+const MAX_META_LEN: u32 = 16 << 20;
+/// Prefix of the names of snapshots being built or received.
+const TEMP_PREFIX: &str = "tmp-";
+/// Name of the group's current snapshot.
+const CURRENT: &str = "current.snap";
 /// Size of the chunks a snapshot is streamed in.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
@@ -40,60 +61,89 @@ impl SnapshotDir {
         }
     }
 
-    fn meta_path(&self) -> PathBuf {
-        self.dir.join("current.meta")
-    }
-
     fn data_path(&self) -> PathBuf {
-        self.dir.join("current.snap")
+        self.dir.join(CURRENT)
     }
 
-    /// A fresh path for a snapshot being built or received.
+    /// A fresh path for a snapshot being built or received; unique within the process, and
+    /// removed by [`SnapshotDir::remove_temp_files`] if the process dies before promoting it.
     pub fn temp_path(&self) -> Result<PathBuf, StorageError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(&self.dir)?;
         let n: u64 = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Ok(self.dir.join(format!("tmp-{n}.snap")))
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        Ok(self.dir.join(format!("{TEMP_PREFIX}{n}-{seq}.snap")))
     }
 
-    /// The current snapshot, if the group has one.
+    /// Deletes snapshots left half-built or half-received by a crash or a failed transfer; call
+    /// only while nothing builds or receives a snapshot of the group.
+    pub fn remove_temp_files(&self) -> Result<usize, StorageError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // `current.meta` was written next to the data by an older layout; the metadata now
+            // lives inside the snapshot file.
+            if name.starts_with(TEMP_PREFIX) || name.ends_with(".tmp") || name == "current.meta" {
+                remove_if_exists(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The current snapshot, if the group has a whole and intact one.
+    ///
+    /// A torn or corrupt file (or one of an older layout) is deleted and reported as no snapshot,
+    /// so that a fresh one is built or received instead of a damaged one being applied or sent.
+    /// Reads the whole file to check it: call from a blocking context.
     pub fn current(
         &self,
     ) -> Result<Option<(SnapshotMetaOf<TypeConfig>, SnapshotData)>, StorageError> {
-        let meta = match std::fs::read(self.meta_path()) {
-            Ok(b) => decode(&b)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Some((
-            meta,
-            SnapshotData {
-                path: self.data_path(),
-            },
-        )))
+        let path = self.data_path();
+        match verify(&path) {
+            Ok(meta) => Ok(Some((meta, SnapshotData { path }))),
+            Err(SnapshotError::Missing) => Ok(None),
+            Err(SnapshotError::Io(e)) => Err(StorageError::Io(e)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unusable snapshot");
+                remove_if_exists(&path)?;
+                Ok(None)
+            }
+        }
     }
 
-    /// Makes the snapshot file at `path` the group's current snapshot, durably.
-    pub fn promote(
-        &self,
-        meta: &SnapshotMetaOf<TypeConfig>,
-        path: &Path,
-    ) -> Result<SnapshotData, StorageError> {
-        std::fs::create_dir_all(&self.dir)?;
-        if path != self.data_path() {
-            std::fs::rename(path, self.data_path())?;
+    /// Makes the finished snapshot file at `path` (written by [`SnapshotWriter`], or received and
+    /// [`verify`]-ed) the group's current snapshot, durably and in one step: one rename, then an
+    /// fsync of the directory.
+    pub fn promote(&self, path: &Path) -> Result<SnapshotData, StorageError> {
+        let target = self.data_path();
+        if path == target {
+            return Ok(SnapshotData { path: target });
         }
-        let tmp = self.dir.join("current.meta.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&encode(meta)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.meta_path())?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(SnapshotData {
-            path: self.data_path(),
-        })
+        let promoted = (|| {
+            std::fs::create_dir_all(&self.dir)?;
+            std::fs::rename(path, &target)?;
+            // The rename is only durable once the directory entry is.
+            File::open(&self.dir)?.sync_all()?;
+            Ok(SnapshotData {
+                path: target.clone(),
+            })
+        })();
+        if promoted.is_err() {
+            // A snapshot that cannot become current is of no use; do not leave it behind.
+            let _ = remove_if_exists(path);
+        }
+        promoted
     }
 
     /// Deletes the group's snapshots (the replica is being dropped).
@@ -106,88 +156,334 @@ impl SnapshotDir {
     }
 }
 
-/// Writes rows into a snapshot file.
+fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why a snapshot file cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    /// There is no file.
+    #[error("snapshot file is missing")]
+    Missing,
+    /// Reading the file failed.
+    #[error("reading snapshot: {0}")]
+    Io(String),
+    /// The file does not start as a snapshot of this layout.
+    #[error("not a snapshot file of this version")]
+    BadMagic,
+    /// The file ends before its end marker: a write or a transfer was cut short.
+    #[error("snapshot file is torn: it ends before its end marker")]
+    Torn,
+    /// The bytes do not match the checksum the writer recorded.
+    #[error("snapshot checksum mismatch: file says {stored:08x}, contents give {computed:08x}")]
+    Checksum {
+        /// Checksum stored in the file.
+        stored: u32,
+        /// Checksum of the bytes read.
+        computed: u32,
+    },
+    /// The structure is inconsistent (bad lengths, bytes after the end marker, wrong row count).
+    #[error("malformed snapshot: {0}")]
+    Malformed(String),
+}
+
+impl SnapshotError {
+    fn at(self, path: &Path) -> StorageError {
+        match self {
+            SnapshotError::Io(e) => StorageError::Io(format!("{}: {e}", path.display())),
+            e => StorageError::Corrupt(format!("snapshot {}: {e}", path.display())),
+        }
+    }
+}
+
+impl From<SnapshotError> for StorageError {
+    fn from(e: SnapshotError) -> Self {
+        match e {
+            SnapshotError::Io(e) => StorageError::Io(e),
+            e => StorageError::Corrupt(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for SnapshotError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            SnapshotError::Torn
+        } else {
+            SnapshotError::Io(e.to_string())
+        }
+    }
+}
+
+/// Writes a snapshot file under a temporary name; the file is deleted unless it is finished.
 pub struct SnapshotWriter {
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     path: PathBuf,
+    crc: crc32fast::Hasher,
+    rows: u64,
 }
 
 impl SnapshotWriter {
-    /// Starts a snapshot file at `path`.
-    pub fn create(path: PathBuf) -> Result<SnapshotWriter, StorageError> {
-        let mut out = BufWriter::with_capacity(CHUNK_SIZE, File::create(&path)?);
-        out.write_all(MAGIC)?;
-        Ok(SnapshotWriter { out, path })
+    /// Starts a snapshot file at `path` (a [`SnapshotDir::temp_path`]) holding `meta`.
+    pub fn create(
+        path: PathBuf,
+        meta: &SnapshotMetaOf<TypeConfig>,
+    ) -> Result<SnapshotWriter, StorageError> {
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        let mut w = SnapshotWriter {
+            out: Some(BufWriter::with_capacity(CHUNK_SIZE, file)),
+            path,
+            crc: crc32fast::Hasher::new(),
+            rows: 0,
+        };
+        let meta = encode(meta)?;
+        w.put(MAGIC)?;
+        w.put(&len_u32(meta.len())?.to_be_bytes())?;
+        w.put(&meta)?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.crc.update(bytes);
+        match self.out.as_mut() {
+            Some(out) => Ok(out.write_all(bytes)?),
+            None => Err(StorageError::Io("snapshot writer is closed".into())),
+        }
     }
 
     /// Adds one row.
     pub fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.out.write_all(&(key.len() as u32).to_be_bytes())?;
-        self.out.write_all(key)?;
-        self.out.write_all(&(value.len() as u32).to_be_bytes())?;
-        self.out.write_all(value)?;
+        self.put(&len_u32(key.len())?.to_be_bytes())?;
+        self.put(key)?;
+        self.put(&len_u32(value.len())?.to_be_bytes())?;
+        self.put(value)?;
+        self.rows += 1;
         Ok(())
     }
 
-    /// Flushes and fsyncs the file.
-    pub fn finish(self) -> Result<PathBuf, StorageError> {
-        let f = self
+    /// Writes the end marker and checksum, flushes and fsyncs the file, and returns its path.
+    pub fn finish(mut self) -> Result<PathBuf, StorageError> {
+        self.put(&END.to_be_bytes())?;
+        let rows = self.rows.to_be_bytes();
+        self.put(&rows)?;
+        let crc = self.crc.clone().finalize().to_be_bytes();
+        let mut out = self
             .out
-            .into_inner()
-            .map_err(|e| StorageError::Io(e.to_string()))?;
-        f.sync_all()?;
-        Ok(self.path)
+            .take()
+            .ok_or_else(|| StorageError::Io("snapshot writer is closed".into()))?;
+        let done = (|| {
+            out.write_all(&crc)?;
+            let f = out
+                .into_inner()
+                .map_err(|e| StorageError::Io(e.to_string()))?;
+            f.sync_all()?;
+            Ok(())
+        })();
+        match done {
+            Ok(()) => Ok(std::mem::take(&mut self.path)),
+            // Drop removes the file.
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// Reads the rows of a snapshot file, one at a time.
-pub fn read_rows(
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        // Unfinished (an error, or the build was abandoned): the partial file must not linger.
+        if !self.path.as_os_str().is_empty() {
+            self.out.take();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn len_u32(n: usize) -> Result<u32, StorageError> {
+    match u32::try_from(n) {
+        Ok(n) if n < END => Ok(n),
+        _ => Err(StorageError::Corrupt(format!(
+            "{n} bytes is too long for a snapshot field"
+        ))),
+    }
+}
+
+/// A reader that feeds every byte it returns into a checksum.
+struct Checked<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Checked<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.inner.read_exact(buf)?;
+        self.crc.update(buf);
+        Ok(())
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let mut b = [0u8; 4];
+        self.exact(&mut b)?;
+        Ok(u32::from_be_bytes(b))
+    }
+
+    /// Reads `len` bytes without trusting `len` for one up-front allocation: a corrupt length must
+    /// fail at the end of the file, not exhaust memory.
+    fn bytes(&mut self, len: u32) -> Result<Vec<u8>, SnapshotError> {
+        let mut v = Vec::new();
+        (&mut self.inner)
+            .take(u64::from(len))
+            .read_to_end(&mut v)
+            .map_err(SnapshotError::from)?;
+        if v.len() != len as usize {
+            return Err(SnapshotError::Torn);
+        }
+        self.crc.update(&v);
+        Ok(v)
+    }
+}
+
+/// Reads a snapshot file from start to end, calling `visit` for every row, and checks its end
+/// marker, row count and checksum. `visit` sees rows before the checksum is known: callers that
+/// act on rows must [`verify`] the file first.
+fn walk(
     path: &Path,
     mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
-) -> Result<(), StorageError> {
-    let mut r = BufReader::with_capacity(CHUNK_SIZE, File::open(path)?);
-    let mut magic = [0u8; 5];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(StorageError::Corrupt(format!(
-            "{} is not a snapshot file",
-            path.display()
-        )));
-    }
-    loop {
-        let mut len = [0u8; 4];
-        match r.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
+) -> Result<SnapshotMetaOf<TypeConfig>, WalkError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::Missing.into())
         }
-        let mut key = vec![0u8; u32::from_be_bytes(len) as usize];
-        r.read_exact(&mut key)?;
-        r.read_exact(&mut len)?;
-        let mut value = vec![0u8; u32::from_be_bytes(len) as usize];
-        r.read_exact(&mut value)?;
-        visit(key, value)?;
+        Err(e) => return Err(SnapshotError::from(e).into()),
+    };
+    let mut r = Checked {
+        inner: BufReader::with_capacity(CHUNK_SIZE, file),
+        crc: crc32fast::Hasher::new(),
+    };
+    let mut magic = [0u8; 5];
+    r.exact(&mut magic).map_err(|e| match e {
+        SnapshotError::Torn => SnapshotError::BadMagic,
+        e => e,
+    })?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::BadMagic.into());
+    }
+    let meta_len = r.u32()?;
+    if meta_len > MAX_META_LEN {
+        return Err(SnapshotError::Malformed(format!("metadata of {meta_len} bytes")).into());
+    }
+    let meta = r.bytes(meta_len)?;
+    let meta: SnapshotMetaOf<TypeConfig> =
+        decode(&meta).map_err(|e| SnapshotError::Malformed(format!("metadata: {e}")))?;
+    let mut rows = 0u64;
+    loop {
+        let key_len = r.u32()?;
+        if key_len == END {
+            break;
+        }
+        let key = r.bytes(key_len)?;
+        let value_len = r.u32()?;
+        if value_len == END {
+            return Err(SnapshotError::Malformed("row without a value".into()).into());
+        }
+        let value = r.bytes(value_len)?;
+        rows += 1;
+        visit(key, value).map_err(WalkError::Visit)?;
+    }
+    let mut count = [0u8; 8];
+    r.exact(&mut count)?;
+    let computed = r.crc.clone().finalize();
+    let mut stored = [0u8; 4];
+    r.inner
+        .read_exact(&mut stored)
+        .map_err(SnapshotError::from)?;
+    let stored = u32::from_be_bytes(stored);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed }.into());
+    }
+    if u64::from_be_bytes(count) != rows {
+        return Err(SnapshotError::Malformed(format!(
+            "{rows} rows, end marker says {}",
+            u64::from_be_bytes(count)
+        ))
+        .into());
+    }
+    let mut extra = [0u8; 1];
+    match r.inner.read(&mut extra) {
+        Ok(0) => Ok(meta),
+        Ok(_) => Err(SnapshotError::Malformed("bytes after the end marker".into()).into()),
+        Err(e) => Err(SnapshotError::from(e).into()),
+    }
+}
+
+enum WalkError {
+    File(SnapshotError),
+    Visit(StorageError),
+}
+
+impl From<SnapshotError> for WalkError {
+    fn from(e: SnapshotError) -> Self {
+        WalkError::File(e)
+    }
+}
+
+/// Checks that the snapshot file at `path` is whole and intact, and returns the metadata it holds.
+pub fn verify(path: &Path) -> Result<SnapshotMetaOf<TypeConfig>, SnapshotError> {
+    match walk(path, |_, _| Ok(())) {
+        Ok(meta) => Ok(meta),
+        Err(WalkError::File(e)) => Err(e),
+        Err(WalkError::Visit(e)) => Err(SnapshotError::Io(e.to_string())),
+    }
+}
+
+/// Reads the rows of a snapshot file, one at a time; fails if the file turns out torn or corrupt,
+/// which may be after some rows were visited (so [`verify`] it first before acting on rows).
+pub fn read_rows(
+    path: &Path,
+    visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
+) -> Result<SnapshotMetaOf<TypeConfig>, StorageError> {
+    match walk(path, visit) {
+        Ok(meta) => Ok(meta),
+        Err(WalkError::File(e)) => Err(e.at(path)),
+        Err(WalkError::Visit(e)) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::vote::RaftLeaderId;
+
+    fn meta(index: u64) -> SnapshotMetaOf<TypeConfig> {
+        let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+        SnapshotMetaOf::<TypeConfig> {
+            last_log_id: Some(openraft::LogId::new(lid, index)),
+            ..Default::default()
+        }
+    }
+
+    fn write(sd: &SnapshotDir, meta: &SnapshotMetaOf<TypeConfig>, rows: u32) -> PathBuf {
+        let mut w = SnapshotWriter::create(sd.temp_path().unwrap(), meta).unwrap();
+        for i in 0..rows {
+            w.row(&i.to_be_bytes(), &vec![i as u8; (i % 300) as usize])
+                .unwrap();
+        }
+        w.finish().unwrap()
+    }
 
     #[test]
     fn rows_round_trip_through_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let sd = SnapshotDir::new(dir.path(), 9);
-        let mut w = SnapshotWriter::create(sd.temp_path().unwrap()).unwrap();
-        for i in 0..1000u32 {
-            w.row(&i.to_be_bytes(), &vec![i as u8; (i % 300) as usize])
-                .unwrap();
-        }
-        let path = w.finish().unwrap();
-        let meta = SnapshotMetaOf::<TypeConfig>::default();
-        let data = sd.promote(&meta, &path).unwrap();
+        let meta = meta(12);
+        let path = write(&sd, &meta, 1000);
+        let data = sd.promote(&path).unwrap();
         let mut n = 0u32;
-        read_rows(&data.path, |k, v| {
+        let read = read_rows(&data.path, |k, v| {
             assert_eq!(k, n.to_be_bytes());
             assert_eq!(v.len(), (n % 300) as usize);
             n += 1;
@@ -195,6 +491,77 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 1000);
+        assert_eq!(read, meta);
         assert_eq!(sd.current().unwrap().unwrap().0, meta);
+        assert!(!path.exists(), "promoted by renaming the temporary file");
+    }
+
+    #[test]
+    fn torn_or_corrupt_snapshots_are_refused_and_treated_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = SnapshotDir::new(dir.path(), 3);
+        let meta = meta(40);
+        let good = std::fs::read(write(&sd, &meta, 200)).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("cut before the end marker", good[..good.len() / 2].to_vec()),
+            ("cut inside the trailer", good[..good.len() - 3].to_vec()),
+            ("one flipped byte", {
+                let mut b = good.clone();
+                let i = b.len() / 2;
+                b[i] ^= 0x40;
+                b
+            }),
+            ("bytes after the end", {
+                let mut b = good.clone();
+                b.push(0);
+                b
+            }),
+            ("empty", Vec::new()),
+        ];
+        for (what, bytes) in cases {
+            let path = sd.temp_path().unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(verify(&path).is_err(), "{what}: verified");
+            assert!(
+                read_rows(&path, |_, _| Ok(())).is_err(),
+                "{what}: rows read without error"
+            );
+            std::fs::remove_file(&path).unwrap();
+            // The same damage to the current snapshot: refused, removed, reported as none.
+            std::fs::write(sd.data_path(), &bytes).unwrap();
+            assert!(sd.current().unwrap().is_none(), "{what}: served as current");
+            assert!(!sd.data_path().exists(), "{what}: damaged current kept");
+        }
+        // The intact bytes pass.
+        let path = sd.temp_path().unwrap();
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(verify(&path).unwrap(), meta);
+        sd.promote(&path).unwrap();
+        assert_eq!(sd.current().unwrap().unwrap().0, meta);
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = SnapshotDir::new(dir.path(), 4);
+        let meta = meta(7);
+        let current = write(&sd, &meta, 10);
+        sd.promote(&current).unwrap();
+        // A build that died half-way and a transfer that was cut off.
+        let mut half = SnapshotWriter::create(sd.temp_path().unwrap(), &meta).unwrap();
+        half.row(b"k", b"v").unwrap();
+        std::mem::forget(half);
+        std::fs::write(sd.temp_path().unwrap(), b"WSNP2partial").unwrap();
+        assert_eq!(sd.remove_temp_files().unwrap(), 2);
+        let left: Vec<_> = std::fs::read_dir(&sd.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(CURRENT)]);
+        assert_eq!(sd.current().unwrap().unwrap().0, meta);
+        // An abandoned writer removes its own file.
+        let p = sd.temp_path().unwrap();
+        drop(SnapshotWriter::create(p.clone(), &meta).unwrap());
+        assert!(!p.exists());
     }
 }

@@ -23,7 +23,7 @@ use crate::catalog::{Catalog, GroupKind, MetaResponse};
 use crate::engine::{group_key, key_suffix_u64, CF_DATA};
 use crate::partition::{self, PartitionState};
 use crate::region::{self, RegionState};
-use crate::snapshot::{read_rows, SnapshotData, SnapshotDir, SnapshotWriter};
+use crate::snapshot::{read_rows, verify, SnapshotData, SnapshotDir, SnapshotWriter};
 use crate::types::{Expect, KvOp};
 use crate::{decode, encode, Engine, Request, Response, StorageError, TypeConfig};
 
@@ -31,6 +31,9 @@ const TAG_HEADER: u8 = 0;
 const TAG_CATALOG: u8 = 2;
 const TAG_OFFSET: u8 = 3;
 const TAG_PRODUCER: u8 = 4;
+/// Marks a snapshot install under way: written (synced) before the first row and removed in the
+/// synced write of the header, so finding it at start-up means a crash cut an install short.
+const TAG_INSTALLING: u8 = 0xFE;
 /// Batches remembered per producer for de-duplication (as Kafka's five in-flight batches).
 const PRODUCER_WINDOW: usize = 5;
 /// Producers remembered per partition; the least recently active is forgotten first.
@@ -106,6 +109,16 @@ impl StateMachine {
         kind: &GroupKind,
         snapshot_root: &Path,
     ) -> Result<StateMachine, StorageError> {
+        // Runs before anything reads the group's data, so a half-installed snapshot is never seen.
+        if clear_interrupted_install(&engine, group)? {
+            tracing::warn!(
+                group,
+                "a snapshot install was cut short; starting the replica empty"
+            );
+        }
+        let snapshots = SnapshotDir::new(snapshot_root, group);
+        // Nothing builds or receives a snapshot of the group before it is opened.
+        snapshots.remove_temp_files()?;
         let header: Header = match engine.get(CF_DATA, &group_key(group, &[TAG_HEADER]))? {
             Some(v) => decode(&v)?,
             None => Header::default(),
@@ -145,8 +158,48 @@ impl StateMachine {
             group,
             header,
             kind,
-            snapshots: SnapshotDir::new(snapshot_root, group),
+            snapshots,
         })
+    }
+
+    /// Opens the state machine of `group` for Raft to run, repairing what a crash can leave: an
+    /// install cut short is cleared, and a state machine behind its purged log is reset to an
+    /// empty replica (keeping the vote) that gets a snapshot from its leader.
+    ///
+    /// Does disk work (and may delete a whole replica's data): call from a blocking context.
+    pub fn recover(
+        engine: Engine,
+        group: u64,
+        kind: &GroupKind,
+        snapshot_root: &Path,
+    ) -> Result<StateMachine, StorageError> {
+        let sm = StateMachine::open(engine.clone(), group, kind, snapshot_root)?;
+        let purged = crate::LogStore::last_purged(&engine, group)?;
+        if purged.is_none() || sm.header.applied >= purged {
+            return Ok(sm);
+        }
+        // A log can only be purged up to what the state machine holds; anything else would
+        // append entries on top of missing data. Start empty and get a snapshot.
+        tracing::warn!(
+            group,
+            applied = ?sm.header.applied,
+            ?purged,
+            "log purged past the applied state; starting the replica empty"
+        );
+        drop(sm);
+        StateMachine::reset(&engine, group, snapshot_root)?;
+        StateMachine::open(engine, group, kind, snapshot_root)
+    }
+
+    /// Empties the group's replica — Raft log, committed and purged ids, data, snapshots — but
+    /// keeps its vote: the replica stays a member, and a member that forgot its vote could vote
+    /// twice in one term.
+    pub fn reset(engine: &Engine, group: u64, snapshot_root: &Path) -> Result<(), StorageError> {
+        let mut b = WriteBatch::default();
+        crate::LogStore::clear_keeping_vote(engine, &mut b, group)?;
+        engine.delete_group_range(&mut b, CF_DATA, group)?;
+        engine.write_sync(b)?;
+        SnapshotDir::new(snapshot_root, group).destroy()
     }
 
     /// A handle to observe the applied state.
@@ -443,23 +496,33 @@ impl StateMachine {
         })
     }
 
-    /// Writes the region's state, rows and header to a snapshot file as they are now.
-    fn write_region_snapshot(&self) -> Result<std::path::PathBuf, StorageError> {
-        let mut w = SnapshotWriter::create(self.snapshots.temp_path()?)?;
-        self.engine.scan(
-            CF_DATA,
-            &group_key(self.group, &[region::TAG_REGION]),
-            &group_key(self.group, &[region::TAG_ROW + 1]),
-            |k, v| {
-                w.row(k, v)?;
-                Ok(true)
-            },
-        )?;
-        w.row(
-            &group_key(self.group, &[TAG_HEADER]),
-            &encode(&self.header)?,
-        )?;
-        w.finish()
+    /// Reloads the in-memory views of the kind's state from what the engine now holds.
+    fn reload_views(&mut self) -> Result<(), StorageError> {
+        match &mut self.kind {
+            Kind::Metadata(tx) => {
+                let catalog = match self
+                    .engine
+                    .get(CF_DATA, &group_key(self.group, &[TAG_CATALOG]))?
+                {
+                    Some(v) => decode(&v)?,
+                    None => Catalog::default(),
+                };
+                tx.send_replace(Arc::new(catalog));
+            }
+            Kind::Offsets(tx) => {
+                tx.send_replace(Arc::new(load_offsets(&self.engine, self.group)?));
+            }
+            Kind::Partition(_, producers) => {
+                *producers = load_producers(&self.engine, self.group)?;
+            }
+            Kind::Region(_, st, pending) => {
+                pending.clear();
+                if let Some(stored) = region::load_state(&self.engine, self.group)? {
+                    *st = stored;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn put_header(&self, b: &mut WriteBatch) -> Result<(), StorageError> {
@@ -483,6 +546,160 @@ impl StateMachine {
             _ => {}
         }
     }
+}
+
+/// Writes a region's state, rows and header to a snapshot file as they are now.
+fn write_region_snapshot(
+    engine: &Engine,
+    group: u64,
+    header: &Header,
+    snapshots: &SnapshotDir,
+) -> Result<std::path::PathBuf, StorageError> {
+    let mut w = SnapshotWriter::create(snapshots.temp_path()?, &snapshot_meta(header))?;
+    engine.scan(
+        CF_DATA,
+        &group_key(group, &[region::TAG_REGION]),
+        &group_key(group, &[region::TAG_ROW + 1]),
+        |k, v| {
+            w.row(k, v)?;
+            Ok(true)
+        },
+    )?;
+    w.row(&group_key(group, &[TAG_HEADER]), &encode(header)?)?;
+    w.finish()
+}
+
+/// The snapshot metadata of a state machine whose header is `header`.
+fn snapshot_meta(header: &Header) -> SnapshotMetaOf<TypeConfig> {
+    SnapshotMetaOf::<TypeConfig> {
+        last_log_id: header.applied,
+        last_membership: header.membership.clone(),
+    }
+}
+
+fn installing_key(group: u64) -> Vec<u8> {
+    group_key(group, &[TAG_INSTALLING])
+}
+
+/// If an install of `group` was cut short, deletes the part of it that was written (in one synced
+/// write, which also removes the mark), leaving the group with no data and no header: an empty
+/// replica that gets a fresh snapshot. Its Raft log and vote are left alone.
+fn clear_interrupted_install(engine: &Engine, group: u64) -> Result<bool, StorageError> {
+    if engine.get(CF_DATA, &installing_key(group))?.is_none() {
+        return Ok(false);
+    }
+    let mut b = WriteBatch::default();
+    engine.delete_group_range(&mut b, CF_DATA, group)?;
+    engine.write_sync(b)?;
+    Ok(true)
+}
+
+/// Install step 1: in one synced write, drops the group's data and marks an install as under way,
+/// so that from here on a crash leaves a marked, clearable group rather than a header over partial
+/// data.
+fn begin_install(engine: &Engine, group: u64) -> Result<(), StorageError> {
+    let mut b = WriteBatch::default();
+    engine.delete_group_range(&mut b, CF_DATA, group)?;
+    // After the range deletion in the same batch, so the mark survives it.
+    b.put_cf(engine.cf(CF_DATA)?, installing_key(group), []);
+    engine.write_sync(b)
+}
+
+/// Install step 2: copies the rows of the snapshot file at `path` into the engine in bounded,
+/// unsynced write batches (step 3 makes them durable), and returns the header the file holds.
+fn write_install_rows(
+    engine: &Engine,
+    group: u64,
+    path: &Path,
+) -> Result<Option<Header>, StorageError> {
+    let cf = engine.cf(CF_DATA)?;
+    let header_key = group_key(group, &[TAG_HEADER]);
+    let mut header = None;
+    let mut b = WriteBatch::default();
+    let mut pending = 0usize;
+    read_rows(path, |k, v| {
+        if k.get(..8) != Some(&group.to_be_bytes()[..]) {
+            return Err(StorageError::Corrupt(
+                "snapshot row belongs to another group".into(),
+            ));
+        }
+        if k == header_key {
+            header = Some(decode(&v)?);
+            return Ok(());
+        }
+        if k == installing_key(group) {
+            return Err(StorageError::Corrupt(
+                "snapshot holds an install mark".into(),
+            ));
+        }
+        pending += k.len() + v.len();
+        b.put_cf(cf, k, v);
+        if pending >= INSTALL_BATCH_BYTES {
+            engine.write(std::mem::take(&mut b))?;
+            pending = 0;
+        }
+        Ok(())
+    })?;
+    engine.write(b)?;
+    Ok(header)
+}
+
+/// Install step 3: fsyncs the rows written so far, then writes the header and removes the install
+/// mark in one synced write. The header is what makes the group hold data at all, so it only lands
+/// once everything it stands for is durable.
+fn commit_install(engine: &Engine, group: u64, header: &Header) -> Result<(), StorageError> {
+    engine.db().flush_wal(true)?;
+    let mut b = WriteBatch::default();
+    let cf = engine.cf(CF_DATA)?;
+    b.put_cf(cf, group_key(group, &[TAG_HEADER]), encode(header)?);
+    b.delete_cf(cf, installing_key(group));
+    engine.write_sync(b)
+}
+
+/// Installs the snapshot file at `path` as the whole state of `group`, all or nothing across a
+/// crash, and returns the new header. A torn or corrupt file, or one holding other metadata than
+/// `meta`, is refused before anything is changed.
+fn install_file(
+    engine: &Engine,
+    group: u64,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    path: &Path,
+) -> Result<Header, StorageError> {
+    let found = verify(path)
+        .map_err(|e| StorageError::Corrupt(format!("refusing snapshot {}: {e}", path.display())))?;
+    if &found != meta {
+        return Err(StorageError::Corrupt(format!(
+            "refusing snapshot {}: it holds {:?}, expected {:?}",
+            path.display(),
+            found.last_log_id,
+            meta.last_log_id
+        )));
+    }
+    begin_install(engine, group)?;
+    let installed = (|| {
+        let mut header = write_install_rows(engine, group, path)?.unwrap_or_default();
+        header.applied = meta.last_log_id;
+        header.membership = meta.last_membership.clone();
+        commit_install(engine, group, &header)?;
+        Ok(header)
+    })();
+    if installed.is_err() {
+        // Leave an empty replica rather than partial data; if even that fails, the install mark
+        // is still there and the next start clears the group.
+        if let Err(e) = clear_interrupted_install(engine, group) {
+            tracing::error!(group, error = %e, "clearing a failed snapshot install");
+        }
+    }
+    installed
+}
+
+/// Runs disk-heavy snapshot work off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Io(format!("snapshot task failed: {e}")))?
 }
 
 fn offset_key(group: u64, key: &OffsetKey) -> Result<Vec<u8>, StorageError> {
@@ -551,48 +768,80 @@ enum CapturedRows {
     File(Result<std::path::PathBuf, StorageError>),
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = SnapshotData;
-
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: self.header.applied,
-            last_membership: self.header.membership.clone(),
-        };
-        if let CapturedRows::File(written) = &self.rows {
-            let path = written.clone()?;
-            let snapshot = self.snapshots.promote(&meta, &path)?;
-            return Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot });
-        }
-        let mut w = SnapshotWriter::create(self.snapshots.temp_path()?)?;
-        let mut header = self.header.clone();
-        match &self.rows {
-            CapturedRows::File(_) => {}
+impl SnapshotBuilder {
+    /// Writes the captured state to a snapshot file and makes it the group's current snapshot.
+    fn build(
+        engine: &Engine,
+        group: u64,
+        header: &Header,
+        rows: CapturedRows,
+        snapshots: &SnapshotDir,
+    ) -> Result<SnapshotOf<TypeConfig, SnapshotData>, StorageError> {
+        let meta = snapshot_meta(header);
+        let path = match rows {
+            CapturedRows::File(written) => written?,
             CapturedRows::Rows(rows) => {
-                for (k, v) in rows {
+                let mut w = SnapshotWriter::create(snapshots.temp_path()?, &meta)?;
+                for (k, v) in &rows {
                     w.row(k, v)?;
                 }
+                w.row(&group_key(group, &[TAG_HEADER]), &encode(header)?)?;
+                w.finish()?
             }
             CapturedRows::PartitionBelow(end, producers) => {
-                for (k, v) in producers {
+                let mut w = SnapshotWriter::create(snapshots.temp_path()?, &meta)?;
+                for (k, v) in &producers {
                     w.row(k, v)?;
                 }
                 let mut first = None;
                 let mut bytes = 0u64;
-                partition::scan_batches(&self.engine, self.group, *end, |k, v, sb| {
+                partition::scan_batches(engine, group, end, |k, v, sb| {
                     first.get_or_insert(sb.base_offset);
                     bytes += sb.batch.len() as u64;
                     w.row(k, v)?;
                     Ok(true)
                 })?;
-                header.partition.earliest = first.unwrap_or(*end).max(header.partition.earliest);
+                let mut header = header.clone();
+                header.partition.earliest = first.unwrap_or(end).max(header.partition.earliest);
                 header.partition.bytes = bytes;
+                w.row(&group_key(group, &[TAG_HEADER]), &encode(&header)?)?;
+                w.finish()?
             }
-        }
-        w.row(&group_key(self.group, &[TAG_HEADER]), &encode(&header)?)?;
-        let path = w.finish()?;
-        let snapshot = self.snapshots.promote(&meta, &path)?;
+        };
+        let snapshot = snapshots.promote(&path)?;
         Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let rows = std::mem::replace(
+            &mut self.rows,
+            CapturedRows::File(Err(StorageError::Io(
+                "snapshot builder already used".into(),
+            ))),
+        );
+        let (engine, group, header, snapshots) = (
+            self.engine.clone(),
+            self.group,
+            self.header.clone(),
+            self.snapshots.clone(),
+        );
+        Ok(
+            blocking(move || SnapshotBuilder::build(&engine, group, &header, rows, &snapshots))
+                .await?,
+        )
+    }
+}
+
+impl Drop for SnapshotBuilder {
+    fn drop(&mut self) {
+        // A region's file is written when the builder is made; unused, it must not linger.
+        if let CapturedRows::File(Ok(path)) = &self.rows {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -657,7 +906,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .filter_map(|(id, st)| Some((producer_key(self.group, *id), encode(st).ok()?)))
                     .collect(),
             ),
-            Kind::Region(..) => CapturedRows::File(self.write_region_snapshot()),
+            Kind::Region(..) => {
+                // Awaited while the state machine is borrowed, so no apply lands while the rows
+                // (changed in place) are copied.
+                let (engine, group, header, snapshots) = (
+                    self.engine.clone(),
+                    self.group,
+                    self.header.clone(),
+                    self.snapshots.clone(),
+                );
+                CapturedRows::File(
+                    blocking(move || write_region_snapshot(&engine, group, &header, &snapshots))
+                        .await,
+                )
+            }
             Kind::Offsets(tx) => CapturedRows::Rows(
                 tx.borrow()
                     .iter()
@@ -681,71 +943,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let cf = self.engine.cf(CF_DATA)?;
-        let mut b = WriteBatch::default();
-        self.engine
-            .delete_group_range(&mut b, CF_DATA, self.group)?;
-        let mut header = Header::default();
-        let header_key = group_key(self.group, &[TAG_HEADER]);
-        let mut pending = 0usize;
-        let engine = self.engine.clone();
-        read_rows(&snapshot.path, |k, v| {
-            if k.get(..8) != Some(&self.group.to_be_bytes()[..]) {
-                return Err(StorageError::Corrupt(
-                    "snapshot row belongs to another group".into(),
-                ));
-            }
-            if k == header_key {
-                header = decode(&v)?;
-                return Ok(());
-            }
-            pending += k.len() + v.len();
-            b.put_cf(&cf, k, v);
-            if pending >= INSTALL_BATCH_BYTES {
-                engine.write(std::mem::take(&mut b))?;
-                pending = 0;
-            }
-            Ok(())
-        })?;
-        header.applied = meta.last_log_id;
-        header.membership = meta.last_membership.clone();
-        self.header = header;
-        self.put_header(&mut b)?;
-        self.engine.write_sync(b)?;
-        // Reload the in-memory views from what is now stored.
-        match &mut self.kind {
-            Kind::Metadata(tx) => {
-                let catalog = match self
+        let (engine, group, meta_owned, path) = (
+            self.engine.clone(),
+            self.group,
+            meta.clone(),
+            snapshot.path.clone(),
+        );
+        let installed = blocking(move || install_file(&engine, group, &meta_owned, &path)).await;
+        let header = match installed {
+            Ok(header) => header,
+            Err(e) => {
+                if self
                     .engine
-                    .get(CF_DATA, &group_key(self.group, &[TAG_CATALOG]))?
+                    .get(CF_DATA, &group_key(self.group, &[TAG_HEADER]))?
+                    .is_none()
                 {
-                    Some(v) => decode(&v)?,
-                    None => Catalog::default(),
-                };
-                tx.send_replace(Arc::new(catalog));
-            }
-            Kind::Offsets(tx) => {
-                tx.send_replace(Arc::new(load_offsets(&self.engine, self.group)?));
-            }
-            Kind::Partition(_, producers) => {
-                *producers = load_producers(&self.engine, self.group)?;
-            }
-            Kind::Region(_, st, pending) => {
-                pending.clear();
-                if let Some(stored) = region::load_state(&self.engine, self.group)? {
-                    *st = stored;
+                    // The install got as far as dropping the old data: what is stored now is an
+                    // empty replica, and the in-memory views must say so too.
+                    self.header = Header::default();
+                    self.reload_views()?;
+                    self.publish();
                 }
+                return Err(e.into());
             }
-        }
+        };
+        self.header = header;
+        self.reload_views()?;
         self.publish();
-        self.snapshots.promote(meta, &snapshot.path)?;
+        let snapshots = self.snapshots.clone();
+        blocking(move || snapshots.promote(&snapshot.path)).await?;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        if let Some((meta, snapshot)) = self.snapshots.current()? {
+        let snapshots = self.snapshots.clone();
+        if let Some((meta, snapshot)) = blocking(move || snapshots.current()).await? {
             return Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
                 meta,
                 snapshot,
@@ -859,6 +1093,221 @@ mod tests {
             StateMachine::open(engine_b, 5, &partition(), &dir.path().join("snap-b")).unwrap();
         assert_eq!(state(&sm_b).next_offset, 30);
         assert_eq!(state(&sm_b).earliest, 9);
+    }
+
+    /// Index in `file` of the first run of 20 bytes equal to `b` (inside a batch written by
+    /// [`append`]).
+    fn find_run(file: &[u8], b: u8) -> usize {
+        file.windows(20)
+            .position(|w| w.iter().all(|x| *x == b))
+            .expect("batch bytes in the snapshot file")
+    }
+
+    /// Keys of `group` in the data column family.
+    fn data_keys(engine: &Engine, group: u64) -> usize {
+        let mut n = 0;
+        engine
+            .scan(
+                CF_DATA,
+                &group.to_be_bytes(),
+                &(group + 1).to_be_bytes(),
+                |_, _| {
+                    n += 1;
+                    Ok(true)
+                },
+            )
+            .unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("a")).unwrap();
+        let mut sm = StateMachine::open(engine, 5, &partition(), &dir.path().join("sa")).unwrap();
+        apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let good = std::fs::read(&snap.snapshot.path).unwrap();
+
+        let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+        let mut b =
+            StateMachine::open(engine_b.clone(), 5, &partition(), &dir.path().join("sb")).unwrap();
+        apply_all(&mut b, (1..=3).map(|i| append(i, 3)).collect()).await;
+        let before = partition::read_batches(&engine_b, 5, 0, 9, usize::MAX).unwrap();
+
+        // A flipped bit inside a batch, and a file cut off right after a whole row (a transfer
+        // or a write that stopped early).
+        let mut flipped = good.clone();
+        flipped[find_run(&good, 7) + 3] ^= 0x01;
+        let cut = good[..find_run(&good, 5) + 100].to_vec();
+        for (what, bytes) in [("flipped", flipped), ("cut", cut)] {
+            let path = dir.path().join(format!("{what}.snap"));
+            std::fs::write(&path, &bytes).unwrap();
+            let r = b.install_snapshot(&snap.meta, SnapshotData { path }).await;
+            assert!(r.is_err(), "{what} snapshot installed");
+            assert_eq!(
+                b.applied_state().await.unwrap().0.map(|l| l.index),
+                Some(3),
+                "{what}"
+            );
+            assert_eq!(state(&b).next_offset, 9, "{what}");
+            let now = partition::read_batches(&engine_b, 5, 0, 9, usize::MAX).unwrap();
+            assert_eq!(now, before, "{what}: data changed");
+        }
+        // The intact file installs.
+        let path = dir.path().join("good.snap");
+        std::fs::write(&path, &good).unwrap();
+        b.install_snapshot(&snap.meta, SnapshotData { path })
+            .await
+            .unwrap();
+        assert_eq!(state(&b).next_offset, 30);
+    }
+
+    #[tokio::test]
+    async fn leftover_snapshot_files_are_removed_when_a_group_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let root = dir.path().join("snaps");
+        let sd = SnapshotDir::new(&root, 5);
+        let leftover = sd.temp_path().unwrap();
+        std::fs::write(&leftover, b"half a snapshot").unwrap();
+        let _sm = StateMachine::open(engine, 5, &partition(), &root).unwrap();
+        assert!(!leftover.exists());
+    }
+
+    /// Builds a 20-entry partition snapshot in its own engine, as a leader would send it.
+    async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::PathBuf) {
+        let engine = Engine::open(&dir.join("leader")).unwrap();
+        let mut sm = StateMachine::open(engine, 5, &partition(), &dir.join("sl")).unwrap();
+        apply_all(&mut sm, (1..=20).map(|i| append(i, 3)).collect()).await;
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let copy = dir.join("sent.snap");
+        std::fs::copy(&snap.snapshot.path, &copy).unwrap();
+        (snap.meta, copy)
+    }
+
+    /// A follower replica of group 5 holding 10 entries, a vote, and a log purged up to 4.
+    async fn follower(dir: &Path) -> (Engine, VoteOf) {
+        let engine = Engine::open(&dir.join("f")).unwrap();
+        let mut sm = StateMachine::open(engine.clone(), 5, &partition(), &dir.join("sf")).unwrap();
+        apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
+        use openraft::storage::RaftLogStorage;
+        let mut log = crate::LogStore::new(engine.clone(), 5);
+        let vote = openraft::alias::VoteOf::<TypeConfig>::new(7, 2);
+        log.save_vote(&vote).await.unwrap();
+        log.purge(append(4, 3).log_id).await.unwrap();
+        (engine, vote)
+    }
+
+    type VoteOf = openraft::alias::VoteOf<TypeConfig>;
+
+    /// Reopens the follower as the node does after a crash and checks it is either at its old
+    /// state or empty (and so gets the snapshot again), with its vote intact.
+    async fn after_crash(dir: &Path, vote: &VoteOf) -> Option<u64> {
+        let engine = Engine::open(&dir.join("f")).unwrap();
+        let mut sm =
+            StateMachine::recover(engine.clone(), 5, &partition(), &dir.join("sf")).unwrap();
+        use openraft::storage::{RaftLogReader, RaftLogStorage};
+        let mut log = crate::LogStore::new(engine.clone(), 5);
+        assert_eq!(
+            log.read_vote().await.unwrap().as_ref(),
+            Some(vote),
+            "vote lost"
+        );
+        let applied = sm.applied_state().await.unwrap().0.map(|l| l.index);
+        let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+        assert!(
+            purged.map(|l| l.index) <= applied,
+            "log purged to {purged:?} past applied {applied:?}"
+        );
+        match applied {
+            Some(10) => {
+                assert_eq!(state(&sm).next_offset, 30);
+                assert_eq!(
+                    partition::read_batches(&engine, 5, 0, 30, usize::MAX)
+                        .unwrap()
+                        .len(),
+                    10
+                );
+            }
+            Some(20) => assert_eq!(state(&sm).next_offset, 60),
+            None => {
+                assert_eq!(data_keys(&engine, 5), 0, "partial data left");
+                assert_eq!(state(&sm).next_offset, 0);
+            }
+            other => panic!("replica at {other:?}: neither its old state, the new one, nor empty"),
+        }
+        applied
+    }
+
+    #[tokio::test]
+    async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote() {
+        // Crash after the old data is dropped and part of the rows is written.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sent) = leader_snapshot(dir.path()).await;
+        let (engine, vote) = follower(dir.path()).await;
+        begin_install(&engine, 5).unwrap();
+        let mut b = WriteBatch::default();
+        let mut n = 0;
+        read_rows(&sent, |k, v| {
+            if n < 4 {
+                b.put_cf(engine.cf(CF_DATA)?, k, v);
+            }
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        engine.write_sync(b).unwrap();
+        drop(engine);
+        assert_eq!(after_crash(dir.path(), &vote).await, None);
+
+        // Crash after every row is written, before the header.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sent) = leader_snapshot(dir.path()).await;
+        let (engine, vote) = follower(dir.path()).await;
+        begin_install(&engine, 5).unwrap();
+        write_install_rows(&engine, 5, &sent).unwrap();
+        engine.db().flush_wal(true).unwrap();
+        drop(engine);
+        assert_eq!(after_crash(dir.path(), &vote).await, None);
+
+        // Crash right after the header: the new state is there in full.
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, sent) = leader_snapshot(dir.path()).await;
+        let (engine, vote) = follower(dir.path()).await;
+        let header = install_file(&engine, 5, &meta, &sent).unwrap();
+        assert_eq!(header.applied.map(|l| l.index), Some(20));
+        drop(engine);
+        assert_eq!(after_crash(dir.path(), &vote).await, Some(20));
+    }
+
+    #[tokio::test]
+    async fn a_replica_behind_its_purged_log_is_reset_but_keeps_its_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, vote) = follower(dir.path()).await;
+        // The data (header included) is lost, the purged log is not.
+        let mut b = WriteBatch::default();
+        engine.delete_group_range(&mut b, CF_DATA, 5).unwrap();
+        engine.write_sync(b).unwrap();
+        drop(engine);
+        assert_eq!(after_crash(dir.path(), &vote).await, None);
+        let engine = Engine::open(&dir.path().join("f")).unwrap();
+        use openraft::storage::RaftLogStorage;
+        let st = crate::LogStore::new(engine, 5)
+            .get_log_state()
+            .await
+            .unwrap();
+        assert!(st.last_log_id.is_none() && st.last_purged_log_id.is_none());
     }
 
     #[tokio::test]

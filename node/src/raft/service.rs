@@ -88,6 +88,9 @@ impl RaftTransport for RaftService {
             .snapshots
             .temp_path()
             .map_err(|e| Status::internal(e.to_string()))?;
+        // Removes the received file however this ends: refused, cut off, or left unused by Raft.
+        // Once installed it has been renamed to the group's current snapshot and is not touched.
+        let _received = RemoveOnDrop(path.clone());
         let mut file = tokio::fs::File::create(&path)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -102,6 +105,19 @@ impl RaftTransport for RaftService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         drop(file);
+        // A torn transfer, or a file that does not hold the snapshot announced in the header, is
+        // refused here (the leader sends it again) instead of failing the group's storage.
+        let checked = path.clone();
+        let found = tokio::task::spawn_blocking(move || weir_storage::snapshot::verify(&checked))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
+        if found != meta {
+            return Err(Status::invalid_argument(format!(
+                "received snapshot holds {:?}, header announced {:?}",
+                found.last_log_id, meta.last_log_id
+            )));
+        }
         tracing::info!(group = g.id, snapshot = ?meta.last_log_id, "installing snapshot");
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
@@ -116,5 +132,20 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<MembershipReply>, Status> {
         let g = self.group(request.into_inner().group_id)?;
         Ok(Response::new(crate::groups::membership_view(&g)))
+    }
+}
+
+/// Deletes a file when dropped, if it is still there.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => tracing::debug!(path = %self.0.display(), "removed unused snapshot file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.0.display(), error = %e, "removing snapshot file")
+            }
+        }
     }
 }
