@@ -396,27 +396,35 @@ async fn membership_changes_finish_when_their_leader_is_killed_midway() {
     // Whether or not a kill landed mid-change, every group settles on its catalog replicas, and
     // the new node holds replicas.
     let new_id = weir_tests::node_id_of(&client, &cluster.addr(3)).await;
-    wait_until("every partition's voters to equal its replicas", SETTLE, || {
-        let client = client.clone();
-        async move {
-            let info = client.describe_topic("moving").await.ok()?;
-            let settled = info.partition_info.iter().all(|p| {
-                let mut voters = p.voters.clone();
-                voters.sort();
-                let mut replicas = p.replicas.clone();
-                replicas.sort();
-                p.leader != 0 && voters == replicas && replicas.len() == 3
-            });
-            let on_new = info
-                .partition_info
-                .iter()
-                .any(|p| p.replicas.contains(&new_id));
-            (settled && on_new).then_some(())
-        }
-    })
+    wait_until(
+        "every partition's voters to equal its replicas",
+        SETTLE,
+        || {
+            let client = client.clone();
+            async move {
+                let info = client.describe_topic("moving").await.ok()?;
+                let settled = info.partition_info.iter().all(|p| {
+                    let mut voters = p.voters.clone();
+                    voters.sort();
+                    let mut replicas = p.replicas.clone();
+                    replicas.sort();
+                    p.leader != 0 && voters == replicas && replicas.len() == 3
+                });
+                let on_new = info
+                    .partition_info
+                    .iter()
+                    .any(|p| p.replicas.contains(&new_id));
+                (settled && on_new).then_some(())
+            }
+        },
+    )
     .await;
     let data = read_all(&client, "moving").await;
     assert_dense(&data);
     let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
-    assert_eq!(values.len(), 3000, "no record lost across the moves and kills");
+    assert_eq!(
+        values.len(),
+        3000,
+        "no record lost across the moves and kills"
+    );
 }

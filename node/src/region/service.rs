@@ -229,7 +229,7 @@ impl KvService {
                 let rows = region::get_rows(&self.ctx.engine, group.id, &keys)?
                     .map_err(|e| not_in_region(group.id, e))?;
                 if let Some(c) = confirmation {
-                    c.confirm(&h)?;
+                    c.confirm(&h).await?;
                 }
                 rows.iter()
                     .map(|r| {
@@ -296,10 +296,13 @@ impl KvService {
                 }
             }
             Target::Forward(addr) => {
+                // The part keeps the request's own atomicity: the receiving node may know of a
+                // split this node has not applied yet and must then divide a non-atomic part
+                // again rather than refuse it.
                 let sub = WriteRequest {
                     table: req.table.clone(),
                     mutations: idx.iter().map(|i| req.mutations[*i].clone()).collect(),
-                    atomic: true,
+                    atomic: req.atomic,
                 };
                 Ok(self
                     .client(&addr)?
@@ -752,7 +755,7 @@ impl Kv for KvService {
         .map_err(NodeError::from)?
         .map_err(|e| not_in_region(g.id, e))?;
         if let Some(c) = confirmation {
-            c.confirm(&h)?;
+            c.confirm(&h).await?;
         }
         let rows = page
             .rows
