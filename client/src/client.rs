@@ -334,10 +334,44 @@ impl Client {
     }
 
     /// Stores a consumer group's positions: for each partition, the next offset to read.
+    ///
+    /// This commits as a standalone client, outside the group's membership (as Kafka's simple
+    /// consumer does); members of the group commit with [`Client::commit_member_offsets`].
     pub async fn commit_offsets(
         &self,
         group: &str,
         topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<()> {
+        self.commit(group, topic, "", 0, offsets).await
+    }
+
+    /// Stores positions as `member_id` of the group at `generation`; refused with
+    /// [`ClientError::Fenced`] when that generation is no longer the group's or a partition is not
+    /// the member's.
+    pub async fn commit_member_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        member_id: &str,
+        generation: u64,
+        offsets: &[(u32, u64)],
+    ) -> Result<()> {
+        if member_id.is_empty() || generation == 0 {
+            return Err(ClientError::InvalidArgument(
+                "a member's commit needs its member id and a generation".into(),
+            ));
+        }
+        self.commit(group, topic, member_id, generation, offsets)
+            .await
+    }
+
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        member_id: &str,
+        generation: u64,
         offsets: &[(u32, u64)],
     ) -> Result<()> {
         let timeout = self.inner.config.request_timeout;
@@ -348,6 +382,8 @@ impl Client {
                 .iter()
                 .map(|&(partition, offset)| PartitionOffset { partition, offset })
                 .collect(),
+            member_id: member_id.to_string(),
+            generation,
         };
         self.call_any(|ch| {
             let req = req.clone();
@@ -377,13 +413,19 @@ impl Client {
             .collect())
     }
 
-    /// Keeps `member_id` in the consumer group and returns the partitions assigned to it.
+    /// Keeps `member_id` in the consumer group and returns the partitions it may read.
+    ///
+    /// `generation` is the generation whose assignment the member has taken up (0 when joining)
+    /// and `owned` the partitions it reads now: a partition moves to another member only once its
+    /// reader has reported taking up a generation without it.
     pub async fn group_heartbeat(
         &self,
         group: &str,
         topic: &str,
         member_id: &str,
         session_timeout: Duration,
+        generation: u64,
+        owned: &[u32],
     ) -> Result<GroupHeartbeatResponse> {
         let timeout = self.inner.config.request_timeout;
         let req = GroupHeartbeatRequest {
@@ -391,6 +433,8 @@ impl Client {
             topic: topic.to_string(),
             member_id: member_id.to_string(),
             session_timeout_ms: u32::try_from(session_timeout.as_millis()).unwrap_or(u32::MAX),
+            generation,
+            owned: owned.to_vec(),
         };
         self.call_any(|ch| {
             let req = req.clone();

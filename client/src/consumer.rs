@@ -4,22 +4,28 @@
 //! decoded into records and handed out by [`Consumer::poll`] in offset order per partition. Fetches
 //! outlive a `poll` that timed out, so nothing fetched is thrown away.
 //!
-//! In a group, a background task sends `GroupHeartbeat` every second; the answer is the set of
-//! partitions this member owns, and `poll` adopts changes to it. A newly assigned partition starts at
-//! the group's committed offset, or where [`StartFrom`] says when nothing was committed. Offsets are
-//! committed only by [`Consumer::commit`] (and for partitions taken away by a rebalance), so a record
-//! is committed only after the application has seen it.
+//! In a group, a background task sends `GroupHeartbeat` every second; the answer is the generation
+//! and the set of partitions this member may read, and `poll` takes changes up. A partition taken
+//! away is committed and dropped by `poll` before the next heartbeat reports the new generation,
+//! which is what lets the coordinator give the partition to its next reader: one member reads a
+//! partition at a time. A member that cannot reach the coordinator for its session timeout drops
+//! all its partitions, as the coordinator gives them away by then. A newly assigned partition starts
+//! at the group's committed offset, or where [`StartFrom`] says when nothing was committed. Offsets
+//! are committed only by [`Consumer::commit`] (and for partitions taken away by a rebalance), so a
+//! record is committed only after the application has seen it; commits carry the member's
+//! generation, and one the group refuses makes the member rejoin at once without moving anything.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Code;
@@ -27,6 +33,9 @@ use weir_proto::v1::FetchResponse;
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
+
+/// How long a partition whose fetch offset is past the end waits before it is fetched again.
+const PAST_THE_END_RETRY: Duration = Duration::from_millis(200);
 
 /// Where a consumer starts reading a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,12 +140,28 @@ pub struct Consumer {
     next_fetch_id: u64,
 }
 
+/// Partitions a member may read at a generation of its group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Grant {
+    /// The group's generation; 0 when the member has no place in the group.
+    generation: u64,
+    /// Sorted partitions.
+    partitions: Vec<u32>,
+}
+
 /// This process's seat in a consumer group.
 #[derive(Debug)]
 struct Membership {
     group: String,
     member_id: String,
-    assignment: watch::Receiver<Vec<u32>>,
+    /// The latest grant of the coordinator.
+    assignment: watch::Receiver<Grant>,
+    /// Generation whose grant `poll` has taken up: what commits carry.
+    generation: u64,
+    /// What `poll` has taken up, reported by the heartbeats.
+    adopted: Arc<Mutex<Grant>>,
+    /// Asks the heartbeat task for a heartbeat now.
+    rejoin: Arc<Notify>,
     /// Dropping it stops the heartbeat task after its current heartbeat.
     stop: oneshot::Sender<()>,
     heartbeats: JoinHandle<()>,
@@ -168,6 +193,8 @@ struct PartitionState {
     committed: Option<u64>,
     /// Id of the fetch in flight; answers of older fetches are ignored.
     fetching: Option<u64>,
+    /// The next fetch waits until then (the offset was past the end of the partition).
+    retry_at: Option<Instant>,
 }
 
 struct Fetched {
@@ -211,29 +238,44 @@ impl Consumer {
                     ));
                 }
                 let member_id = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+                let sent = Instant::now();
                 let resp = client
-                    .group_heartbeat(group, topic, &member_id, config.session_timeout)
+                    .group_heartbeat(group, topic, &member_id, config.session_timeout, 0, &[])
                     .await?;
-                let initial = normalize(resp.partitions);
-                let (tx, rx) = watch::channel(initial.clone());
+                let grant = Grant {
+                    generation: resp.generation,
+                    partitions: normalize(resp.partitions),
+                };
+                let (tx, rx) = watch::channel(grant.clone());
                 let (stop, stopped) = oneshot::channel();
+                let adopted = Arc::new(Mutex::new(Grant::default()));
+                let rejoin = Arc::new(Notify::new());
                 let heartbeats = tokio::spawn(heartbeat(
-                    client,
-                    group.clone(),
-                    topic.to_string(),
-                    member_id.clone(),
-                    config.clone(),
-                    tx,
+                    Heartbeats {
+                        client,
+                        group: group.clone(),
+                        topic: topic.to_string(),
+                        member_id: member_id.clone(),
+                        config: config.clone(),
+                        assignment: tx,
+                        adopted: adopted.clone(),
+                        rejoin: rejoin.clone(),
+                    },
                     stopped,
+                    sent,
                 ));
                 consumer.membership = Some(Membership {
                     group: group.clone(),
                     member_id,
                     assignment: rx,
+                    generation: 0,
+                    adopted,
+                    rejoin,
                     stop,
                     heartbeats,
                 });
-                initial
+                consumer.adopt(grant).await?;
+                return Ok(consumer);
             }
             (None, Some(parts)) => {
                 if let Some(bad) = parts.iter().find(|p| **p >= total) {
@@ -245,7 +287,7 @@ impl Consumer {
             }
             (None, None) => (0..total).collect(),
         };
-        consumer.assign(initial).await?;
+        consumer.assign(initial, 0).await?;
         Ok(consumer)
     }
 
@@ -257,6 +299,12 @@ impl Consumer {
     /// The consumer group's member id of this consumer, when it is in a group.
     pub fn member_id(&self) -> Option<&str> {
         self.membership.as_ref().map(|m| m.member_id.as_str())
+    }
+
+    /// The group generation whose assignment this consumer reads (0 after it lost its place in the
+    /// group, until it rejoins), when it is in a group.
+    pub fn generation(&self) -> Option<u64> {
+        self.membership.as_ref().map(|m| m.generation)
     }
 
     /// The partitions currently read.
@@ -288,8 +336,14 @@ impl Consumer {
             // adopted here.
             if let Some(m) = &mut self.membership {
                 let next = m.assignment.borrow_and_update().clone();
-                if !next.iter().copied().eq(self.parts.keys().copied()) {
-                    self.assign(next).await?;
+                if next.generation != m.generation
+                    || !next
+                        .partitions
+                        .iter()
+                        .copied()
+                        .eq(self.parts.keys().copied())
+                {
+                    self.adopt(next).await?;
                 }
             }
             if !self.buffered.is_empty() {
@@ -331,6 +385,7 @@ impl Consumer {
         state.fetch_at = offset;
         state.consumed = offset;
         state.fetching = None;
+        state.retry_at = None;
         self.buffered.retain(|r| r.partition != partition);
         Ok(())
     }
@@ -351,9 +406,26 @@ impl Consumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.client
-            .commit_offsets(&m.group, &self.topic, &offsets)
-            .await?;
+        if m.generation == 0 {
+            m.rejoin.notify_one();
+            return Err(ClientError::Fenced(format!(
+                "member '{}' has no place in group '{}' now; it rejoins, commit again after the \
+                 next poll",
+                m.member_id, m.group
+            )));
+        }
+        let committed = self
+            .client
+            .commit_member_offsets(&m.group, &self.topic, &m.member_id, m.generation, &offsets)
+            .await;
+        if let Err(err) = committed {
+            // The group moved on (or the partition moved away): positions stay as they are, the
+            // member rejoins now and the next poll takes up what the group gives it.
+            if matches!(err, ClientError::Fenced(_)) {
+                m.rejoin.notify_one();
+            }
+            return Err(err);
+        }
         for (p, offset) in offsets {
             if let Some(s) = self.parts.get_mut(&p) {
                 s.committed = Some(offset);
@@ -372,9 +444,27 @@ impl Consumer {
         }
     }
 
-    /// Adopts a new set of partitions: commits and forgets the ones taken away, finds the starting
-    /// offsets of the new ones.
-    async fn assign(&mut self, next: Vec<u32>) -> Result<()> {
+    /// Takes up a grant of the group: reads its partitions from now on, and tells the heartbeats
+    /// so, which lets the coordinator hand the partitions given up to their next readers.
+    async fn adopt(&mut self, grant: Grant) -> Result<()> {
+        self.assign(grant.partitions.clone(), grant.generation)
+            .await?;
+        if let Some(m) = &mut self.membership {
+            m.generation = grant.generation;
+            let reading = Grant {
+                generation: grant.generation,
+                partitions: self.parts.keys().copied().collect(),
+            };
+            if let Ok(mut adopted) = m.adopted.lock() {
+                *adopted = reading;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adopts a new set of partitions: commits (as a member at `generation`, when it has one) and
+    /// forgets the ones taken away, finds the starting offsets of the new ones.
+    async fn assign(&mut self, next: Vec<u32>, generation: u64) -> Result<()> {
         let next: BTreeSet<u32> = next.into_iter().collect();
         let revoked: Vec<u32> = self
             .parts
@@ -396,11 +486,20 @@ impl Consumer {
                     .map(|(p, s)| (p, s.consumed))
                     .collect();
                 // The new owner starts from the last commit; handing over progress saves it from
-                // re-reading, but failing to do so only causes duplicates, not loss.
-                if !progress.is_empty() {
+                // re-reading, but failing to do so only causes duplicates, not loss. The member
+                // still owns these partitions at the new generation until its next heartbeat says
+                // it took that generation up. A member without a place (generation 0) commits
+                // nothing: the partitions may be another's already.
+                if !progress.is_empty() && generation != 0 {
                     if let Err(err) = self
                         .client
-                        .commit_offsets(&m.group, &self.topic, &progress)
+                        .commit_member_offsets(
+                            &m.group,
+                            &self.topic,
+                            &m.member_id,
+                            generation,
+                            &progress,
+                        )
                         .await
                     {
                         tracing::warn!(error = %err, "could not commit revoked partitions");
@@ -424,6 +523,7 @@ impl Consumer {
                         consumed: start,
                         committed,
                         fetching: None,
+                        retry_at: None,
                     },
                 );
             }
@@ -446,8 +546,12 @@ impl Consumer {
             let max_bytes = self.config.max_bytes;
             let max_wait = self.config.max_wait;
             let wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
+            let retry_at = state.retry_at.take();
             self.in_flight.push(
                 async move {
+                    if let Some(at) = retry_at {
+                        tokio::time::sleep_until(at).await;
+                    }
                     let started = Instant::now();
                     let result = client
                         .fetch(&topic, partition, offset, max_bytes, wait_ms)
@@ -515,31 +619,38 @@ impl Consumer {
         Ok(())
     }
 
-    /// Moves a partition whose position fell outside the stored range (retention deleted it, or
-    /// an explicit offset lies beyond the end) to the nearest valid offset.
+    /// Handles a fetch offset outside the stored range. Below the earliest offset the records are
+    /// gone (retention deleted them) and reading resumes at the earliest one. Past the end the
+    /// position stays and the fetch is retried shortly: a leader that has just taken over may not
+    /// have caught up yet, and moving back would re-read records (and later commit an offset below
+    /// one already committed).
     async fn reset_out_of_range(&mut self, partition: u32, err: ClientError) -> Result<()> {
         let range = self.client.list_offsets(&self.topic, partition).await?;
         let Some(state) = self.parts.get_mut(&partition) else {
             return Ok(());
         };
-        let to = if state.fetch_at < range.earliest {
-            range.earliest
-        } else if state.fetch_at > range.latest {
-            range.latest
+        if state.fetch_at < range.earliest {
+            tracing::warn!(
+                topic = %self.topic,
+                partition,
+                from = state.fetch_at,
+                to = range.earliest,
+                error = %err,
+                "offset below the earliest stored, skipping to it"
+            );
+            state.fetch_at = range.earliest;
+            state.consumed = state.consumed.max(range.earliest);
         } else {
-            // In range after all: the records were moved or trimmed meanwhile; just fetch again.
-            return Ok(());
-        };
-        tracing::warn!(
-            topic = %self.topic,
-            partition,
-            from = state.fetch_at,
-            to,
-            error = %err,
-            "offset out of range, skipping"
-        );
-        state.fetch_at = to;
-        state.consumed = to;
+            tracing::debug!(
+                topic = %self.topic,
+                partition,
+                at = state.fetch_at,
+                latest = range.latest,
+                error = %err,
+                "offset past the end of the partition, fetching again"
+            );
+            state.retry_at = Some(Instant::now() + PAST_THE_END_RETRY);
+        }
         Ok(())
     }
 
@@ -549,7 +660,8 @@ impl Consumer {
         let out: Vec<ConsumedRecord> = self.buffered.drain(..n).collect();
         for r in &out {
             if let Some(state) = self.parts.get_mut(&r.partition) {
-                state.consumed = r.offset + 1;
+                // Never backwards: records buffered before a skip past deleted ones come first.
+                state.consumed = state.consumed.max(r.offset + 1);
             }
         }
         out
@@ -606,45 +718,96 @@ fn normalize(mut parts: Vec<u32>) -> Vec<u32> {
     parts
 }
 
-/// Keeps the member in its group and publishes assignment changes until stopped.
-async fn heartbeat(
+/// What the heartbeat task of a member works with.
+struct Heartbeats {
     client: Client,
     group: String,
     topic: String,
     member_id: String,
     config: ConsumerConfig,
-    assignment: watch::Sender<Vec<u32>>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+    /// Where grants of the coordinator are published for `poll`.
+    assignment: watch::Sender<Grant>,
+    /// What `poll` has taken up, reported to the coordinator.
+    adopted: Arc<Mutex<Grant>>,
+    /// Asks for a heartbeat before the next tick.
+    rejoin: Arc<Notify>,
+}
+
+/// Keeps the member in its group and publishes grant changes until stopped. `last_ok` is when
+/// the last heartbeat the coordinator answered was sent.
+async fn heartbeat(hb: Heartbeats, mut stop: oneshot::Receiver<()>, mut last_ok: Instant) {
+    let session = hb.config.session_timeout;
+    let mut ticker = tokio::time::interval(hb.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once; the consumer already sent its first heartbeat.
     ticker.tick().await;
+    let mut fenced = false;
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = ticker.tick() => {}
+            () = hb.rejoin.notified() => {}
         }
+        let report = hb.adopted.lock().map(|g| g.clone()).unwrap_or_default();
+        let sent = Instant::now();
         // Not interrupted by `stop`: the request may already be on its way, and leaving must wait
-        // until it has been answered.
-        let resp = client
-            .group_heartbeat(&group, &topic, &member_id, config.session_timeout)
-            .await;
+        // until it has been answered. It is bounded by the session, though: the coordinator gives
+        // this member's partitions away once it has not heard from it for that long (counted from
+        // when it received the last heartbeat, which was sent after `last_ok`).
+        let deadline = if fenced {
+            sent + session
+        } else {
+            last_ok + session
+        };
+        let call = hb.client.group_heartbeat(
+            &hb.group,
+            &hb.topic,
+            &hb.member_id,
+            session,
+            report.generation,
+            &report.partitions,
+        );
+        let resp = tokio::time::timeout_at(deadline, call).await;
         match resp {
-            Ok(resp) => {
-                let next = normalize(resp.partitions);
-                assignment.send_if_modified(|current| {
-                    if *current == next {
-                        false
-                    } else {
-                        *current = next;
-                        true
-                    }
-                });
+            Ok(Ok(resp)) => {
+                last_ok = sent;
+                fenced = false;
+                publish(
+                    &hb.assignment,
+                    Grant {
+                        generation: resp.generation,
+                        partitions: normalize(resp.partitions),
+                    },
+                );
             }
-            Err(err) => tracing::warn!(group, topic, error = %err, "group heartbeat failed"),
+            Ok(Err(err)) if Instant::now() < deadline => {
+                tracing::warn!(group = %hb.group, topic = %hb.topic, error = %err, "group heartbeat failed");
+            }
+            _ => {
+                if !fenced {
+                    tracing::warn!(
+                        group = %hb.group,
+                        topic = %hb.topic,
+                        "no heartbeat answered for the session timeout: dropping every partition"
+                    );
+                }
+                fenced = true;
+                publish(&hb.assignment, Grant::default());
+            }
         }
     }
+}
+
+/// Publishes `next` to `poll` when it differs from the current grant.
+fn publish(assignment: &watch::Sender<Grant>, next: Grant) {
+    assignment.send_if_modified(|current| {
+        if *current == next {
+            false
+        } else {
+            *current = next;
+            true
+        }
+    });
 }
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub enum ClientError {
         /// What the decoder found wrong.
         reason: String,
     },
+    /// The consumer group refused a member's request: its generation is stale or the partition is
+    /// not its own. Retrying cannot help; the member rejoins (heartbeats) first.
+    #[error("{0} (FAILED_PRECONDITION)")]
+    Fenced(String),
     /// The producer was dropped before the record was sent.
     #[error("the producer shut down before the record was acknowledged")]
     Closed,
@@ -79,6 +83,7 @@ impl ClientError {
                 Code::InvalidArgument
             }
             ClientError::CorruptBatch { .. } => Code::DataLoss,
+            ClientError::Fenced(_) => Code::FailedPrecondition,
             ClientError::Closed => Code::Cancelled,
         }
     }
@@ -93,6 +98,8 @@ impl ClientError {
                 addr: addr.to_string(),
                 message: source_chain(status),
             }
+        } else if is_fenced(status) {
+            ClientError::Fenced(status.message().to_string())
         } else {
             let message = if status.message().is_empty() {
                 status.code().description().to_string()
@@ -105,6 +112,13 @@ impl ClientError {
             }
         }
     }
+}
+
+/// True when a consumer group refused a member's request for its stale generation or ownership.
+pub(crate) fn is_fenced(status: &Status) -> bool {
+    status
+        .metadata()
+        .contains_key(weir_proto::FENCED_METADATA_KEY)
 }
 
 /// True when the status was produced locally because the connection failed.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::error::{is_transport, ClientError};
+use crate::error::{is_fenced, is_transport, ClientError};
 
 /// First pause after a failed attempt.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
@@ -62,6 +62,10 @@ pub(crate) enum Verdict {
 pub(crate) fn classify(status: &Status) -> Verdict {
     if is_transport(status) {
         return Verdict::Unavailable;
+    }
+    // Same code as "not leader", but only rejoining the group helps.
+    if is_fenced(status) {
+        return Verdict::Fail;
     }
     match status.code() {
         Code::FailedPrecondition => {
@@ -170,6 +174,19 @@ mod tests {
             classify(&Status::failed_precondition("not leader")),
             Verdict::NotLeader(None)
         );
+    }
+
+    #[test]
+    fn a_fenced_member_is_not_retried() {
+        let mut status = Status::failed_precondition("stale generation 3");
+        status.metadata_mut().insert(
+            weir_proto::FENCED_METADATA_KEY,
+            MetadataValue::from_static("1"),
+        );
+        assert_eq!(classify(&status), Verdict::Fail);
+        let err = ClientError::from_status("n1:7400", &status);
+        assert!(matches!(err, ClientError::Fenced(_)), "{err:?}");
+        assert_eq!(err.code(), Code::FailedPrecondition);
     }
 
     #[test]

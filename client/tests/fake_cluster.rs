@@ -420,6 +420,18 @@ impl Log for Node {
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let req = req.into_inner();
         let mut store = self.shared.store.lock().unwrap();
+        // A member commits only at the current generation; a standalone client at any time.
+        if !req.member_id.is_empty() && req.generation != store.generation {
+            let mut status = Status::failed_precondition(format!(
+                "stale generation {} (the group is at {})",
+                req.generation, store.generation
+            ));
+            status.metadata_mut().insert(
+                weir_proto::FENCED_METADATA_KEY,
+                MetadataValue::from_static("1"),
+            );
+            return Err(status);
+        }
         let committed = store.committed.entry((req.group, req.topic)).or_default();
         for o in req.offsets {
             committed.insert(o.partition, o.offset);
@@ -970,6 +982,133 @@ async fn group_members_resume_from_commits_and_share_partitions() {
     .unwrap();
     assert_eq!(plain.position(2), Some(11));
     assert!(plain.commit().await.is_err());
+}
+
+#[tokio::test]
+async fn an_offset_past_the_end_waits_for_records_instead_of_moving_back() {
+    let node = start_node(Arc::default()).await;
+    let client = Client::connect(&node.addr).await.unwrap();
+    client
+        .create_topic(&NewTopic::new("t", 1, 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), "t", ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..10u32 {
+        drop(
+            producer
+                .send_to(0, None, format!("{i}").as_bytes(), None)
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+
+    // Offset 20 is past the end (10), as on a new leader that has not caught up yet: the consumer
+    // keeps its position rather than jumping back to 10 and re-reading.
+    let mut consumer = Consumer::new(
+        client.clone(),
+        "t",
+        ConsumerConfig {
+            partitions: Some(vec![0]),
+            from: StartFrom::Offset(20),
+            max_wait: Duration::from_millis(50),
+            ..ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(consumer
+        .poll(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(consumer.position(0), Some(20));
+
+    for i in 10..25u32 {
+        drop(
+            producer
+                .send_to(0, None, format!("{i}").as_bytes(), None)
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    let got = drain(&mut consumer, 5).await;
+    let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (20..25).collect::<Vec<_>>());
+    assert_eq!(consumer.position(0), Some(25));
+}
+
+#[tokio::test]
+async fn a_commit_at_a_stale_generation_makes_the_member_rejoin_and_moves_nothing() {
+    let node = start_node(Arc::default()).await;
+    let client = Client::connect(&node.addr).await.unwrap();
+    client
+        .create_topic(&NewTopic::new("t", 2, 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), "t", ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..20u32 {
+        drop(
+            producer
+                .send_to(i % 2, None, format!("{i}").as_bytes(), None)
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+
+    // Heartbeats are rare, so only the refused commit can make the member rejoin in time.
+    let mut member = Consumer::new(
+        client.clone(),
+        "t",
+        ConsumerConfig {
+            group: Some("g".into()),
+            heartbeat_interval: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(120),
+            ..ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first = member.generation().unwrap();
+    assert_eq!(member.assignment(), vec![0, 1]);
+    assert_eq!(drain(&mut member, 20).await.len(), 20);
+
+    // Another member joins: the group moves to a new generation the member has not heard of.
+    client
+        .group_heartbeat("g", "t", "other", Duration::from_secs(120), 0, &[])
+        .await
+        .unwrap();
+    let err = member.commit().await.unwrap_err();
+    assert!(matches!(err, ClientError::Fenced(_)), "{err:?}");
+    assert!(err.to_string().contains("stale generation"), "{err}");
+    // Nothing moved: no commit stored, positions as they were.
+    assert!(client.fetch_committed("g", "t").await.unwrap().is_empty());
+    assert_eq!(
+        (member.position(0), member.position(1)),
+        (Some(10), Some(10))
+    );
+
+    // The member rejoined at once; its next poll takes the new generation up (handing over the
+    // partition it lost with its progress) and its commit goes through.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while member.generation() == Some(first) {
+        assert!(Instant::now() < deadline, "the member never rejoined");
+        member.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(member.assignment().len(), 1);
+    member.commit().await.unwrap();
+    let committed = client.fetch_committed("g", "t").await.unwrap();
+    assert_eq!(committed, BTreeMap::from([(0, 10), (1, 10)]));
+
+    // A standalone client commits outside the membership, as a tool would.
+    client.commit_offsets("g", "t", &[(0, 3)]).await.unwrap();
+    assert_eq!(client.fetch_committed("g", "t").await.unwrap()[&0], 3);
 }
 
 // ---------------------------------------------------------------- the binary

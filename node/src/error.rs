@@ -35,6 +35,10 @@ pub enum NodeError {
     /// The request is valid but the state does not allow it (a stale split report).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A consumer-group member's request the group refuses (stale generation, not the partition's
+    /// owner): the member must rejoin, retrying as it is cannot help.
+    #[error(transparent)]
+    Fenced(#[from] crate::log::coordinator::Fenced),
     /// The answer of another node this request was forwarded to, passed on as it is.
     #[error("{0}")]
     Remote(Status),
@@ -70,6 +74,14 @@ impl From<NodeError> for Status {
             NodeError::Internal(m) => Status::new(Code::Internal, m),
             NodeError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             NodeError::Remote(s) => s,
+            NodeError::Fenced(f) => {
+                let mut s = Status::new(Code::FailedPrecondition, f.to_string());
+                s.metadata_mut().insert(
+                    weir_proto::FENCED_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                s
+            }
             NodeError::OutcomeUnknown(m) => Status::new(Code::Unknown, m),
             NodeError::NotLeader { group, leader } => {
                 let mut s = Status::new(

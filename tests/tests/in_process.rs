@@ -424,3 +424,357 @@ async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
     }
     cluster.shutdown().await;
 }
+
+/// What the members of a group delivered to the application: (member, partition, offset).
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, u32, u64)>>>;
+
+/// One member of group `g` on topic `orders`: polls a few records at a time, records what it was
+/// handed, takes a moment to "process" them, commits, until `stop` turns true; then commits what
+/// it was handed and returns, still a member.
+async fn group_member(
+    client: weir_client::Client,
+    name: &'static str,
+    deliveries: Deliveries,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> weir_client::Consumer {
+    use weir_client::{Consumer, ConsumerConfig};
+    let config = ConsumerConfig {
+        group: Some("g".into()),
+        // Small fetches, so a member moves between its partitions often, and a full second
+        // between heartbeats, so a member would go on reading a partition given to another.
+        max_bytes: 1,
+        heartbeat_interval: Duration::from_secs(1),
+        session_timeout: Duration::from_secs(5),
+        max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client, "orders", config)
+        .await
+        .expect("member joins");
+    while !*stop.borrow_and_update() {
+        let records = consumer
+            .poll_at_most(Duration::from_millis(100), 5)
+            .await
+            .expect("poll");
+        {
+            let mut d = deliveries.lock().expect("lock");
+            for r in &records {
+                d.push((name.to_string(), r.partition, r.offset));
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        // Processing takes a while, so a member is busy reading when the group changes under it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        match consumer.commit().await {
+            Ok(()) => {}
+            // The group moved on meanwhile: the member rejoins and commits on a later round.
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {}
+            Err(e) => panic!("{name}: commit failed: {e}"),
+        }
+    }
+    // The last commit must land, or the next reader re-reads: when the group has moved on, the
+    // member polls (recording what it is handed) until it has taken the new generation up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.commit().await {
+            Ok(()) => break,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name}: never rejoined"
+                );
+                let records = consumer
+                    .poll_at_most(Duration::from_millis(50), 5)
+                    .await
+                    .expect("poll");
+                let mut d = deliveries.lock().expect("lock");
+                for r in &records {
+                    d.push((name.to_string(), r.partition, r.offset));
+                }
+            }
+            Err(e) => panic!("{name}: commit failed: {e}"),
+        }
+    }
+    consumer
+}
+
+/// Two members share a 4-partition topic that keeps receiving records; a third joins. Across the
+/// rebalance a partition is read by one member at a time: no record is handed to two members, and
+/// every record is handed to one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_never_hands_a_record_to_two_members() {
+    use weir_client::{Client, NewTopic, Producer, ProducerConfig};
+
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new("orders", 4, 3))
+        .await
+        .expect("topic created");
+    let producer = Producer::new(client.clone(), "orders", ProducerConfig::default())
+        .await
+        .expect("producer");
+    for i in 0..400u32 {
+        drop(
+            producer
+                .send_to(i % 4, None, format!("{i}").as_bytes(), None)
+                .await
+                .expect("send"),
+        );
+    }
+    producer.flush().await.expect("flush");
+
+    // Records keep arriving during the whole test, so partitions change hands mid-stream.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            while !*stop.borrow_and_update() {
+                for p in 0..4 {
+                    drop(
+                        producer
+                            .send_to(p, None, format!("late-{i}").as_bytes(), None)
+                            .await
+                            .expect("send"),
+                    );
+                }
+                i += 1;
+                if i % 10 == 0 {
+                    producer.flush().await.expect("flush");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            producer.flush().await.expect("flush");
+        })
+    };
+
+    let deliveries: Deliveries = Default::default();
+    let count = |d: &Deliveries, who: &str| {
+        d.lock()
+            .expect("lock")
+            .iter()
+            .filter(|(m, _, _)| m == who)
+            .count()
+    };
+    let a = tokio::spawn(group_member(
+        client.clone(),
+        "a",
+        deliveries.clone(),
+        stop_rx.clone(),
+    ));
+    let b = tokio::spawn(group_member(
+        client.clone(),
+        "b",
+        deliveries.clone(),
+        stop_rx.clone(),
+    ));
+    wait_until("a and b both read", Duration::from_secs(90), || {
+        let d = deliveries.clone();
+        async move { (count(&d, "a") >= 50 && count(&d, "b") >= 50).then_some(()) }
+    })
+    .await;
+    let c = tokio::spawn(group_member(
+        client.clone(),
+        "c",
+        deliveries.clone(),
+        stop_rx.clone(),
+    ));
+    wait_until("c reads", Duration::from_secs(90), || {
+        let d = deliveries.clone();
+        async move { (count(&d, "c") >= 100).then_some(()) }
+    })
+    .await;
+    stop_tx.send(true).expect("writer running");
+    writer.await.expect("writer");
+
+    // Every record written is handed out; the members keep reading until they all are.
+    let mut ends = Vec::new();
+    for p in 0..4u32 {
+        ends.push(
+            client
+                .list_offsets("orders", p)
+                .await
+                .expect("offsets")
+                .latest,
+        );
+    }
+    let (more_tx, more_rx) = tokio::sync::watch::channel(false);
+    drop(stop_rx);
+    // The members stopped with the writer and committed; they leave only now, so no commit was
+    // made stale by another member leaving. The rest of the records are read by a fresh member.
+    let mut stopped = Vec::new();
+    for m in [a, b, c] {
+        stopped.push(m.await.expect("member"));
+    }
+    for m in stopped {
+        m.close().await.expect("leave");
+    }
+    let d = tokio::spawn(group_member(
+        client.clone(),
+        "d",
+        deliveries.clone(),
+        more_rx.clone(),
+    ));
+    wait_until("every record handed out", Duration::from_secs(90), || {
+        let d = deliveries.clone();
+        let ends = ends.clone();
+        async move {
+            let seen: std::collections::BTreeSet<(u32, u64)> = d
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(_, p, o)| (*p, *o))
+                .collect();
+            (0..4u32)
+                .all(|p| (0..ends[p as usize]).all(|o| seen.contains(&(p, o))))
+                .then_some(())
+        }
+    })
+    .await;
+    more_tx.send(true).expect("member d running");
+    d.await.expect("member d").close().await.expect("leave");
+
+    let mut by_record: std::collections::BTreeMap<(u32, u64), std::collections::BTreeSet<String>> =
+        Default::default();
+    for (m, p, o) in deliveries.lock().expect("lock").iter() {
+        by_record.entry((*p, *o)).or_default().insert(m.clone());
+    }
+    let shared: Vec<_> = by_record
+        .iter()
+        .filter(|(_, members)| members.len() > 1)
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "{} records were handed to more than one member, e.g. {:?}",
+        shared.len(),
+        shared.iter().take(5).collect::<Vec<_>>()
+    );
+    cluster.shutdown().await;
+}
+
+/// A member's commit carries its generation: once the group has moved on, a commit at the old
+/// generation, or for a partition the member gave up, is refused and stores nothing, while a
+/// standalone client (no member, no generation) still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_with_a_stale_generation_is_refused() {
+    use weir_client::{Client, ClientError, Consumer, ConsumerConfig, NewTopic};
+    use weir_client::{Producer, ProducerConfig};
+
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new("ledger", 4, 3))
+        .await
+        .expect("topic created");
+    let producer = Producer::new(client.clone(), "ledger", ProducerConfig::default())
+        .await
+        .expect("producer");
+    for i in 0..40u32 {
+        drop(
+            producer
+                .send_to(i % 4, None, format!("{i}").as_bytes(), None)
+                .await
+                .expect("send"),
+        );
+    }
+    producer.flush().await.expect("flush");
+    let config = ConsumerConfig {
+        group: Some("h".into()),
+        heartbeat_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_secs(5),
+        max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+
+    let mut a = Consumer::new(client.clone(), "ledger", config.clone())
+        .await
+        .expect("a joins");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut read = 0;
+    while read < 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a read {read} of 40"
+        );
+        read += a
+            .poll(Duration::from_millis(100))
+            .await
+            .expect("poll")
+            .len();
+    }
+    a.commit().await.expect("a commits");
+    let all_read: std::collections::BTreeMap<u32, u64> = (0..4).map(|p| (p, 10)).collect();
+    assert_eq!(
+        client
+            .fetch_committed("h", "ledger")
+            .await
+            .expect("committed"),
+        all_read
+    );
+    let old = a.generation().expect("a is a member");
+    let member_a = a.member_id().expect("a is a member").to_string();
+
+    // "b" joins; the partitions are shared once "a" has given half of them up.
+    let mut b = Consumer::new(client.clone(), "ledger", config)
+        .await
+        .expect("b joins");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a.assignment().len() != 2 || b.assignment().len() != 2 || a.generation() == Some(old) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rebalance: a {:?} b {:?}",
+            a.assignment(),
+            b.assignment()
+        );
+        a.poll(Duration::from_millis(50)).await.expect("poll a");
+        b.poll(Duration::from_millis(50)).await.expect("poll b");
+    }
+
+    // "a" at its old generation may not move any offset, not even of a partition it still reads.
+    let kept = a.assignment()[0];
+    let err = client
+        .commit_member_offsets("h", "ledger", &member_a, old, &[(kept, 0)])
+        .await
+        .expect_err("stale commit refused");
+    assert!(matches!(err, ClientError::Fenced(_)), "{err:?}");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.to_string().contains("stale generation"), "{err}");
+    // Nor, at the current generation, of a partition that is b's now.
+    let current = a.generation().expect("a is a member");
+    let lost = b.assignment()[0];
+    let err = client
+        .commit_member_offsets("h", "ledger", &member_a, current, &[(lost, 0)])
+        .await
+        .expect_err("commit of another's partition refused");
+    assert!(matches!(err, ClientError::Fenced(_)), "{err:?}");
+    assert_eq!(
+        client
+            .fetch_committed("h", "ledger")
+            .await
+            .expect("committed"),
+        all_read,
+        "refused commits stored nothing"
+    );
+    // Its own partition at the current generation is fine, as is a standalone commit.
+    client
+        .commit_member_offsets("h", "ledger", &member_a, current, &[(kept, 10)])
+        .await
+        .expect("member commit");
+    client
+        .commit_offsets("h", "ledger", &[(lost, 7)])
+        .await
+        .expect("standalone commit");
+    assert_eq!(
+        client
+            .fetch_committed("h", "ledger")
+            .await
+            .expect("committed")[&lost],
+        7
+    );
+    a.close().await.expect("a leaves");
+    b.close().await.expect("b leaves");
+    cluster.shutdown().await;
+}

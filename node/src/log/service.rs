@@ -4,8 +4,10 @@
 //! and writes through the partition's leader, offsets and group membership through the leader of the
 //! offsets group; a node that does not lead forwards the call once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
 
 use tonic::{Request, Response, Status};
 use weir_proto::batch::BatchHeader;
@@ -21,7 +23,7 @@ use crate::cluster::NodeContext;
 use crate::error::{NodeError, NodeResult};
 use crate::groups::GroupHandle;
 use crate::leader::{self, forwarded, was_forwarded};
-use crate::log::coordinator::Coordinator;
+use crate::log::coordinator::{Coordinator, Heartbeat, Leadership};
 use crate::metrics;
 use crate::placement;
 
@@ -36,6 +38,14 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 const TERM_APPLIED_WAIT: Duration = Duration::from_secs(2);
 /// Most partitions a topic may have.
 const MAX_PARTITIONS: u32 = 4096;
+/// Session timeout of a group member that asks for none.
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest session timeout a member may ask for. A coordinator that takes over waits this long
+/// before handing out partitions, since a member of its predecessor may read that long without
+/// reaching it (like Kafka's `group.max.session.timeout.ms`).
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the node looks whether it has become the offsets group's leader.
+const TAKEOVER_POLL: Duration = Duration::from_millis(100);
 
 /// Where a request for a group is served.
 enum Serve {
@@ -45,19 +55,53 @@ enum Serve {
     Forward(LogClient<tonic::transport::Channel>),
 }
 
+/// When this node's current leadership of the offsets group began, as (term, instant).
+type Takeover = Arc<Mutex<Option<(u64, Instant)>>>;
+
 /// The `Log` service.
 pub struct LogService {
     ctx: NodeContext,
     coordinator: Coordinator,
+    takeover: Takeover,
 }
 
 impl LogService {
     /// The service over `ctx`.
     pub fn new(ctx: NodeContext) -> LogService {
+        let takeover = Takeover::default();
+        tokio::spawn(watch_takeover(ctx.clone(), Arc::downgrade(&takeover)));
         LogService {
             ctx,
             coordinator: Coordinator::start(),
+            takeover,
         }
+    }
+
+    /// Confirms that this node leads the offsets group (by lease or with a quorum), so that a
+    /// deposed leader's coordinator never answers: its members retry at the new leader.
+    async fn leadership(&self, h: &GroupHandle, catalog: &Catalog) -> NodeResult<Leadership> {
+        leader::linearizable(h, catalog).await?;
+        let term = h.raft.metrics().borrow_watched().current_term;
+        let since = {
+            let mut t = self
+                .takeover
+                .lock()
+                .map_err(|_| NodeError::Internal("takeover lock poisoned".into()))?;
+            let current = *t;
+            match current {
+                Some((seen, at)) if seen == term => at,
+                // The watcher has not seen this term yet: counting from now only waits longer.
+                _ => t.insert((term, Instant::now())).1,
+            }
+        };
+        // The first leader the group ever had follows no coordinator, so nobody can still be
+        // reading partitions it does not know of.
+        let assign_after = if term <= 1 {
+            since
+        } else {
+            since + MAX_SESSION_TIMEOUT
+        };
+        Ok(Leadership { term, assign_after })
     }
 
     fn catalog(&self) -> NodeResult<Arc<Catalog>> {
@@ -162,6 +206,46 @@ impl LogService {
             .and_then(|g| catalog.groups.get(&g))
             .cloned()
             .ok_or_else(|| NodeError::Unavailable("the offsets group is not created yet".into()))
+    }
+}
+
+/// Notes when this node becomes the offsets group's leader in a new term, until the service is
+/// dropped; a coordinator that takes over counts its hold from then rather than from its first
+/// heartbeat.
+async fn watch_takeover(ctx: NodeContext, takeover: Weak<Mutex<Option<(u64, Instant)>>>) {
+    let mut tick = tokio::time::interval(TAKEOVER_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(takeover) = takeover.upgrade() else {
+            return;
+        };
+        let Some(h) = ctx
+            .registry
+            .catalog()
+            .ok()
+            .and_then(|c| c.offsets_group)
+            .and_then(|g| ctx.registry.get(g))
+        else {
+            continue;
+        };
+        let term = {
+            let m = h.raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_leader == Some(m.id)).then_some(m.current_term)
+        };
+        let Some(term) = term else {
+            continue;
+        };
+        if let Ok(mut t) = takeover.lock() {
+            if t.is_none_or(|(seen, _)| seen != term) {
+                tracing::info!(
+                    term,
+                    "this node now leads the offsets group: consumer groups start over"
+                );
+                *t = Some((term, Instant::now()));
+            }
+        };
     }
 }
 
@@ -474,6 +558,14 @@ impl Log for LogService {
         if req.group.is_empty() {
             return Err(NodeError::InvalidArgument("consumer group name is empty".into()).into());
         }
+        if req.member_id.is_empty() != (req.generation == 0) {
+            return Err(NodeError::InvalidArgument(
+                "a member's commit carries both its member id and its generation; a standalone \
+                 commit carries neither"
+                    .into(),
+            )
+            .into());
+        }
         if let Some(bad) = req
             .offsets
             .iter()
@@ -496,6 +588,21 @@ impl Log for LogService {
             }
         };
         let req = request.into_inner();
+        if !req.member_id.is_empty() {
+            let leadership = self.leadership(&h, &catalog).await?;
+            self.coordinator
+                .check_commit(
+                    req.group.clone(),
+                    req.topic.clone(),
+                    req.member_id.clone(),
+                    req.generation,
+                    req.offsets.iter().map(|o| o.partition).collect(),
+                    leadership,
+                )
+                .await
+                .ok_or_else(|| NodeError::Internal("coordinator stopped".into()))?
+                .map_err(NodeError::from)?;
+        }
         let cmd = Cmd::CommitOffsets {
             group: req.group,
             topic: req.topic,
@@ -563,21 +670,42 @@ impl Log for LogService {
                 NodeError::InvalidArgument("group and member id are required".into()).into(),
             );
         }
-        let og = self.offsets_group(&catalog)?;
-        if let Serve::Forward(mut c) = self.serve(&catalog, &og, was_forwarded(&request))? {
-            return c
-                .group_heartbeat(forwarded(request.into_inner()))
-                .await
-                .map_err(leader::relay);
-        }
-        let req = request.into_inner();
-        let timeout = match req.session_timeout_ms {
-            0 => Duration::from_secs(10),
+        let session_timeout = match req.session_timeout_ms {
+            0 => DEFAULT_SESSION_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
+        };
+        if session_timeout > MAX_SESSION_TIMEOUT {
+            return Err(NodeError::InvalidArgument(format!(
+                "session timeout {} ms is over the {} ms limit",
+                session_timeout.as_millis(),
+                MAX_SESSION_TIMEOUT.as_millis()
+            ))
+            .into());
+        }
+        let og = self.offsets_group(&catalog)?;
+        let h = match self.serve(&catalog, &og, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => {
+                return c
+                    .group_heartbeat(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
+            }
+        };
+        let leadership = self.leadership(&h, &catalog).await?;
+        let req = request.into_inner();
+        let hb = Heartbeat {
+            group: req.group,
+            topic: req.topic,
+            member: req.member_id,
+            session_timeout,
+            partitions,
+            generation: req.generation,
+            owned: req.owned,
         };
         let a = self
             .coordinator
-            .heartbeat(req.group, req.topic, req.member_id, timeout, partitions)
+            .heartbeat(hb, leadership)
             .await
             .ok_or_else(|| NodeError::Internal("coordinator stopped".into()))?;
         Ok(Response::new(GroupHeartbeatResponse {
@@ -593,15 +721,19 @@ impl Log for LogService {
     ) -> Result<Response<LeaveGroupResponse>, Status> {
         let catalog = self.catalog()?;
         let og = self.offsets_group(&catalog)?;
-        if let Serve::Forward(mut c) = self.serve(&catalog, &og, was_forwarded(&request))? {
-            return c
-                .leave_group(forwarded(request.into_inner()))
-                .await
-                .map_err(leader::relay);
-        }
+        let h = match self.serve(&catalog, &og, was_forwarded(&request))? {
+            Serve::Local(h) => h,
+            Serve::Forward(mut c) => {
+                return c
+                    .leave_group(forwarded(request.into_inner()))
+                    .await
+                    .map_err(leader::relay)
+            }
+        };
+        let leadership = self.leadership(&h, &catalog).await?;
         let req = request.into_inner();
         self.coordinator
-            .leave(req.group, req.topic, req.member_id)
+            .leave(req.group, req.topic, req.member_id, leadership)
             .await;
         Ok(Response::new(LeaveGroupResponse {}))
     }
