@@ -766,6 +766,9 @@ enum CapturedRows {
     PartitionBelow(u64, Vec<(Vec<u8>, Vec<u8>)>),
     /// Regions change in place, so their snapshot file is written when the builder is made.
     File(Result<std::path::PathBuf, StorageError>),
+    /// The state could not be captured: building fails with this error rather than writing a
+    /// snapshot that silently lacks part of the state (an empty catalog, a missing producer).
+    Failed(StorageError),
 }
 
 impl SnapshotBuilder {
@@ -780,6 +783,7 @@ impl SnapshotBuilder {
         let meta = snapshot_meta(header);
         let path = match rows {
             CapturedRows::File(written) => written?,
+            CapturedRows::Failed(e) => return Err(e),
             CapturedRows::Rows(rows) => {
                 let mut w = SnapshotWriter::create(snapshots.temp_path()?, &meta)?;
                 for (k, v) in &rows {
@@ -895,17 +899,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         let rows = match &self.kind {
-            Kind::Metadata(tx) => CapturedRows::Rows(vec![(
-                group_key(self.group, &[TAG_CATALOG]),
-                encode(&**tx.borrow()).unwrap_or_default(),
-            )]),
-            Kind::Partition(_, producers) => CapturedRows::PartitionBelow(
-                self.header.partition.next_offset,
-                producers
+            Kind::Metadata(tx) => match encode(&**tx.borrow()) {
+                Ok(catalog) => {
+                    CapturedRows::Rows(vec![(group_key(self.group, &[TAG_CATALOG]), catalog)])
+                }
+                Err(e) => CapturedRows::Failed(e),
+            },
+            Kind::Partition(_, producers) => {
+                let captured = producers
                     .iter()
-                    .filter_map(|(id, st)| Some((producer_key(self.group, *id), encode(st).ok()?)))
-                    .collect(),
-            ),
+                    .map(|(id, st)| Ok((producer_key(self.group, *id), encode(st)?)))
+                    .collect::<Result<Vec<_>, StorageError>>();
+                match captured {
+                    Ok(rows) => {
+                        CapturedRows::PartitionBelow(self.header.partition.next_offset, rows)
+                    }
+                    Err(e) => CapturedRows::Failed(e),
+                }
+            }
             Kind::Region(..) => {
                 // Awaited while the state machine is borrowed, so no apply lands while the rows
                 // (changed in place) are copied.
@@ -920,14 +931,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .await,
                 )
             }
-            Kind::Offsets(tx) => CapturedRows::Rows(
-                tx.borrow()
+            Kind::Offsets(tx) => {
+                let captured = tx
+                    .borrow()
                     .iter()
-                    .filter_map(|(k, v)| {
-                        Some((offset_key(self.group, k).ok()?, v.to_be_bytes().to_vec()))
-                    })
-                    .collect(),
-            ),
+                    .map(|(k, v)| Ok((offset_key(self.group, k)?, v.to_be_bytes().to_vec())))
+                    .collect::<Result<Vec<_>, StorageError>>();
+                match captured {
+                    Ok(rows) => CapturedRows::Rows(rows),
+                    Err(e) => CapturedRows::Failed(e),
+                }
+            }
         };
         SnapshotBuilder {
             engine: self.engine.clone(),
