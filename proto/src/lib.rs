@@ -2,8 +2,8 @@
 //!
 //! - [`v1`]: the gRPC services and messages generated from `proto/weir.proto` (cluster, log, tables,
 //!   Raft transport).
-//! - [`batch`]: the record-batch encoding producers write and consumers read. The broker stores a batch
-//!   as one checksummed blob and only reads its fixed-size header.
+//! - [`batch`]: the record-batch encoding producers write and consumers read. The broker checks a
+//!   batch once on produce and stores it as one checksummed blob, never re-encoding it.
 //! - [`table`]: table schemas, typed values, and the key and row encodings of the region store.
 
 pub mod batch;

@@ -187,5 +187,21 @@ impl Drop for ProcessCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+        // The data dirs go with the temporary directory; a failing test keeps the nodes' logs.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!(
+                "weir-failed-{}-{}",
+                std::process::id(),
+                self.dir.path().display().to_string().replace('/', "_")
+            ));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for n in &self.nodes {
+                    if let Some(name) = n.log.file_name() {
+                        let _ = std::fs::copy(&n.log, keep.join(name));
+                    }
+                }
+                eprintln!("node logs kept in {}", keep.display());
+            }
+        }
     }
 }

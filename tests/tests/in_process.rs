@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use weir_proto::batch::{decode, BatchBuilder};
+use weir_proto::batch::{decode, BatchBuilder, HEADER_LEN};
 use weir_proto::v1::{Acks, CreateTopicRequest, FetchRequest, ListOffsetsRequest, ProduceRequest};
 use weir_tests::{log_client, wait_until, InProcessCluster};
 
@@ -776,5 +776,116 @@ async fn a_commit_with_a_stale_generation_is_refused() {
     );
     a.close().await.expect("a leaves");
     b.close().await.expect("b leaves");
+    cluster.shutdown().await;
+}
+
+/// A batch whose header does not match its records is refused by every node before it reaches the
+/// log: its count would otherwise become offsets, and its body would stop every consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_batches_are_refused_and_change_nothing() {
+    let cluster = InProcessCluster::start(3).await;
+    let mut c = log_client(&cluster.addr(0)).await;
+    c.create_topic(CreateTopicRequest {
+        name: "guarded".into(),
+        partitions: 1,
+        replicas: 3,
+        retention_ms: 0,
+        retention_bytes: 0,
+    })
+    .await
+    .expect("topic created");
+    let good = |from: u32| {
+        let mut b = BatchBuilder::new();
+        for i in from..from + 5 {
+            b.push(None, format!("r{i}").as_bytes(), 1_000);
+        }
+        b.finish()
+    };
+    let produce = |batch: bytes::Bytes| ProduceRequest {
+        topic: "guarded".into(),
+        partition: 0,
+        batch,
+        acks: Acks::All as i32,
+        ..Default::default()
+    };
+    let first = c
+        .produce(produce(good(0)))
+        .await
+        .expect("good batch")
+        .into_inner();
+    assert_eq!((first.base_offset, first.count), (0, 5));
+
+    // The count is outside the checksum: patching it leaves a batch whose checksum still holds.
+    let mut huge = good(5).to_vec();
+    huge[2..6].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+    // Trailing and truncated bodies, their checksums recomputed so only the structure is wrong.
+    let reseal = |mut blob: Vec<u8>| {
+        let crc = crc32fast::hash(&blob[HEADER_LEN..]);
+        blob[22..26].copy_from_slice(&crc.to_le_bytes());
+        bytes::Bytes::from(blob)
+    };
+    let mut trailing = good(5).to_vec();
+    trailing.push(0);
+    let mut truncated = good(5).to_vec();
+    truncated.truncate(truncated.len() - 2);
+    let crafted = [
+        (bytes::Bytes::from(huge), "1000000000"),
+        (reseal(trailing), "after the last"),
+        (reseal(truncated), "record 4"),
+    ];
+    for node in 0..3 {
+        let mut c = log_client(&cluster.addr(node)).await;
+        for (batch, says) in &crafted {
+            let err = c
+                .produce(produce(batch.clone()))
+                .await
+                .expect_err("a malformed batch is refused");
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().contains(says), "node {node}: {err:?}");
+        }
+    }
+
+    // Offsets did not move, and the partition goes on taking and serving good batches.
+    let offs = c
+        .list_offsets(ListOffsetsRequest {
+            topic: "guarded".into(),
+            partition: 0,
+        })
+        .await
+        .expect("offsets")
+        .into_inner();
+    assert_eq!((offs.earliest, offs.latest), (0, 5));
+    let second = c
+        .produce(produce(good(5)))
+        .await
+        .expect("good batch")
+        .into_inner();
+    assert_eq!((second.base_offset, second.count), (5, 5));
+    let mut values = Vec::new();
+    let mut offset = 0;
+    while offset < 10 {
+        let r = c
+            .fetch(FetchRequest {
+                topic: "guarded".into(),
+                partition: 0,
+                offset,
+                max_bytes: 1 << 20,
+                max_wait_ms: 100,
+            })
+            .await
+            .expect("fetch")
+            .into_inner();
+        for b in r.batches {
+            let records = decode(&b.batch).expect("stored batches decode");
+            offset = b.base_offset + records.len() as u64;
+            values.extend(
+                records
+                    .into_iter()
+                    .map(|r| String::from_utf8_lossy(&r.value).into_owned()),
+            );
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    assert_eq!(values, expected);
     cluster.shutdown().await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::WatchReceiver;
 
 use tonic::{Request, Response, Status};
-use weir_proto::batch::BatchHeader;
+use weir_proto::batch;
 use weir_proto::v1::log_client::LogClient;
 use weir_proto::v1::log_server::Log;
 use weir_proto::v1::*;
@@ -398,7 +398,10 @@ impl Log for LogService {
             ))
             .into());
         }
-        let header = BatchHeader::parse(&req.batch)
+        // The whole batch is checked here, once: it is stored untouched, its count becomes offsets
+        // and its largest timestamp drives retention, and every consumer of the partition must be
+        // able to read it.
+        let header = batch::validate(&req.batch)
             .map_err(|e| NodeError::InvalidArgument(format!("rejected batch: {e}")))?;
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
             Serve::Local(h) => h,
