@@ -542,7 +542,7 @@ async fn a_rebalance_never_hands_a_record_to_two_members() {
                     );
                 }
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     producer.flush().await.expect("flush");
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;

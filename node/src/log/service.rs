@@ -80,8 +80,10 @@ impl LogService {
     /// Confirms that this node leads the offsets group (by lease or with a quorum), so that a
     /// deposed leader's coordinator never answers: its members retry at the new leader.
     async fn leadership(&self, h: &GroupHandle, catalog: &Catalog) -> NodeResult<Leadership> {
-        leader::linearizable(h, catalog).await?;
+        let confirmation = leader::linearizable(h, catalog).await?;
         let term = h.raft.metrics().borrow_watched().current_term;
+        // The term read must still be this leader's: re-check the lease it relied on.
+        confirmation.confirm(h).await?;
         let since = {
             let mut t = self
                 .takeover
