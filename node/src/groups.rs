@@ -222,9 +222,10 @@ impl GroupManager {
         let sm = {
             let (engine, kind, root) =
                 (engine.clone(), kind.clone(), self.cfg.snapshot_root.clone());
-            tokio::task::spawn_blocking(move || StateMachine::recover(engine, id, &kind, &root))
-                .await
-                .map_err(|e| NodeError::Internal(format!("group {id}: recovery task: {e}")))??
+            weir_storage::engine::on_blocking_thread(move || {
+                StateMachine::recover(engine, id, &kind, &root)
+            })
+            .await?
         };
         let watch = sm.watch();
         let raft_config = if id == METADATA_GROUP {

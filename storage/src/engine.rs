@@ -62,6 +62,16 @@ pub struct EngineStats {
 /// are flushed (so disk use after a load does not stay at every WAL file written during it).
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
+/// Runs `work`, disk-heavy work that owns its inputs (a snapshot build or install), on tokio's
+/// blocking threads so the async workers keep serving heartbeats and votes meanwhile.
+pub async fn on_blocking_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Io(format!("disk task failed: {e}")))?
+}
+
 /// Runs `f`, a long piece of disk work (copying half a region at a split, writing a snapshot),
 /// without holding up the other tasks of the runtime's worker thread it is called on: on a
 /// multi-threaded tokio runtime the worker's other tasks (heartbeats, votes of other groups) move

@@ -693,15 +693,6 @@ fn install_file(
     installed
 }
 
-/// Runs disk-heavy snapshot work off the async worker threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StorageError::Io(format!("snapshot task failed: {e}")))?
-}
-
 fn offset_key(group: u64, key: &OffsetKey) -> Result<Vec<u8>, StorageError> {
     let mut suffix = vec![TAG_OFFSET];
     suffix.extend_from_slice(&encode(key)?);
@@ -833,10 +824,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             self.header.clone(),
             self.snapshots.clone(),
         );
-        Ok(
-            blocking(move || SnapshotBuilder::build(&engine, group, &header, rows, &snapshots))
-                .await?,
-        )
+        Ok(crate::engine::on_blocking_thread(move || {
+            SnapshotBuilder::build(&engine, group, &header, rows, &snapshots)
+        })
+        .await?)
     }
 }
 
@@ -927,8 +918,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.snapshots.clone(),
                 );
                 CapturedRows::File(
-                    blocking(move || write_region_snapshot(&engine, group, &header, &snapshots))
-                        .await,
+                    crate::engine::on_blocking_thread(move || {
+                        write_region_snapshot(&engine, group, &header, &snapshots)
+                    })
+                    .await,
                 )
             }
             Kind::Offsets(tx) => {
@@ -963,7 +956,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.clone(),
             snapshot.path.clone(),
         );
-        let installed = blocking(move || install_file(&engine, group, &meta_owned, &path)).await;
+        let installed = crate::engine::on_blocking_thread(move || {
+            install_file(&engine, group, &meta_owned, &path)
+        })
+        .await;
         let header = match installed {
             Ok(header) => header,
             Err(e) => {
@@ -985,7 +981,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.reload_views()?;
         self.publish();
         let snapshots = self.snapshots.clone();
-        blocking(move || snapshots.promote(&snapshot.path)).await?;
+        crate::engine::on_blocking_thread(move || snapshots.promote(&snapshot.path)).await?;
         Ok(())
     }
 
@@ -993,7 +989,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
         let snapshots = self.snapshots.clone();
-        if let Some((meta, snapshot)) = blocking(move || snapshots.current()).await? {
+        if let Some((meta, snapshot)) =
+            crate::engine::on_blocking_thread(move || snapshots.current()).await?
+        {
             return Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
                 meta,
                 snapshot,
