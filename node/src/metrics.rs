@@ -65,6 +65,11 @@ pub fn replica_dropped() {
     counter!("weir_replicas_dropped_total").increment(1);
 }
 
+/// Records a pre-vote started because the node leading a group stopped answering probes.
+pub fn failover_prevote() {
+    counter!("weir_failover_prevotes_total").increment(1);
+}
+
 /// Records the Raft groups this node holds and leads, and the worst replication lag.
 pub fn record_groups(reports: &[GroupReport]) {
     gauge!("weir_raft_groups_held").set(reports.len() as f64);

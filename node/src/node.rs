@@ -222,9 +222,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
         .add_service(
-            RaftTransportServer::new(crate::raft::service::RaftService::new(ctx.registry.clone()))
-                .max_decoding_message_size(256 << 20)
-                .max_encoding_message_size(256 << 20),
+            RaftTransportServer::new(crate::raft::service::RaftService::new(
+                node_id,
+                ctx.registry.clone(),
+            ))
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20),
         )
         .add_service(ClusterServer::new(ClusterService::new((*ctx).clone())))
         .add_service(
@@ -270,6 +273,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     }));
 
     tasks.push(tokio::spawn(cluster::heartbeat_loop(ctx.clone())));
+    tasks.push(tokio::spawn(crate::raft::failover::failover_loop(
+        node_id,
+        ctx.registry.clone(),
+        ctx.peers.clone(),
+    )));
     tasks.push(tokio::spawn(placement::placement_loop(
         ctx.clone(),
         cfg.placement_interval,

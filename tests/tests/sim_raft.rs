@@ -171,7 +171,7 @@ async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Resu
     });
     tonic::transport::Server::builder()
         .add_service(
-            RaftTransportServer::new(RaftService::new(Registry::fixed([group])))
+            RaftTransportServer::new(RaftService::new(id, Registry::fixed([group])))
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )

@@ -13,16 +13,19 @@ pub fn metadata() -> Arc<Config> {
 pub const DATA_HEARTBEAT_MS: u64 = 500;
 
 /// Raft settings of data groups (partitions, offsets): slower heartbeats since a node holds many.
-/// openraft randomises each election timeout in the range, so groups do not beat in step.
+/// A follower's lease (it votes for nobody else) is `election_timeout_max`, four intervals; a
+/// group left to itself elects after the lease plus a random 2 to 4 intervals, and the
+/// [`failover`](super::failover) probes start a pre-vote right after the lease. openraft
+/// randomises each election timeout in the range, so groups do not beat in step.
 /// `WEIR_RAFT_HEARTBEAT_MS` trades idle CPU (one heartbeat per group and follower per interval)
-/// against failover time (elections start after 5 to 10 intervals).
+/// against failover time.
 pub fn data() -> Arc<Config> {
     let hb = std::env::var("WEIR_RAFT_HEARTBEAT_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|v| (50..=60_000).contains(v))
         .unwrap_or(DATA_HEARTBEAT_MS);
-    build(hb, hb * 5, hb * 10, 20_000)
+    build(hb, hb * 2, hb * 4, 20_000)
 }
 
 fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64) -> Arc<Config> {
@@ -36,6 +39,9 @@ fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64) -> Arc<Config>
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: 1_000,
         purge_batch_size: 256,
+        // A replica that cannot win (cut off, or its leader alive) must not raise its term and
+        // depose a healthy leader when it comes back.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().expect("static raft config is valid"))

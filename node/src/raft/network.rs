@@ -112,6 +112,23 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         Self::decode(&reply.into_inner().payload)
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = bincode::serialize(&rpc).map_err(unreachable)?;
+        let mut req = tonic::Request::new(RaftRequest {
+            group_id: self.group,
+            payload: payload.into(),
+        });
+        req.set_timeout(option.hard_ttl());
+        // An unreachable peer is an error, never a grant: an isolated node must not talk itself
+        // into an election that raises its term.
+        let reply = self.client()?.pre_vote(req).await.map_err(unreachable)?;
+        Self::decode(&reply.into_inner().payload)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,

@@ -8,7 +8,10 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::raft_transport_server::RaftTransport;
-use weir_proto::v1::{MembershipReply, MembershipRequest, RaftReply, RaftRequest, SnapshotChunk};
+use weir_proto::v1::{
+    MembershipReply, MembershipRequest, ProbeReply, ProbeRequest, RaftReply, RaftRequest,
+    SnapshotChunk,
+};
 use weir_storage::snapshot::SnapshotData;
 use weir_storage::TypeConfig;
 
@@ -16,13 +19,14 @@ use crate::groups::Registry;
 
 /// The gRPC face of every Raft group on this node.
 pub struct RaftService {
+    node_id: u64,
     registry: Registry,
 }
 
 impl RaftService {
-    /// A service dispatching to the groups of `registry`.
-    pub fn new(registry: Registry) -> RaftService {
-        RaftService { registry }
+    /// The service of node `node_id`, dispatching to the groups of `registry`.
+    pub fn new(node_id: u64, registry: Registry) -> RaftService {
+        RaftService { node_id, registry }
     }
 
     fn group(&self, id: u64) -> Result<std::sync::Arc<crate::groups::GroupHandle>, Status> {
@@ -70,6 +74,20 @@ impl RaftTransport for RaftService {
         }
         let rpc: VoteRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
         reply(g.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        // A replica that would refuse the vote refuses the pre-vote too.
+        if !g.may_vote() {
+            return Err(Status::unavailable(format!(
+                "group {}: restarted within a leader lease; not voting yet",
+                g.id
+            )));
+        }
+        let rpc: VoteRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
+        reply(g.raft.pre_vote(rpc).await)
     }
 
     async fn install_snapshot(
@@ -132,6 +150,12 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<MembershipReply>, Status> {
         let g = self.group(request.into_inner().group_id)?;
         Ok(Response::new(crate::groups::membership_view(&g)))
+    }
+
+    async fn probe(&self, _request: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
+        Ok(Response::new(ProbeReply {
+            node_id: self.node_id,
+        }))
     }
 }
 

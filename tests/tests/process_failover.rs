@@ -1,0 +1,174 @@
+//! Real `weir-node` processes: a partition whose leader's node is SIGKILLed serves again once the
+//! dead leader's lease has run out, because the followers probe the node and start a pre-vote.
+//!
+//! `failover_times_over_repeated_kills` is the failover benchmark of BENCHMARKS.md (ignored in the
+//! suite): `cargo test -p weir-tests --test process_failover -- --ignored --nocapture`.
+
+use std::time::{Duration, Instant};
+
+use weir_client::{Client, NewTopic, Producer, ProducerConfig};
+use weir_tests::{members_up, try_http_get, wait_until, ProcessCluster};
+
+const SETTLE: Duration = Duration::from_secs(90);
+const TOPIC: &str = "failover";
+const PARTITIONS: u32 = 3;
+
+async fn cluster_up(c: &ProcessCluster, n: usize) {
+    let addr = c.addr(0);
+    wait_until(&format!("{n} members up"), SETTLE, || {
+        let addr = addr.clone();
+        async move { (members_up(&addr).await == n).then_some(()) }
+    })
+    .await;
+}
+
+/// A partition of [`TOPIC`], led by a node other than node 0 (the client's seed) if there is one,
+/// with its leader's node id and process index; waits until every partition reports a leader.
+async fn partition_led_elsewhere(client: &Client, cluster: &ProcessCluster) -> (u32, u64, usize) {
+    let seed_id = weir_tests::node_id_of(client, &cluster.addr(0)).await;
+    let status = client.cluster_status().await.expect("status");
+    let (p, leader) = wait_until("every partition led", SETTLE, || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic(TOPIC).await.ok()?;
+            if info.partition_info.iter().any(|p| p.leader == 0) {
+                return None;
+            }
+            // The client finds other nodes when its seed is down, but prefers to keep it.
+            info.partition_info
+                .iter()
+                .find(|p| p.leader != seed_id)
+                .or_else(|| info.partition_info.first())
+                .map(|p| (p.partition, p.leader))
+        }
+    })
+    .await;
+    let addr = &status
+        .members
+        .iter()
+        .find(|m| m.id == leader)
+        .expect("leader is a member")
+        .addr;
+    let victim = (0..cluster.nodes.len())
+        .find(|i| &cluster.addr(*i) == addr)
+        .expect("leader is one of ours");
+    (p, leader, victim)
+}
+
+/// Acknowledged records on `partition`: the first proves the partition serves.
+async fn produce_one(producer: &Producer, partition: u32) {
+    producer
+        .send_to(partition, None, b"ping", None)
+        .await
+        .expect("queued")
+        .await
+        .expect("acknowledged");
+}
+
+/// Kills the leader of a partition and returns how long it took until a record produced to that
+/// partition was acknowledged again, and the killed process.
+async fn kill_and_time(
+    client: &Client,
+    cluster: &mut ProcessCluster,
+    producer: &Producer,
+) -> (Duration, usize, u64) {
+    let (p, leader, victim) = partition_led_elsewhere(client, cluster).await;
+    // The producer knows the current leader, as a long-running one would.
+    produce_one(producer, p).await;
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    produce_one(producer, p).await;
+    (killed_at.elapsed(), victim, leader)
+}
+
+/// The value of a counter in a node's Prometheus text, 0 when absent.
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_serves_again_after_its_leader_is_killed() {
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster_up(&cluster, 3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new(TOPIC, PARTITIONS, 3))
+        .await
+        .expect("topic");
+    let producer = Producer::new(client.clone(), TOPIC, ProducerConfig::default())
+        .await
+        .expect("producer");
+
+    let (took, victim, old_leader) = kill_and_time(&client, &mut cluster, &producer).await;
+    eprintln!("partition served again {took:?} after its leader was killed");
+
+    let info = client.describe_topic(TOPIC).await.expect("describe");
+    assert!(
+        info.partition_info.iter().all(|p| p.leader != old_leader),
+        "no partition is reported led by the killed node"
+    );
+    // The survivors noticed the dead node by probing it (rather than waiting out their own election
+    // timeouts) and asked for pre-votes.
+    let mut prevotes = 0.0;
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        if i != victim {
+            let m = try_http_get(&n.http, "/metrics").await.unwrap_or_default();
+            prevotes += counter(&m, "weir_failover_prevotes_total");
+        }
+    }
+    assert!(
+        prevotes > 0.0,
+        "the survivors started pre-votes on their own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: run explicitly, see BENCHMARKS.md"]
+async fn failover_times_over_repeated_kills() {
+    let kills: usize = std::env::var("WEIR_FAILOVER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster_up(&cluster, 3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new(TOPIC, PARTITIONS, 3))
+        .await
+        .expect("topic");
+    let producer = Producer::new(client.clone(), TOPIC, ProducerConfig::default())
+        .await
+        .expect("producer");
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let (took, victim, _) = kill_and_time(&client, &mut cluster, &producer).await;
+        eprintln!("kill {}: served again after {took:?}", k + 1);
+        times.push(took);
+        cluster.restart(victim);
+        cluster_up(&cluster, 3).await;
+        // Let the restarted node catch up and its no-vote period pass before the next kill.
+        wait_until("every partition led and replicated", SETTLE, || {
+            let client = client.clone();
+            async move {
+                let info = client.describe_topic(TOPIC).await.ok()?;
+                info.partition_info
+                    .iter()
+                    .all(|p| p.leader != 0 && p.voters.len() == 3)
+                    .then_some(())
+            }
+        })
+        .await;
+        // Pacing only: the restarted node leaves its no-vote period (one lease) before the next kill.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    eprintln!(
+        "failover over {kills} kills: min {:?}, p50 {p50:?}, max {max:?}",
+        times[0]
+    );
+}
