@@ -401,17 +401,27 @@ async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
         let mut values = Vec::new();
         let mut offset = 0u64;
         while offset < 1000 {
-            let r = c2
-                .fetch(FetchRequest {
-                    topic: "moved".into(),
-                    partition,
-                    offset,
-                    max_bytes: 1 << 20,
-                    max_wait_ms: 100,
-                })
-                .await
-                .expect("fetch")
-                .into_inner();
+            // Partitions still moving have no leader for a moment: fetch again, as clients do.
+            let r = wait_until("fetch answered", Duration::from_secs(30), || {
+                let mut c2 = c2.clone();
+                async move {
+                    match c2
+                        .fetch(FetchRequest {
+                            topic: "moved".into(),
+                            partition,
+                            offset,
+                            max_bytes: 1 << 20,
+                            max_wait_ms: 100,
+                        })
+                        .await
+                    {
+                        Ok(r) => Some(r.into_inner()),
+                        Err(s) if s.code() == tonic::Code::Unavailable => None,
+                        Err(s) => panic!("fetch: {s}"),
+                    }
+                }
+            })
+            .await;
             for b in r.batches {
                 for rec in decode(&b.batch).expect("batch") {
                     values.push(String::from_utf8(rec.value.to_vec()).unwrap());

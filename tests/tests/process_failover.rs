@@ -105,11 +105,17 @@ async fn a_partition_serves_again_after_its_leader_is_killed() {
     let (took, victim, old_leader) = kill_and_time(&client, &mut cluster, &producer).await;
     eprintln!("partition served again {took:?} after its leader was killed");
 
-    let info = client.describe_topic(TOPIC).await.expect("describe");
-    assert!(
-        info.partition_info.iter().all(|p| p.leader != old_leader),
-        "no partition is reported led by the killed node"
-    );
+    wait_until("no partition led by the killed node", SETTLE, || {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic(TOPIC).await.ok()?;
+            info.partition_info
+                .iter()
+                .all(|p| p.leader != 0 && p.leader != old_leader)
+                .then_some(())
+        }
+    })
+    .await;
     // The survivors noticed the dead node by probing it (rather than waiting out their own election
     // timeouts) and asked for pre-votes.
     let mut prevotes = 0.0;
