@@ -823,4 +823,17 @@ mod tests {
         assert!("soon".parse::<StartFrom>().is_err());
         assert_eq!(StartFrom::Offset(7).to_string(), "7");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn start_positions_print_and_parse_back(n in proptest::prelude::any::<u64>(), text in ".{0,24}") {
+            for s in [StartFrom::Earliest, StartFrom::Latest, StartFrom::Offset(n)] {
+                proptest::prop_assert_eq!(s.to_string().parse::<StartFrom>(), Ok(s));
+            }
+            // Any other text is an offset, a name, or an error that quotes it.
+            if let Err(e) = text.parse::<StartFrom>() {
+                proptest::prop_assert!(e.contains(&format!("{text:?}")), "{}", e);
+            }
+        }
+    }
 }

@@ -4,9 +4,11 @@
 //!   Raft transport).
 //! - [`batch`]: the record-batch encoding producers write and consumers read. The broker checks a
 //!   batch once on produce and stores it as one checksummed blob, never re-encoding it.
+//! - [`ingest`]: the bodies of HTTP ingest requests (a JSON array or NDJSON), split into records.
 //! - [`table`]: table schemas, typed values, and the key and row encodings of the region store.
 
 pub mod batch;
+pub mod ingest;
 pub mod table;
 
 /// Generated gRPC services and messages of `weir.v1`.

@@ -568,15 +568,49 @@ fn parse_mix(mix: &str) -> Result<(u64, u64)> {
         .trim()
         .parse()
         .map_err(|_| anyhow!("--mix: '{g}' is not a number"))?;
-    if p + g == 0 {
-        bail!("--mix needs at least one non-zero weight");
+    // The weights are added up to pick each operation, so their sum must fit too.
+    match p.checked_add(g) {
+        Some(0) => bail!("--mix needs at least one non-zero weight"),
+        Some(_) => Ok((p, g)),
+        None => bail!("--mix: {p} + {g} is too large"),
     }
-    Ok((p, g))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn mixes_parse_and_huge_weights_are_refused() {
+        assert_eq!(parse_mix("1:9").unwrap(), (1, 9));
+        assert_eq!(parse_mix(" 1 : 0 ").unwrap(), (1, 0));
+        assert!(parse_mix("0:0")
+            .unwrap_err()
+            .to_string()
+            .contains("non-zero"));
+        let e = parse_mix("18446744073709551615:1").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        assert!(parse_mix("1").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_mix_text_is_parsed_or_refused(text in "[ 0-9:+-]{0,24}|.{0,12}") {
+            if let Ok((p, g)) = parse_mix(&text) {
+                prop_assert!(p.checked_add(g).is_some_and(|sum| sum > 0));
+            }
+        }
+
+        #[test]
+        fn weights_are_taken_when_their_sum_fits(p in any::<u64>(), g in prop_oneof![any::<u64>(), 0u64..3]) {
+            let parsed = parse_mix(&format!("{p}:{g}"));
+            match p.checked_add(g) {
+                Some(0) | None => prop_assert!(parsed.is_err()),
+                Some(_) => prop_assert_eq!(parsed.unwrap(), (p, g)),
+            }
+        }
+    }
 
     #[test]
     fn records_are_split_evenly_between_workers() {

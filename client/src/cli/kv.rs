@@ -253,6 +253,110 @@ impl RowPrinter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::test_values::{cell_text, same, schema, schema_and_row, text_is_faithful};
+    use proptest::prelude::*;
+
+    /// A key (or key prefix) as a user types it: the value of a one-column key as it is, the
+    /// values of a composite key as one CSV line.
+    fn key_text(schema: &TableSchema, key: &[Value]) -> String {
+        let texts: Vec<String> = key
+            .iter()
+            .zip(schema.key_columns())
+            .map(|(v, c)| v.render(c.ty))
+            .collect();
+        if schema.primary_key.len() == 1 {
+            return texts[0].clone();
+        }
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&texts).unwrap();
+        let line = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        line.strip_suffix('\n').unwrap_or(&line).to_string()
+    }
+
+    /// JSON values, most of them the kinds cells take.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value as J;
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            any::<i64>().prop_map(J::from),
+            any::<u64>().prop_map(J::from),
+            any::<f64>().prop_map(J::from),
+            cell_text().prop_map(J::String),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(J::Array),
+                prop::collection::btree_map("[a-z]{1,3}", inner, 0..3)
+                    .prop_map(|m| J::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_key_text_gives_a_key_or_an_error(s in schema(), text in cell_text(), prefix in any::<bool>()) {
+            if let Ok(key) = parse_key(&s, &text, prefix) {
+                prop_assert!(key.len() <= s.primary_key.len());
+                prop_assert!(prefix || key.len() == s.primary_key.len());
+                for (v, c) in key.iter().zip(s.key_columns()) {
+                    prop_assert!(v.fits(c), "{:?} does not fit {:?}", v, c);
+                }
+            }
+        }
+
+        #[test]
+        fn rendered_keys_parse_back((s, row) in schema_and_row()) {
+            let key: Vec<Value> = s.primary_key.iter().map(|i| row[*i].clone()).collect();
+            prop_assume!(key.iter().zip(s.key_columns()).all(|(v, c)| text_is_faithful(v, c.ty)));
+            let text = key_text(&s, &key);
+            let back = parse_key(&s, &text, false);
+            prop_assert!(
+                matches!(&back, Ok(b) if same(b, &key)),
+                "{:?} as '{}' parsed as {:?}", key, text, back
+            );
+            // Every leading part of the key is a prefix key.
+            for n in 1..key.len() {
+                let text = key_text(&s, &key[..n]);
+                let back = parse_key(&s, &text, true);
+                prop_assert!(matches!(&back, Ok(b) if same(b, &key[..n])), "{}: {:?}", text, back);
+            }
+        }
+
+        #[test]
+        fn any_json_gives_a_row_or_an_error(s in schema(), json in json()) {
+            if let Ok(row) = row_from_json(&s, &json) {
+                prop_assert_eq!(row.len(), s.columns.len());
+                for (v, c) in row.iter().zip(&s.columns) {
+                    prop_assert!(v.fits(c), "{:?} does not fit {:?}", v, c);
+                }
+            }
+        }
+
+        #[test]
+        fn rows_printed_as_json_put_back((s, row) in schema_and_row(), as_array in any::<bool>()) {
+            // JSON has no NaN or infinities, and bytes that are not UTF-8 print as hex.
+            prop_assume!(row.iter().all(|v| match v {
+                Value::Float(f) => f.is_finite(),
+                Value::Bytes(b) => std::str::from_utf8(b).is_ok(),
+                _ => true,
+            }));
+            let cells = row.iter().zip(&s.columns).map(|(v, c)| v.to_json(c.ty));
+            let json = if as_array {
+                serde_json::Value::Array(cells.collect())
+            } else {
+                serde_json::Value::Object(
+                    s.columns.iter().map(|c| c.name.clone()).zip(cells).collect(),
+                )
+            };
+            // Through its text, as `weir kv put` reads it.
+            let json: serde_json::Value = serde_json::from_str(&json.to_string()).unwrap();
+            let back = row_from_json(&s, &json).unwrap();
+            prop_assert!(same(&back, &row), "{:?} as {} came back as {:?}", row, json, back);
+        }
+    }
 
     #[test]
     fn keys_parse_as_one_value_or_comma_separated_values() {

@@ -375,3 +375,113 @@ fn infer_schema(
     };
     TableSchema::new(columns, &pk).map_err(|e| anyhow!("inferred schema: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::test_values::{
+        cell_text, same, schema, schema_and_row, text_is_faithful, value_of,
+    };
+    use proptest::prelude::*;
+
+    /// One CSV line as `load csv` reads it (no header, ragged rows allowed).
+    fn read_record(line: &[u8]) -> csv::StringRecord {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(line);
+        let mut record = csv::StringRecord::new();
+        assert!(reader.read_record(&mut record).unwrap(), "one record");
+        record
+    }
+
+    /// A row as CSV, each value as `render` prints it.
+    fn write_row(schema: &TableSchema, row: &[Value]) -> Vec<u8> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(row.iter().zip(&schema.columns).map(|(v, c)| v.render(c.ty)))
+            .unwrap();
+        w.into_inner().unwrap()
+    }
+
+    #[test]
+    fn short_rows_and_bad_cells_are_refused_with_the_column() {
+        let s = TableSchema::parse("id BIGINT, n SMALLINT, at DATE", &["id".into()]).unwrap();
+        let map = column_mapping(&s, None).unwrap();
+        let row = parse_row(&read_record(b"1,2,2024-01-02"), &s, &map, 3).unwrap();
+        assert_eq!(row, vec![Value::Int(1), Value::Int(2), Value::Date(19724)]);
+        let e = parse_row(&read_record(b"1,2"), &s, &map, 3).unwrap_err();
+        assert!(e.contains("2 field(s), 3 expected"), "{e}");
+        let e = parse_row(&read_record(b"1,70000,"), &s, &map, 3).unwrap_err();
+        assert!(
+            e.contains("column 'n'") && e.contains("out of range"),
+            "{e}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_cells_give_a_row_or_name_the_column(
+            s in schema(),
+            cells in prop::collection::vec(cell_text(), 0..7),
+        ) {
+            let map = column_mapping(&s, None).unwrap();
+            let record = csv::StringRecord::from(cells.clone());
+            match parse_row(&record, &s, &map, s.columns.len()) {
+                Ok(row) => {
+                    prop_assert_eq!(row.len(), s.columns.len());
+                    for (v, c) in row.iter().zip(&s.columns) {
+                        prop_assert!(v.fits(c), "{:?} does not fit {:?}", v, c);
+                    }
+                }
+                Err(e) if cells.len() < s.columns.len() => {
+                    prop_assert!(e.contains("expected"), "{}", e);
+                }
+                Err(e) => {
+                    let named = s.columns.iter().any(|c| e.starts_with(&format!("column '{}': ", c.name)));
+                    prop_assert!(named, "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn rendered_rows_load_back((s, row) in schema_and_row()) {
+            prop_assume!(row.iter().zip(&s.columns).all(|(v, c)| text_is_faithful(v, c.ty)));
+            let map = column_mapping(&s, None).unwrap();
+            let line = write_row(&s, &row);
+            let back = parse_row(&read_record(&line), &s, &map, s.columns.len()).unwrap();
+            prop_assert!(same(&back, &row), "{:?} as {:?} loaded as {:?}", row, String::from_utf8_lossy(&line), back);
+        }
+
+        #[test]
+        fn a_header_maps_columns_in_any_order(
+            (s, row) in schema_and_row(),
+            seed in any::<u64>(),
+        ) {
+            prop_assume!(row.iter().zip(&s.columns).all(|(v, c)| text_is_faithful(v, c.ty)));
+            // The file lists the columns in some other order, named in upper case.
+            let mut order: Vec<usize> = (0..s.columns.len()).collect();
+            let n = order.len();
+            for i in 0..n {
+                order.swap(i, (seed as usize).wrapping_add(i * 7) % n);
+            }
+            let header: Vec<String> = order.iter().map(|i| s.columns[*i].name.to_uppercase()).collect();
+            let map = column_mapping(&s, Some(&header)).unwrap();
+            let fields: Vec<String> = order.iter().map(|i| row[*i].render(s.columns[*i].ty)).collect();
+            let wanted = map.iter().flatten().max().map(|m| m + 1).unwrap_or(0);
+            let back = parse_row(&csv::StringRecord::from(fields), &s, &map, wanted).unwrap();
+            prop_assert!(same(&back, &row));
+        }
+
+        #[test]
+        fn each_cell_type_parses_its_rendered_values(
+            (ty, v) in crate::cli::test_values::column_type().prop_flat_map(|t| (Just(t), value_of(t))),
+        ) {
+            prop_assume!(text_is_faithful(&v, ty));
+            let c = Column { name: "x".into(), ty, nullable: false };
+            let back = Value::parse_text(&v.render(ty), &c).unwrap();
+            prop_assert!(same(&[back], &[v]));
+        }
+    }
+}

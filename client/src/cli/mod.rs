@@ -18,6 +18,8 @@ pub mod load;
 pub mod output;
 pub mod produce;
 pub mod table;
+#[cfg(test)]
+mod test_values;
 pub mod topic;
 
 use std::time::Duration;

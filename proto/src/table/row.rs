@@ -54,6 +54,9 @@ pub fn encode_row(schema: &TableSchema, row: Vec<Value>) -> Result<(Vec<u8>, Vec
 }
 
 /// Rebuilds the full row from its stored key and value.
+///
+/// Only what [`encode_row`] writes is accepted: every cell must hold its column's kind of value
+/// (or NULL where allowed) and nothing may follow the last cell.
 pub fn decode_row(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<Vec<Value>> {
     let key_values = key::decode_key(schema, k)?;
     let mut row = vec![Value::Null; schema.columns.len()];
@@ -62,7 +65,23 @@ pub fn decode_row(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<Vec<Value>
     }
     let mut rest = v;
     for i in schema.value_columns() {
-        row[i] = decode_cell(&mut rest)?;
+        let cell = decode_cell(&mut rest)?;
+        let col = &schema.columns[i];
+        if !cell.fits(col) {
+            return Err(TableError::Encoding(format!(
+                "column '{}' holds {cell:?}, which is not a {}{} value",
+                col.name,
+                if col.nullable { "" } else { "NOT NULL " },
+                col.ty
+            )));
+        }
+        row[i] = cell;
+    }
+    if !rest.is_empty() {
+        return Err(TableError::Encoding(format!(
+            "{} bytes left after the row",
+            rest.len()
+        )));
     }
     Ok(row)
 }
@@ -120,16 +139,30 @@ fn put_len(mut n: usize, out: &mut Vec<u8>) {
     out.push(n as u8);
 }
 
+/// Reads a length written by `put_len`. Only its shortest form is accepted, so that equal cells
+/// are equal bytes (compare-and-set compares cells as bytes), and bits past 64 are refused rather
+/// than dropped.
 fn get_len(b: &mut &[u8]) -> Result<usize> {
-    let mut n = 0usize;
+    let mut n = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = b
             .split_first()
             .ok_or_else(|| TableError::Encoding("row ends inside a length".into()))?;
         *b = rest;
-        n |= usize::from(byte & 0x7F) << shift;
+        let bits = u64::from(byte & 0x7F);
+        if shift == 63 && bits > 1 {
+            return Err(TableError::Encoding("length overflows 64 bits".into()));
+        }
+        n |= bits << shift;
         if byte & 0x80 == 0 {
-            return Ok(n);
+            if byte == 0 && shift > 0 {
+                return Err(TableError::Encoding(
+                    "length has a redundant zero byte".into(),
+                ));
+            }
+            // A length beyond the address space cannot be followed by that many bytes anyway.
+            return usize::try_from(n)
+                .map_err(|_| TableError::Encoding(format!("length {n} is too large")));
         }
     }
     Err(TableError::Encoding("length too long".into()))
@@ -158,7 +191,11 @@ pub fn decode_cell(b: &mut &[u8]) -> Result<Value> {
         T_INT => Value::Int(i64::from_le_bytes(arr(b)?)),
         T_UINT => Value::UInt(u64::from_le_bytes(arr(b)?)),
         T_FLOAT => Value::Float(f64::from_le_bytes(arr(b)?)),
-        T_BOOL => Value::Bool(take(b, 1)?[0] != 0),
+        T_BOOL => match take(b, 1)?[0] {
+            0 => Value::Bool(false),
+            1 => Value::Bool(true),
+            x => return Err(TableError::Encoding(format!("boolean cell byte {x}"))),
+        },
         T_STR => {
             let n = get_len(b)?;
             Value::Str(

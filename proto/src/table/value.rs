@@ -1,7 +1,7 @@
 //! One typed value: parsed from text (CSV, the command line) or JSON, checked against its column,
 //! printed, and carried on the wire.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::types::{Column, ColumnType};
@@ -188,10 +188,60 @@ impl Value {
             (Value::Str(s), ColumnType::Utf8) => Ok(Value::Str(s)),
             (Value::Bytes(b), ColumnType::Binary) => Ok(Value::Bytes(b)),
             (Value::Str(s), ColumnType::Binary) => Ok(Value::Bytes(s.into_bytes())),
-            (Value::Date(d), ColumnType::Date32) => Ok(Value::Date(d)),
-            (Value::Timestamp(t), ColumnType::Timestamp) => Ok(Value::Timestamp(t)),
+            // Only dates and times that can be printed are taken, so that what `render` writes
+            // (a CSV export, a scan as text) `parse_text` reads back.
+            (Value::Date(d), ColumnType::Date32) => match date_of(d) {
+                Some(_) => Ok(Value::Date(d)),
+                None => Err(bad(
+                    col,
+                    format!(
+                        "day {d} is out of range for DATE (years {} to {})",
+                        NaiveDate::MIN.year(),
+                        NaiveDate::MAX.year()
+                    ),
+                )),
+            },
+            (Value::Timestamp(t), ColumnType::Timestamp) => {
+                match DateTime::<Utc>::from_timestamp_micros(t) {
+                    Some(_) => Ok(Value::Timestamp(t)),
+                    None => Err(bad(
+                        col,
+                        format!(
+                            "{t} microseconds is out of range for TIMESTAMP (years {} to {})",
+                            NaiveDate::MIN.year(),
+                            NaiveDate::MAX.year()
+                        ),
+                    )),
+                }
+            }
             (Value::Str(s), _) => Value::parse_text(&s, col),
             (v, ty) => Err(bad(col, format!("{} does not fit type {ty}", v.kind()))),
+        }
+    }
+
+    /// Whether the value is exactly what [`Value::check`] stores for `col`: the column's own kind,
+    /// within its range. Decoders of stored and sent bytes use it, so that a value no encoder could
+    /// have written is refused rather than handed on under the wrong type.
+    pub fn fits(&self, col: &Column) -> bool {
+        match (self, col.ty) {
+            (Value::Null, _) => col.nullable,
+            (Value::Int(v), ColumnType::Int8) => i8::try_from(*v).is_ok(),
+            (Value::Int(v), ColumnType::Int16) => i16::try_from(*v).is_ok(),
+            (Value::Int(v), ColumnType::Int32) => i32::try_from(*v).is_ok(),
+            (Value::Int(_), ColumnType::Int64) => true,
+            (Value::UInt(_), ColumnType::UInt64) => true,
+            // `check` rounds to the column's width, so a stored REAL is always an f32 widened.
+            (Value::Float(f), ColumnType::Float32) => f64::from(*f as f32).to_bits() == f.to_bits(),
+            (Value::Float(_), ColumnType::Float64) => true,
+            (Value::Decimal(d), ColumnType::Decimal { precision, .. }) => {
+                digits(*d) <= u32::from(precision)
+            }
+            (Value::Bool(_), ColumnType::Boolean)
+            | (Value::Str(_), ColumnType::Utf8)
+            | (Value::Bytes(_), ColumnType::Binary)
+            | (Value::Date(_), ColumnType::Date32)
+            | (Value::Timestamp(_), ColumnType::Timestamp) => true,
+            _ => false,
         }
     }
 
@@ -230,8 +280,7 @@ impl Value {
                 };
                 render_decimal(*d, scale)
             }
-            Value::Date(d) => EPOCH
-                .checked_add_signed(chrono::TimeDelta::days(i64::from(*d)))
+            Value::Date(d) => date_of(*d)
                 .map(|x| x.to_string())
                 .unwrap_or_else(|| d.to_string()),
             Value::Timestamp(us) => DateTime::<Utc>::from_timestamp_micros(*us)
@@ -295,6 +344,11 @@ impl Value {
     }
 }
 
+/// The calendar date `days` after 1970-01-01, when chrono can represent it.
+fn date_of(days: i32) -> Option<NaiveDate> {
+    EPOCH.checked_add_signed(chrono::TimeDelta::try_days(i64::from(days))?)
+}
+
 fn digits(d: i128) -> u32 {
     let mut n = d.unsigned_abs();
     let mut k = 1;
@@ -355,7 +409,7 @@ fn parse_date(t: &str) -> std::result::Result<i32, String> {
 }
 
 /// Accepts RFC 3339 (`2024-05-01T12:00:00Z`), `2024-05-01 12:00:00[.fff]` (UTC), a bare date, or
-/// epoch milliseconds.
+/// epoch milliseconds; and what `render` writes, whose years may have five digits or a sign.
 fn parse_timestamp(t: &str) -> std::result::Result<i64, String> {
     if let Ok(ms) = t.parse::<i64>() {
         return ms
@@ -366,6 +420,8 @@ fn parse_timestamp(t: &str) -> std::result::Result<i64, String> {
         return Ok(dt.timestamp_micros());
     }
     for fmt in [
+        // What `render` writes; RFC 3339 has no room for years before 0 or after 9999.
+        "%Y-%m-%dT%H:%M:%S%.fZ",
         "%Y-%m-%d %H:%M:%S%.f",
         "%Y-%m-%dT%H:%M:%S%.f",
         "%Y-%m-%d %H:%M",
