@@ -396,7 +396,7 @@ async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
     .await;
 
     // Every record of every partition is still there, in order, wherever it now lives.
-    let mut c2 = log_client(&cluster.addr(added)).await;
+    let c2 = log_client(&cluster.addr(added)).await;
     for partition in 0..4u32 {
         let mut values = Vec::new();
         let mut offset = 0u64;
