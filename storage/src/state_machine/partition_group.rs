@@ -1,0 +1,211 @@
+//! A log partition's group: appends batches (de-duplicating idempotent producers' retries) and
+//! trims whole batches for retention. Offsets and size live in the shared header, so they are
+//! written with the applied index in every apply.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{group_key, wrong_kind, ApplyCx, Capture, GroupState, GroupWatch, Header};
+use crate::engine::{key_suffix_u64, CF_DATA};
+use crate::partition::{self, PartitionState};
+use crate::{decode, encode, Engine, Request, Response, StorageError};
+
+pub(super) const TAG_PRODUCER: u8 = 4;
+/// Batches remembered per producer for de-duplication (as Kafka's five in-flight batches).
+const PRODUCER_WINDOW: usize = 5;
+/// Producers remembered per partition; the least recently active is forgotten first.
+const MAX_PRODUCERS: usize = 10_000;
+
+/// The last batches an idempotent producer wrote to a partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct ProducerState {
+    /// Log index of the producer's last write (orders eviction the same way on every replica).
+    last_index: u64,
+    /// (sequence, base offset, count) of the last batches, oldest first.
+    batches: VecDeque<(u64, u64, u32)>,
+}
+
+/// A partition's in-memory state: its published offsets and its producers.
+pub(super) struct PartitionGroup {
+    tx: watch::Sender<PartitionState>,
+    producers: BTreeMap<u64, ProducerState>,
+}
+
+impl PartitionGroup {
+    /// Opens the partition `group` whose header is `header`.
+    pub(super) fn open(
+        engine: &Engine,
+        group: u64,
+        header: &Header,
+    ) -> Result<PartitionGroup, StorageError> {
+        Ok(PartitionGroup {
+            tx: watch::channel(header.partition).0,
+            producers: load_producers(engine, group)?,
+        })
+    }
+
+    fn append(
+        &mut self,
+        cx: &mut ApplyCx<'_>,
+        batch: &bytes::Bytes,
+        count: u32,
+        max_timestamp_ms: i64,
+        producer: Option<&crate::types::ProducerSeq>,
+    ) -> Result<Response, StorageError> {
+        let cf = cx.engine.cf(CF_DATA)?;
+        let group = cx.group;
+        let base_offset = cx.header.partition.next_offset;
+        if let Some(ps) = producer {
+            let st = self.producers.entry(ps.producer_id).or_default();
+            if let Some((_, base, n)) = st.batches.iter().find(|(seq, _, _)| *seq == ps.sequence) {
+                return Ok(Response::Appended {
+                    base_offset: *base,
+                    count: *n,
+                });
+            }
+            // A producer's first batch here is its batch 0; a later one arriving first (several
+            // in flight) waits for it.
+            let last = match st.batches.back() {
+                Some((seq, _, _)) => Some(*seq),
+                None if ps.sequence == 0 => None,
+                None => {
+                    return Ok(Response::OutOfOrder(format!(
+                        "batch {} of producer {} arrived before its batch 0",
+                        ps.sequence, ps.producer_id
+                    )))
+                }
+            };
+            if let Some(last) = last {
+                if ps.sequence > last + 1 {
+                    return Ok(Response::OutOfOrder(format!(
+                        "batch {} of producer {} arrived before batch {}",
+                        ps.sequence,
+                        ps.producer_id,
+                        last + 1
+                    )));
+                }
+                if ps.sequence <= last {
+                    // Older than everything remembered: it may or may not be stored.
+                    return Ok(Response::Rejected(format!(
+                        "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
+                        ps.sequence, ps.producer_id
+                    )));
+                }
+            }
+            st.batches.push_back((ps.sequence, base_offset, count));
+            if st.batches.len() > PRODUCER_WINDOW {
+                st.batches.pop_front();
+            }
+            st.last_index = cx.index;
+            cx.batch
+                .put_cf(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+            if self.producers.len() > MAX_PRODUCERS {
+                if let Some(oldest) = self
+                    .producers
+                    .iter()
+                    .min_by_key(|(_, st)| st.last_index)
+                    .map(|(id, _)| *id)
+                {
+                    self.producers.remove(&oldest);
+                    cx.batch.delete_cf(cf, producer_key(group, oldest));
+                }
+            }
+        }
+        cx.batch.put_cf(
+            cf,
+            partition::batch_key(group, base_offset),
+            partition::batch_value(count, max_timestamp_ms, batch),
+        );
+        let p = &mut cx.header.partition;
+        p.next_offset += u64::from(count);
+        p.bytes += batch.len() as u64;
+        Ok(Response::Appended { base_offset, count })
+    }
+
+    fn trim(&mut self, cx: &mut ApplyCx<'_>, before: u64) -> Result<Response, StorageError> {
+        let p = &mut cx.header.partition;
+        let before = before.min(p.next_offset);
+        if before > p.earliest {
+            let mut dropped = 0u64;
+            partition::scan_batches(cx.engine, cx.group, before, |_, _, sb| {
+                dropped += sb.batch.len() as u64;
+                Ok(true)
+            })?;
+            cx.batch.delete_range_cf(
+                cx.engine.cf(CF_DATA)?,
+                partition::batch_key(cx.group, 0),
+                partition::batch_key(cx.group, before),
+            );
+            p.earliest = before;
+            p.bytes = p.bytes.saturating_sub(dropped);
+        }
+        Ok(Response::Ok)
+    }
+}
+
+impl GroupState for PartitionGroup {
+    fn apply(&mut self, cx: &mut ApplyCx<'_>, req: &Request) -> Result<Response, StorageError> {
+        match req {
+            Request::Append {
+                batch,
+                count,
+                max_timestamp_ms,
+                producer,
+            } => self.append(cx, batch, *count, *max_timestamp_ms, producer.as_ref()),
+            Request::Trim { before } => self.trim(cx, *before),
+            other => Ok(wrong_kind(cx.group, other)),
+        }
+    }
+
+    fn publish(&mut self, header: &Header) {
+        self.tx.send_replace(header.partition);
+    }
+
+    fn reload(&mut self, engine: &Engine, group: u64) -> Result<(), StorageError> {
+        self.producers = load_producers(engine, group)?;
+        Ok(())
+    }
+
+    fn watch(&self) -> GroupWatch {
+        GroupWatch::Partition(self.tx.subscribe())
+    }
+
+    fn capture(&self, group: u64, header: &Header) -> Result<Capture, StorageError> {
+        // Batches are append-only: every batch below the high watermark now is the captured state.
+        // Producer de-duplication state is small and captured as rows.
+        let producers = self
+            .producers
+            .iter()
+            .map(|(id, st)| Ok((producer_key(group, *id), encode(st)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(Capture::PartitionBelow(
+            header.partition.next_offset,
+            producers,
+        ))
+    }
+}
+
+fn producer_key(group: u64, producer: u64) -> Vec<u8> {
+    crate::engine::group_key_u64(group, TAG_PRODUCER, producer)
+}
+
+fn load_producers(
+    engine: &Engine,
+    group: u64,
+) -> Result<BTreeMap<u64, ProducerState>, StorageError> {
+    let mut map = BTreeMap::new();
+    engine.scan(
+        CF_DATA,
+        &group_key(group, &[TAG_PRODUCER]),
+        &group_key(group, &[TAG_PRODUCER + 1]),
+        |k, v| {
+            let id = key_suffix_u64(k)
+                .ok_or_else(|| StorageError::Corrupt("bad producer key".into()))?;
+            map.insert(id, decode(v)?);
+            Ok(true)
+        },
+    )?;
+    Ok(map)
+}

@@ -1,0 +1,579 @@
+//! Tests of the state machine: applies, snapshots, installs and crashes, per kind of group.
+
+use super::install::{begin_install, write_install_rows};
+use super::*;
+use crate::catalog::GroupKind;
+use crate::snapshot::read_rows;
+use crate::types::{Expect, KvOp};
+use crate::{partition, region};
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftSnapshotBuilder;
+use openraft::vote::RaftLeaderId;
+
+impl StateMachine {
+    /// Applies one command outside the apply loop (its writes stay in `b`).
+    fn apply_one(
+        &mut self,
+        index: u64,
+        req: &Request,
+        b: &mut WriteBatch,
+    ) -> Result<Response, StorageError> {
+        let mut cx = ApplyCx {
+            engine: &self.engine,
+            group: self.group,
+            index,
+            header: &mut self.header,
+            batch: b,
+        };
+        self.state.apply(&mut cx, req)
+    }
+}
+
+fn append(index: u64, n: u32) -> openraft::alias::EntryOf<TypeConfig> {
+    let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+    openraft::alias::EntryOf::<TypeConfig>::new_normal(
+        openraft::LogId::new(lid, index),
+        Request::Append {
+            batch: bytes::Bytes::from(vec![index as u8; 100]),
+            count: n,
+            max_timestamp_ms: index as i64,
+            producer: None,
+        },
+    )
+}
+
+async fn apply_all(sm: &mut StateMachine, entries: Vec<openraft::alias::EntryOf<TypeConfig>>) {
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream).await.unwrap();
+}
+
+fn partition() -> GroupKind {
+    GroupKind::Partition {
+        topic: "t".into(),
+        partition: 0,
+    }
+}
+
+fn state(sm: &StateMachine) -> PartitionState {
+    match sm.watch() {
+        GroupWatch::Partition(rx) => *rx.borrow(),
+        _ => unreachable!("partition group"),
+    }
+}
+
+#[tokio::test]
+async fn partition_applies_snapshots_installs_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("a")).unwrap();
+    let snaps = dir.path().join("snap-a");
+    let mut sm = StateMachine::open(engine.clone(), 5, &partition(), &snaps).unwrap();
+    apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
+    assert_eq!(state(&sm).next_offset, 30);
+    let got = partition::read_batches(&engine, 5, 7, 30, usize::MAX).unwrap();
+    assert_eq!(
+        got.first().map(|b| b.base_offset),
+        Some(6),
+        "batch holding offset 7"
+    );
+    assert_eq!(got.len(), 8);
+
+    // Retention drops whole batches from the front.
+    let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+    let trim = openraft::alias::EntryOf::<TypeConfig>::new_normal(
+        openraft::LogId::new(lid, 11),
+        Request::Trim { before: 9 },
+    );
+    apply_all(&mut sm, vec![trim]).await;
+    assert_eq!(state(&sm).earliest, 9);
+    assert_eq!(state(&sm).bytes, 700);
+
+    let mut builder = sm.get_snapshot_builder().await;
+    let snap = builder.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.unwrap().index, 11);
+
+    // A fresh replica installs it and serves the same data.
+    let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+    let mut sm_b = StateMachine::open(
+        engine_b.clone(),
+        5,
+        &partition(),
+        &dir.path().join("snap-b"),
+    )
+    .unwrap();
+    let copy = dir.path().join("incoming.snap");
+    std::fs::copy(&snap.snapshot.path, &copy).unwrap();
+    sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy })
+        .await
+        .unwrap();
+    assert_eq!(state(&sm_b), state(&sm));
+    let a = partition::read_batches(&engine, 5, 9, 30, usize::MAX).unwrap();
+    let b = partition::read_batches(&engine_b, 5, 9, 30, usize::MAX).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(sm_b.applied_state().await.unwrap().0.unwrap().index, 11);
+    assert!(sm_b.get_current_snapshot().await.unwrap().is_some());
+
+    // Restart: the applied index and data come back from disk, so nothing is applied twice.
+    drop(sm_b);
+    drop(engine_b);
+    let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+    let sm_b = StateMachine::open(engine_b, 5, &partition(), &dir.path().join("snap-b")).unwrap();
+    assert_eq!(state(&sm_b).next_offset, 30);
+    assert_eq!(state(&sm_b).earliest, 9);
+}
+
+/// Index in `file` of the first run of 20 bytes equal to `b` (inside a batch written by
+/// [`append`]).
+fn find_run(file: &[u8], b: u8) -> usize {
+    file.windows(20)
+        .position(|w| w.iter().all(|x| *x == b))
+        .expect("batch bytes in the snapshot file")
+}
+
+/// Keys of `group` in the data column family.
+fn data_keys(engine: &Engine, group: u64) -> usize {
+    let mut n = 0;
+    engine
+        .scan(
+            CF_DATA,
+            &group.to_be_bytes(),
+            &(group + 1).to_be_bytes(),
+            |_, _| {
+                n += 1;
+                Ok(true)
+            },
+        )
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("a")).unwrap();
+    let mut sm = StateMachine::open(engine, 5, &partition(), &dir.path().join("sa")).unwrap();
+    apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let good = std::fs::read(&snap.snapshot.path).unwrap();
+
+    let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+    let mut b =
+        StateMachine::open(engine_b.clone(), 5, &partition(), &dir.path().join("sb")).unwrap();
+    apply_all(&mut b, (1..=3).map(|i| append(i, 3)).collect()).await;
+    let before = partition::read_batches(&engine_b, 5, 0, 9, usize::MAX).unwrap();
+
+    // A flipped bit inside a batch, and a file cut off right after a whole row (a transfer
+    // or a write that stopped early).
+    let mut flipped = good.clone();
+    flipped[find_run(&good, 7) + 3] ^= 0x01;
+    let cut = good[..find_run(&good, 5) + 100].to_vec();
+    for (what, bytes) in [("flipped", flipped), ("cut", cut)] {
+        let path = dir.path().join(format!("{what}.snap"));
+        std::fs::write(&path, &bytes).unwrap();
+        let r = b.install_snapshot(&snap.meta, SnapshotData { path }).await;
+        assert!(r.is_err(), "{what} snapshot installed");
+        assert_eq!(
+            b.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(3),
+            "{what}"
+        );
+        assert_eq!(state(&b).next_offset, 9, "{what}");
+        let now = partition::read_batches(&engine_b, 5, 0, 9, usize::MAX).unwrap();
+        assert_eq!(now, before, "{what}: data changed");
+    }
+    // The intact file installs.
+    let path = dir.path().join("good.snap");
+    std::fs::write(&path, &good).unwrap();
+    b.install_snapshot(&snap.meta, SnapshotData { path })
+        .await
+        .unwrap();
+    assert_eq!(state(&b).next_offset, 30);
+}
+
+#[tokio::test]
+async fn leftover_snapshot_files_are_removed_when_a_group_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let root = dir.path().join("snaps");
+    let sd = SnapshotDir::new(&root, 5);
+    let leftover = sd.temp_path().unwrap();
+    std::fs::write(&leftover, b"half a snapshot").unwrap();
+    let _sm = StateMachine::open(engine, 5, &partition(), &root).unwrap();
+    assert!(!leftover.exists());
+}
+
+/// Builds a 20-entry partition snapshot in its own engine, as a leader would send it.
+async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::PathBuf) {
+    let engine = Engine::open(&dir.join("leader")).unwrap();
+    let mut sm = StateMachine::open(engine, 5, &partition(), &dir.join("sl")).unwrap();
+    apply_all(&mut sm, (1..=20).map(|i| append(i, 3)).collect()).await;
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let copy = dir.join("sent.snap");
+    std::fs::copy(&snap.snapshot.path, &copy).unwrap();
+    (snap.meta, copy)
+}
+
+/// A follower replica of group 5 holding 10 entries, a vote, and a log purged up to 4.
+async fn follower(dir: &Path) -> (Engine, VoteOf) {
+    let engine = Engine::open(&dir.join("f")).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 5, &partition(), &dir.join("sf")).unwrap();
+    apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
+    use openraft::storage::RaftLogStorage;
+    let mut log = crate::LogStore::new(engine.clone(), 5);
+    let vote = openraft::alias::VoteOf::<TypeConfig>::new(7, 2);
+    log.save_vote(&vote).await.unwrap();
+    log.purge(append(4, 3).log_id).await.unwrap();
+    (engine, vote)
+}
+
+type VoteOf = openraft::alias::VoteOf<TypeConfig>;
+
+/// Reopens the follower as the node does after a crash and checks it is either at its old
+/// state or empty (and so gets the snapshot again), with its vote intact.
+async fn after_crash(dir: &Path, vote: &VoteOf) -> Option<u64> {
+    let engine = Engine::open(&dir.join("f")).unwrap();
+    let mut sm = StateMachine::recover(engine.clone(), 5, &partition(), &dir.join("sf")).unwrap();
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    let mut log = crate::LogStore::new(engine.clone(), 5);
+    assert_eq!(
+        log.read_vote().await.unwrap().as_ref(),
+        Some(vote),
+        "vote lost"
+    );
+    let applied = sm.applied_state().await.unwrap().0.map(|l| l.index);
+    let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+    assert!(
+        purged.map(|l| l.index) <= applied,
+        "log purged to {purged:?} past applied {applied:?}"
+    );
+    match applied {
+        Some(10) => {
+            assert_eq!(state(&sm).next_offset, 30);
+            assert_eq!(
+                partition::read_batches(&engine, 5, 0, 30, usize::MAX)
+                    .unwrap()
+                    .len(),
+                10
+            );
+        }
+        Some(20) => assert_eq!(state(&sm).next_offset, 60),
+        None => {
+            assert_eq!(data_keys(&engine, 5), 0, "partial data left");
+            assert_eq!(state(&sm).next_offset, 0);
+        }
+        other => panic!("replica at {other:?}: neither its old state, the new one, nor empty"),
+    }
+    applied
+}
+
+#[tokio::test]
+async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote() {
+    // Crash after the old data is dropped and part of the rows is written.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sent) = leader_snapshot(dir.path()).await;
+    let (engine, vote) = follower(dir.path()).await;
+    begin_install(&engine, 5).unwrap();
+    let mut b = WriteBatch::default();
+    let mut n = 0;
+    read_rows(&sent, |k, v| {
+        if n < 4 {
+            b.put_cf(engine.cf(CF_DATA)?, k, v);
+        }
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    engine.write_sync(b).unwrap();
+    drop(engine);
+    assert_eq!(after_crash(dir.path(), &vote).await, None);
+
+    // Crash after every row is written, before the header.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sent) = leader_snapshot(dir.path()).await;
+    let (engine, vote) = follower(dir.path()).await;
+    begin_install(&engine, 5).unwrap();
+    write_install_rows(&engine, 5, &sent).unwrap();
+    engine.db().flush_wal(true).unwrap();
+    drop(engine);
+    assert_eq!(after_crash(dir.path(), &vote).await, None);
+
+    // Crash right after the header: the new state is there in full.
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, sent) = leader_snapshot(dir.path()).await;
+    let (engine, vote) = follower(dir.path()).await;
+    let header = install_file(&engine, 5, &meta, &sent).unwrap();
+    assert_eq!(header.applied.map(|l| l.index), Some(20));
+    drop(engine);
+    assert_eq!(after_crash(dir.path(), &vote).await, Some(20));
+}
+
+#[tokio::test]
+async fn a_replica_behind_its_purged_log_is_reset_but_keeps_its_vote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, vote) = follower(dir.path()).await;
+    // The data (header included) is lost, the purged log is not.
+    let mut b = WriteBatch::default();
+    engine.delete_group_range(&mut b, CF_DATA, 5).unwrap();
+    engine.write_sync(b).unwrap();
+    drop(engine);
+    assert_eq!(after_crash(dir.path(), &vote).await, None);
+    let engine = Engine::open(&dir.path().join("f")).unwrap();
+    use openraft::storage::RaftLogStorage;
+    let st = crate::LogStore::new(engine, 5)
+        .get_log_state()
+        .await
+        .unwrap();
+    assert!(st.last_log_id.is_none() && st.last_purged_log_id.is_none());
+}
+
+#[tokio::test]
+async fn retried_batches_of_idempotent_producers_are_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 2, &partition(), dir.path()).unwrap();
+    let req = |seq: u64| Request::Append {
+        batch: bytes::Bytes::from_static(b"x"),
+        count: 10,
+        max_timestamp_ms: 0,
+        producer: Some(crate::types::ProducerSeq {
+            producer_id: 42,
+            sequence: seq,
+        }),
+    };
+    let mut b = WriteBatch::default();
+    assert!(
+        matches!(
+            sm.apply_one(1, &req(1), &mut b).unwrap(),
+            Response::OutOfOrder(_)
+        ),
+        "a new producer's batch 1 waits for its batch 0"
+    );
+    let first = sm.apply_one(1, &req(0), &mut b).unwrap();
+    assert!(matches!(
+        sm.apply_one(2, &req(2), &mut b).unwrap(),
+        Response::OutOfOrder(_)
+    ));
+    let second = sm.apply_one(2, &req(1), &mut b).unwrap();
+    let retry = sm.apply_one(3, &req(0), &mut b).unwrap();
+    assert_eq!(first, retry, "a retried batch gets its original offsets");
+    assert_eq!(
+        second,
+        Response::Appended {
+            base_offset: 10,
+            count: 10
+        }
+    );
+    engine.write(b).unwrap();
+    assert_eq!(sm.header.partition.next_offset, 20);
+    // The de-duplication window survives a restart.
+    drop(sm);
+    let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
+    let mut b = WriteBatch::default();
+    assert_eq!(sm.apply_one(4, &req(1), &mut b).unwrap(), second);
+}
+
+fn region_kind() -> GroupKind {
+    GroupKind::Region {
+        table: "t".into(),
+        start: Vec::new(),
+        end: Vec::new(),
+        epoch: 0,
+        parent: None,
+        origin: (Vec::new(), Vec::new(), 0),
+    }
+}
+
+fn entry(index: u64, req: Request) -> openraft::alias::EntryOf<TypeConfig> {
+    let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+    openraft::alias::EntryOf::<TypeConfig>::new_normal(openraft::LogId::new(lid, index), req)
+}
+
+fn put(k: &str, v: &str) -> KvOp {
+    KvOp::Put {
+        key: k.as_bytes().to_vec(),
+        value: v.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn regions_apply_writes_cas_and_splits_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
+    // 100 rows, a CAS that must see them within the same apply call, a split at k050.
+    let log = || {
+        let ops = (0..100).map(|i| put(&format!("k{i:03}"), "v")).collect();
+        vec![
+            entry(
+                1,
+                Request::KvWrite {
+                    ops,
+                    condition: None,
+                },
+            ),
+            // In the same apply call: a CAS sees the write before it.
+            entry(
+                2,
+                Request::KvWrite {
+                    ops: vec![put("k000", "w")],
+                    condition: Some(crate::types::KvCondition {
+                        key: b"k000".to_vec(),
+                        expect: Expect::Version(1),
+                    }),
+                },
+            ),
+            entry(
+                3,
+                Request::Split {
+                    split_key: b"k050".to_vec(),
+                    child: 8,
+                    epoch: 0,
+                },
+            ),
+        ]
+    };
+    apply_all(&mut sm, log()).await;
+    let k = |s: &str| s.as_bytes().to_vec();
+    // A replica that starts empty after the split (the catalog now shows the narrower range)
+    // replays the same log from its origin and ends in the same state.
+    let late_engine = Engine::open(&dir.path().join("late")).unwrap();
+    let narrowed = GroupKind::Region {
+        table: "t".into(),
+        start: Vec::new(),
+        end: k("k050"),
+        epoch: 1,
+        parent: None,
+        origin: (Vec::new(), Vec::new(), 0),
+    };
+    let mut late =
+        StateMachine::open(late_engine.clone(), 7, &narrowed, &dir.path().join("s2")).unwrap();
+    apply_all(&mut late, log()).await;
+    assert_eq!(
+        region::load_state(&late_engine, 7).unwrap(),
+        region::load_state(&engine, 7).unwrap()
+    );
+    assert!(region::get_rows(&late_engine, 8, &[k("k099")])
+        .unwrap()
+        .unwrap()[0]
+        .is_some());
+    let got = region::get_rows(&engine, 7, &[k("k000"), k("k049")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got[0].as_ref().map(|r| (r.version, r.value.clone())),
+        Some((2, k("w")))
+    );
+    assert!(got[1].is_some());
+    // The parent no longer holds the keys past the split; the child does, from a purged log.
+    assert!(region::get_rows(&engine, 7, &[k("k050")]).unwrap().is_err());
+    let child = region::get_rows(&engine, 8, &[k("k050"), k("k099")])
+        .unwrap()
+        .unwrap();
+    assert!(child.iter().all(|r| r.is_some()));
+    let st = region::load_state(&engine, 7).unwrap().unwrap();
+    assert_eq!((st.end.clone(), st.epoch), (k("k050"), 1));
+    let mut child_log = crate::LogStore::new(engine.clone(), 8);
+    use openraft::storage::RaftLogStorage;
+    let ls = child_log.get_log_state().await.unwrap();
+    assert_eq!(
+        ls.last_purged_log_id.map(|l| l.index),
+        Some(REGION_INIT_INDEX)
+    );
+    let mut child_sm = StateMachine::open(engine.clone(), 8, &region_kind(), dir.path()).unwrap();
+    let (applied, membership) = child_sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(REGION_INIT_INDEX));
+    assert_eq!(
+        membership.log_id().map(|l| l.index),
+        Some(REGION_INIT_INDEX)
+    );
+    // The child can hand a follower a snapshot even though it never built one.
+    assert!(child_sm.get_current_snapshot().await.unwrap().is_some());
+
+    // Scans cross nothing: each region answers for its own range and says where to go on.
+    let page = region::scan_rows(&engine, 7, b"k040", b"", 1000, usize::MAX, false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.rows.len(), 10);
+    assert!(page.more);
+    assert_eq!(page.resume, k("k050"));
+    let page = region::scan_rows(&engine, 8, b"k050", b"", 1000, usize::MAX, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.rows.first().map(|r| r.key.clone()), Some(k("k099")));
+    assert_eq!(page.rows.len(), 50);
+    assert!(!page.more);
+    let page = region::scan_rows(&engine, 7, b"", b"k050", 5, usize::MAX, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.rows.len(), 5);
+    assert_eq!(page.resume, k("k045"));
+
+    // A failed CAS and a write outside the range change nothing.
+    let mut b = WriteBatch::default();
+    let r = sm
+        .apply_one(
+            4,
+            &Request::KvWrite {
+                ops: vec![put("k001", "x")],
+                condition: Some(crate::types::KvCondition {
+                    key: b"k001".to_vec(),
+                    expect: Expect::Version(99),
+                }),
+            },
+            &mut b,
+        )
+        .unwrap();
+    assert!(matches!(
+        r,
+        Response::CasFailed {
+            current: Some((1, _))
+        }
+    ));
+    let r = sm
+        .apply_one(
+            4,
+            &Request::KvWrite {
+                ops: vec![put("k001", "x"), put("k077", "x")],
+                condition: None,
+            },
+            &mut b,
+        )
+        .unwrap();
+    assert!(matches!(r, Response::NotInRegion(_)));
+    // A split planned at an epoch the region has left (an earlier leader's plan) is refused.
+    let r = sm
+        .apply_one(
+            4,
+            &Request::Split {
+                split_key: b"k020".to_vec(),
+                child: 9,
+                epoch: 0,
+            },
+            &mut b,
+        )
+        .unwrap();
+    assert!(matches!(r, Response::Rejected(_)));
+    assert_eq!(b.len(), 0);
+}
+
+#[tokio::test]
+async fn commands_of_another_kind_are_rejected_without_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(engine, 1, &GroupKind::Offsets, dir.path()).unwrap();
+    let mut b = WriteBatch::default();
+    let r = sm
+        .apply_one(1, &Request::Trim { before: 3 }, &mut b)
+        .unwrap();
+    assert!(matches!(r, Response::Rejected(_)));
+    assert_eq!(b.len(), 0);
+}
