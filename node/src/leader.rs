@@ -6,6 +6,9 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
+use openraft::type_config::alias::OneshotReceiverOf;
 use openraft::LinearizerOption;
 use openraft::ReadPolicy;
 use weir_storage::catalog::{Catalog, GroupInfo};
@@ -197,6 +200,33 @@ pub async fn write(h: &Arc<GroupHandle>, catalog: &Catalog, req: Request) -> Nod
     match h.raft.client_write(req).await {
         Ok(r) => Ok(r.data),
         Err(e) => Err(write_error(h, catalog, e)),
+    }
+}
+
+/// A write queued in a group's log, its outcome still to come.
+pub struct Submitted(OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>);
+
+/// Queues `req` in the group's log without waiting for it to commit: once this returns, the entry
+/// comes after every entry queued before it (so callers can order entries they submit).
+pub async fn submit(h: &GroupHandle, req: Request) -> NodeResult<Submitted> {
+    let (responder, rx) = ProgressResponder::complete_only();
+    h.raft
+        .client_write_ff(req, Some(responder))
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("group {}: {e}", h.id)))?;
+    Ok(Submitted(rx))
+}
+
+/// Waits for the outcome of a write queued with [`submit`].
+pub async fn outcome(h: &GroupHandle, catalog: &Catalog, s: Submitted) -> NodeResult<Response> {
+    match s.0.await {
+        Ok(Ok(r)) => Ok(r.data),
+        Ok(Err(e)) => Err(write_error(h, catalog, RaftError::APIError(e))),
+        // The group stopped with the entry queued: it may have been appended and may commit.
+        Err(_) => Err(NodeError::OutcomeUnknown(format!(
+            "group {}: stopped before the write's outcome was known",
+            h.id
+        ))),
     }
 }
 

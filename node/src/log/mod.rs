@@ -3,7 +3,9 @@
 //! - [`service`]: the `Log` gRPC service (topics, produce, fetch, offsets, consumer groups).
 //! - [`coordinator`]: consumer-group membership and partition assignment.
 //! - [`retention`]: drops old batches of the partitions this node leads.
+//! - [`produce_order`]: idempotent producers' batches enter a partition's log in sequence order.
 
 pub mod coordinator;
+pub mod produce_order;
 pub mod retention;
 pub mod service;

@@ -24,6 +24,7 @@ use crate::error::{NodeError, NodeResult};
 use crate::groups::GroupHandle;
 use crate::leader::{self, forwarded, was_forwarded};
 use crate::log::coordinator::{Coordinator, Heartbeat, Leadership};
+use crate::log::produce_order::ProduceOrder;
 use crate::metrics;
 use crate::placement;
 
@@ -63,6 +64,7 @@ pub struct LogService {
     ctx: NodeContext,
     coordinator: Coordinator,
     takeover: Takeover,
+    order: ProduceOrder,
 }
 
 impl LogService {
@@ -74,6 +76,7 @@ impl LogService {
             ctx,
             coordinator: Coordinator::start(),
             takeover,
+            order: ProduceOrder::default(),
         }
     }
 
@@ -426,11 +429,22 @@ impl Log for LogService {
         };
         let span = tracing::debug_span!("produce", group = group.id, topic = %req.topic, partition = req.partition);
         let _e = span.enter();
+        let turn = match req.producer_id {
+            0 => None,
+            producer => {
+                let term = h.raft.metrics().borrow_watched().current_term;
+                let turn = self.order.turn(group.id, producer, req.sequence, term);
+                Some(turn.await?)
+            }
+        };
         if req.acks == Acks::Leader as i32 {
             h.raft
                 .client_write_ff(cmd, None)
                 .await
                 .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            if let Some(turn) = turn {
+                turn.proposed();
+            }
             metrics::produced(header.count, started.elapsed());
             return Ok(Response::new(ProduceResponse {
                 base_offset: 0,
@@ -438,7 +452,11 @@ impl Log for LogService {
                 offsets_pending: true,
             }));
         }
-        match leader::write(&h, &catalog, cmd).await? {
+        let submitted = leader::submit(&h, cmd).await?;
+        if let Some(turn) = turn {
+            turn.proposed();
+        }
+        match leader::outcome(&h, &catalog, submitted).await? {
             Resp::Appended { base_offset, count } => {
                 metrics::produced(count, started.elapsed());
                 Ok(Response::new(ProduceResponse {

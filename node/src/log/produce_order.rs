@@ -1,0 +1,177 @@
+//! Orders an idempotent producer's batches at the partition leader before they enter the log.
+//!
+//! A producer keeps several batches of one partition in flight; the leader's gRPC handlers run
+//! them concurrently, so batch n+1 can reach Raft before batch n. The state machine refuses it then
+//! (out of order), but only after the entry was replicated and fsynced on every replica, and the
+//! producer sends it again: on a loaded partition about half of the log was such retries. Here a
+//! batch whose predecessor has not been proposed yet waits briefly for it, and is refused without
+//! touching the log if it does not come. The state machine's check stays the rule; this only keeps
+//! the log free of batches it would refuse.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::error::{NodeError, NodeResult};
+
+/// How long a batch waits for its predecessor to be proposed before it is refused.
+pub const WAIT_FOR_PREDECESSOR: Duration = Duration::from_secs(1);
+/// Producers remembered before idle ones are forgotten.
+const MAX_TRACKED: usize = 10_000;
+/// A producer idle this long may be forgotten.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// What the leader proposed last for one producer on one partition.
+struct Slot {
+    /// The leader term the proposals were made in: another term's log may have lost them.
+    term: u64,
+    /// The sequence number expected next.
+    next: u64,
+    last_used: Instant,
+    proposed: Arc<Notify>,
+}
+
+/// The proposal order of idempotent producers on the partitions this node leads.
+#[derive(Default)]
+pub struct ProduceOrder {
+    slots: Mutex<HashMap<(u64, u64), Slot>>,
+}
+
+/// The right to propose one batch; [`Turn::proposed`] lets its successor go.
+pub struct Turn<'a> {
+    order: &'a ProduceOrder,
+    key: (u64, u64),
+    term: u64,
+    sequence: u64,
+}
+
+impl ProduceOrder {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<(u64, u64), Slot>) -> T) -> T {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut slots)
+    }
+
+    /// Waits until batch `sequence` of `producer` on `group` may be proposed in leader term
+    /// `term`: at once when its predecessor was proposed in this term (or nothing is known of the
+    /// producer here), else once the predecessor is, for at most [`WAIT_FOR_PREDECESSOR`].
+    pub async fn turn(
+        &self,
+        group: u64,
+        producer: u64,
+        sequence: u64,
+        term: u64,
+    ) -> NodeResult<Turn<'_>> {
+        let key = (group, producer);
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_PREDECESSOR;
+        loop {
+            let waiting = self.with(|slots| match slots.get_mut(&key) {
+                Some(s) if s.term == term && sequence > s.next => {
+                    s.last_used = Instant::now();
+                    Some((s.next, s.proposed.clone()))
+                }
+                _ => None,
+            });
+            let Some((next, proposed)) = waiting else {
+                return Ok(Turn {
+                    order: self,
+                    key,
+                    term,
+                    sequence,
+                });
+            };
+            let notified = proposed.notified();
+            // Proposed meanwhile? Then look again rather than wait for a wake-up already sent.
+            if self.with(|slots| slots.get(&key).map(|s| (s.term, s.next))) != Some((term, next)) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(NodeError::Aborted(format!(
+                    "batch {sequence} of producer {producer} arrived before batch {next}"
+                )));
+            }
+        }
+    }
+}
+
+impl Turn<'_> {
+    /// Records that the batch is in the log's queue, so its successor may follow.
+    pub fn proposed(self) {
+        let Turn {
+            order,
+            key,
+            term,
+            sequence,
+        } = self;
+        order.with(|slots| {
+            if slots.len() >= MAX_TRACKED && !slots.contains_key(&key) {
+                slots.retain(|_, s| s.last_used.elapsed() < IDLE);
+            }
+            let slot = slots.entry(key).or_insert_with(|| Slot {
+                term,
+                next: 0,
+                last_used: Instant::now(),
+                proposed: Arc::new(Notify::new()),
+            });
+            if slot.term != term {
+                slot.term = term;
+                slot.next = 0;
+            }
+            // A retry of an earlier batch leaves the expectation where it is.
+            slot.next = slot.next.max(sequence + 1);
+            slot.last_used = Instant::now();
+            slot.proposed.notify_waiters();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_waits_for_its_predecessor_to_be_proposed() {
+        let order = Arc::new(ProduceOrder::default());
+        order.turn(1, 7, 0, 3).await.expect("first").proposed();
+        let later = {
+            let order = order.clone();
+            tokio::spawn(async move {
+                let t = order.turn(1, 7, 2, 3).await.map(|t| t.sequence);
+                t.expect("batch 2 goes once batch 1 is proposed")
+            })
+        };
+        // Batch 2 cannot go before batch 1: it is still waiting.
+        tokio::task::yield_now().await;
+        assert!(!later.is_finished(), "batch 2 waits for batch 1");
+        order.turn(1, 7, 1, 3).await.expect("batch 1").proposed();
+        assert_eq!(later.await.expect("task"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_predecessor_never_comes_is_refused() {
+        let order = ProduceOrder::default();
+        order.turn(1, 7, 0, 3).await.expect("first").proposed();
+        let err = order.turn(1, 7, 5, 3).await.err().expect("refused");
+        assert!(matches!(err, NodeError::Aborted(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn retries_unknown_producers_and_new_terms_go_at_once() {
+        let order = ProduceOrder::default();
+        // Nothing known of this producer: the state machine judges.
+        order.turn(1, 9, 4, 3).await.expect("unknown").proposed();
+        // A retry of a batch already proposed.
+        order.turn(1, 9, 2, 3).await.expect("retry").proposed();
+        // Another term: what was proposed before may be gone.
+        order.turn(1, 9, 8, 4).await.expect("new term").proposed();
+        // Another partition of the same producer is independent.
+        order
+            .turn(2, 9, 3, 4)
+            .await
+            .expect("other partition")
+            .proposed();
+        // Next in line in the new term.
+        order.turn(1, 9, 9, 4).await.expect("next");
+    }
+}
