@@ -382,9 +382,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot,
             }));
         }
-        // A region made by a split has a purged log but no snapshot yet; a follower that needs it
-        // gets one built now rather than a replication error.
-        if self.header.applied.is_some() {
+        // A group whose log was purged without a snapshot on disk (a region made by a split starts
+        // so; a discarded corrupt file leaves one so) builds one now, so a follower that needs it
+        // gets a snapshot rather than a replication error. A group that still has its whole log
+        // needs none: building one would copy all its data, at every start for a partition.
+        if self.header.applied.is_some()
+            && crate::LogStore::last_purged(&self.engine, self.group)?.is_some()
+        {
             let mut builder = self.get_snapshot_builder().await;
             use openraft::storage::RaftSnapshotBuilder;
             return Ok(Some(builder.build_snapshot().await?));

@@ -577,3 +577,24 @@ async fn commands_of_another_kind_are_rejected_without_effect() {
     assert!(matches!(r, Response::Rejected(_)));
     assert_eq!(b.len(), 0);
 }
+
+#[tokio::test]
+async fn a_group_with_its_whole_log_builds_no_snapshot_when_asked_for_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("a")).unwrap();
+    let snaps = dir.path().join("snap");
+    let mut sm = StateMachine::open(engine.clone(), 5, &partition(), &snaps).unwrap();
+    apply_all(&mut sm, (1..=3).map(|i| append(i, 2)).collect()).await;
+    // Openraft asks at every start; copying a whole partition then would double its disk use.
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    let files = std::fs::read_dir(&snaps).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files, 0, "no snapshot file written");
+
+    // Once the log has been purged, a follower can only catch up from a snapshot: one is built.
+    let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+    let mut b = WriteBatch::default();
+    crate::LogStore::seed_purged(&engine, &mut b, 5, &openraft::LogId::new(lid, 3)).unwrap();
+    engine.write_sync(b).unwrap();
+    let snap = sm.get_current_snapshot().await.unwrap().expect("built");
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
+}
