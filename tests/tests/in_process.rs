@@ -438,7 +438,17 @@ async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
 /// What the members of a group delivered to the application: (member, partition, offset).
 type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<(String, u32, u64)>>>;
 
-/// One member of group `g` on topic `orders`: polls a few records at a time, records what it was
+/// How a group member reads.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// A batch per fetch and a few records per poll: a member is mid-read whenever the group
+    /// changes under it.
+    Slow,
+    /// Ordinary fetches, for reading what is left quickly.
+    Fast,
+}
+
+/// One member of group `g` on topic `orders`: polls records (as `reading` says), records what it was
 /// handed, takes a moment to "process" them, commits, until `stop` turns true; then commits what
 /// it was handed and returns, still a member.
 async fn group_member(
@@ -446,13 +456,19 @@ async fn group_member(
     name: &'static str,
     deliveries: Deliveries,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    reading: Reading,
 ) -> weir_client::Consumer {
     use weir_client::{Consumer, ConsumerConfig};
+    let (max_bytes, per_poll) = match reading {
+        // Small fetches, so a member moves between its partitions often.
+        Reading::Slow => (1, 5),
+        Reading::Fast => (ConsumerConfig::default().max_bytes, 500),
+    };
     let config = ConsumerConfig {
         group: Some("g".into()),
-        // Small fetches, so a member moves between its partitions often, and a full second
-        // between heartbeats, so a member would go on reading a partition given to another.
-        max_bytes: 1,
+        // A full second between heartbeats, so a member would go on reading a partition given to
+        // another.
+        max_bytes,
         heartbeat_interval: Duration::from_secs(1),
         session_timeout: Duration::from_secs(5),
         max_wait: Duration::from_millis(100),
@@ -463,7 +479,7 @@ async fn group_member(
         .expect("member joins");
     while !*stop.borrow_and_update() {
         let records = consumer
-            .poll_at_most(Duration::from_millis(100), 5)
+            .poll_at_most(Duration::from_millis(100), per_poll)
             .await
             .expect("poll");
         {
@@ -574,12 +590,14 @@ async fn a_rebalance_never_hands_a_record_to_two_members() {
         "a",
         deliveries.clone(),
         stop_rx.clone(),
+        Reading::Slow,
     ));
     let b = tokio::spawn(group_member(
         client.clone(),
         "b",
         deliveries.clone(),
         stop_rx.clone(),
+        Reading::Slow,
     ));
     wait_until("a and b both read", Duration::from_secs(90), || {
         let d = deliveries.clone();
@@ -591,6 +609,7 @@ async fn a_rebalance_never_hands_a_record_to_two_members() {
         "c",
         deliveries.clone(),
         stop_rx.clone(),
+        Reading::Slow,
     ));
     wait_until("c reads", Duration::from_secs(90), || {
         let d = deliveries.clone();
@@ -627,23 +646,34 @@ async fn a_rebalance_never_hands_a_record_to_two_members() {
         "d",
         deliveries.clone(),
         more_rx.clone(),
+        Reading::Fast,
     ));
-    wait_until("every record handed out", Duration::from_secs(90), || {
-        let d = deliveries.clone();
-        let ends = ends.clone();
-        async move {
-            let seen: std::collections::BTreeSet<(u32, u64)> = d
-                .lock()
-                .expect("lock")
-                .iter()
-                .map(|(_, p, o)| (*p, *o))
-                .collect();
-            (0..4u32)
-                .all(|p| (0..ends[p as usize]).all(|o| seen.contains(&(p, o))))
-                .then_some(())
+    let missing = || {
+        let seen: std::collections::BTreeSet<(u32, u64)> = deliveries
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, p, o)| (*p, *o))
+            .collect();
+        (0..4u32)
+            .flat_map(|p| (0..ends[p as usize]).map(move |o| (p, o)))
+            .filter(|r| !seen.contains(r))
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = missing();
+        if left.is_empty() {
+            break;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} records never handed out (partition, offset), first {:?}; partition ends {ends:?}",
+            left.len(),
+            &left[..left.len().min(10)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     more_tx.send(true).expect("member d running");
     d.await.expect("member d").close().await.expect("leave");
 

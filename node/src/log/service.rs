@@ -100,8 +100,15 @@ impl LogService {
             }
         };
         // The first leader the group ever had follows no coordinator, so nobody can still be
-        // reading partitions it does not know of.
-        let assign_after = if term <= 1 {
+        // reading partitions it does not know of. The first leader wrote the entry after the
+        // initial membership (index 1); elections that found no leader wrote nothing, so a term
+        // above 1 alone does not mean a leader came before.
+        let first_leader_term = h
+            .raft
+            .with_raft_state(|st| st.log_ids.get(1).map(|l| l.leader_id.term))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("group {}: {e}", h.id)))?;
+        let assign_after = if first_leader_term == Some(term) {
             since
         } else {
             since + MAX_SESSION_TIMEOUT
