@@ -652,6 +652,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_member_joining_after_everyone_left_gets_every_partition_after_a_hold() {
+        let c = Coordinator::start();
+        let hold = Duration::from_millis(200);
+        let took_over = Leadership {
+            term: TERM + 1,
+            assign_after: Instant::now() + hold,
+        };
+        // Two members join during the hold and are given partitions once it has passed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut ga, mut gb) = (0, 0);
+        loop {
+            let a = c
+                .heartbeat(hb("a", 10_000, ga, &[]), took_over)
+                .await
+                .unwrap();
+            let b = c
+                .heartbeat(hb("b", 10_000, gb, &[]), took_over)
+                .await
+                .unwrap();
+            (ga, gb) = (a.generation, b.generation);
+            if a.partitions.len() + b.partitions.len() == 4 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a and b never got partitions");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Both leave; a newcomer gets all four.
+        c.leave("g".into(), "t".into(), "a".into(), took_over).await;
+        c.leave("g".into(), "t".into(), "b".into(), took_over).await;
+        let mut gd = 0;
+        loop {
+            let d = c
+                .heartbeat(hb("d", 10_000, gd, &[]), took_over)
+                .await
+                .unwrap();
+            gd = d.generation;
+            if d.partitions == vec![0, 1, 2, 3] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "d got {:?} at generation {gd}",
+                d.partitions
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_new_coordinator_hands_out_nothing_before_its_hold_and_keeps_reported_owners() {
         let c = Coordinator::start();
         let old = c
