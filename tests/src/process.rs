@@ -176,6 +176,16 @@ impl ProcessCluster {
         self.nodes[i].signal("CONT");
     }
 
+    /// Waits (up to `timeout`) until node 0 reports `n` members up.
+    pub async fn wait_members_up(&self, n: usize, timeout: std::time::Duration) {
+        let addr = self.addr(0);
+        crate::wait_until(&format!("{n} members up"), timeout, || {
+            let addr = addr.clone();
+            async move { (crate::members_up(&addr).await == n).then_some(()) }
+        })
+        .await;
+    }
+
     /// The directory holding the nodes' data dirs and logs (files a test writes can go here).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -7,19 +7,14 @@
 use std::time::{Duration, Instant};
 
 use weir_client::{Client, NewTopic, Producer, ProducerConfig};
-use weir_tests::{members_up, try_http_get, wait_until, ProcessCluster};
+use weir_tests::{try_http_get, wait_until, ProcessCluster};
 
 const SETTLE: Duration = Duration::from_secs(90);
 const TOPIC: &str = "failover";
 const PARTITIONS: u32 = 3;
 
 async fn cluster_up(c: &ProcessCluster, n: usize) {
-    let addr = c.addr(0);
-    wait_until(&format!("{n} members up"), SETTLE, || {
-        let addr = addr.clone();
-        async move { (members_up(&addr).await == n).then_some(()) }
-    })
-    .await;
+    c.wait_members_up(n, SETTLE).await;
 }
 
 /// A partition of [`TOPIC`], led by a node other than node 0 (the client's seed) if there is one,

@@ -5,17 +5,12 @@ use std::time::Duration;
 
 use weir_client::consumer::{Consumer, ConsumerConfig};
 use weir_client::{Client, NewTopic, Producer, ProducerConfig};
-use weir_tests::{members_up, wait_until, ProcessCluster};
+use weir_tests::{wait_until, ProcessCluster};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
 async fn cluster_up(c: &ProcessCluster, n: usize) {
-    let addr = c.addr(0);
-    wait_until(&format!("{n} members up"), SETTLE, || {
-        let addr = addr.clone();
-        async move { (members_up(&addr).await == n).then_some(()) }
-    })
-    .await;
+    c.wait_members_up(n, SETTLE).await;
 }
 
 /// Reads every record of every partition up to the latest offset: partition → [(offset, value)].

@@ -13,6 +13,7 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::{RaftRequest, SnapshotChunk};
@@ -68,6 +69,21 @@ impl PeerLink {
             .max_encoding_message_size(256 << 20))
     }
 
+    /// The gRPC request carrying `rpc` to this group's replica, given up on after the RPC's TTL.
+    fn request<T: Serialize>(
+        &self,
+        rpc: &T,
+        option: RPCOption,
+    ) -> Result<tonic::Request<RaftRequest>, RPCError<TypeConfig>> {
+        let payload = bincode::serialize(rpc).map_err(unreachable)?;
+        let mut req = tonic::Request::new(RaftRequest {
+            group_id: self.group,
+            payload: payload.into(),
+        });
+        req.set_timeout(option.hard_ttl());
+        Ok(req)
+    }
+
     fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RPCError<TypeConfig>> {
         let r: Result<T, String> = bincode::deserialize(payload)
             .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
@@ -83,12 +99,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let payload = bincode::serialize(&rpc).map_err(unreachable)?;
-        let mut req = tonic::Request::new(RaftRequest {
-            group_id: self.group,
-            payload: payload.into(),
-        });
-        req.set_timeout(option.hard_ttl());
+        let req = self.request(&rpc, option)?;
         let reply = self
             .client()?
             .append_entries(req)
@@ -102,12 +113,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let payload = bincode::serialize(&rpc).map_err(unreachable)?;
-        let mut req = tonic::Request::new(RaftRequest {
-            group_id: self.group,
-            payload: payload.into(),
-        });
-        req.set_timeout(option.hard_ttl());
+        let req = self.request(&rpc, option)?;
         let reply = self.client()?.vote(req).await.map_err(unreachable)?;
         Self::decode(&reply.into_inner().payload)
     }
@@ -117,12 +123,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let payload = bincode::serialize(&rpc).map_err(unreachable)?;
-        let mut req = tonic::Request::new(RaftRequest {
-            group_id: self.group,
-            payload: payload.into(),
-        });
-        req.set_timeout(option.hard_ttl());
+        let req = self.request(&rpc, option)?;
         // An unreachable peer is an error, never a grant: an isolated node must not talk itself
         // into an election that raises its term.
         let reply = self.client()?.pre_vote(req).await.map_err(unreachable)?;

@@ -1,6 +1,8 @@
 //! Incoming Raft traffic: the `RaftTransport` gRPC service, which hands each message to the group
 //! it names.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
@@ -15,7 +17,7 @@ use weir_proto::v1::{
 use weir_storage::snapshot::SnapshotData;
 use weir_storage::TypeConfig;
 
-use crate::groups::Registry;
+use crate::groups::{GroupHandle, Registry};
 
 /// The gRPC face of every Raft group on this node.
 pub struct RaftService {
@@ -29,10 +31,27 @@ impl RaftService {
         RaftService { node_id, registry }
     }
 
-    fn group(&self, id: u64) -> Result<std::sync::Arc<crate::groups::GroupHandle>, Status> {
+    fn group(&self, id: u64) -> Result<Arc<GroupHandle>, Status> {
         self.registry
             .get(id)
             .ok_or_else(|| Status::unavailable(format!("group {id} is not running on this node")))
+    }
+
+    /// The group and vote request of a (pre-)vote, refused while the replica may not vote.
+    fn vote_request(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<(Arc<GroupHandle>, VoteRequest<TypeConfig>), Status> {
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        if !g.may_vote() {
+            return Err(Status::unavailable(format!(
+                "group {}: restarted within a leader lease; not voting yet",
+                g.id
+            )));
+        }
+        let rpc = bincode::deserialize(&req.payload).map_err(bad)?;
+        Ok((g, rpc))
     }
 }
 
@@ -64,29 +83,13 @@ impl RaftTransport for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
-        if !g.may_vote() {
-            return Err(Status::unavailable(format!(
-                "group {}: restarted within a leader lease; not voting yet",
-                g.id
-            )));
-        }
-        let rpc: VoteRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
+        let (g, rpc) = self.vote_request(request)?;
         reply(g.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
         // A replica that would refuse the vote refuses the pre-vote too.
-        if !g.may_vote() {
-            return Err(Status::unavailable(format!(
-                "group {}: restarted within a leader lease; not voting yet",
-                g.id
-            )));
-        }
-        let rpc: VoteRequest<TypeConfig> = bincode::deserialize(&req.payload).map_err(bad)?;
+        let (g, rpc) = self.vote_request(request)?;
         reply(g.raft.pre_vote(rpc).await)
     }
 
