@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Disk use per replica after a load (BENCHMARKS.md, "Disk use per replica after a load").
+#
+# usage: deploy/bench-disk-use.sh [BIN_DIR] [RECORDS]
+#   BIN_DIR  where weir-node and weir are (default: target/release)
+#   RECORDS  records of 100 bytes to produce (default: 1000000)
+#
+# Starts three fresh nodes on 127.0.0.1:19201-19203 (HTTP 19211-19213) in a temporary directory,
+# creates a topic of 3 partitions x 3 replicas, produces, prints the bench result and the bytes
+# each node's data directory holds, then stops the nodes and removes the directory.
+set -euo pipefail
+B=${1:-target/release}
+RECORDS=${2:-1000000}
+R=$(mktemp -d -t weir-disk-XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$R"
+}
+trap cleanup EXIT
+
+start() { # id [join]
+  local i=$1
+  shift
+  "$B/weir-node" --data-dir "$R/n$i" --listen "127.0.0.1:1920$i" --http "127.0.0.1:1921$i" "$@" \
+    >"$R/n$i.out" 2>&1 &
+  PIDS+=($!)
+}
+
+start 1
+sleep 2
+start 2 --join 127.0.0.1:19201
+start 3 --join 127.0.0.1:19201
+export WEIR_SERVER=127.0.0.1:19201
+for _ in $(seq 1 120); do
+  up=$("$B/weir" --format csv cluster status 2>/dev/null | grep -c ',up' || true)
+  [ "$up" = 3 ] && break
+  sleep 1
+done
+"$B/weir" topic create disk --partitions 3 --replicas 3 >/dev/null
+"$B/weir" bench produce --topic disk --records "$RECORDS" --record-size 100 --acks all
+for i in 1 2 3; do
+  echo "node$i: $(du -sb "$R/n$i" | cut -f1) bytes"
+done
