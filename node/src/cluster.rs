@@ -14,7 +14,7 @@ use weir_proto::v1::{
     JoinResponse, Member, NodeHeartbeat, ReportSplitRequest, ReportSplitResponse, StatusRequest,
     StatusResponse,
 };
-use weir_storage::catalog::{MetaCommand, MetaResponse, METADATA_GROUP};
+use weir_storage::catalog::{MetaCommand, MetaResponse};
 use weir_storage::{Request as Cmd, Response as Resp};
 
 use crate::error::{NodeError, NodeResult};
@@ -41,10 +41,7 @@ pub struct NodeContext {
 impl NodeContext {
     /// Address of the metadata leader, or `Unavailable` while there is none.
     pub fn metadata_leader_addr(&self) -> NodeResult<String> {
-        let meta = self.registry.metadata()?;
-        let catalog = self.registry.catalog()?;
-        leader::leader_addr(&meta, &catalog)
-            .ok_or_else(|| NodeError::Unavailable("the metadata group has no leader yet".into()))
+        leader::metadata_leader_addr(&self.registry)
     }
 
     /// Applies a catalog change through the metadata leader, which must be this node.
@@ -64,11 +61,27 @@ impl NodeContext {
         ))
     }
 
+    /// Where a request for `group` is served; see [`leader::target`].
+    pub fn target(
+        &self,
+        catalog: &weir_storage::catalog::Catalog,
+        group: &weir_storage::catalog::GroupInfo,
+        was_forwarded: bool,
+        any_replica: bool,
+    ) -> NodeResult<leader::Target> {
+        leader::target(
+            self.node_id,
+            &self.registry,
+            catalog,
+            group,
+            was_forwarded,
+            any_replica,
+        )
+    }
+
     /// True when this node leads the metadata group.
     pub fn is_metadata_leader(&self) -> bool {
-        self.registry
-            .get(METADATA_GROUP)
-            .is_some_and(|h| h.is_leader())
+        leader::is_metadata_leader(&self.registry)
     }
 }
 
@@ -95,7 +108,7 @@ impl Cluster for ClusterService {
             return c
                 .join(forwarded(request.into_inner()))
                 .await
-                .map_err(leader::relay);
+                .map_err(crate::error::relay);
         }
         let req = request.into_inner();
         if req.advertise_addr.trim().is_empty() {
@@ -140,7 +153,7 @@ impl Cluster for ClusterService {
             return c
                 .status(forwarded(request.into_inner()))
                 .await
-                .map_err(leader::relay);
+                .map_err(crate::error::relay);
         }
         let catalog = self.ctx.registry.catalog()?;
         let meta = self.ctx.registry.metadata()?;
@@ -193,9 +206,12 @@ impl Cluster for ClusterService {
         &self,
         request: Request<AllocateGroupRequest>,
     ) -> Result<Response<AllocateGroupResponse>, Status> {
-        if let Ok(answer) = leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
-            ClusterClient::new(ch).allocate_group(r).await
-        })
+        if let Ok(answer) = leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { ClusterClient::new(ch).allocate_group(r).await },
+        )
         .await?
         {
             return Ok(answer);
@@ -214,9 +230,12 @@ impl Cluster for ClusterService {
         &self,
         request: Request<ReportSplitRequest>,
     ) -> Result<Response<ReportSplitResponse>, Status> {
-        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
-            ClusterClient::new(ch).report_split(r).await
-        })
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { ClusterClient::new(ch).report_split(r).await },
+        )
         .await?
         {
             Ok(answer) => return Ok(answer),

@@ -58,7 +58,7 @@ impl From<weir_storage::StorageError> for NodeError {
 
 impl From<Status> for NodeError {
     fn from(s: Status) -> Self {
-        NodeError::Remote(crate::leader::relay(s))
+        NodeError::Remote(relay(s))
     }
 }
 
@@ -100,3 +100,38 @@ impl From<NodeError> for Status {
 
 /// Result type of the node.
 pub type NodeResult<T> = Result<T, NodeError>;
+
+/// The answer to pass back for a forwarded request: the other node's own status as it is, but a
+/// failure of the forwarding connection itself (the node died or the stream was reset, which tonic
+/// reports as CANCELLED or UNKNOWN with the I/O error as its source) becomes UNKNOWN with a message
+/// saying so, since the other node may have applied the request before it went away.
+pub fn relay(status: tonic::Status) -> tonic::Status {
+    if std::error::Error::source(&status).is_none() {
+        return status;
+    }
+    tonic::Status::unknown(format!(
+        "the node this request was forwarded to failed before answering ({}); it may or may not \
+         have been applied",
+        status.message()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_forwarding_connection_is_reported_as_unknown_outcome() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        let relayed = relay(broken);
+        assert_eq!(relayed.code(), tonic::Code::Unknown);
+        assert!(relayed.message().contains("may or may not"));
+        // The other node's own answers pass through unchanged.
+        let own = tonic::Status::not_found("table 't' does not exist");
+        assert_eq!(relay(own.clone()).code(), own.code());
+        assert_eq!(relay(own.clone()).message(), own.message());
+    }
+}

@@ -14,9 +14,11 @@ use openraft::ReadPolicy;
 use weir_storage::catalog::{Catalog, GroupInfo};
 use weir_storage::{Request, Response, TypeConfig};
 
-use crate::cluster::NodeContext;
+use weir_storage::catalog::METADATA_GROUP;
+
 use crate::error::{NodeError, NodeResult};
-use crate::groups::GroupHandle;
+use crate::groups::{GroupHandle, Registry};
+use crate::peers::Peers;
 
 /// Where a request for a group is served.
 pub enum Target {
@@ -31,13 +33,14 @@ pub enum Target {
 /// request that was already forwarded is not forwarded again: the leader moved and the client
 /// retries.
 pub fn target(
-    ctx: &NodeContext,
+    node_id: u64,
+    registry: &Registry,
     catalog: &Catalog,
     group: &GroupInfo,
     was_forwarded: bool,
     any_replica: bool,
 ) -> NodeResult<Target> {
-    let local = ctx.registry.get(group.id);
+    let local = registry.get(group.id);
     if let Some(h) = local.as_ref().filter(|h| any_replica || h.is_leader()) {
         return Ok(Target::Local(h.clone()));
     }
@@ -59,7 +62,7 @@ pub fn target(
     group
         .replicas
         .iter()
-        .filter(|n| **n != ctx.node_id)
+        .filter(|n| **n != node_id)
         .find_map(|n| {
             catalog
                 .nodes
@@ -197,10 +200,7 @@ pub fn leader_addr(h: &GroupHandle, catalog: &Catalog) -> Option<String> {
 
 /// Replicates `req` through `h` and returns what applying it answered (after quorum commit).
 pub async fn write(h: &Arc<GroupHandle>, catalog: &Catalog, req: Request) -> NodeResult<Response> {
-    match h.raft.client_write(req).await {
-        Ok(r) => Ok(r.data),
-        Err(e) => Err(write_error(h, catalog, e)),
-    }
+    outcome(h, catalog, submit(h, req).await?).await
 }
 
 /// A write queued in a group's log, its outcome still to come.
@@ -262,11 +262,25 @@ fn write_error(
     NodeError::Unavailable(format!("group {}: {e}", h.id))
 }
 
+/// True when this node leads the metadata group.
+pub fn is_metadata_leader(registry: &Registry) -> bool {
+    registry.get(METADATA_GROUP).is_some_and(|h| h.is_leader())
+}
+
+/// Address of the metadata leader, or `Unavailable` while there is none.
+pub fn metadata_leader_addr(registry: &Registry) -> NodeResult<String> {
+    let meta = registry.metadata()?;
+    let catalog = registry.catalog()?;
+    leader_addr(&meta, &catalog)
+        .ok_or_else(|| NodeError::Unavailable("the metadata group has no leader yet".into()))
+}
+
 /// Catalog changes are made by the metadata leader: returns the request to serve it here when this
 /// node leads group 0, or the leader's answer after forwarding it there with `forward` (once: a
 /// request that was already forwarded finds the leader moved and the client retries).
 pub async fn on_metadata_leader<T, R, F, Fut>(
-    ctx: &NodeContext,
+    registry: &Registry,
+    peers: &Peers,
     request: tonic::Request<T>,
     forward: F,
 ) -> Result<Result<tonic::Response<R>, tonic::Request<T>>, tonic::Status>
@@ -274,13 +288,13 @@ where
     F: FnOnce(tonic::transport::Channel, tonic::Request<T>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
 {
-    if ctx.is_metadata_leader() {
+    if is_metadata_leader(registry) {
         return Ok(Err(request));
     }
     if was_forwarded(&request) {
         return Err(NodeError::Unavailable("metadata leader moved; retry".into()).into());
     }
-    let channel = ctx.peers.channel(&ctx.metadata_leader_addr()?)?;
+    let channel = peers.channel(&metadata_leader_addr(registry)?)?;
     forward(channel, forwarded(request.into_inner()))
         .await
         .map(Ok)
@@ -303,21 +317,6 @@ pub async fn describe_once_led<T>(
     }
 }
 
-/// The answer to pass back for a forwarded request: the other node's own status as it is, but a
-/// failure of the forwarding connection itself (the node died or the stream was reset, which tonic
-/// reports as CANCELLED or UNKNOWN with the I/O error as its source) becomes UNKNOWN with a message
-/// saying so, since the other node may have applied the request before it went away.
-pub fn relay(status: tonic::Status) -> tonic::Status {
-    if std::error::Error::source(&status).is_none() {
-        return status;
-    }
-    tonic::Status::unknown(format!(
-        "the node this request was forwarded to failed before answering ({}); it may or may not \
-         have been applied",
-        status.message()
-    ))
-}
-
 /// Header marking a request one node forwarded to another, so it is not forwarded again.
 pub const FORWARDED: &str = "weir-forwarded";
 
@@ -332,24 +331,4 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
     r.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_broken_forwarding_connection_is_reported_as_unknown_outcome() {
-        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "reset",
-        )));
-        let relayed = relay(broken);
-        assert_eq!(relayed.code(), tonic::Code::Unknown);
-        assert!(relayed.message().contains("may or may not"));
-        // The other node's own answers pass through unchanged.
-        let own = tonic::Status::not_found("table 't' does not exist");
-        assert_eq!(relay(own.clone()).code(), own.code());
-        assert_eq!(relay(own.clone()).message(), own.message());
-    }
 }

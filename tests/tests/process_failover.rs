@@ -76,6 +76,21 @@ async fn kill_and_time(
     (killed_at.elapsed(), victim, leader)
 }
 
+/// Three nodes, [`TOPIC`] on them, a client seeded with node 0 and a producer.
+async fn three_nodes_with_topic() -> (ProcessCluster, Client, Producer) {
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster_up(&cluster, 3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new(TOPIC, PARTITIONS, 3))
+        .await
+        .expect("topic");
+    let producer = Producer::new(client.clone(), TOPIC, ProducerConfig::default())
+        .await
+        .expect("producer");
+    (cluster, client, producer)
+}
+
 /// The value of a counter in a node's Prometheus text, 0 when absent.
 fn counter(metrics: &str, name: &str) -> f64 {
     metrics
@@ -86,16 +101,7 @@ fn counter(metrics: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_serves_again_after_its_leader_is_killed() {
-    let mut cluster = ProcessCluster::start(3, &[]);
-    cluster_up(&cluster, 3).await;
-    let client = Client::connect(cluster.addr(0)).await.expect("client");
-    client
-        .create_topic(&NewTopic::new(TOPIC, PARTITIONS, 3))
-        .await
-        .expect("topic");
-    let producer = Producer::new(client.clone(), TOPIC, ProducerConfig::default())
-        .await
-        .expect("producer");
+    let (mut cluster, client, producer) = three_nodes_with_topic().await;
 
     let (took, victim, old_leader) = kill_and_time(&client, &mut cluster, &producer).await;
     eprintln!("partition served again {took:?} after its leader was killed");
@@ -133,16 +139,7 @@ async fn failover_times_over_repeated_kills() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let mut cluster = ProcessCluster::start(3, &[]);
-    cluster_up(&cluster, 3).await;
-    let client = Client::connect(cluster.addr(0)).await.expect("client");
-    client
-        .create_topic(&NewTopic::new(TOPIC, PARTITIONS, 3))
-        .await
-        .expect("topic");
-    let producer = Producer::new(client.clone(), TOPIC, ProducerConfig::default())
-        .await
-        .expect("producer");
+    let (mut cluster, client, producer) = three_nodes_with_topic().await;
     let mut times = Vec::new();
     for k in 0..kills {
         let (took, victim, _) = kill_and_time(&client, &mut cluster, &producer).await;

@@ -41,7 +41,7 @@ pub async fn run(ctx: &Context, cmd: KvCommand) -> Result<()> {
                 .iter()
                 .map(|k| parse_key(t.schema(), k, false))
                 .collect::<Result<Vec<_>>>()?;
-            let columns = super::table::split_names(columns.as_deref().unwrap_or(""));
+            let columns = super::split_names(columns.as_deref().unwrap_or(""));
             let rows = t.get(&keys, &columns, stale).await?;
             let mut printer = RowPrinter::new(ctx.format, &t, &columns)?;
             let found: Vec<TableRow> = rows.into_iter().flatten().collect();
@@ -72,7 +72,7 @@ pub async fn run(ctx: &Context, cmd: KvCommand) -> Result<()> {
             stale,
         } => {
             let t = client.table(&table).await?;
-            let columns = super::table::split_names(columns.as_deref().unwrap_or(""));
+            let columns = super::split_names(columns.as_deref().unwrap_or(""));
             let opts = ScanOptions {
                 start: start
                     .as_deref()

@@ -370,7 +370,7 @@ fn infer_schema(
         });
     }
     let pk = match primary_key {
-        Some(list) => super::table::split_names(list),
+        Some(list) => super::split_names(list),
         None => vec![names[0].clone()],
     };
     TableSchema::new(columns, &pk).map_err(|e| anyhow!("inferred schema: {e}"))

@@ -482,6 +482,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Splits a comma-separated list (`a, b`) of column names.
+pub fn split_names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

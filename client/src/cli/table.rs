@@ -14,7 +14,7 @@ pub async fn run(ctx: &Context, cmd: TableCommand) -> Result<()> {
     let mut out = std::io::stdout();
     match cmd {
         TableCommand::Create(args) => {
-            let pk = split_names(&args.primary_key);
+            let pk = super::split_names(&args.primary_key);
             let schema = TableSchema::parse(&args.schema, &pk)
                 .context("invalid --schema / --primary-key")?;
             let points = args
@@ -121,14 +121,6 @@ pub async fn run(ctx: &Context, cmd: TableCommand) -> Result<()> {
             )
         }
     }
-}
-
-/// Splits `a, b` into names.
-pub fn split_names(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 /// A region bound as key values when it decodes as a full or partial key, else hex.

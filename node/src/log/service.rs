@@ -56,7 +56,8 @@ enum Serve {
     Forward(LogClient<tonic::transport::Channel>),
 }
 
-/// When this node's current leadership of the offsets group began, as (term, instant).
+/// This node's current leadership of the offsets group, as (term, from when its coordinator may
+/// hand out partitions nobody reports owning): worked out once per term.
 type Takeover = Arc<Mutex<Option<(u64, Instant)>>>;
 
 /// The `Log` service.
@@ -87,31 +88,25 @@ impl LogService {
         let term = h.raft.metrics().borrow_watched().current_term;
         // The term read must still be this leader's: re-check the lease it relied on.
         confirmation.confirm(h).await?;
-        let since = {
-            let mut t = self
-                .takeover
-                .lock()
-                .map_err(|_| NodeError::Internal("takeover lock poisoned".into()))?;
-            let current = *t;
-            match current {
-                Some((seen, at)) if seen == term => at,
-                // The watcher has not seen this term yet: counting from now only waits longer.
-                _ => t.insert((term, Instant::now())).1,
+        let known = self
+            .takeover
+            .lock()
+            .map_err(|_| NodeError::Internal("takeover lock poisoned".into()))?
+            .filter(|(seen, _)| *seen == term);
+        let assign_after = match known {
+            Some((_, at)) => at,
+            // The watcher has not seen this term yet: counting from now only waits longer.
+            None => {
+                let at = hold_until(h, term, Instant::now()).await?;
+                let mut t = self
+                    .takeover
+                    .lock()
+                    .map_err(|_| NodeError::Internal("takeover lock poisoned".into()))?;
+                match *t {
+                    Some((seen, earlier)) if seen == term => earlier,
+                    _ => t.insert((term, at)).1,
+                }
             }
-        };
-        // The first leader the group ever had follows no coordinator, so nobody can still be
-        // reading partitions it does not know of. The first leader wrote the entry after the
-        // initial membership (index 1); elections that found no leader wrote nothing, so a term
-        // above 1 alone does not mean a leader came before.
-        let first_leader_term = h
-            .raft
-            .with_raft_state(|st| st.log_ids.get(1).map(|l| l.leader_id.term))
-            .await
-            .map_err(|e| NodeError::Unavailable(format!("group {}: {e}", h.id)))?;
-        let assign_after = if first_leader_term == Some(term) {
-            since
-        } else {
-            since + MAX_SESSION_TIMEOUT
         };
         Ok(Leadership { term, assign_after })
     }
@@ -159,7 +154,7 @@ impl LogService {
         was_forwarded: bool,
     ) -> NodeResult<Serve> {
         Ok(
-            match leader::target(&self.ctx, catalog, group, was_forwarded, false)? {
+            match self.ctx.target(catalog, group, was_forwarded, false)? {
                 leader::Target::Local(h) => Serve::Local(h),
                 leader::Target::Forward(addr) => Serve::Forward(self.client(&addr)?),
             },
@@ -221,6 +216,25 @@ impl LogService {
     }
 }
 
+/// From when a coordinator that began leading the offsets group in `term` at `since` may hand out
+/// partitions nobody reports owning. The group's first leader follows no coordinator, so nobody
+/// can still be reading partitions it does not know of: at once. Any later one waits a maximum
+/// session, so members of the previous coordinator report or expire first. The first leader
+/// wrote the entry after the initial membership (index 1); elections that found no leader wrote
+/// nothing, so a term above 1 alone does not mean a leader came before.
+async fn hold_until(h: &GroupHandle, term: u64, since: Instant) -> NodeResult<Instant> {
+    let first_leader_term = h
+        .raft
+        .with_raft_state(|st| st.log_ids.get(1).map(|l| l.leader_id.term))
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("group {}: {e}", h.id)))?;
+    Ok(if first_leader_term == Some(term) {
+        since
+    } else {
+        since + MAX_SESSION_TIMEOUT
+    })
+}
+
 /// Notes when this node becomes the offsets group's leader in a new term, until the service is
 /// dropped; a coordinator that takes over counts its hold from then rather than from its first
 /// heartbeat.
@@ -249,13 +263,24 @@ async fn watch_takeover(ctx: NodeContext, takeover: Weak<Mutex<Option<(u64, Inst
         let Some(term) = term else {
             continue;
         };
+        let seen = takeover.lock().ok().and_then(|t| *t).map(|(seen, _)| seen);
+        if seen == Some(term) {
+            continue;
+        }
+        let at = match hold_until(&h, term, Instant::now()).await {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!(term, error = %e, "offsets group leadership");
+                continue;
+            }
+        };
         if let Ok(mut t) = takeover.lock() {
             if t.is_none_or(|(seen, _)| seen != term) {
                 tracing::info!(
                     term,
                     "this node now leads the offsets group: consumer groups start over"
                 );
-                *t = Some((term, Instant::now()));
+                *t = Some((term, at));
             }
         };
     }
@@ -294,9 +319,12 @@ impl Log for LogService {
         if req.replicas == 0 {
             return Err(NodeError::InvalidArgument("replicas must be at least 1".into()).into());
         }
-        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
-            LogClient::new(ch).create_topic(r).await
-        })
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { LogClient::new(ch).create_topic(r).await },
+        )
         .await?
         {
             Ok(answer) => return Ok(answer),
@@ -336,9 +364,12 @@ impl Log for LogService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
-            LogClient::new(ch).delete_topic(r).await
-        })
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { LogClient::new(ch).delete_topic(r).await },
+        )
         .await?
         {
             Ok(answer) => return Ok(answer),
@@ -364,7 +395,7 @@ impl Log for LogService {
                 return c
                     .list_topics(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay);
+                    .map_err(crate::error::relay);
             }
         }
         let catalog = self.catalog()?;
@@ -386,7 +417,7 @@ impl Log for LogService {
                 return c
                     .describe_topic(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay);
+                    .map_err(crate::error::relay);
             }
         }
         let catalog = self.catalog()?;
@@ -421,7 +452,7 @@ impl Log for LogService {
                 return c
                     .produce(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let req = request.into_inner();
@@ -492,7 +523,7 @@ impl Log for LogService {
                 return c
                     .fetch(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let req = request.into_inner();
@@ -564,7 +595,7 @@ impl Log for LogService {
                 return c
                     .list_offsets(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         leader::term_applied_within(&h, TERM_APPLIED_WAIT).await?;
@@ -614,7 +645,7 @@ impl Log for LogService {
                 return c
                     .commit_offsets(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let req = request.into_inner();
@@ -658,7 +689,7 @@ impl Log for LogService {
                 return c
                     .fetch_committed(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let req = request.into_inner();
@@ -719,7 +750,7 @@ impl Log for LogService {
                 return c
                     .group_heartbeat(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let leadership = self.leadership(&h, &catalog).await?;
@@ -757,7 +788,7 @@ impl Log for LogService {
                 return c
                     .leave_group(forwarded(request.into_inner()))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let leadership = self.leadership(&h, &catalog).await?;

@@ -220,7 +220,7 @@ impl KvService {
         was_forwarded: bool,
     ) -> NodeResult<Vec<MaybeRow>> {
         let projection = table.projection(&req.columns)?;
-        match leader::target(&self.ctx, catalog, group, was_forwarded, req.stale)? {
+        match self.ctx.target(catalog, group, was_forwarded, req.stale)? {
             Target::Local(h) => {
                 let confirmation = match req.stale {
                     false => Some(leader::linearizable(&h, catalog).await?),
@@ -275,7 +275,7 @@ impl KvService {
         was_forwarded: bool,
     ) -> NodeResult<u64> {
         let n = ops.len() as u64;
-        match leader::target(&self.ctx, catalog, group, was_forwarded, false)? {
+        match self.ctx.target(catalog, group, was_forwarded, false)? {
             Target::Local(h) => {
                 let resp = leader::write(
                     &h,
@@ -325,9 +325,12 @@ impl Kv for KvService {
         crate::names::validate("table", &req.name)?;
         let schema =
             TableSchema::from_column_defs(&req.columns, &req.primary_key).map_err(invalid)?;
-        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
-            KvClient::new(ch).create_table(r).await
-        })
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { KvClient::new(ch).create_table(r).await },
+        )
         .await?
         {
             Ok(answer) => return Ok(answer),
@@ -408,9 +411,12 @@ impl Kv for KvService {
         &self,
         request: Request<DropTableRequest>,
     ) -> Result<Response<DropTableResponse>, Status> {
-        let request = match leader::on_metadata_leader(&self.ctx, request, |ch, r| async move {
-            KvClient::new(ch).drop_table(r).await
-        })
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { KvClient::new(ch).drop_table(r).await },
+        )
         .await?
         {
             Ok(answer) => return Ok(answer),
@@ -436,7 +442,7 @@ impl Kv for KvService {
                 .leader_client()?
                 .list_tables(forwarded(request.into_inner()))
                 .await
-                .map_err(leader::relay);
+                .map_err(crate::error::relay);
         }
         let catalog = self.catalog()?;
         let tables = catalog
@@ -456,7 +462,7 @@ impl Kv for KvService {
                 .leader_client()?
                 .describe_table(forwarded(request.into_inner()))
                 .await
-                .map_err(leader::relay);
+                .map_err(crate::error::relay);
         }
         let catalog = self.catalog()?;
         Ok(Response::new(
@@ -648,14 +654,14 @@ impl Kv for KvService {
         };
         let g = region_of(&catalog, table.info, &key, false)?;
         tracing::debug!(table = %req.table, region = g.id, "compare-and-set");
-        let h = match leader::target(&self.ctx, &catalog, g, fwd, false)? {
+        let h = match self.ctx.target(&catalog, g, fwd, false)? {
             Target::Local(h) => h,
             Target::Forward(addr) => {
                 return self
                     .client(&addr)?
                     .compare_and_set(forwarded(req))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let all: Vec<usize> = (0..table.schema().columns.len()).collect();
@@ -725,14 +731,14 @@ impl Kv for KvService {
         };
         let g = region_of(&catalog, table.info, anchor, req.reverse)?;
         tracing::debug!(table = %req.table, region = g.id, reverse = req.reverse, "scan");
-        let h = match leader::target(&self.ctx, &catalog, g, fwd, req.stale)? {
+        let h = match self.ctx.target(&catalog, g, fwd, req.stale)? {
             Target::Local(h) => h,
             Target::Forward(addr) => {
                 return self
                     .client(&addr)?
                     .scan(forwarded(req))
                     .await
-                    .map_err(leader::relay)
+                    .map_err(crate::error::relay)
             }
         };
         let confirmation = match req.stale {
