@@ -228,15 +228,15 @@ impl GroupManager {
             .await?
         };
         let watch = sm.watch();
-        let raft_config = if id == METADATA_GROUP {
-            config::metadata()
-        } else {
-            config::data()
+        let raft_config = match &kind {
+            GroupKind::Metadata => config::metadata(),
+            GroupKind::Partition { .. } => config::partition(),
+            GroupKind::Offsets | GroupKind::Region { .. } => config::data(),
         };
         let raft = Raft::new(
             self.cfg.node_id,
             raft_config,
-            GroupNetwork::new(id, self.cfg.peers.clone()),
+            GroupNetwork::new(id, self.cfg.peers.clone(), engine.clone()),
             LogStore::new(engine, id),
             sm,
         )

@@ -70,6 +70,13 @@ pub fn failover_prevote() {
     counter!("weir_failover_prevotes_total").increment(1);
 }
 
+/// Records a snapshot sent to a replica: its bytes, and whether the replica kept part of its own
+/// copy (a partition replica that was behind gets only what it missed).
+pub fn snapshot_sent(bytes: u64, incremental: bool) {
+    counter!("weir_snapshots_sent_total", "incremental" => incremental.to_string()).increment(1);
+    counter!("weir_snapshot_bytes_sent_total").increment(bytes);
+}
+
 /// Records the Raft groups this node holds and leads, and the worst replication lag.
 pub fn record_groups(reports: &[GroupReport]) {
     gauge!("weir_raft_groups_held").set(reports.len() as f64);

@@ -120,6 +120,28 @@ pub fn scan_batches(
     )
 }
 
+/// Base offset of the first batch still stored below `end`, if any (retention drops batches at the
+/// front).
+pub fn first_batch_below(
+    engine: &Engine,
+    group: u64,
+    end: u64,
+) -> Result<Option<u64>, StorageError> {
+    let mut first = None;
+    engine.scan(
+        CF_DATA,
+        &batch_key(group, 0),
+        &batch_key(group, end),
+        |k, _| {
+            first = Some(
+                key_suffix_u64(k).ok_or_else(|| StorageError::Corrupt("bad batch key".into()))?,
+            );
+            Ok(false)
+        },
+    )?;
+    Ok(first)
+}
+
 /// The first offset to keep under the retention limits, if anything should be dropped. Only whole
 /// batches are dropped, oldest first.
 pub fn retention_cut(

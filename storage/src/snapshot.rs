@@ -220,40 +220,35 @@ impl From<std::io::Error> for SnapshotError {
     }
 }
 
-/// Writes a snapshot file under a temporary name; the file is deleted unless it is finished.
-pub struct SnapshotWriter {
-    out: Option<BufWriter<File>>,
-    path: PathBuf,
+/// Encodes a snapshot (metadata, rows, end marker, checksum) into any writer: a file being built,
+/// or the stream a leader sends to a replica.
+pub struct SnapshotEncoder<W: Write> {
+    out: W,
     crc: crc32fast::Hasher,
     rows: u64,
 }
 
-impl SnapshotWriter {
-    /// Starts a snapshot file at `path` (a [`SnapshotDir::temp_path`]) holding `meta`.
-    pub fn create(
-        path: PathBuf,
+impl<W: Write> SnapshotEncoder<W> {
+    /// Starts a snapshot holding `meta` in `out`.
+    pub fn start(
+        out: W,
         meta: &SnapshotMetaOf<TypeConfig>,
-    ) -> Result<SnapshotWriter, StorageError> {
-        let file = File::options().write(true).create_new(true).open(&path)?;
-        let mut w = SnapshotWriter {
-            out: Some(BufWriter::with_capacity(CHUNK_SIZE, file)),
-            path,
+    ) -> Result<SnapshotEncoder<W>, StorageError> {
+        let mut e = SnapshotEncoder {
+            out,
             crc: crc32fast::Hasher::new(),
             rows: 0,
         };
         let meta = encode(meta)?;
-        w.put(MAGIC)?;
-        w.put(&len_u32(meta.len())?.to_be_bytes())?;
-        w.put(&meta)?;
-        Ok(w)
+        e.put(MAGIC)?;
+        e.put(&len_u32(meta.len())?.to_be_bytes())?;
+        e.put(&meta)?;
+        Ok(e)
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.crc.update(bytes);
-        match self.out.as_mut() {
-            Some(out) => Ok(out.write_all(bytes)?),
-            None => Err(StorageError::Io("snapshot writer is closed".into())),
-        }
+        Ok(self.out.write_all(bytes)?)
     }
 
     /// Adds one row.
@@ -266,19 +261,56 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the end marker and checksum, flushes and fsyncs the file, and returns its path.
-    pub fn finish(mut self) -> Result<PathBuf, StorageError> {
+    /// Writes the end marker and checksum and returns the writer (not flushed).
+    pub fn finish(mut self) -> Result<W, StorageError> {
         self.put(&END.to_be_bytes())?;
         let rows = self.rows.to_be_bytes();
         self.put(&rows)?;
         let crc = self.crc.clone().finalize().to_be_bytes();
-        let mut out = self
-            .out
+        self.out.write_all(&crc)?;
+        Ok(self.out)
+    }
+}
+
+/// Writes a snapshot file under a temporary name; the file is deleted unless it is finished.
+pub struct SnapshotWriter {
+    enc: Option<SnapshotEncoder<BufWriter<File>>>,
+    path: PathBuf,
+}
+
+impl SnapshotWriter {
+    /// Starts a snapshot file at `path` (a [`SnapshotDir::temp_path`]) holding `meta`.
+    pub fn create(
+        path: PathBuf,
+        meta: &SnapshotMetaOf<TypeConfig>,
+    ) -> Result<SnapshotWriter, StorageError> {
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        // From here on Drop removes the file if the writer is not finished.
+        let mut w = SnapshotWriter { enc: None, path };
+        w.enc = Some(SnapshotEncoder::start(
+            BufWriter::with_capacity(CHUNK_SIZE, file),
+            meta,
+        )?);
+        Ok(w)
+    }
+
+    /// Adds one row.
+    pub fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        match self.enc.as_mut() {
+            Some(enc) => enc.row(key, value),
+            None => Err(StorageError::Io("snapshot writer is closed".into())),
+        }
+    }
+
+    /// Writes the end marker and checksum, flushes and fsyncs the file, and returns its path.
+    pub fn finish(mut self) -> Result<PathBuf, StorageError> {
+        let enc = self
+            .enc
             .take()
             .ok_or_else(|| StorageError::Io("snapshot writer is closed".into()))?;
         let done = (|| {
-            out.write_all(&crc)?;
-            let f = out
+            let f = enc
+                .finish()?
                 .into_inner()
                 .map_err(|e| StorageError::Io(e.to_string()))?;
             f.sync_all()?;
@@ -296,7 +328,7 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         // Unfinished (an error, or the build was abandoned): the partial file must not linger.
         if !self.path.as_os_str().is_empty() {
-            self.out.take();
+            self.enc.take();
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -438,6 +470,45 @@ pub fn verify(path: &Path) -> Result<SnapshotMetaOf<TypeConfig>, SnapshotError> 
         Err(WalkError::File(e)) => Err(e),
         Err(WalkError::Visit(e)) => Err(SnapshotError::Io(e.to_string())),
     }
+}
+
+/// One row of a snapshot: key and value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// The first row of a snapshot file, read without checking the rest of the file ([`verify`] it
+/// first): how an install learns, before it changes anything, which rows the sender left to the
+/// replica.
+pub fn first_row(path: &Path) -> Result<Option<Row>, StorageError> {
+    let file = File::open(path)?;
+    let mut r = Checked {
+        inner: BufReader::new(file),
+        crc: crc32fast::Hasher::new(),
+    };
+    let first = (|| {
+        let mut magic = [0u8; 5];
+        r.exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let meta_len = r.u32()?;
+        if meta_len > MAX_META_LEN {
+            return Err(SnapshotError::Malformed(format!(
+                "metadata of {meta_len} bytes"
+            )));
+        }
+        r.bytes(meta_len)?;
+        let key_len = r.u32()?;
+        if key_len == END {
+            return Ok(None);
+        }
+        let key = r.bytes(key_len)?;
+        let value_len = r.u32()?;
+        if value_len == END {
+            return Err(SnapshotError::Malformed("row without a value".into()));
+        }
+        Ok(Some((key, r.bytes(value_len)?)))
+    })();
+    first.map_err(|e| e.at(path))
 }
 
 /// Reads the rows of a snapshot file, one at a time; fails if the file turns out torn or corrupt,

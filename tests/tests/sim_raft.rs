@@ -133,10 +133,14 @@ async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Resu
     };
     let sm = StateMachine::open(engine.clone(), GROUP, &kind, &snapshot_root)?;
     let watch = sm.watch();
-    let network = GroupNetwork::new(GROUP, Peers::with_connector(tower::service_fn(connect)));
+    let network = GroupNetwork::new(
+        GROUP,
+        Peers::with_connector(tower::service_fn(connect)),
+        engine.clone(),
+    );
     let raft = Raft::new(
         id,
-        config::data(),
+        config::partition(),
         network,
         LogStore::new(engine.clone(), GROUP),
         sm,

@@ -6,7 +6,7 @@ use openraft::{Config, SnapshotPolicy};
 
 /// Raft settings of the metadata group: small, latency-sensitive, one per cluster.
 pub fn metadata() -> Arc<Config> {
-    build(250, 1000, 2000, 2_000)
+    build(250, 1000, 2000, 2_000, 1_000)
 }
 
 /// Default heartbeat interval of data groups, in milliseconds.
@@ -19,16 +19,41 @@ pub const DATA_HEARTBEAT_MS: u64 = 500;
 /// randomises each election timeout in the range, so groups do not beat in step.
 /// `WEIR_RAFT_HEARTBEAT_MS` trades idle CPU (one heartbeat per group and follower per interval)
 /// against failover time.
+/// Region and offsets snapshots copy their rows, so they are taken rarely.
 pub fn data() -> Arc<Config> {
-    let hb = std::env::var("WEIR_RAFT_HEARTBEAT_MS")
+    let hb = data_heartbeat_ms();
+    build(hb, hb * 2, hb * 4, 20_000, 1_000)
+}
+
+/// Raft settings of log partitions: as [`data`], but snapshotted often and their Raft log kept
+/// short. A partition's snapshot refers to its batches instead of copying them (they never change),
+/// so taking one costs the same at any size, and a replica that falls behind the kept log gets
+/// the batches it missed. Without this the log would hold every batch a second time.
+pub fn partition() -> Arc<Config> {
+    let hb = data_heartbeat_ms();
+    build(
+        hb,
+        hb * 2,
+        hb * 4,
+        PARTITION_SNAPSHOT_EVERY,
+        PARTITION_LOG_KEPT,
+    )
+}
+
+/// Entries between two snapshots of a partition.
+const PARTITION_SNAPSHOT_EVERY: u64 = 256;
+/// Entries of a partition's Raft log kept after a snapshot, for replicas slightly behind.
+const PARTITION_LOG_KEPT: u64 = 64;
+
+fn data_heartbeat_ms() -> u64 {
+    std::env::var("WEIR_RAFT_HEARTBEAT_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|v| (50..=60_000).contains(v))
-        .unwrap_or(DATA_HEARTBEAT_MS);
-    build(hb, hb * 2, hb * 4, 20_000)
+        .unwrap_or(DATA_HEARTBEAT_MS)
 }
 
-fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64) -> Arc<Config> {
+fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64, keep: u64) -> Arc<Config> {
     let c = Config {
         cluster_name: "weir".into(),
         heartbeat_interval: heartbeat,
@@ -37,7 +62,7 @@ fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64) -> Arc<Config>
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: 1_000,
+        max_in_snapshot_log_to_keep: keep,
         purge_batch_size: 256,
         // A replica that cannot win (cut off, or its leader alive) must not raise its term and
         // depose a healthy leader when it comes back.

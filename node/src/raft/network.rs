@@ -14,11 +14,10 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
-use weir_proto::v1::{RaftRequest, SnapshotChunk};
+use weir_proto::v1::{RaftRequest, SnapshotChunk, SnapshotFromRequest};
 use weir_storage::snapshot::{SnapshotData, CHUNK_SIZE};
-use weir_storage::TypeConfig;
+use weir_storage::{Engine, TypeConfig};
 
 use crate::peers::Peers;
 
@@ -27,12 +26,17 @@ use crate::peers::Peers;
 pub struct GroupNetwork {
     group: u64,
     peers: Peers,
+    engine: Engine,
 }
 
 impl GroupNetwork {
-    /// The network of `group`.
-    pub fn new(group: u64, peers: Peers) -> GroupNetwork {
-        GroupNetwork { group, peers }
+    /// The network of `group`, whose snapshots are read from `engine` when sent.
+    pub fn new(group: u64, peers: Peers, engine: Engine) -> GroupNetwork {
+        GroupNetwork {
+            group,
+            peers,
+            engine,
+        }
     }
 }
 
@@ -41,6 +45,7 @@ pub struct PeerLink {
     group: u64,
     addr: String,
     peers: Peers,
+    engine: Engine,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -51,6 +56,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             group: self.group,
             addr: node.addr.clone(),
             peers: self.peers.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -135,32 +141,44 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header = bincode::serialize(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
-        let path = snapshot.snapshot.path.clone();
         let group = self.group;
-        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
-        // Read the file chunk by chunk while the stream is being sent.
-        let reader = tokio::spawn(async move {
-            let mut f = tokio::fs::File::open(&path).await?;
-            let mut first = Some(header);
-            loop {
-                let mut buf = vec![0u8; CHUNK_SIZE];
-                let n = f.read(&mut buf).await?;
-                buf.truncate(n);
-                let chunk = SnapshotChunk {
-                    group_id: group,
-                    header: first.take().unwrap_or_default().into(),
-                    data: buf.into(),
-                };
-                if tx.send(chunk).await.is_err() || n == 0 {
-                    return Ok::<(), std::io::Error>(());
-                }
-            }
-        });
         let mut client = self.client()?;
+        // Where the replica's own copy of a partition ends; asking costs one round trip and can
+        // save sending the whole partition. Unknown (an older peer, an error) means from the start.
+        let mut ask = tonic::Request::new(SnapshotFromRequest { group_id: group });
+        ask.set_timeout(option.hard_ttl());
+        let replica_end = match client.snapshot_from(ask).await {
+            Ok(r) => r.into_inner().next_offset,
+            Err(e) => {
+                tracing::debug!(group, error = %e, "replica did not say where its copy ends");
+                0
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        // Written on a blocking thread (it reads the engine and the file) while being sent.
+        let (engine, path) = (self.engine.clone(), snapshot.snapshot.path.clone());
+        let writer = tokio::task::spawn_blocking(move || {
+            let sink = ChunkSink {
+                group,
+                header: Some(header),
+                buf: Vec::with_capacity(CHUNK_SIZE),
+                tx,
+                sent: 0,
+            };
+            let mut sink = weir_storage::state_machine::write_transfer(
+                &engine,
+                group,
+                &path,
+                replica_end,
+                sink,
+            )?;
+            sink.send_buffered()?;
+            Ok::<u64, weir_storage::StorageError>(sink.sent)
+        });
         let send = async move {
             let reply = client
                 .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -173,7 +191,56 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             closed = &mut cancel => Err(StreamingError::Closed(closed)),
             r = send => r.map_err(StreamingError::from),
         };
-        reader.abort();
+        // The writer ends once the stream is dropped (its sends fail).
+        match writer.await {
+            Ok(Ok(sent)) if res.is_ok() => crate::metrics::snapshot_sent(sent, replica_end > 0),
+            Ok(Err(e)) => tracing::warn!(group, error = %e, "writing a snapshot to send"),
+            _ => {}
+        }
         res
+    }
+}
+
+/// Cuts the bytes of a snapshot being sent into chunks on the gRPC stream; the first chunk carries
+/// the vote and metadata.
+struct ChunkSink {
+    group: u64,
+    header: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<SnapshotChunk>,
+    sent: u64,
+}
+
+impl ChunkSink {
+    /// Sends what is buffered as one chunk (and the header, if not sent yet).
+    fn send_buffered(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() && self.header.is_none() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+        self.sent += data.len() as u64;
+        let chunk = SnapshotChunk {
+            group_id: self.group,
+            header: self.header.take().unwrap_or_default().into(),
+            data: data.into(),
+        };
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "snapshot stream closed")
+        })
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() >= CHUNK_SIZE {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -12,10 +12,10 @@ use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::raft_transport_server::RaftTransport;
 use weir_proto::v1::{
     MembershipReply, MembershipRequest, ProbeReply, ProbeRequest, RaftReply, RaftRequest,
-    SnapshotChunk,
+    SnapshotChunk, SnapshotFromReply, SnapshotFromRequest,
 };
 use weir_storage::snapshot::SnapshotData;
-use weir_storage::TypeConfig;
+use weir_storage::{GroupWatch, TypeConfig};
 
 use crate::groups::{GroupHandle, Registry};
 
@@ -139,6 +139,24 @@ impl RaftTransport for RaftService {
                 found.last_log_id, meta.last_log_id
             )));
         }
+        // A partition snapshot that leaves this replica more batches than it holds (its copy
+        // was cleared since it told the leader where it ends) is refused here: the leader asks
+        // again and sends more. Failing inside Raft's install would stop the group.
+        let checked = path.clone();
+        let group = g.id;
+        let kept = tokio::task::spawn_blocking(move || {
+            weir_storage::state_machine::kept_below(group, &checked)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
+        let held = held_below(&g);
+        if kept > held {
+            return Err(Status::failed_precondition(format!(
+                "group {group}: snapshot leaves this replica its batches below offset {kept}, \
+                 but it holds them only below {held}"
+            )));
+        }
         tracing::info!(group = g.id, snapshot = ?meta.last_log_id, "installing snapshot");
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
@@ -155,10 +173,28 @@ impl RaftTransport for RaftService {
         Ok(Response::new(crate::groups::membership_view(&g)))
     }
 
+    async fn snapshot_from(
+        &self,
+        request: Request<SnapshotFromRequest>,
+    ) -> Result<Response<SnapshotFromReply>, Status> {
+        let g = self.group(request.into_inner().group_id)?;
+        Ok(Response::new(SnapshotFromReply {
+            next_offset: held_below(&g),
+        }))
+    }
+
     async fn probe(&self, _request: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
         Ok(Response::new(ProbeReply {
             node_id: self.node_id,
         }))
+    }
+}
+
+/// Where this replica's applied copy of a partition ends (0 for other kinds of groups).
+fn held_below(g: &GroupHandle) -> u64 {
+    match &g.watch {
+        GroupWatch::Partition(w) => w.borrow().next_offset,
+        _ => 0,
     }
 }
 

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf};
 use openraft::storage::RaftSnapshotBuilder;
 
+use super::transfer::batches_ref_key;
 use super::{header_key, Capture, Header};
 use crate::engine::CF_DATA;
-use crate::partition;
 use crate::snapshot::{SnapshotData, SnapshotDir, SnapshotWriter};
 use crate::{encode, Engine, StorageError, TypeConfig};
 
@@ -83,24 +83,14 @@ impl SnapshotBuilder {
                 w.finish()?
             }
             CapturedRows::Captured(Capture::PartitionBelow(end, producers)) => {
+                // The batches themselves stay in the engine (they never change): the file refers
+                // to them, and they are read when the snapshot is sent (see `transfer`).
                 let mut w = SnapshotWriter::create(snapshots.temp_path()?, &meta)?;
+                w.row(&batches_ref_key(group), &end.to_be_bytes())?;
                 for (k, v) in &producers {
                     w.row(k, v)?;
                 }
-                // Retention may since have dropped batches at the front: the snapshot starts at
-                // the first batch still there.
-                let mut first = None;
-                let mut bytes = 0u64;
-                partition::scan_batches(engine, group, end, |k, v, sb| {
-                    first.get_or_insert(sb.base_offset);
-                    bytes += sb.batch.len() as u64;
-                    w.row(k, v)?;
-                    Ok(true)
-                })?;
-                let mut header = header.clone();
-                header.partition.earliest = first.unwrap_or(end).max(header.partition.earliest);
-                header.partition.bytes = bytes;
-                w.row(&header_key(group), &encode(&header)?)?;
+                w.row(&header_key(group), &encode(header)?)?;
                 w.finish()?
             }
         };

@@ -5,14 +5,18 @@
 //! and removes the mark in one synced write. A crash anywhere leaves either the old state (before
 //! step 1), the new one (after step 3), or a marked group that start-up empties: a replica with no
 //! data that gets a fresh snapshot, its Raft log and vote untouched.
+//!
+//! A partition snapshot sent to a replica may leave it its own batches below an offset (see
+//! `transfer`): those are kept through every step, and only the rest is replaced.
 
 use std::path::Path;
 
 use openraft::alias::SnapshotMetaOf;
 use rocksdb::WriteBatch;
 
-use super::{header_key, Header};
+use super::{header_key, transfer, Header};
 use crate::engine::{group_key, CF_DATA};
+use crate::partition;
 use crate::snapshot::{read_rows, verify};
 use crate::{decode, encode, Engine, StorageError, TypeConfig};
 
@@ -39,12 +43,30 @@ pub(super) fn clear_interrupted_install(engine: &Engine, group: u64) -> Result<b
     Ok(true)
 }
 
-/// Install step 1: in one synced write, drops the group's data and marks an install as under way,
-/// so that from here on a crash leaves a marked, clearable group rather than a header over partial
-/// data.
-pub(super) fn begin_install(engine: &Engine, group: u64) -> Result<(), StorageError> {
+/// Install step 1: in one synced write, drops the group's data (except a partition's batches below
+/// `keep_below`) and marks an install as under way, so that from here on a crash leaves a marked,
+/// clearable group rather than a header over partial data.
+pub(super) fn begin_install(
+    engine: &Engine,
+    group: u64,
+    keep_below: u64,
+) -> Result<(), StorageError> {
     let mut b = WriteBatch::default();
-    engine.delete_group_range(&mut b, CF_DATA, group)?;
+    if keep_below == 0 {
+        engine.delete_group_range(&mut b, CF_DATA, group)?;
+    } else {
+        let cf = engine.cf(CF_DATA)?;
+        b.delete_range_cf(
+            cf,
+            group.to_be_bytes().to_vec(),
+            partition::batch_key(group, 0),
+        );
+        b.delete_range_cf(
+            cf,
+            partition::batch_key(group, keep_below),
+            (group + 1).to_be_bytes().to_vec(),
+        );
+    }
     // After the range deletion in the same batch, so the mark survives it.
     b.put_cf(engine.cf(CF_DATA)?, installing_key(group), []);
     engine.write_sync(b)
@@ -72,9 +94,12 @@ pub(super) fn write_install_rows(
             header = Some(decode(&v)?);
             return Ok(());
         }
-        if k == installing_key(group) {
+        if transfer::is_keep_row(group, &k) {
+            return Ok(());
+        }
+        if k == installing_key(group) || transfer::is_local_only(group, &k) {
             return Err(StorageError::Corrupt(
-                "snapshot holds an install mark".into(),
+                "snapshot holds a row no sent snapshot may hold".into(),
             ));
         }
         pending += k.len() + v.len();
@@ -91,24 +116,34 @@ pub(super) fn write_install_rows(
 
 /// Install step 3: fsyncs the rows written so far, then writes the header and removes the install
 /// mark in one synced write. The header is what makes the group hold data at all, so it only lands
-/// once everything it stands for is durable.
+/// once everything it stands for is durable. Batches a replica kept that the snapshot's state no
+/// longer holds (retention moved on) go in the same write.
 fn commit_install(engine: &Engine, group: u64, header: &Header) -> Result<(), StorageError> {
     engine.db().flush_wal(true)?;
     let mut b = WriteBatch::default();
     let cf = engine.cf(CF_DATA)?;
+    if header.partition.earliest > 0 {
+        b.delete_range_cf(
+            cf,
+            partition::batch_key(group, 0),
+            partition::batch_key(group, header.partition.earliest),
+        );
+    }
     b.put_cf(cf, header_key(group), encode(header)?);
     b.delete_cf(cf, installing_key(group));
     engine.write_sync(b)
 }
 
 /// Installs the snapshot file at `path` as the whole state of `group`, all or nothing across a
-/// crash, and returns the new header. A torn or corrupt file, or one holding other metadata than
-/// `meta`, is refused before anything is changed.
+/// crash, and returns the new header. `held` is where the replica's own copy of a partition ends:
+/// a snapshot that leaves the replica more batches than it holds is refused. A torn or corrupt
+/// file, or one holding other metadata than `meta`, is refused before anything is changed.
 pub(super) fn install_file(
     engine: &Engine,
     group: u64,
     meta: &SnapshotMetaOf<TypeConfig>,
     path: &Path,
+    held: u64,
 ) -> Result<Header, StorageError> {
     let found = verify(path)
         .map_err(|e| StorageError::Corrupt(format!("refusing snapshot {}: {e}", path.display())))?;
@@ -120,11 +155,25 @@ pub(super) fn install_file(
             meta.last_log_id
         )));
     }
-    begin_install(engine, group)?;
+    let keep_below = transfer::kept_below(group, path)?;
+    if keep_below > held {
+        return Err(StorageError::Corrupt(format!(
+            "refusing snapshot {}: it leaves the replica its batches below offset {keep_below}, \
+             but the replica holds them only below {held}",
+            path.display()
+        )));
+    }
+    begin_install(engine, group, keep_below)?;
     let installed = (|| {
         let mut header = write_install_rows(engine, group, path)?.unwrap_or_default();
         header.applied = meta.last_log_id;
         header.membership = meta.last_membership.clone();
+        if keep_below > 0 {
+            // The replica's own front may be past the sender's (it applied a later trim).
+            let first = partition::first_batch_below(engine, group, header.partition.next_offset)?
+                .unwrap_or(header.partition.next_offset);
+            header.partition.earliest = header.partition.earliest.max(first);
+        }
         commit_install(engine, group, &header)?;
         Ok(header)
     })();

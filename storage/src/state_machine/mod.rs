@@ -16,6 +16,7 @@ mod partition_group;
 mod region_group;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 pub use build::SnapshotBuilder;
 pub use offsets_group::OffsetKey;
 pub use region_group::REGION_INIT_INDEX;
+pub use transfer::{kept_below, write_transfer};
 
 use crate::catalog::{Catalog, GroupKind};
 use crate::engine::{group_key, CF_DATA};
@@ -345,8 +347,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.clone(),
             snapshot.path.clone(),
         );
+        let held = self.header.partition.next_offset;
         let installed = crate::engine::on_blocking_thread(move || {
-            install_file(&engine, group, &meta_owned, &path)
+            install_file(&engine, group, &meta_owned, &path, held)
         })
         .await;
         let header = match installed {
@@ -365,6 +368,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.header = header;
         self.state.reload(&self.engine, self.group)?;
         self.state.publish(&self.header);
+        if matches!(
+            self.state.capture(self.group, &self.header),
+            Ok(Capture::PartitionBelow(..))
+        ) {
+            // The received file holds batches now in the engine: the replica's own snapshot
+            // refers to them instead of keeping a second copy (the file is removed unused).
+            use openraft::storage::RaftSnapshotBuilder;
+            self.get_snapshot_builder().await.build_snapshot().await?;
+            return Ok(());
+        }
         let snapshots = self.snapshots.clone();
         crate::engine::on_blocking_thread(move || snapshots.promote(&snapshot.path)).await?;
         Ok(())

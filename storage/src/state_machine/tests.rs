@@ -101,7 +101,7 @@ async fn partition_applies_snapshots_installs_and_restarts() {
     )
     .unwrap();
     let copy = dir.path().join("incoming.snap");
-    std::fs::copy(&snap.snapshot.path, &copy).unwrap();
+    sent_copy(&engine, &snap.snapshot.path, 0, &copy);
     sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy })
         .await
         .unwrap();
@@ -150,7 +150,8 @@ fn data_keys(engine: &Engine, group: u64) -> usize {
 async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(&dir.path().join("a")).unwrap();
-    let mut sm = StateMachine::open(engine, 5, &partition(), &dir.path().join("sa")).unwrap();
+    let mut sm =
+        StateMachine::open(engine.clone(), 5, &partition(), &dir.path().join("sa")).unwrap();
     apply_all(&mut sm, (1..=10).map(|i| append(i, 3)).collect()).await;
     let snap = sm
         .get_snapshot_builder()
@@ -158,7 +159,9 @@ async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
         .build_snapshot()
         .await
         .unwrap();
-    let good = std::fs::read(&snap.snapshot.path).unwrap();
+    let sent = dir.path().join("sent.snap");
+    sent_copy(&engine, &snap.snapshot.path, 0, &sent);
+    let good = std::fs::read(&sent).unwrap();
 
     let engine_b = Engine::open(&dir.path().join("b")).unwrap();
     let mut b =
@@ -209,7 +212,7 @@ async fn leftover_snapshot_files_are_removed_when_a_group_opens() {
 /// Builds a 20-entry partition snapshot in its own engine, as a leader would send it.
 async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::PathBuf) {
     let engine = Engine::open(&dir.join("leader")).unwrap();
-    let mut sm = StateMachine::open(engine, 5, &partition(), &dir.join("sl")).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 5, &partition(), &dir.join("sl")).unwrap();
     apply_all(&mut sm, (1..=20).map(|i| append(i, 3)).collect()).await;
     let snap = sm
         .get_snapshot_builder()
@@ -218,8 +221,79 @@ async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::
         .await
         .unwrap();
     let copy = dir.join("sent.snap");
-    std::fs::copy(&snap.snapshot.path, &copy).unwrap();
+    sent_copy(&engine, &snap.snapshot.path, 0, &copy);
     (snap.meta, copy)
+}
+
+/// Writes to `dest` what a leader holding `engine` sends of its snapshot of group 5 at `path` to a
+/// replica whose copy ends at `replica_end`; returns the bytes sent.
+fn sent_copy(engine: &Engine, path: &Path, replica_end: u64, dest: &Path) -> u64 {
+    let out = std::fs::File::create(dest).unwrap();
+    super::write_transfer(engine, 5, path, replica_end, out).unwrap();
+    std::fs::metadata(dest).unwrap().len()
+}
+
+#[tokio::test]
+async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("leader")).unwrap();
+    let mut sm =
+        StateMachine::open(engine.clone(), 5, &partition(), &dir.path().join("sl")).unwrap();
+    apply_all(&mut sm, (1..=20).map(|i| append(i, 3)).collect()).await;
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    // The leader's own file refers to its batches rather than copying them.
+    let own = std::fs::metadata(&snap.snapshot.path).unwrap().len();
+    let full = sent_copy(
+        &engine,
+        &snap.snapshot.path,
+        0,
+        &dir.path().join("full.snap"),
+    );
+    assert!(own < 400, "own snapshot file of {own} bytes copies batches");
+
+    // The follower holds entries 1..=10: offsets below 30.
+    let (f_engine, _) = follower(dir.path()).await;
+    drop(f_engine);
+    let f_engine = Engine::open(&dir.path().join("f")).unwrap();
+    let mut f =
+        StateMachine::open(f_engine.clone(), 5, &partition(), &dir.path().join("sf")).unwrap();
+    assert_eq!(state(&f).next_offset, 30);
+    let rest = dir.path().join("rest.snap");
+    let sent = sent_copy(&engine, &snap.snapshot.path, 30, &rest);
+    assert!(
+        sent * 2 < full + 400,
+        "sent {sent} bytes of {full} to a replica holding half"
+    );
+
+    // A replica that claims more than it holds is refused, nothing changed.
+    let mut short = StateMachine::open(
+        Engine::open(&dir.path().join("s")).unwrap(),
+        5,
+        &partition(),
+        &dir.path().join("ss"),
+    )
+    .unwrap();
+    let refused = short
+        .install_snapshot(&snap.meta, SnapshotData { path: rest.clone() })
+        .await;
+    assert!(refused.is_err(), "install over a gap");
+    assert_eq!(state(&short).next_offset, 0);
+
+    f.install_snapshot(&snap.meta, SnapshotData { path: rest })
+        .await
+        .unwrap();
+    assert_eq!(state(&f), state(&sm));
+    let a = partition::read_batches(&engine, 5, 0, 60, usize::MAX).unwrap();
+    let b = partition::read_batches(&f_engine, 5, 0, 60, usize::MAX).unwrap();
+    assert_eq!(a, b);
+    // The follower's own snapshot refers to its batches too.
+    let own_f = f.get_current_snapshot().await.unwrap().unwrap();
+    assert!(std::fs::metadata(&own_f.snapshot.path).unwrap().len() < 400);
 }
 
 /// A follower replica of group 5 holding 10 entries, a vote, and a log purged up to 4.
@@ -281,7 +355,7 @@ async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote()
     let dir = tempfile::tempdir().unwrap();
     let (_, sent) = leader_snapshot(dir.path()).await;
     let (engine, vote) = follower(dir.path()).await;
-    begin_install(&engine, 5).unwrap();
+    begin_install(&engine, 5, 0).unwrap();
     let mut b = WriteBatch::default();
     let mut n = 0;
     read_rows(&sent, |k, v| {
@@ -300,7 +374,7 @@ async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote()
     let dir = tempfile::tempdir().unwrap();
     let (_, sent) = leader_snapshot(dir.path()).await;
     let (engine, vote) = follower(dir.path()).await;
-    begin_install(&engine, 5).unwrap();
+    begin_install(&engine, 5, 0).unwrap();
     write_install_rows(&engine, 5, &sent).unwrap();
     engine.db().flush_wal(true).unwrap();
     drop(engine);
@@ -310,7 +384,7 @@ async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote()
     let dir = tempfile::tempdir().unwrap();
     let (meta, sent) = leader_snapshot(dir.path()).await;
     let (engine, vote) = follower(dir.path()).await;
-    let header = install_file(&engine, 5, &meta, &sent).unwrap();
+    let header = install_file(&engine, 5, &meta, &sent, 0).unwrap();
     assert_eq!(header.applied.map(|l| l.index), Some(20));
     drop(engine);
     assert_eq!(after_crash(dir.path(), &vote).await, Some(20));
