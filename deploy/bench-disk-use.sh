@@ -40,6 +40,18 @@ for _ in $(seq 1 120); do
 done
 "$B/weir" topic create disk --partitions 3 --replicas 3 >/dev/null
 "$B/weir" bench produce --topic disk --records "$RECORDS" --record-size 100 --acks all
-for i in 1 2 3; do
-  echo "node$i: $(du -sb "$R/n$i" | cut -f1) bytes"
-done
+# Bytes of the files under $1 whose names match the glob $2.
+sum() { find "$1" -name "$2" -type f -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+report() {
+  for i in 1 2 3; do
+    echo "node$i: $(du -sb "$R/n$i" | cut -f1) bytes" \
+      "(WAL $(sum "$R/n$i" '*.log'), tables $(sum "$R/n$i" '*.sst'), snapshots $(sum "$R/n$i" '*.snap'))"
+  done
+}
+report
+# Disk use once the load has settled (memtables flushed, compactions run): WEIR_DISK_SETTLE seconds.
+if [ "${WEIR_DISK_SETTLE:-0}" -gt 0 ]; then
+  sleep "$WEIR_DISK_SETTLE"
+  echo "after ${WEIR_DISK_SETTLE} s:"
+  report
+fi

@@ -253,6 +253,9 @@ impl GroupManager {
         } else {
             Instant::now()
         };
+        if let GroupWatch::Partition(state) = &watch {
+            crate::raft::compaction::spawn(id, raft.clone(), state.clone());
+        }
         if restarted {
             raft.runtime_config().elect(false);
             let raft = raft.clone();

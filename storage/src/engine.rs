@@ -60,7 +60,7 @@ pub struct EngineStats {
 
 /// The most bytes of write-ahead log kept before the column families holding the oldest WAL file
 /// are flushed (so disk use after a load does not stay at every WAL file written during it).
-const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 
 /// Runs `work`, disk-heavy work that owns its inputs (a snapshot build or install), on tokio's
 /// blocking threads so the async workers keep serving heartbeats and votes meanwhile.
@@ -134,6 +134,7 @@ impl Engine {
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
         let stats = Arc::new(EngineStats::default());
         let commit = GroupCommit::start(Arc::downgrade(&db), stats.clone());
+        start_idle_compaction(Arc::downgrade(&db));
         Ok(Engine { db, commit, stats })
     }
 
@@ -272,6 +273,54 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub type SyncCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
 /// The group-commit thread: batches fsync requests of all groups into single WAL fsyncs.
+/// How long the engine must see no write before it tidies up after a load.
+const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the thread that, once writes stop for [`IDLE_AFTER`], flushes every column family (so
+/// no write-ahead log file is kept for what memtables held) and compacts the Raft log (whose
+/// entries were mostly purged once applied and snapshotted, but stay in table files until a
+/// compaction drops them): disk use after a load comes down to the data itself. Under a steady
+/// load RocksDB's own compactions do the same.
+fn start_idle_compaction(db: std::sync::Weak<DB>) {
+    let spawned = std::thread::Builder::new()
+        .name("weir-idle-compaction".into())
+        .spawn(move || {
+            let mut seen = None;
+            let mut tidied = None;
+            loop {
+                std::thread::sleep(IDLE_AFTER);
+                // Ends with the engine; holds the database only while working.
+                let Some(db) = db.upgrade() else { return };
+                let seq = db.latest_sequence_number();
+                if seen == Some(seq) && tidied != Some(seq) {
+                    if let Err(e) = tidy(&db) {
+                        tracing::warn!(error = %e, "compacting after a load");
+                    }
+                    // Flushes and compactions write no sequence numbers.
+                    tidied = Some(db.latest_sequence_number());
+                }
+                seen = Some(db.latest_sequence_number());
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no idle-compaction thread: disk use stays higher after loads");
+    }
+}
+
+fn tidy(db: &DB) -> Result<(), rocksdb::Error> {
+    let mut cfs = Vec::new();
+    for name in [CF_LOG, CF_META, CF_DATA] {
+        if let Some(cf) = db.cf_handle(name) {
+            cfs.push(cf);
+        }
+    }
+    db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+    if let Some(cf) = db.cf_handle(CF_LOG) {
+        db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 struct GroupCommit {
     tx: mpsc::Sender<SyncCallback>,

@@ -40,13 +40,23 @@ struct ProducerRun {
     first_error: Option<String>,
 }
 
+/// Distinct record payloads a produce benchmark cycles through.
+const PAYLOAD_POOL: usize = 1024;
+
 /// Sends `--records` records of `--record-size` bytes and prints throughput and latency.
 pub async fn produce(ctx: &Context, args: BenchProduceArgs) -> Result<()> {
     let client = ctx.client().await?;
     require_topic(&client, &args.topic).await?;
-    let mut payload = vec![0u8; args.record_size];
-    rand::rng().fill_bytes(&mut payload);
-    let payload = Bytes::from(payload);
+    // Distinct random records, as real data is: one record repeated would compress to nothing
+    // and flatter every figure that touches the disk. A pool larger than a table block
+    // (4 KiB) holds is enough; cycling through it costs nothing per record.
+    let payload: Arc<[Bytes]> = (0..PAYLOAD_POOL)
+        .map(|_| {
+            let mut p = vec![0u8; args.record_size];
+            rand::rng().fill_bytes(&mut p);
+            Bytes::from(p)
+        })
+        .collect();
     let config = ProducerConfig {
         batch_bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
         linger: Duration::from_millis(args.linger_ms),
@@ -136,7 +146,7 @@ async fn run_producer(
     producer: Producer,
     n: u64,
     rate: u64,
-    payload: Bytes,
+    payload: Arc<[Bytes]>,
     progress: ProgressBar,
 ) -> Result<ProducerRun> {
     let (acks_tx, acks_rx) = mpsc::unbounded_channel::<(Instant, RecordAck)>();
@@ -149,7 +159,9 @@ async fn run_producer(
             tokio::time::sleep_until(due).await;
         }
         let sent = Instant::now();
-        let ack = producer.send(None, &payload, None).await?;
+        let ack = producer
+            .send(None, &payload[i as usize % payload.len()], None)
+            .await?;
         if acks_tx.send((sent, ack)).is_err() {
             break;
         }

@@ -6,7 +6,15 @@ use openraft::{Config, SnapshotPolicy};
 
 /// Raft settings of the metadata group: small, latency-sensitive, one per cluster.
 pub fn metadata() -> Arc<Config> {
-    build(250, 1000, 2000, 2_000, 1_000)
+    build(
+        250,
+        1000,
+        2000,
+        Compaction {
+            snapshot_every: 2_000,
+            ..ROWS_COMPACTION
+        },
+    )
 }
 
 /// Default heartbeat interval of data groups, in milliseconds.
@@ -22,28 +30,46 @@ pub const DATA_HEARTBEAT_MS: u64 = 500;
 /// Region and offsets snapshots copy their rows, so they are taken rarely.
 pub fn data() -> Arc<Config> {
     let hb = data_heartbeat_ms();
-    build(hb, hb * 2, hb * 4, 20_000, 1_000)
+    build(hb, hb * 2, hb * 4, ROWS_COMPACTION)
 }
 
 /// Raft settings of log partitions: as [`data`], but snapshotted often and their Raft log kept
-/// short. A partition's snapshot refers to its batches instead of copying them (they never change),
-/// so taking one costs the same at any size, and a replica that falls behind the kept log gets
-/// the batches it missed. Without this the log would hold every batch a second time.
+/// short (and purged as soon as a snapshot allows). A partition's snapshot refers to its batches
+/// instead of copying them (they never change), so taking one costs the same at any size, and a
+/// replica that falls behind the kept log gets the batches it missed. Without this the log would
+/// hold every batch a second time.
 pub fn partition() -> Arc<Config> {
     let hb = data_heartbeat_ms();
-    build(
-        hb,
-        hb * 2,
-        hb * 4,
-        PARTITION_SNAPSHOT_EVERY,
-        PARTITION_LOG_KEPT,
-    )
+    let kept = Compaction {
+        snapshot_every: PARTITION_SNAPSHOT_EVERY,
+        keep: PARTITION_LOG_KEPT,
+        purge_batch: 1,
+    };
+    build(hb, hb * 2, hb * 4, kept)
 }
 
-/// Entries between two snapshots of a partition.
-const PARTITION_SNAPSHOT_EVERY: u64 = 256;
+/// When a group snapshots and how much Raft log it keeps.
+struct Compaction {
+    /// Entries between snapshots.
+    snapshot_every: u64,
+    /// Entries kept behind a snapshot.
+    keep: u64,
+    /// Fewest entries purged at once.
+    purge_batch: u64,
+}
+
+/// Groups whose snapshots copy their state: taken rarely, with a long log kept behind.
+const ROWS_COMPACTION: Compaction = Compaction {
+    snapshot_every: 20_000,
+    keep: 1_000,
+    purge_batch: 256,
+};
+
+/// Entries between two snapshots of a partition, whatever their size (the
+/// [`compaction`](super::compaction) task snapshots by bytes appended, usually sooner).
+const PARTITION_SNAPSHOT_EVERY: u64 = 1_024;
 /// Entries of a partition's Raft log kept after a snapshot, for replicas slightly behind.
-const PARTITION_LOG_KEPT: u64 = 64;
+const PARTITION_LOG_KEPT: u64 = 8;
 
 fn data_heartbeat_ms() -> u64 {
     std::env::var("WEIR_RAFT_HEARTBEAT_MS")
@@ -53,7 +79,7 @@ fn data_heartbeat_ms() -> u64 {
         .unwrap_or(DATA_HEARTBEAT_MS)
 }
 
-fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64, keep: u64) -> Arc<Config> {
+fn build(heartbeat: u64, min: u64, max: u64, compaction: Compaction) -> Arc<Config> {
     let c = Config {
         cluster_name: "weir".into(),
         heartbeat_interval: heartbeat,
@@ -61,9 +87,9 @@ fn build(heartbeat: u64, min: u64, max: u64, snapshot_every: u64, keep: u64) -> 
         election_timeout_max: max,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: keep,
-        purge_batch_size: 256,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(compaction.snapshot_every),
+        max_in_snapshot_log_to_keep: compaction.keep,
+        purge_batch_size: compaction.purge_batch,
         // A replica that cannot win (cut off, or its leader alive) must not raise its term and
         // depose a healthy leader when it comes back.
         enable_pre_vote: Some(true),

@@ -1,7 +1,8 @@
 //! Raft plumbing shared by every group: the outgoing network ([`network`]), the incoming gRPC
-//! service ([`service`]), the per-kind Raft timing ([`config`]) and early elections when a leading
-//! node dies ([`failover`]).
+//! service ([`service`]), the per-kind Raft timing ([`config`]), early elections when a leading
+//! node dies ([`failover`]) and when partitions snapshot themselves ([`compaction`]).
 
+pub mod compaction;
 pub mod config;
 pub mod failover;
 pub mod network;
