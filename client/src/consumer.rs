@@ -197,6 +197,27 @@ struct PartitionState {
     retry_at: Option<Instant>,
 }
 
+/// A spawned task that is aborted when its handle is dropped (a consumer dropped, or a fetch no
+/// longer wanted), so fetches never outlive their consumer.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Fetched {
     partition: u32,
     id: u64,
@@ -547,22 +568,34 @@ impl Consumer {
             let max_wait = self.config.max_wait;
             let wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
             let retry_at = state.retry_at.take();
+            // Each fetch runs as its own task, which reads the whole answer as it arrives whether
+            // or not `poll` is running: an answer left unread would hold the flow-control window
+            // of the HTTP/2 connection this client shares for every call to that node, and a
+            // commit or heartbeat waiting behind it would never complete.
+            let task = AbortOnDrop(tokio::spawn(async move {
+                if let Some(at) = retry_at {
+                    tokio::time::sleep_until(at).await;
+                }
+                let started = Instant::now();
+                let result = client
+                    .fetch(&topic, partition, offset, max_bytes, wait_ms)
+                    .await;
+                // A server that answers an empty fetch at once would otherwise be polled in a
+                // tight loop.
+                let floor = max_wait.min(Duration::from_millis(100));
+                if matches!(&result, Ok(r) if r.batches.is_empty()) && started.elapsed() < floor {
+                    tokio::time::sleep_until(started + floor).await;
+                }
+                result
+            }));
             self.in_flight.push(
                 async move {
-                    if let Some(at) = retry_at {
-                        tokio::time::sleep_until(at).await;
-                    }
-                    let started = Instant::now();
-                    let result = client
-                        .fetch(&topic, partition, offset, max_bytes, wait_ms)
-                        .await;
-                    // A server that answers an empty fetch at once would otherwise be polled in a
-                    // tight loop.
-                    let floor = max_wait.min(Duration::from_millis(100));
-                    if matches!(&result, Ok(r) if r.batches.is_empty()) && started.elapsed() < floor
-                    {
-                        tokio::time::sleep_until(started + floor).await;
-                    }
+                    let result = task.await.unwrap_or_else(|e| {
+                        Err(ClientError::Status {
+                            code: Code::Cancelled,
+                            message: format!("fetch of partition {partition} ended: {e}"),
+                        })
+                    });
                     Fetched {
                         partition,
                         id,

@@ -152,6 +152,10 @@ struct Faults {
     gates: Mutex<HashMap<Vec<u8>, watch::Receiver<bool>>>,
     /// Produce calls that have waited at a closed gate.
     held_calls: AtomicU32,
+    /// A Fetch of one of these partitions is answered only once its gate opens.
+    fetch_gates: Mutex<HashMap<u32, watch::Receiver<bool>>>,
+    /// Fetch calls answered.
+    fetches_answered: AtomicU32,
 }
 
 impl Faults {
@@ -160,6 +164,13 @@ impl Faults {
     fn gate(&self, value: &[u8]) -> watch::Sender<bool> {
         let (open, gate) = watch::channel(false);
         self.gates.lock().unwrap().insert(value.to_vec(), gate);
+        open
+    }
+
+    /// Holds Fetch calls of `partition` until the returned sender sends `true`.
+    fn gate_fetches(&self, partition: u32) -> watch::Sender<bool> {
+        let (open, gate) = watch::channel(false);
+        self.fetch_gates.lock().unwrap().insert(partition, gate);
         open
     }
 
@@ -193,6 +204,55 @@ impl Node {
                 Err(status)
             }
             None => Ok(()),
+        }
+    }
+
+    /// Answers a fetch as a leader does: the batches from `offset` on, waiting up to `max_wait_ms`
+    /// for some to arrive.
+    async fn fetch_now(&self, req: FetchRequest) -> Result<Response<FetchResponse>, Status> {
+        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.into());
+        loop {
+            let appended = self.shared.appended.notified();
+            {
+                let store = self.shared.store.lock().unwrap();
+                store.check(&req.topic, req.partition)?;
+                let hw = store.high_watermark(&req.topic, req.partition);
+                if req.offset > hw {
+                    return Err(Status::out_of_range(format!(
+                        "offset {} is past the end ({hw})",
+                        req.offset
+                    )));
+                }
+                let mut batches = Vec::new();
+                let mut bytes = 0usize;
+                for (base, count, blob) in store
+                    .logs
+                    .get(&(req.topic.clone(), req.partition))
+                    .into_iter()
+                    .flatten()
+                {
+                    if base + u64::from(*count) <= req.offset {
+                        continue;
+                    }
+                    if !batches.is_empty() && bytes + blob.len() > req.max_bytes as usize {
+                        break;
+                    }
+                    bytes += blob.len();
+                    batches.push(StoredBatch {
+                        base_offset: *base,
+                        batch: blob.clone(),
+                    });
+                }
+                if !batches.is_empty() || Instant::now() >= deadline {
+                    return Ok(Response::new(FetchResponse {
+                        batches,
+                        high_watermark: hw,
+                        earliest_offset: 0,
+                        ..Default::default()
+                    }));
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, appended).await;
         }
     }
 
@@ -353,52 +413,20 @@ impl Log for Node {
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         self.refuse_if_not_leader()?;
         let req = req.into_inner();
-        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.into());
-        loop {
-            let appended = self.shared.appended.notified();
-            {
-                let store = self.shared.store.lock().unwrap();
-                store.check(&req.topic, req.partition)?;
-                let hw = store.high_watermark(&req.topic, req.partition);
-                if req.offset > hw {
-                    return Err(Status::out_of_range(format!(
-                        "offset {} is past the end ({hw})",
-                        req.offset
-                    )));
-                }
-                let mut batches = Vec::new();
-                let mut bytes = 0usize;
-                for (base, count, blob) in store
-                    .logs
-                    .get(&(req.topic.clone(), req.partition))
-                    .into_iter()
-                    .flatten()
-                {
-                    if base + u64::from(*count) <= req.offset {
-                        continue;
-                    }
-                    if !batches.is_empty() && bytes + blob.len() > req.max_bytes as usize {
-                        break;
-                    }
-                    bytes += blob.len();
-                    batches.push(StoredBatch {
-                        base_offset: *base,
-                        batch: blob.clone(),
-                    });
-                }
-                if !batches.is_empty() || Instant::now() >= deadline {
-                    return Ok(Response::new(FetchResponse {
-                        batches,
-                        high_watermark: hw,
-                        earliest_offset: 0,
-                        ..Default::default()
-                    }));
-                }
-            }
-            let _ = tokio::time::timeout_at(deadline, appended).await;
+        let gate = self
+            .faults
+            .fetch_gates
+            .lock()
+            .unwrap()
+            .get(&req.partition)
+            .cloned();
+        if let Some(mut gate) = gate {
+            let _ = gate.wait_for(|open| *open).await;
         }
+        let answer = self.fetch_now(req).await;
+        self.faults.fetches_answered.fetch_add(1, Ordering::SeqCst);
+        answer
     }
-
     async fn list_offsets(
         &self,
         req: Request<ListOffsetsRequest>,
@@ -1039,6 +1067,61 @@ async fn an_offset_past_the_end_waits_for_records_instead_of_moving_back() {
     let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (20..25).collect::<Vec<_>>());
     assert_eq!(consumer.position(0), Some(25));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_answer_nobody_polls_for_does_not_stall_other_calls() {
+    let node = start_node(Arc::default()).await;
+    let client = Client::connect(&node.addr).await.unwrap();
+    client
+        .create_topic(&NewTopic::new("t", 2, 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), "t", ProducerConfig::default())
+        .await
+        .unwrap();
+    // Partition 0 holds far more than HTTP/2's initial 64 KiB window; partition 1 one record.
+    let value = vec![b'x'; 200];
+    for _ in 0..2_000 {
+        drop(producer.send_to(0, None, &value, None).await.unwrap());
+    }
+    drop(producer.send_to(1, None, b"one", None).await.unwrap());
+    producer.flush().await.unwrap();
+
+    let open = node.faults.gate_fetches(0);
+    let mut consumer = Consumer::new(
+        client.clone(),
+        "t",
+        ConsumerConfig {
+            partitions: Some(vec![0, 1]),
+            max_wait: Duration::from_millis(50),
+            ..ConsumerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got = drain(&mut consumer, 1).await;
+    assert_eq!(got.len(), 1, "partition 1's record");
+
+    // Partition 0's answer is sent while nobody polls the consumer: the connection it shares with
+    // every other call of this client must keep working.
+    let answered = node.faults.fetches_answered.load(Ordering::SeqCst);
+    open.send(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.faults.fetches_answered.load(Ordering::SeqCst) == answered {
+        assert!(
+            Instant::now() < deadline,
+            "partition 0's fetch was never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let offsets = tokio::time::timeout(Duration::from_secs(10), client.list_offsets("t", 1)).await;
+    assert!(
+        matches!(offsets, Ok(Ok(_))),
+        "a call behind an unread fetch answer: {offsets:?}"
+    );
+    let got = drain(&mut consumer, 2_000).await;
+    assert_eq!(got.len(), 2_000, "partition 0's records");
 }
 
 #[tokio::test]
