@@ -91,14 +91,6 @@ async fn three_nodes_with_topic() -> (ProcessCluster, Client, Producer) {
     (cluster, client, producer)
 }
 
-/// The value of a counter in a node's Prometheus text, 0 when absent.
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_serves_again_after_its_leader_is_killed() {
     let (mut cluster, client, producer) = three_nodes_with_topic().await;
@@ -123,7 +115,7 @@ async fn a_partition_serves_again_after_its_leader_is_killed() {
     for (i, n) in cluster.nodes.iter().enumerate() {
         if i != victim {
             let m = try_http_get(&n.http, "/metrics").await.unwrap_or_default();
-            prevotes += counter(&m, "weir_failover_prevotes_total");
+            prevotes += weir_tests::metric(&m, "weir_failover_prevotes_total");
         }
     }
     assert!(

@@ -153,9 +153,15 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         ask.set_timeout(option.hard_ttl());
         let replica_end = match client.snapshot_from(ask).await {
             Ok(r) => r.into_inner().next_offset,
+            // A peer without the call gets the whole snapshot.
+            Err(e) if e.code() == tonic::Code::Unimplemented => 0,
+            // The replica is starting (its group not open yet) or unreachable: it could not
+            // install a snapshot now either, and guessing "from the start" would send it the
+            // whole partition. openraft tries again shortly.
             Err(e) => {
-                tracing::debug!(group, error = %e, "replica did not say where its copy ends");
-                0
+                return Err(StreamingError::Unreachable(Unreachable::from_string(
+                    format!("replica of group {group} did not say where its copy ends: {e}"),
+                )))
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
