@@ -328,6 +328,16 @@ pub async fn heartbeat_loop(ctx: Arc<NodeContext>) {
             node_id: ctx.node_id,
             groups: group_reports(&ctx.registry),
         };
+        for h in ctx.registry.all().values() {
+            let m = h.raft.metrics();
+            let m = m.borrow_watched();
+            crate::metrics::record_raft_log(
+                h.id,
+                m.purged.as_ref().map_or(0, |l| l.index),
+                m.last_log_index.unwrap_or(0),
+            );
+        }
+        // Last, so a reader that sees the count move sees every gauge above as of this tick.
         crate::metrics::record_groups(&hb.groups);
         if ctx.is_metadata_leader() {
             ctx.liveness.record(ctx.node_id, hb.groups);

@@ -77,12 +77,23 @@ pub fn snapshot_sent(bytes: u64, incremental: bool) {
     counter!("weir_snapshot_bytes_sent_total").increment(bytes);
 }
 
-/// Records the Raft groups this node holds and leads, and the worst replication lag.
+/// Records where each group's Raft log starts and ends on this node: entries up to the purged
+/// index are in a snapshot only, so a follower behind it gets a snapshot rather than entries.
+pub fn record_raft_log(group: u64, purged_index: u64, last_index: u64) {
+    let group = group.to_string();
+    gauge!("weir_raft_log_purged_index", "group" => group.clone()).set(purged_index as f64);
+    gauge!("weir_raft_log_last_index", "group" => group).set(last_index as f64);
+}
+
+/// Records the Raft groups this node holds and leads, and the worst replication lag, then counts
+/// one more tick of the loop that records them: a reader that sees the count move knows the
+/// gauges are at least that fresh.
 pub fn record_groups(reports: &[GroupReport]) {
     gauge!("weir_raft_groups_held").set(reports.len() as f64);
     gauge!("weir_raft_groups_led").set(reports.iter().filter(|r| r.leader).count() as f64);
     let lag = reports.iter().map(|r| r.max_lag).max().unwrap_or(0);
     gauge!("weir_raft_replication_lag_entries").set(lag as f64);
+    counter!("weir_node_heartbeats_total").increment(1);
 }
 
 /// Records the storage engine's group-commit counters.

@@ -4,9 +4,11 @@
 //! - [`ProcessCluster`] (in [`process`]): the real `weir-node` binaries, killed and restarted.
 //! - [`wait_until`]: polling with a deadline, the only way tests wait.
 //! - [`linearizability`]: a linearizability checker for histories of a key/value register.
+//! - [`topic_data`]: fill a topic, read it all back, check partitions are dense.
 
 pub mod linearizability;
 pub mod process;
+pub mod topic_data;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -134,6 +136,19 @@ pub fn metric(metrics: &str, name: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The metrics of the node whose HTTP address is `http`, as of a tick of its heartbeat loop after
+/// this call (gauges such as replication lag and Raft log indexes are refreshed once a second):
+/// waits for `weir_node_heartbeats_total` to move.
+pub async fn fresh_metrics(http: &str, timeout: Duration) -> String {
+    let first = wait_until("metrics", timeout, || try_http_get(http, "/metrics")).await;
+    let seen = metric(&first, "weir_node_heartbeats_total");
+    wait_until("a fresh heartbeat tick", timeout, || async move {
+        let m = try_http_get(http, "/metrics").await?;
+        (metric(&m, "weir_node_heartbeats_total") > seen).then_some(m)
+    })
+    .await
 }
 
 /// Logs to the test output, filtered by `WEIR_LOG` (default: warnings).

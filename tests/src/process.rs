@@ -186,6 +186,11 @@ impl ProcessCluster {
         .await;
     }
 
+    /// What node `i` has logged so far (across restarts).
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
     /// The directory holding the nodes' data dirs and logs (files a test writes can go here).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

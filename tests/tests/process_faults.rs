@@ -1,50 +1,16 @@
 //! Real `weir-node` processes: SIGKILL during produce, join with rebalancing, and node loss.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use weir_client::consumer::{Consumer, ConsumerConfig};
 use weir_client::{Client, NewTopic, Producer, ProducerConfig};
+use weir_tests::topic_data::{assert_dense, read_all};
 use weir_tests::{wait_until, ProcessCluster};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
 async fn cluster_up(c: &ProcessCluster, n: usize) {
     c.wait_members_up(n, SETTLE).await;
-}
-
-/// Reads every record of every partition up to the latest offset: partition → [(offset, value)].
-async fn read_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, String)>> {
-    let info = client.describe_topic(topic).await.expect("topic");
-    let mut latest = BTreeMap::new();
-    for p in 0..info.partitions {
-        let o = client.list_offsets(topic, p).await.expect("offsets");
-        latest.insert(p, o.latest);
-    }
-    let mut consumer = Consumer::new(client.clone(), topic, ConsumerConfig::default())
-        .await
-        .expect("consumer");
-    let mut out: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
-    let total: u64 = latest.values().sum();
-    let mut got = 0u64;
-    let deadline = std::time::Instant::now() + SETTLE;
-    while got < total {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "read {got} of {total} records"
-        );
-        for r in consumer
-            .poll(Duration::from_millis(500))
-            .await
-            .expect("poll")
-        {
-            got += 1;
-            out.entry(r.partition)
-                .or_default()
-                .push((r.offset, String::from_utf8_lossy(&r.value).to_string()));
-        }
-    }
-    out
 }
 
 /// Creates a topic and writes `records` records `v0..` into it, all acknowledged.
@@ -74,19 +40,6 @@ async fn create_and_fill(
     producer.flush().await.expect("flush");
     for a in acks {
         a.await.expect("acknowledged");
-    }
-}
-
-/// Partitions in offset order, dense from their first offset, no offset twice.
-fn assert_dense(data: &BTreeMap<u32, Vec<(u64, String)>>) {
-    for (p, recs) in data {
-        for w in recs.windows(2) {
-            assert_eq!(
-                w[1].0,
-                w[0].0 + 1,
-                "partition {p}: offsets not dense and ordered"
-            );
-        }
     }
 }
 
@@ -176,7 +129,7 @@ async fn sigkill_of_a_partition_leader_loses_no_acknowledged_record() {
     );
     cluster_up(&cluster, 3).await;
 
-    let data = read_all(&client, "durable").await;
+    let data = read_all(&client, "durable", SETTLE).await;
     assert_dense(&data);
     let mut at: HashMap<(u32, u64), &str> = HashMap::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -241,7 +194,7 @@ async fn joining_nodes_receive_partitions_without_losing_records() {
     })
     .await;
 
-    let data = read_all(&client, "spread").await;
+    let data = read_all(&client, "spread", SETTLE).await;
     assert_dense(&data);
     let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
     assert_eq!(values.len(), 3000, "no record lost in the moves");
@@ -297,7 +250,7 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
         .expect("member listed");
     assert_eq!(lost_member.state, "down");
 
-    let data = read_all(&client, "resilient").await;
+    let data = read_all(&client, "resilient", SETTLE).await;
     assert_dense(&data);
     let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
     assert_eq!(values.len(), 2000, "all records still readable");
@@ -334,107 +287,6 @@ async fn replicas_of_a_lost_node_are_recreated_elsewhere() {
             .collect();
         assert!(left.is_empty(), "{cf} still holds moved groups {left:?}");
     }
-}
-
-/// Sends `n` records of `size` bytes (`{tag}{i}` padded with dots) and waits for every ack.
-async fn fill(producer: &Producer, tag: &str, n: u64, size: usize) -> u64 {
-    let mut acks = Vec::new();
-    for i in 0..n {
-        let mut v = format!("{tag}{i}").into_bytes();
-        v.resize(size, b'.');
-        acks.push(producer.send(None, &v, None).await.expect("queued"));
-    }
-    producer.flush().await.expect("flush");
-    for a in acks {
-        a.await.expect("acknowledged");
-    }
-    n * size as u64
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_follower_back_from_downtime_gets_only_what_it_missed() {
-    let mut cluster = ProcessCluster::start(3, &[]);
-    cluster_up(&cluster, 3).await;
-    let client = Client::connect(cluster.addr(0)).await.expect("client");
-    client
-        .create_topic(&NewTopic::new("catchup", 1, 3))
-        .await
-        .expect("topic");
-    let producer = Producer::new(client.clone(), "catchup", ProducerConfig::default())
-        .await
-        .expect("producer");
-    let before = fill(&producer, "a", 5_000, 1_000).await;
-
-    // Take down a follower (never node 0, the client's seed) once it holds what was written, then
-    // write more than a partition keeps of its Raft log: the leader snapshots and purges, so the
-    // follower needs a snapshot.
-    let info = client.describe_topic("catchup").await.expect("describe");
-    let leader_id = info.partition_info[0].leader;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(weir_tests::node_id_of(&client, &cluster.addr(i)).await);
-    }
-    let leader = ids.iter().position(|id| *id == leader_id).expect("leader");
-    let http = cluster.nodes[leader].http.clone();
-    let caught_up = |what: &'static str| {
-        let http = http.clone();
-        let client = client.clone();
-        wait_until(what, SETTLE, move || {
-            let (http, client) = (http.clone(), client.clone());
-            async move {
-                let info = client.describe_topic("catchup").await.ok()?;
-                let m = weir_tests::try_http_get(&http, "/metrics").await?;
-                (info.partition_info[0].voters.len() == 3
-                    && weir_tests::metric(&m, "weir_raft_replication_lag_entries") == 0.0)
-                    .then_some(())
-            }
-        })
-    };
-    caught_up("every replica holding the first records").await;
-    let down = (1..3).rev().find(|i| *i != leader).expect("a follower");
-    cluster.kill(down);
-    let missed = fill(&producer, "b", 10_000, 1_000).await;
-    cluster.restart(down);
-
-    // The leader sends a snapshot that starts where the follower's copy ends.
-    let sent = wait_until("a snapshot from the follower's own offset", SETTLE, || {
-        let http = http.clone();
-        async move {
-            let m = weir_tests::try_http_get(&http, "/metrics").await?;
-            (weir_tests::metric(&m, "weir_snapshots_sent_total{incremental=\"true\"}") >= 1.0)
-                .then(|| weir_tests::metric(&m, "weir_snapshot_bytes_sent_total"))
-        }
-    })
-    .await;
-    eprintln!(
-        "sent {sent} bytes to a follower that missed {missed} of {} bytes",
-        before + missed
-    );
-    assert!(
-        sent < (missed + before / 2) as f64,
-        "sent {sent} bytes to a follower that missed {missed} of {} bytes",
-        before + missed
-    );
-    caught_up("the follower caught up").await;
-
-    // With the leader gone, the partition is served by the survivors, the follower among them.
-    cluster.kill(leader);
-    let survivor = (0..3).find(|i| *i != leader).expect("survivor");
-    let client = Client::connect(cluster.addr(survivor))
-        .await
-        .expect("client");
-    let data = read_all(&client, "catchup").await;
-    assert_dense(&data);
-    let values: HashSet<&str> = data
-        .values()
-        .flatten()
-        .map(|(_, v)| v.trim_end_matches('.'))
-        .collect();
-    assert_eq!(
-        values.len(),
-        15_000,
-        "every acknowledged record is there once"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -511,7 +363,7 @@ async fn membership_changes_finish_when_their_leader_is_killed_midway() {
         },
     )
     .await;
-    let data = read_all(&client, "moving").await;
+    let data = read_all(&client, "moving", SETTLE).await;
     assert_dense(&data);
     let values: HashSet<String> = data.values().flatten().map(|(_, v)| v.clone()).collect();
     assert_eq!(

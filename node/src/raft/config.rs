@@ -93,6 +93,14 @@ fn build(heartbeat: u64, min: u64, max: u64, compaction: Compaction) -> Arc<Conf
         // A replica that cannot win (cut off, or its leader alive) must not raise its term and
         // depose a healthy leader when it comes back.
         enable_pre_vote: Some(true),
+        // A replica killed while installing a snapshot comes back empty, its Raft log reset (it
+        // cannot apply entries on top of a state it no longer has; see `StateMachine::recover`),
+        // and answers the leader with a log shorter than the one it had acknowledged. Without
+        // this openraft's leader panics on that answer. It is safe here: a snapshot is only sent
+        // to a replica behind the leader's purged log, so every entry it acknowledged is below
+        // the snapshot, committed without it and held by a majority that excludes it; the replica
+        // keeps its vote, and the leader starts it over from a snapshot.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().expect("static raft config is valid"))

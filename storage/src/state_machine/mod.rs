@@ -365,6 +365,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(e.into());
             }
         };
+        tracing::info!(
+            group = self.group,
+            applied = ?header.applied,
+            "snapshot installed"
+        );
         self.header = header;
         self.state.reload(&self.engine, self.group)?;
         self.state.publish(&self.header);
