@@ -233,6 +233,15 @@ impl GroupManager {
             GroupKind::Partition { .. } => config::partition(),
             GroupKind::Offsets | GroupKind::Region { .. } => config::data(),
         };
+        // Read from disk: Raft's metrics show the stored vote only once its core has started,
+        // which may be after the check below.
+        let stored_vote = {
+            use openraft::storage::RaftLogReader;
+            LogStore::new(engine.clone(), id)
+                .read_vote()
+                .await
+                .map_err(|e| NodeError::Internal(format!("reading the vote of group {id}: {e}")))?
+        };
         let raft = Raft::new(
             self.cfg.node_id,
             raft_config,
@@ -246,7 +255,7 @@ impl GroupManager {
         // that leader serves lease reads counting on this replica not to vote for another one
         // within the lease, so it neither grants votes nor stands for election until the lease
         // has passed.
-        let restarted = raft.metrics().borrow_watched().vote.leader_id.term > 0;
+        let restarted = stored_vote.is_some_and(|v| v.leader_id.term > 0);
         let lease = Duration::from_millis(raft.config().election_timeout_max);
         let no_votes_until = if restarted {
             Instant::now() + lease

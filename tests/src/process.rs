@@ -186,9 +186,24 @@ impl ProcessCluster {
         .await;
     }
 
-    /// What node `i` has logged so far (across restarts).
+    /// What node `i` has logged so far (across restarts), without terminal colour codes.
     pub fn log_text(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+        let raw = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // `ESC [ … m`: skip through the final letter.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// The directory holding the nodes' data dirs and logs (files a test writes can go here).

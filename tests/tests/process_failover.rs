@@ -125,6 +125,46 @@ async fn a_partition_serves_again_after_its_leader_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_restarted_within_a_lease_refuses_votes_until_it_has_passed() {
+    let (mut cluster, client, producer) = three_nodes_with_topic().await;
+    let (p, _, leader) = partition_led_elsewhere(&client, &cluster).await;
+    let group = client
+        .describe_topic(TOPIC)
+        .await
+        .expect("describe")
+        .partition_info[p as usize]
+        .group_id;
+    // The followers acknowledge the leader, promising it a lease of no other votes.
+    produce_one(&producer, p).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (restarted, voter) = (others[0], others[1]);
+
+    // The restarted replica comes back while the leader is dead; the other follower is frozen
+    // until the restarted one has opened the group, then asks it for its vote at once.
+    cluster.kill(restarted);
+    cluster.kill(leader);
+    cluster.pause(voter);
+    let opened = format!("started replica group={group} ");
+    let before = cluster.log_text(restarted).matches(&opened).count();
+    cluster.restart(restarted);
+    wait_until("the restarted replica to open the group", SETTLE, || {
+        let open = cluster.log_text(restarted).matches(&opened).count() > before;
+        async move { open.then_some(()) }
+    })
+    .await;
+    cluster.resume(voter);
+
+    // Within its lease the restarted replica refuses, however often it is asked ...
+    wait_until("a refused vote", SETTLE, || {
+        let refused = cluster.log_text(voter).contains("not voting yet");
+        async move { refused.then_some(()) }
+    })
+    .await;
+    // ... and once the lease has passed it votes, and the partition serves again.
+    produce_one(&producer, p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "benchmark: run explicitly, see BENCHMARKS.md"]
 async fn failover_times_over_repeated_kills() {
     let kills: usize = std::env::var("WEIR_FAILOVER_KILLS")
