@@ -26,7 +26,7 @@ use weir_storage::{Engine, GroupWatch, LogStore, StateMachine};
 
 use crate::error::{NodeError, NodeResult};
 use crate::liveness::Liveness;
-use crate::peers::Peers;
+use crate::peers::{Lane, Peers};
 use crate::raft::{config, network::GroupNetwork};
 
 /// How often a replica the catalog moved away asks its group's leader whether the membership
@@ -543,7 +543,7 @@ async fn leader_confirms_removal(
     peers: Peers,
 ) -> bool {
     for addr in addrs {
-        let Ok(channel) = peers.channel(&addr) else {
+        let Ok(channel) = peers.lane(&addr, Lane::Control) else {
             continue;
         };
         let mut client = RaftTransportClient::new(channel);

@@ -1,4 +1,6 @@
-//! gRPC channels to other nodes, one per address, shared by every group and service.
+//! gRPC channels to other nodes, shared by every group and service: one connection per address
+//! and [`Lane`], so a heartbeat or a vote never waits behind megabytes of log entries or a
+//! snapshot on the same HTTP/2 connection (its flow-control window and its write queue).
 //!
 //! Connections are made by tokio's TCP by default; a simulation hands in its own connector
 //! ([`Peers::with_connector`]) so the same Raft transport runs over a simulated network.
@@ -18,10 +20,23 @@ use crate::error::{NodeError, NodeResult};
 /// that `Peers` stays one concrete, cloneable type whatever network it runs on.
 type Connect = Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>;
 
-/// A cache of lazily connected channels by address.
+/// What a connection to a peer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Requests forwarded to a leader, and cluster calls.
+    Requests,
+    /// Small, latency-critical Raft traffic: heartbeats, (pre-)votes, liveness probes.
+    Control,
+    /// Raft log entries being replicated.
+    Replication,
+    /// Snapshots being sent.
+    Snapshots,
+}
+
+/// A cache of lazily connected channels by address and lane.
 #[derive(Clone)]
 pub struct Peers {
-    channels: Arc<RwLock<HashMap<String, Channel>>>,
+    channels: Arc<RwLock<HashMap<(String, Lane), Channel>>>,
     connect: Connect,
 }
 
@@ -54,13 +69,19 @@ impl Peers {
         }
     }
 
-    /// The channel to `addr` (`HOST:PORT`), created on first use.
+    /// The channel for requests and cluster calls to `addr` (`HOST:PORT`), created on first use.
     pub fn channel(&self, addr: &str) -> NodeResult<Channel> {
+        self.lane(addr, Lane::Requests)
+    }
+
+    /// The channel to `addr` (`HOST:PORT`) for the traffic of `lane`, created on first use.
+    pub fn lane(&self, addr: &str, lane: Lane) -> NodeResult<Channel> {
+        let key = (addr.to_string(), lane);
         if let Some(c) = self
             .channels
             .read()
             .map_err(|_| NodeError::Internal("peer cache poisoned".into()))?
-            .get(addr)
+            .get(&key)
         {
             return Ok(c.clone());
         }
@@ -75,7 +96,7 @@ impl Peers {
         self.channels
             .write()
             .map_err(|_| NodeError::Internal("peer cache poisoned".into()))?
-            .insert(addr.to_string(), ch.clone());
+            .insert(key, ch.clone());
         Ok(ch)
     }
 }

@@ -286,18 +286,21 @@ fn start_idle_compaction(db: std::sync::Weak<DB>) {
         .name("weir-idle-compaction".into())
         .spawn(move || {
             let mut seen = None;
-            let mut tidied = None;
+            // Raft-log table bytes after the last tidy: unchanged, a compaction finds nothing new.
+            let mut log_tables_tidied = None;
             loop {
                 std::thread::sleep(IDLE_AFTER);
                 // Ends with the engine; holds the database only while working.
                 let Some(db) = db.upgrade() else { return };
                 let seq = db.latest_sequence_number();
-                if seen == Some(seq) && tidied != Some(seq) {
+                // A trickle of small writes (offset commits every few seconds) is left alone.
+                let worth_it =
+                    unflushed(&db) >= TIDY_MIN_BYTES || log_tables(&db) != log_tables_tidied;
+                if seen == Some(seq) && worth_it {
                     if let Err(e) = tidy(&db) {
                         tracing::warn!(error = %e, "compacting after a load");
                     }
-                    // Flushes and compactions write no sequence numbers.
-                    tidied = Some(db.latest_sequence_number());
+                    log_tables_tidied = log_tables(&db);
                 }
                 seen = Some(db.latest_sequence_number());
             }
@@ -305,6 +308,30 @@ fn start_idle_compaction(db: std::sync::Weak<DB>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "no idle-compaction thread: disk use stays higher after loads");
     }
+}
+
+/// Memtable bytes below which an idle engine does not flush.
+const TIDY_MIN_BYTES: u64 = 4 << 20;
+
+/// Bytes held in memtables (and so in WAL files) across the column families.
+fn unflushed(db: &DB) -> u64 {
+    [CF_LOG, CF_META, CF_DATA]
+        .iter()
+        .filter_map(|name| db.cf_handle(name))
+        .filter_map(|cf| {
+            db.property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                .ok()
+                .flatten()
+        })
+        .sum()
+}
+
+/// Bytes of the Raft log's table files.
+fn log_tables(db: &DB) -> Option<u64> {
+    let cf = db.cf_handle(CF_LOG)?;
+    db.property_int_value_cf(cf, "rocksdb.total-sst-files-size")
+        .ok()
+        .flatten()
 }
 
 fn tidy(db: &DB) -> Result<(), rocksdb::Error> {

@@ -187,9 +187,9 @@ async fn a_follower_killed_while_installing_snapshots_recovers_whole() {
     let mut written = 2_000 * 1_000;
     // Each round the follower misses more than the leader keeps of its log, comes back, and is
     // killed at a point of the install (checking the received file, dropping the old data,
-    // writing the rows, committing: a few hundred milliseconds for this much on a debug build). A killed
-    // install leaves a marked, half-written replica that must come back empty, get the whole
-    // snapshot again, and never serve the half.
+    // writing the rows, committing: a few hundred milliseconds for this much on a debug build).
+    // A killed install leaves a marked, half-written replica that must come back empty, get the
+    // whole snapshot again, and never serve the half.
     for (round, delay_ms) in [0u64, 40, 100, 200].into_iter().enumerate() {
         let tag = format!("r{round}-");
         let write = fill(&producer, &tag, 12_000, 1_000);

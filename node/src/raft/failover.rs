@@ -19,7 +19,7 @@ use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::ProbeRequest;
 
 use crate::groups::{GroupHandle, Registry};
-use crate::peers::Peers;
+use crate::peers::{Lane, Peers};
 
 /// Pause between probe rounds (jittered by ±20% so the followers of one group do not start their
 /// pre-votes in step and split the vote).
@@ -69,7 +69,7 @@ fn followed(me: u64, registry: &Registry) -> Vec<Followed> {
 
 /// True when the node at `addr` answers a probe as node `id` in time.
 async fn answers(peers: &Peers, addr: &str, id: u64) -> bool {
-    let Ok(ch) = peers.channel(addr) else {
+    let Ok(ch) = peers.lane(addr, Lane::Control) else {
         return false;
     };
     let mut req = tonic::Request::new(ProbeRequest {});

@@ -19,7 +19,7 @@ use weir_proto::v1::{RaftRequest, SnapshotChunk, SnapshotFromRequest};
 use weir_storage::snapshot::{SnapshotData, CHUNK_SIZE};
 use weir_storage::{Engine, TypeConfig};
 
-use crate::peers::Peers;
+use crate::peers::{Lane, Peers};
 
 /// Creates the network clients of one group.
 #[derive(Clone)]
@@ -68,8 +68,9 @@ fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 impl PeerLink {
     fn client(
         &self,
+        lane: Lane,
     ) -> Result<RaftTransportClient<tonic::transport::Channel>, RPCError<TypeConfig>> {
-        let ch = self.peers.channel(&self.addr).map_err(unreachable)?;
+        let ch = self.peers.lane(&self.addr, lane).map_err(unreachable)?;
         Ok(RaftTransportClient::new(ch)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20))
@@ -105,9 +106,15 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // Heartbeats (no entries) go with votes, not behind entries.
+        let lane = if rpc.entries.is_empty() {
+            Lane::Control
+        } else {
+            Lane::Replication
+        };
         let req = self.request(&rpc, option)?;
         let reply = self
-            .client()?
+            .client(lane)?
             .append_entries(req)
             .await
             .map_err(unreachable)?;
@@ -120,7 +127,11 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let req = self.request(&rpc, option)?;
-        let reply = self.client()?.vote(req).await.map_err(unreachable)?;
+        let reply = self
+            .client(Lane::Control)?
+            .vote(req)
+            .await
+            .map_err(unreachable)?;
         Self::decode(&reply.into_inner().payload)
     }
 
@@ -132,7 +143,11 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         let req = self.request(&rpc, option)?;
         // An unreachable peer is an error, never a grant: an isolated node must not talk itself
         // into an election that raises its term.
-        let reply = self.client()?.pre_vote(req).await.map_err(unreachable)?;
+        let reply = self
+            .client(Lane::Control)?
+            .pre_vote(req)
+            .await
+            .map_err(unreachable)?;
         Self::decode(&reply.into_inner().payload)
     }
 
@@ -146,7 +161,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         let header = bincode::serialize(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
         let group = self.group;
-        let mut client = self.client()?;
+        let mut client = self.client(Lane::Snapshots)?;
         // Where the replica's own copy of a partition ends; asking costs one round trip and can
         // save sending the whole partition. Unknown (an older peer, an error) means from the start.
         let mut ask = tonic::Request::new(SnapshotFromRequest { group_id: group });
