@@ -8,7 +8,8 @@
 #
 # Starts three fresh nodes on 127.0.0.1:19401-19403 (HTTP 19411-19413) in a temporary directory,
 # creates a topic of 3 partitions x 3 replicas, produces at RATE with acks=all, prints the bench
-# result (send-to-ack latency per record), then stops the nodes and removes the directory.
+# result (send-to-ack latency per record), then stops the nodes and removes the directory. With
+# WEIR_BENCH_METRICS=PREFIX it also prints node 1's metrics whose names start with PREFIX.
 set -euo pipefail
 B=${1:-target/release}
 RATE=${2:-25000}
@@ -43,3 +44,6 @@ done
 "$B/weir" topic create paced --partitions 3 --replicas 3 >/dev/null
 "$B/weir" bench produce --topic paced --records "$RECORDS" --throughput "$RATE" \
   --record-size 100 --acks all
+if [ -n "${WEIR_BENCH_METRICS:-}" ]; then
+  curl -s 127.0.0.1:19411/metrics | grep "^${WEIR_BENCH_METRICS}" || true
+fi

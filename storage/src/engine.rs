@@ -367,10 +367,15 @@ impl GroupCommit {
                     }
                     // The engine may be closing; hold the database only for the fsync itself so
                     // that it closes as soon as the last engine handle is dropped.
+                    let started = std::time::Instant::now();
                     let res = match db.upgrade() {
                         Some(db) => db.flush_wal(true).map_err(StorageError::from),
                         None => Err(StorageError::Io("storage engine is shut down".into())),
                     };
+                    // Every acknowledged write waits for one of these: its time is the floor of
+                    // produce and put latency.
+                    metrics::histogram!("weir_group_commit_fsync_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                     stats
                         .synced_appends
