@@ -160,9 +160,16 @@ impl ProcessCluster {
 
     /// Restarts node `i` on its data dir and addresses.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with_env(i, &[]);
+    }
+
+    /// Restarts node `i` with these environment variables added to the cluster's.
+    pub fn restart_with_env(&mut self, i: usize, envs: &[(&str, &str)]) {
         assert!(!self.nodes[i].is_running(), "node {i} is still running");
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.nodes[i].spawn(&extra, &self.envs);
+        let mut all = self.envs.clone();
+        all.extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.nodes[i].spawn(&extra, &all);
     }
 
     /// Freezes node `i` with SIGSTOP: to the others it is partitioned away (its connections stay
