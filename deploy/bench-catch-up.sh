@@ -15,36 +15,12 @@ set -euo pipefail
 B=${1:-target/release}
 RATE=${2:-20000}
 DOWN=${3:-10}
-R=$(mktemp -d -t weir-catchup-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$R"
-}
-trap cleanup EXIT
-
-start() { # id [join]
-  local i=$1
-  shift
-  "$B/weir-node" --data-dir "$R/n$i" --listen "127.0.0.1:1930$i" --http "127.0.0.1:1931$i" "$@" \
-    >>"$R/n$i.out" 2>&1 &
-  PIDS[$i]=$!
-}
+P=193
+# shellcheck source=deploy/three-nodes.sh
+source "$(dirname "$0")/three-nodes.sh"
 metric() { # node name -> value summed over label sets (0 when absent)
-  curl -s "127.0.0.1:1931$1/metrics" | awk -v n="$2" 'index($0, n) == 1 {s += $NF} END {print s + 0}'
+  curl -s "127.0.0.1:${P}1$1/metrics" | awk -v n="$2" 'index($0, n) == 1 {s += $NF} END {print s + 0}'
 }
-
-start 1
-sleep 2
-start 2 --join 127.0.0.1:19301
-start 3 --join 127.0.0.1:19301
-export WEIR_SERVER=127.0.0.1:19301
-for _ in $(seq 1 120); do
-  up=$("$B/weir" --format csv cluster status 2>/dev/null | grep -c ',up' || true)
-  [ "$up" = 3 ] && break
-  sleep 1
-done
 "$B/weir" topic create catchup --partitions 3 --replicas 3 >/dev/null
 SECS=$((DOWN + 20))
 "$B/weir" bench produce --topic catchup --records $((RATE * SECS)) --throughput "$RATE" \
@@ -54,7 +30,7 @@ sleep 5
 kill -9 "${PIDS[3]}"
 echo "node 3 killed; down for $DOWN s while $RATE records/s are produced"
 sleep "$DOWN"
-start 3 --join 127.0.0.1:19301
+start 3 --join "127.0.0.1:${P}01"
 wait "$BENCH"
 tail -3 "$R/bench.out"
 # Every partition's replicas on node 3 hold what the leaders hold: lag 0 on every leader.

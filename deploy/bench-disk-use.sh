@@ -11,33 +11,9 @@
 set -euo pipefail
 B=${1:-target/release}
 RECORDS=${2:-1000000}
-R=$(mktemp -d -t weir-disk-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$R"
-}
-trap cleanup EXIT
-
-start() { # id [join]
-  local i=$1
-  shift
-  "$B/weir-node" --data-dir "$R/n$i" --listen "127.0.0.1:1920$i" --http "127.0.0.1:1921$i" "$@" \
-    >"$R/n$i.out" 2>&1 &
-  PIDS+=($!)
-}
-
-start 1
-sleep 2
-start 2 --join 127.0.0.1:19201
-start 3 --join 127.0.0.1:19201
-export WEIR_SERVER=127.0.0.1:19201
-for _ in $(seq 1 120); do
-  up=$("$B/weir" --format csv cluster status 2>/dev/null | grep -c ',up' || true)
-  [ "$up" = 3 ] && break
-  sleep 1
-done
+P=192
+# shellcheck source=deploy/three-nodes.sh
+source "$(dirname "$0")/three-nodes.sh"
 "$B/weir" topic create disk --partitions 3 --replicas 3 >/dev/null
 "$B/weir" bench produce --topic disk --records "$RECORDS" --record-size 100 --acks all
 # Bytes of the files under $1 whose names match the glob $2.

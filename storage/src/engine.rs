@@ -272,7 +272,6 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 /// Completion of a group-commit fsync.
 pub type SyncCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
-/// The group-commit thread: batches fsync requests of all groups into single WAL fsyncs.
 /// How long the engine must see no write before it tidies up after a load.
 const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -348,6 +347,7 @@ fn tidy(db: &DB) -> Result<(), rocksdb::Error> {
     Ok(())
 }
 
+/// The group-commit thread: batches fsync requests of all groups into single WAL fsyncs.
 #[derive(Clone)]
 struct GroupCommit {
     tx: mpsc::Sender<SyncCallback>,

@@ -378,19 +378,15 @@ impl<R: Read> Checked<R> {
     }
 }
 
-/// Reads a snapshot file from start to end, calling `visit` for every row, and checks its end
-/// marker, row count and checksum. `visit` sees rows before the checksum is known: callers that
-/// act on rows must [`verify`] the file first.
-fn walk(
+/// Opens the snapshot file at `path` and reads its header: a reader at the first row, and the
+/// metadata.
+fn open_rows(
     path: &Path,
-    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
-) -> Result<SnapshotMetaOf<TypeConfig>, WalkError> {
+) -> Result<(Checked<BufReader<File>>, SnapshotMetaOf<TypeConfig>), SnapshotError> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SnapshotError::Missing.into())
-        }
-        Err(e) => return Err(SnapshotError::from(e).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing),
+        Err(e) => return Err(SnapshotError::from(e)),
     };
     let mut r = Checked {
         inner: BufReader::with_capacity(CHUNK_SIZE, file),
@@ -402,27 +398,45 @@ fn walk(
         e => e,
     })?;
     if &magic != MAGIC {
-        return Err(SnapshotError::BadMagic.into());
+        return Err(SnapshotError::BadMagic);
     }
     let meta_len = r.u32()?;
     if meta_len > MAX_META_LEN {
-        return Err(SnapshotError::Malformed(format!("metadata of {meta_len} bytes")).into());
+        return Err(SnapshotError::Malformed(format!(
+            "metadata of {meta_len} bytes"
+        )));
     }
     let meta = r.bytes(meta_len)?;
-    let meta: SnapshotMetaOf<TypeConfig> =
-        decode(&meta).map_err(|e| SnapshotError::Malformed(format!("metadata: {e}")))?;
-    let mut rows = 0u64;
-    loop {
-        let key_len = r.u32()?;
+    let meta = decode(&meta).map_err(|e| SnapshotError::Malformed(format!("metadata: {e}")))?;
+    Ok((r, meta))
+}
+
+impl<R: Read> Checked<R> {
+    /// The next row, or `None` at the end marker.
+    fn next_row(&mut self) -> Result<Option<Row>, SnapshotError> {
+        let key_len = self.u32()?;
         if key_len == END {
-            break;
+            return Ok(None);
         }
-        let key = r.bytes(key_len)?;
-        let value_len = r.u32()?;
+        let key = self.bytes(key_len)?;
+        let value_len = self.u32()?;
         if value_len == END {
-            return Err(SnapshotError::Malformed("row without a value".into()).into());
+            return Err(SnapshotError::Malformed("row without a value".into()));
         }
-        let value = r.bytes(value_len)?;
+        Ok(Some((key, self.bytes(value_len)?)))
+    }
+}
+
+/// Reads a snapshot file from start to end, calling `visit` for every row, and checks its end
+/// marker, row count and checksum. `visit` sees rows before the checksum is known: callers that
+/// act on rows must [`verify`] the file first.
+fn walk(
+    path: &Path,
+    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
+) -> Result<SnapshotMetaOf<TypeConfig>, WalkError> {
+    let (mut r, meta) = open_rows(path)?;
+    let mut rows = 0u64;
+    while let Some((key, value)) = r.next_row()? {
         rows += 1;
         visit(key, value).map_err(WalkError::Visit)?;
     }
@@ -479,35 +493,7 @@ pub type Row = (Vec<u8>, Vec<u8>);
 /// first): how an install learns, before it changes anything, which rows the sender left to the
 /// replica.
 pub fn first_row(path: &Path) -> Result<Option<Row>, StorageError> {
-    let file = File::open(path)?;
-    let mut r = Checked {
-        inner: BufReader::new(file),
-        crc: crc32fast::Hasher::new(),
-    };
-    let first = (|| {
-        let mut magic = [0u8; 5];
-        r.exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(SnapshotError::BadMagic);
-        }
-        let meta_len = r.u32()?;
-        if meta_len > MAX_META_LEN {
-            return Err(SnapshotError::Malformed(format!(
-                "metadata of {meta_len} bytes"
-            )));
-        }
-        r.bytes(meta_len)?;
-        let key_len = r.u32()?;
-        if key_len == END {
-            return Ok(None);
-        }
-        let key = r.bytes(key_len)?;
-        let value_len = r.u32()?;
-        if value_len == END {
-            return Err(SnapshotError::Malformed("row without a value".into()));
-        }
-        Ok(Some((key, r.bytes(value_len)?)))
-    })();
+    let first = open_rows(path).and_then(|(mut r, _)| r.next_row());
     first.map_err(|e| e.at(path))
 }
 

@@ -163,7 +163,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         let group = self.group;
         let mut client = self.client(Lane::Snapshots)?;
         // Where the replica's own copy of a partition ends; asking costs one round trip and can
-        // save sending the whole partition. Unknown (an older peer, an error) means from the start.
+        // save sending the whole partition.
         let mut ask = tonic::Request::new(SnapshotFromRequest { group_id: group });
         ask.set_timeout(option.hard_ttl());
         let replica_end = match client.snapshot_from(ask).await {
@@ -190,6 +190,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
                 tx,
                 sent: 0,
             };
+            use std::io::Write;
             let mut sink = weir_storage::state_machine::write_transfer(
                 &engine,
                 group,
@@ -197,7 +198,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
                 replica_end,
                 sink,
             )?;
-            sink.send_buffered()?;
+            sink.flush()?;
             Ok::<u64, weir_storage::StorageError>(sink.sent)
         });
         let send = async move {
@@ -262,6 +263,6 @@ impl std::io::Write for ChunkSink {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.send_buffered()
     }
 }

@@ -1,0 +1,33 @@
+# Three fresh weir-node processes on loopback, in a temporary directory, for the bench scripts.
+#
+# Source it with B (where weir-node and weir are) and P (a port prefix: gRPC ${P}01-${P}03, HTTP
+# ${P}11-${P}13) set. It starts the nodes, waits until all three are up, exports WEIR_SERVER, and
+# on exit stops the nodes and removes the directory. `start I [ARGS]` (re)starts node I; its
+# process id is ${PIDS[I]} and its output goes to $R/nI.out.
+R=$(mktemp -d -t weir-bench-XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$R"
+}
+trap cleanup EXIT
+
+start() { # id [args]
+  local i=$1
+  shift
+  "$B/weir-node" --data-dir "$R/n$i" --listen "127.0.0.1:${P}0$i" --http "127.0.0.1:${P}1$i" "$@" \
+    >>"$R/n$i.out" 2>&1 &
+  PIDS[$i]=$!
+}
+
+start 1
+sleep 2
+start 2 --join "127.0.0.1:${P}01"
+start 3 --join "127.0.0.1:${P}01"
+export WEIR_SERVER="127.0.0.1:${P}01"
+for _ in $(seq 1 120); do
+  up=$("$B/weir" --format csv cluster status 2>/dev/null | grep -c ',up' || true)
+  [ "$up" = 3 ] && break
+  sleep 1
+done
