@@ -42,6 +42,19 @@ pub struct ClientConfig {
     /// How long one attempt may take before it is abandoned and retried (fetches get their long-poll
     /// wait on top).
     pub request_timeout: Duration,
+    /// How channels to nodes are made; None connects over the OS's TCP.
+    pub connector: Option<Connector>,
+}
+
+/// Makes the channel for a configured endpoint (for example over a simulated network): the
+/// transport under every call of a [`Client`].
+#[derive(Clone)]
+pub struct Connector(pub std::sync::Arc<dyn Fn(&tonic::transport::Endpoint) -> tonic::transport::Channel + Send + Sync>);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
 }
 
 impl Default for ClientConfig {
@@ -50,6 +63,7 @@ impl Default for ClientConfig {
             retry_for: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            connector: None,
         }
     }
 }
@@ -120,7 +134,7 @@ impl Client {
     pub async fn connect_with(addr: impl AsRef<str>, config: ClientConfig) -> Result<Client> {
         let seed = normalize(addr.as_ref());
         endpoint(&seed)?;
-        let pool = Pool::new(&seed, config.connect_timeout);
+        let pool = Pool::new(&seed, config.connect_timeout, config.connector.clone());
         // Creating the seed's channel up front checks the address once, here.
         pool.channel(&seed)?;
         Ok(Client {

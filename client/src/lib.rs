@@ -42,7 +42,7 @@ pub mod retry;
 mod routing;
 pub mod table;
 
-pub use client::{Client, ClientConfig, NewTopic};
+pub use client::{Client, ClientConfig, Connector, NewTopic};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::{ClientError, Result};
 pub use partitioner::Partitioner;

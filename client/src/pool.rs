@@ -5,13 +5,14 @@
 //! members) and which of them failed recently, so that metadata requests move on to a live node when
 //! the seed itself is down.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::client::Connector;
 use crate::error::ClientError;
 
 /// How long a node that failed is avoided when another choice exists.
@@ -21,21 +22,23 @@ const SUSPECT_FOR: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct Pool {
     connect_timeout: Duration,
-    channels: Mutex<HashMap<String, Channel>>,
+    connector: Option<Connector>,
+    channels: Mutex<BTreeMap<String, Channel>>,
     /// Known node addresses, the seed first.
     known: Mutex<Vec<String>>,
     /// When each recently failed address failed.
-    suspects: Mutex<HashMap<String, Instant>>,
+    suspects: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl Pool {
     /// A pool that knows only the seed.
-    pub(crate) fn new(seed: &str, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(seed: &str, connect_timeout: Duration, connector: Option<Connector>) -> Self {
         Pool {
             connect_timeout,
-            channels: Mutex::new(HashMap::new()),
+            connector,
+            channels: Mutex::new(BTreeMap::new()),
             known: Mutex::new(vec![seed.to_string()]),
-            suspects: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -54,7 +57,10 @@ impl Pool {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .http2_adaptive_window(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.connector {
+            Some(connect) => (connect.0)(&endpoint),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -166,7 +172,7 @@ mod tests {
 
     #[test]
     fn failed_nodes_are_avoided_while_another_is_known() {
-        let pool = Pool::new("seed:1", Duration::from_secs(1));
+        let pool = Pool::new("seed:1", Duration::from_secs(1), None);
         assert_eq!(pool.any_node(), "seed:1");
         pool.learn("other:2");
         pool.learn("other:2");

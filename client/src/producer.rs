@@ -25,7 +25,7 @@
 //! batch that fails for good leaves a gap the broker would wait on forever: the partition then
 //! takes a new id, and the batches sent after the failed one are sent again, numbered from 0.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,7 +169,7 @@ struct Accumulator {
     partitioner: Partitioner,
     parts: Vec<PartitionQueue>,
     /// Every batch not yet acknowledged, by sequence number, for `flush`.
-    pending: HashMap<u64, BatchAck>,
+    pending: BTreeMap<u64, BatchAck>,
     next_seq: u64,
     closed: bool,
 }
@@ -229,7 +229,7 @@ impl Producer {
             state: Mutex::new(Accumulator {
                 partitioner: Partitioner::new(partitions),
                 parts: (0..partitions).map(|_| PartitionQueue::default()).collect(),
-                pending: HashMap::new(),
+                pending: BTreeMap::new(),
                 next_seq: 0,
                 closed: false,
             }),

@@ -5,7 +5,7 @@
 //! a non-leader returns, and marked stale whenever a node turns out to be unreachable or not the
 //! leader, so that the next attempt re-reads the topic's metadata.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use weir_proto::v1::TopicInfo;
@@ -32,7 +32,7 @@ struct Entry {
 /// Cached topic metadata, keyed by topic name.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
-    topics: RwLock<HashMap<String, Entry>>,
+    topics: RwLock<BTreeMap<String, Entry>>,
 }
 
 impl Routes {

@@ -4,7 +4,7 @@ use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use tonic::{Request, Response, Status};
 use weir_proto::v1::cluster_client::ClusterClient;
 use weir_proto::v1::cluster_server::Cluster;
@@ -260,8 +260,8 @@ impl Cluster for ClusterService {
 
 /// The groups some live node reports leading, with that node and its report (meaningful on the
 /// metadata leader, which receives the heartbeats).
-pub fn led_groups(ctx: &NodeContext) -> HashMap<u64, (u64, GroupReport)> {
-    let mut out = HashMap::new();
+pub fn led_groups(ctx: &NodeContext) -> BTreeMap<u64, (u64, GroupReport)> {
+    let mut out = BTreeMap::new();
     for (n, reports) in ctx.liveness.reports() {
         // Reports of nodes that went silent may still claim leadership: skip them.
         if n != ctx.node_id && !ctx.liveness.is_up(n) {

@@ -8,10 +8,12 @@
 //! groups through a [`Registry`], a published immutable map, so nobody locks the manager's state.
 
 use openraft::async_runtime::WatchReceiver;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::FutureExt;
 use openraft::{BasicNode, ChangeMembers, Membership};
@@ -78,14 +80,14 @@ impl GroupHandle {
 /// Read access to the groups running on this node.
 #[derive(Clone)]
 pub struct Registry {
-    rx: watch::Receiver<Arc<HashMap<u64, Arc<GroupHandle>>>>,
+    rx: watch::Receiver<Arc<BTreeMap<u64, Arc<GroupHandle>>>>,
 }
 
 impl Registry {
     /// A registry of exactly `groups`, for running groups without a [`GroupManager`] (simulations,
     /// tools); it never changes.
     pub fn fixed(groups: impl IntoIterator<Item = Arc<GroupHandle>>) -> Registry {
-        let groups: HashMap<u64, Arc<GroupHandle>> =
+        let groups: BTreeMap<u64, Arc<GroupHandle>> =
             groups.into_iter().map(|g| (g.id, g)).collect();
         // A receiver keeps the last value after its sender is gone.
         let (_, rx) = watch::channel(Arc::new(groups));
@@ -98,7 +100,7 @@ impl Registry {
     }
 
     /// Every group running here.
-    pub fn all(&self) -> Arc<HashMap<u64, Arc<GroupHandle>>> {
+    pub fn all(&self) -> Arc<BTreeMap<u64, Arc<GroupHandle>>> {
         self.rx.borrow().clone()
     }
 
@@ -140,10 +142,10 @@ pub struct GroupManagerConfig {
 /// The actor owning the groups of this node.
 pub struct GroupManager {
     cfg: GroupManagerConfig,
-    groups: HashMap<u64, Arc<GroupHandle>>,
-    tx: watch::Sender<Arc<HashMap<u64, Arc<GroupHandle>>>>,
-    changes: HashMap<u64, JoinHandle<()>>,
-    moved_away: HashMap<u64, RemovalCheck>,
+    groups: BTreeMap<u64, Arc<GroupHandle>>,
+    tx: watch::Sender<Arc<BTreeMap<u64, Arc<GroupHandle>>>>,
+    changes: BTreeMap<u64, JoinHandle<()>>,
+    moved_away: BTreeMap<u64, RemovalCheck>,
     /// Groups with state on disk that the catalog did not place here when the node started (they
     /// moved away while it was down): they run until their removal is confirmed, then are deleted.
     leftovers: BTreeSet<u64>,
@@ -160,13 +162,13 @@ struct RemovalCheck {
 impl GroupManager {
     /// Starts group 0 and the manager task; returns the registry.
     pub async fn start(cfg: GroupManagerConfig) -> NodeResult<Registry> {
-        let (tx, rx) = watch::channel(Arc::new(HashMap::new()));
+        let (tx, rx) = watch::channel(Arc::new(BTreeMap::new()));
         let mut mgr = GroupManager {
             cfg,
-            groups: HashMap::new(),
+            groups: BTreeMap::new(),
             tx,
-            changes: HashMap::new(),
-            moved_away: HashMap::new(),
+            changes: BTreeMap::new(),
+            moved_away: BTreeMap::new(),
             leftovers: BTreeSet::new(),
         };
         mgr.leftovers = mgr.local_groups()?;

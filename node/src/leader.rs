@@ -307,10 +307,10 @@ pub async fn describe_once_led<T>(
     describe: impl Fn() -> NodeResult<T>,
     led: impl Fn(&T) -> bool,
 ) -> NodeResult<T> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
     loop {
         let info = describe()?;
-        if led(&info) || std::time::Instant::now() > deadline {
+        if led(&info) || tokio::time::Instant::now() > deadline {
             return Ok(info);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

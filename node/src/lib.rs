@@ -30,4 +30,4 @@ pub mod placement;
 pub mod raft;
 pub mod region;
 
-pub use node::{start, NodeConfig, RunningNode};
+pub use node::{start, start_with, NodeConfig, NodeEnv, RunningNode};

@@ -5,9 +5,11 @@
 //! the metadata leader (and armed it), it knows nothing, and then it counts every member as alive:
 //! a follower must never conclude that its peers are gone just because nobody reported to it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use weir_proto::v1::GroupReport;
 
@@ -17,7 +19,7 @@ pub const DOWN_AFTER: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct State {
     since: Option<Instant>,
-    seen: HashMap<u64, (Instant, Vec<GroupReport>)>,
+    seen: BTreeMap<u64, (Instant, Vec<GroupReport>)>,
 }
 
 /// Heartbeat bookkeeping shared by the cluster service and the placement loop.
@@ -92,7 +94,7 @@ impl Liveness {
     }
 
     /// The latest group reports of every member.
-    pub fn reports(&self) -> HashMap<u64, Vec<GroupReport>> {
+    pub fn reports(&self) -> BTreeMap<u64, Vec<GroupReport>> {
         self.with(|s| s.seen.iter().map(|(n, (_, r))| (*n, r.clone())).collect())
     }
 }

@@ -56,7 +56,9 @@ async fn main() {
     };
     println!(
         "weir-node {} listening on {} (gRPC) and {} (HTTP)",
-        node.node_id, node.grpc_addr, node.http_addr
+        node.node_id,
+        node.grpc_addr,
+        node.http_addr.map_or_else(|| "nothing".to_string(), |a| a.to_string())
     );
     tokio::select! {
         _ = node.wait() => {}

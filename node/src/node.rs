@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -88,8 +90,8 @@ pub struct RunningNode {
     pub node_id: u64,
     /// Bound gRPC address.
     pub grpc_addr: SocketAddr,
-    /// Bound HTTP address.
-    pub http_addr: SocketAddr,
+    /// Bound HTTP address (None when the node serves no HTTP).
+    pub http_addr: Option<SocketAddr>,
     /// Shared context (for in-process tests and tools).
     pub ctx: Arc<NodeContext>,
     stop: watch::Sender<bool>,
@@ -125,9 +127,9 @@ fn read_identity(engine: &Engine) -> anyhow::Result<Option<Identity>> {
 }
 
 fn write_identity(engine: &Engine, id: &Identity) -> anyhow::Result<()> {
-    let mut b = rocksdb::WriteBatch::default();
-    b.put_cf(
-        engine.cf(CF_META)?,
+    let mut b = weir_storage::engine::WriteBatch::default();
+    b.put(
+        CF_META,
         group_key(IDENTITY_GROUP, b"node"),
         encode(id)?,
     );
@@ -136,12 +138,12 @@ fn write_identity(engine: &Engine, id: &Identity) -> anyhow::Result<()> {
 }
 
 /// Asks `seed` (any member) for a node id, retrying until the cluster answers or a minute passes.
-async fn join(seed: &str, advertise: &str, http: &str) -> anyhow::Result<u64> {
+async fn join(peers: &Peers, seed: &str, advertise: &str, http: &str) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last_err = String::new();
     while Instant::now() < deadline {
         let attempt = async {
-            let mut c = ClusterClient::connect(format!("http://{seed}")).await?;
+            let mut c = ClusterClient::new(peers.channel(seed)?);
             let r = c
                 .join(JoinRequest {
                     advertise_addr: advertise.to_string(),
@@ -164,7 +166,6 @@ async fn join(seed: &str, advertise: &str, http: &str) -> anyhow::Result<u64> {
 
 /// Starts a node: opens its storage, bootstraps or joins, and serves gRPC and HTTP.
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
-    crate::metrics::install();
     let engine = Engine::open(&cfg.data_dir)?;
     let grpc_listener = TcpListener::bind(&cfg.listen)
         .await
@@ -173,17 +174,71 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", cfg.http))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
+    // The builder's TCP options only apply to listeners tonic binds itself; without NODELAY on
+    // accepted sockets, small answers wait out the client's delayed ACK (about 40 ms).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let env = NodeEnv {
+        engine,
+        peers: Peers::default(),
+        grpc_addr,
+        http: Some(http_listener),
+    };
+    start_with(cfg, env, incoming).await
+}
+
+/// What a node runs on besides its configuration: its storage, how it reaches other nodes, and
+/// where it serves. [`start`] builds it from RocksDB and the OS's TCP; a simulation builds it
+/// from an in-memory disk and a simulated network.
+pub struct NodeEnv {
+    /// The storage engine, opened.
+    pub engine: Engine,
+    /// Connections to other nodes.
+    pub peers: Peers,
+    /// The address gRPC connections arrive on.
+    pub grpc_addr: SocketAddr,
+    /// Where to serve HTTP; None serves none.
+    pub http: Option<TcpListener>,
+}
+
+/// Starts a node on `env`, serving gRPC on the connections `incoming` yields.
+pub async fn start_with<I, IO, IE>(
+    cfg: NodeConfig,
+    env: NodeEnv,
+    incoming: I,
+) -> anyhow::Result<RunningNode>
+where
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    crate::metrics::install();
+    let NodeEnv {
+        engine,
+        peers,
+        grpc_addr,
+        http: http_listener,
+    } = env;
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let advertise = cfg
         .advertise
         .clone()
         .unwrap_or_else(|| grpc_addr.to_string());
+    let http_advertised = http_addr.map(|a| a.to_string()).unwrap_or_default();
 
     let (identity, bootstrap) = match read_identity(&engine)? {
         Some(id) => (id, false),
         None => match &cfg.join {
             Some(seed) => {
-                let node_id = join(seed, &advertise, &http_addr.to_string()).await?;
+                let node_id = join(&peers, seed, &advertise, &http_advertised).await?;
                 (Identity { node_id }, false)
             }
             None => (Identity { node_id: 1 }, true),
@@ -191,9 +246,8 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     write_identity(&engine, &identity)?;
     let node_id = identity.node_id;
-    tracing::info!(node = node_id, %grpc_addr, %http_addr, bootstrap, "starting node");
+    tracing::info!(node = node_id, %grpc_addr, http = %http_advertised, bootstrap, "starting node");
 
-    let peers = Peers::default();
     let liveness = Liveness::new(cfg.down_timeout);
     let registry = GroupManager::start(GroupManagerConfig {
         node_id,
@@ -241,10 +295,6 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_encoding_message_size(MAX_MESSAGE),
         );
     let mut rx = stop_rx.clone();
-    // The builder's TCP options only apply to listeners tonic binds itself; without NODELAY on
-    // accepted sockets, small answers wait out the client's delayed ACK (about 40 ms).
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     tasks.push(tokio::spawn(async move {
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -254,23 +304,25 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     }));
 
-    let app = http::router(HttpState {
-        ctx: ctx.clone(),
-        log,
-        next_partition: Arc::new(AtomicU32::new(0)),
-    });
-    let mut rx = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    }));
+    if let Some(http_listener) = http_listener {
+        let app = http::router(HttpState {
+            ctx: ctx.clone(),
+            log,
+            next_partition: Arc::new(AtomicU32::new(0)),
+        });
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }));
+    }
 
     tasks.push(tokio::spawn(cluster::heartbeat_loop(ctx.clone())));
     tasks.push(tokio::spawn(crate::raft::failover::failover_loop(
@@ -295,7 +347,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         NodeInfo {
             id: node_id,
             addr: advertise,
-            http_addr: http_addr.to_string(),
+            http_addr: http_advertised,
         },
     )));
 

@@ -5,7 +5,7 @@
 //! Connections are made by tokio's TCP by default; a simulation hands in its own connector
 //! ([`Peers::with_connector`]) so the same Raft transport runs over a simulated network.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,8 +20,22 @@ use crate::error::{NodeError, NodeResult};
 /// that `Peers` stays one concrete, cloneable type whatever network it runs on.
 type Connect = Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>;
 
+/// Makes lazily connected channels whose connections `connector` opens (a byte stream to a
+/// `http://HOST:PORT` URI): how nodes, and clients in a simulation, reach a simulated network.
+pub fn channel_maker<C, S>(connector: C) -> Arc<dyn Fn(&Endpoint) -> Channel + Send + Sync>
+where
+    C: tower::Service<Uri, Response = S> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    Box<dyn std::error::Error + Send + Sync>: From<C::Error>,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    Arc::new(move |ep: &Endpoint| {
+        ep.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
+    })
+}
+
 /// What a connection to a peer carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Lane {
     /// Requests forwarded to a leader, and cluster calls.
     Requests,
@@ -36,7 +50,7 @@ pub enum Lane {
 /// A cache of lazily connected channels by address and lane.
 #[derive(Clone)]
 pub struct Peers {
-    channels: Arc<RwLock<HashMap<(String, Lane), Channel>>>,
+    channels: Arc<RwLock<BTreeMap<(String, Lane), Channel>>>,
     connect: Connect,
 }
 
@@ -57,9 +71,7 @@ impl Peers {
         Box<dyn std::error::Error + Send + Sync>: From<C::Error>,
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Peers::from_connect(Arc::new(move |ep: &Endpoint| {
-            ep.connect_with_connector_lazy(connector.clone().map_response(TokioIo::new))
-        }))
+        Peers::from_connect(channel_maker(connector))
     }
 
     fn from_connect(connect: Connect) -> Peers {

@@ -5,7 +5,7 @@
 //! offsets group, re-creates the replicas of nodes that have been gone longer than the down timeout,
 //! and moves replicas onto nodes that hold fewer (a node that just joined), one move at a time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,7 +196,7 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
             continue;
         };
         let reports = ctx.liveness.reports();
-        let mut led_voters: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+        let mut led_voters: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
         for rs in reports.values() {
             for r in rs
                 .iter()

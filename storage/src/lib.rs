@@ -15,6 +15,7 @@ pub mod engine;
 pub mod log_store;
 pub mod partition;
 pub mod region;
+pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -11,7 +11,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use rocksdb::WriteBatch;
+use crate::engine::WriteBatch;
 
 use crate::engine::{group_key, group_key_u64, CF_LOG, CF_META};
 use crate::{decode, encode, Engine, StorageError, TypeConfig};
@@ -64,13 +64,12 @@ impl LogStore {
     /// applied and purged: a region made by a split starts so, and replicas that did not apply the
     /// split must get its data from a snapshot.
     pub fn seed_purged(
-        engine: &Engine,
         b: &mut WriteBatch,
         group: u64,
         log_id: &LogIdOf<TypeConfig>,
     ) -> Result<(), StorageError> {
-        b.put_cf(
-            engine.cf(CF_META)?,
+        b.put(
+            CF_META,
             group_key(group, META_PURGED),
             encode(log_id)?,
         );
@@ -87,16 +86,10 @@ impl LogStore {
 
     /// Adds to `b` the deletion of the group's log entries and its committed and purged ids, but
     /// not its vote: a replica that is reset stays a member, and must remember whom it voted for.
-    pub fn clear_keeping_vote(
-        engine: &Engine,
-        b: &mut WriteBatch,
-        group: u64,
-    ) -> Result<(), StorageError> {
-        engine.delete_group_range(b, CF_LOG, group)?;
-        let meta = engine.cf(CF_META)?;
-        b.delete_cf(meta, group_key(group, META_COMMITTED));
-        b.delete_cf(meta, group_key(group, META_PURGED));
-        Ok(())
+    pub fn clear_keeping_vote(b: &mut WriteBatch, group: u64) {
+        b.delete_group(CF_LOG, group);
+        b.delete(CF_META, group_key(group, META_COMMITTED));
+        b.delete(CF_META, group_key(group, META_PURGED));
     }
 }
 
@@ -170,8 +163,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let mut b = WriteBatch::default();
-        b.put_cf(
-            &self.engine.cf(CF_META)?,
+        b.put(
+            CF_META,
             group_key(self.group, META_VOTE),
             encode(vote)?,
         );
@@ -184,8 +177,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), io::Error> {
         // Not synced: a lost `committed` only means re-applying fewer entries at start-up.
         let mut b = WriteBatch::default();
-        b.put_cf(
-            &self.engine.cf(CF_META)?,
+        b.put(
+            CF_META,
             group_key(self.group, META_COMMITTED),
             encode(&committed)?,
         );
@@ -207,10 +200,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.engine.cf(CF_LOG)?;
+        let cf = CF_LOG;
         let mut b = WriteBatch::default();
         for e in entries {
-            b.put_cf(&cf, self.entry_key(e.log_id.index), encode(&e)?);
+            b.put(cf, self.entry_key(e.log_id.index), encode(&e)?);
         }
         self.engine.write(b)?;
         self.engine.sync(Box::new(move |r| {
@@ -228,8 +221,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => 0,
         };
         let mut b = WriteBatch::default();
-        b.delete_range_cf(
-            &self.engine.cf(CF_LOG)?,
+        b.delete_range(
+            CF_LOG,
             self.entry_key(from),
             group_key(self.group, &[TAG_ENTRY + 1]),
         );
@@ -243,14 +236,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .get_meta::<LogIdOf<TypeConfig>>(META_PURGED)?
             .map_or(0, |p| p.index + 1);
         let mut b = WriteBatch::default();
-        b.put_cf(
-            &self.engine.cf(CF_META)?,
+        b.put(
+            CF_META,
             group_key(self.group, META_PURGED),
             encode(&log_id)?,
         );
         if from <= log_id.index {
-            b.delete_range_cf(
-                &self.engine.cf(CF_LOG)?,
+            b.delete_range(
+                CF_LOG,
                 self.entry_key(from),
                 self.entry_key(log_id.index + 1),
             );

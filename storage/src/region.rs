@@ -7,10 +7,9 @@
 //! so a read through one RocksDB snapshot sees the rows and the range they belong to together: a
 //! read never sees a key its region had already split off.
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{group_key, CF_DATA};
+use crate::engine::{group_key, ReadView, WriteBatch, CF_DATA};
 use crate::{decode, encode, Engine, StorageError};
 
 /// Tag of the region's state.
@@ -112,12 +111,11 @@ pub fn load_state(engine: &Engine, group: u64) -> Result<Option<RegionState>, St
 
 /// Adds the region state to a write batch.
 pub(crate) fn put_state(
-    engine: &Engine,
     b: &mut WriteBatch,
     group: u64,
     st: &RegionState,
 ) -> Result<(), StorageError> {
-    b.put_cf(engine.cf(CF_DATA)?, state_key(group), encode(st)?);
+    b.put(CF_DATA, state_key(group), encode(st)?);
     Ok(())
 }
 
@@ -125,14 +123,10 @@ fn rows_end(group: u64) -> Vec<u8> {
     group_key(group, &[TAG_ROW + 1])
 }
 
-/// The region state as of a RocksDB snapshot, so that reads in the same snapshot are checked
-/// against the range they were written under.
-fn state_at(
-    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
-    cf: &rocksdb::ColumnFamily,
-    group: u64,
-) -> Result<RegionState, StorageError> {
-    Ok(match snap.get_cf(cf, state_key(group))? {
+/// The region state as of a consistent view, so that reads in the same view are checked against
+/// the range they were written under.
+fn state_at(view: &dyn ReadView, group: u64) -> Result<RegionState, StorageError> {
+    Ok(match view.get(CF_DATA, &state_key(group))? {
         Some(v) => decode(&v)?,
         None => RegionState::default(),
     })
@@ -145,20 +139,23 @@ pub fn get_rows(
     group: u64,
     keys: &[Vec<u8>],
 ) -> Result<Result<Vec<Option<StoredRow>>, NotInRegion>, StorageError> {
-    let db = engine.db();
-    let cf = engine.cf(CF_DATA)?;
-    let snap = db.snapshot();
-    let st = state_at(&snap, cf, group)?;
+    engine.consistent(|view| get_rows_in(view, group, keys))
+}
+
+fn get_rows_in(
+    view: &dyn ReadView,
+    group: u64,
+    keys: &[Vec<u8>],
+) -> Result<Result<Vec<Option<StoredRow>>, NotInRegion>, StorageError> {
+    let st = state_at(view, group)?;
     if let Some(_outside) = keys.iter().find(|k| !st.contains(k)) {
         return Ok(Err(NotInRegion(st)));
     }
-    let mut ro = ReadOptions::default();
-    ro.set_snapshot(&snap);
     let full: Vec<Vec<u8>> = keys.iter().map(|k| row_key(group, k)).collect();
-    let got = db.batched_multi_get_cf_opt(cf, &full, false, &ro);
+    let got = view.multi_get(CF_DATA, &full)?;
     let mut out = Vec::with_capacity(keys.len());
     for (k, r) in keys.iter().zip(got) {
-        out.push(match r? {
+        out.push(match r {
             Some(v) => {
                 let (version, cells) = split_value(&v)?;
                 Some(StoredRow {
@@ -197,10 +194,21 @@ pub fn scan_rows(
     max_bytes: usize,
     reverse: bool,
 ) -> Result<Result<ScanPage, NotInRegion>, StorageError> {
-    let db = engine.db();
-    let cf = engine.cf(CF_DATA)?;
-    let snap = db.snapshot();
-    let st = state_at(&snap, cf, group)?;
+    engine.consistent(|view| {
+        scan_rows_in(view, group, start, end, limit, max_bytes, reverse)
+    })
+}
+
+fn scan_rows_in(
+    view: &dyn ReadView,
+    group: u64,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    max_bytes: usize,
+    reverse: bool,
+) -> Result<Result<ScanPage, NotInRegion>, StorageError> {
+    let st = state_at(view, group)?;
     let unbounded_end = end.is_empty();
     // The part of [start, end) this region holds.
     let lo: &[u8] = if start > st.start.as_slice() {
@@ -236,35 +244,26 @@ pub fn scan_rows(
     if hi.is_some_and(|h| h <= lo) {
         return Ok(Ok(page));
     }
-    let mut ro = ReadOptions::default();
-    ro.set_snapshot(&snap);
     let lo_key = row_key(group, lo);
     let hi_key = hi
         .map(|h| row_key(group, h))
         .unwrap_or_else(|| rows_end(group));
-    ro.set_iterate_lower_bound(lo_key.clone());
-    ro.set_iterate_upper_bound(hi_key.clone());
-    let mode = if reverse {
-        IteratorMode::End
-    } else {
-        IteratorMode::From(&lo_key, Direction::Forward)
-    };
     let mut bytes = 0usize;
     let mut hit_limit = false;
-    for item in db.iterator_cf_opt(cf, ro, mode) {
-        let (k, v) = item?;
+    view.scan(CF_DATA, &lo_key, &hi_key, reverse, &mut |k, v| {
         if page.rows.len() >= limit || bytes >= max_bytes {
             hit_limit = true;
-            break;
+            return Ok(false);
         }
-        let (version, cells) = split_value(&v)?;
+        let (version, cells) = split_value(v)?;
         bytes += k.len() + v.len();
         page.rows.push(StoredRow {
             key: k[9..].to_vec(),
             version,
             value: cells.to_vec(),
         });
-    }
+        Ok(true)
+    })?;
     if hit_limit {
         let last = page.rows.last().map(|r| r.key.clone()).unwrap_or_default();
         page.more = true;
@@ -297,16 +296,15 @@ pub(crate) fn move_rows(
     child: u64,
     split_key: &[u8],
 ) -> Result<u64, StorageError> {
-    let cf = engine.cf(CF_DATA)?;
     let from = row_key(parent, split_key);
     let to = rows_end(parent);
     let mut moved = 0u64;
     engine.scan(CF_DATA, &from, &to, |k, v| {
         moved += (k.len() - 9 + v.len()) as u64;
-        b.put_cf(cf, row_key(child, &k[9..]), v);
+        b.put(CF_DATA, row_key(child, &k[9..]), v);
         Ok(true)
     })?;
-    b.delete_range_cf(cf, from, to);
+    b.delete_range(CF_DATA, from, to);
     Ok(moved)
 }
 

@@ -14,6 +14,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = crate::runtime::WeirRuntime,
 );
 
 /// The Raft handle of one group.

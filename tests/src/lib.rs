@@ -3,15 +3,21 @@
 //! - [`InProcessCluster`]: several nodes in this test process on loopback ports, temporary dirs.
 //! - [`ProcessCluster`] (in [`process`]): the real `weir-node` binaries, killed and restarted.
 //! - [`wait_until`]: polling with a deadline, the only way tests wait.
-//! - [`linearizability`]: a linearizability checker for histories of a key/value register.
+//! - [`linearizability`]: a linearizability checker for histories of a key/value register, and
+//!   [`kv_register`]: the clients whose histories it checks.
+//! - [`sim`]: whole nodes in a deterministic simulation (turmoil), driven by a seeded nemesis.
 //! - [`topic_data`]: fill a topic, read it all back, check partitions are dense.
 
+pub mod kv_register;
 pub mod linearizability;
+pub mod sim;
 pub mod process;
 pub mod topic_data;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tempfile::TempDir;
 use weir_node::{NodeConfig, RunningNode};

@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+// tokio's clock: real time in a process test, the simulation's in a simulated one.
+use tokio::time::Instant;
 
 /// One operation a client performed on a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1473,7 +1474,8 @@ fn fmt_bytes(b: &[u8]) -> String {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Instant;
+    // tokio's clock: real time in a process test, the simulation's in a simulated one.
+use tokio::time::Instant;
 
     fn val(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())

@@ -2,7 +2,9 @@
 //! record back, and check partitions are dense.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use weir_client::consumer::{Consumer, ConsumerConfig};
 use weir_client::{Client, Producer};

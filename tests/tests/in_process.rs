@@ -169,7 +169,7 @@ async fn three_nodes_produce_and_consume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_ingest_health_metrics_and_retention() {
     let cluster = InProcessCluster::start(1).await;
-    let http = cluster.nodes[0].http_addr.to_string();
+    let http = cluster.nodes[0].http_addr.expect("HTTP served").to_string();
     let mut c = log_client(&cluster.addr(0)).await;
     c.create_topic(CreateTopicRequest {
         name: "clicks".into(),

@@ -263,153 +263,16 @@ mod linearizable {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use rand::Rng;
     use weir_proto::v1::kv_client::KvClient;
-    use weir_proto::v1::{self, cas_request, mutation, ColumnExpect, Mutation};
-    use weir_tests::linearizability::{check, Event, History, Op, Outcome, Verdict};
+    use weir_tests::kv_register::run_client;
+    use weir_tests::linearizability::{check, History, Outcome, Verdict};
     use weir_tests::{members_up, wait_until, ProcessCluster};
 
-    const KEYS: [&str; 3] = ["x", "y", "z"];
-
-    fn key(k: &str) -> v1::Key {
-        v1::Key {
-            values: vec![weir_client::Value::Str(k.into()).to_proto()],
-        }
-    }
-
-    fn row(k: &str, v: i64) -> v1::Row {
-        v1::Row {
-            values: vec![
-                weir_client::Value::Str(k.into()).to_proto(),
-                weir_client::Value::Int(v).to_proto(),
-            ],
-            version: 0,
-        }
-    }
-
-    fn bytes(v: i64) -> Vec<u8> {
-        v.to_be_bytes().to_vec()
-    }
-
-    fn request<T>(m: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(m);
-        r.set_timeout(Duration::from_secs(3));
-        r
-    }
-
-    /// One client: single attempts (no retries, so every outcome is what the server said), any
-    /// error recorded as an unknown outcome.
-    async fn run_client(id: usize, addr: String, history: Arc<History>, stop: Arc<AtomicBool>) {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    fn channel(addr: &str) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("address")
             .connect_timeout(Duration::from_millis(500))
-            .connect_lazy();
-        let mut kv = KvClient::new(ch);
-        let mut seen: [Option<i64>; 3] = [None; 3];
-        let mut n = 0i64;
-        while !stop.load(Ordering::Relaxed) {
-            let (ki, choice, fresh) = {
-                let mut rng = rand::rng();
-                (
-                    rng.random_range(0..KEYS.len()),
-                    rng.random_range(0..10),
-                    rng.random_range(0..3),
-                )
-            };
-            let k = KEYS[ki];
-            n += 1;
-            let value = (id as i64) * 1_000_000_000 + n;
-            let invoke_ns = history.now_ns();
-            let (op, outcome) = if choice < 4 {
-                let r = kv
-                    .get(request(v1::GetRequest {
-                        table: "reg".into(),
-                        keys: vec![key(k)],
-                        columns: vec!["v".into()],
-                        stale: false,
-                    }))
-                    .await;
-                let outcome = match r {
-                    Ok(resp) => {
-                        let got = resp.into_inner().rows.into_iter().next();
-                        let v = got.filter(|m| m.found).and_then(|m| m.row).and_then(|r| {
-                            match weir_client::Value::from_proto(r.values.first()?).ok()? {
-                                weir_client::Value::Int(v) => Some(v),
-                                _ => None,
-                            }
-                        });
-                        seen[ki] = v;
-                        Outcome::Value(v.map(bytes))
-                    }
-                    Err(_) => Outcome::Unknown,
-                };
-                (Op::Get, outcome)
-            } else if choice < 7 {
-                let r = kv
-                    .write(request(v1::WriteRequest {
-                        table: "reg".into(),
-                        mutations: vec![Mutation {
-                            op: Some(mutation::Op::Put(row(k, value))),
-                        }],
-                        atomic: true,
-                    }))
-                    .await;
-                let outcome = if r.is_ok() {
-                    Outcome::Ok
-                } else {
-                    Outcome::Unknown
-                };
-                (
-                    Op::Put {
-                        value: Some(bytes(value)),
-                    },
-                    outcome,
-                )
-            } else {
-                // Expect what this client last saw (usually current), or a value never written.
-                let expected = if fresh == 0 { Some(-1) } else { seen[ki] };
-                let Some(expected) = expected else {
-                    continue;
-                };
-                let r = kv
-                    .compare_and_set(request(v1::CasRequest {
-                        table: "reg".into(),
-                        key: Some(key(k)),
-                        expect: Some(cas_request::Expect::Column(ColumnExpect {
-                            column: "v".into(),
-                            value: Some(weir_client::Value::Int(expected).to_proto()),
-                        })),
-                        then: Some(Mutation {
-                            op: Some(mutation::Op::Put(row(k, value))),
-                        }),
-                    }))
-                    .await;
-                let outcome = match r {
-                    Ok(resp) => Outcome::CasResult(resp.into_inner().succeeded),
-                    Err(_) => Outcome::Unknown,
-                };
-                (
-                    Op::Cas {
-                        expected: Some(bytes(expected)),
-                        new: Some(bytes(value)),
-                    },
-                    outcome,
-                )
-            };
-            let failed = outcome == Outcome::Unknown;
-            history.record(Event {
-                client: id,
-                key: k.as_bytes().to_vec(),
-                op,
-                outcome,
-                invoke_ns,
-                complete_ns: history.now_ns(),
-            });
-            if failed {
-                // The node may be down: do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+            .connect_lazy()
     }
 
     /// Index of the node leading the table's region, as the cluster reports it.
@@ -455,9 +318,10 @@ mod linearizable {
             .map(|i| {
                 tokio::spawn(run_client(
                     i,
-                    cluster.addr(i % 3),
+                    KvClient::new(channel(&cluster.addr(i % 3))),
                     history.clone(),
                     stop.clone(),
+                    rand::random(),
                 ))
             })
             .collect();

@@ -345,7 +345,7 @@ async fn compare_and_set_and_bad_input() {
     }
     // The node the client talked to counts its table requests.
     let (status, body) = weir_tests::http(
-        &cluster.nodes[2].http_addr.to_string(),
+        &cluster.nodes[2].http_addr.expect("HTTP served").to_string(),
         "GET",
         "/metrics",
         "text/plain",

@@ -6,16 +6,14 @@
 //! acknowledged write exactly once and in acknowledgement order, and nothing else.
 //!
 //! Replicas are built as the group manager builds them (engine, state machine, log store, the
-//! real Raft network and gRPC service), only the TCP underneath is turmoil's. The client reaches
+//! real Raft network and gRPC service), only the TCP underneath is turmoil's and the disk is an
+//! in-memory one; Raft's randomness is drawn from the seed, so a run replays exactly. The client reaches
 //! the replicas' Raft handles through a shared map, so its own calls never cross the network.
 //! Every wait is a poll against a deadline in simulated time.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,23 +21,20 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ServerState};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tonic::transport::server::Connected;
-use tonic::transport::Uri;
 use weir_node::groups::{GroupHandle, Registry};
-use weir_node::peers::Peers;
 use weir_node::raft::network::GroupNetwork;
 use weir_node::raft::{config, service::RaftService};
 use weir_proto::v1::raft_transport_server::RaftTransportServer;
 use weir_storage::catalog::GroupKind;
+use weir_storage::engine::memory::MemoryDisk;
 use weir_storage::partition::{read_batches, PartitionState};
 use weir_storage::snapshot::SnapshotDir;
 use weir_storage::types::Raft;
 use weir_storage::{Engine, GroupWatch, LogStore, Request, Response, StateMachine, TypeConfig};
+use weir_tests::sim::{self, PORT};
 
 const GROUP: u64 = 7;
-const PORT: u16 = 7400;
 const NODES: [u64; 3] = [1, 2, 3];
 const RECORDS_PER_BATCH: u32 = 3;
 const BATCHES_PER_PHASE: usize = 5;
@@ -77,55 +72,14 @@ struct Acked {
     batch: Bytes,
 }
 
-/// An accepted turmoil connection, as tonic's server wants it.
-struct SimStream(turmoil::net::TcpStream);
-
-impl Connected for SimStream {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) {}
-}
-
-impl AsyncRead for SimStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// The peers' connector: `http://nX:PORT` over turmoil TCP.
-async fn connect(uri: Uri) -> io::Result<turmoil::net::TcpStream> {
-    let host = uri
-        .host()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
-    let port = uri.port_u16().unwrap_or(PORT);
-    turmoil::net::TcpStream::connect((host, port)).await
-}
-
 /// The software of host `nX`: one replica of the group, served until the simulation ends.
-async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Result {
-    let engine = Engine::open(&dir.join("db"))?;
+async fn run_replica(
+    id: u64,
+    disk: MemoryDisk,
+    dir: PathBuf,
+    replicas: Replicas,
+) -> turmoil::Result {
+    let engine = Engine::in_memory(&disk);
     let snapshot_root = dir.join("snapshots");
     let kind = GroupKind::Partition {
         topic: "sim".into(),
@@ -135,7 +89,7 @@ async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Resu
     let watch = sm.watch();
     let network = GroupNetwork::new(
         GROUP,
-        Peers::with_connector(tower::service_fn(connect)),
+        sim::peers(),
         engine.clone(),
     );
     let raft = Raft::new(
@@ -159,7 +113,7 @@ async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Resu
         raft,
         watch,
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
-        no_votes_until: std::time::Instant::now(),
+        no_votes_until: Instant::now(),
     });
     replicas.lock().expect("replica map").insert(
         id,
@@ -168,11 +122,7 @@ async fn run_replica(id: u64, dir: PathBuf, replicas: Replicas) -> turmoil::Resu
             engine,
         },
     );
-    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let incoming = futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| SimStream(s));
-        Some((accepted, listener))
-    });
+    let incoming = sim::incoming(PORT).await?;
     tonic::transport::Server::builder()
         .add_service(
             RaftTransportServer::new(RaftService::new(id, Registry::fixed([group])))
@@ -446,6 +396,7 @@ fn simulate(seed: u64) {
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
     let replicas: Replicas = Arc::default();
+    weir_storage::runtime::seed_this_thread(Some(seed));
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(600))
@@ -455,8 +406,9 @@ fn simulate(seed: u64) {
     for (id, dir) in NODES.iter().copied().zip(&dirs) {
         let dir = dir.path().to_path_buf();
         let replicas = replicas.clone();
+        let disk = MemoryDisk::new(seed.wrapping_add(id));
         sim.host(host(id), move || {
-            run_replica(id, dir.clone(), replicas.clone())
+            run_replica(id, disk.clone(), dir.clone(), replicas.clone())
         });
     }
     sim.client("client", scenario(seed, replicas.clone()));

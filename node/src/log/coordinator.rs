@@ -14,8 +14,10 @@
 //! predecessor still read, so it hands out no unowned partition until its hold has passed; members
 //! re-register meanwhile and report what they own, which seeds the owner map.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -117,7 +119,7 @@ struct GroupState {
     partitions: u32,
     generation: u64,
     /// Who should read what at `generation`; `None` when the member set changed since.
-    target: Option<HashMap<String, BTreeSet<u32>>>,
+    target: Option<BTreeMap<String, BTreeSet<u32>>>,
     /// Who reads each partition now (granted and not yet given up).
     owner: BTreeMap<u32, String>,
 }
@@ -264,10 +266,10 @@ impl GroupState {
 fn assign<'a>(
     members: impl Iterator<Item = &'a String>,
     partitions: u32,
-) -> HashMap<String, BTreeSet<u32>> {
+) -> BTreeMap<String, BTreeSet<u32>> {
     let members: Vec<&String> = members.collect();
     let n = members.len() as u32;
-    let mut out = HashMap::new();
+    let mut out = BTreeMap::new();
     if n == 0 {
         return out;
     }
@@ -286,7 +288,7 @@ fn assign<'a>(
 struct Groups {
     term: u64,
     assign_after: Option<Instant>,
-    groups: HashMap<(String, String), GroupState>,
+    groups: BTreeMap<(String, String), GroupState>,
 }
 
 impl Groups {

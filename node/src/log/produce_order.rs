@@ -8,9 +8,11 @@
 //! touching the log if it does not come. The state machine's check stays the rule; this only keeps
 //! the log free of batches it would refuse.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -36,7 +38,7 @@ struct Slot {
 /// The proposal order of idempotent producers on the partitions this node leads.
 #[derive(Default)]
 pub struct ProduceOrder {
-    slots: Mutex<HashMap<(u64, u64), Slot>>,
+    slots: Mutex<BTreeMap<(u64, u64), Slot>>,
 }
 
 /// The right to propose one batch; [`Turn::proposed`] lets its successor go.
@@ -48,7 +50,7 @@ pub struct Turn<'a> {
 }
 
 impl ProduceOrder {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<(u64, u64), Slot>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u64, u64), Slot>) -> T) -> T {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut slots)
     }

@@ -39,11 +39,11 @@ pub async fn retention_loop(ctx: Arc<NodeContext>, interval: Duration) {
             let state = *rx.borrow();
             let (engine, group) = (ctx.engine.clone(), h.id);
             let (ms, bytes) = (t.retention_ms, t.retention_bytes);
-            let cut = tokio::task::spawn_blocking(move || {
+            let cut = weir_storage::engine::on_blocking_thread(move || {
                 partition::retention_cut(&engine, group, &state, ms, bytes, now_ms)
             })
             .await;
-            if let Ok(Ok(Some(before))) = cut {
+            if let Ok(Some(before)) = cut {
                 tracing::info!(group = h.id, topic = %topic, before, "retention drops batches");
                 if let Err(e) = leader::write(h, &catalog, Request::Trim { before }).await {
                     tracing::warn!(group = h.id, error = %e, "retention trim failed");

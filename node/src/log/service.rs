@@ -5,7 +5,9 @@
 //! offsets group; a node that does not lead forwards the call once.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::async_runtime::WatchReceiver;
 
@@ -16,6 +18,7 @@ use weir_proto::v1::log_server::Log;
 use weir_proto::v1::*;
 use weir_storage::catalog::{Catalog, GroupInfo, MetaCommand, MetaResponse};
 use weir_storage::partition::{self, PartitionState};
+use weir_storage::engine::on_blocking_thread;
 use weir_storage::types::ProducerSeq;
 use weir_storage::{GroupWatch, Request as Cmd, Response as Resp};
 
@@ -555,7 +558,7 @@ impl Log for LogService {
         };
         let engine = self.ctx.engine.clone();
         let (group_id, offset) = (h.id, req.offset.max(st.earliest));
-        let batches = tokio::task::spawn_blocking(move || {
+        let batches = on_blocking_thread(move || {
             partition::read_batches(
                 &engine,
                 group_id,
@@ -565,7 +568,6 @@ impl Log for LogService {
             )
         })
         .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
         .map_err(NodeError::from)?;
         let records: u64 = batches.iter().map(|b| u64::from(b.count)).sum();
         metrics::fetched(records, started.elapsed());

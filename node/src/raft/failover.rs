@@ -8,13 +8,12 @@
 //! the replica refuses it locally while its own lease holds, and peers that still hear the leader
 //! refuse it too; nothing is persisted and no term rises unless a quorum would elect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
-use rand::Rng;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::ProbeRequest;
 
@@ -86,7 +85,7 @@ async fn answers(peers: &Peers, addr: &str, id: u64) -> bool {
 /// of those that do not answer.
 pub async fn failover_loop(me: u64, registry: Registry, peers: Peers) {
     loop {
-        let jitter = rand::rng().random_range(0.8..1.2);
+        let jitter = weir_storage::runtime::jitter(0.8, 1.2);
         tokio::time::sleep(PROBE_EVERY.mul_f64(jitter)).await;
         let groups = followed(me, &registry);
         let mut by_leader: BTreeMap<u64, (String, Vec<Arc<GroupHandle>>)> = BTreeMap::new();
@@ -101,7 +100,7 @@ pub async fn failover_loop(me: u64, registry: Registry, peers: Peers) {
             let peers = peers.clone();
             async move { (*id, answers(&peers, addr, *id).await) }
         });
-        let alive: HashMap<u64, bool> = futures::future::join_all(probes)
+        let alive: BTreeMap<u64, bool> = futures::future::join_all(probes)
             .await
             .into_iter()
             .collect();

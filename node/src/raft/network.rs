@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::{RaftRequest, SnapshotChunk, SnapshotFromRequest};
+use weir_storage::engine::{multi_threaded, start_on_blocking_thread};
 use weir_storage::snapshot::{SnapshotData, CHUNK_SIZE};
 use weir_storage::{Engine, TypeConfig};
 
@@ -179,15 +180,24 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
                 )))
             }
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
-        // Written on a blocking thread (it reads the engine and the file) while being sent.
+        // On a node the snapshot is written on a blocking thread while it is sent, four chunks
+        // ahead at most; on a single-threaded runtime (a simulation) it is written in place
+        // first, so the channel has to hold all of it.
+        let blocking = multi_threaded();
+        let ahead = if blocking {
+            4
+        } else {
+            tokio::sync::Semaphore::MAX_PERMITS
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(ahead);
         let (engine, path) = (self.engine.clone(), snapshot.snapshot.path.clone());
-        let writer = tokio::task::spawn_blocking(move || {
+        let writer = start_on_blocking_thread(move || {
             let sink = ChunkSink {
                 group,
                 header: Some(header),
                 buf: Vec::with_capacity(CHUNK_SIZE),
                 tx,
+                blocking,
                 sent: 0,
             };
             use std::io::Write;
@@ -215,8 +225,8 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         };
         // The writer ends once the stream is dropped (its sends fail).
         match writer.await {
-            Ok(Ok(sent)) if res.is_ok() => crate::metrics::snapshot_sent(sent, replica_end > 0),
-            Ok(Err(e)) => tracing::warn!(group, error = %e, "writing a snapshot to send"),
+            Ok(sent) if res.is_ok() => crate::metrics::snapshot_sent(sent, replica_end > 0),
+            Err(e) => tracing::warn!(group, error = %e, "writing a snapshot to send"),
             _ => {}
         }
         res
@@ -230,6 +240,9 @@ struct ChunkSink {
     header: Option<Vec<u8>>,
     buf: Vec<u8>,
     tx: tokio::sync::mpsc::Sender<SnapshotChunk>,
+    /// Written on a blocking thread (wait for room in the channel), or in place before the
+    /// stream is sent (the channel has room for everything).
+    blocking: bool,
     sent: u64,
 }
 
@@ -246,9 +259,19 @@ impl ChunkSink {
             header: self.header.take().unwrap_or_default().into(),
             data: data.into(),
         };
-        self.tx.blocking_send(chunk).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "snapshot stream closed")
-        })
+        let sent = if self.blocking {
+            self.tx.blocking_send(chunk).is_ok()
+        } else {
+            self.tx.try_send(chunk).is_ok()
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "snapshot stream closed",
+            ))
+        }
     }
 }
 

@@ -7,13 +7,14 @@ use futures::StreamExt;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::raft_transport_server::RaftTransport;
 use weir_proto::v1::{
     MembershipReply, MembershipRequest, ProbeReply, ProbeRequest, RaftReply, RaftRequest,
     SnapshotChunk, SnapshotFromReply, SnapshotFromRequest,
 };
+use weir_storage::engine::{off_runtime, on_blocking_thread};
 use weir_storage::snapshot::SnapshotData;
 use weir_storage::{GroupWatch, TypeConfig};
 
@@ -112,24 +113,20 @@ impl RaftTransport for RaftService {
         // Removes the received file however this ends: refused, cut off, or left unused by Raft.
         // Once installed it has been renamed to the group's current snapshot and is not touched.
         let _received = RemoveOnDrop(path.clone());
-        let mut file = tokio::fs::File::create(&path)
-            .await
+        // Chunk writes are short; on a node they leave the async worker for its other tasks.
+        let mut file = off_runtime(|| std::fs::File::create(&path))
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut chunk = Some(first);
         while let Some(c) = chunk.take() {
-            file.write_all(&c.data)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            off_runtime(|| file.write_all(&c.data)).map_err(|e| Status::internal(e.to_string()))?;
             chunk = stream.next().await.transpose()?;
         }
-        file.sync_all()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        off_runtime(|| file.sync_all()).map_err(|e| Status::internal(e.to_string()))?;
         drop(file);
         // A torn transfer, or a file that does not hold the snapshot announced in the header, is
         // refused here (the leader sends it again) instead of failing the group's storage.
         let checked = path.clone();
-        let found = tokio::task::spawn_blocking(move || weir_storage::snapshot::verify(&checked))
+        let found = on_blocking_thread(move || Ok(weir_storage::snapshot::verify(&checked)))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
@@ -144,12 +141,9 @@ impl RaftTransport for RaftService {
         // again and sends more. Failing inside Raft's install would stop the group.
         let checked = path.clone();
         let group = g.id;
-        let kept = tokio::task::spawn_blocking(move || {
-            weir_storage::state_machine::kept_below(group, &checked)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
+        let kept = on_blocking_thread(move || weir_storage::state_machine::kept_below(group, &checked))
+            .await
+            .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
         let held = held_below(&g);
         if kept > held {
             return Err(Status::failed_precondition(format!(

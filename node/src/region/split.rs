@@ -10,9 +10,11 @@
 //!    leader whose applied epoch is ahead of the catalog repeats this step until it lands, so a
 //!    split interrupted between 2 and 3 still completes.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use weir_proto::v1::{AllocateGroupRequest, ReportSplitRequest};
 use weir_storage::catalog::{Catalog, GroupKind};
@@ -32,7 +34,7 @@ const REMEASURE_FRACTION: u64 = 8;
 pub async fn split_loop(ctx: Arc<NodeContext>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut measured: HashMap<u64, u64> = HashMap::new();
+    let mut measured: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
         tick.tick().await;
         let Ok(catalog) = ctx.registry.catalog() else {
@@ -61,7 +63,7 @@ async fn check(
     catalog: &Catalog,
     h: &Arc<GroupHandle>,
     st: &RegionState,
-    measured: &mut HashMap<u64, u64>,
+    measured: &mut BTreeMap<u64, u64>,
 ) -> NodeResult<()> {
     let Some(GroupKind::Region { table, epoch, .. }) = catalog.groups.get(&h.id).map(|g| &g.kind)
     else {
@@ -87,9 +89,8 @@ async fn check(
     measured.insert(h.id, st.approx_bytes);
     let engine = ctx.engine.clone();
     let id = h.id;
-    let (mid, size) = tokio::task::spawn_blocking(move || region::middle_key(&engine, id))
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))??;
+    let (mid, size) =
+        weir_storage::engine::on_blocking_thread(move || region::middle_key(&engine, id)).await?;
     let Some(split_key) = mid.filter(|_| size >= t.split_bytes) else {
         return Ok(());
     };

@@ -45,8 +45,8 @@ impl GroupState for CatalogGroup {
         let mut catalog = (**self.tx.borrow()).clone();
         let resp = catalog.apply(cmd);
         if !matches!(resp, MetaResponse::Rejected(_)) {
-            cx.batch.put_cf(
-                cx.engine.cf(CF_DATA)?,
+            cx.batch.put(
+                CF_DATA,
                 catalog_key(cx.group),
                 encode(&catalog)?,
             );

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use openraft::alias::SnapshotMetaOf;
-use rocksdb::WriteBatch;
+use crate::engine::WriteBatch;
 
 use super::{header_key, transfer, Header};
 use crate::engine::{group_key, CF_DATA};
@@ -38,7 +38,7 @@ pub(super) fn clear_interrupted_install(engine: &Engine, group: u64) -> Result<b
         return Ok(false);
     }
     let mut b = WriteBatch::default();
-    engine.delete_group_range(&mut b, CF_DATA, group)?;
+    b.delete_group(CF_DATA, group);
     engine.write_sync(b)?;
     Ok(true)
 }
@@ -53,22 +53,22 @@ pub(super) fn begin_install(
 ) -> Result<(), StorageError> {
     let mut b = WriteBatch::default();
     if keep_below == 0 {
-        engine.delete_group_range(&mut b, CF_DATA, group)?;
+        b.delete_group(CF_DATA, group);
     } else {
-        let cf = engine.cf(CF_DATA)?;
-        b.delete_range_cf(
+        let cf = CF_DATA;
+        b.delete_range(
             cf,
             group.to_be_bytes().to_vec(),
             partition::batch_key(group, 0),
         );
-        b.delete_range_cf(
+        b.delete_range(
             cf,
             partition::batch_key(group, keep_below),
             (group + 1).to_be_bytes().to_vec(),
         );
     }
     // After the range deletion in the same batch, so the mark survives it.
-    b.put_cf(engine.cf(CF_DATA)?, installing_key(group), []);
+    b.put(CF_DATA, installing_key(group), []);
     engine.write_sync(b)
 }
 
@@ -79,7 +79,7 @@ pub(super) fn write_install_rows(
     group: u64,
     path: &Path,
 ) -> Result<Option<Header>, StorageError> {
-    let cf = engine.cf(CF_DATA)?;
+    let cf = CF_DATA;
     let header_key = header_key(group);
     let mut header = None;
     let mut b = WriteBatch::default();
@@ -103,7 +103,7 @@ pub(super) fn write_install_rows(
             ));
         }
         pending += k.len() + v.len();
-        b.put_cf(cf, k, v);
+        b.put(cf, k, v);
         if pending >= INSTALL_BATCH_BYTES {
             engine.write(std::mem::take(&mut b))?;
             pending = 0;
@@ -119,18 +119,18 @@ pub(super) fn write_install_rows(
 /// once everything it stands for is durable. Batches a replica kept that the snapshot's state no
 /// longer holds (retention moved on) go in the same write.
 fn commit_install(engine: &Engine, group: u64, header: &Header) -> Result<(), StorageError> {
-    engine.db().flush_wal(true)?;
+    engine.sync_now()?;
     let mut b = WriteBatch::default();
-    let cf = engine.cf(CF_DATA)?;
+    let cf = CF_DATA;
     if header.partition.earliest > 0 {
-        b.delete_range_cf(
+        b.delete_range(
             cf,
             partition::batch_key(group, 0),
             partition::batch_key(group, header.partition.earliest),
         );
     }
-    b.put_cf(cf, header_key(group), encode(header)?);
-    b.delete_cf(cf, installing_key(group));
+    b.put(cf, header_key(group), encode(header)?);
+    b.delete(cf, installing_key(group));
     engine.write_sync(b)
 }
 

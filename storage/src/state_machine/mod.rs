@@ -27,7 +27,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use rocksdb::WriteBatch;
+use crate::engine::WriteBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -212,8 +212,8 @@ impl StateMachine {
     /// twice in one term.
     pub fn reset(engine: &Engine, group: u64, snapshot_root: &Path) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
-        crate::LogStore::clear_keeping_vote(engine, &mut b, group)?;
-        engine.delete_group_range(&mut b, CF_DATA, group)?;
+        crate::LogStore::clear_keeping_vote(&mut b, group);
+        b.delete_group(CF_DATA, group);
         engine.write_sync(b)?;
         SnapshotDir::new(snapshot_root, group).destroy()
     }
@@ -229,16 +229,16 @@ impl StateMachine {
     /// leave a log without the data it stands for.
     pub fn destroy(engine: &Engine, group: u64, snapshot_root: &Path) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
-        engine.delete_group_range(&mut b, crate::engine::CF_LOG, group)?;
-        engine.delete_group_range(&mut b, crate::engine::CF_META, group)?;
-        engine.delete_group_range(&mut b, CF_DATA, group)?;
+        b.delete_group(crate::engine::CF_LOG, group);
+        b.delete_group(crate::engine::CF_META, group);
+        b.delete_group(CF_DATA, group);
         engine.write_sync(b)?;
         SnapshotDir::new(snapshot_root, group).destroy()
     }
 
     fn put_header(&self, b: &mut WriteBatch) -> Result<(), StorageError> {
-        b.put_cf(
-            self.engine.cf(CF_DATA)?,
+        b.put(
+            CF_DATA,
             header_key(self.group),
             encode(&self.header)?,
         );

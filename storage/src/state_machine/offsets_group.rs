@@ -39,12 +39,12 @@ impl GroupState for OffsetsGroup {
         else {
             return Ok(wrong_kind(cx.group, req));
         };
-        let cf = cx.engine.cf(CF_DATA)?;
+        let cf = CF_DATA;
         let mut map = (**self.tx.borrow()).clone();
         for (p, off) in offsets {
             let key = (cg.clone(), topic.clone(), *p);
             cx.batch
-                .put_cf(cf, offset_key(cx.group, &key)?, off.to_be_bytes());
+                .put(cf, offset_key(cx.group, &key)?, off.to_be_bytes());
             map.insert(key, *off);
         }
         self.tx.send_replace(Arc::new(map));

@@ -54,7 +54,7 @@ impl PartitionGroup {
         max_timestamp_ms: i64,
         producer: Option<&crate::types::ProducerSeq>,
     ) -> Result<Response, StorageError> {
-        let cf = cx.engine.cf(CF_DATA)?;
+        let cf = CF_DATA;
         let group = cx.group;
         let base_offset = cx.header.partition.next_offset;
         if let Some(ps) = producer {
@@ -100,7 +100,7 @@ impl PartitionGroup {
             }
             st.last_index = cx.index;
             cx.batch
-                .put_cf(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+                .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
             if self.producers.len() > MAX_PRODUCERS {
                 if let Some(oldest) = self
                     .producers
@@ -109,11 +109,11 @@ impl PartitionGroup {
                     .map(|(id, _)| *id)
                 {
                     self.producers.remove(&oldest);
-                    cx.batch.delete_cf(cf, producer_key(group, oldest));
+                    cx.batch.delete(cf, producer_key(group, oldest));
                 }
             }
         }
-        cx.batch.put_cf(
+        cx.batch.put(
             cf,
             partition::batch_key(group, base_offset),
             partition::batch_value(count, max_timestamp_ms, batch),
@@ -133,8 +133,8 @@ impl PartitionGroup {
                 dropped += sb.batch.len() as u64;
                 Ok(true)
             })?;
-            cx.batch.delete_range_cf(
-                cx.engine.cf(CF_DATA)?,
+            cx.batch.delete_range(
+                CF_DATA,
                 partition::batch_key(cx.group, 0),
                 partition::batch_key(cx.group, before),
             );

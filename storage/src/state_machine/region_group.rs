@@ -1,7 +1,7 @@
 //! A region's group: applies row writes and compare-and-sets inside the region's key range, and
 //! splits (the rows from the split key on move to a new region, seeded here with its own header).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use tokio::sync::watch;
 
@@ -23,7 +23,7 @@ pub const REGION_INIT_INDEX: u64 = 5;
 pub(super) struct RegionGroup {
     tx: watch::Sender<RegionState>,
     state: RegionState,
-    pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl RegionGroup {
@@ -47,7 +47,7 @@ impl RegionGroup {
         Ok(RegionGroup {
             tx: watch::channel(state.clone()).0,
             state,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
         })
     }
 
@@ -96,7 +96,7 @@ impl RegionGroup {
                 return Ok(Response::CasFailed { current });
             }
         }
-        let cf = cx.engine.cf(CF_DATA)?;
+        let cf = CF_DATA;
         let st = &mut self.state;
         for op in ops {
             let rk = region::row_key(cx.group, op.key());
@@ -104,17 +104,17 @@ impl RegionGroup {
                 KvOp::Put { key, value } => {
                     let v = region::row_value(cx.index, value);
                     st.approx_bytes += (key.len() + v.len()) as u64;
-                    cx.batch.put_cf(cf, &rk, &v);
+                    cx.batch.put(cf, rk.as_slice(), v.as_slice());
                     self.pending.insert(rk, Some(v));
                 }
                 KvOp::Delete { key } => {
                     st.approx_bytes += key.len() as u64;
-                    cx.batch.delete_cf(cf, &rk);
+                    cx.batch.delete(cf, rk.as_slice());
                     self.pending.insert(rk, None);
                 }
             }
         }
-        region::put_state(cx.engine, cx.batch, cx.group, st)?;
+        region::put_state(cx.batch, cx.group, st)?;
         Ok(Response::KvWritten { version: cx.index })
     }
 
@@ -141,12 +141,12 @@ impl RegionGroup {
                 st.epoch
             )));
         }
-        let cf = cx.engine.cf(CF_DATA)?;
+        let cf = CF_DATA;
         let epoch = st.epoch + 1;
         let child_exists = region::load_state(cx.engine, child)?.is_some();
         let moved = if child_exists {
             // The new region already got its data here from a snapshot; only drop ours.
-            cx.batch.delete_range_cf(
+            cx.batch.delete_range(
                 cf,
                 region::row_key(group, split_key),
                 group_key(group, &[region::TAG_ROW + 1]),
@@ -172,10 +172,9 @@ impl RegionGroup {
                 partition: Default::default(),
             };
             cx.batch
-                .put_cf(cf, header_key(child), encode(&child_header)?);
-            crate::LogStore::seed_purged(cx.engine, cx.batch, child, &init)?;
+                .put(cf, header_key(child), encode(&child_header)?);
+            crate::LogStore::seed_purged(cx.batch, child, &init)?;
             region::put_state(
-                cx.engine,
                 cx.batch,
                 child,
                 &RegionState {
@@ -195,7 +194,7 @@ impl RegionGroup {
             split_key: split_key.to_vec(),
             epoch,
         });
-        region::put_state(cx.engine, cx.batch, group, st)?;
+        region::put_state(cx.batch, group, st)?;
         Ok(Response::Ok)
     }
 }

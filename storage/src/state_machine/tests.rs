@@ -360,7 +360,7 @@ async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote()
     let mut n = 0;
     read_rows(&sent, |k, v| {
         if n < 4 {
-            b.put_cf(engine.cf(CF_DATA)?, k, v);
+            b.put(CF_DATA, k, v);
         }
         n += 1;
         Ok(())
@@ -376,7 +376,7 @@ async fn an_install_cut_short_by_a_crash_leaves_an_empty_replica_with_its_vote()
     let (engine, vote) = follower(dir.path()).await;
     begin_install(&engine, 5, 0).unwrap();
     write_install_rows(&engine, 5, &sent).unwrap();
-    engine.db().flush_wal(true).unwrap();
+    engine.sync_now().unwrap();
     drop(engine);
     assert_eq!(after_crash(dir.path(), &vote).await, None);
 
@@ -396,7 +396,7 @@ async fn a_replica_behind_its_purged_log_is_reset_but_keeps_its_vote() {
     let (engine, vote) = follower(dir.path()).await;
     // The data (header included) is lost, the purged log is not.
     let mut b = WriteBatch::default();
-    engine.delete_group_range(&mut b, CF_DATA, 5).unwrap();
+    b.delete_group(CF_DATA, 5);
     engine.write_sync(b).unwrap();
     drop(engine);
     assert_eq!(after_crash(dir.path(), &vote).await, None);
@@ -636,7 +636,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
         )
         .unwrap();
     assert!(matches!(r, Response::Rejected(_)));
-    assert_eq!(b.len(), 0);
+    assert!(b.is_empty());
 }
 
 #[tokio::test]
@@ -649,7 +649,7 @@ async fn commands_of_another_kind_are_rejected_without_effect() {
         .apply_one(1, &Request::Trim { before: 3 }, &mut b)
         .unwrap();
     assert!(matches!(r, Response::Rejected(_)));
-    assert_eq!(b.len(), 0);
+    assert!(b.is_empty());
 }
 
 #[tokio::test]
@@ -667,7 +667,7 @@ async fn a_group_with_its_whole_log_builds_no_snapshot_when_asked_for_the_curren
     // Once the log has been purged, a follower can only catch up from a snapshot: one is built.
     let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
     let mut b = WriteBatch::default();
-    crate::LogStore::seed_purged(&engine, &mut b, 5, &openraft::LogId::new(lid, 3)).unwrap();
+    crate::LogStore::seed_purged(&mut b, 5, &openraft::LogId::new(lid, 3)).unwrap();
     engine.write_sync(b).unwrap();
     let snap = sm.get_current_snapshot().await.unwrap().expect("built");
     assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
