@@ -129,16 +129,19 @@ impl Cluster for ClusterService {
             }
         };
         let resp = self.ctx.propose_meta(cmd).await?;
-        match resp {
+        let node_id = match resp {
             MetaResponse::NodeId(node_id) => {
                 tracing::info!(node = node_id, addr = %req.advertise_addr, "node joined");
-                Ok(Response::new(JoinResponse { node_id }))
+                node_id
             }
-            MetaResponse::Rejected(m) => Err(Status::unavailable(m)),
-            MetaResponse::Ok | MetaResponse::GroupId(_) => Ok(Response::new(JoinResponse {
-                node_id: req.node_id,
-            })),
-        }
+            MetaResponse::Rejected(m) => return Err(Status::unavailable(m)),
+            MetaResponse::Ok | MetaResponse::GroupId(_) => req.node_id,
+        };
+        // A node that just (re)joined was heard now: it must not count as gone before its first
+        // heartbeat, or it is never made a learner of the metadata group and never learns whom to
+        // send heartbeats to.
+        self.ctx.liveness.record(node_id, Vec::new());
+        Ok(Response::new(JoinResponse { node_id }))
     }
 
     async fn status(
@@ -194,9 +197,19 @@ impl Cluster for ClusterService {
         &self,
         request: Request<NodeHeartbeat>,
     ) -> Result<Response<HeartbeatAck>, Status> {
-        if !self.ctx.is_metadata_leader() {
-            return Err(NodeError::Unavailable("not the metadata leader".into()).into());
-        }
+        // A node that does not know the metadata leader yet (it joined but is not a learner of
+        // the metadata group, or it is back after a long absence) reports to any member it knows.
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { ClusterClient::new(ch).heartbeat(r).await },
+        )
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
         let hb = request.into_inner();
         self.ctx.liveness.record(hb.node_id, hb.groups);
         Ok(Response::new(HeartbeatAck {}))
@@ -280,7 +293,7 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
     let mut out = Vec::with_capacity(groups.len());
     for h in groups.values() {
         let m = h.raft.metrics().borrow_watched().clone();
-        let leader = m.current_leader == Some(m.id);
+        let leader = crate::groups::leads(&m);
         let (earliest_offset, latest_offset, region_bytes) = match (&h.watch, leader) {
             (weir_storage::GroupWatch::Partition(rx), true) => {
                 let st = *rx.borrow();
@@ -318,10 +331,12 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
     out
 }
 
-/// Sends this node's heartbeat to the metadata leader every second, forever.
-pub async fn heartbeat_loop(ctx: Arc<NodeContext>) {
+/// Sends this node's heartbeat to the metadata leader every second, forever (through any member it
+/// knows while it does not know the leader).
+pub async fn heartbeat_loop(ctx: Arc<NodeContext>, seeds: Vec<String>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fallback = 0usize;
     loop {
         tick.tick().await;
         let hb = NodeHeartbeat {
@@ -343,13 +358,39 @@ pub async fn heartbeat_loop(ctx: Arc<NodeContext>) {
             ctx.liveness.record(ctx.node_id, hb.groups);
             continue;
         }
-        let Ok(mut client) = ctx.cluster_client_of_leader() else {
+        let channel = match ctx.metadata_leader_addr() {
+            Ok(addr) => ctx.peers.channel(&addr),
+            // No leader known here: any member forwards the heartbeat to it, one after another.
+            Err(_) => {
+                let members = known_members(&ctx, &seeds);
+                if members.is_empty() {
+                    continue;
+                }
+                fallback = fallback.wrapping_add(1);
+                ctx.peers.channel(&members[fallback % members.len()])
+            }
+        };
+        let Ok(channel) = channel else {
             continue;
         };
         let mut req = Request::new(hb);
         req.set_timeout(Duration::from_secs(2));
-        if let Err(e) = client.heartbeat(req).await {
+        if let Err(e) = ClusterClient::new(channel).heartbeat(req).await {
             tracing::debug!(error = %e, "heartbeat to the metadata leader failed");
         }
     }
+}
+
+/// Addresses of the other members this node knows: from its catalog, and the node it joined
+/// through.
+fn known_members(ctx: &NodeContext, seeds: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = seeds.to_vec();
+    if let Ok(catalog) = ctx.registry.catalog() {
+        for (id, n) in &catalog.nodes {
+            if *id != ctx.node_id && !out.contains(&n.addr) {
+                out.push(n.addr.clone());
+            }
+        }
+    }
+    out
 }

@@ -58,10 +58,25 @@ pub struct GroupHandle {
     pub no_votes_until: Instant,
 }
 
+/// True when the replica these metrics describe leads its group. openraft keeps naming a leader
+/// that was removed from its group (it is then a learner) as the current leader, so the state
+/// must say so too.
+pub fn leads(m: &openraft::RaftMetrics<weir_storage::TypeConfig>) -> bool {
+    m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id)
+}
+
+/// The leader these metrics know of, leaving out this replica itself once it stepped down.
+pub fn known_leader(m: &openraft::RaftMetrics<weir_storage::TypeConfig>) -> Option<u64> {
+    match m.current_leader {
+        Some(l) if l == m.id && !leads(m) => None,
+        other => other,
+    }
+}
+
 impl GroupHandle {
     /// The current leader's node id, if any.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow_watched().current_leader
+        known_leader(&self.raft.metrics().borrow_watched())
     }
 
     /// True when this replica may grant votes (it is not within a lease of its restart).
@@ -71,9 +86,7 @@ impl GroupHandle {
 
     /// True when this node leads the group.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        m.current_leader == Some(m.id)
+        leads(&self.raft.metrics().borrow_watched())
     }
 }
 
@@ -524,8 +537,8 @@ pub fn membership_view(h: &GroupHandle) -> MembershipReply {
         .chain(membership.learner_ids())
         .collect();
     MembershipReply {
-        leader: m.current_leader == Some(m.id),
-        leader_id: m.current_leader.unwrap_or(0),
+        leader: leads(&m),
+        leader_id: known_leader(&m).unwrap_or(0),
         members: members.into_iter().collect(),
         committed: stored.log_id().is_some() && *stored.log_id() <= m.last_applied,
     }

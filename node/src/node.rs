@@ -324,7 +324,10 @@ where
         }));
     }
 
-    tasks.push(tokio::spawn(cluster::heartbeat_loop(ctx.clone())));
+    tasks.push(tokio::spawn(cluster::heartbeat_loop(
+        ctx.clone(),
+        cfg.join.iter().cloned().collect(),
+    )));
     tasks.push(tokio::spawn(crate::raft::failover::failover_loop(
         node_id,
         ctx.registry.clone(),

@@ -261,7 +261,7 @@ async fn watch_takeover(ctx: NodeContext, takeover: Weak<Mutex<Option<(u64, Inst
         let term = {
             let m = h.raft.metrics();
             let m = m.borrow_watched();
-            (m.current_leader == Some(m.id)).then_some(m.current_term)
+            crate::groups::leads(&m).then_some(m.current_term)
         };
         let Some(term) = term else {
             continue;
