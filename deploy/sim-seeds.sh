@@ -5,14 +5,20 @@
 #
 # Seeds FIRST..FIRST+COUNT are split over JOBS processes (default: the number of cores). Every
 # seed's verdict is printed; a failing seed replays exactly with
-#   WEIR_SIM_SEED=<seed> cargo test --release -p weir-tests --test sim_cluster seeds_survive -- --nocapture
+#   WEIR_SIM_SEED=<seed> cargo test --release -p weir-tests --test sim_cluster seeds_survive_the_nemesis -- --exact --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIRST="${1:-0}"
 COUNT="${2:-1000}"
 JOBS="${3:-$(nproc)}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/target-release}"
-cargo test --release -p weir-tests --test sim_cluster --no-run
+# WEIR_SIM_PROFILE=dev runs the debug build instead (slower per seed, no release build needed).
+PROFILE="${WEIR_SIM_PROFILE:-release}"
+if [[ "$PROFILE" == release ]]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/target-release}"
+else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/target}"
+fi
+cargo test --profile "$PROFILE" -p weir-tests --test sim_cluster --no-run
 LOGS="$(mktemp -d)"
 per=$(( (COUNT + JOBS - 1) / JOBS ))
 pids=()
@@ -21,8 +27,8 @@ for ((j = 0; j < JOBS; j++)); do
     b=$(( a + per ))
     (( b > FIRST + COUNT )) && b=$(( FIRST + COUNT ))
     (( a >= b )) && continue
-    WEIR_SIM_SEEDS="$a..$b" cargo test --release -p weir-tests --test sim_cluster \
-        seeds_survive_the_nemesis -- --nocapture >"$LOGS/$j.log" 2>&1 &
+    WEIR_SIM_SEEDS="$a..$b" cargo test --profile "$PROFILE" -p weir-tests --test sim_cluster \
+        seeds_survive_the_nemesis -- --exact --nocapture >"$LOGS/$j.log" 2>&1 &
     pids+=($!)
 done
 status=0

@@ -49,7 +49,11 @@ pub struct ClientConfig {
 /// Makes the channel for a configured endpoint (for example over a simulated network): the
 /// transport under every call of a [`Client`].
 #[derive(Clone)]
-pub struct Connector(pub std::sync::Arc<dyn Fn(&tonic::transport::Endpoint) -> tonic::transport::Channel + Send + Sync>);
+pub struct Connector(
+    pub  std::sync::Arc<
+        dyn Fn(&tonic::transport::Endpoint) -> tonic::transport::Channel + Send + Sync,
+    >,
+);
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

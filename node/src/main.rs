@@ -58,7 +58,8 @@ async fn main() {
         "weir-node {} listening on {} (gRPC) and {} (HTTP)",
         node.node_id,
         node.grpc_addr,
-        node.http_addr.map_or_else(|| "nothing".to_string(), |a| a.to_string())
+        node.http_addr
+            .map_or_else(|| "nothing".to_string(), |a| a.to_string())
     );
     tokio::select! {
         _ = node.wait() => {}

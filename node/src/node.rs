@@ -128,11 +128,7 @@ fn read_identity(engine: &Engine) -> anyhow::Result<Option<Identity>> {
 
 fn write_identity(engine: &Engine, id: &Identity) -> anyhow::Result<()> {
     let mut b = weir_storage::engine::WriteBatch::default();
-    b.put(
-        CF_META,
-        group_key(IDENTITY_GROUP, b"node"),
-        encode(id)?,
-    );
+    b.put(CF_META, group_key(IDENTITY_GROUP, b"node"), encode(id)?);
     engine.write_sync(b)?;
     Ok(())
 }

@@ -101,7 +101,13 @@ impl Peers {
             .map_err(|e| NodeError::InvalidArgument(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
+            // A connection whose peer vanished, or whose packets a network dropped for good,
+            // must be noticed even when no call is waiting on it: otherwise every call that is
+            // given up before the keep-alive would fire (a forwarded request whose client timed
+            // out) leaves it idle, and the next call hangs on it again.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20);
         let ch = (self.connect)(&ep);

@@ -8,10 +8,10 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
+use crate::engine::WriteBatch;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use crate::engine::WriteBatch;
 
 use crate::engine::{group_key, group_key_u64, CF_LOG, CF_META};
 use crate::{decode, encode, Engine, StorageError, TypeConfig};
@@ -68,11 +68,7 @@ impl LogStore {
         group: u64,
         log_id: &LogIdOf<TypeConfig>,
     ) -> Result<(), StorageError> {
-        b.put(
-            CF_META,
-            group_key(group, META_PURGED),
-            encode(log_id)?,
-        );
+        b.put(CF_META, group_key(group, META_PURGED), encode(log_id)?);
         Ok(())
     }
 
@@ -163,11 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let mut b = WriteBatch::default();
-        b.put(
-            CF_META,
-            group_key(self.group, META_VOTE),
-            encode(vote)?,
-        );
+        b.put(CF_META, group_key(self.group, META_VOTE), encode(vote)?);
         Ok(self.engine.write_sync(b)?)
     }
 

@@ -194,9 +194,7 @@ pub fn scan_rows(
     max_bytes: usize,
     reverse: bool,
 ) -> Result<Result<ScanPage, NotInRegion>, StorageError> {
-    engine.consistent(|view| {
-        scan_rows_in(view, group, start, end, limit, max_bytes, reverse)
-    })
+    engine.consistent(|view| scan_rows_in(view, group, start, end, limit, max_bytes, reverse))
 }
 
 fn scan_rows_in(

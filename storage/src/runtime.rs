@@ -162,7 +162,9 @@ mod tests {
     use super::*;
 
     fn draws() -> Vec<u64> {
-        (0..4).map(|_| WeirRuntime::thread_rng().next_u64()).collect()
+        (0..4)
+            .map(|_| WeirRuntime::thread_rng().next_u64())
+            .collect()
     }
 
     #[test]

@@ -10,8 +10,8 @@
 
 pub mod kv_register;
 pub mod linearizability;
-pub mod sim;
 pub mod process;
+pub mod sim;
 pub mod topic_data;
 
 use std::future::Future;

@@ -1475,7 +1475,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     // tokio's clock: real time in a process test, the simulation's in a simulated one.
-use tokio::time::Instant;
+    use tokio::time::Instant;
 
     fn val(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())

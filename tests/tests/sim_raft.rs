@@ -87,11 +87,7 @@ async fn run_replica(
     };
     let sm = StateMachine::open(engine.clone(), GROUP, &kind, &snapshot_root)?;
     let watch = sm.watch();
-    let network = GroupNetwork::new(
-        GROUP,
-        sim::peers(),
-        engine.clone(),
-    );
+    let network = GroupNetwork::new(GROUP, sim::peers(), engine.clone());
     let raft = Raft::new(
         id,
         config::partition(),

@@ -17,8 +17,8 @@ use weir_proto::v1::log_client::LogClient;
 use weir_proto::v1::log_server::Log;
 use weir_proto::v1::*;
 use weir_storage::catalog::{Catalog, GroupInfo, MetaCommand, MetaResponse};
-use weir_storage::partition::{self, PartitionState};
 use weir_storage::engine::on_blocking_thread;
+use weir_storage::partition::{self, PartitionState};
 use weir_storage::types::ProducerSeq;
 use weir_storage::{GroupWatch, Request as Cmd, Response as Resp};
 

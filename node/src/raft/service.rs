@@ -141,9 +141,10 @@ impl RaftTransport for RaftService {
         // again and sends more. Failing inside Raft's install would stop the group.
         let checked = path.clone();
         let group = g.id;
-        let kept = on_blocking_thread(move || weir_storage::state_machine::kept_below(group, &checked))
-            .await
-            .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
+        let kept =
+            on_blocking_thread(move || weir_storage::state_machine::kept_below(group, &checked))
+                .await
+                .map_err(|e| Status::data_loss(format!("received snapshot refused: {e}")))?;
         let held = held_below(&g);
         if kept > held {
             return Err(Status::failed_precondition(format!(

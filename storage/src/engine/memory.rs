@@ -270,13 +270,7 @@ impl Backend for MemoryBackend {
         self.sync_unsynced()
     }
 
-    fn scan(
-        &self,
-        cf: &str,
-        from: &[u8],
-        to: &[u8],
-        visit: Visit<'_>,
-    ) -> Result<(), StorageError> {
+    fn scan(&self, cf: &str, from: &[u8], to: &[u8], visit: Visit<'_>) -> Result<(), StorageError> {
         let mut next: Vec<u8> = from.to_vec();
         let mut first = true;
         loop {
@@ -326,7 +320,10 @@ impl Backend for MemoryBackend {
         let t = Self::table(&st, cf)?;
         let mut ids = Vec::new();
         let mut from: Vec<u8> = Vec::new();
-        while let Some((k, _)) = t.range::<[u8], _>((Bound::Included(&from[..]), Bound::Unbounded)).next() {
+        while let Some((k, _)) = t
+            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Unbounded))
+            .next()
+        {
             let Some(id) = k
                 .get(..8)
                 .and_then(|p| <[u8; 8]>::try_from(p).ok())
@@ -432,17 +429,26 @@ mod tests {
                 put(&engine, k, false);
             }
             let lost = disk.crash();
-            assert!(engine.get(CF_DATA, b"a").is_err(), "a crashed engine must fail");
+            assert!(
+                engine.get(CF_DATA, b"a").is_err(),
+                "a crashed engine must fail"
+            );
             let after = Engine::in_memory(&disk);
             for k in [b"a", b"b"] {
-                assert!(after.get(CF_DATA, k).unwrap().is_some(), "seed {seed}: synced lost");
+                assert!(
+                    after.get(CF_DATA, k).unwrap().is_some(),
+                    "seed {seed}: synced lost"
+                );
             }
             let kept: Vec<bool> = [b"c", b"d", b"e"]
                 .iter()
                 .map(|k| after.get(CF_DATA, *k).unwrap().is_some())
                 .collect();
             // Kept writes are a prefix: once one is lost, every later one is too.
-            assert!(kept.windows(2).all(|w| w[0] || !w[1]), "seed {seed}: {kept:?}");
+            assert!(
+                kept.windows(2).all(|w| w[0] || !w[1]),
+                "seed {seed}: {kept:?}"
+            );
             assert_eq!(kept.iter().filter(|k| !**k).count(), lost);
         }
     }

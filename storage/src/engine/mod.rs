@@ -185,8 +185,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes everything written so far durable before returning.
     fn sync_now(&self) -> Result<(), StorageError>;
     /// Visits the keys of `cf` in `[from, to)` in key order.
-    fn scan(&self, cf: &str, from: &[u8], to: &[u8], visit: Visit<'_>)
-        -> Result<(), StorageError>;
+    fn scan(&self, cf: &str, from: &[u8], to: &[u8], visit: Visit<'_>) -> Result<(), StorageError>;
     /// The last key/value of `cf` in `[from, to)`.
     fn last_in(&self, cf: &str, from: &[u8], to: &[u8]) -> Result<Option<KeyValue>, StorageError>;
     /// The ids of the groups with at least one key in `cf`, in order.
@@ -433,10 +432,8 @@ mod tests {
             assert_eq!(key_suffix_u64(&last.0), Some(3), "{engine:?}");
             let (got, backwards) = engine
                 .consistent(|view| {
-                    let got = view.multi_get(
-                        CF_DATA,
-                        &[group_key_u64(3, 1, 4), group_key_u64(3, 1, 5)],
-                    )?;
+                    let got =
+                        view.multi_get(CF_DATA, &[group_key_u64(3, 1, 4), group_key_u64(3, 1, 5)])?;
                     let mut backwards = Vec::new();
                     view.scan(
                         CF_DATA,

@@ -109,18 +109,14 @@ impl Backend for RocksBackend {
         Ok(self.db.flush_wal(true)?)
     }
 
-    fn scan(
-        &self,
-        cf: &str,
-        from: &[u8],
-        to: &[u8],
-        visit: Visit<'_>,
-    ) -> Result<(), StorageError> {
+    fn scan(&self, cf: &str, from: &[u8], to: &[u8], visit: Visit<'_>) -> Result<(), StorageError> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(to.to_vec());
-        let iter =
-            self.db
-                .iterator_cf_opt(self.cf(cf)?, ro, IteratorMode::From(from, Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf)?,
+            ro,
+            IteratorMode::From(from, Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item?;
             if !visit(&k, &v)? {
@@ -208,9 +204,9 @@ impl ReadView for RocksView<'_> {
         cf_name: &str,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let got = self
-            .db
-            .batched_multi_get_cf_opt(cf(self.db, cf_name)?, keys, false, &self.options());
+        let got =
+            self.db
+                .batched_multi_get_cf_opt(cf(self.db, cf_name)?, keys, false, &self.options());
         got.into_iter()
             .map(|r| Ok(r?.map(|v| v.to_vec())))
             .collect()

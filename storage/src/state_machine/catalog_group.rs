@@ -45,11 +45,8 @@ impl GroupState for CatalogGroup {
         let mut catalog = (**self.tx.borrow()).clone();
         let resp = catalog.apply(cmd);
         if !matches!(resp, MetaResponse::Rejected(_)) {
-            cx.batch.put(
-                CF_DATA,
-                catalog_key(cx.group),
-                encode(&catalog)?,
-            );
+            cx.batch
+                .put(CF_DATA, catalog_key(cx.group), encode(&catalog)?);
             self.tx.send_replace(Arc::new(catalog));
         }
         Ok(Response::Meta(resp))

@@ -11,8 +11,8 @@
 
 use std::path::Path;
 
-use openraft::alias::SnapshotMetaOf;
 use crate::engine::WriteBatch;
+use openraft::alias::SnapshotMetaOf;
 
 use super::{header_key, transfer, Header};
 use crate::engine::{group_key, CF_DATA};

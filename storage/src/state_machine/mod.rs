@@ -23,11 +23,11 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::engine::WriteBatch;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use crate::engine::WriteBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -237,11 +237,7 @@ impl StateMachine {
     }
 
     fn put_header(&self, b: &mut WriteBatch) -> Result<(), StorageError> {
-        b.put(
-            CF_DATA,
-            header_key(self.group),
-            encode(&self.header)?,
-        );
+        b.put(CF_DATA, header_key(self.group), encode(&self.header)?);
         Ok(())
     }
 

@@ -171,8 +171,7 @@ impl RegionGroup {
                 ),
                 partition: Default::default(),
             };
-            cx.batch
-                .put(cf, header_key(child), encode(&child_header)?);
+            cx.batch.put(cf, header_key(child), encode(&child_header)?);
             crate::LogStore::seed_purged(cx.batch, child, &init)?;
             region::put_state(
                 cx.batch,
