@@ -43,22 +43,7 @@ pub struct ClientConfig {
     /// wait on top).
     pub request_timeout: Duration,
     /// How channels to nodes are made; None connects over the OS's TCP.
-    pub connector: Option<Connector>,
-}
-
-/// Makes the channel for a configured endpoint (for example over a simulated network): the
-/// transport under every call of a [`Client`].
-#[derive(Clone)]
-pub struct Connector(
-    pub  std::sync::Arc<
-        dyn Fn(&tonic::transport::Endpoint) -> tonic::transport::Channel + Send + Sync,
-    >,
-);
-
-impl std::fmt::Debug for Connector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Connector")
-    }
+    pub connector: Option<crate::pool::Connector>,
 }
 
 impl Default for ClientConfig {

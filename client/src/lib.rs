@@ -42,10 +42,11 @@ pub mod retry;
 mod routing;
 pub mod table;
 
-pub use client::{Client, ClientConfig, Connector, NewTopic};
+pub use client::{Client, ClientConfig, NewTopic};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::{ClientError, Result};
 pub use partitioner::Partitioner;
+pub use pool::Connector;
 pub use producer::{now_ms, Producer, ProducerConfig, ProducerStats, RecordAck};
 pub use table::{CasAction, CasOutcome, Expectation, ScanOptions, Table, TableRow};
 pub use weir_proto::table::{ColumnType, TableSchema, Value};

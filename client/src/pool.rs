@@ -12,11 +12,25 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::Connector;
 use crate::error::ClientError;
 
 /// How long a node that failed is avoided when another choice exists.
 const SUSPECT_FOR: Duration = Duration::from_secs(2);
+
+/// Makes the channel for a configured endpoint (for example over a simulated network): the
+/// transport under every call of a [`crate::Client`].
+#[derive(Clone)]
+pub struct Connector(
+    pub  std::sync::Arc<
+        dyn Fn(&tonic::transport::Endpoint) -> tonic::transport::Channel + Send + Sync,
+    >,
+);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
 
 /// Shared channels by address, plus what is known about which nodes are alive.
 #[derive(Debug)]
