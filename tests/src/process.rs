@@ -6,12 +6,17 @@ use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
 
-/// A free port on 127.0.0.1 (bound once by the OS, then released for the node to take).
+/// A free port on 127.0.0.1 for a node to listen on, checked by binding it once. Drawn below the
+/// range the OS hands out to outgoing connections (32768 and up on Linux): a port the OS picked
+/// for us could be taken by any client's connection before the node binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 on 127.0.0.1")
 }
 
 /// Path of a workspace binary, next to the test executable's directory (`target/<profile>/`).
