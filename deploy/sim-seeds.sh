@@ -6,6 +6,8 @@
 # Seeds FIRST..FIRST+COUNT are split over JOBS processes (default: the number of cores). Every
 # seed's verdict is printed; a failing seed replays exactly with
 #   WEIR_SIM_SEED=<seed> cargo test --release -p weir-tests --test sim_cluster seeds_survive_the_nemesis -- --exact --nocapture
+# WEIR_SIM_CHAOS_SECS=N sets how long the nemesis acts per seed (default 60; CI's short runs use
+# 20); pass the same value when replaying.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIRST="${1:-0}"

@@ -499,8 +499,11 @@ impl Client {
         Fut: Future<Output = std::result::Result<Response<T>, Status>>,
     {
         let mut attempts = Attempts::new(self.inner.config.retry_for);
+        // The node a "not leader" answer named: the next attempt goes there rather than back to
+        // a node that would forward it to the same follower again.
+        let mut hinted: Option<String> = None;
         loop {
-            let addr = self.inner.pool.any_node();
+            let addr = hinted.take().unwrap_or_else(|| self.inner.pool.any_node());
             attempts.begin();
             let status = match call(self.inner.pool.channel(&addr)?).await {
                 Ok(resp) => return Ok(Some(resp.into_inner())),
@@ -514,7 +517,9 @@ impl Client {
                 Verdict::Fail => return Err(err),
                 Verdict::NotLeader(hint) => {
                     if let Some(leader) = hint {
-                        self.inner.pool.learn(&normalize(&leader));
+                        let leader = normalize(&leader);
+                        self.inner.pool.learn(&leader);
+                        hinted = Some(leader);
                     }
                 }
                 Verdict::Unavailable => {
