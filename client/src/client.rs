@@ -489,7 +489,7 @@ impl Client {
     /// Like [`Client::call_any`], but answers `Ok(None)` when an attempt fails with `tolerate`
     /// after an earlier attempt failed in a way that may have applied it — the non-idempotent
     /// catalog calls use this to recognise their own earlier success.
-    async fn call_any_tolerating<T, F, Fut>(
+    pub(crate) async fn call_any_tolerating<T, F, Fut>(
         &self,
         tolerate: Option<Code>,
         mut call: F,

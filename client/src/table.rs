@@ -206,11 +206,17 @@ impl Client {
             .config()
             .request_timeout
             .max(std::time::Duration::from_secs(10));
-        self.call_any(|ch| {
-            let req = req.clone();
-            async move { kv(ch).create_table(request(req, timeout)).await }
-        })
-        .await
+        // A retry after a lost answer may find the table created by the first attempt.
+        let created = self
+            .call_any_tolerating(Some(Code::AlreadyExists), |ch| {
+                let req = req.clone();
+                async move { kv(ch).create_table(request(req, timeout)).await }
+            })
+            .await?;
+        match created {
+            Some(info) => Ok(info),
+            None => self.describe_table(name).await,
+        }
     }
 
     /// Drops a table and all its rows.
@@ -219,7 +225,8 @@ impl Client {
         let req = v1::DropTableRequest {
             name: name.to_string(),
         };
-        self.call_any(|ch| {
+        // A retry after a lost answer may find the table already dropped by the first attempt.
+        self.call_any_tolerating(Some(Code::NotFound), |ch| {
             let req = req.clone();
             async move { kv(ch).drop_table(request(req, timeout)).await }
         })
