@@ -974,11 +974,13 @@ fn env_seeds() -> Vec<u64> {
 /// How long the nemesis acts in runs whose seeds come from the environment:
 /// `WEIR_SIM_CHAOS_SECS`, else a full run.
 fn chaos_from_env() -> Duration {
-    std::env::var("WEIR_SIM_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(CHAOS)
+    match std::env::var("WEIR_SIM_CHAOS_SECS") {
+        Ok(secs) => Duration::from_secs(
+            secs.parse()
+                .unwrap_or_else(|_| panic!("WEIR_SIM_CHAOS_SECS={secs:?} is not a number")),
+        ),
+        Err(_) => CHAOS,
+    }
 }
 
 fn run_seeds(seeds: &[u64], chaos: Duration) {
