@@ -40,6 +40,7 @@ mod pool;
 pub mod producer;
 pub mod retry;
 mod routing;
+pub mod sql;
 pub mod table;
 
 pub use client::{Client, ClientConfig, NewTopic};
@@ -48,6 +49,7 @@ pub use error::{ClientError, Result};
 pub use partitioner::Partitioner;
 pub use pool::Connector;
 pub use producer::{now_ms, Producer, ProducerConfig, ProducerStats, RecordAck};
+pub use sql::{SqlEvent, SqlStream};
 pub use table::{CasAction, CasOutcome, Expectation, ScanOptions, Table, TableRow};
 pub use weir_proto::table::{ColumnType, TableSchema, Value};
 pub use weir_proto::v1::{

@@ -626,6 +626,52 @@ impl Table {
         })
     }
 
+    /// Sends one scan request to the region holding its first key (its end, in reverse).
+    async fn scan_call(&self, req: v1::ScanRequest) -> Result<v1::ScanResponse> {
+        let timeout = self.client.config().request_timeout;
+        let (start, end) = (req.start_key.to_vec(), req.end_key.to_vec());
+        let at = if req.reverse {
+            Locate::Before(&end)
+        } else {
+            Locate::Key(&start)
+        };
+        self.call_region(at, true, |ch| {
+            let req = req.clone();
+            async move { kv(ch).scan(request(req, timeout)).await }
+        })
+        .await
+    }
+
+    /// Reads one page of the rows with encoded keys in `[start, end)` (empty `end`: to the
+    /// table's end), at most `limit` (0: as many as one answer holds); returns the rows' values
+    /// (of `columns`, all when empty) and the key the range continues at, if it does.
+    pub async fn scan_page(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        columns: &[String],
+        stale: bool,
+    ) -> Result<(Vec<Vec<Value>>, Option<Vec<u8>>)> {
+        let resp = self
+            .scan_call(v1::ScanRequest {
+                table: self.name.clone(),
+                start_key: start.to_vec().into(),
+                end_key: end.to_vec().into(),
+                limit,
+                reverse: false,
+                columns: columns.to_vec(),
+                stale,
+            })
+            .await?;
+        let rows = resp
+            .rows
+            .iter()
+            .map(|r| Ok(from_row(r)?.values))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((rows, resp.more.then(|| resp.resume_key.to_vec())))
+    }
+
     /// Reads rows in key order (or reverse) page by page; `page` is called with each page of rows
     /// and their encoded keys and may return false to stop early.
     pub async fn scan(
@@ -641,7 +687,6 @@ impl Table {
             Some(k) => self.encode_key(k)?,
             None => Vec::new(),
         };
-        let timeout = self.client.config().request_timeout;
         let mut returned = 0u64;
         loop {
             let remaining = if opts.limit == 0 {
@@ -658,17 +703,7 @@ impl Table {
                 columns: opts.columns.clone(),
                 stale: opts.stale,
             };
-            let at = if opts.reverse {
-                Locate::Before(&end)
-            } else {
-                Locate::Key(&start)
-            };
-            let resp = self
-                .call_region(at, true, |ch| {
-                    let req = req.clone();
-                    async move { kv(ch).scan(request(req, timeout)).await }
-                })
-                .await?;
+            let resp = self.scan_call(req).await?;
             let rows = resp
                 .keys
                 .iter()

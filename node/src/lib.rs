@@ -29,5 +29,6 @@ pub mod peers;
 pub mod placement;
 pub mod raft;
 pub mod region;
+pub mod sql;
 
 pub use node::{start, start_with, NodeConfig, NodeEnv, RunningNode};

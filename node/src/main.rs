@@ -30,6 +30,38 @@ struct Args {
     /// Seconds a node may be silent before its replicas are re-created elsewhere.
     #[arg(long, env = "WEIR_DOWN_TIMEOUT_SECS", default_value_t = 30)]
     down_timeout_secs: u64,
+    /// Most memory SQL queries on this node may hold at once (`512MiB`, `4GiB`, bytes; 0 is
+    /// unbounded); sorts, joins and aggregations spill to the data dir beyond it.
+    #[arg(long, env = "WEIR_SQL_MEMORY", default_value = "2GiB", value_parser = parse_size)]
+    sql_memory: usize,
+    /// Address to serve the Postgres wire protocol on (psql, psycopg, dashboards); empty serves
+    /// none.
+    #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:7432")]
+    pg: String,
+}
+
+/// A size in bytes, with an optional binary suffix (`KiB`, `MiB`, `GiB`; `K`, `M`, `G`).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (write e.g. 512MiB or 4GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "'{other}' is not a size unit (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    n.checked_mul(1usize << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[tokio::main]
@@ -47,6 +79,8 @@ async fn main() {
     cfg.advertise = args.advertise;
     cfg.join = args.join;
     cfg.down_timeout = Duration::from_secs(args.down_timeout_secs);
+    cfg.sql_memory = args.sql_memory;
+    cfg.pg = Some(args.pg).filter(|a| !a.is_empty());
     let mut node = match weir_node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
@@ -55,10 +89,12 @@ async fn main() {
         }
     };
     println!(
-        "weir-node {} listening on {} (gRPC) and {} (HTTP)",
+        "weir-node {} listening on {} (gRPC), {} (HTTP) and {} (Postgres)",
         node.node_id,
         node.grpc_addr,
         node.http_addr
+            .map_or_else(|| "nothing".to_string(), |a| a.to_string()),
+        node.pg_addr
             .map_or_else(|| "nothing".to_string(), |a| a.to_string())
     );
     tokio::select! {

@@ -17,6 +17,7 @@ use weir_proto::v1::cluster_server::ClusterServer;
 use weir_proto::v1::kv_server::KvServer;
 use weir_proto::v1::log_server::LogServer;
 use weir_proto::v1::raft_transport_server::RaftTransportServer;
+use weir_proto::v1::sql_server::SqlServer;
 use weir_proto::v1::JoinRequest;
 use weir_storage::catalog::{MetaCommand, NodeInfo};
 use weir_storage::engine::{group_key, CF_META};
@@ -32,6 +33,8 @@ use crate::peers::Peers;
 use crate::placement;
 use crate::region::service::KvService;
 use crate::region::split;
+use crate::sql::access::NodeCluster;
+use crate::sql::service::SqlService;
 
 /// Largest gRPC message a node accepts (a produce batch plus framing).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -59,6 +62,11 @@ pub struct NodeConfig {
     pub retention_interval: Duration,
     /// How often region leaders check whether their region should split.
     pub split_check_interval: Duration,
+    /// Most memory SQL queries on this node may hold at once (bytes; 0 is unbounded); operators
+    /// that can spill do so under the data dir beyond it.
+    pub sql_memory: usize,
+    /// Postgres wire protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
+    pub pg: Option<String>,
 }
 
 impl NodeConfig {
@@ -74,6 +82,8 @@ impl NodeConfig {
             placement_interval: Duration::from_secs(1),
             retention_interval: Duration::from_secs(5),
             split_check_interval: Duration::from_secs(1),
+            sql_memory: 2 << 30,
+            pg: None,
         }
     }
 }
@@ -92,6 +102,8 @@ pub struct RunningNode {
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address (None when the node serves no HTTP).
     pub http_addr: Option<SocketAddr>,
+    /// Bound Postgres protocol address (None when the node serves none).
+    pub pg_addr: Option<SocketAddr>,
     /// Shared context (for in-process tests and tools).
     pub ctx: Arc<NodeContext>,
     stop: watch::Sender<bool>,
@@ -169,6 +181,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let http_listener = TcpListener::bind(&cfg.http)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (HTTP): {e}", cfg.http))?;
+    let pg_listener = match &cfg.pg {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} for Postgres clients: {e} (set --pg)")
+        })?),
+        None => None,
+    };
     let grpc_addr = grpc_listener.local_addr()?;
     // The builder's TCP options only apply to listeners tonic binds itself; without NODELAY on
     // accepted sockets, small answers wait out the client's delayed ACK (about 40 ms).
@@ -179,6 +197,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         peers: Peers::default(),
         grpc_addr,
         http: Some(http_listener),
+        pg: pg_listener,
     };
     start_with(cfg, env, incoming).await
 }
@@ -195,6 +214,8 @@ pub struct NodeEnv {
     pub grpc_addr: SocketAddr,
     /// Where to serve HTTP; None serves none.
     pub http: Option<TcpListener>,
+    /// Where to serve the Postgres protocol; None serves none.
+    pub pg: Option<TcpListener>,
 }
 
 /// Starts a node on `env`, serving gRPC on the connections `incoming` yields.
@@ -219,8 +240,13 @@ where
         peers,
         grpc_addr,
         http: http_listener,
+        pg: pg_listener,
     } = env;
     let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let pg_addr = match &pg_listener {
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
@@ -265,6 +291,14 @@ where
 
     let (stop, stop_rx) = watch::channel(false);
     let log = Arc::new(LogService::new((*ctx).clone()));
+    let sql = weir_sql::Engine::new(
+        Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone())),
+        &weir_sql::EngineConfig {
+            memory_limit: cfg.sql_memory,
+            spill_dir: cfg.data_dir.join("spill"),
+            target_partitions: 0,
+        },
+    )?;
     let mut tasks = Vec::new();
 
     let grpc = tonic::transport::Server::builder()
@@ -287,6 +321,11 @@ where
         )
         .add_service(
             KvServer::new(KvService::new((*ctx).clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            SqlServer::new(SqlService::new(sql.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         );
@@ -316,6 +355,18 @@ where
                 .await
             {
                 tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }));
+    }
+
+    if let Some(pg_listener) = pg_listener {
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = weir_sql::pg::serve(sql, pg_listener, stopped).await {
+                tracing::error!(error = %e, "Postgres server stopped");
             }
         }));
     }
@@ -354,6 +405,7 @@ where
         node_id,
         grpc_addr,
         http_addr,
+        pg_addr,
         ctx,
         stop,
         tasks,

@@ -49,6 +49,8 @@ pub struct NodeProcess {
     pub addr: String,
     /// HTTP address.
     pub http: String,
+    /// Postgres protocol address.
+    pub pg: String,
     join: Option<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -68,6 +70,8 @@ impl NodeProcess {
             .arg(&self.addr)
             .arg("--http")
             .arg(&self.http)
+            .arg("--pg")
+            .arg(&self.pg)
             .args(extra)
             .env("WEIR_LOG", "info,openraft=warn")
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -140,6 +144,7 @@ impl ProcessCluster {
             data_dir: self.dir.path().join(format!("node{i}")),
             addr: format!("127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
+            pg: format!("127.0.0.1:{}", free_port()),
             join,
             child: None,
             log: self.dir.path().join(format!("node{i}.log")),

@@ -179,6 +179,7 @@ impl Machine {
             peers: peers(),
             grpc_addr: std::net::SocketAddr::from(([0, 0, 0, 0], PORT)),
             http: None,
+            pg: None,
         };
         let mut node = weir_node::start_with(cfg, env, incoming(PORT).await?)
             .await

@@ -9,6 +9,7 @@
 //! - [`kv`]: `weir kv put | get | delete | scan`, rows by key.
 //! - [`load`]: `weir load csv`, files into tables.
 //! - [`bench`]: `weir bench produce | consume | kv`, throughput and latency.
+//! - [`sql`]: `weir sql`, statements, files and an interactive shell.
 
 pub mod bench;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod kv;
 pub mod load;
 pub mod output;
 pub mod produce;
+pub mod sql;
 pub mod table;
 #[cfg(test)]
 mod test_values;
@@ -91,6 +93,19 @@ pub enum Command {
     /// Measure produce, consume or key/value throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run SQL: a statement, a file of statements, statements on stdin, or (with none of these,
+    /// on a terminal) an interactive shell.
+    Sql(SqlArgs),
+}
+
+/// Arguments of `weir sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The statement(s) to run, separated by ';'.
+    pub statement: Option<String>,
+    /// Run the statements of this file.
+    #[arg(short, long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
 }
 
 /// `weir table ...`.
@@ -479,6 +494,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Table(cmd) => table::run(&ctx, cmd).await,
         Command::Kv(cmd) => kv::run(&ctx, cmd).await,
         Command::Load(LoadCommand::Csv(args)) => load::csv(&ctx, args).await,
+        Command::Sql(args) => sql::run(&ctx, args).await,
     }
 }
 

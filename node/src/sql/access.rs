@@ -1,0 +1,180 @@
+//! The cluster as the SQL layer reaches it: the catalog this node has applied, and reads and
+//! writes sent through the client library, which routes each to its region's leader and retries
+//! across leader changes and splits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tonic::Code;
+use weir_client::{Client, ClientConfig, ClientError, Table};
+use weir_proto::table::Value;
+use weir_sql::{Cluster, ClusterError, NewTable, RegionMeta, RowPage, TableMeta};
+use weir_storage::catalog::{Catalog, GroupKind, TableInfo};
+
+use crate::groups::Registry;
+
+/// The SQL layer's view of the cluster from this node.
+pub struct NodeCluster {
+    registry: Registry,
+    /// This node's own gRPC address: the client's first hop.
+    addr: String,
+    client: tokio::sync::OnceCell<Client>,
+    /// Table handles (with their cached region routes), by name and table id.
+    tables: Mutex<HashMap<String, (u64, Table)>>,
+}
+
+impl std::fmt::Debug for NodeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCluster")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+fn to_cluster(e: ClientError) -> ClusterError {
+    // The SQL layer reports its own status code; keep only the node's explanation.
+    let message = match &e {
+        ClientError::Status { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    match e.code() {
+        Code::NotFound => ClusterError::NotFound(message),
+        Code::AlreadyExists => ClusterError::AlreadyExists(message),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            ClusterError::Invalid(message)
+        }
+        _ => ClusterError::Unavailable(message),
+    }
+}
+
+fn meta(catalog: &Catalog, t: &TableInfo) -> TableMeta {
+    TableMeta {
+        name: t.name.clone(),
+        schema: Arc::new(t.schema.clone()),
+        regions: catalog
+            .regions_of(t)
+            .filter_map(|g| match &g.kind {
+                GroupKind::Region { start, end, .. } => Some(RegionMeta {
+                    id: g.id,
+                    start: start.clone(),
+                    end: end.clone(),
+                    approx_bytes: 0,
+                }),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+impl NodeCluster {
+    /// The view from the node at `addr` whose groups are `registry`.
+    pub fn new(registry: Registry, addr: String) -> NodeCluster {
+        NodeCluster {
+            registry,
+            addr,
+            client: tokio::sync::OnceCell::new(),
+            tables: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn catalog(&self) -> Result<Arc<Catalog>, ClusterError> {
+        self.registry
+            .catalog()
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))
+    }
+
+    async fn client(&self) -> Result<&Client, ClusterError> {
+        self.client
+            .get_or_try_init(|| Client::connect_with(&self.addr, ClientConfig::default()))
+            .await
+            .map_err(to_cluster)
+    }
+
+    /// A handle to the table, reused while the catalog shows the same table under the name.
+    async fn handle(&self, name: &str) -> Result<Table, ClusterError> {
+        let catalog = self.catalog()?;
+        let id = catalog
+            .tables
+            .get(name)
+            .map(|t| t.id)
+            .ok_or_else(|| ClusterError::NotFound(format!("table '{name}' does not exist")))?;
+        if let Some((cached, t)) = self.cached().get(name) {
+            if *cached == id {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.client().await?.table(name).await.map_err(to_cluster)?;
+        self.cached().insert(name.to_string(), (id, t.clone()));
+        Ok(t)
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Table)>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Cluster for NodeCluster {
+    fn list_tables(&self) -> Result<Vec<TableMeta>, ClusterError> {
+        let catalog = self.catalog()?;
+        Ok(catalog.tables.values().map(|t| meta(&catalog, t)).collect())
+    }
+
+    fn table(&self, name: &str) -> Result<Option<TableMeta>, ClusterError> {
+        let catalog = self.catalog()?;
+        Ok(catalog.tables.get(name).map(|t| meta(&catalog, t)))
+    }
+
+    async fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: &[u8],
+        columns: &[String],
+        limit: usize,
+    ) -> Result<RowPage, ClusterError> {
+        let t = self.handle(table).await?;
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let (rows, resume) = t
+            .scan_page(start, end, limit, columns, false)
+            .await
+            .map_err(to_cluster)?;
+        Ok(RowPage { rows, resume })
+    }
+
+    async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
+        self.handle(table)
+            .await?
+            .put(rows)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn delete(&self, table: &str, keys: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
+        self.handle(table)
+            .await?
+            .delete(&keys)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn create_table(&self, t: NewTable) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .create_table(&t.name, &t.schema, t.replicas, t.split_bytes)
+            .await
+            .map(|_| ())
+            .map_err(to_cluster)
+    }
+
+    async fn drop_table(&self, name: &str) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .drop_table(name)
+            .await
+            .map_err(to_cluster)?;
+        self.cached().remove(name);
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! The `Sql` gRPC service: runs statements on this node's engine and streams the rows back as
+//! Arrow IPC, one statement after another.
+
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use weir_proto::v1::sql_response::Part;
+use weir_proto::v1::sql_server::Sql;
+use weir_proto::v1::{SqlRequest, SqlResponse, StatementDone};
+use weir_sql::{ClusterError, Engine, Output};
+
+/// The `Sql` service over one engine.
+pub struct SqlService {
+    engine: Engine,
+}
+
+impl SqlService {
+    /// The service running statements on `engine`.
+    pub fn new(engine: Engine) -> SqlService {
+        SqlService { engine }
+    }
+}
+
+/// The gRPC status a failed statement answers with; its message is DataFusion's, which names
+/// the line and column of a syntax error and the table or column that is unknown.
+pub fn status_of(e: DataFusionError) -> Status {
+    let e = e.find_root();
+    let message = e.strip_backtrace();
+    match e {
+        DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
+            Some(ClusterError::NotFound(m)) => Status::not_found(m.clone()),
+            Some(ClusterError::AlreadyExists(m)) => Status::already_exists(m.clone()),
+            Some(ClusterError::Invalid(m)) => Status::invalid_argument(m.clone()),
+            Some(ClusterError::Unavailable(m)) => Status::unavailable(m.clone()),
+            None => Status::internal(message),
+        },
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::Execution(_)
+        | DataFusionError::ArrowError(..) => Status::invalid_argument(message),
+        DataFusionError::NotImplemented(_) => Status::unimplemented(message),
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// `batches` as one Arrow IPC stream with `schema`.
+fn ipc(schema: &Schema, batches: &[RecordBatch]) -> Result<bytes::Bytes, Status> {
+    let mut out = Vec::new();
+    let encode = |out: &mut Vec<u8>| -> Result<(), datafusion::arrow::error::ArrowError> {
+        let mut w = StreamWriter::try_new(out, schema)?;
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()
+    };
+    encode(&mut out).map_err(|e| Status::internal(format!("encoding the result: {e}")))?;
+    Ok(out.into())
+}
+
+/// The command a statement's rows answer (its first keyword).
+fn tag_of(sql: &str) -> String {
+    sql.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('(')
+        .to_ascii_uppercase()
+}
+
+/// Runs one statement, sending its parts; returns false when the caller went away.
+async fn run_statement(
+    engine: &Engine,
+    index: u32,
+    stmt: datafusion::sql::parser::Statement,
+    tx: &mpsc::Sender<Result<SqlResponse, Status>>,
+) -> Result<bool, Status> {
+    let started = Instant::now();
+    let tag = tag_of(&stmt.to_string());
+    let send = |part| SqlResponse {
+        statement: index,
+        part: Some(part),
+    };
+    let (tag, rows) = match engine.run(stmt).await.map_err(status_of)? {
+        Output::Done(tag) => (tag, 0),
+        Output::Rows(mut stream) => {
+            let schema = stream.schema();
+            if tx
+                .send(Ok(send(Part::Arrow(ipc(&schema, &[])?))))
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(status_of)?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                rows += batch.num_rows() as u64;
+                let part = Part::Arrow(ipc(&schema, &[batch])?);
+                // A closed channel: the client cancelled; dropping the stream stops the query.
+                if tx.send(Ok(send(part))).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            (tag, rows)
+        }
+    };
+    let done = Part::Done(StatementDone {
+        tag,
+        rows,
+        elapsed_micros: started.elapsed().as_micros() as u64,
+    });
+    Ok(tx.send(Ok(send(done))).await.is_ok())
+}
+
+#[tonic::async_trait]
+impl Sql for SqlService {
+    type ExecuteStream = ReceiverStream<Result<SqlResponse, Status>>;
+
+    async fn execute(
+        &self,
+        request: Request<SqlRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let sql = request.into_inner().sql;
+        // A syntax error anywhere fails the request before anything runs.
+        let statements = self.engine.parse(&sql).map_err(status_of)?;
+        if statements.is_empty() {
+            return Err(Status::invalid_argument("no SQL statement given"));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let engine = self.engine.clone();
+        let span = tracing::debug_span!("sql", statements = statements.len());
+        tokio::spawn(
+            async move {
+                for (i, stmt) in statements.into_iter().enumerate() {
+                    match run_statement(&engine, i as u32, stmt, &tx).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

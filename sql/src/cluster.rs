@@ -1,0 +1,103 @@
+//! What the SQL layer needs from the cluster: the tables in the catalog, scans of key ranges, and
+//! writes. The node implements it; the SQL layer never reaches into node internals.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use weir_proto::table::{TableSchema, Value};
+
+/// Why a cluster call failed, as the SQL layer reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The named table or topic does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something with that name already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request itself is wrong (a value that does not fit its column, a bad name).
+    #[error("{0}")]
+    Invalid(String),
+    /// The cluster could not serve the call in time (no leader, a node down); retrying may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A region of a table as the catalog last described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionMeta {
+    /// The region's Raft group.
+    pub id: u64,
+    /// First encoded key it holds (empty: the table's start).
+    pub start: Vec<u8>,
+    /// Encoded key it ends before (empty: the table's end).
+    pub end: Vec<u8>,
+    /// Approximate bytes it holds, as last reported (0 when unknown).
+    pub approx_bytes: u64,
+}
+
+/// A table as SQL sees it: name, schema and regions.
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    /// The table's name.
+    pub name: String,
+    /// Its columns and primary key.
+    pub schema: Arc<TableSchema>,
+    /// Its regions in key order.
+    pub regions: Vec<RegionMeta>,
+}
+
+/// How a new table is laid out.
+#[derive(Debug, Clone)]
+pub struct NewTable {
+    /// The table's name.
+    pub name: String,
+    /// Its columns and primary key.
+    pub schema: TableSchema,
+    /// Replicas of each region (0: the cluster's default).
+    pub replicas: u32,
+    /// Size at which a region splits (0: the cluster's default).
+    pub split_bytes: u64,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct RowPage {
+    /// Rows in key order, values in the order of the requested columns.
+    pub rows: Vec<Vec<Value>>,
+    /// Where the range continues (the next page's start), or none when it is exhausted.
+    pub resume: Option<Vec<u8>>,
+}
+
+/// The cluster's data plane as the SQL layer uses it.
+#[async_trait]
+pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
+    /// Every table in the catalog, as this node last applied it.
+    fn list_tables(&self) -> Result<Vec<TableMeta>, ClusterError>;
+
+    /// One table, or none when it does not exist.
+    fn table(&self, name: &str) -> Result<Option<TableMeta>, ClusterError>;
+
+    /// Reads one page of the rows of `table` with encoded keys in `[start, end)` (empty `end`:
+    /// to the table's end), returning the values of `columns` (all when empty) in key order.
+    async fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: &[u8],
+        columns: &[String],
+        limit: usize,
+    ) -> Result<RowPage, ClusterError>;
+
+    /// Writes full rows, replacing any row with the same primary key; returns rows written.
+    async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError>;
+
+    /// Deletes the rows with these primary keys; returns keys deleted (present or not).
+    async fn delete(&self, table: &str, keys: Vec<Vec<Value>>) -> Result<u64, ClusterError>;
+
+    /// Creates a table.
+    async fn create_table(&self, table: NewTable) -> Result<(), ClusterError>;
+
+    /// Drops a table.
+    async fn drop_table(&self, name: &str) -> Result<(), ClusterError>;
+}

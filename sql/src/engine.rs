@@ -1,0 +1,316 @@
+//! The SQL engine of a node: a DataFusion session over the cluster's tables, with Weir's own
+//! handling of the statements that change the catalog (`CREATE TABLE`, `DROP TABLE`).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
+use datafusion::common::Constraint;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement, Value as SqlValue,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use weir_proto::table::{Column, TableSchema};
+
+use crate::catalog::ClusterSchema;
+use crate::cluster::{Cluster, ClusterError, NewTable};
+use crate::types::column_type;
+
+/// The catalog SQL names Weir's tables in (`weir.public.name`; plain `name` works too).
+pub const CATALOG: &str = "weir";
+/// The schema of the cluster's tables.
+pub const SCHEMA: &str = "public";
+
+/// How a node runs queries.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most memory all queries on this node may hold at once (bytes); 0 is unbounded.
+    pub memory_limit: usize,
+    /// Where operators spill what does not fit in memory.
+    pub spill_dir: PathBuf,
+    /// Partitions each operator runs with (0: the number of cores).
+    pub target_partitions: usize,
+}
+
+/// What one statement produced.
+pub enum Output {
+    /// Rows (a query, or the count of rows an `INSERT` or `DELETE` wrote).
+    Rows(SendableRecordBatchStream),
+    /// A statement without rows, with its command tag (`CREATE TABLE`, `DROP TABLE`).
+    Done(String),
+}
+
+/// Parses and runs SQL against the cluster.
+#[derive(Clone)]
+pub struct Engine {
+    ctx: Arc<SessionContext>,
+    cluster: Arc<dyn Cluster>,
+    schema: Arc<ClusterSchema>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+fn cluster_error(e: ClusterError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+impl Engine {
+    /// An engine over `cluster`.
+    pub fn new(cluster: Arc<dyn Cluster>, config: &EngineConfig) -> Result<Engine> {
+        let mut session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(false);
+        if config.target_partitions > 0 {
+            session = session.with_target_partitions(config.target_partitions);
+        }
+        session.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let mut runtime = RuntimeEnvBuilder::new().with_temp_file_path(config.spill_dir.clone());
+        if config.memory_limit > 0 {
+            runtime = runtime.with_memory_limit(config.memory_limit, 1.0);
+        }
+        let ctx = SessionContext::new_with_config_rt(session, runtime.build_arc()?);
+        let schema = Arc::new(ClusterSchema::new(cluster.clone()));
+        let catalog = MemoryCatalogProvider::new();
+        catalog.register_schema(SCHEMA, schema.clone())?;
+        ctx.register_catalog(CATALOG, Arc::new(catalog));
+        Ok(Engine {
+            ctx: Arc::new(ctx),
+            cluster,
+            schema,
+        })
+    }
+
+    /// The DataFusion session (for the Postgres protocol, which plans through it).
+    pub fn context(&self) -> Arc<SessionContext> {
+        self.ctx.clone()
+    }
+
+    /// Splits `sql` into statements; a syntax error names the line and column.
+    pub fn parse(&self, sql: &str) -> Result<VecDeque<DfStatement>> {
+        DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+    }
+
+    /// Runs every statement of `sql` in order, returning each one's output; the rows of a query
+    /// stream as they are read. An error stops at the failing statement.
+    pub async fn execute(&self, sql: &str) -> Result<Vec<Output>> {
+        let mut outputs = Vec::new();
+        for stmt in self.parse(sql)? {
+            outputs.push(self.run(stmt).await?);
+        }
+        Ok(outputs)
+    }
+
+    /// Runs one parsed statement.
+    pub async fn run(&self, stmt: DfStatement) -> Result<Output> {
+        if let DfStatement::Statement(s) = &stmt {
+            if let Some(out) = self.catalog_statement(s).await? {
+                return Ok(out);
+            }
+        }
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(stmt).await?;
+        let tag = match &plan {
+            LogicalPlan::Ddl(d) => Some(d.name().to_string()),
+            _ => None,
+        };
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        match tag {
+            Some(tag) => {
+                df.collect().await?;
+                Ok(Output::Done(tag))
+            }
+            None => Ok(Output::Rows(df.execute_stream().await?)),
+        }
+    }
+
+    /// True for the statements [`Engine::catalog_statement`] handles.
+    pub fn is_catalog_statement(s: &Statement) -> bool {
+        matches!(s, Statement::CreateTable(ct) if !ct.external)
+            || matches!(
+                s,
+                Statement::Drop {
+                    object_type: ObjectType::Table,
+                    ..
+                }
+            )
+    }
+
+    /// Handles the statements that change the cluster's catalog; `None` for every other one.
+    pub async fn catalog_statement(&self, s: &Statement) -> Result<Option<Output>> {
+        match s {
+            Statement::CreateTable(ct) if !ct.external => self.create_table(ct).await.map(Some),
+            Statement::Drop {
+                object_type: ObjectType::Table,
+                if_exists,
+                names,
+                ..
+            } => {
+                for name in names {
+                    let name = object_name(name);
+                    if self.schema.deregister_table(&name)?.is_some() {
+                        continue;
+                    }
+                    match self.cluster.drop_table(&name).await {
+                        Ok(()) => {}
+                        Err(ClusterError::NotFound(_)) if *if_exists => {}
+                        Err(e) => return Err(cluster_error(e)),
+                    }
+                }
+                Ok(Some(Output::Done("DROP TABLE".into())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn create_table(
+        &self,
+        ct: &datafusion::sql::sqlparser::ast::CreateTable,
+    ) -> Result<Output> {
+        if ct.query.is_some() {
+            return Err(DataFusionError::NotImplemented(
+                "CREATE TABLE ... AS SELECT: create the table with its PRIMARY KEY, then \
+                 INSERT INTO it SELECT ..."
+                    .into(),
+            ));
+        }
+        if ct.or_replace {
+            return Err(DataFusionError::NotImplemented(
+                "CREATE OR REPLACE TABLE: DROP TABLE first".into(),
+            ));
+        }
+        let (replicas, split_bytes) = table_options(&ct.table_options)?;
+        let mut plain = ct.clone();
+        plain.table_options = CreateTableOptions::None;
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(Statement::CreateTable(
+                plain,
+            ))))
+            .await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
+            return Err(DataFusionError::Internal(
+                "CREATE TABLE did not plan as a table".into(),
+            ));
+        };
+        let name = cmt.name.table().to_string();
+        let fields = cmt.input.schema().fields();
+        let columns = fields
+            .iter()
+            .map(|f| {
+                Ok(Column {
+                    name: f.name().clone(),
+                    ty: column_type(f.name(), f.data_type())?,
+                    nullable: f.is_nullable(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let key: Vec<String> = cmt
+            .constraints
+            .iter()
+            .find_map(|c| match c {
+                Constraint::PrimaryKey(idx) => {
+                    Some(idx.iter().map(|i| fields[*i].name().clone()).collect())
+                }
+                _ => None,
+            })
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "table '{name}' needs a primary key: add PRIMARY KEY (column, ...) \
+                     (rows are stored and upserted by it)"
+                ))
+            })?;
+        let schema =
+            TableSchema::new(columns, &key).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
+            if cmt.if_not_exists {
+                return Ok(Output::Done("CREATE TABLE".into()));
+            }
+            return Err(DataFusionError::Plan(format!(
+                "table '{name}' already exists"
+            )));
+        }
+        match self
+            .cluster
+            .create_table(NewTable {
+                name,
+                schema,
+                replicas,
+                split_bytes,
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(ClusterError::AlreadyExists(_)) if cmt.if_not_exists => {}
+            Err(e) => return Err(cluster_error(e)),
+        }
+        Ok(Output::Done("CREATE TABLE".into()))
+    }
+}
+
+/// The unqualified name of a table (`weir.public.t` and `t` both name `t`).
+fn object_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
+    let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
+    match last.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => last.to_ascii_lowercase(),
+    }
+}
+
+/// `replicas` and `split_bytes` from `WITH (...)`.
+fn table_options(opts: &CreateTableOptions) -> Result<(u32, u64)> {
+    let list = match opts {
+        CreateTableOptions::None => return Ok((0, 0)),
+        CreateTableOptions::With(l) | CreateTableOptions::Options(l) => l,
+        other => {
+            return Err(DataFusionError::Plan(format!(
+                "table options {other} are not understood; use WITH (replicas = N, split_bytes = N)"
+            )))
+        }
+    };
+    let (mut replicas, mut split) = (0u32, 0u64);
+    for o in list {
+        let SqlOption::KeyValue { key, value } = o else {
+            return Err(DataFusionError::Plan(format!(
+                "table option {o} is not understood; use WITH (replicas = N, split_bytes = N)"
+            )));
+        };
+        let number = match value {
+            SqlExpr::Value(v) => match &v.value {
+                SqlValue::Number(n, _) => n.parse::<u64>().ok(),
+                SqlValue::SingleQuotedString(s) => s.parse::<u64>().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!("table option {key}: {value} is not a whole number"))
+        })?;
+        match key.value.to_ascii_lowercase().as_str() {
+            "replicas" => {
+                replicas = u32::try_from(number).map_err(|_| {
+                    DataFusionError::Plan(format!("replicas = {number} is too many"))
+                })?
+            }
+            "split_bytes" => split = number,
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "unknown table option '{other}' (known: replicas, split_bytes)"
+                )))
+            }
+        }
+    }
+    Ok((replicas, split))
+}

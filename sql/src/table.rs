@@ -1,0 +1,273 @@
+//! A Weir table as a DataFusion table: scans narrowed by primary-key filters and split by region,
+//! inserts as upserts in per-region batches, deletes by key.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::{Constraint, Constraints, DFSchema};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use weir_proto::table::Value;
+
+use crate::cluster::{Cluster, TableMeta};
+use crate::keyrange::key_ranges;
+use crate::scan::{RegionPart, RegionScanExec};
+use crate::types::{arrow_schema, batch_to_rows};
+
+/// Rows per write request of an insert: large enough to amortise a Raft round, small enough to
+/// keep a request well under the message limits.
+const WRITE_ROWS: usize = 2_000;
+
+/// A table of the region store.
+#[derive(Debug)]
+pub struct RegionTable {
+    cluster: Arc<dyn Cluster>,
+    meta: Arc<TableMeta>,
+    schema: SchemaRef,
+    constraints: Constraints,
+}
+
+impl RegionTable {
+    /// The table described by `meta`, read and written through `cluster`.
+    pub fn new(cluster: Arc<dyn Cluster>, meta: TableMeta) -> RegionTable {
+        let schema = arrow_schema(&meta.schema);
+        let constraints = Constraints::new_unverified(vec![Constraint::PrimaryKey(
+            meta.schema.primary_key.clone(),
+        )]);
+        RegionTable {
+            cluster,
+            meta: Arc::new(meta),
+            schema,
+            constraints,
+        }
+    }
+
+    /// The scan of `projection` (all columns when none) over the keys `filters` allow.
+    fn scan_plan(
+        &self,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<RegionScanExec> {
+        let indexes: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.meta.schema.columns.len()).collect(),
+        };
+        let columns = indexes
+            .iter()
+            .map(|i| self.meta.schema.columns[*i].clone())
+            .collect();
+        let schema = Arc::new(self.schema.project(&indexes)?);
+        let ranges = key_ranges(&self.meta.schema, filters);
+        let parts = self
+            .meta
+            .regions
+            .iter()
+            .filter_map(|r| {
+                let ranges: Vec<_> = ranges
+                    .iter()
+                    .filter_map(|k| k.clip(&r.start, &r.end))
+                    .collect();
+                (!ranges.is_empty()).then_some(RegionPart {
+                    region: r.id,
+                    ranges,
+                })
+            })
+            .collect();
+        Ok(RegionScanExec::new(
+            self.cluster.clone(),
+            self.meta.clone(),
+            columns,
+            schema,
+            parts,
+            limit,
+        ))
+    }
+}
+
+#[async_trait]
+impl TableProvider for RegionTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        Some(&self.constraints)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(self.scan_plan(projection, filters, limit)?))
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters narrow the key ranges read; DataFusion still applies each of them.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if op == InsertOp::Overwrite {
+            return Err(DataFusionError::NotImplemented(format!(
+                "INSERT OVERWRITE into table '{}': rows are upserted by primary key; DELETE first",
+                self.meta.name
+            )));
+        }
+        let sink = RegionSink {
+            cluster: self.cluster.clone(),
+            meta: self.meta.clone(),
+            schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Read the rows the filters select (all columns: a filter may use any), then delete
+        // their keys.
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(self.scan_plan(None, &filters, None)?);
+        let input = match conjunction(filters) {
+            Some(predicate) => {
+                let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+                let physical = state.create_physical_expr(predicate, &df_schema)?;
+                Arc::new(FilterExec::try_new(physical, scan)?) as Arc<dyn ExecutionPlan>
+            }
+            None => scan,
+        };
+        let sink = DeleteSink {
+            cluster: self.cluster.clone(),
+            meta: self.meta.clone(),
+            schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Writes an insert's rows as upserts, batch by batch, so a large insert never sits in memory.
+#[derive(Debug)]
+struct RegionSink {
+    cluster: Arc<dyn Cluster>,
+    meta: Arc<TableMeta>,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for RegionSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "RegionSink: table={}", self.meta.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for RegionSink {
+    fn metrics(&self) -> Option<MetricsSet> {
+        None
+    }
+
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let mut written = 0u64;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            // The whole batch is checked before any of it is written.
+            let rows = batch_to_rows(&batch, &self.meta.schema.columns, written)?;
+            for chunk in rows.chunks(WRITE_ROWS) {
+                written += self
+                    .cluster
+                    .upsert(&self.meta.name, chunk.to_vec())
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Deletes the keys of the rows a `DELETE`'s filters selected.
+#[derive(Debug)]
+struct DeleteSink {
+    cluster: Arc<dyn Cluster>,
+    meta: Arc<TableMeta>,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for DeleteSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "DeleteSink: table={}", self.meta.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for DeleteSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let mut deleted = 0u64;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            let rows = batch_to_rows(&batch, &self.meta.schema.columns, deleted)?;
+            let keys: Vec<Vec<Value>> = rows
+                .into_iter()
+                .map(|r| {
+                    self.meta
+                        .schema
+                        .primary_key
+                        .iter()
+                        .map(|i| r[*i].clone())
+                        .collect()
+                })
+                .collect();
+            for chunk in keys.chunks(WRITE_ROWS) {
+                deleted += self
+                    .cluster
+                    .delete(&self.meta.name, chunk.to_vec())
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            }
+        }
+        Ok(deleted)
+    }
+}

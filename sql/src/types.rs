@@ -1,0 +1,278 @@
+//! Weir's column types and values as Arrow types and arrays, both ways.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array,
+    Date32Builder, Decimal128Array, Decimal128Builder, Float32Array, Float32Builder, Float64Array,
+    Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder,
+    Int8Array, Int8Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder, UInt64Array, UInt64Builder,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result};
+use weir_proto::table::{Column, ColumnType, TableSchema, Value};
+
+/// The Arrow type of a column type.
+pub fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Int8 => DataType::Int8,
+        ColumnType::Int16 => DataType::Int16,
+        ColumnType::Int32 => DataType::Int32,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::UInt64 => DataType::UInt64,
+        ColumnType::Float32 => DataType::Float32,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale as i8),
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::Utf8 => DataType::Utf8,
+        ColumnType::Binary => DataType::Binary,
+        ColumnType::Date32 => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+/// The column type a table column of this Arrow type gets, or an error naming the type.
+pub fn column_type(name: &str, dt: &DataType) -> Result<ColumnType> {
+    Ok(match dt {
+        DataType::Int8 => ColumnType::Int8,
+        DataType::Int16 => ColumnType::Int16,
+        DataType::Int32 => ColumnType::Int32,
+        DataType::Int64 => ColumnType::Int64,
+        DataType::UInt64 => ColumnType::UInt64,
+        DataType::Float32 => ColumnType::Float32,
+        DataType::Float64 => ColumnType::Float64,
+        DataType::Decimal128(p, s) if *s >= 0 => ColumnType::Decimal {
+            precision: *p,
+            scale: *s as u8,
+        },
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Utf8,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ColumnType::Binary,
+        DataType::Date32 => ColumnType::Date32,
+        DataType::Timestamp(_, _) => ColumnType::Timestamp,
+        other => {
+            return Err(DataFusionError::Plan(format!(
+                "column '{name}': type {other} cannot be stored in a table (use one of TINYINT, \
+                 SMALLINT, INT, BIGINT, BIGINT UNSIGNED, REAL, DOUBLE, DECIMAL(p,s), BOOLEAN, \
+                 VARCHAR, BYTEA, DATE, TIMESTAMP)"
+            )))
+        }
+    })
+}
+
+/// The Arrow schema of a table (all columns, in order). Every field is nullable to DataFusion:
+/// rows are checked against the table's own constraints when written, which names the row and
+/// column that break them (DataFusion's check names only a position in its input).
+pub fn arrow_schema(schema: &TableSchema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(c.ty), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn mismatch(col: &Column, v: &Value) -> DataFusionError {
+    DataFusionError::Internal(format!(
+        "column '{}' ({}) holds a value of another type: {v:?}",
+        col.name, col.ty
+    ))
+}
+
+macro_rules! build {
+    ($builder:ty, $rows:expr, $i:expr, $col:expr, $pat:pat => $val:expr) => {{
+        let mut b = <$builder>::with_capacity($rows.len());
+        for row in $rows {
+            match &row[$i] {
+                Value::Null => b.append_null(),
+                $pat => b.append_value($val),
+                other => return Err(mismatch($col, other)),
+            }
+        }
+        Arc::new(b.finish()) as ArrayRef
+    }};
+}
+
+/// One Arrow array of column `col` from the values at `i` of each row.
+fn column_array(col: &Column, rows: &[Vec<Value>], i: usize) -> Result<ArrayRef> {
+    Ok(match col.ty {
+        ColumnType::Int8 => build!(Int8Builder, rows, i, col, Value::Int(v) => *v as i8),
+        ColumnType::Int16 => build!(Int16Builder, rows, i, col, Value::Int(v) => *v as i16),
+        ColumnType::Int32 => build!(Int32Builder, rows, i, col, Value::Int(v) => *v as i32),
+        ColumnType::Int64 => build!(Int64Builder, rows, i, col, Value::Int(v) => *v),
+        ColumnType::UInt64 => build!(UInt64Builder, rows, i, col, Value::UInt(v) => *v),
+        ColumnType::Float32 => build!(Float32Builder, rows, i, col, Value::Float(v) => *v as f32),
+        ColumnType::Float64 => build!(Float64Builder, rows, i, col, Value::Float(v) => *v),
+        ColumnType::Decimal { precision, scale } => {
+            let mut b = Decimal128Builder::with_capacity(rows.len())
+                .with_precision_and_scale(precision, scale as i8)?;
+            for row in rows {
+                match &row[i] {
+                    Value::Null => b.append_null(),
+                    Value::Decimal(v) => b.append_value(*v),
+                    other => return Err(mismatch(col, other)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Boolean => build!(BooleanBuilder, rows, i, col, Value::Bool(v) => *v),
+        ColumnType::Utf8 => {
+            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+            for row in rows {
+                match &row[i] {
+                    Value::Null => b.append_null(),
+                    Value::Str(v) => b.append_value(v),
+                    other => return Err(mismatch(col, other)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Binary => {
+            let mut b = BinaryBuilder::with_capacity(rows.len(), rows.len() * 16);
+            for row in rows {
+                match &row[i] {
+                    Value::Null => b.append_null(),
+                    Value::Bytes(v) => b.append_value(v),
+                    other => return Err(mismatch(col, other)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        ColumnType::Date32 => build!(Date32Builder, rows, i, col, Value::Date(v) => *v),
+        ColumnType::Timestamp => {
+            let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+            for row in rows {
+                match &row[i] {
+                    Value::Null => b.append_null(),
+                    Value::Timestamp(v) => b.append_value(*v),
+                    other => return Err(mismatch(col, other)),
+                }
+            }
+            Arc::new(b.finish())
+        }
+    })
+}
+
+/// A record batch of `rows`, whose values are those of `columns` in order, with schema `schema`.
+pub fn rows_to_batch(
+    schema: &SchemaRef,
+    columns: &[Column],
+    rows: &[Vec<Value>],
+) -> Result<RecordBatch> {
+    let arrays = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| column_array(c, rows, i))
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        arrays,
+        &options,
+    )?)
+}
+
+fn downcast<'a, T: 'static>(a: &'a ArrayRef, col: &Column) -> Result<&'a T> {
+    a.as_any().downcast_ref::<T>().ok_or_else(|| {
+        DataFusionError::Internal(format!("column '{}': unexpected array type", col.name))
+    })
+}
+
+/// The value at `row` of an array already cast to the column's Arrow type.
+fn value_at(a: &ArrayRef, row: usize, col: &Column) -> Result<Value> {
+    if a.is_null(row) {
+        return Ok(Value::Null);
+    }
+    Ok(match col.ty {
+        ColumnType::Int8 => Value::Int(downcast::<Int8Array>(a, col)?.value(row).into()),
+        ColumnType::Int16 => Value::Int(downcast::<Int16Array>(a, col)?.value(row).into()),
+        ColumnType::Int32 => Value::Int(downcast::<Int32Array>(a, col)?.value(row).into()),
+        ColumnType::Int64 => Value::Int(downcast::<Int64Array>(a, col)?.value(row)),
+        ColumnType::UInt64 => Value::UInt(downcast::<UInt64Array>(a, col)?.value(row)),
+        ColumnType::Float32 => Value::Float(downcast::<Float32Array>(a, col)?.value(row).into()),
+        ColumnType::Float64 => Value::Float(downcast::<Float64Array>(a, col)?.value(row)),
+        ColumnType::Decimal { .. } => {
+            Value::Decimal(downcast::<Decimal128Array>(a, col)?.value(row))
+        }
+        ColumnType::Boolean => Value::Bool(downcast::<BooleanArray>(a, col)?.value(row)),
+        ColumnType::Utf8 => Value::Str(downcast::<StringArray>(a, col)?.value(row).to_string()),
+        ColumnType::Binary => Value::Bytes(downcast::<BinaryArray>(a, col)?.value(row).to_vec()),
+        ColumnType::Date32 => Value::Date(downcast::<Date32Array>(a, col)?.value(row)),
+        ColumnType::Timestamp => {
+            Value::Timestamp(downcast::<TimestampMicrosecondArray>(a, col)?.value(row))
+        }
+    })
+}
+
+/// The rows of `batch` (whose columns are `columns`, in order) as values, each checked against
+/// its column; an error names the first row (counting from `first_row`) and column that do not fit.
+pub fn batch_to_rows(
+    batch: &RecordBatch,
+    columns: &[Column],
+    first_row: u64,
+) -> Result<Vec<Vec<Value>>> {
+    if batch.num_columns() != columns.len() {
+        return Err(DataFusionError::Plan(format!(
+            "{} values per row given, the table has {} columns",
+            batch.num_columns(),
+            columns.len()
+        )));
+    }
+    let arrays = columns
+        .iter()
+        .zip(batch.columns())
+        .map(|(c, a)| cast(a, &arrow_type(c.ty)).map_err(DataFusionError::from))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for r in 0..batch.num_rows() {
+        let mut row = Vec::with_capacity(columns.len());
+        for (c, a) in columns.iter().zip(&arrays) {
+            let v = value_at(a, r, c)?;
+            let v = v.check(c).map_err(|e| {
+                DataFusionError::Execution(format!("row {}: {e}", first_row + r as u64 + 1))
+            })?;
+            row.push(v);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// A literal as a value of `col`, when it is one (filters on key columns narrow scans with it).
+pub fn literal_value(v: &ScalarValue, col: &Column) -> Option<Value> {
+    let value = match v {
+        ScalarValue::Int8(Some(x)) => Value::Int((*x).into()),
+        ScalarValue::Int16(Some(x)) => Value::Int((*x).into()),
+        ScalarValue::Int32(Some(x)) => Value::Int((*x).into()),
+        ScalarValue::Int64(Some(x)) => Value::Int(*x),
+        ScalarValue::UInt8(Some(x)) => Value::Int((*x).into()),
+        ScalarValue::UInt16(Some(x)) => Value::Int((*x).into()),
+        ScalarValue::UInt32(Some(x)) => Value::Int((*x).into()),
+        ScalarValue::UInt64(Some(x)) => match col.ty {
+            ColumnType::UInt64 => Value::UInt(*x),
+            _ => Value::Int(i64::try_from(*x).ok()?),
+        },
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Value::Str(s.clone()),
+        ScalarValue::Boolean(Some(b)) => Value::Bool(*b),
+        ScalarValue::Date32(Some(d)) => Value::Date(*d),
+        ScalarValue::TimestampMicrosecond(Some(t), _) => Value::Timestamp(*t),
+        ScalarValue::Decimal128(Some(x), _, s) => match col.ty {
+            ColumnType::Decimal { scale, .. } if scale as i8 == *s => Value::Decimal(*x),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    // Integers given for a UInt64 column.
+    let value = match (value, col.ty) {
+        (Value::Int(x), ColumnType::UInt64) => Value::UInt(u64::try_from(x).ok()?),
+        (v, _) => v,
+    };
+    value.check(col).ok()
+}

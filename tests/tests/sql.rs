@@ -1,0 +1,437 @@
+//! SQL across a three-node cluster: results compared with DataFusion over an in-memory copy of
+//! the same rows, key-range pruning, inserts, deletes, catalog statements and bad input.
+
+use std::time::Duration;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use tonic::Code;
+use weir_client::{Client, SqlEvent, Value};
+use weir_tests::{wait_until, InProcessCluster};
+
+/// The rows of every statement of `sql`, as sorted lines of text (so row order does not matter
+/// unless the test compares an ORDER BY with its own order).
+async fn weir_rows(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<Vec<RecordBatch>>, weir_client::ClientError> {
+    let mut stream = client.sql(sql).await?;
+    let mut out: Vec<Vec<RecordBatch>> = Vec::new();
+    while let Some(e) = stream.next().await? {
+        match e {
+            SqlEvent::Schema { .. } => {}
+            SqlEvent::Batch { statement, batch } => {
+                while out.len() <= statement as usize {
+                    out.push(Vec::new());
+                }
+                out[statement as usize].push(batch);
+            }
+            SqlEvent::Done { statement, .. } => {
+                while out.len() <= statement as usize {
+                    out.push(Vec::new());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Text lines of batches without the table frame, sorted unless `ordered`.
+fn lines(batches: &[RecordBatch], ordered: bool) -> Vec<String> {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Vec::new();
+    }
+    let text = pretty_format_batches(batches)
+        .expect("printable")
+        .to_string();
+    let mut rows: Vec<String> = text
+        .lines()
+        .skip(3) // border, header, border
+        .filter(|l| !l.starts_with('+'))
+        .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>().join("|"))
+        .collect();
+    if !ordered {
+        rows.sort();
+    }
+    rows
+}
+
+async fn reference_rows(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
+    ctx.sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("reference plans {sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("reference runs {sql}: {e}"))
+}
+
+const SETUP: &str = "
+CREATE TABLE customers (id BIGINT, name VARCHAR, city VARCHAR, joined DATE, PRIMARY KEY (id));
+CREATE TABLE orders (customer BIGINT, seq INT, amount DECIMAL(10,2), note VARCHAR, PRIMARY KEY (customer, seq));
+";
+
+fn insert_statements() -> Vec<String> {
+    let cities = ["Oslo", "Lima", "Pune", "Kyiv"];
+    let mut customers = Vec::new();
+    for id in 1..=60i64 {
+        let city = if id % 7 == 0 {
+            "NULL".to_string()
+        } else {
+            format!("'{}'", cities[(id % 4) as usize])
+        };
+        customers.push(format!(
+            "({id}, 'c{id:03}', {city}, DATE '2024-01-01' + INTERVAL '{} days')",
+            id * 3
+        ));
+    }
+    let mut orders = Vec::new();
+    for c in 1..=60i64 {
+        for s in 0..(c % 5) {
+            let note = if s == 1 {
+                "NULL".to_string()
+            } else {
+                format!("'n{c}-{s}'")
+            };
+            orders.push(format!(
+                "({c}, {s}, {}.{:02}, {note})",
+                c * 10 + s,
+                (c * 7 + s) % 100
+            ));
+        }
+    }
+    vec![
+        format!("INSERT INTO customers VALUES {}", customers.join(", ")),
+        format!("INSERT INTO orders VALUES {}", orders.join(", ")),
+    ]
+}
+
+/// Queries compared with the reference engine, with whether their order is part of the answer.
+const QUERIES: &[(&str, bool)] = &[
+    ("SELECT * FROM customers", false),
+    ("SELECT id, name FROM customers WHERE id = 17", false),
+    ("SELECT id FROM customers WHERE id BETWEEN 10 AND 25 AND city = 'Lima'", false),
+    ("SELECT id, city FROM customers WHERE id IN (3, 30, 59, 1000)", false),
+    ("SELECT id FROM customers WHERE id > 55 OR id < 3", false),
+    ("SELECT * FROM customers WHERE id > 1000", false),
+    ("SELECT city, count(*) AS n, min(joined) AS first FROM customers GROUP BY city", false),
+    ("SELECT * FROM orders WHERE customer = 24", false),
+    ("SELECT customer, seq FROM orders WHERE customer = 33 AND seq >= 1", false),
+    ("SELECT customer, sum(amount) AS total, count(note) AS notes FROM orders GROUP BY customer HAVING sum(amount) > 500", false),
+    (
+        "SELECT c.name, o.seq, o.amount FROM customers c JOIN orders o ON o.customer = c.id \
+         WHERE c.city = 'Pune' AND o.amount > 100",
+        false,
+    ),
+    (
+        "SELECT c.city, sum(o.amount) AS total FROM customers c LEFT JOIN orders o ON o.customer = c.id \
+         GROUP BY c.city ORDER BY total DESC NULLS LAST, c.city",
+        true,
+    ),
+    ("SELECT id, name FROM customers ORDER BY joined DESC LIMIT 5", true),
+    (
+        "SELECT customer, seq, amount, rank() OVER (PARTITION BY customer ORDER BY amount DESC) AS r \
+         FROM orders WHERE customer < 20",
+        false,
+    ),
+    (
+        "WITH big AS (SELECT customer, sum(amount) AS t FROM orders GROUP BY customer) \
+         SELECT name FROM customers WHERE id IN (SELECT customer FROM big WHERE t > 400)",
+        false,
+    ),
+    ("SELECT count(*) FROM orders WHERE note IS NULL", false),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_match_an_independent_engine_across_regions() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.unwrap();
+    let reference = SessionContext::new();
+
+    weir_rows(&client, SETUP).await.expect("tables created");
+    for stmt in SETUP.split(';').filter(|s| !s.trim().is_empty()) {
+        reference_rows(&reference, stmt).await;
+    }
+    // Several regions per table, so scans fan out and key ranges prune.
+    let customers = client.describe_table("customers").await.unwrap();
+    assert_eq!(customers.regions.len(), 1);
+    client.drop_table("customers").await.unwrap();
+    let schema = weir_client::table::schema_of(&customers).unwrap();
+    client
+        .create_table_split_at(
+            "customers",
+            &schema,
+            3,
+            0,
+            &[vec![Value::Int(20)], vec![Value::Int(40)]],
+        )
+        .await
+        .unwrap();
+
+    for stmt in insert_statements() {
+        let got = weir_rows(&client, &stmt).await.expect("insert runs");
+        reference_rows(&reference, &stmt).await;
+        assert_eq!(got.len(), 1, "an insert answers its row count");
+    }
+    let all = weir_rows(&client, "SELECT * FROM customers").await.unwrap();
+    assert_eq!(
+        lines(&all[0], false).len(),
+        60,
+        "every inserted row is read back once"
+    );
+    for (sql, ordered) in QUERIES {
+        let got = weir_rows(&client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let want = reference_rows(&reference, sql).await;
+        assert_eq!(
+            lines(&got[0], *ordered),
+            lines(&want, *ordered),
+            "results differ for: {sql}"
+        );
+    }
+
+    // A key-range query reads only the regions holding its keys.
+    let plan = weir_rows(&client, "EXPLAIN SELECT name FROM customers WHERE id = 25")
+        .await
+        .unwrap();
+    let text = pretty_format_batches(&plan[0]).unwrap().to_string();
+    assert!(
+        text.contains("RegionScanExec: table=customers, regions=["),
+        "{text}"
+    );
+    let regions = text
+        .split("regions=[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .unwrap_or_default();
+    assert_eq!(
+        regions.split(", ").count(),
+        1,
+        "one region for one key: {text}"
+    );
+
+    // Deletes by a filter, through any node.
+    let other = Client::connect(cluster.addr(2)).await.unwrap();
+    weir_rows(&other, "DELETE FROM orders WHERE amount < 100")
+        .await
+        .unwrap();
+    reference_rows(&reference, "DELETE FROM orders WHERE amount < 100").await;
+    let sql = "SELECT customer, seq, amount FROM orders";
+    let got = weir_rows(&client, sql).await.unwrap();
+    assert_eq!(
+        lines(&got[0], false),
+        lines(&reference_rows(&reference, sql).await, false)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_statements_are_refused_clearly_and_write_nothing() {
+    let cluster = InProcessCluster::start(1).await;
+    let client = Client::connect(cluster.addr(0)).await.unwrap();
+    weir_rows(
+        &client,
+        "CREATE TABLE t (k INT, v VARCHAR NOT NULL, PRIMARY KEY (k)) WITH (replicas = 1)",
+    )
+    .await
+    .expect("created");
+
+    let err = weir_rows(&client, "SELEC * FROM t").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("Line: 1, Column: 1"), "{err}");
+
+    let err = weir_rows(&client, "SELECT * FROM tt").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("tt"), "{err}");
+
+    let err = weir_rows(&client, "SELECT kk FROM t").await.unwrap_err();
+    assert!(err.to_string().contains("kk"), "{err}");
+
+    let err = weir_rows(&client, "CREATE TABLE nokey (a INT)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("primary key"), "{err}");
+
+    let err = weir_rows(
+        &client,
+        "CREATE TABLE t2 (a INT, PRIMARY KEY (a)) WITH (shards = 3)",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("shards"), "{err}");
+
+    // The third row breaks the table's types: nothing of the batch is written.
+    let err = weir_rows(
+        &client,
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, NULL)",
+    )
+    .await
+    .unwrap_err();
+    eprintln!("bad insert: {err}");
+    assert!(err.to_string().contains("row 3"), "{err}");
+    let got = weir_rows(&client, "SELECT count(*) AS n FROM t")
+        .await
+        .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|0|".to_string()]);
+
+    // Upserts by key; IF EXISTS / IF NOT EXISTS.
+    weir_rows(
+        &client,
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b'); INSERT INTO t VALUES (1, 'z')",
+    )
+    .await
+    .unwrap();
+    let got = weir_rows(&client, "SELECT k, v FROM t ORDER BY k")
+        .await
+        .unwrap();
+    assert_eq!(lines(&got[0], true), vec!["|1|z|", "|2|b|"]);
+    weir_rows(
+        &client,
+        "CREATE TABLE IF NOT EXISTS t (k INT, PRIMARY KEY (k))",
+    )
+    .await
+    .unwrap();
+    let err = weir_rows(&client, "CREATE TABLE t (k INT, PRIMARY KEY (k))")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    weir_rows(&client, "DROP TABLE t; DROP TABLE IF EXISTS t")
+        .await
+        .unwrap();
+    let err = weir_rows(&client, "DROP TABLE t").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    wait_until("the table is gone", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { client.describe_table("t").await.is_err().then_some(()) }
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// Runs `psql` against `addr` with `args`, returning its stdout (stderr on failure).
+async fn psql(port: u16, args: &[&str]) -> Result<String, String> {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "weir",
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ])
+    .args(args)
+    .env("PGCONNECT_TIMEOUT", "10");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("psql task")
+        .expect("psql runs (postgresql-client is installed by `make deps`)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_clients_create_list_and_query_tables() {
+    let cluster = InProcessCluster::start(1).await;
+    let port = cluster.nodes[0]
+        .pg_addr
+        .expect("the node serves Postgres")
+        .port();
+
+    // psql: catalog statements, \dt, and every column type read back as text.
+    let out = psql(
+        port,
+        &[
+            "-c",
+            "CREATE TABLE kinds (id BIGINT, i INT, s SMALLINT, f DOUBLE, r REAL, d DECIMAL(12,3), \
+             b BOOLEAN, t VARCHAR, day DATE, at TIMESTAMP, raw BYTEA, PRIMARY KEY (id)) WITH (replicas = 1)",
+            "-c",
+            "INSERT INTO kinds VALUES (1, -7, 3, 2.5, 0.25, 1234.567, true, 'héllo', DATE '2024-02-29', \
+             TIMESTAMP '2024-02-29 12:34:56.789', X'00ff'), \
+             (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.contains("CREATE TABLE") && out.contains("INSERT 0 2"),
+        "{out}"
+    );
+    let out = psql(port, &["-c", "\\dt"]).await.unwrap();
+    assert!(out.contains("kinds"), "\\dt lists the table: {out}");
+    let out = psql(
+        port,
+        &["-At", "-F", ",", "-c", "SELECT * FROM kinds ORDER BY id"],
+    )
+    .await
+    .unwrap();
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let first: Vec<&str> = rows[0].split(',').collect();
+    assert_eq!(
+        &first[..9],
+        [
+            "1",
+            "-7",
+            "3",
+            "2.5",
+            "0.25",
+            "1234.567",
+            "t",
+            "héllo",
+            "2024-02-29"
+        ],
+        "{out}"
+    );
+    assert!(first[9].starts_with("2024-02-29 12:34:56.789"), "{out}");
+    assert_eq!(first[10], "\\x00ff", "{out}");
+    assert_eq!(rows[1], "2,,,,,,,,,,", "NULLs read back as NULL: {out}");
+    let err = psql(port, &["-c", "SELECT * FROM missing"])
+        .await
+        .unwrap_err();
+    assert!(err.contains("missing"), "{err}");
+
+    // The extended protocol, with parameters and typed results.
+    let (pg, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=weir"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("tokio-postgres connects");
+    let conn = tokio::spawn(conn);
+    let rows = pg
+        .query("SELECT id, i, t, b FROM kinds WHERE id = $1", &[&1i64])
+        .await
+        .expect("parameterised query");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert_eq!(rows[0].get::<_, Option<i32>>(1), Some(-7));
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(2).as_deref(),
+        Some("héllo")
+    );
+    assert_eq!(rows[0].get::<_, Option<bool>>(3), Some(true));
+    let n = pg
+        .execute(
+            "INSERT INTO kinds (id, t) VALUES ($1, $2)",
+            &[&3i64, &"via bind"],
+        )
+        .await
+        .expect("parameterised insert");
+    assert_eq!(n, 1);
+    let rows = pg
+        .query("SELECT t FROM kinds WHERE id >= $1 ORDER BY id", &[&2i64])
+        .await
+        .unwrap();
+    let texts: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(texts, vec![None, Some("via bind".to_string())]);
+    drop(pg);
+    let _ = conn.await;
+    cluster.shutdown().await;
+}
