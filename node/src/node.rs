@@ -295,7 +295,8 @@ where
         Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone())),
         &weir_sql::EngineConfig {
             memory_limit: cfg.sql_memory,
-            spill_dir: cfg.data_dir.join("spill"),
+            // A node on a simulated disk has no data dir on the real file system.
+            spill_dir: cfg.data_dir.is_dir().then(|| cfg.data_dir.join("spill")),
             target_partitions: 0,
         },
     )?;

@@ -33,8 +33,9 @@ pub const SCHEMA: &str = "public";
 pub struct EngineConfig {
     /// Most memory all queries on this node may hold at once (bytes); 0 is unbounded.
     pub memory_limit: usize,
-    /// Where operators spill what does not fit in memory.
-    pub spill_dir: PathBuf,
+    /// Where operators spill what does not fit in memory (created if missing); none: the OS's
+    /// temporary directory.
+    pub spill_dir: Option<PathBuf>,
     /// Partitions each operator runs with (0: the number of cores).
     pub target_partitions: usize,
 }
@@ -76,7 +77,16 @@ impl Engine {
             session = session.with_target_partitions(config.target_partitions);
         }
         session.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
-        let mut runtime = RuntimeEnvBuilder::new().with_temp_file_path(config.spill_dir.clone());
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(dir) = &config.spill_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "cannot create the spill directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            runtime = runtime.with_temp_file_path(dir.clone());
+        }
         if config.memory_limit > 0 {
             runtime = runtime.with_memory_limit(config.memory_limit, 1.0);
         }
@@ -122,7 +132,7 @@ impl Engine {
         let state = self.ctx.state();
         let plan = state.statement_to_plan(stmt).await?;
         let tag = match &plan {
-            LogicalPlan::Ddl(d) => Some(d.name().to_string()),
+            LogicalPlan::Ddl(d) => Some(command_tag(d.name())),
             _ => None,
         };
         let df = self.ctx.execute_logical_plan(plan).await?;
@@ -258,6 +268,18 @@ impl Engine {
         }
         Ok(Output::Done("CREATE TABLE".into()))
     }
+}
+
+/// A DDL plan's name as a command tag (`CreateExternalTable` -> `CREATE EXTERNAL TABLE`).
+fn command_tag(name: &str) -> String {
+    let mut tag = String::new();
+    for c in name.chars() {
+        if c.is_ascii_uppercase() && !tag.is_empty() {
+            tag.push(' ');
+        }
+        tag.push(c.to_ascii_uppercase());
+    }
+    tag
 }
 
 /// The unqualified name of a table (`weir.public.t` and `t` both name `t`).

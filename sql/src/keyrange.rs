@@ -247,3 +247,132 @@ fn prefix_range(
     }
     Some(Some(range))
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{col, lit};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One condition on a key column and how to evaluate it on a row.
+    #[derive(Debug, Clone)]
+    enum Cond {
+        AEq(i64),
+        AIn(Vec<i64>),
+        AGt(i64),
+        AGtEq(i64),
+        ALt(i64),
+        ALtEq(i64),
+        ABetween(i64, i64),
+        BEq(String),
+        BGt(String),
+        BLtEq(String),
+    }
+
+    impl Cond {
+        fn expr(&self) -> Expr {
+            match self {
+                Cond::AEq(v) => col("a").eq(lit(*v)),
+                Cond::AIn(vs) => col("a").in_list(vs.iter().map(|v| lit(*v)).collect(), false),
+                Cond::AGt(v) => col("a").gt(lit(*v)),
+                Cond::AGtEq(v) => lit(*v).lt_eq(col("a")),
+                Cond::ALt(v) => col("a").lt(lit(*v)),
+                Cond::ALtEq(v) => col("a").lt_eq(lit(*v)),
+                Cond::ABetween(lo, hi) => col("a").between(lit(*lo), lit(*hi)),
+                Cond::BEq(s) => col("b").eq(lit(s.clone())),
+                Cond::BGt(s) => col("b").gt(lit(s.clone())),
+                Cond::BLtEq(s) => col("b").lt_eq(lit(s.clone())),
+            }
+        }
+
+        fn holds(&self, a: i64, b: &str) -> bool {
+            match self {
+                Cond::AEq(v) => a == *v,
+                Cond::AIn(vs) => vs.contains(&a),
+                Cond::AGt(v) => a > *v,
+                Cond::AGtEq(v) => a >= *v,
+                Cond::ALt(v) => a < *v,
+                Cond::ALtEq(v) => a <= *v,
+                Cond::ABetween(lo, hi) => a >= *lo && a <= *hi,
+                Cond::BEq(s) => b == s,
+                Cond::BGt(s) => b > s.as_str(),
+                Cond::BLtEq(s) => b <= s.as_str(),
+            }
+        }
+    }
+
+    fn small() -> impl Strategy<Value = i64> {
+        -4i64..4
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[ab]{0,2}"
+    }
+
+    fn cond() -> impl Strategy<Value = Cond> {
+        prop_oneof![
+            small().prop_map(Cond::AEq),
+            prop::collection::vec(small(), 1..4).prop_map(Cond::AIn),
+            small().prop_map(Cond::AGt),
+            small().prop_map(Cond::AGtEq),
+            small().prop_map(Cond::ALt),
+            small().prop_map(Cond::ALtEq),
+            (small(), small()).prop_map(|(l, h)| Cond::ABetween(l, h)),
+            text().prop_map(Cond::BEq),
+            text().prop_map(Cond::BGt),
+            text().prop_map(Cond::BLtEq),
+        ]
+    }
+
+    fn schema() -> TableSchema {
+        TableSchema::parse("a BIGINT, b VARCHAR, c INT", &["a".into(), "b".into()]).unwrap()
+    }
+
+    proptest! {
+        /// Narrowing never loses a row: every key the filters accept lies in one of the ranges,
+        /// and the ranges are ordered and do not overlap.
+        #[test]
+        fn ranges_cover_every_matching_key(
+            conds in prop::collection::vec(cond(), 0..4),
+            rows in prop::collection::vec((small(), text()), 1..40),
+        ) {
+            let schema = schema();
+            let filters: Vec<Expr> = conds.iter().map(Cond::expr).collect();
+            let ranges = key_ranges(&schema, &filters);
+            for w in ranges.windows(2) {
+                prop_assert!(!w[0].end.is_empty() && w[0].end <= w[1].start, "{ranges:?}");
+            }
+            for (a, b) in rows {
+                if conds.iter().all(|c| c.holds(a, &b)) {
+                    let k = key::encode_key(&schema, &[Value::Int(a), Value::Str(b.clone())]).unwrap();
+                    let inside = ranges.iter().any(|r| {
+                        k.as_slice() >= r.start.as_slice() && (r.end.is_empty() || k < r.end)
+                    });
+                    prop_assert!(inside, "key ({a}, {b:?}) matches {conds:?} but is outside {ranges:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn equality_on_the_whole_key_is_one_point_and_in_lists_are_points() {
+        let schema = schema();
+        let r = key_ranges(&schema, &[col("a").eq(lit(3i64)), col("b").eq(lit("x"))]);
+        assert_eq!(r.len(), 1);
+        let k = key::encode_key(&schema, &[Value::Int(3), Value::Str("x".into())]).unwrap();
+        assert_eq!(r[0].start, k);
+        let r = key_ranges(
+            &schema,
+            &[col("a").in_list(vec![lit(1i64), lit(5i64)], false)],
+        );
+        assert_eq!(r.len(), 2);
+        // A filter on a non-key column, or none, reads everything.
+        assert_eq!(
+            key_ranges(&schema, &[col("c").eq(lit(1i32))]),
+            vec![KeyRange::all()]
+        );
+        // Contradictory bounds read nothing.
+        assert!(key_ranges(&schema, &[col("a").gt(lit(3i64)), col("a").lt(lit(2i64))]).is_empty());
+    }
+}
