@@ -145,6 +145,7 @@ impl TableProvider for RegionTable {
             cluster: self.cluster.clone(),
             meta: self.meta.clone(),
             schema: self.schema.clone(),
+            op: SinkOp::Upsert,
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
@@ -165,26 +166,56 @@ impl TableProvider for RegionTable {
             }
             None => scan,
         };
-        let sink = DeleteSink {
+        let sink = RegionSink {
             cluster: self.cluster.clone(),
             meta: self.meta.clone(),
             schema: self.schema.clone(),
+            op: SinkOp::Delete,
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }
 
-/// Writes an insert's rows as upserts, batch by batch, so a large insert never sits in memory.
+/// What a sink does with the rows it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkOp {
+    /// `INSERT`: write the rows, replacing those with the same key.
+    Upsert,
+    /// `DELETE`: delete the rows' keys.
+    Delete,
+}
+
+/// Writes an insert's rows as upserts, or deletes a `DELETE`'s selected rows, batch by batch so a
+/// large statement never sits in memory; each batch is checked whole before any of it is sent.
 #[derive(Debug)]
 struct RegionSink {
     cluster: Arc<dyn Cluster>,
     meta: Arc<TableMeta>,
     schema: SchemaRef,
+    op: SinkOp,
 }
 
 impl DisplayAs for RegionSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "RegionSink: table={}", self.meta.name)
+        write!(f, "RegionSink: table={}, op={:?}", self.meta.name, self.op)
+    }
+}
+
+impl RegionSink {
+    /// Applies one write request's worth of rows; returns rows written or keys deleted.
+    async fn apply(&self, rows: Vec<Vec<Value>>) -> Result<u64> {
+        let done = match self.op {
+            SinkOp::Upsert => self.cluster.upsert(&self.meta.name, rows).await,
+            SinkOp::Delete => {
+                let key = &self.meta.schema.primary_key;
+                let keys = rows
+                    .into_iter()
+                    .map(|r| key.iter().map(|i| r[*i].clone()).collect())
+                    .collect();
+                self.cluster.delete(&self.meta.name, keys).await
+            }
+        };
+        done.map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 
@@ -203,71 +234,15 @@ impl DataSink for RegionSink {
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let mut written = 0u64;
+        let (mut seen, mut done) = (0u64, 0u64);
         while let Some(batch) = data.next().await {
-            let batch = batch?;
-            // The whole batch is checked before any of it is written.
-            let rows = batch_to_rows(&batch, &self.meta.schema.columns, written)?;
-            for chunk in rows.chunks(WRITE_ROWS) {
-                written += self
-                    .cluster
-                    .upsert(&self.meta.name, chunk.to_vec())
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let mut rows = batch_to_rows(&batch?, &self.meta.schema.columns, seen)?;
+            seen += rows.len() as u64;
+            while !rows.is_empty() {
+                let rest = rows.split_off(rows.len().min(WRITE_ROWS));
+                done += self.apply(std::mem::replace(&mut rows, rest)).await?;
             }
         }
-        Ok(written)
-    }
-}
-
-/// Deletes the keys of the rows a `DELETE`'s filters selected.
-#[derive(Debug)]
-struct DeleteSink {
-    cluster: Arc<dyn Cluster>,
-    meta: Arc<TableMeta>,
-    schema: SchemaRef,
-}
-
-impl DisplayAs for DeleteSink {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "DeleteSink: table={}", self.meta.name)
-    }
-}
-
-#[async_trait]
-impl DataSink for DeleteSink {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    async fn write_all(
-        &self,
-        mut data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
-    ) -> Result<u64> {
-        let mut deleted = 0u64;
-        while let Some(batch) = data.next().await {
-            let batch = batch?;
-            let rows = batch_to_rows(&batch, &self.meta.schema.columns, deleted)?;
-            let keys: Vec<Vec<Value>> = rows
-                .into_iter()
-                .map(|r| {
-                    self.meta
-                        .schema
-                        .primary_key
-                        .iter()
-                        .map(|i| r[*i].clone())
-                        .collect()
-                })
-                .collect();
-            for chunk in keys.chunks(WRITE_ROWS) {
-                deleted += self
-                    .cluster
-                    .delete(&self.meta.name, chunk.to_vec())
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            }
-        }
-        Ok(deleted)
+        Ok(done)
     }
 }
