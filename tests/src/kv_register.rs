@@ -71,6 +71,19 @@ pub async fn run_client(
         n += 1;
         let value = (id as i64) * 1_000_000_000 + n;
         let invoke_ns = history.now_ns();
+        // Recorded as unknown if the task is aborted while the request is in flight: the write
+        // may have landed, and a read of it must still find its invocation in the history.
+        let mut pending = Pending {
+            history: &history,
+            event: Some(Event {
+                client: id,
+                key: k.as_bytes().to_vec(),
+                op: Op::Get,
+                outcome: Outcome::Unknown,
+                invoke_ns,
+                complete_ns: invoke_ns,
+            }),
+        };
         let (op, outcome) = if choice < 4 {
             let r = kv
                 .get(request(v1::GetRequest {
@@ -96,6 +109,9 @@ pub async fn run_client(
             };
             (Op::Get, outcome)
         } else if choice < 7 {
+            pending.set_op(Op::Put {
+                value: Some(bytes(value)),
+            });
             let r = kv
                 .write(request(v1::WriteRequest {
                     table: TABLE.into(),
@@ -120,8 +136,13 @@ pub async fn run_client(
             // Expect what this client last saw (usually current), or a value never written.
             let expected = if fresh == 0 { Some(-1) } else { seen[ki] };
             let Some(expected) = expected else {
+                pending.event = None;
                 continue;
             };
+            pending.set_op(Op::Cas {
+                expected: Some(bytes(expected)),
+                new: Some(bytes(value)),
+            });
             let r = kv
                 .compare_and_set(request(v1::CasRequest {
                     table: TABLE.into(),
@@ -148,17 +169,45 @@ pub async fn run_client(
             )
         };
         let failed = outcome == Outcome::Unknown;
-        history.record(Event {
-            client: id,
-            key: k.as_bytes().to_vec(),
-            op,
-            outcome,
-            invoke_ns,
-            complete_ns: history.now_ns(),
-        });
+        pending.finish(op, outcome);
         if failed {
             // The node may be down: do not spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An operation sent and not yet answered: recorded when it completes, or as
+/// [`Outcome::Unknown`] if its client is dropped first.
+struct Pending<'a> {
+    history: &'a History,
+    event: Option<Event>,
+}
+
+impl Pending<'_> {
+    /// Names the operation about to be sent.
+    fn set_op(&mut self, op: Op) {
+        if let Some(e) = &mut self.event {
+            e.op = op;
+        }
+    }
+
+    /// Records the operation with what the client saw.
+    fn finish(mut self, op: Op, outcome: Outcome) {
+        if let Some(mut e) = self.event.take() {
+            e.op = op;
+            e.outcome = outcome;
+            e.complete_ns = self.history.now_ns();
+            self.history.record(e);
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.event.take() {
+            e.complete_ns = self.history.now_ns();
+            self.history.record(e);
         }
     }
 }

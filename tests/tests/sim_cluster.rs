@@ -17,7 +17,8 @@
 //!   hold the same data.
 //!
 //! A run depends only on its seed: `WEIR_SIM_SEED=N` replays one, `WEIR_SIM_SEEDS=A..B` runs a
-//! range (`deploy/sim-seeds.sh` runs thousands in release builds).
+//! range (`deploy/sim-seeds.sh` runs thousands in release builds). The tests run each seed in a
+//! process of its own, as a replay does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -986,6 +987,25 @@ fn chaos_from_env() -> Duration {
 fn run_seeds(seeds: &[u64], chaos: Duration) {
     let mut failed = Vec::new();
     for &seed in seeds {
+        if let Err(report) = run_seed_in_child(seed, chaos) {
+            eprintln!("{report}");
+            failed.push(seed);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "seeds failed: {failed:?} with {}s of chaos (replay one with WEIR_SIM_SEED=<seed> \
+         WEIR_SIM_CHAOS_SECS={})",
+        chaos.as_secs(),
+        chaos.as_secs()
+    );
+}
+
+/// Runs the seeds in this process, one after another, printing each one's verdict: what a
+/// replay (`WEIR_SIM_SEED`) does, and what each child of [`run_seed_in_child`] does.
+fn run_seeds_here(seeds: &[u64], chaos: Duration) {
+    let mut failed = Vec::new();
+    for &seed in seeds {
         let t = std::time::Instant::now();
         match run_seed(seed, chaos) {
             Ok(digest) => eprintln!(
@@ -1007,6 +1027,61 @@ fn run_seeds(seeds: &[u64], chaos: Duration) {
     );
 }
 
+/// Runs one seed in a child process of this test binary, as a replay would, and returns its
+/// trace digest or its report. A simulation shares its process with nothing else: two run at
+/// once in one process (two tests on two threads) can draw on process-wide state the other
+/// moved, and then a failure would not replay from its seed.
+fn run_seed_in_child(seed: u64, chaos: Duration) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("seed {seed}: no test binary: {e}"))?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "seeds_survive_the_nemesis",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("WEIR_SIM_SEED", seed.to_string())
+        .env("WEIR_SIM_CHAOS_SECS", chaos.as_secs().to_string())
+        .env_remove("WEIR_SIM_SEEDS")
+        .output()
+        .map_err(|e| format!("seed {seed}: could not start its run: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let verdict = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("seed {seed}: ")))
+        .unwrap_or("");
+    if out.status.success() && verdict.contains(": ok in ") {
+        eprintln!("{verdict}");
+        let digest = verdict
+            .rsplit("(trace ")
+            .next()
+            .map(|d| d.trim_end_matches(')').to_string())
+            .unwrap_or_default();
+        return Ok(digest);
+    }
+    // The verdict and the trace's tail follow "seed N: FAILED"; a panic prints elsewhere.
+    let report = match stderr.find(&format!("seed {seed}: FAILED")) {
+        Some(at) => {
+            let rest = &stderr[at..];
+            rest[..rest.find("\nthread '").unwrap_or(rest.len())].to_string()
+        }
+        None => format!(
+            "seed {seed}: FAILED ({}): {}",
+            out.status,
+            stderr
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+    };
+    Err(report)
+}
+
 /// True when the seeds come from the environment (a replay or a long run), which
 /// [`seeds_survive_the_nemesis`] alone runs.
 fn seeds_from_env() -> bool {
@@ -1017,7 +1092,7 @@ fn seeds_from_env() -> bool {
 #[test]
 fn seeds_survive_the_nemesis() {
     if seeds_from_env() {
-        run_seeds(&env_seeds(), chaos_from_env());
+        run_seeds_here(&env_seeds(), chaos_from_env());
     } else {
         run_seeds(&[0, 1, 2], CHAOS);
     }
@@ -1052,33 +1127,23 @@ fn short_seeds_survive_the_nemesis_first_half() {
 fn short_seeds_survive_the_nemesis_second_half() {
     if !seeds_from_env() {
         let a = SHORT_SEEDS.start + SHORT_SEEDS_PER_TEST;
-        let seeds: Vec<u64> = (a..SHORT_SEEDS.end)
-            .filter(|s| !OPEN_FAULT_SEEDS.contains(s))
-            .collect();
-        run_seeds(&seeds, SHORT_CHAOS);
+        run_seeds(&(a..SHORT_SEEDS.end).collect::<Vec<_>>(), SHORT_CHAOS);
     }
 }
 
-/// Seeds that reproduce a fault not yet fixed; each has its own ignored test so it can be
-/// replayed, and returns to the runs above once fixed.
-const OPEN_FAULT_SEEDS: &[u64] = &[1076];
-
-/// Seed 1076 (20 s of faults): group 4's replicas applied the same index (1742) but hold
-/// different data after the heal — a divergence under investigation.
-#[test]
-#[ignore = "open fault: replicas of group 4 diverge at the same applied index"]
-fn seed_1076_replicas_converge() {
-    run_seeds(&[1076], SHORT_CHAOS);
-}
-
+/// A seed runs the same in two processes: what lets a failure found in CI be replayed from its
+/// seed alone.
 #[test]
 fn a_seed_replays_exactly() {
     if seeds_from_env() {
         return;
     }
     let seed = 7;
-    let first = run_seed(seed, SHORT_CHAOS);
-    let second = run_seed(seed, SHORT_CHAOS);
+    let first = run_seed_in_child(seed, SHORT_CHAOS);
+    let second = run_seed_in_child(seed, SHORT_CHAOS);
     assert!(first.is_ok(), "seed {seed}: {first:?}");
-    assert_eq!(first, second, "seed {seed} ran differently twice");
+    assert_eq!(
+        first, second,
+        "seed {seed} ran differently in two processes"
+    );
 }
