@@ -70,6 +70,8 @@ pub struct NewTopic {
     pub retention_ms: Option<u64>,
     /// Each partition is trimmed to about this size; `None` means no limit.
     pub retention_bytes: Option<u64>,
+    /// How SQL reads the records as rows; `None` reads each record as bytes.
+    pub format: Option<weir_proto::format::TopicFormat>,
 }
 
 impl NewTopic {
@@ -81,6 +83,7 @@ impl NewTopic {
             replicas,
             retention_ms: None,
             retention_bytes: None,
+            format: None,
         }
     }
 
@@ -93,6 +96,12 @@ impl NewTopic {
     /// Trims each partition to about `bytes`.
     pub fn retention_bytes(mut self, bytes: u64) -> Self {
         self.retention_bytes = Some(bytes);
+        self
+    }
+
+    /// Declares how SQL reads the records as rows.
+    pub fn format(mut self, format: weir_proto::format::TopicFormat) -> Self {
+        self.format = Some(format);
         self
     }
 }
@@ -180,6 +189,7 @@ impl Client {
             replicas: topic.replicas,
             retention_ms: topic.retention_ms.unwrap_or(0),
             retention_bytes: topic.retention_bytes.unwrap_or(0),
+            format: topic.format.as_ref().map(|f| f.to_proto()),
         };
         let timeout = self.inner.config.request_timeout;
         // A retry after a lost answer may find the topic created by the first attempt.

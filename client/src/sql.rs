@@ -42,6 +42,8 @@ pub enum SqlEvent {
         rows: u64,
         /// Time it took on the node, in microseconds.
         elapsed_micros: u64,
+        /// What it reports besides its rows (records of a topic it skipped).
+        warnings: Vec<String>,
     },
 }
 
@@ -87,6 +89,7 @@ impl SqlStream {
                     tag: d.tag,
                     rows: d.rows,
                     elapsed_micros: d.elapsed_micros,
+                    warnings: d.warnings,
                 }),
                 None => {}
             }

@@ -284,6 +284,7 @@ mod tests {
             retention_ms: 0,
             retention_bytes: 0,
             placement: vec![vec![1, 2]],
+            format: None,
         });
         let healthy = |_: u64, _: &[u64]| true;
         assert_eq!(next_move(&c, &live, &healthy), None, "no spare node yet");
@@ -308,6 +309,7 @@ mod tests {
             retention_ms: 0,
             retention_bytes: 0,
             placement,
+            format: None,
         });
         c.apply(&MetaCommand::AddNode {
             addr: "n2".into(),

@@ -5,9 +5,11 @@
 //! - [`batch`]: the record-batch encoding producers write and consumers read. The broker checks a
 //!   batch once on produce and stores it as one checksummed blob, never re-encoding it.
 //! - [`ingest`]: the bodies of HTTP ingest requests (a JSON array or NDJSON), split into records.
+//! - [`format`]: a topic's record format (JSON, CSV, text) and columns, records to rows and back.
 //! - [`table`]: table schemas, typed values, and the key and row encodings of the region store.
 
 pub mod batch;
+pub mod format;
 pub mod ingest;
 pub mod table;
 

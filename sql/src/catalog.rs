@@ -1,5 +1,5 @@
-//! The schema SQL sees: the cluster's tables, looked up in the catalog at planning time, plus
-//! external tables over files registered on this node.
+//! The schema SQL sees: the cluster's tables and topics, looked up in the catalog at planning
+//! time, plus external tables over files registered on this node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -11,8 +11,10 @@ use datafusion::error::{DataFusionError, Result};
 
 use crate::cluster::Cluster;
 use crate::table::RegionTable;
+use crate::topic::TopicTable;
 
-/// The `public` schema: every table of the region store, and this node's external tables.
+/// The `public` schema: every table of the region store, every topic of the log, and this node's
+/// external tables. A name is looked up as an external table, then a table, then a topic.
 #[derive(Debug)]
 pub struct ClusterSchema {
     cluster: Arc<dyn Cluster>,
@@ -46,8 +48,12 @@ impl SchemaProvider for ClusterSchema {
             .list_tables()
             .map(|t| t.into_iter().map(|t| t.name).collect())
             .unwrap_or_default();
+        if let Ok(topics) = self.cluster.list_topics() {
+            names.extend(topics.into_iter().map(|t| t.name));
+        }
         names.extend(self.external().keys().cloned());
         names.sort();
+        names.dedup();
         names
     }
 
@@ -55,11 +61,14 @@ impl SchemaProvider for ClusterSchema {
         if let Some(t) = self.external().get(name) {
             return Ok(Some(t.clone()));
         }
+        if let Some(meta) = self.cluster.table(name).map_err(cluster_error)? {
+            return Ok(Some(Arc::new(RegionTable::new(self.cluster.clone(), meta))));
+        }
         Ok(self
             .cluster
-            .table(name)
+            .topic(name)
             .map_err(cluster_error)?
-            .map(|meta| Arc::new(RegionTable::new(self.cluster.clone(), meta)) as _))
+            .map(|meta| Arc::new(TopicTable::new(self.cluster.clone(), meta)) as _))
     }
 
     fn register_table(
@@ -67,9 +76,11 @@ impl SchemaProvider for ClusterSchema {
         name: String,
         table: Arc<dyn TableProvider>,
     ) -> Result<Option<Arc<dyn TableProvider>>> {
-        if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
+        if self.cluster.table(&name).map_err(cluster_error)?.is_some()
+            || self.cluster.topic(&name).map_err(cluster_error)?.is_some()
+        {
             return Err(DataFusionError::Plan(format!(
-                "table '{name}' already exists in the cluster"
+                "'{name}' already exists in the cluster"
             )));
         }
         let mut ext = self.external.write().unwrap_or_else(|p| p.into_inner());
@@ -82,6 +93,8 @@ impl SchemaProvider for ClusterSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.external().contains_key(name) || matches!(self.cluster.table(name), Ok(Some(_)))
+        self.external().contains_key(name)
+            || matches!(self.cluster.table(name), Ok(Some(_)))
+            || matches!(self.cluster.topic(name), Ok(Some(_)))
     }
 }

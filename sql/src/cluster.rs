@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use weir_proto::format::TopicFormat;
 use weir_proto::table::{TableSchema, Value};
 
 /// Why a cluster call failed, as the SQL layer reports it.
@@ -69,6 +71,54 @@ pub struct RowPage {
     pub resume: Option<Vec<u8>>,
 }
 
+/// A topic as SQL sees it.
+#[derive(Debug, Clone)]
+pub struct TopicMeta {
+    /// The topic's name.
+    pub name: String,
+    /// How many partitions it has.
+    pub partitions: u32,
+    /// How its records read as rows; none: as bytes.
+    pub format: Option<TopicFormat>,
+}
+
+/// How a new topic is laid out.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    /// The topic's name.
+    pub name: String,
+    /// Its partitions.
+    pub partitions: u32,
+    /// Replicas of each partition.
+    pub replicas: u32,
+    /// Records older than this are deleted (0: kept).
+    pub retention_ms: u64,
+    /// Its record format and columns.
+    pub format: Option<TopicFormat>,
+}
+
+/// One record of a partition.
+#[derive(Debug, Clone)]
+pub struct TopicRecord {
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// When it was produced (milliseconds since the epoch).
+    pub timestamp_ms: i64,
+    /// Its key, if any.
+    pub key: Option<Bytes>,
+    /// Its value.
+    pub value: Bytes,
+}
+
+/// What one read of a partition returned.
+#[derive(Debug, Clone, Default)]
+pub struct RecordPage {
+    /// Records from the offset asked for, in offset order (possibly none).
+    pub records: Vec<TopicRecord>,
+    /// The offset the next read continues from.
+    pub next_offset: u64,
+}
+
 /// The cluster's data plane as the SQL layer uses it.
 #[async_trait]
 pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
@@ -100,4 +150,37 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
 
     /// Drops a table.
     async fn drop_table(&self, name: &str) -> Result<(), ClusterError>;
+
+    /// Every topic in the catalog, as this node last applied it.
+    fn list_topics(&self) -> Result<Vec<TopicMeta>, ClusterError>;
+
+    /// One topic, or none when it does not exist.
+    fn topic(&self, name: &str) -> Result<Option<TopicMeta>, ClusterError>;
+
+    /// The earliest offset a partition still holds and its high watermark (the next offset to
+    /// be written).
+    async fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError>;
+
+    /// Reads records of a partition from `offset`, about `max_bytes` of them, without waiting.
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<RecordPage, ClusterError>;
+
+    /// Appends records (key, value) to a partition, acknowledged once a quorum stored them.
+    async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<(Option<Bytes>, Bytes)>,
+    ) -> Result<u64, ClusterError>;
+
+    /// Creates a topic.
+    async fn create_topic(&self, topic: NewTopic) -> Result<(), ClusterError>;
+
+    /// Drops a topic and its records.
+    async fn drop_topic(&self, name: &str) -> Result<(), ClusterError>;
 }

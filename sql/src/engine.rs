@@ -1,27 +1,36 @@
-//! The SQL engine of a node: a DataFusion session over the cluster's tables, with Weir's own
-//! handling of the statements that change the catalog (`CREATE TABLE`, `DROP TABLE`).
+//! The SQL engine of a node: a DataFusion session over the cluster's tables and topics, with
+//! Weir's own handling of the statements that change the catalog (`CREATE TABLE|TOPIC`,
+//! `DROP TABLE|TOPIC`) and of `SHOW TOPICS`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{StringArray, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
 use datafusion::common::Constraint;
+use datafusion::dataframe::DataFrame;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement, Value as SqlValue,
+    CreateTable, CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement as Sql,
+    Value as SqlValue,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use weir_proto::format::{RecordFormat, TopicFormat};
 use weir_proto::table::{Column, TableSchema};
 
 use crate::catalog::ClusterSchema;
-use crate::cluster::{Cluster, ClusterError, NewTable};
+use crate::cluster::{Cluster, ClusterError, NewTable, NewTopic, TopicMeta};
+use crate::statement::{self, Statement};
 use crate::types::column_type;
+use crate::warnings::QueryWarnings;
 
 /// The catalog SQL names Weir's tables in (`weir.public.name`; plain `name` works too).
 pub const CATALOG: &str = "weir";
@@ -42,8 +51,9 @@ pub struct EngineConfig {
 
 /// What one statement produced.
 pub enum Output {
-    /// Rows (a query, or the count of rows an `INSERT` or `DELETE` wrote).
-    Rows(SendableRecordBatchStream),
+    /// Rows (a query, or the count of rows an `INSERT` or `DELETE` wrote), and what the
+    /// statement has to report besides them once they are read (records it skipped).
+    Rows(SendableRecordBatchStream, Arc<QueryWarnings>),
     /// A statement without rows, with its command tag (`CREATE TABLE`, `DROP TABLE`).
     Done(String),
 }
@@ -108,8 +118,8 @@ impl Engine {
     }
 
     /// Splits `sql` into statements; a syntax error names the line and column.
-    pub fn parse(&self, sql: &str) -> Result<VecDeque<DfStatement>> {
-        DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+    pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
+        statement::parse(sql)
     }
 
     /// Runs every statement of `sql` in order, returning each one's output; the rows of a query
@@ -123,34 +133,179 @@ impl Engine {
     }
 
     /// Runs one parsed statement.
-    pub async fn run(&self, stmt: DfStatement) -> Result<Output> {
+    pub async fn run(&self, stmt: Statement) -> Result<Output> {
+        let stmt = match stmt {
+            Statement::Sql(s) => s,
+            Statement::CreateTopic(ct) => return self.create_topic(&ct).await,
+            Statement::DropTopic { names, if_exists } => {
+                for name in &names {
+                    match self.cluster.drop_topic(&object_name(name)).await {
+                        Ok(()) => {}
+                        Err(ClusterError::NotFound(_)) if if_exists => {}
+                        Err(e) => return Err(cluster_error(e)),
+                    }
+                }
+                return Ok(Output::Done("DROP TOPIC".into()));
+            }
+            Statement::ShowTopics => return self.show_topics(),
+        };
         if let DfStatement::Statement(s) = &stmt {
             if let Some(out) = self.catalog_statement(s).await? {
                 return Ok(out);
             }
         }
-        let state = self.ctx.state();
+        let warnings = Arc::new(QueryWarnings::default());
+        let mut state = self.ctx.state();
+        state.config_mut().set_extension(warnings.clone());
         let plan = state.statement_to_plan(stmt).await?;
-        let tag = match &plan {
-            LogicalPlan::Ddl(d) => Some(command_tag(d.name())),
-            _ => None,
-        };
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        match tag {
-            Some(tag) => {
-                df.collect().await?;
+        match &plan {
+            LogicalPlan::Ddl(d) => {
+                let tag = command_tag(d.name());
+                self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 Ok(Output::Done(tag))
             }
-            None => Ok(Output::Rows(df.execute_stream().await?)),
+            LogicalPlan::Statement(_) => {
+                let df = self.ctx.execute_logical_plan(plan).await?;
+                Ok(Output::Rows(df.execute_stream().await?, warnings))
+            }
+            _ => {
+                let df = DataFrame::new(state, plan);
+                Ok(Output::Rows(df.execute_stream().await?, warnings))
+            }
         }
     }
 
+    /// `SHOW TOPICS`: every topic with its partitions, format and columns.
+    fn show_topics(&self) -> Result<Output> {
+        let topics = self.cluster.list_topics().map_err(cluster_error)?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("topic", DataType::Utf8, false),
+            Field::new("partitions", DataType::UInt32, false),
+            Field::new("format", DataType::Utf8, false),
+            Field::new("columns", DataType::Utf8, false),
+        ]));
+        let columns = |t: &TopicMeta| match &t.format {
+            Some(f) => f
+                .columns
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.ty.sql_name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "value VARBINARY".into(),
+        };
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    topics.iter().map(|t| t.name.clone()),
+                )),
+                Arc::new(UInt32Array::from_iter_values(
+                    topics.iter().map(|t| t.partitions),
+                )),
+                Arc::new(StringArray::from_iter_values(topics.iter().map(|t| {
+                    t.format
+                        .as_ref()
+                        .map_or("bytes", |f| f.kind.name())
+                        .to_string()
+                }))),
+                Arc::new(StringArray::from_iter_values(topics.iter().map(columns))),
+            ],
+        )?;
+        let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter([Ok(batch)]));
+        Ok(Output::Rows(
+            Box::pin(stream),
+            Arc::new(QueryWarnings::default()),
+        ))
+    }
+
+    /// `CREATE TOPIC name (cols...) WITH (partitions = N, replicas = N, format = 'json',
+    /// retention_ms = N)`.
+    async fn create_topic(&self, ct: &CreateTable) -> Result<Output> {
+        let name = object_name(&ct.name);
+        let mut options = topic_options(&ct.table_options)?;
+        let kind = match options.format.take() {
+            Some(f) => RecordFormat::parse(&f).map_err(|e| DataFusionError::Plan(e.to_string()))?,
+            None if ct.columns.is_empty() => {
+                // No columns and no format: the records are read as bytes.
+                return self.create_topic_as(ct, name, options, None).await;
+            }
+            None => RecordFormat::Json,
+        };
+        let columns = if ct.columns.is_empty() {
+            Vec::new()
+        } else {
+            let mut plain = ct.clone();
+            plain.table_options = CreateTableOptions::None;
+            plain.constraints.clear();
+            let plan = self
+                .ctx
+                .state()
+                .statement_to_plan(DfStatement::Statement(Box::new(Sql::CreateTable(plain))))
+                .await?;
+            let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
+                return Err(DataFusionError::Internal(
+                    "CREATE TOPIC did not plan as a table".into(),
+                ));
+            };
+            cmt.input
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    Ok(Column {
+                        name: f.name().clone(),
+                        ty: column_type(f.name(), f.data_type())?,
+                        nullable: f.is_nullable(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let format =
+            TopicFormat::new(kind, columns).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        self.create_topic_as(ct, name, options, Some(format)).await
+    }
+
+    async fn create_topic_as(
+        &self,
+        ct: &CreateTable,
+        name: String,
+        options: TopicOptions,
+        format: Option<TopicFormat>,
+    ) -> Result<Output> {
+        if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
+            return Err(DataFusionError::Plan(format!(
+                "a table named '{name}' already exists; a topic needs another name"
+            )));
+        }
+        if self.cluster.topic(&name).map_err(cluster_error)?.is_some() {
+            if ct.if_not_exists {
+                return Ok(Output::Done("CREATE TOPIC".into()));
+            }
+            return Err(DataFusionError::Plan(format!(
+                "topic '{name}' already exists"
+            )));
+        }
+        let topic = NewTopic {
+            name,
+            partitions: options.partitions,
+            replicas: options.replicas,
+            retention_ms: options.retention_ms,
+            format,
+        };
+        match self.cluster.create_topic(topic).await {
+            Ok(()) => {}
+            Err(ClusterError::AlreadyExists(_)) if ct.if_not_exists => {}
+            Err(e) => return Err(cluster_error(e)),
+        }
+        Ok(Output::Done("CREATE TOPIC".into()))
+    }
+
     /// True for the statements [`Engine::catalog_statement`] handles.
-    pub fn is_catalog_statement(s: &Statement) -> bool {
-        matches!(s, Statement::CreateTable(ct) if !ct.external)
+    pub fn is_catalog_statement(s: &Sql) -> bool {
+        matches!(s, Sql::CreateTable(ct) if !ct.external)
             || matches!(
                 s,
-                Statement::Drop {
+                Sql::Drop {
                     object_type: ObjectType::Table,
                     ..
                 }
@@ -158,10 +313,10 @@ impl Engine {
     }
 
     /// Handles the statements that change the cluster's catalog; `None` for every other one.
-    pub async fn catalog_statement(&self, s: &Statement) -> Result<Option<Output>> {
+    pub async fn catalog_statement(&self, s: &Sql) -> Result<Option<Output>> {
         match s {
-            Statement::CreateTable(ct) if !ct.external => self.create_table(ct).await.map(Some),
-            Statement::Drop {
+            Sql::CreateTable(ct) if !ct.external => self.create_table(ct).await.map(Some),
+            Sql::Drop {
                 object_type: ObjectType::Table,
                 if_exists,
                 names,
@@ -184,10 +339,7 @@ impl Engine {
         }
     }
 
-    async fn create_table(
-        &self,
-        ct: &datafusion::sql::sqlparser::ast::CreateTable,
-    ) -> Result<Output> {
+    async fn create_table(&self, ct: &CreateTable) -> Result<Output> {
         if ct.query.is_some() {
             return Err(DataFusionError::NotImplemented(
                 "CREATE TABLE ... AS SELECT: create the table with its PRIMARY KEY, then \
@@ -206,9 +358,7 @@ impl Engine {
         let plan = self
             .ctx
             .state()
-            .statement_to_plan(DfStatement::Statement(Box::new(Statement::CreateTable(
-                plain,
-            ))))
+            .statement_to_plan(DfStatement::Statement(Box::new(Sql::CreateTable(plain))))
             .await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
             return Err(DataFusionError::Internal(
@@ -244,6 +394,11 @@ impl Engine {
             })?;
         let schema =
             TableSchema::new(columns, &key).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        if self.cluster.topic(&name).map_err(cluster_error)?.is_some() {
+            return Err(DataFusionError::Plan(format!(
+                "a topic named '{name}' already exists; a table needs another name"
+            )));
+        }
         if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
             if cmt.if_not_exists {
                 return Ok(Output::Done("CREATE TABLE".into()));
@@ -335,4 +490,73 @@ fn table_options(opts: &CreateTableOptions) -> Result<(u32, u64)> {
         }
     }
     Ok((replicas, split))
+}
+
+/// What `WITH (...)` of `CREATE TOPIC` sets.
+#[derive(Debug, Default)]
+struct TopicOptions {
+    partitions: u32,
+    replicas: u32,
+    retention_ms: u64,
+    format: Option<String>,
+}
+
+/// `partitions`, `replicas`, `retention_ms` and `format` from `WITH (...)`; partitions default
+/// to 1 and replicas to 3.
+fn topic_options(opts: &CreateTableOptions) -> Result<TopicOptions> {
+    const KNOWN: &str = "partitions, replicas, retention_ms, format";
+    let mut out = TopicOptions {
+        partitions: 1,
+        replicas: 3,
+        ..TopicOptions::default()
+    };
+    let list = match opts {
+        CreateTableOptions::None => return Ok(out),
+        CreateTableOptions::With(l) | CreateTableOptions::Options(l) => l,
+        other => {
+            return Err(DataFusionError::Plan(format!(
+                "topic options {other} are not understood; use WITH ({KNOWN})"
+            )))
+        }
+    };
+    for o in list {
+        let SqlOption::KeyValue { key, value } = o else {
+            return Err(DataFusionError::Plan(format!(
+                "topic option {o} is not understood; use WITH ({KNOWN})"
+            )));
+        };
+        let text = match value {
+            SqlExpr::Value(v) => match &v.value {
+                SqlValue::Number(n, _) => Some(n.clone()),
+                SqlValue::SingleQuotedString(s) => Some(s.clone()),
+                _ => None,
+            },
+            SqlExpr::Identifier(i) => Some(i.value.clone()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!("topic option {key}: {value} is not a value"))
+        })?;
+        let number = || {
+            text.parse::<u64>().map_err(|_| {
+                DataFusionError::Plan(format!("topic option {key}: {text} is not a whole number"))
+            })
+        };
+        let small = |n: u64| {
+            u32::try_from(n)
+                .map_err(|_| DataFusionError::Plan(format!("topic option {key}: {n} is too many")))
+        };
+        match key.value.to_ascii_lowercase().as_str() {
+            "partitions" => out.partitions = small(number()?)?,
+            "replicas" => out.replicas = small(number()?)?,
+            "retention_ms" => out.retention_ms = number()?,
+            "format" => out.format = Some(text.clone()),
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "unknown topic option '{other}' (known: {KNOWN})"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }

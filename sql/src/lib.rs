@@ -1,6 +1,7 @@
 //! Weir's SQL layer: DataFusion planning and executing queries over the cluster's tables (one scan
-//! partition per region, primary-key filters narrowing what is read), inserts and deletes through
-//! the region store, and the catalog statements that create and drop tables.
+//! partition per region, primary-key filters narrowing what is read) and topics (one per
+//! partition, records decoded by the topic's format), inserts and deletes through the region
+//! store, and the catalog statements that create and drop tables and topics.
 //!
 //! The layer reaches the cluster only through [`Cluster`], which the node implements.
 
@@ -10,8 +11,16 @@ pub mod engine;
 pub mod keyrange;
 pub mod pg;
 pub mod scan;
+pub mod statement;
 pub mod table;
+pub mod topic;
 pub mod types;
+pub mod warnings;
 
-pub use cluster::{Cluster, ClusterError, NewTable, RegionMeta, RowPage, TableMeta};
+pub use cluster::{
+    Cluster, ClusterError, NewTable, NewTopic, RecordPage, RegionMeta, RowPage, TableMeta,
+    TopicMeta, TopicRecord,
+};
 pub use engine::{Engine, EngineConfig, Output};
+pub use statement::Statement;
+pub use warnings::QueryWarnings;

@@ -69,7 +69,7 @@ impl CatalogHook {
     async fn run(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
         match self.engine.catalog_statement(statement).await {
             Ok(Some(Output::Done(tag))) => Some(Ok(Response::Execution(Tag::new(&tag)))),
-            Ok(Some(Output::Rows(_))) | Ok(None) => None,
+            Ok(Some(Output::Rows(..))) | Ok(None) => None,
             Err(e) => Some(Err(pg_error(e))),
         }
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use weir_proto::format::TopicFormat;
 use weir_proto::table::TableSchema;
 
 /// The id of the metadata group.
@@ -92,6 +93,8 @@ pub struct TopicInfo {
     pub retention_bytes: u64,
     /// Group id of partition `i` at index `i`.
     pub groups: Vec<u64>,
+    /// How SQL reads its records as rows (none: as bytes).
+    pub format: Option<TopicFormat>,
 }
 
 /// A table: typed columns and a primary key, stored in regions (one Raft group each).
@@ -164,6 +167,8 @@ pub enum MetaCommand {
         retention_bytes: u64,
         /// Replica set of each partition, in partition order.
         placement: Vec<Vec<u64>>,
+        /// How SQL reads its records as rows.
+        format: Option<TopicFormat>,
     },
     /// Deletes a topic and its groups.
     DeleteTopic {
@@ -278,6 +283,7 @@ impl Catalog {
                 retention_ms,
                 retention_bytes,
                 placement,
+                format,
             } => {
                 if self.topics.contains_key(name) {
                     return MetaResponse::Rejected(format!("topic '{name}' already exists"));
@@ -307,6 +313,7 @@ impl Catalog {
                         retention_ms: *retention_ms,
                         retention_bytes: *retention_bytes,
                         groups,
+                        format: format.clone(),
                     },
                 );
                 MetaResponse::Ok
@@ -658,6 +665,7 @@ mod tests {
             retention_ms: 0,
             retention_bytes: 0,
             placement: vec![vec![1], vec![1], vec![1]],
+            format: None,
         };
         assert_eq!(c.apply(&create), MetaResponse::Ok);
         assert_eq!(c.topics["t"].groups, vec![1, 2, 3]);

@@ -17,6 +17,7 @@ async fn three_nodes_produce_and_consume() {
             replicas: 3,
             retention_ms: 0,
             retention_bytes: 0,
+            format: None,
         })
         .await
         .expect("topic created")
@@ -145,6 +146,7 @@ async fn three_nodes_produce_and_consume() {
             replicas: 1,
             retention_ms: 0,
             retention_bytes: 0,
+            format: None,
         })
         .await
         .unwrap_err();
@@ -177,6 +179,7 @@ async fn http_ingest_health_metrics_and_retention() {
         replicas: 1,
         retention_ms: 0,
         retention_bytes: 2_000,
+        format: None,
     })
     .await
     .expect("topic created");
@@ -324,6 +327,7 @@ async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
         replicas: 1,
         retention_ms: 0,
         retention_bytes: 0,
+        format: None,
     })
     .await
     .expect("topic created");
@@ -831,6 +835,7 @@ async fn malformed_batches_are_refused_and_change_nothing() {
         replicas: 3,
         retention_ms: 0,
         retention_bytes: 0,
+        format: None,
     })
     .await
     .expect("topic created");

@@ -10,14 +10,22 @@ use tonic::Code;
 use weir_client::{Client, SqlEvent, Value};
 use weir_tests::{wait_until, InProcessCluster};
 
-/// The rows of every statement of `sql`, as sorted lines of text (so row order does not matter
-/// unless the test compares an ORDER BY with its own order).
+/// The rows of every statement of `sql`, per statement.
 async fn weir_rows(
     client: &Client,
     sql: &str,
 ) -> Result<Vec<Vec<RecordBatch>>, weir_client::ClientError> {
+    Ok(weir_rows_and_warnings(client, sql).await?.0)
+}
+
+/// The rows of every statement of `sql`, and the warnings the statements reported.
+async fn weir_rows_and_warnings(
+    client: &Client,
+    sql: &str,
+) -> Result<(Vec<Vec<RecordBatch>>, Vec<String>), weir_client::ClientError> {
     let mut stream = client.sql(sql).await?;
     let mut out: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut all_warnings = Vec::new();
     while let Some(e) = stream.next().await? {
         match e {
             SqlEvent::Schema { .. } => {}
@@ -27,14 +35,19 @@ async fn weir_rows(
                 }
                 out[statement as usize].push(batch);
             }
-            SqlEvent::Done { statement, .. } => {
+            SqlEvent::Done {
+                statement,
+                warnings,
+                ..
+            } => {
                 while out.len() <= statement as usize {
                     out.push(Vec::new());
                 }
+                all_warnings.extend(warnings);
             }
         }
     }
-    Ok(out)
+    Ok((out, all_warnings))
 }
 
 /// Text lines of batches without the table frame, sorted unless `ordered`.
@@ -433,5 +446,172 @@ async fn postgres_clients_create_list_and_query_tables() {
     assert_eq!(texts, vec![None, Some("via bind".to_string())]);
     drop(pg);
     let _ = conn.await;
+    cluster.shutdown().await;
+}
+
+/// Appends `values` (with keys) to a partition of `topic`.
+async fn produce(client: &Client, topic: &str, partition: u32, values: &[(&str, &str)]) {
+    let mut b = weir_proto::batch::BatchBuilder::new();
+    for (key, value) in values {
+        let key = (!key.is_empty()).then_some(key.as_bytes());
+        b.push(key, value.as_bytes(), 1_700_000_000_000);
+    }
+    client
+        .produce(topic, partition, b.finish(), weir_client::Acks::All)
+        .await
+        .expect("records produced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.unwrap();
+
+    weir_rows(
+        &client,
+        "CREATE TOPIC clicks (user_id BIGINT NOT NULL, page VARCHAR, ms INT) \
+         WITH (partitions = 2, replicas = 3, format = 'json');
+         CREATE TOPIC lines (n INT, word VARCHAR) WITH (format = 'csv');
+         CREATE TABLE users (id BIGINT, name VARCHAR, PRIMARY KEY (id));
+         INSERT INTO users VALUES (1, 'ann'), (2, 'bob')",
+    )
+    .await
+    .expect("topics and table created");
+    produce(
+        &client,
+        "clicks",
+        0,
+        &[
+            ("u1", r#"{"user_id": 1, "page": "/home", "ms": 12}"#),
+            ("u1", "not json at all"),
+            ("u2", r#"{"user_id": 2, "page": "/cart"}"#),
+            (
+                "",
+                r#"{"user_id": 1, "page": "/cart", "ms": 40, "extra": true}"#,
+            ),
+        ],
+    )
+    .await;
+    produce(
+        &client,
+        "clicks",
+        1,
+        &[
+            ("u2", r#"{"user_id": "two", "page": "/home"}"#),
+            ("u2", r#"{"page": "/home", "ms": 3, "USER_ID": 2}"#),
+        ],
+    )
+    .await;
+    produce(
+        &client,
+        "lines",
+        0,
+        &[("", "1,alpha"), ("", "2,\"be, ta\"")],
+    )
+    .await;
+
+    // Metadata columns, declared columns, NULLs for missing fields; bad records skipped and
+    // reported with the first one's place and reason.
+    let (got, warnings) = weir_rows_and_warnings(
+        &client,
+        "SELECT _partition, _offset, _key, user_id, page, ms FROM clicks ORDER BY _partition, _offset",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lines(&got[0], true),
+        vec![
+            "|0|0|u1|1|/home|12|",
+            "|0|2|u2|2|/cart||",
+            "|0|3||1|/cart|40|",
+            "|1|1|u2|2|/home|3|",
+        ]
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    // Partitions are read in parallel, so either bad record may be the first one met.
+    assert!(
+        warnings[0].starts_with("2 records of topic 'clicks' did not decode")
+            && (warnings[0].contains("partition 0, offset 1: bad encoding: record is not JSON")
+                || warnings[0].contains("partition 1, offset 0: column 'user_id'")),
+        "{warnings:?}"
+    );
+
+    // Filters on partition and offset bound what is fetched.
+    let sql = "SELECT count(*) FROM clicks WHERE _partition = 0 AND _offset >= 2";
+    let got = weir_rows(&client, sql).await.unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|2|"]);
+    let plan = weir_rows(&client, &format!("EXPLAIN {sql}")).await.unwrap();
+    let text = pretty_format_batches(&plan[0]).unwrap().to_string();
+    assert!(
+        text.contains("TopicScanExec: topic=clicks, format=json, offsets=[0:2..4]"),
+        "{text}"
+    );
+
+    // Topics join tables and aggregate like any table.
+    let sql = "SELECT u.name, count(*) AS clicks FROM clicks c JOIN users u ON c.user_id = u.id \
+               GROUP BY u.name";
+    let got = weir_rows(&client, sql).await.unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|ann|2|", "|bob|2|"]);
+
+    // CSV records, quoted fields included; SHOW TOPICS lists both with their formats.
+    let got = weir_rows(&client, "SELECT n, word FROM lines")
+        .await
+        .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|1|alpha|", "|2|be, ta|"]);
+    let got = weir_rows(&client, "SHOW TOPICS").await.unwrap();
+    let shown = lines(&got[0], false);
+    assert!(
+        shown.contains(&"|clicks|2|json|user_id BIGINT, page VARCHAR, ms INT|".to_string())
+            && shown.contains(&"|lines|1|csv|n INT, word VARCHAR|".to_string()),
+        "{shown:?}"
+    );
+
+    // A topic created without a format reads as bytes.
+    client
+        .create_topic(&weir_client::NewTopic::new("raw", 1, 3))
+        .await
+        .unwrap();
+    produce(&client, "raw", 0, &[("k", "hi")]).await;
+    let got = weir_rows(&client, "SELECT value, _key FROM raw")
+        .await
+        .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|6869|k|"]);
+
+    // Bad topic statements name what is wrong and create nothing.
+    for (sql, says) in [
+        (
+            "CREATE TOPIC t1 (_offset INT) WITH (format = 'json')",
+            "metadata columns",
+        ),
+        (
+            "CREATE TOPIC t2 (a INT) WITH (format = 'avro')",
+            "known: json, csv, text",
+        ),
+        (
+            "CREATE TOPIC t3 (a INT) WITH (colour = 'red')",
+            "unknown topic option 'colour'",
+        ),
+        (
+            "CREATE TOPIC users (a INT)",
+            "a table named 'users' already exists",
+        ),
+        (
+            "CREATE TOPIC clicks (a INT)",
+            "topic 'clicks' already exists",
+        ),
+    ] {
+        let e = weir_rows(&client, sql).await.expect_err(sql);
+        assert!(e.to_string().contains(says), "{sql}: {e}");
+    }
+    let listed = client.list_topics().await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+
+    weir_rows(&client, "DROP TOPIC clicks; DROP TOPIC IF EXISTS nothing")
+        .await
+        .unwrap();
+    let e = weir_rows(&client, "SELECT * FROM clicks")
+        .await
+        .expect_err("dropped");
+    assert!(e.to_string().contains("clicks"), "{e}");
     cluster.shutdown().await;
 }

@@ -101,7 +101,15 @@ async fn execute(client: &Client, format: Format, sql: &str, timing: bool) -> Re
                 schema.get_or_insert_with(|| batch.schema());
                 batches.push(batch);
             }
-            SqlEvent::Done { tag, rows, .. } => {
+            SqlEvent::Done {
+                tag,
+                rows,
+                warnings,
+                ..
+            } => {
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
                 if let Some(s) = schema.take() {
                     print_rows(format, &to_rows(format, &s, &batches)?, &mut out)?;
                 } else if format == Format::Table || timing {

@@ -207,6 +207,7 @@ impl LogService {
             retention_ms: t.retention_ms,
             retention_bytes: t.retention_bytes,
             partition_info: parts,
+            format: t.format.as_ref().map(|f| f.to_proto()),
         })
     }
 
@@ -322,6 +323,12 @@ impl Log for LogService {
         if req.replicas == 0 {
             return Err(NodeError::InvalidArgument("replicas must be at least 1".into()).into());
         }
+        let format = req
+            .format
+            .as_ref()
+            .map(weir_proto::format::TopicFormat::from_proto)
+            .transpose()
+            .map_err(|e| NodeError::InvalidArgument(format!("topic '{}' format: {e}", req.name)))?;
         let request = match leader::on_metadata_leader(
             &self.ctx.registry,
             &self.ctx.peers,
@@ -350,6 +357,7 @@ impl Log for LogService {
                 retention_ms: req.retention_ms,
                 retention_bytes: req.retention_bytes,
                 placement,
+                format,
             })
             .await?;
         if let MetaResponse::Rejected(m) = resp {

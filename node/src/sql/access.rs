@@ -6,11 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tonic::Code;
-use weir_client::{Client, ClientConfig, ClientError, Table};
+use weir_client::{Acks, Client, ClientConfig, ClientError, Table};
+use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
-use weir_sql::{Cluster, ClusterError, NewTable, RegionMeta, RowPage, TableMeta};
-use weir_storage::catalog::{Catalog, GroupKind, TableInfo};
+use weir_sql::{
+    Cluster, ClusterError, NewTable, NewTopic, RecordPage, RegionMeta, RowPage, TableMeta,
+    TopicMeta, TopicRecord,
+};
+use weir_storage::catalog::{Catalog, GroupKind, TableInfo, TopicInfo};
 
 use crate::groups::Registry;
 
@@ -64,6 +69,14 @@ fn meta(catalog: &Catalog, t: &TableInfo) -> TableMeta {
                 _ => None,
             })
             .collect(),
+    }
+}
+
+fn topic_meta(t: &TopicInfo) -> TopicMeta {
+    TopicMeta {
+        name: t.name.clone(),
+        partitions: t.groups.len() as u32,
+        format: t.format.clone(),
     }
 }
 
@@ -176,5 +189,107 @@ impl Cluster for NodeCluster {
             .map_err(to_cluster)?;
         self.cached().remove(name);
         Ok(())
+    }
+
+    fn list_topics(&self) -> Result<Vec<TopicMeta>, ClusterError> {
+        Ok(self.catalog()?.topics.values().map(topic_meta).collect())
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicMeta>, ClusterError> {
+        Ok(self.catalog()?.topics.get(name).map(topic_meta))
+    }
+
+    async fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), ClusterError> {
+        let o = self
+            .client()
+            .await?
+            .list_offsets(topic, partition)
+            .await
+            .map_err(to_cluster)?;
+        Ok((o.earliest, o.latest))
+    }
+
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<RecordPage, ClusterError> {
+        let resp = self
+            .client()
+            .await?
+            .fetch(topic, partition, offset, max_bytes, 0)
+            .await
+            .map_err(to_cluster)?;
+        let mut records = Vec::new();
+        for stored in &resp.batches {
+            let decoded = batch::decode(&stored.batch).map_err(|e| {
+                ClusterError::Unavailable(format!(
+                    "topic '{topic}' partition {partition}: a stored batch at offset {} does                      not decode: {e}",
+                    stored.base_offset
+                ))
+            })?;
+            for (i, r) in decoded.into_iter().enumerate() {
+                records.push(TopicRecord {
+                    offset: stored.base_offset + i as u64,
+                    timestamp_ms: r.timestamp_ms,
+                    key: r.key,
+                    value: r.value,
+                });
+            }
+        }
+        let next_offset = match records.last() {
+            Some(r) => r.offset + 1,
+            // Below the earliest offset (retention trimmed it): continue from there.
+            None => offset.max(resp.earliest_offset),
+        };
+        Ok(RecordPage {
+            records,
+            next_offset,
+        })
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<(Option<Bytes>, Bytes)>,
+    ) -> Result<u64, ClusterError> {
+        let mut b = BatchBuilder::new();
+        let now = weir_client::now_ms();
+        for (key, value) in &records {
+            b.push(key.as_deref(), value, now);
+        }
+        self.client()
+            .await?
+            .produce(topic, partition, b.finish(), Acks::All)
+            .await
+            .map(|(_, n)| u64::from(n))
+            .map_err(to_cluster)
+    }
+
+    async fn create_topic(&self, t: NewTopic) -> Result<(), ClusterError> {
+        let mut topic = weir_client::NewTopic::new(t.name, t.partitions, t.replicas);
+        if t.retention_ms > 0 {
+            topic = topic.retention_ms(t.retention_ms);
+        }
+        if let Some(f) = t.format {
+            topic = topic.format(f);
+        }
+        self.client()
+            .await?
+            .create_topic(&topic)
+            .await
+            .map(|_| ())
+            .map_err(to_cluster)
+    }
+
+    async fn drop_topic(&self, name: &str) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .delete_topic(name)
+            .await
+            .map_err(to_cluster)
     }
 }

@@ -80,7 +80,7 @@ fn tag_of(sql: &str) -> String {
 async fn run_statement(
     engine: &Engine,
     index: u32,
-    stmt: datafusion::sql::parser::Statement,
+    stmt: weir_sql::Statement,
     tx: &mpsc::Sender<Result<SqlResponse, Status>>,
 ) -> Result<bool, Status> {
     let started = Instant::now();
@@ -89,9 +89,9 @@ async fn run_statement(
         statement: index,
         part: Some(part),
     };
-    let (tag, rows) = match engine.run(stmt).await.map_err(status_of)? {
-        Output::Done(tag) => (tag, 0),
-        Output::Rows(mut stream) => {
+    let (tag, rows, warnings) = match engine.run(stmt).await.map_err(status_of)? {
+        Output::Done(tag) => (tag, 0, Vec::new()),
+        Output::Rows(mut stream, warnings) => {
             let schema = stream.schema();
             if tx
                 .send(Ok(send(Part::Arrow(ipc(&schema, &[])?))))
@@ -113,13 +113,14 @@ async fn run_statement(
                     return Ok(false);
                 }
             }
-            (tag, rows)
+            (tag, rows, warnings.lines())
         }
     };
     let done = Part::Done(StatementDone {
         tag,
         rows,
         elapsed_micros: started.elapsed().as_micros() as u64,
+        warnings,
     });
     Ok(tx.send(Ok(send(done))).await.is_ok())
 }
