@@ -110,6 +110,19 @@ pub struct TopicRecord {
     pub value: Bytes,
 }
 
+/// A record to append to a topic.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// The partition it must go to; none: chosen by its key.
+    pub partition: Option<u32>,
+    /// Its key, if any.
+    pub key: Option<Bytes>,
+    /// Its value.
+    pub value: Bytes,
+    /// Its timestamp (milliseconds since the epoch); none: now.
+    pub timestamp_ms: Option<i64>,
+}
+
 /// What one read of a partition returned.
 #[derive(Debug, Clone, Default)]
 pub struct RecordPage {
@@ -170,13 +183,9 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
         max_bytes: u32,
     ) -> Result<RecordPage, ClusterError>;
 
-    /// Appends records (key, value) to a partition, acknowledged once a quorum stored them.
-    async fn produce(
-        &self,
-        topic: &str,
-        partition: u32,
-        records: Vec<(Option<Bytes>, Bytes)>,
-    ) -> Result<u64, ClusterError>;
+    /// Appends records to a topic, each to its partition (or the one its key hashes to, or
+    /// spread when it has neither), acknowledged once a quorum stored them; returns how many.
+    async fn produce(&self, topic: &str, records: Vec<NewRecord>) -> Result<u64, ClusterError>;
 
     /// Creates a topic.
     async fn create_topic(&self, topic: NewTopic) -> Result<(), ClusterError>;

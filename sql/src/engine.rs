@@ -101,6 +101,9 @@ impl Engine {
             runtime = runtime.with_memory_limit(config.memory_limit, 1.0);
         }
         let ctx = SessionContext::new_with_config_rt(session, runtime.build_arc()?);
+        for f in crate::functions::all() {
+            ctx.register_udf(f);
+        }
         let schema = Arc::new(ClusterSchema::new(cluster.clone()));
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA, schema.clone())?;

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod engine;
+pub mod functions;
 pub mod keyrange;
 pub mod pg;
 pub mod scan;
@@ -18,8 +19,8 @@ pub mod types;
 pub mod warnings;
 
 pub use cluster::{
-    Cluster, ClusterError, NewTable, NewTopic, RecordPage, RegionMeta, RowPage, TableMeta,
-    TopicMeta, TopicRecord,
+    Cluster, ClusterError, NewRecord, NewTable, NewTopic, RecordPage, RegionMeta, RowPage,
+    TableMeta, TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

@@ -3,36 +3,42 @@
 //! each partition from its earliest offset up to the high watermark it had when the query was
 //! planned; filters on `_partition` and `_offset` bound what is fetched. A record that does not
 //! decode is skipped and counted in the statement's [`QueryWarnings`], never turned into a row.
+//! `INSERT INTO topic` encodes each row in the topic's format and appends it, to the partition
+//! `_partition` names or the one `_key` hashes to, with `_timestamp` as its time if given.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions,
 };
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::stream;
+use futures::{stream, StreamExt};
 use weir_proto::format::TopicFormat;
 use weir_proto::table::{Column, ColumnType, TableSchema, Value};
 
-use crate::cluster::{Cluster, ClusterError, TopicMeta, TopicRecord};
-use crate::types::{arrow_schema, rows_to_batch};
+use crate::cluster::{Cluster, ClusterError, NewRecord, TopicMeta, TopicRecord};
+use crate::types::{arrow_schema, batch_to_rows, rows_to_batch};
 use crate::warnings::QueryWarnings;
 
 /// Bytes asked for per fetch.
@@ -153,6 +159,27 @@ impl TableProvider for TopicTable {
         )))
     }
 
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if op == InsertOp::Overwrite {
+            return Err(DataFusionError::NotImplemented(format!(
+                "INSERT OVERWRITE into topic '{}': a topic is only appended to",
+                self.meta.name
+            )));
+        }
+        let sink = TopicSink {
+            cluster: self.cluster.clone(),
+            meta: self.meta.clone(),
+            columns: self.columns.clone(),
+            schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
@@ -169,6 +196,112 @@ impl TableProvider for TopicTable {
                 }
             })
             .collect())
+    }
+}
+
+/// Rows per produce call of an insert.
+const PRODUCE_ROWS: usize = 2_000;
+
+/// Appends an insert's rows to a topic, encoded in its format, batch by batch so a large insert
+/// never sits in memory; each batch is checked and encoded whole before any of it is sent.
+#[derive(Debug)]
+struct TopicSink {
+    cluster: Arc<dyn Cluster>,
+    meta: Arc<TopicMeta>,
+    /// Every column of the table: the record's, then the metadata columns.
+    columns: Vec<Column>,
+    schema: SchemaRef,
+}
+
+impl DisplayAs for TopicSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TopicSink: topic={}", self.meta.name)
+    }
+}
+
+impl TopicSink {
+    /// The record a row (all columns) becomes; `n` is the row's number in the statement.
+    fn record(&self, row: Vec<Value>, n: u64) -> Result<NewRecord> {
+        let bad = |what: String| DataFusionError::Execution(format!("row {n}: {what}"));
+        let declared = self.columns.len() - metadata_columns().len();
+        let mut meta = row[declared..].iter();
+        let value = match &self.meta.format {
+            Some(f) => f.encode(&row[..declared]).map_err(|e| bad(e.to_string()))?,
+            None => match &row[0] {
+                Value::Bytes(b) => b.clone(),
+                Value::Str(s) => s.as_bytes().to_vec(),
+                other => return Err(bad(format!("value {other:?} is not bytes"))),
+            },
+        };
+        let partition = match meta.next() {
+            Some(Value::Int(p)) => Some(
+                u32::try_from(*p)
+                    .map_err(|_| bad(format!("{PARTITION_COLUMN} {p} is not a partition")))?,
+            ),
+            _ => None,
+        };
+        if let Some(Value::Int(o)) = meta.next() {
+            return Err(bad(format!(
+                "{OFFSET_COLUMN} is given ({o}), but the log assigns offsets; leave it out"
+            )));
+        }
+        let timestamp_ms = match meta.next() {
+            Some(Value::Timestamp(micros)) => Some(micros.div_euclid(1000)),
+            _ => None,
+        };
+        let key = match meta.next() {
+            Some(Value::Str(k)) => Some(Bytes::from(k.clone().into_bytes())),
+            _ => None,
+        };
+        Ok(NewRecord {
+            partition,
+            key,
+            value: Bytes::from(value),
+            timestamp_ms,
+        })
+    }
+}
+
+#[async_trait]
+impl DataSink for TopicSink {
+    fn metrics(&self) -> Option<MetricsSet> {
+        None
+    }
+
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let (mut seen, mut done) = (0u64, 0u64);
+        while let Some(batch) = data.next().await {
+            let rows = batch_to_rows(&batch?, &self.columns, seen)?;
+            let mut records = Vec::with_capacity(rows.len().min(PRODUCE_ROWS));
+            for row in rows {
+                seen += 1;
+                records.push(self.record(row, seen)?);
+                if records.len() == PRODUCE_ROWS {
+                    done += self.produce(std::mem::take(&mut records)).await?;
+                }
+            }
+            if !records.is_empty() {
+                done += self.produce(records).await?;
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl TopicSink {
+    async fn produce(&self, records: Vec<NewRecord>) -> Result<u64> {
+        self.cluster
+            .produce(&self.meta.name, records)
+            .await
+            .map_err(cluster_error)
     }
 }
 

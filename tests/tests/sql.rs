@@ -553,6 +553,25 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
     let got = weir_rows(&client, sql).await.unwrap();
     assert_eq!(lines(&got[0], false), vec!["|ann|2|", "|bob|2|"]);
 
+    // Fixed windows over the record time, and the cleaning functions the pipelines use.
+    let got = weir_rows(
+        &client,
+        "SELECT tumble(_timestamp, INTERVAL '1 hour') AS w, count(*) FROM clicks GROUP BY w;
+         SELECT initcap('aNN  o''neil'), to_date('03/01/2024', '%m/%d/%Y'), \
+                regexp_replace(' a-b ', '[^a-z]', '', 'g')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|2023-11-14T22:00:00Z|4|"]);
+    assert_eq!(lines(&got[1], false), vec!["|Ann  O'Neil|2024-03-01|ab|"]);
+    let e = weir_rows(
+        &client,
+        "SELECT tumble(page, INTERVAL '1 hour') FROM clicks",
+    )
+    .await
+    .expect_err("not a timestamp");
+    assert!(e.to_string().contains("not a timestamp"), "{e}");
+
     // CSV records, quoted fields included; SHOW TOPICS lists both with their formats.
     let got = weir_rows(&client, "SELECT n, word FROM lines")
         .await
@@ -605,6 +624,55 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
     }
     let listed = client.list_topics().await.unwrap();
     assert_eq!(listed.len(), 3, "{listed:?}");
+
+    // INSERT INTO a topic appends records in its format: to the partition named, or by key.
+    let got = weir_rows(
+        &client,
+        "INSERT INTO clicks (user_id, page, _partition) SELECT id, 'from-sql', 1 FROM users;
+         INSERT INTO lines (n, word, _key) VALUES (3, 'with, comma', 'k3'), (4, NULL, NULL)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lines(&got[0], false),
+        vec!["|2|"],
+        "rows written are counted"
+    );
+    let got = weir_rows(
+        &client,
+        "SELECT _partition, _offset, user_id, page, ms FROM clicks WHERE page = 'from-sql'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lines(&got[0], false),
+        vec!["|1|2|1|from-sql||", "|1|3|2|from-sql||"]
+    );
+    let got = weir_rows(&client, "SELECT n, word, _key FROM lines WHERE n > 2")
+        .await
+        .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|3|with, comma|k3|", "|4|||"]);
+    let e = weir_rows(
+        &client,
+        "INSERT INTO clicks (user_id, page) VALUES (5, 'a'), (NULL, 'b')",
+    )
+    .await
+    .expect_err("NULL into a NOT NULL column");
+    assert!(
+        e.to_string().contains("row 2") && e.to_string().contains("user_id"),
+        "{e}"
+    );
+    let got = weir_rows(
+        &client,
+        "SELECT count(*) FROM clicks WHERE page IN ('a', 'b')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lines(&got[0], false),
+        vec!["|0|"],
+        "a refused batch writes nothing"
+    );
 
     weir_rows(&client, "DROP TOPIC clicks; DROP TOPIC IF EXISTS nothing")
         .await

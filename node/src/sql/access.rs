@@ -2,18 +2,17 @@
 //! writes sent through the client library, which routes each to its region's leader and retries
 //! across leader changes and splits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tonic::Code;
-use weir_client::{Acks, Client, ClientConfig, ClientError, Table};
+use weir_client::{Acks, Client, ClientConfig, ClientError, Partitioner, Table};
 use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
 use weir_sql::{
-    Cluster, ClusterError, NewTable, NewTopic, RecordPage, RegionMeta, RowPage, TableMeta,
-    TopicMeta, TopicRecord,
+    Cluster, ClusterError, NewRecord, NewTable, NewTopic, RecordPage, RegionMeta, RowPage,
+    TableMeta, TopicMeta, TopicRecord,
 };
 use weir_storage::catalog::{Catalog, GroupKind, TableInfo, TopicInfo};
 
@@ -250,23 +249,44 @@ impl Cluster for NodeCluster {
         })
     }
 
-    async fn produce(
-        &self,
-        topic: &str,
-        partition: u32,
-        records: Vec<(Option<Bytes>, Bytes)>,
-    ) -> Result<u64, ClusterError> {
-        let mut b = BatchBuilder::new();
+    async fn produce(&self, topic: &str, records: Vec<NewRecord>) -> Result<u64, ClusterError> {
+        let client = self.client().await?;
+        let partitions = client.partition_count(topic).await.map_err(to_cluster)?;
+        let mut partitioner = Partitioner::new(partitions);
+        let mut batches: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
         let now = weir_client::now_ms();
-        for (key, value) in &records {
-            b.push(key.as_deref(), value, now);
+        for r in &records {
+            let p = match r.partition {
+                Some(p) if p < partitions => p,
+                Some(p) => {
+                    return Err(ClusterError::Invalid(format!(
+                        "topic '{topic}' has {partitions} partitions; there is no partition {p}"
+                    )))
+                }
+                None => partitioner.partition(r.key.as_deref()),
+            };
+            batches.entry(p).or_default().push(
+                r.key.as_deref(),
+                &r.value,
+                r.timestamp_ms.unwrap_or(now),
+            );
+            if r.key.is_none() && r.partition.is_none() {
+                // Spread keyless records batch by batch, as producers do.
+                partitioner.batch_sealed(p);
+            }
         }
-        self.client()
-            .await?
-            .produce(topic, partition, b.finish(), Acks::All)
-            .await
-            .map(|(_, n)| u64::from(n))
-            .map_err(to_cluster)
+        // One producer id per call, sequence 0 per partition: a batch retried after a lost
+        // answer is stored once.
+        let producer_id = rand::random::<u64>().max(1);
+        let mut written = 0u64;
+        for (p, b) in batches {
+            let (_, n) = client
+                .produce_idempotent(topic, p, b.finish(), Acks::All, Some((producer_id, 0)))
+                .await
+                .map_err(to_cluster)?;
+            written += u64::from(n);
+        }
+        Ok(written)
     }
 
     async fn create_topic(&self, t: NewTopic) -> Result<(), ClusterError> {
