@@ -1,9 +1,18 @@
 //! SQL functions Weir adds to DataFusion's: `tumble(ts, interval)`, the start of the fixed window
-//! of that length holding `ts` (windows aligned to the Unix epoch), as stream jobs group by it.
+//! of that length holding `ts` (windows aligned to the Unix epoch), as stream jobs group by it;
+//! and `try_to_date` / `try_to_timestamp(text, format, ...)`, which parse with the first format
+//! that fits and give NULL when none does (as Spark's `to_date` does), for cleaning messy input
+//! where DataFusion's `to_date` fails the whole query on one bad value.
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::DataType;
+use chrono::{NaiveDate, NaiveDateTime};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Date32Builder, StringArray, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::functions::datetime::date_bin;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
@@ -13,7 +22,11 @@ use datafusion::logical_expr::{
 
 /// Every function Weir adds.
 pub fn all() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(Tumble::new())]
+    vec![
+        ScalarUDF::from(Tumble::new()),
+        ScalarUDF::from(TryParse::new(Parsed::Date)),
+        ScalarUDF::from(TryParse::new(Parsed::Timestamp)),
+    ]
 }
 
 /// `tumble(ts, interval)`: `date_bin(interval, ts)` with the arguments in window order.
@@ -80,5 +93,139 @@ impl ScalarUDFImpl for Tumble {
         args.arg_fields.swap(0, 1);
         let bin: Arc<ScalarUDF> = date_bin();
         bin.invoke_with_args(args)
+    }
+}
+
+/// What a `try_to_*` function parses text into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Parsed {
+    /// `try_to_date`: a DATE.
+    Date,
+    /// `try_to_timestamp`: a TIMESTAMP (UTC).
+    Timestamp,
+}
+
+/// `try_to_date(text, format, ...)` and `try_to_timestamp(text, format, ...)`: the value parsed
+/// with the first of the chrono formats (`%Y-%m-%d`, `%d/%m/%Y %H:%M`, ...) that fits the whole
+/// text (surrounding spaces ignored), or NULL when none does.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TryParse {
+    parsed: Parsed,
+    signature: Signature,
+}
+
+impl TryParse {
+    /// The function parsing into `parsed`.
+    pub fn new(parsed: Parsed) -> TryParse {
+        TryParse {
+            parsed,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+
+    fn date(text: &str, formats: &[String]) -> Option<i32> {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+        formats.iter().find_map(|f| {
+            let d = NaiveDate::parse_from_str(text, f).ok()?;
+            i32::try_from(d.signed_duration_since(epoch).num_days()).ok()
+        })
+    }
+
+    fn timestamp(text: &str, formats: &[String]) -> Option<i64> {
+        formats.iter().find_map(|f| {
+            let t = NaiveDateTime::parse_from_str(text, f).ok().or_else(|| {
+                NaiveDate::parse_from_str(text, f)
+                    .ok()?
+                    .and_hms_opt(0, 0, 0)
+            })?;
+            Some(t.and_utc().timestamp_micros())
+        })
+    }
+}
+
+impl ScalarUDFImpl for TryParse {
+    fn name(&self) -> &str {
+        match self.parsed {
+            Parsed::Date => "try_to_date",
+            Parsed::Timestamp => "try_to_timestamp",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        if arg_types.len() < 2 {
+            return Err(DataFusionError::Plan(format!(
+                "{}(text, format, ...) needs the text and at least one format, like '%Y-%m-%d'",
+                self.name()
+            )));
+        }
+        Ok(match self.parsed {
+            Parsed::Date => DataType::Date32,
+            Parsed::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let formats = args.args[1..]
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(f))
+                    | ScalarValue::Utf8View(Some(f))
+                    | ScalarValue::LargeUtf8(Some(f)),
+                ) => Ok(f.clone()),
+                _ => Err(DataFusionError::Plan(format!(
+                    "{}: the formats must be constant strings, like '%Y-%m-%d'",
+                    self.name()
+                ))),
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let texts = cast(&args.args[0].to_array(args.number_rows)?, &DataType::Utf8)?;
+        let texts = texts
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DataFusionError::Internal("text did not cast to a string".into()))?;
+        let out: ArrayRef = match self.parsed {
+            Parsed::Date => {
+                let mut b = Date32Builder::with_capacity(texts.len());
+                for t in texts.iter() {
+                    b.append_option(t.and_then(|t| Self::date(t.trim(), &formats)));
+                }
+                Arc::new(b.finish())
+            }
+            Parsed::Timestamp => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(texts.len());
+                for t in texts.iter() {
+                    b.append_option(t.and_then(|t| Self::timestamp(t.trim(), &formats)));
+                }
+                Arc::new(b.finish().with_timezone("UTC"))
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_format_that_fits_wins_and_nothing_fitting_is_null() {
+        let formats = vec!["%Y-%m-%d".to_string(), "%d/%m/%Y".to_string()];
+        assert_eq!(TryParse::date("1970-01-02", &formats), Some(1));
+        assert_eq!(TryParse::date("02/01/1970", &formats), Some(1));
+        assert_eq!(TryParse::date("1970-13-01", &formats), None);
+        assert_eq!(TryParse::date("yesterday", &formats), None);
+        assert_eq!(
+            TryParse::timestamp("1970-01-01 00:00:01", &["%Y-%m-%d %H:%M:%S".to_string()]),
+            Some(1_000_000)
+        );
+        assert_eq!(
+            TryParse::timestamp("1970-01-02", &formats),
+            Some(86_400_000_000)
+        );
     }
 }

@@ -683,3 +683,134 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
     assert!(e.to_string().contains("clicks"), "{e}");
     cluster.shutdown().await;
 }
+
+/// One generated customer of the loyalty pipeline's batch layer: the messy CSV fields, and what
+/// cleaning must make of them (computed here, independently of SQL).
+struct Customer {
+    csv: String,
+    clean: String,
+}
+
+/// `initcap` as the cleaning means it: words (runs of letters and digits) capitalised, the rest
+/// of each word lower case.
+fn capitalised(s: &str) -> String {
+    let mut out = String::new();
+    let mut in_word = false;
+    for c in s.chars() {
+        if c.is_alphanumeric() {
+            if in_word {
+                out.extend(c.to_lowercase());
+            } else {
+                out.extend(c.to_uppercase());
+            }
+            in_word = true;
+        } else {
+            out.push(c);
+            in_word = false;
+        }
+    }
+    out
+}
+
+fn customer(id: i64, rng: &mut rand::rngs::StdRng) -> Customer {
+    use rand::Rng;
+    let first = ["john", "MARY", "o'neil", "Ana-lucia", "li"][rng.random_range(0..5)];
+    let last = ["SMITH", "garcia", "Van der Berg", "ng"][rng.random_range(0..4)];
+    let pad = " ".repeat(rng.random_range(0..3));
+    let name = format!("{pad}{first} {last}{pad}");
+    let (y, m, d) = (
+        rng.random_range(1950..2006),
+        rng.random_range(1..13),
+        rng.random_range(1..29),
+    );
+    let (dob, dob_clean) = match rng.random_range(0..5) {
+        0 | 1 => (format!("{y}-{m:02}-{d:02}"), format!("{y}-{m:02}-{d:02}")),
+        2 => (format!("{d:02}/{m:02}/{y}"), format!("{y}-{m:02}-{d:02}")),
+        3 => (format!("31/02/{y}"), String::new()),
+        _ => (String::new(), String::new()),
+    };
+    let user = format!("{}.{}{id}", first.replace('\'', ""), last.replace(' ', ""));
+    let (email, email_clean) = match rng.random_range(0..4) {
+        0 => (String::new(), String::new()),
+        1 => (
+            format!("  {}@Example.COM ", user.to_uppercase()),
+            format!("{}@example.com", user.to_lowercase()),
+        ),
+        _ => (
+            format!("{user}@example.com"),
+            format!("{}@example.com", user.to_lowercase()),
+        ),
+    };
+    let digits = format!("555{:07}", rng.random_range(0..10_000_000));
+    let (phone, phone_clean) = match rng.random_range(0..4) {
+        0 => (String::new(), String::new()),
+        1 => (
+            format!("({}) {}-{}", &digits[..3], &digits[3..6], &digits[6..]),
+            digits.clone(),
+        ),
+        2 => (
+            format!("{}.{}.{}", &digits[..3], &digits[3..6], &digits[6..]),
+            digits.clone(),
+        ),
+        _ => (digits.clone(), digits.clone()),
+    };
+    Customer {
+        csv: format!("{id},\"{name}\",{dob},\"{email}\",\"{phone}\""),
+        clean: format!(
+            "|{id}|{}|{dob_clean}|{email_clean}|{phone_clean}|",
+            capitalised(name.trim())
+        ),
+    }
+}
+
+/// The batch layer of the loyalty pipeline: a messy `customer.csv` read as an external table,
+/// loaded into `customers`, cleaned into `customers_cln` by one `INSERT ... SELECT`, and every
+/// row checked against cleaning computed independently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loyalty_batch_layer_cleans_messy_customers() {
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("customer.csv");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let customers: Vec<Customer> = (1..=500).map(|id| customer(id, &mut rng)).collect();
+    let mut csv = String::from("customer_id,name,date_of_birth,email,phone\n");
+    for c in &customers {
+        csv.push_str(&c.csv);
+        csv.push('\n');
+    }
+    std::fs::write(&path, csv).unwrap();
+
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.unwrap();
+    let script = format!(
+        "CREATE EXTERNAL TABLE customer_csv (customer_id BIGINT, name VARCHAR, \
+           date_of_birth VARCHAR, email VARCHAR, phone VARCHAR) \
+         STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true');
+         CREATE TABLE customers (customer_id BIGINT, name VARCHAR, date_of_birth VARCHAR, \
+           email VARCHAR, phone VARCHAR, PRIMARY KEY (customer_id));
+         INSERT INTO customers SELECT * FROM customer_csv;
+         CREATE TABLE customers_cln (customer_id BIGINT, name VARCHAR, date_of_birth DATE, \
+           email VARCHAR, phone VARCHAR, PRIMARY KEY (customer_id));
+         INSERT INTO customers_cln
+           SELECT customer_id,
+                  initcap(trim(name)),
+                  try_to_date(date_of_birth, '%Y-%m-%d', '%d/%m/%Y'),
+                  nullif(lower(trim(email)), ''),
+                  nullif(regexp_replace(phone, '[^0-9]', '', 'g'), '')
+           FROM customers;
+         SELECT * FROM customers_cln ORDER BY customer_id",
+        path.display()
+    );
+    let got = weir_rows(&client, &script)
+        .await
+        .expect("the batch job runs");
+    assert_eq!(lines(&got[2], false), vec!["|500|"], "every row loaded");
+    assert_eq!(lines(&got[4], false), vec!["|500|"], "every row cleaned");
+    let want: Vec<String> = customers.iter().map(|c| c.clean.clone()).collect();
+    let cleaned = lines(&got[5], true);
+    assert_eq!(cleaned.len(), want.len());
+    for (got, want) in cleaned.iter().zip(&want) {
+        assert_eq!(got, want);
+    }
+    cluster.shutdown().await;
+}
