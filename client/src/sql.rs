@@ -52,6 +52,8 @@ pub struct SqlStream {
     addr: String,
     inner: Streaming<SqlResponse>,
     pending: std::collections::VecDeque<SqlEvent>,
+    /// The statement whose rows have begun and whose end has not been reported yet.
+    open: Option<u32>,
 }
 
 impl SqlStream {
@@ -63,10 +65,26 @@ impl SqlStream {
             }
             let msg = match self.inner.message().await {
                 Ok(Some(m)) => m,
-                Ok(None) => return Ok(None),
+                Ok(None) => match self.open {
+                    // A result cut short is never handed over as if it were whole.
+                    Some(statement) => {
+                        return Err(ClientError::Transport {
+                            addr: self.addr.clone(),
+                            message: format!(
+                                "the result of statement {} ended before it was complete",
+                                statement + 1
+                            ),
+                        })
+                    }
+                    None => return Ok(None),
+                },
                 Err(s) => return Err(ClientError::from_status(&self.addr, &s)),
             };
             let statement = msg.statement;
+            self.open = match &msg.part {
+                Some(Part::Done(_)) => None,
+                _ => Some(statement),
+            };
             match msg.part {
                 Some(Part::Arrow(bytes)) => {
                     let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
@@ -121,6 +139,7 @@ impl Client {
             addr,
             inner,
             pending: Default::default(),
+            open: None,
         })
     }
 }

@@ -234,6 +234,37 @@ impl Client {
         Ok(())
     }
 
+    /// Records a table over files under `name`, defined by its `CREATE EXTERNAL TABLE`
+    /// statement, so that every node's SQL reads it.
+    pub async fn create_external_table(&self, name: &str, definition: &str) -> Result<()> {
+        let timeout = self.config().request_timeout;
+        let req = v1::CreateExternalTableRequest {
+            name: name.to_string(),
+            definition: definition.to_string(),
+        };
+        // A retry after a lost answer may find the table recorded by the first attempt.
+        self.call_any_tolerating(Some(Code::AlreadyExists), |ch| {
+            let req = req.clone();
+            async move { kv(ch).create_external_table(request(req, timeout)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the table over files `name` (the files stay).
+    pub async fn drop_external_table(&self, name: &str) -> Result<()> {
+        let timeout = self.config().request_timeout;
+        let req = v1::DropTableRequest {
+            name: name.to_string(),
+        };
+        self.call_any_tolerating(Some(Code::NotFound), |ch| {
+            let req = req.clone();
+            async move { kv(ch).drop_external_table(request(req, timeout)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Every table, with its regions.
     pub async fn list_tables(&self) -> Result<Vec<TableInfo>> {
         let timeout = self.config().request_timeout;

@@ -46,6 +46,12 @@ pub fn place_new(
     groups: u32,
     replicas: u32,
 ) -> NodeResult<Vec<Vec<u64>>> {
+    if catalog.nodes.is_empty() {
+        // Right after a node starts, before its own membership is applied: worth a retry.
+        return Err(NodeError::Unavailable(
+            "the cluster is still starting: no member is in the catalog yet".into(),
+        ));
+    }
     let nodes = candidates(catalog, liveness);
     if (replicas as usize) > nodes.len() {
         return Err(NodeError::InvalidArgument(format!(

@@ -1,5 +1,6 @@
-//! The schema SQL sees: the cluster's tables and topics, looked up in the catalog at planning
-//! time, plus external tables over files registered on this node.
+//! The schema SQL sees: the cluster's tables, topics and tables over files, looked up in the
+//! catalog at planning time, plus what a session registered on this node only (views, temporary
+//! external tables).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,16 +11,20 @@ use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 
 use crate::cluster::Cluster;
+use crate::external::ExternalTables;
 use crate::table::RegionTable;
 use crate::topic::TopicTable;
 
-/// The `public` schema: every table of the region store, every topic of the log, and this node's
-/// external tables. A name is looked up as an external table, then a table, then a topic.
+/// The `public` schema: every table of the region store, every topic of the log, every table
+/// over files, and what was registered on this node only. A name is looked up as a local one,
+/// then a table over files, then a table, then a topic (the catalog keeps the last three apart).
 #[derive(Debug)]
 pub struct ClusterSchema {
     cluster: Arc<dyn Cluster>,
-    /// Tables over files (`CREATE EXTERNAL TABLE`), known to this node only.
+    /// Views and `CREATE TEMPORARY EXTERNAL TABLE`s: known to this node only.
     external: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
+    /// The cluster's tables over files, as built on this node.
+    files: ExternalTables,
 }
 
 impl ClusterSchema {
@@ -28,7 +33,13 @@ impl ClusterSchema {
         ClusterSchema {
             cluster,
             external: RwLock::new(HashMap::new()),
+            files: ExternalTables::default(),
         }
+    }
+
+    /// Forgets what this node built for the table over files `name` (it was dropped).
+    pub fn forget_files(&self, name: &str) {
+        self.files.forget(name);
     }
 
     fn external(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn TableProvider>>> {
@@ -51,6 +62,9 @@ impl SchemaProvider for ClusterSchema {
         if let Ok(topics) = self.cluster.list_topics() {
             names.extend(topics.into_iter().map(|t| t.name));
         }
+        if let Ok(files) = self.cluster.list_external_tables() {
+            names.extend(files.into_iter().map(|t| t.name));
+        }
         names.extend(self.external().keys().cloned());
         names.sort();
         names.dedup();
@@ -60,6 +74,9 @@ impl SchemaProvider for ClusterSchema {
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(t) = self.external().get(name) {
             return Ok(Some(t.clone()));
+        }
+        if let Some(meta) = self.cluster.external_table(name).map_err(cluster_error)? {
+            return self.files.get(&meta).await.map(Some);
         }
         if let Some(meta) = self.cluster.table(name).map_err(cluster_error)? {
             return Ok(Some(Arc::new(RegionTable::new(self.cluster.clone(), meta))));
@@ -78,6 +95,11 @@ impl SchemaProvider for ClusterSchema {
     ) -> Result<Option<Arc<dyn TableProvider>>> {
         if self.cluster.table(&name).map_err(cluster_error)?.is_some()
             || self.cluster.topic(&name).map_err(cluster_error)?.is_some()
+            || self
+                .cluster
+                .external_table(&name)
+                .map_err(cluster_error)?
+                .is_some()
         {
             return Err(DataFusionError::Plan(format!(
                 "'{name}' already exists in the cluster"
@@ -96,5 +118,6 @@ impl SchemaProvider for ClusterSchema {
         self.external().contains_key(name)
             || matches!(self.cluster.table(name), Ok(Some(_)))
             || matches!(self.cluster.topic(name), Ok(Some(_)))
+            || matches!(self.cluster.external_table(name), Ok(Some(_)))
     }
 }

@@ -97,6 +97,15 @@ pub struct NewTopic {
     pub format: Option<TopicFormat>,
 }
 
+/// A table over files, as the cluster's catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalTableMeta {
+    /// The table's name.
+    pub name: String,
+    /// The `CREATE EXTERNAL TABLE ...` statement that defines it.
+    pub definition: String,
+}
+
 /// One record of a partition.
 #[derive(Debug, Clone)]
 pub struct TopicRecord {
@@ -192,4 +201,16 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
 
     /// Drops a topic and its records.
     async fn drop_topic(&self, name: &str) -> Result<(), ClusterError>;
+
+    /// Every table over files: its name and defining `CREATE EXTERNAL TABLE` statement.
+    fn list_external_tables(&self) -> Result<Vec<ExternalTableMeta>, ClusterError>;
+
+    /// The table over files of that name, if there is one.
+    fn external_table(&self, name: &str) -> Result<Option<ExternalTableMeta>, ClusterError>;
+
+    /// Records a table over files in the cluster's catalog.
+    async fn create_external_table(&self, table: ExternalTableMeta) -> Result<(), ClusterError>;
+
+    /// Forgets a table over files (the files stay).
+    async fn drop_external_table(&self, name: &str) -> Result<(), ClusterError>;
 }

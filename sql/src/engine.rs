@@ -1,6 +1,6 @@
 //! The SQL engine of a node: a DataFusion session over the cluster's tables and topics, with
 //! Weir's own handling of the statements that change the catalog (`CREATE TABLE|TOPIC`,
-//! `DROP TABLE|TOPIC`) and of `SHOW TOPICS`.
+//! `CREATE EXTERNAL TABLE`, `DROP TABLE|TOPIC`) and of `SHOW TOPICS`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     CreateTable, CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement as Sql,
     Value as SqlValue,
@@ -27,7 +27,7 @@ use weir_proto::format::{RecordFormat, TopicFormat};
 use weir_proto::table::{Column, TableSchema};
 
 use crate::catalog::ClusterSchema;
-use crate::cluster::{Cluster, ClusterError, NewTable, NewTopic, TopicMeta};
+use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
 use crate::statement::{self, Statement};
 use crate::types::column_type;
 use crate::warnings::QueryWarnings;
@@ -155,6 +155,11 @@ impl Engine {
         if let DfStatement::Statement(s) = &stmt {
             if let Some(out) = self.catalog_statement(s).await? {
                 return Ok(out);
+            }
+        }
+        if let DfStatement::CreateExternalTable(c) = &stmt {
+            if !c.temporary {
+                return self.create_external_table(c).await;
             }
         }
         let warnings = Arc::new(QueryWarnings::default());
@@ -330,6 +335,19 @@ impl Engine {
                     if self.schema.deregister_table(&name)?.is_some() {
                         continue;
                     }
+                    if self
+                        .cluster
+                        .external_table(&name)
+                        .map_err(cluster_error)?
+                        .is_some()
+                    {
+                        match self.cluster.drop_external_table(&name).await {
+                            Ok(()) | Err(ClusterError::NotFound(_)) => {}
+                            Err(e) => return Err(cluster_error(e)),
+                        }
+                        self.schema.forget_files(&name);
+                        continue;
+                    }
                     match self.cluster.drop_table(&name).await {
                         Ok(()) => {}
                         Err(ClusterError::NotFound(_)) if *if_exists => {}
@@ -339,6 +357,50 @@ impl Engine {
                 Ok(Some(Output::Done("DROP TABLE".into())))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// `CREATE EXTERNAL TABLE`: the files are read once here (so a wrong path or format fails
+    /// now, naming it), then the definition is recorded in the cluster's catalog.
+    async fn create_external_table(&self, c: &CreateExternalTable) -> Result<Output> {
+        let name = object_name(&c.name);
+        let done = || Ok(Output::Done("CREATE EXTERNAL TABLE".into()));
+        if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
+            return Err(DataFusionError::Plan(format!(
+                "a table named '{name}' already exists; an external table needs another name"
+            )));
+        }
+        if self.cluster.topic(&name).map_err(cluster_error)?.is_some() {
+            return Err(DataFusionError::Plan(format!(
+                "a topic named '{name}' already exists; an external table needs another name"
+            )));
+        }
+        let definition = crate::external::definition(c)?;
+        crate::external::provider(&definition).await?;
+        if let Some(existing) = self.cluster.external_table(&name).map_err(cluster_error)? {
+            if c.if_not_exists {
+                return done();
+            }
+            if !c.or_replace {
+                return Err(DataFusionError::Plan(format!(
+                    "external table '{name}' already exists (CREATE OR REPLACE EXTERNAL TABLE \
+                     redefines it)"
+                )));
+            }
+            if existing.definition == definition {
+                return done();
+            }
+            match self.cluster.drop_external_table(&name).await {
+                Ok(()) | Err(ClusterError::NotFound(_)) => {}
+                Err(e) => return Err(cluster_error(e)),
+            }
+            self.schema.forget_files(&name);
+        }
+        let table = ExternalTableMeta { name, definition };
+        match self.cluster.create_external_table(table).await {
+            Ok(()) => done(),
+            Err(ClusterError::AlreadyExists(_)) if c.if_not_exists => done(),
+            Err(e) => Err(cluster_error(e)),
         }
     }
 

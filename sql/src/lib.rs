@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod cluster;
 pub mod engine;
+pub mod external;
 pub mod functions;
 pub mod keyrange;
 pub mod pg;
@@ -19,8 +20,8 @@ pub mod types;
 pub mod warnings;
 
 pub use cluster::{
-    Cluster, ClusterError, NewRecord, NewTable, NewTopic, RecordPage, RegionMeta, RowPage,
-    TableMeta, TopicMeta, TopicRecord,
+    Cluster, ClusterError, ExternalTableMeta, NewRecord, NewTable, NewTopic, RecordPage,
+    RegionMeta, RowPage, TableMeta, TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

@@ -114,6 +114,16 @@ pub struct TableInfo {
     pub regions: Vec<u64>,
 }
 
+/// A table over files (Hive's external table): the statement that defines it, kept in group 0
+/// so every node plans it the same way and it outlives the session that created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalTableInfo {
+    /// Table name.
+    pub name: String,
+    /// The `CREATE EXTERNAL TABLE ...` statement, as SQL.
+    pub definition: String,
+}
+
 /// The replicated catalog of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -133,6 +143,8 @@ pub struct Catalog {
     pub tables: BTreeMap<String, TableInfo>,
     /// Next table id to hand out.
     pub next_table_id: u64,
+    /// Tables over files, by name.
+    pub external_tables: BTreeMap<String, ExternalTableInfo>,
 }
 
 /// A change to the catalog, proposed through group 0.
@@ -197,6 +209,16 @@ pub enum MetaCommand {
     },
     /// Drops a table and its regions.
     DropTable {
+        /// Table name.
+        name: String,
+    },
+    /// Records a table over files; its name must not be taken by a table, topic or other one.
+    CreateExternalTable {
+        /// Its name and defining statement.
+        table: ExternalTableInfo,
+    },
+    /// Forgets a table over files (the files stay).
+    DropExternalTable {
         /// Table name.
         name: String,
     },
@@ -413,6 +435,21 @@ impl Catalog {
                 }
                 None => MetaResponse::Rejected(format!("table '{name}' does not exist")),
             },
+            MetaCommand::CreateExternalTable { table } => {
+                if let Some(kind) = self.name_taken(&table.name) {
+                    return MetaResponse::Rejected(format!(
+                        "{kind} '{}' already exists",
+                        table.name
+                    ));
+                }
+                self.external_tables
+                    .insert(table.name.clone(), table.clone());
+                MetaResponse::Ok
+            }
+            MetaCommand::DropExternalTable { name } => match self.external_tables.remove(name) {
+                Some(_) => MetaResponse::Ok,
+                None => MetaResponse::Rejected(format!("external table '{name}' does not exist")),
+            },
             MetaCommand::AllocateGroup => MetaResponse::GroupId(self.alloc_group()),
             MetaCommand::SplitRegion {
                 parent,
@@ -502,6 +539,20 @@ impl Catalog {
             },
         );
         MetaResponse::Ok
+    }
+
+    /// What already holds `name` among tables, topics and tables over files (SQL reads all three
+    /// by name, so they share one namespace).
+    pub fn name_taken(&self, name: &str) -> Option<&'static str> {
+        if self.tables.contains_key(name) {
+            Some("table")
+        } else if self.topics.contains_key(name) {
+            Some("topic")
+        } else if self.external_tables.contains_key(name) {
+            Some("external table")
+        } else {
+            None
+        }
     }
 
     fn alloc_group(&mut self) -> u64 {
@@ -654,6 +705,37 @@ mod tests {
             MetaResponse::Ok
         );
         assert!(c.groups.is_empty());
+    }
+
+    #[test]
+    fn external_tables_share_the_namespace_of_tables_and_topics() {
+        let mut c = boot();
+        let topic = MetaCommand::CreateTopic {
+            name: "events".into(),
+            replicas: 1,
+            retention_ms: 0,
+            retention_bytes: 0,
+            placement: vec![vec![1]],
+            format: None,
+        };
+        assert_eq!(c.apply(&topic), MetaResponse::Ok);
+        let ext = |name: &str| MetaCommand::CreateExternalTable {
+            table: ExternalTableInfo {
+                name: name.into(),
+                definition: format!("CREATE EXTERNAL TABLE {name} STORED AS CSV LOCATION '/x'"),
+            },
+        };
+        assert_eq!(
+            c.apply(&ext("events")),
+            MetaResponse::Rejected("topic 'events' already exists".into())
+        );
+        assert_eq!(c.apply(&ext("raw")), MetaResponse::Ok);
+        assert!(matches!(c.apply(&ext("raw")), MetaResponse::Rejected(_)));
+        assert_eq!(c.name_taken("raw"), Some("external table"));
+        let drop = MetaCommand::DropExternalTable { name: "raw".into() };
+        assert_eq!(c.apply(&drop), MetaResponse::Ok);
+        assert!(matches!(c.apply(&drop), MetaResponse::Rejected(_)));
+        assert_eq!(c.name_taken("raw"), None);
     }
 
     #[test]

@@ -814,3 +814,182 @@ async fn loyalty_batch_layer_cleans_messy_customers() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_tables_are_kept_by_the_cluster_and_copy_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("sales.csv");
+    let mut csv = String::from("id,region,amount,day\n");
+    for id in 1..=200i64 {
+        let region = ["north", "south", "", "east"][(id % 4) as usize];
+        let amount = if id % 9 == 0 {
+            String::new()
+        } else {
+            format!("{}.{:02}", id * 3, id % 100)
+        };
+        csv.push_str(&format!(
+            "{id},{region},{amount},2024-03-{:02}\n",
+            1 + id % 28
+        ));
+    }
+    std::fs::write(&csv_path, &csv).unwrap();
+    let parquet_path = dir.path().join("sales.parquet");
+    let json_path = dir.path().join("sales.json");
+    let columns = "id BIGINT NOT NULL, region VARCHAR, amount DOUBLE, day DATE";
+
+    let cluster = InProcessCluster::start(3).await;
+    let one = Client::connect(cluster.addr(0)).await.unwrap();
+    let two = Client::connect(cluster.addr(1)).await.unwrap();
+    let three = Client::connect(cluster.addr(2)).await.unwrap();
+    let create_csv = format!(
+        "CREATE EXTERNAL TABLE sales_csv ({columns}) STORED AS CSV LOCATION '{}' \
+         OPTIONS ('format.has_header' 'true')",
+        csv_path.display()
+    );
+    weir_rows(&one, &create_csv)
+        .await
+        .expect("external table over CSV");
+    let copied = weir_rows(
+        &one,
+        &format!(
+            "COPY (SELECT * FROM sales_csv) TO '{}' STORED AS PARQUET;
+             COPY (SELECT * FROM sales_csv WHERE region = 'north') TO '{}' STORED AS JSON",
+            parquet_path.display(),
+            json_path.display()
+        ),
+    )
+    .await
+    .expect("COPY TO parquet and json");
+    assert_eq!(lines(&copied[0], false), vec!["|200|"]);
+    assert_eq!(lines(&copied[1], false), vec!["|50|"]);
+
+    // Another node reads the table created on the first, and creates its own over the copies.
+    let on_two = wait_until("node 2 sees sales_csv", Duration::from_secs(30), || async {
+        weir_rows(&two, "SELECT count(*), count(amount) FROM sales_csv")
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(lines(&on_two[0], false), vec!["|200|178|"]);
+    weir_rows(
+        &two,
+        &format!(
+            "CREATE EXTERNAL TABLE sales_pq STORED AS PARQUET LOCATION '{}';
+             CREATE EXTERNAL TABLE sales_json ({columns}) STORED AS JSON LOCATION '{}'",
+            parquet_path.display(),
+            json_path.display()
+        ),
+    )
+    .await
+    .expect("external tables over the copies");
+
+    let reference = SessionContext::new();
+    reference
+        .sql(&create_csv.replace("sales_csv", "sales"))
+        .await
+        .expect("reference table");
+    let queries = [
+        (
+            "SELECT region, count(*), round(sum(amount), 2), min(day), max(day) FROM {t} GROUP BY region",
+            false,
+        ),
+        (
+            "SELECT * FROM {t} WHERE amount IS NULL OR id > 190 ORDER BY id",
+            true,
+        ),
+        ("SELECT id, amount FROM {t} WHERE region = 'north'", false),
+    ];
+    for (query, ordered) in queries {
+        let want = lines(
+            &reference_rows(&reference, &query.replace("{t}", "sales")).await,
+            ordered,
+        );
+        for (client, table) in [(&three, "sales_pq"), (&one, "sales_csv")] {
+            let sql = query.replace("{t}", table);
+            let got = wait_until(&format!("{sql} runs"), Duration::from_secs(30), || async {
+                weir_rows(client, &sql).await.ok()
+            })
+            .await;
+            assert_eq!(lines(&got[0], ordered), want, "{sql}");
+        }
+    }
+    let north = query_lines(&three, "SELECT count(*), sum(id) FROM sales_json").await;
+    let want = lines(
+        &reference_rows(
+            &reference,
+            "SELECT count(*), sum(id) FROM sales WHERE region = 'north'",
+        )
+        .await,
+        false,
+    );
+    assert_eq!(north, want);
+
+    // The names are the cluster's: taken names, missing files and drops are seen everywhere.
+    let again = weir_rows(&three, &create_csv)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        again
+            .as_deref()
+            .is_some_and(|e| e.contains("already exists")),
+        "{again:?}"
+    );
+    weir_rows(&three, &create_csv.replace("TABLE", "TABLE IF NOT EXISTS"))
+        .await
+        .expect("IF NOT EXISTS");
+    weir_rows(&one, "CREATE TABLE kept (k BIGINT, PRIMARY KEY (k))")
+        .await
+        .expect("region table");
+    let clash = weir_rows(&one, &create_csv.replace("sales_csv", "kept"))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        clash
+            .as_deref()
+            .is_some_and(|e| e.contains("'kept' already exists")),
+        "{clash:?}"
+    );
+    let missing = dir.path().join("nowhere.csv");
+    let err = weir_rows(
+        &one,
+        &format!(
+            "CREATE EXTERNAL TABLE lost STORED AS CSV LOCATION '{}'",
+            missing.display()
+        ),
+    )
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("nowhere.csv"), "{err}");
+    let tables = query_lines(&two, "SHOW TABLES").await.join("\n");
+    assert!(!tables.contains("lost"), "nothing recorded: {tables}");
+    weir_rows(&two, "DROP TABLE sales_csv").await.expect("drop");
+    wait_until(
+        "node 1 forgets sales_csv",
+        Duration::from_secs(30),
+        || async {
+            let err = weir_rows(&one, "SELECT count(*) FROM sales_csv")
+                .await
+                .err()?;
+            err.to_string().contains("sales_csv").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        csv_path.exists(),
+        "dropping an external table keeps its files"
+    );
+    cluster.shutdown().await;
+}
+
+/// The lines of the first statement's result, sorted.
+async fn query_lines(client: &Client, sql: &str) -> Vec<String> {
+    let got = wait_until(&format!("{sql} runs"), Duration::from_secs(30), || async {
+        weir_rows(client, sql).await.ok()
+    })
+    .await;
+    lines(&got[0], false)
+}

@@ -18,8 +18,8 @@ use weir_proto::v1::kv_client::KvClient;
 use weir_proto::v1::kv_server::Kv;
 use weir_proto::v1::{self, mutation, *};
 use weir_storage::catalog::{
-    Catalog, GroupInfo, GroupKind, MetaCommand, MetaResponse, TableInfo as CatalogTable,
-    DEFAULT_SPLIT_BYTES,
+    Catalog, ExternalTableInfo, GroupInfo, GroupKind, MetaCommand, MetaResponse,
+    TableInfo as CatalogTable, DEFAULT_SPLIT_BYTES,
 };
 use weir_storage::region::{self, NotInRegion, StoredRow};
 use weir_storage::types::{Expect, KvCondition, KvOp};
@@ -426,6 +426,67 @@ impl Kv for KvService {
         match self
             .ctx
             .propose_meta(MetaCommand::DropTable { name })
+            .await?
+        {
+            MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
+            _ => Ok(Response::new(DropTableResponse {})),
+        }
+    }
+
+    async fn create_external_table(
+        &self,
+        request: Request<CreateExternalTableRequest>,
+    ) -> Result<Response<CreateExternalTableResponse>, Status> {
+        let req = request.get_ref();
+        crate::names::validate("table", &req.name)?;
+        if req.definition.trim().is_empty() {
+            return Err(invalid("an external table needs its defining statement").into());
+        }
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { KvClient::new(ch).create_external_table(r).await },
+        )
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
+        let req = request.into_inner();
+        let table = ExternalTableInfo {
+            name: req.name,
+            definition: req.definition,
+        };
+        match self
+            .ctx
+            .propose_meta(MetaCommand::CreateExternalTable { table })
+            .await?
+        {
+            MetaResponse::Rejected(m) => Err(NodeError::AlreadyExists(m).into()),
+            _ => Ok(Response::new(CreateExternalTableResponse {})),
+        }
+    }
+
+    async fn drop_external_table(
+        &self,
+        request: Request<DropTableRequest>,
+    ) -> Result<Response<DropTableResponse>, Status> {
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { KvClient::new(ch).drop_external_table(r).await },
+        )
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
+        let name = request.into_inner().name;
+        match self
+            .ctx
+            .propose_meta(MetaCommand::DropExternalTable { name })
             .await?
         {
             MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),

@@ -11,10 +11,10 @@ use weir_client::{Acks, Client, ClientConfig, ClientError, Partitioner, Table};
 use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
 use weir_sql::{
-    Cluster, ClusterError, NewRecord, NewTable, NewTopic, RecordPage, RegionMeta, RowPage,
-    TableMeta, TopicMeta, TopicRecord,
+    Cluster, ClusterError, ExternalTableMeta, NewRecord, NewTable, NewTopic, RecordPage,
+    RegionMeta, RowPage, TableMeta, TopicMeta, TopicRecord,
 };
-use weir_storage::catalog::{Catalog, GroupKind, TableInfo, TopicInfo};
+use weir_storage::catalog::{Catalog, ExternalTableInfo, GroupKind, TableInfo, TopicInfo};
 
 use crate::groups::Registry;
 
@@ -68,6 +68,13 @@ fn meta(catalog: &Catalog, t: &TableInfo) -> TableMeta {
                 _ => None,
             })
             .collect(),
+    }
+}
+
+fn external_meta(t: &ExternalTableInfo) -> ExternalTableMeta {
+    ExternalTableMeta {
+        name: t.name.clone(),
+        definition: t.definition.clone(),
     }
 }
 
@@ -188,6 +195,35 @@ impl Cluster for NodeCluster {
             .map_err(to_cluster)?;
         self.cached().remove(name);
         Ok(())
+    }
+
+    fn list_external_tables(&self) -> Result<Vec<ExternalTableMeta>, ClusterError> {
+        Ok(self
+            .catalog()?
+            .external_tables
+            .values()
+            .map(external_meta)
+            .collect())
+    }
+
+    fn external_table(&self, name: &str) -> Result<Option<ExternalTableMeta>, ClusterError> {
+        Ok(self.catalog()?.external_tables.get(name).map(external_meta))
+    }
+
+    async fn create_external_table(&self, table: ExternalTableMeta) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .create_external_table(&table.name, &table.definition)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn drop_external_table(&self, name: &str) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .drop_external_table(name)
+            .await
+            .map_err(to_cluster)
     }
 
     fn list_topics(&self) -> Result<Vec<TopicMeta>, ClusterError> {

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# TPC-H (BENCHMARKS.md, "TPC-H"): the eight tables loaded into Weir tables on three fresh nodes
+# with `weir load csv`, the 22 queries run through `weir sql`, each answer compared with DuckDB's,
+# and DuckDB (2 threads) timed over the same data as Parquet files and as its own tables.
+#
+# usage: deploy/bench-tpch.sh [BIN_DIR] [SCALE]
+#   BIN_DIR  where weir-node and weir are (default: target/release)
+#   SCALE    TPC-H scale factor (default 1)
+#
+# Needs python3 with duckdb and tpchgen-cli (pip install duckdb tpchgen-cli). The data is generated
+# once into ~/.cache/weir/tpch-sfSCALE. Starts three fresh nodes on 127.0.0.1:19701-19703 in a
+# temporary directory and removes it when done. Answers go to $WEIR_TPCH_OUT (default
+# /tmp/weir-tpch) for a look afterwards.
+set -euo pipefail
+B=${1:-target/release}
+SF=${2:-1}
+P=197
+HERE="$(cd "$(dirname "$0")" && pwd)"
+DATA="${XDG_CACHE_HOME:-$HOME/.cache}/weir/tpch-sf$SF"
+OUT="${WEIR_TPCH_OUT:-/tmp/weir-tpch}"
+if [ ! -f "$DATA/csv/lineitem.csv" ] || [ ! -f "$DATA/parquet/lineitem.parquet" ]; then
+  tpchgen-cli csv -s "$SF" --output-dir "$DATA/csv"
+  tpchgen-cli parquet -s "$SF" --output-dir "$DATA/parquet"
+fi
+rm -rf "$OUT" && mkdir -p "$OUT/weir"
+# shellcheck source=deploy/three-nodes.sh
+source "$HERE/three-nodes.sh"
+"$B/weir" sql -f "$HERE/tpch/schema.sql" >/dev/null
+echo "== load (weir load csv, 3 replicas)"
+for t in nation region part supplier partsupp customer orders lineitem; do
+  start=$(date +%s.%N)
+  "$B/weir" load csv "$DATA/csv/$t.csv" --table "$t" --header >"$OUT/load-$t.txt" 2>&1
+  end=$(date +%s.%N)
+  rows=$(($(wc -l <"$DATA/csv/$t.csv") - 1))
+  python3 -c "import sys; s=float(sys.argv[2]) - float(sys.argv[1]); print(f'$t: $rows rows in {s:.1f} s, {int($rows / s):,} rows/s')" "$start" "$end"
+done
+echo "== 22 queries through weir sql"
+total=0
+for q in $(seq 1 22); do
+  start=$(date +%s.%N)
+  if "$B/weir" --format csv sql -f "$HERE/tpch/q$q.sql" >"$OUT/weir/q$q.csv" 2>"$OUT/weir/q$q.err"; then status=ok; else status=FAILED; fi
+  end=$(date +%s.%N)
+  took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$start" "$end")
+  total=$(python3 -c "import sys; print(f'{float(sys.argv[1]) + float(sys.argv[2]):.3f}')" "$total" "$took")
+  echo "q$q $took $status"
+done
+echo "total $total"
+echo "== DuckDB 2 threads over the Parquet files"
+python3 "$HERE/tpch/duck.py" "$DATA" "$OUT/duck-parquet" parquet
+echo "== DuckDB 2 threads over its tables (loaded from the CSV files)"
+python3 "$HERE/tpch/duck.py" "$DATA" "$OUT/duck-tables" tables
+echo "== Weir's answers against DuckDB's"
+python3 "$HERE/tpch/compare.py" "$OUT/duck-parquet" "$OUT/weir" --skip-header
