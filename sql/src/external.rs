@@ -111,11 +111,14 @@ pub async fn provider(definition: &str) -> Result<Arc<dyn TableProvider>> {
     factory.create(&state, &cmd).await
 }
 
+/// Tables built on this node, by name, with the definition each was built from.
+type Built = HashMap<String, (String, Arc<dyn TableProvider>)>;
+
 /// This node's tables over files, built from their definitions and kept while those stay the
 /// same.
 #[derive(Debug, Default)]
 pub struct ExternalTables {
-    built: RwLock<HashMap<String, (String, Arc<dyn TableProvider>)>>,
+    built: RwLock<Built>,
 }
 
 impl ExternalTables {
@@ -148,9 +151,7 @@ impl ExternalTables {
             .remove(name);
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (String, Arc<dyn TableProvider>)>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Built> {
         self.built.read().unwrap_or_else(|p| p.into_inner())
     }
 }
