@@ -20,7 +20,7 @@ async fn csv_load_of_a_million_rows_survives_a_killed_node() {
     const ROWS: u64 = 1_000_000;
     let mut cluster = ProcessCluster::start(3, &[]);
     let first = cluster.addr(0);
-    wait_until("3 members up", Duration::from_secs(60), || {
+    wait_until("3 members up", Duration::from_secs(120), || {
         let first = first.clone();
         async move { (members_up(&first).await == 3).then_some(()) }
     })
@@ -187,7 +187,7 @@ async fn csv_load_of_a_million_rows_survives_a_killed_node() {
 async fn regions_of_a_lost_node_are_recreated_elsewhere() {
     let mut cluster = ProcessCluster::start(4, &["--down-timeout-secs", "4"]);
     let first = cluster.addr(0);
-    wait_until("4 members up", Duration::from_secs(60), || {
+    wait_until("4 members up", Duration::from_secs(120), || {
         let first = first.clone();
         async move { (members_up(&first).await == 4).then_some(()) }
     })
@@ -303,7 +303,7 @@ mod linearizable {
         let mut cluster =
             ProcessCluster::start_with_env(3, &[], &[("WEIR_RAFT_HEARTBEAT_MS", "100")]);
         let first = cluster.addr(0);
-        wait_until("3 members up", Duration::from_secs(60), || {
+        wait_until("3 members up", Duration::from_secs(120), || {
             let first = first.clone();
             async move { (members_up(&first).await == 3).then_some(()) }
         })
