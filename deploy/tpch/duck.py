@@ -3,6 +3,7 @@ from the CSV files; prints the time of each and writes each result as CSV for co
 
 usage: python3 duck.py DATA_DIR OUT_DIR parquet|tables
 """
+import csv
 import os
 import sys
 import time
@@ -33,9 +34,10 @@ def main():
         rows = rel.fetchall()
         took = time.time() - start
         total += took
-        with open(os.path.join(out, f"q{q}.csv"), "w") as f:
+        with open(os.path.join(out, f"q{q}.csv"), "w", newline="") as f:
+            w = csv.writer(f)
             for r in rows:
-                f.write(",".join("" if v is None else str(v) for v in r) + "\n")
+                w.writerow("" if v is None else str(v) for v in r)
         print(f"q{q} {took:.3f} {len(rows)}")
     print(f"total {total:.3f}")
 
