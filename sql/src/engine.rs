@@ -280,11 +280,7 @@ impl Engine {
         options: TopicOptions,
         format: Option<TopicFormat>,
     ) -> Result<Output> {
-        if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
-            return Err(DataFusionError::Plan(format!(
-                "a table named '{name}' already exists; a topic needs another name"
-            )));
-        }
+        self.name_free_for(&name, "topic")?;
         if self.cluster.topic(&name).map_err(cluster_error)?.is_some() {
             if ct.if_not_exists {
                 return Ok(Output::Done("CREATE TOPIC".into()));
@@ -306,6 +302,39 @@ impl Engine {
             Err(e) => return Err(cluster_error(e)),
         }
         Ok(Output::Done("CREATE TOPIC".into()))
+    }
+
+    /// Fails when `name` is held by something other than a `kind` (tables, topics and tables
+    /// over files share one namespace: SQL reads all three by name); one of the same kind is
+    /// left to the caller, which knows about `IF NOT EXISTS`.
+    fn name_free_for(&self, name: &str, kind: &str) -> Result<()> {
+        let held = if kind != "table" && self.cluster.table(name).map_err(cluster_error)?.is_some()
+        {
+            Some("table")
+        } else if kind != "topic" && self.cluster.topic(name).map_err(cluster_error)?.is_some() {
+            Some("topic")
+        } else if kind != "external table"
+            && self
+                .cluster
+                .external_table(name)
+                .map_err(cluster_error)?
+                .is_some()
+        {
+            Some("external table")
+        } else {
+            None
+        };
+        match held {
+            Some(other) => {
+                let a = |k: &str| if k.starts_with('e') { "an" } else { "a" };
+                Err(DataFusionError::Plan(format!(
+                    "{} {other} named '{name}' already exists; {} {kind} needs another name",
+                    a(other),
+                    a(kind)
+                )))
+            }
+            None => Ok(()),
+        }
     }
 
     /// True for the statements [`Engine::catalog_statement`] handles.
@@ -365,16 +394,7 @@ impl Engine {
     async fn create_external_table(&self, c: &CreateExternalTable) -> Result<Output> {
         let name = object_name(&c.name);
         let done = || Ok(Output::Done("CREATE EXTERNAL TABLE".into()));
-        if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
-            return Err(DataFusionError::Plan(format!(
-                "a table named '{name}' already exists; an external table needs another name"
-            )));
-        }
-        if self.cluster.topic(&name).map_err(cluster_error)?.is_some() {
-            return Err(DataFusionError::Plan(format!(
-                "a topic named '{name}' already exists; an external table needs another name"
-            )));
-        }
+        self.name_free_for(&name, "external table")?;
         let definition = crate::external::definition(c)?;
         crate::external::provider(&definition).await?;
         if let Some(existing) = self.cluster.external_table(&name).map_err(cluster_error)? {
@@ -459,11 +479,7 @@ impl Engine {
             })?;
         let schema =
             TableSchema::new(columns, &key).map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        if self.cluster.topic(&name).map_err(cluster_error)?.is_some() {
-            return Err(DataFusionError::Plan(format!(
-                "a topic named '{name}' already exists; a table needs another name"
-            )));
-        }
+        self.name_free_for(&name, "table")?;
         if self.cluster.table(&name).map_err(cluster_error)?.is_some() {
             if cmt.if_not_exists {
                 return Ok(Output::Done("CREATE TABLE".into()));
