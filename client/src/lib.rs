@@ -9,7 +9,7 @@
 //! - [`consumer`]: [`Consumer`], reading explicit partitions or as a consumer-group member, with long
 //!   polling, committed offsets and heartbeats.
 //! - [`table`]: [`Table`], rows of a table read and written by key at each region's leader,
-//!   compare-and-set, and scans that cross region boundaries.
+//!   compare-and-set, idempotent merges of aggregates, and scans that cross region boundaries.
 //! - [`partitioner`]: which partition a record goes to (key hash, or sticky round-robin per batch).
 //! - [`error`]: [`ClientError`], every failure with its gRPC code, printable as one line.
 //! - [`retry`]: which failures are retried (not leader, unavailable, broken connection) and the
@@ -35,6 +35,7 @@
 pub mod client;
 pub mod consumer;
 pub mod error;
+pub mod jobs;
 pub mod partitioner;
 mod pool;
 pub mod producer;
@@ -46,11 +47,15 @@ pub mod table;
 pub use client::{Client, ClientConfig, NewTopic};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 pub use error::{ClientError, Result};
+pub use jobs::NewJob;
 pub use partitioner::Partitioner;
 pub use pool::Connector;
 pub use producer::{now_ms, Producer, ProducerConfig, ProducerStats, RecordAck};
 pub use sql::{SqlEvent, SqlStream};
-pub use table::{CasAction, CasOutcome, Expectation, ScanOptions, Table, TableRow};
+pub use table::{
+    CasAction, CasOutcome, Expectation, MergeOp, MergeOverlapOut, RowMerge, ScanOptions, Table,
+    TableRow,
+};
 pub use weir_proto::table::{ColumnType, TableSchema, Value};
 pub use weir_proto::v1::{
     Acks, FetchResponse, ListOffsetsResponse, Member, PartitionInfo, StatusResponse, TopicInfo,

@@ -25,6 +25,7 @@ use crate::pool::normalize;
 use crate::retry::{classify, is_ambiguous, Attempts, Verdict};
 
 pub use v1::TableInfo;
+pub use weir_proto::table::merge::MergeOp;
 
 /// A `Kv` stub on a channel.
 fn kv(channel: Channel) -> KvClient<Channel> {
@@ -67,6 +68,31 @@ pub struct CasOutcome {
     pub succeeded: bool,
     /// The row after the call: as written, or as found.
     pub current: Option<TableRow>,
+}
+
+/// One merge into one row of a table (see [`Table::merge`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowMerge {
+    /// The row's full primary key, in key order.
+    pub key: Vec<Value>,
+    /// The writer's source (a topic partition, a job's task); the row keeps one mark per source.
+    pub source: String,
+    /// First source offset the merge aggregates.
+    pub from: u64,
+    /// Source offset just past the last one the merge aggregates.
+    pub to: u64,
+    /// One op per column of the table, in column order; key columns [`MergeOp::Keep`].
+    pub ops: Vec<MergeOp>,
+}
+
+/// A merge that changed nothing because its row's mark for its source falls inside its range:
+/// aggregate the source again from `mark` and merge with `from = mark`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeOverlapOut {
+    /// Position of the merge in the vector given to [`Table::merge`].
+    pub index: usize,
+    /// The row's mark for the merge's source.
+    pub mark: u64,
 }
 
 /// What a scan reads.
@@ -561,6 +587,95 @@ impl Table {
         }))
         .await?;
         Ok(applied.into_iter().sum())
+    }
+
+    /// Merges aggregates into rows, each merge atomically on its region's leader: per row, a
+    /// source's offset range is combined once (sums, minimums, maximums, averages; see
+    /// [`weir_proto::table::merge`]), a range the row already holds is skipped, and a range that
+    /// overlaps the row's mark changes nothing and is returned with the mark. Merges of different
+    /// regions go in parallel; those of one row are applied in the order given. A merge that does
+    /// not fit its row (a sum overflows, a value of another kind) fails its region's whole part.
+    pub async fn merge(&self, merges: Vec<RowMerge>) -> Result<Vec<MergeOverlapOut>> {
+        let columns = self.schema.columns.len();
+        let mut items = Vec::with_capacity(merges.len());
+        for (i, m) in merges.into_iter().enumerate() {
+            if m.key.len() != self.schema.primary_key.len() {
+                return Err(ClientError::InvalidArgument(format!(
+                    "merge {i}: a key of '{}' has {} values, {} given",
+                    self.name,
+                    self.schema.primary_key.len(),
+                    m.key.len()
+                )));
+            }
+            if m.ops.len() != columns {
+                return Err(ClientError::InvalidArgument(format!(
+                    "merge {i}: '{}' has {columns} columns ({}), {} ops given",
+                    self.name,
+                    self.schema.column_names().join(", "),
+                    m.ops.len()
+                )));
+            }
+            let k = self.encode_key(&m.key)?;
+            let merge = v1::RowMerge {
+                key: Some(to_key(&m.key)),
+                source: m.source,
+                from: m.from,
+                to: m.to,
+                cells: m.ops.iter().map(MergeOp::to_proto).collect(),
+            };
+            items.push((
+                k,
+                (
+                    i,
+                    Mutation {
+                        op: Some(mutation::Op::Merge(merge)),
+                    },
+                ),
+            ));
+        }
+        let timeout = self.client.config().request_timeout;
+        let parts = self.by_region(items);
+        let answers = try_join_all(parts.into_iter().map(|(first, part)| async move {
+            let (idx, mutations): (Vec<usize>, Vec<Mutation>) = part.into_iter().unzip();
+            let req = v1::WriteRequest {
+                table: self.name.clone(),
+                mutations,
+                atomic: false,
+            };
+            // Merges are idempotent by their rows' marks: a retry after a lost answer or a broken
+            // connection finds the merges the first attempt applied covered and applies the rest,
+            // so it is retried like a put. A part a split divided is taken apart by the node.
+            let resp = self
+                .call_region(Locate::Key(&first), true, |ch| {
+                    let req = req.clone();
+                    async move { kv(ch).write(request(req, timeout)).await }
+                })
+                .await?;
+            resp.overlaps
+                .iter()
+                .map(|o| {
+                    let index =
+                        idx.get(o.index as usize)
+                            .copied()
+                            .ok_or_else(|| ClientError::Status {
+                                code: Code::Internal,
+                                message: format!(
+                                    "the server reported an overlap of merge {} of {}",
+                                    o.index,
+                                    idx.len()
+                                ),
+                            })?;
+                    Ok(MergeOverlapOut {
+                        index,
+                        mark: o.mark,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        }))
+        .await?;
+        let mut overlaps: Vec<MergeOverlapOut> = answers.into_iter().flatten().collect();
+        overlaps.sort_by_key(|o| o.index);
+        Ok(overlaps)
     }
 
     /// Applies puts (full rows) and deletes (keys) all together or not at all; their keys must

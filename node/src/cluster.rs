@@ -135,7 +135,7 @@ impl Cluster for ClusterService {
                 node_id
             }
             MetaResponse::Rejected(m) => return Err(Status::unavailable(m)),
-            MetaResponse::Ok | MetaResponse::GroupId(_) => req.node_id,
+            MetaResponse::Ok | MetaResponse::GroupId(_) | MetaResponse::JobId(_) => req.node_id,
         };
         // A node that just (re)joined was heard now: it must not count as gone before its first
         // heartbeat, or it is never made a learner of the metadata group and never learns whom to

@@ -8,6 +8,7 @@
 //! - [`placement`]: where replicas go; the placement loop of the metadata leader.
 //! - [`log`]: Kafka-like topics: the `Log` service, consumer groups, retention.
 //! - [`region`]: HBase-like tables: the `Kv` service and region splits.
+//! - [`compute`]: stream jobs: the `Jobs` service, task placement, and the tasks this node runs.
 //! - [`names`]: naming rules of topics and tables.
 //! - [`leader`]: writing through a group's leader and forwarding to it.
 //! - [`http`]: record ingest, health, readiness and metrics over HTTP.
@@ -16,6 +17,7 @@
 //! - [`error`]: the node's error type and its mapping to gRPC status codes.
 
 pub mod cluster;
+pub mod compute;
 pub mod error;
 pub mod groups;
 pub mod http;

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_proto::v1::cluster_client::ClusterClient;
 use weir_proto::v1::cluster_server::ClusterServer;
+use weir_proto::v1::jobs_server::JobsServer;
 use weir_proto::v1::kv_server::KvServer;
 use weir_proto::v1::log_server::LogServer;
 use weir_proto::v1::raft_transport_server::RaftTransportServer;
@@ -24,6 +25,7 @@ use weir_storage::engine::{group_key, CF_META};
 use weir_storage::{decode, encode, Engine};
 
 use crate::cluster::{self, ClusterService, NodeContext};
+use crate::compute::service::JobsService;
 use crate::groups::{GroupManager, GroupManagerConfig};
 use crate::http::{self, HttpState};
 use crate::liveness::Liveness;
@@ -291,8 +293,10 @@ where
 
     let (stop, stop_rx) = watch::channel(false);
     let log = Arc::new(LogService::new((*ctx).clone()));
+    let sql_cluster: Arc<dyn weir_sql::Cluster> =
+        Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone()));
     let sql = weir_sql::Engine::new(
-        Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone())),
+        sql_cluster.clone(),
         &weir_sql::EngineConfig {
             memory_limit: cfg.sql_memory,
             // A node on a simulated disk has no data dir on the real file system.
@@ -325,6 +329,7 @@ where
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(JobsServer::new(JobsService::new((*ctx).clone())))
         .add_service(
             SqlServer::new(SqlService::new(sql.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -392,6 +397,12 @@ where
     tasks.push(tokio::spawn(split::split_loop(
         ctx.clone(),
         cfg.split_check_interval,
+    )));
+    tasks.push(tokio::spawn(crate::compute::pool::compute_loop(
+        node_id,
+        ctx.registry.clone(),
+        sql_cluster,
+        stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(register_self(
         ctx.clone(),

@@ -211,6 +211,18 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
                 led_voters.insert(r.group_id, r.voters.iter().copied().collect());
             }
         }
+        let leaders: BTreeMap<u64, u64> = reports
+            .iter()
+            .flat_map(|(node, rs)| rs.iter().filter(|r| r.leader).map(|r| (r.group_id, *node)))
+            .collect();
+        if let Some(cmd) =
+            crate::compute::assign::next_assignment(&catalog, &ctx.liveness, &leaders)
+        {
+            tracing::info!(?cmd, "task placement");
+            if let Err(e) = ctx.propose_meta(cmd).await {
+                tracing::warn!(error = %e, "task placement proposal failed");
+            }
+        }
         let healthy = |g: u64, replicas: &[u64]| {
             led_voters
                 .get(&g)

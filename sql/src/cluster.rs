@@ -1,11 +1,13 @@
 //! What the SQL layer needs from the cluster: the tables in the catalog, scans of key ranges, and
 //! writes. The node implements it; the SQL layer never reaches into node internals.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use weir_proto::format::TopicFormat;
+use weir_proto::table::merge::MergeOp;
 use weir_proto::table::{TableSchema, Value};
 
 /// Why a cluster call failed, as the SQL layer reports it.
@@ -141,6 +143,60 @@ pub struct RecordPage {
     pub next_offset: u64,
 }
 
+/// A stream job as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMeta {
+    /// The job's name.
+    pub name: String,
+    /// Never reused; its progress and its marks in the sink are keyed by it.
+    pub id: u64,
+    /// The `INSERT INTO ... SELECT ...` statement.
+    pub definition: String,
+    /// The topic it reads.
+    pub source: String,
+    /// The table it writes.
+    pub sink: String,
+    /// Whether it starts at the end of its topic when it has no progress yet.
+    pub start_latest: bool,
+    /// Whether its tasks should run.
+    pub running: bool,
+    /// The node of each task (by source partition), once assigned, and its assignment epoch.
+    pub tasks: Vec<(Option<u64>, u64)>,
+}
+
+/// A job to record in the catalog.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The job's name.
+    pub name: String,
+    /// The `INSERT INTO ... SELECT ...` statement.
+    pub definition: String,
+    /// The topic it reads.
+    pub source: String,
+    /// The table it writes.
+    pub sink: String,
+    /// Start at the end of the topic rather than its earliest record.
+    pub start_latest: bool,
+    /// Tasks (partitions of the source).
+    pub tasks: u32,
+}
+
+/// One aggregate merge into a sink row: add what the records of `source` in offsets
+/// `[from, to)` contribute, unless the row has already taken them.
+#[derive(Debug, Clone)]
+pub struct SinkMerge {
+    /// The row's full primary key, in key order.
+    pub key: Vec<Value>,
+    /// Who contributes (a job's task): the row keeps the offset each source reached.
+    pub source: String,
+    /// First offset the contribution covers.
+    pub from: u64,
+    /// Offset just past the last one it covers.
+    pub to: u64,
+    /// One per column of the table, in column order (key columns: `Keep`).
+    pub ops: Vec<MergeOp>,
+}
+
 /// The cluster's data plane as the SQL layer uses it.
 #[async_trait]
 pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
@@ -213,4 +269,37 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
 
     /// Forgets a table over files (the files stay).
     async fn drop_external_table(&self, name: &str) -> Result<(), ClusterError>;
+
+    /// Every stream job, as this node last applied the catalog.
+    fn list_jobs(&self) -> Result<Vec<JobMeta>, ClusterError>;
+
+    /// Records a stream job; returns its id.
+    async fn create_job(&self, job: NewJob) -> Result<u64, ClusterError>;
+
+    /// Forgets a stream job (its tasks stop; what it wrote stays).
+    async fn drop_job(&self, name: &str) -> Result<(), ClusterError>;
+
+    /// Stops or starts a job's tasks.
+    async fn set_job_running(&self, name: &str, running: bool) -> Result<(), ClusterError>;
+
+    /// Applies aggregate merges to rows of `table`; returns, for each merge refused because its
+    /// row already took part of its range, the merge's index and the offset the row reached.
+    async fn merge(
+        &self,
+        table: &str,
+        merges: Vec<SinkMerge>,
+    ) -> Result<Vec<(usize, u64)>, ClusterError>;
+
+    /// The offsets `group` has committed for the partitions of `topic`.
+    async fn committed(&self, group: &str, topic: &str)
+        -> Result<BTreeMap<u32, u64>, ClusterError>;
+
+    /// Commits `offset` (the next one to read) for one partition of `topic` in `group`.
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), ClusterError>;
 }

@@ -151,6 +151,7 @@ impl Engine {
                 return Ok(Output::Done("DROP TOPIC".into()));
             }
             Statement::ShowTopics => return self.show_topics(),
+            Statement::Job(j) => return crate::job::admin::run(&self.cluster, j).await,
         };
         if let DfStatement::Statement(s) = &stmt {
             if let Some(out) = self.catalog_statement(s).await? {

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod engine;
 pub mod external;
 pub mod functions;
+pub mod job;
 pub mod keyrange;
 pub mod pg;
 pub mod scan;
@@ -20,8 +21,8 @@ pub mod types;
 pub mod warnings;
 
 pub use cluster::{
-    Cluster, ClusterError, ExternalTableMeta, NewRecord, NewTable, NewTopic, RecordPage,
-    RegionMeta, RowPage, TableMeta, TopicMeta, TopicRecord,
+    Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewTable, NewTopic,
+    RecordPage, RegionMeta, RowPage, SinkMerge, TableMeta, TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

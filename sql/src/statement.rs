@@ -15,6 +15,8 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
+use crate::job::statement::{is_job_statement, parse_job_statement, JobStatement};
+
 /// One statement of a request.
 #[derive(Debug, Clone)]
 pub enum Statement {
@@ -31,6 +33,8 @@ pub enum Statement {
     },
     /// `SHOW TOPICS`.
     ShowTopics,
+    /// A stream job statement (`CREATE JOB`, `SHOW JOBS`, ...).
+    Job(JobStatement),
 }
 
 impl fmt::Display for Statement {
@@ -46,6 +50,7 @@ impl fmt::Display for Statement {
                 write!(f, "DROP TOPIC {}", names.join(", "))
             }
             Statement::ShowTopics => write!(f, "SHOW TOPICS"),
+            Statement::Job(j) => write!(f, "{j}"),
         }
     }
 }
@@ -60,6 +65,60 @@ enum TopicVerb {
 
 /// Splits `sql` into statements; a syntax error names the line and column.
 pub fn parse(sql: &str) -> Result<VecDeque<Statement>> {
+    let chunks = job_chunks(sql);
+    if chunks.iter().all(|(_, job)| !job) {
+        return parse_plain(sql);
+    }
+    let mut out = VecDeque::new();
+    for (chunk, job) in chunks {
+        if job {
+            out.push_back(Statement::Job(parse_job_statement(&chunk)?));
+        } else {
+            out.extend(parse_plain(&chunk)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `sql` cut at its top-level semicolons, each piece marked when it is a job statement; one piece
+/// holding everything when it does not tokenize (the parser then reports where).
+fn job_chunks(sql: &str) -> Vec<(String, bool)> {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return vec![(sql.to_string(), false)];
+    };
+    let mut chunks = Vec::new();
+    let mut current: Vec<Token> = Vec::new();
+    let mut flush = |current: &mut Vec<Token>| {
+        let words: Vec<String> = current
+            .iter()
+            .filter_map(|t| match t {
+                Token::Word(w) if w.quote_style.is_none() => Some(w.value.clone()),
+                Token::Whitespace(_) => None,
+                _ => Some(String::new()),
+            })
+            .take(2)
+            .collect();
+        let text: String = current.iter().map(|t| t.to_string()).collect();
+        if !text.trim().is_empty() {
+            let job = words.len() == 2 && is_job_statement(&words[0], &words[1]);
+            chunks.push((text, job));
+        }
+        current.clear();
+    };
+    for t in tokens {
+        if t == Token::SemiColon {
+            flush(&mut current);
+        } else {
+            current.push(t);
+        }
+    }
+    flush(&mut current);
+    chunks
+}
+
+/// Parses statements none of which is a job statement.
+fn parse_plain(sql: &str) -> Result<VecDeque<Statement>> {
     let (text, verbs) = rewrite_topic_statements(sql)?;
     let parsed = DFParser::parse_sql_with_dialect(&text, &PostgreSqlDialect {})?;
     parsed

@@ -69,6 +69,41 @@ fn metadata_columns() -> Vec<Column> {
     ]
 }
 
+/// The columns a topic reads as: its declared ones (or the raw `value`), then the metadata columns.
+pub fn topic_columns(meta: &TopicMeta) -> Vec<Column> {
+    let mut columns = match &meta.format {
+        Some(f) => f.columns.clone(),
+        None => TopicFormat::raw_columns(),
+    };
+    columns.extend(metadata_columns());
+    columns
+}
+
+/// A record of `partition` as a row of [`topic_columns`]; the error says why it does not decode.
+pub fn decode_record(
+    meta: &TopicMeta,
+    partition: u32,
+    r: &TopicRecord,
+) -> std::result::Result<Vec<Value>, String> {
+    let mut row = match &meta.format {
+        Some(f) => f.decode(&r.value).map_err(|e| e.to_string())?,
+        None => vec![Value::Bytes(r.value.to_vec())],
+    };
+    let key = match &r.key {
+        None => Value::Null,
+        Some(k) => Value::Str(
+            std::str::from_utf8(k)
+                .map_err(|_| "its key is not UTF-8 text".to_string())?
+                .to_string(),
+        ),
+    };
+    row.push(Value::Int(partition.into()));
+    row.push(Value::Int(r.offset as i64));
+    row.push(Value::Timestamp(r.timestamp_ms.saturating_mul(1000)));
+    row.push(key);
+    Ok(row)
+}
+
 fn cluster_error(e: ClusterError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -86,11 +121,7 @@ pub struct TopicTable {
 impl TopicTable {
     /// The topic described by `meta`, read through `cluster`.
     pub fn new(cluster: Arc<dyn Cluster>, meta: TopicMeta) -> TopicTable {
-        let mut columns = match &meta.format {
-            Some(f) => f.columns.clone(),
-            None => TopicFormat::raw_columns(),
-        };
-        columns.extend(metadata_columns());
+        let columns = topic_columns(&meta);
         let schema = arrow_schema(&TableSchema {
             columns: columns.clone(),
             primary_key: Vec::new(),
@@ -636,23 +667,7 @@ impl Reader {
 
     /// The record's full row: declared columns, then the metadata columns.
     fn decode(&self, r: &TopicRecord) -> std::result::Result<Vec<Value>, String> {
-        let mut row = match &self.topic.format {
-            Some(f) => f.decode(&r.value).map_err(|e| e.to_string())?,
-            None => vec![Value::Bytes(r.value.to_vec())],
-        };
-        let key = match &r.key {
-            None => Value::Null,
-            Some(k) => Value::Str(
-                std::str::from_utf8(k)
-                    .map_err(|_| "its key is not UTF-8 text".to_string())?
-                    .to_string(),
-            ),
-        };
-        row.push(Value::Int(self.partition.into()));
-        row.push(Value::Int(r.offset as i64));
-        row.push(Value::Timestamp(r.timestamp_ms.saturating_mul(1000)));
-        row.push(key);
-        Ok(row)
+        decode_record(&self.topic, self.partition, r)
     }
 
     fn skip(&mut self, r: &TopicRecord, reason: &str) {

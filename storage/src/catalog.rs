@@ -124,6 +124,39 @@ pub struct ExternalTableInfo {
     pub definition: String,
 }
 
+/// A stream job: an `INSERT INTO sink SELECT ... FROM topic ...` that never ends, run as one task
+/// per partition of its source topic on the nodes placement assigns them to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Job name.
+    pub name: String,
+    /// Never reused: a job dropped and created again under its name starts afresh (its progress
+    /// and its marks in the sink are keyed by the id).
+    pub id: u64,
+    /// The `INSERT INTO ... SELECT ...` statement, as SQL.
+    pub definition: String,
+    /// The topic it reads.
+    pub source: String,
+    /// The table it writes.
+    pub sink: String,
+    /// Start from the end of the topic (true) or from its earliest record (false) when the job
+    /// has no progress recorded yet.
+    pub start_latest: bool,
+    /// Whether its tasks should run (`STOP JOB` clears it, `START JOB` sets it).
+    pub running: bool,
+    /// One task per source partition, in partition order.
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// Where one task of a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The node running it; none until placement assigns one.
+    pub node: Option<u64>,
+    /// Bumped by every assignment, so an instance can tell it has been replaced.
+    pub epoch: u64,
+}
+
 /// The replicated catalog of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -145,6 +178,10 @@ pub struct Catalog {
     pub next_table_id: u64,
     /// Tables over files, by name.
     pub external_tables: BTreeMap<String, ExternalTableInfo>,
+    /// Stream jobs by name.
+    pub jobs: BTreeMap<String, JobInfo>,
+    /// Next job id to hand out.
+    pub next_job_id: u64,
 }
 
 /// A change to the catalog, proposed through group 0.
@@ -222,6 +259,33 @@ pub enum MetaCommand {
         /// Table name.
         name: String,
     },
+    /// Records a stream job (its id is given here; its tasks start unassigned).
+    CreateJob {
+        /// The job; `id` and task assignments are ignored.
+        job: JobInfo,
+    },
+    /// Forgets a stream job; its tasks stop.
+    DropJob {
+        /// Job name.
+        name: String,
+    },
+    /// Stops or starts a job's tasks.
+    SetJobRunning {
+        /// Job name.
+        name: String,
+        /// Whether its tasks should run.
+        running: bool,
+    },
+    /// Assigns tasks of a job to nodes (placement's decision).
+    AssignTasks {
+        /// Job name.
+        name: String,
+        /// The job's id, so an assignment computed for a job since dropped and re-created is
+        /// refused.
+        id: u64,
+        /// (task index, node) pairs.
+        assignments: Vec<(u32, u64)>,
+    },
     /// Reserves a group id (for the region a split is about to create).
     AllocateGroup,
     /// Records a split the region `parent` has applied through its own log: it now ends at
@@ -254,6 +318,8 @@ pub enum MetaResponse {
     NodeId(u64),
     /// A reserved group id.
     GroupId(u64),
+    /// The id given to a new job.
+    JobId(u64),
     /// The command was refused (name taken, unknown topic...); the catalog is unchanged.
     Rejected(String),
 }
@@ -339,6 +405,14 @@ impl Catalog {
                     },
                 );
                 MetaResponse::Ok
+            }
+            MetaCommand::DeleteTopic { name } if self.job_using(name).is_some() => {
+                MetaResponse::Rejected(format!(
+                    "job '{}' reads topic '{name}'; drop the job first",
+                    self.job_using(name)
+                        .map(|j| j.name.as_str())
+                        .unwrap_or_default()
+                ))
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(t) => {
@@ -426,6 +500,14 @@ impl Catalog {
                 );
                 MetaResponse::Ok
             }
+            MetaCommand::DropTable { name } if self.job_using(name).is_some() => {
+                MetaResponse::Rejected(format!(
+                    "job '{}' writes table '{name}'; drop the job first",
+                    self.job_using(name)
+                        .map(|j| j.name.as_str())
+                        .unwrap_or_default()
+                ))
+            }
             MetaCommand::DropTable { name } => match self.tables.remove(name) {
                 Some(t) => {
                     for g in t.regions {
@@ -450,6 +532,66 @@ impl Catalog {
                 Some(_) => MetaResponse::Ok,
                 None => MetaResponse::Rejected(format!("external table '{name}' does not exist")),
             },
+            MetaCommand::CreateJob { job } => {
+                if self.jobs.contains_key(&job.name) {
+                    return MetaResponse::Rejected(format!("job '{}' already exists", job.name));
+                }
+                if !self.topics.contains_key(&job.source) {
+                    return MetaResponse::Rejected(format!(
+                        "topic '{}' does not exist",
+                        job.source
+                    ));
+                }
+                if !self.tables.contains_key(&job.sink) {
+                    return MetaResponse::Rejected(format!("table '{}' does not exist", job.sink));
+                }
+                let id = self.next_job_id.max(1);
+                self.next_job_id = id + 1;
+                let mut job = job.clone();
+                job.id = id;
+                for t in &mut job.tasks {
+                    t.node = None;
+                    t.epoch = 0;
+                }
+                self.jobs.insert(job.name.clone(), job);
+                MetaResponse::JobId(id)
+            }
+            MetaCommand::DropJob { name } => match self.jobs.remove(name) {
+                Some(_) => MetaResponse::Ok,
+                None => MetaResponse::Rejected(format!("job '{name}' does not exist")),
+            },
+            MetaCommand::SetJobRunning { name, running } => match self.jobs.get_mut(name) {
+                Some(j) => {
+                    j.running = *running;
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::Rejected(format!("job '{name}' does not exist")),
+            },
+            MetaCommand::AssignTasks {
+                name,
+                id,
+                assignments,
+            } => {
+                let Some(j) = self.jobs.get_mut(name).filter(|j| j.id == *id) else {
+                    return MetaResponse::Rejected(format!(
+                        "job '{name}' (id {id}) does not exist"
+                    ));
+                };
+                if assignments
+                    .iter()
+                    .any(|(t, n)| *t as usize >= j.tasks.len() || !self.nodes.contains_key(n))
+                {
+                    return MetaResponse::Rejected(format!(
+                        "an assignment names a task or node job '{name}' does not have"
+                    ));
+                }
+                for (t, n) in assignments {
+                    let task = &mut j.tasks[*t as usize];
+                    task.node = Some(*n);
+                    task.epoch += 1;
+                }
+                MetaResponse::Ok
+            }
             MetaCommand::AllocateGroup => MetaResponse::GroupId(self.alloc_group()),
             MetaCommand::SplitRegion {
                 parent,
@@ -553,6 +695,13 @@ impl Catalog {
         } else {
             None
         }
+    }
+
+    /// A job reading or writing `name` (a topic or table that must not be dropped under it).
+    pub fn job_using(&self, name: &str) -> Option<&JobInfo> {
+        self.jobs
+            .values()
+            .find(|j| j.source == name || j.sink == name)
     }
 
     fn alloc_group(&mut self) -> u64 {

@@ -2,7 +2,10 @@
 //!
 //! A region is one key range of a table, replicated by its own Raft group. Its rows live under
 //! `group | TAG_ROW | encoded key` with the value `version (8 bytes BE) | encoded cells`, where the
-//! version is the log index of the write that last changed the row. The region's range and epoch
+//! version is the log index of the write that last changed the row. A row written by merges also
+//! keeps its merge state (`weir_proto::table::merge::MergeState`): the version's top bit is then set
+//! and `state length (4 bytes BE) | state` follows it, before the cells. Only merges read the state;
+//! every other read sees the version and the cells alone. The region's range and epoch
 //! ([`RegionState`]) are stored under `group | TAG_REGION` in the same write batch as every change,
 //! so a read through one RocksDB snapshot sees the rows and the range they belong to together: a
 //! read never sees a key its region had already split off.
@@ -75,7 +78,11 @@ pub fn row_key(group: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The stored value of a row.
+/// Top bit of a stored version: a merge state follows the version. Versions are log indexes, far
+/// below it.
+const MERGE_STATE_FLAG: u64 = 1 << 63;
+
+/// The stored value of a row (without merge state).
 pub fn row_value(version: u64, cells: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + cells.len());
     v.extend_from_slice(&version.to_be_bytes());
@@ -83,17 +90,63 @@ pub fn row_value(version: u64, cells: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Splits a stored value into (version, cells).
+/// The stored value of a row written by a merge: its version, its encoded merge state and its
+/// encoded cells.
+pub fn row_value_with_state(
+    version: u64,
+    state: &[u8],
+    cells: &[u8],
+) -> Result<Vec<u8>, StorageError> {
+    let len = u32::try_from(state.len())
+        .map_err(|_| StorageError::Corrupt(format!("a merge state of {} bytes", state.len())))?;
+    let mut v = Vec::with_capacity(12 + state.len() + cells.len());
+    v.extend_from_slice(&(version | MERGE_STATE_FLAG).to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(state);
+    v.extend_from_slice(cells);
+    Ok(v)
+}
+
+/// The parts of a stored row value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueParts<'a> {
+    /// Log index of the write that last changed the row.
+    pub version: u64,
+    /// The encoded merge state, when merges wrote the row.
+    pub state: Option<&'a [u8]>,
+    /// Encoded non-key cells.
+    pub cells: &'a [u8],
+}
+
+/// Splits a stored value into (version, cells), passing over a merge state.
 pub fn split_value(v: &[u8]) -> Result<(u64, &[u8]), StorageError> {
-    if v.len() < 8 {
-        return Err(StorageError::Corrupt(
-            "row value shorter than its version".into(),
-        ));
+    let p = split_value_with_state(v)?;
+    Ok((p.version, p.cells))
+}
+
+/// Splits a stored value into its version, merge state (if any) and cells.
+pub fn split_value_with_state(v: &[u8]) -> Result<ValueParts<'_>, StorageError> {
+    let short = || StorageError::Corrupt("row value shorter than its header".into());
+    let (ver, rest) = v.split_first_chunk::<8>().ok_or_else(short)?;
+    let version = u64::from_be_bytes(*ver);
+    if version & MERGE_STATE_FLAG == 0 {
+        return Ok(ValueParts {
+            version,
+            state: None,
+            cells: rest,
+        });
     }
-    let (ver, cells) = v.split_at(8);
-    let mut a = [0u8; 8];
-    a.copy_from_slice(ver);
-    Ok((u64::from_be_bytes(a), cells))
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(short());
+    }
+    let (state, cells) = rest.split_at(len);
+    Ok(ValueParts {
+        version: version & !MERGE_STATE_FLAG,
+        state: Some(state),
+        cells,
+    })
 }
 
 /// Key of the region state.

@@ -113,13 +113,29 @@ pub enum KvOp {
         /// Encoded primary key.
         key: Vec<u8>,
     },
+    /// Merge aggregates into a row, once per source offset range (`weir_proto::table::merge`):
+    /// applied when the row's mark for `source` is absent or at most `from`, otherwise the row is
+    /// left as it is (covered, or an overlap the response reports).
+    Merge {
+        /// Encoded primary key.
+        key: Vec<u8>,
+        /// The writer's source.
+        source: String,
+        /// First source offset merged.
+        from: u64,
+        /// Source offset just past the last one merged.
+        to: u64,
+        /// One op per value column with the column's type, encoded by
+        /// `weir_proto::table::merge::encode_ops`.
+        ops: Vec<u8>,
+    },
 }
 
 impl KvOp {
     /// The row's key.
     pub fn key(&self) -> &[u8] {
         match self {
-            KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Merge { key, .. } => key,
         }
     }
 }
@@ -174,6 +190,20 @@ pub enum Response {
     KvWritten {
         /// The version the written rows now have.
         version: u64,
+        /// The merges that overlapped their row's mark and changed nothing: (position of the op
+        /// in the write, the row's mark for the merge's source). Merges applied or already
+        /// covered are not listed.
+        overlaps: Vec<(u32, u64)>,
+    },
+    /// A merge of the write could not be combined into its row (a sum overflowed, a value of
+    /// another kind than the cell, a result the column cannot hold); nothing was written.
+    MergeFailed {
+        /// Position of the merge among the write's ops.
+        index: u32,
+        /// Position among the value columns of the column at fault, when one is.
+        column: Option<u32>,
+        /// What is wrong.
+        reason: String,
     },
     /// A compare-and-set found something else; nothing was written.
     CasFailed {

@@ -96,6 +96,36 @@ pub enum Command {
     /// Run SQL: a statement, a file of statements, statements on stdin, or (with none of these,
     /// on a terminal) an interactive shell.
     Sql(SqlArgs),
+    /// List, describe, stop, start and drop stream jobs (created with `CREATE JOB` in SQL).
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+/// `weir job ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List every job: whether it runs, its source and sink, and the nodes of its tasks.
+    List,
+    /// Show a job's tasks: node, committed offset, end of the partition and lag.
+    Describe {
+        /// Job name.
+        name: String,
+    },
+    /// Stop a job's tasks (it keeps its place).
+    Stop {
+        /// Job name.
+        name: String,
+    },
+    /// Start a stopped job from where it stopped.
+    Start {
+        /// Job name.
+        name: String,
+    },
+    /// Drop a job (what it wrote stays).
+    Drop {
+        /// Job name.
+        name: String,
+    },
 }
 
 /// Arguments of `weir sql`.
@@ -495,6 +525,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Kv(cmd) => kv::run(&ctx, cmd).await,
         Command::Load(LoadCommand::Csv(args)) => load::csv(&ctx, args).await,
         Command::Sql(args) => sql::run(&ctx, args).await,
+        Command::Job(cmd) => sql::job(&ctx, cmd).await,
     }
 }
 

@@ -39,6 +39,21 @@ pub async fn run(ctx: &Context, args: SqlArgs) -> Result<()> {
     }
 }
 
+/// Runs `weir job ...` as the job statement it stands for.
+pub async fn job(ctx: &Context, cmd: super::JobCommand) -> Result<()> {
+    use super::JobCommand;
+    let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let sql = match cmd {
+        JobCommand::List => "SHOW JOBS".to_string(),
+        JobCommand::Describe { name } => format!("DESCRIBE JOB {}", quoted(&name)),
+        JobCommand::Stop { name } => format!("STOP JOB {}", quoted(&name)),
+        JobCommand::Start { name } => format!("START JOB {}", quoted(&name)),
+        JobCommand::Drop { name } => format!("DROP JOB {}", quoted(&name)),
+    };
+    let client = ctx.client().await?;
+    execute(&client, ctx.format, &sql, false).await
+}
+
 /// Rows of a statement's batches as printable cells: for JSON, JSON values (numbers stay
 /// numbers); for tables and CSV, Arrow's own rendering (decimals keep their scale).
 fn to_rows(

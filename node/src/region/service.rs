@@ -13,7 +13,10 @@ use tokio::time::Instant;
 use futures::future::try_join_all;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use weir_proto::table::{key, row, TableSchema, Value, MAX_KEY_BYTES};
+use weir_proto::table::merge::{self, MergeOp, MergeTarget};
+use weir_proto::table::{
+    key, row, Column, ColumnType, TableSchema, Value, MAX_KEY_BYTES, MAX_ROW_BYTES,
+};
 use weir_proto::v1::kv_client::KvClient;
 use weir_proto::v1::kv_server::Kv;
 use weir_proto::v1::{self, mutation, *};
@@ -39,6 +42,8 @@ const MAX_SCAN_BYTES: usize = 4 << 20;
 const MAX_SPLIT_POINTS: usize = 1024;
 /// Replicas of a region when the request does not say.
 const DEFAULT_REPLICAS: u32 = 3;
+/// Longest merge source name (every merged row keeps one mark per source).
+const MAX_MERGE_SOURCE_BYTES: usize = 256;
 
 /// The `Kv` service.
 pub struct KvService {
@@ -108,6 +113,79 @@ impl Table<'_> {
         row::encode_row(self.schema(), values).map_err(invalid)
     }
 
+    /// Checks a merge against the table and encodes it for the region's log.
+    fn encode_merge(&self, m: &v1::RowMerge) -> NodeResult<KvOp> {
+        let schema = self.schema();
+        let key = self.encode_key(
+            m.key
+                .as_ref()
+                .ok_or_else(|| invalid("a merge needs the key of its row"))?,
+        )?;
+        if m.source.is_empty() || m.source.len() > MAX_MERGE_SOURCE_BYTES {
+            return Err(invalid(format!(
+                "a merge's source must be 1 to {MAX_MERGE_SOURCE_BYTES} bytes, not {}",
+                m.source.len()
+            )));
+        }
+        if m.from > m.to {
+            return Err(invalid(format!(
+                "a merge's offset range [{}, {}) ends before it starts",
+                m.from, m.to
+            )));
+        }
+        if m.cells.len() != schema.columns.len() {
+            return Err(invalid(format!(
+                "table '{}' has {} columns ({}), the merge gives {} cells",
+                self.info.name,
+                schema.columns.len(),
+                schema.column_names().join(", "),
+                m.cells.len()
+            )));
+        }
+        let mut ops = Vec::with_capacity(m.cells.len());
+        let mut targets = Vec::with_capacity(m.cells.len());
+        for (i, (cell, col)) in m.cells.iter().zip(&schema.columns).enumerate() {
+            let op = MergeOp::from_proto(cell)
+                .map_err(|e| invalid(format!("column '{}': {e}", col.name)))?;
+            if schema.primary_key.contains(&i) {
+                if op != MergeOp::Keep {
+                    return Err(invalid(format!(
+                        "column '{}' is a key column: a merge must keep it",
+                        col.name
+                    )));
+                }
+                continue;
+            }
+            ops.push(check_merge_op(op, col)?);
+            targets.push(MergeTarget::from(col));
+        }
+        let ops = merge::encode_ops(&ops, &targets).map_err(invalid)?;
+        if ops.len() > MAX_ROW_BYTES {
+            return Err(invalid(format!(
+                "the merge is {} bytes encoded; at most {MAX_ROW_BYTES} are allowed",
+                ops.len()
+            )));
+        }
+        Ok(KvOp::Merge {
+            key,
+            source: m.source.clone(),
+            from: m.from,
+            to: m.to,
+            ops,
+        })
+    }
+
+    /// The message of a merge the region refused: which column, and why.
+    fn merge_failed(&self, column: Option<u32>, reason: &str) -> String {
+        let name = column
+            .and_then(|c| self.schema().value_columns().get(c as usize).copied())
+            .map(|i| self.schema().columns[i].name.as_str());
+        match name {
+            Some(n) => format!("column '{n}': {reason}"),
+            None => reason.to_string(),
+        }
+    }
+
     /// The stored row as the client asked for it.
     fn to_row(&self, stored: &StoredRow, projection: &[usize]) -> NodeResult<v1::Row> {
         let full = row::decode_row(self.schema(), &stored.key, &stored.value)
@@ -117,6 +195,75 @@ impl Table<'_> {
             version: stored.version,
         })
     }
+}
+
+/// Checks what a merge does to one value column against the column: its values must fit the
+/// column's type (NULL always fits: it changes nothing), sums need a numeric column and averages a
+/// DOUBLE, REAL or DECIMAL one.
+fn check_merge_op(op: MergeOp, col: &Column) -> NodeResult<MergeOp> {
+    let named = |reason: String| invalid(format!("column '{}': {reason}", col.name));
+    let fit = |v: Value, col: &Column| -> NodeResult<Value> {
+        if v.is_null() {
+            Ok(v)
+        } else {
+            v.check(col).map_err(invalid)
+        }
+    };
+    Ok(match op {
+        MergeOp::Keep => MergeOp::Keep,
+        MergeOp::Sum(v) => {
+            let numeric = matches!(
+                col.ty,
+                ColumnType::Int8
+                    | ColumnType::Int16
+                    | ColumnType::Int32
+                    | ColumnType::Int64
+                    | ColumnType::UInt64
+                    | ColumnType::Float32
+                    | ColumnType::Float64
+                    | ColumnType::Decimal { .. }
+            );
+            if !numeric {
+                return Err(named(format!("a {} column cannot be summed", col.ty)));
+            }
+            MergeOp::Sum(fit(v, col)?)
+        }
+        MergeOp::Min(v) => MergeOp::Min(fit(v, col)?),
+        MergeOp::Max(v) => MergeOp::Max(fit(v, col)?),
+        MergeOp::Avg { sum, count } => {
+            // The sum of many values outgrows the column: it is checked as the widest float, or
+            // the widest decimal of the column's scale.
+            let sum_ty = match col.ty {
+                ColumnType::Float32 | ColumnType::Float64 => ColumnType::Float64,
+                ColumnType::Decimal { scale, .. } => ColumnType::Decimal {
+                    precision: weir_proto::table::types::MAX_DECIMAL_PRECISION,
+                    scale,
+                },
+                other => {
+                    return Err(named(format!(
+                        "an average needs a DOUBLE, REAL or DECIMAL column, not {other}"
+                    )))
+                }
+            };
+            let sum_col = Column {
+                name: col.name.clone(),
+                ty: sum_ty,
+                nullable: true,
+            };
+            let sum = fit(sum, &sum_col)?;
+            if count > 0 && sum.is_null() {
+                return Err(named(format!(
+                    "an average of {count} values has a NULL sum"
+                )));
+            }
+            let zero = matches!(sum, Value::Null | Value::Decimal(0))
+                || matches!(sum, Value::Float(f) if f == 0.0);
+            if count == 0 && !zero {
+                return Err(named("an average of no values must have a NULL sum".into()));
+            }
+            MergeOp::Avg { sum, count }
+        }
+    })
 }
 
 /// The region of `table` holding `key`, or the region a reverse scan ending at `key` starts in.
@@ -264,17 +411,29 @@ impl KvService {
     }
 
     /// Applies `ops` (the mutations of `req` at `idx`) to one region atomically, or forwards
-    /// those mutations.
+    /// those mutations. Returns the mutations applied and the merges that overlapped their row's
+    /// mark: (position in `req.mutations`, the mark).
+    #[allow(clippy::too_many_arguments)]
     async fn write_region(
         &self,
         catalog: &Catalog,
+        table: &Table<'_>,
         group: &GroupInfo,
         req: &WriteRequest,
         idx: &[usize],
         ops: Vec<KvOp>,
         was_forwarded: bool,
-    ) -> NodeResult<u64> {
+    ) -> NodeResult<(u64, Vec<(usize, u64)>)> {
         let n = ops.len() as u64;
+        let position = |i: u32| {
+            idx.get(i as usize).copied().ok_or_else(|| {
+                NodeError::Internal(format!(
+                    "region {} answered for mutation {i} of {}",
+                    group.id,
+                    idx.len()
+                ))
+            })
+        };
         match self.ctx.target(catalog, group, was_forwarded, false)? {
             Target::Local(h) => {
                 let resp = leader::write(
@@ -287,7 +446,22 @@ impl KvService {
                 )
                 .await?;
                 match resp {
-                    Resp::KvWritten { .. } => Ok(n),
+                    Resp::KvWritten { overlaps, .. } => {
+                        let overlaps = overlaps
+                            .into_iter()
+                            .map(|(i, mark)| Ok((position(i)?, mark)))
+                            .collect::<NodeResult<Vec<_>>>()?;
+                        Ok((n - overlaps.len() as u64, overlaps))
+                    }
+                    Resp::MergeFailed {
+                        index,
+                        column,
+                        reason,
+                    } => Err(NodeError::InvalidArgument(format!(
+                        "mutation {}: {}",
+                        position(index)?,
+                        table.merge_failed(column, &reason)
+                    ))),
                     Resp::NotInRegion(st) => Err(not_in_region(group.id, NotInRegion(st))),
                     other => Err(NodeError::Internal(format!(
                         "region {} answered {other:?}",
@@ -304,12 +478,17 @@ impl KvService {
                     mutations: idx.iter().map(|i| req.mutations[*i].clone()).collect(),
                     atomic: req.atomic,
                 };
-                Ok(self
+                let resp = self
                     .client(&addr)?
                     .write(forwarded(sub))
                     .await?
-                    .into_inner()
-                    .applied)
+                    .into_inner();
+                let overlaps = resp
+                    .overlaps
+                    .iter()
+                    .map(|o| Ok((position(o.index)?, o.mark)))
+                    .collect::<NodeResult<Vec<_>>>()?;
+                Ok((resp.applied, overlaps))
             }
         }
     }
@@ -609,9 +788,10 @@ impl Kv for KvService {
                     Some(mutation::Op::Delete(k)) => KvOp::Delete {
                         key: table.encode_key(k).map_err(at)?,
                     },
+                    Some(mutation::Op::Merge(m)) => table.encode_merge(m).map_err(at)?,
                     None => {
                         return Err(NodeError::InvalidArgument(format!(
-                            "mutation {i} is neither a put nor a delete"
+                            "mutation {i} is neither a put, a delete nor a merge"
                         )))
                     }
                 };
@@ -629,21 +809,35 @@ impl Kv for KvService {
                     parts.keys().collect::<Vec<_>>()
                 )));
             }
-            let applied = try_join_all(parts.into_values().map(|(g, idx, ops)| {
-                let (catalog, req) = (&catalog, &req);
+            let answers = try_join_all(parts.into_values().map(|(g, idx, ops)| {
+                let (catalog, table, req) = (&catalog, &table, &req);
                 let span = tracing::debug_span!("region_write", region = g.id, ops = ops.len());
                 async move {
-                    self.write_region(catalog, g, req, &idx, ops, fwd)
+                    self.write_region(catalog, table, g, req, &idx, ops, fwd)
                         .instrument(span)
                         .await
                 }
             }))
             .await?;
-            let applied: u64 = applied.into_iter().sum();
+            let mut applied = 0u64;
+            let mut overlaps = Vec::new();
+            for (n, o) in answers {
+                applied += n;
+                overlaps.extend(o);
+            }
+            overlaps.sort_unstable();
+            let overlaps = overlaps
+                .into_iter()
+                .map(|(i, mark)| MergeOverlap {
+                    // The request's own mutations are numbered: they are fewer than 2^32.
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    mark,
+                })
+                .collect();
             if !fwd {
                 metrics::kv_request("write", applied, started.elapsed());
             }
-            Ok(Response::new(WriteResponse { applied }))
+            Ok(Response::new(WriteResponse { applied, overlaps }))
         }
         .instrument(span)
         .await
@@ -711,6 +905,11 @@ impl Kv for KvService {
                 }
                 KvOp::Delete { key: key.clone() }
             }
+            Some(mutation::Op::Merge(_)) => {
+                return Err(
+                    invalid("compare-and-set applies a put or a delete, not a merge").into(),
+                )
+            }
             None => return Err(invalid("compare-and-set needs a put or delete to apply").into()),
         };
         let g = region_of(&catalog, table.info, &key, false)?;
@@ -728,7 +927,7 @@ impl Kv for KvService {
         let all: Vec<usize> = (0..table.schema().columns.len()).collect();
         let written = match &op {
             KvOp::Put { key, value } => Some((key.clone(), value.clone())),
-            KvOp::Delete { .. } => None,
+            KvOp::Delete { .. } | KvOp::Merge { .. } => None,
         };
         let resp = leader::write(
             &h,
@@ -759,7 +958,7 @@ impl Kv for KvService {
             })
         };
         let (succeeded, current) = match resp {
-            Resp::KvWritten { version } => (true, as_row(written.map(|(_, v)| (version, v)))?),
+            Resp::KvWritten { version, .. } => (true, as_row(written.map(|(_, v)| (version, v)))?),
             Resp::CasFailed { current } => (false, as_row(current)?),
             Resp::NotInRegion(st) => return Err(not_in_region(g.id, NotInRegion(st)).into()),
             other => {

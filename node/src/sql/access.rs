@@ -11,10 +11,10 @@ use weir_client::{Acks, Client, ClientConfig, ClientError, Partitioner, Table};
 use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
 use weir_sql::{
-    Cluster, ClusterError, ExternalTableMeta, NewRecord, NewTable, NewTopic, RecordPage,
-    RegionMeta, RowPage, TableMeta, TopicMeta, TopicRecord,
+    Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewTable, NewTopic,
+    RecordPage, RegionMeta, RowPage, SinkMerge, TableMeta, TopicMeta, TopicRecord,
 };
-use weir_storage::catalog::{Catalog, ExternalTableInfo, GroupKind, TableInfo, TopicInfo};
+use weir_storage::catalog::{Catalog, ExternalTableInfo, GroupKind, JobInfo, TableInfo, TopicInfo};
 
 use crate::groups::Registry;
 
@@ -68,6 +68,20 @@ fn meta(catalog: &Catalog, t: &TableInfo) -> TableMeta {
                 _ => None,
             })
             .collect(),
+    }
+}
+
+/// A job as the SQL layer sees it.
+pub fn job_meta(j: &JobInfo) -> JobMeta {
+    JobMeta {
+        name: j.name.clone(),
+        id: j.id,
+        definition: j.definition.clone(),
+        source: j.source.clone(),
+        sink: j.sink.clone(),
+        start_latest: j.start_latest,
+        running: j.running,
+        tasks: j.tasks.iter().map(|t| (t.node, t.epoch)).collect(),
     }
 }
 
@@ -222,6 +236,91 @@ impl Cluster for NodeCluster {
         self.client()
             .await?
             .drop_external_table(name)
+            .await
+            .map_err(to_cluster)
+    }
+
+    fn list_jobs(&self) -> Result<Vec<JobMeta>, ClusterError> {
+        Ok(self.catalog()?.jobs.values().map(job_meta).collect())
+    }
+
+    async fn create_job(&self, job: NewJob) -> Result<u64, ClusterError> {
+        self.client()
+            .await?
+            .create_job(&weir_client::NewJob {
+                name: job.name,
+                definition: job.definition,
+                source: job.source,
+                sink: job.sink,
+                start_latest: job.start_latest,
+                tasks: job.tasks,
+            })
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn drop_job(&self, name: &str) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .drop_job(name)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn set_job_running(&self, name: &str, running: bool) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .set_job_running(name, running)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn merge(
+        &self,
+        table: &str,
+        merges: Vec<SinkMerge>,
+    ) -> Result<Vec<(usize, u64)>, ClusterError> {
+        let merges = merges
+            .into_iter()
+            .map(|m| weir_client::RowMerge {
+                key: m.key,
+                source: m.source,
+                from: m.from,
+                to: m.to,
+                ops: m.ops,
+            })
+            .collect();
+        let overlaps = self
+            .handle(table)
+            .await?
+            .merge(merges)
+            .await
+            .map_err(to_cluster)?;
+        Ok(overlaps.into_iter().map(|o| (o.index, o.mark)).collect())
+    }
+
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<u32, u64>, ClusterError> {
+        self.client()
+            .await?
+            .fetch_committed(group, topic)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), ClusterError> {
+        self.client()
+            .await?
+            .commit_offsets(group, topic, &[(partition, offset)])
             .await
             .map_err(to_cluster)
     }

@@ -6,11 +6,13 @@
 //! - [`key`]: the order-preserving (memcomparable) encoding of primary keys, so RocksDB's byte order
 //!   is the key order and a range scan returns rows in key order.
 //! - [`row`]: the self-describing encoding of a row's other columns, readable without the schema.
+//! - [`merge`]: merges, the idempotent updates of a row's aggregate columns by several writers.
 //!
 //! Client and server share this module: the client encodes keys to route them to regions, the
 //! server encodes them to store them.
 
 pub mod key;
+pub mod merge;
 pub mod row;
 pub mod types;
 pub mod value;

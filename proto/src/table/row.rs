@@ -214,6 +214,24 @@ pub fn decode_cell(b: &mut &[u8]) -> Result<Value> {
     })
 }
 
+/// Encodes cells one after the other, as a stored row's value holds them.
+pub fn encode_cells(cells: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cells.len() * 9);
+    for c in cells {
+        encode_cell(c, &mut out);
+    }
+    out
+}
+
+/// Reads every cell of an encoded value (the inverse of [`encode_cells`]), without the schema.
+pub fn decode_cells(mut v: &[u8]) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    while !v.is_empty() {
+        out.push(decode_cell(&mut v)?);
+    }
+    Ok(out)
+}
+
 /// The bytes of the `n`-th cell of an encoded value (None when the row has fewer cells).
 pub fn cell_at(mut v: &[u8], n: usize) -> Result<Option<&[u8]>> {
     for i in 0..=n {
@@ -254,6 +272,10 @@ mod tests {
         encode_cell(&Value::Decimal(1999), &mut price);
         assert_eq!(cell_at(&v, 1).unwrap(), Some(&price[..]));
         assert_eq!(cell_at(&v, 4).unwrap(), None);
+        let cells = decode_cells(&v).unwrap();
+        assert_eq!(cells.len(), 4);
+        assert_eq!(cells[1], Value::Decimal(1999));
+        assert_eq!(encode_cells(&cells), v);
     }
 
     #[test]

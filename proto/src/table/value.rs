@@ -245,7 +245,8 @@ impl Value {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    /// The kind of value, for messages ("an integer", "NULL").
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Value::Null => "NULL",
             Value::Int(_) => "an integer",

@@ -1,5 +1,6 @@
-//! A region's group: applies row writes and compare-and-sets inside the region's key range, and
-//! splits (the rows from the split key on move to a new region, seeded here with its own header).
+//! A region's group: applies row writes, merges and compare-and-sets inside the region's key
+//! range, and splits (the rows from the split key on move to a new region, seeded here with its own
+//! header).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,8 @@ use crate::types::{Expect, KvCondition, KvOp};
 use crate::{encode, Engine, Request, Response, StorageError, TypeConfig};
 use openraft::alias::StoredMembershipOf;
 use openraft::vote::RaftLeaderId;
+use weir_proto::table::merge::{self, MergeError, MergeOutcome, MergeRow, MergeState, RowMerge};
+use weir_proto::table::row;
 
 /// Log index a region made by a split starts after (as TiKV's RAFT_INIT_LOG_INDEX): the new
 /// region's log is empty and everything up to it counts as applied and purged, so replicas that
@@ -96,26 +99,81 @@ impl RegionGroup {
                 return Ok(Response::CasFailed { current });
             }
         }
-        let cf = CF_DATA;
-        let st = &mut self.state;
-        for op in ops {
+        // Every change is worked out before any is written, so a merge that fails leaves nothing
+        // of the write behind. `mine` finds this write's latest change of a row in `changes`: a
+        // merge sees the ops before it, merges of the same row included.
+        let merges = ops.iter().any(|op| matches!(op, KvOp::Merge { .. }));
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>, u64)> = Vec::with_capacity(ops.len());
+        let mut mine: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        let mut overlaps = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
             let rk = region::row_key(cx.group, op.key());
-            match op {
+            let (v, bytes) = match op {
                 KvOp::Put { key, value } => {
                     let v = region::row_value(cx.index, value);
-                    st.approx_bytes += (key.len() + v.len()) as u64;
-                    cx.batch.put(cf, rk.as_slice(), v.as_slice());
-                    self.pending.insert(rk, Some(v));
+                    let n = key.len() + v.len();
+                    (Some(v), n)
                 }
-                KvOp::Delete { key } => {
-                    st.approx_bytes += key.len() as u64;
-                    cx.batch.delete(cf, rk.as_slice());
-                    self.pending.insert(rk, None);
+                KvOp::Delete { key } => (None, key.len()),
+                KvOp::Merge {
+                    key,
+                    source,
+                    from,
+                    to,
+                    ops: encoded,
+                } => {
+                    let index = u32::try_from(i).unwrap_or(u32::MAX);
+                    let current = match mine.get(&rk) {
+                        Some(&c) => changes[c].1.clone(),
+                        None => self.current_row(cx.engine, &rk)?,
+                    };
+                    let merge = MergeArgs {
+                        key,
+                        source,
+                        from: *from,
+                        to: *to,
+                        ops: encoded,
+                    };
+                    match merge_row(cx.index, current.as_deref(), &merge) {
+                        Ok(Merged::Written(v)) => {
+                            let n = key.len() + v.len();
+                            (Some(v), n)
+                        }
+                        Ok(Merged::Unchanged(None)) => continue,
+                        Ok(Merged::Unchanged(Some(mark))) => {
+                            overlaps.push((index, mark));
+                            continue;
+                        }
+                        Err((column, reason)) => {
+                            return Ok(Response::MergeFailed {
+                                index,
+                                column,
+                                reason,
+                            })
+                        }
+                    }
                 }
+            };
+            if merges {
+                mine.insert(rk.clone(), changes.len());
             }
+            changes.push((rk, v, bytes as u64));
+        }
+        let cf = CF_DATA;
+        let st = &mut self.state;
+        for (rk, v, bytes) in changes {
+            st.approx_bytes += bytes;
+            match &v {
+                Some(v) => cx.batch.put(cf, rk.as_slice(), v.as_slice()),
+                None => cx.batch.delete(cf, rk.as_slice()),
+            }
+            self.pending.insert(rk, v);
         }
         region::put_state(cx.batch, cx.group, st)?;
-        Ok(Response::KvWritten { version: cx.index })
+        Ok(Response::KvWritten {
+            version: cx.index,
+            overlaps,
+        })
     }
 
     fn split(
@@ -195,6 +253,74 @@ impl RegionGroup {
         });
         region::put_state(cx.batch, group, st)?;
         Ok(Response::Ok)
+    }
+}
+
+/// One merge of a write, as its op carries it.
+struct MergeArgs<'a> {
+    key: &'a [u8],
+    source: &'a str,
+    from: u64,
+    to: u64,
+    ops: &'a [u8],
+}
+
+/// What a merge does to its row's stored value.
+enum Merged {
+    /// The row's new stored value.
+    Written(Vec<u8>),
+    /// The row stays as it is: covered (None) or an overlap at the row's mark.
+    Unchanged(Option<u64>),
+}
+
+/// Applies a merge to the stored value `current` (None: no row) at log index `index`; a refusal
+/// is (value column at fault, reason). Every replica holds the same rows, so every replica
+/// refuses alike, even a row whose stored bytes do not decode.
+fn merge_row(
+    index: u64,
+    current: Option<&[u8]>,
+    m: &MergeArgs<'_>,
+) -> Result<Merged, (Option<u32>, String)> {
+    let whole = |reason: String| (None, reason);
+    let (ops, targets) =
+        merge::decode_ops(m.ops).map_err(|e| whole(format!("the merge's ops: {e}")))?;
+    let stored = |e: &dyn std::fmt::Display| whole(format!("the stored row does not decode: {e}"));
+    let mut row = match current {
+        Some(v) => {
+            let parts = region::split_value_with_state(v).map_err(|e| stored(&e))?;
+            let state = match parts.state {
+                Some(s) => MergeState::decode(s).map_err(|e| stored(&e))?,
+                None => MergeState::default(),
+            };
+            let cells = row::decode_cells(parts.cells).map_err(|e| stored(&e))?;
+            Some(MergeRow { state, cells })
+        }
+        None => None,
+    };
+    let merge = RowMerge {
+        key: m.key.to_vec(),
+        source: m.source.to_string(),
+        from: m.from,
+        to: m.to,
+        ops,
+    };
+    let outcome = merge.apply(&targets, &mut row).map_err(|e| match e {
+        MergeError::Column { column, reason } => (u32::try_from(column).ok(), reason),
+        MergeError::Invalid(reason) => whole(reason),
+    })?;
+    match (outcome, row) {
+        (MergeOutcome::Applied, Some(r)) => {
+            let state = r
+                .state
+                .encode()
+                .map_err(|e| whole(format!("the merge state does not encode: {e}")))?;
+            let v = region::row_value_with_state(index, &state, &row::encode_cells(&r.cells))
+                .map_err(|e| whole(e.to_string()))?;
+            Ok(Merged::Written(v))
+        }
+        (MergeOutcome::Applied, None) => Err(whole("an applied merge left no row".into())),
+        (MergeOutcome::Covered, _) => Ok(Merged::Unchanged(None)),
+        (MergeOutcome::Overlap(mark), _) => Ok(Merged::Unchanged(Some(mark))),
     }
 }
 

@@ -672,3 +672,317 @@ async fn a_group_with_its_whole_log_builds_no_snapshot_when_asked_for_the_curren
     let snap = sm.get_current_snapshot().await.unwrap().expect("built");
     assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
 }
+
+mod merges {
+    use super::*;
+    use weir_proto::table::merge::{encode_ops, MergeOp, MergeState, MergeTarget};
+    use weir_proto::table::row::encode_cells;
+    use weir_proto::table::{ColumnType, Value};
+
+    /// Value columns of the merged rows: n BIGINT, a DOUBLE (an average), hi VARCHAR (a maximum).
+    fn targets() -> Vec<MergeTarget> {
+        [ColumnType::Int64, ColumnType::Float64, ColumnType::Utf8]
+            .into_iter()
+            .map(|ty| MergeTarget { ty, nullable: true })
+            .collect()
+    }
+
+    fn merge(key: &str, source: &str, from: u64, to: u64, ops: Vec<MergeOp>) -> KvOp {
+        KvOp::Merge {
+            key: key.as_bytes().to_vec(),
+            source: source.into(),
+            from,
+            to,
+            ops: encode_ops(&ops, &targets()).unwrap(),
+        }
+    }
+
+    /// Adds `n` to the count, `avg` (one value) to the average and `hi` to the maximum.
+    fn add(key: &str, source: &str, from: u64, to: u64, n: i64, avg: f64, hi: &str) -> KvOp {
+        merge(
+            key,
+            source,
+            from,
+            to,
+            vec![
+                MergeOp::Sum(Value::Int(n)),
+                MergeOp::Avg {
+                    sum: Value::Float(avg),
+                    count: 1,
+                },
+                MergeOp::Max(Value::Str(hi.into())),
+            ],
+        )
+    }
+
+    fn cells(n: i64, avg: f64, hi: &str) -> Vec<u8> {
+        encode_cells(&[Value::Int(n), Value::Float(avg), Value::Str(hi.into())])
+    }
+
+    /// Applies one write at `index`, stores it, and returns the answer.
+    fn write(sm: &mut StateMachine, index: u64, ops: Vec<KvOp>) -> Response {
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(
+                index,
+                &Request::KvWrite {
+                    ops,
+                    condition: None,
+                },
+                &mut b,
+            )
+            .unwrap();
+        sm.engine.write_sync(b).unwrap();
+        let header = sm.header.clone();
+        sm.state.publish(&header);
+        r
+    }
+
+    fn row(engine: &Engine, group: u64, key: &str) -> Option<(u64, Vec<u8>)> {
+        region::get_rows(engine, group, &[key.as_bytes().to_vec()])
+            .unwrap()
+            .unwrap()
+            .remove(0)
+            .map(|r| (r.version, r.value))
+    }
+
+    fn state_of(engine: &Engine, group: u64, key: &str) -> Option<MergeState> {
+        let v = engine
+            .get(
+                crate::engine::CF_DATA,
+                &region::row_key(group, key.as_bytes()),
+            )
+            .unwrap()?;
+        let parts = region::split_value_with_state(&v).unwrap();
+        parts.state.map(|s| MergeState::decode(s).unwrap())
+    }
+
+    fn written(overlaps: Vec<(u32, u64)>) -> impl Fn(&Response) -> bool {
+        move |r| matches!(r, Response::KvWritten { overlaps: o, .. } if *o == overlaps)
+    }
+
+    #[tokio::test]
+    async fn merges_apply_once_per_source_range_and_stay_invisible_to_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
+
+        // A new row; within one write a second merge of the same row from another source sees
+        // the first, and a replay of the first is covered.
+        let r = write(
+            &mut sm,
+            1,
+            vec![
+                add("k1", "a", 0, 10, 5, 1.0, "m"),
+                add("k1", "b", 0, 4, 2, 2.0, "z"),
+                add("k1", "a", 3, 10, 100, 9.0, "zz"),
+            ],
+        );
+        assert!(written(vec![])(&r), "{r:?}");
+        assert_eq!(row(&engine, 7, "k1"), Some((1, cells(7, 1.5, "z"))));
+
+        // Covered, overlapping and applied merges in one write: only the overlap is reported,
+        // with the row's mark.
+        let r = write(
+            &mut sm,
+            2,
+            vec![
+                add("k1", "a", 0, 10, 1000, 0.0, "a"),
+                add("k1", "a", 5, 12, 1000, 0.0, "a"),
+                add("k1", "b", 4, 6, 1, 6.0, "a"),
+                add("k2", "a", 0, 1, 1, 1.0, "a"),
+            ],
+        );
+        assert!(written(vec![(1, 10)])(&r), "{r:?}");
+        assert_eq!(row(&engine, 7, "k1"), Some((2, cells(8, 3.0, "z"))));
+        let st = state_of(&engine, 7, "k1").unwrap();
+        assert_eq!(
+            st.marks.into_iter().collect::<Vec<_>>(),
+            vec![("a".to_string(), 10), ("b".to_string(), 6)]
+        );
+        assert_eq!(st.avgs.get(&1), Some(&(Value::Float(9.0), 3)));
+        // A write with nothing to change keeps the row's version.
+        let r = write(&mut sm, 3, vec![add("k1", "b", 0, 6, 1, 1.0, "a")]);
+        assert!(written(vec![])(&r), "{r:?}");
+        assert_eq!(row(&engine, 7, "k1").map(|r| r.0), Some(2));
+
+        // Reads see the version and cells alone: scans, and a compare-and-set on the version.
+        let page = region::scan_rows(&engine, 7, b"", b"", 10, usize::MAX, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.rows.len(), 2);
+        assert_eq!(
+            (page.rows[0].version, &page.rows[0].value),
+            (2, &cells(8, 3.0, "z"))
+        );
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(
+                4,
+                &Request::KvWrite {
+                    ops: vec![put("k1", "x")],
+                    condition: Some(crate::types::KvCondition {
+                        key: b"k1".to_vec(),
+                        expect: Expect::Version(1),
+                    }),
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            Response::CasFailed {
+                current: Some((2, cells(8, 3.0, "z")))
+            }
+        );
+
+        // A put drops the state: the same range merges again, from a fresh average.
+        let put_row = KvOp::Put {
+            key: b"k1".to_vec(),
+            value: cells(1, 50.0, "p"),
+        };
+        let r = write(
+            &mut sm,
+            5,
+            vec![put_row, add("k1", "a", 0, 10, 1, 4.0, "a")],
+        );
+        assert!(written(vec![])(&r), "{r:?}");
+        assert_eq!(row(&engine, 7, "k1"), Some((5, cells(2, 4.0, "p"))));
+        let r = write(&mut sm, 6, vec![put("k2", "")]);
+        assert!(written(vec![])(&r), "{r:?}");
+        assert_eq!(state_of(&engine, 7, "k2"), None);
+    }
+
+    #[tokio::test]
+    async fn a_merge_that_fails_writes_nothing_of_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
+        let r = write(&mut sm, 1, vec![add("k1", "a", 0, 1, i64::MAX, 1.0, "a")]);
+        assert!(written(vec![])(&r), "{r:?}");
+        let before = row(&engine, 7, "k1");
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(
+                2,
+                &Request::KvWrite {
+                    ops: vec![
+                        put("k0", "v"),
+                        add("k2", "a", 0, 1, 1, 1.0, "a"),
+                        add("k1", "a", 1, 2, 1, 1.0, "a"),
+                    ],
+                    condition: None,
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(
+            matches!(
+                &r,
+                Response::MergeFailed { index: 2, column: Some(0), reason } if reason.contains("overflows")
+            ),
+            "{r:?}"
+        );
+        assert!(b.is_empty(), "nothing written");
+        // Nor does the next entry of the same apply call see any of it.
+        let r = sm
+            .apply_one(
+                3,
+                &Request::KvWrite {
+                    ops: vec![add("k2", "a", 0, 1, 1, 1.0, "a")],
+                    condition: None,
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(written(vec![])(&r), "{r:?}");
+        sm.engine.write_sync(b).unwrap();
+        assert_eq!(row(&engine, 7, "k1"), before);
+        assert_eq!(row(&engine, 7, "k0"), None);
+        assert_eq!(row(&engine, 7, "k2"), Some((3, cells(1, 1.0, "a"))));
+        // A value of another kind than the cell is refused likewise.
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(
+                4,
+                &Request::KvWrite {
+                    ops: vec![merge(
+                        "k2",
+                        "b",
+                        0,
+                        1,
+                        vec![MergeOp::Keep, MergeOp::Keep, MergeOp::Min(Value::Int(3))],
+                    )],
+                    condition: None,
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(
+            matches!(
+                r,
+                Response::MergeFailed {
+                    index: 0,
+                    column: Some(2),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn merge_state_moves_with_its_rows_when_the_region_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
+        let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        let ops = keys
+            .iter()
+            .map(|k| add(k, "a", 0, 5, 1, 1.0, "a"))
+            .collect();
+        write(&mut sm, 1, ops);
+        apply_all(
+            &mut sm,
+            vec![entry(
+                2,
+                Request::Split {
+                    split_key: b"k5".to_vec(),
+                    child: 8,
+                    epoch: 0,
+                },
+            )],
+        )
+        .await;
+        // The parent refuses merges of keys it no longer holds; the child has the rows and their
+        // marks, so a replay is covered and the next range applies.
+        let mut b = WriteBatch::default();
+        let r = sm
+            .apply_one(
+                3,
+                &Request::KvWrite {
+                    ops: vec![add("k7", "a", 0, 5, 1, 1.0, "a")],
+                    condition: None,
+                },
+                &mut b,
+            )
+            .unwrap();
+        assert!(matches!(r, Response::NotInRegion(_)), "{r:?}");
+        let mut child = StateMachine::open(engine.clone(), 8, &region_kind(), dir.path()).unwrap();
+        let r = write(
+            &mut child,
+            6,
+            vec![
+                add("k7", "a", 0, 5, 1, 1.0, "a"),
+                add("k7", "a", 2, 8, 1, 1.0, "a"),
+                add("k8", "a", 5, 8, 1, 3.0, "b"),
+            ],
+        );
+        assert!(written(vec![(1, 5)])(&r), "{r:?}");
+        assert_eq!(row(&engine, 8, "k7"), Some((1, cells(1, 1.0, "a"))));
+        assert_eq!(row(&engine, 8, "k8"), Some((6, cells(2, 2.0, "b"))));
+        assert_eq!(row(&engine, 7, "k4"), Some((1, cells(1, 1.0, "a"))));
+        assert_eq!(state_of(&engine, 8, "k8").unwrap().marks.get("a"), Some(&8));
+    }
+}

@@ -1,0 +1,106 @@
+//! The compute actor pool of a node: watches the catalog and keeps exactly the tasks assigned to
+//! this node running, each as its own tokio task with a stop signal. A task whose job was stopped,
+//! dropped or reassigned elsewhere is told to stop (it finishes the batch it is writing) and
+//! aborted if it has not stopped shortly after.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_sql::Cluster;
+use weir_storage::catalog::Catalog;
+
+use crate::groups::Registry;
+use crate::sql::access::job_meta;
+
+/// How often the pool compares what runs with what the catalog assigns.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How long a task told to stop may take before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// One running task: its job's id and definition, and how to stop it.
+struct Running {
+    definition: String,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+/// The (job id, partition) pairs the catalog assigns to `node`, with the job they belong to.
+fn assigned(catalog: &Catalog, node: u64) -> BTreeMap<(u64, u32), weir_sql::JobMeta> {
+    let mut out = BTreeMap::new();
+    for job in catalog.jobs.values().filter(|j| j.running) {
+        for (p, t) in job.tasks.iter().enumerate() {
+            if t.node == Some(node) {
+                out.insert((job.id, p as u32), job_meta(job));
+            }
+        }
+    }
+    out
+}
+
+/// Runs this node's tasks until `shutdown` turns true.
+pub async fn compute_loop(
+    node: u64,
+    registry: Registry,
+    cluster: Arc<dyn Cluster>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut running: BTreeMap<(u64, u32), Running> = BTreeMap::new();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        let want = if *shutdown.borrow() {
+            BTreeMap::new()
+        } else {
+            match registry.catalog() {
+                Ok(c) => assigned(&c, node),
+                Err(_) => continue,
+            }
+        };
+        let gone: Vec<(u64, u32)> = running
+            .iter()
+            .filter(|(k, r)| {
+                want.get(k).is_none_or(|j| j.definition != r.definition) || r.handle.is_finished()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(r) = running.remove(&k) {
+                tracing::info!(job = k.0, partition = k.1, "stopping stream task");
+                let _ = r.stop.send(true);
+                tokio::spawn(async move {
+                    let abort = r.handle.abort_handle();
+                    if tokio::time::timeout(STOP_GRACE, r.handle).await.is_err() {
+                        abort.abort();
+                    }
+                });
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        for (k, job) in want {
+            if running.contains_key(&k) {
+                continue;
+            }
+            tracing::info!(job = %job.name, id = k.0, partition = k.1, "starting stream task");
+            let (stop, stop_rx) = watch::channel(false);
+            let definition = job.definition.clone();
+            let handle = tokio::spawn(weir_sql::job::run_task(cluster.clone(), job, k.1, stop_rx));
+            running.insert(
+                k,
+                Running {
+                    definition,
+                    stop,
+                    handle,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Stream jobs: `CREATE JOB name AS INSERT INTO table SELECT ... FROM topic [JOIN table ...]
+//! [WHERE ...] [GROUP BY ...]`, a statement that never ends.
+//!
+//! - [`statement`]: the job statements' syntax.
+//! - [`plan`]: what a job's statement means: the source topic, the sink table, the per-batch query
+//!   (DataFusion runs the stateless part: decode, join, filter, project, scalar functions) and how
+//!   its rows land in the sink (upserted, or merged into aggregates).
+//! - [`admin`]: the job statements run (create, drop, stop, start, show, describe).
+//! - [`task`]: one task, reading one partition of the source and writing the sink.
+//!
+//! # Exactly once without distributed transactions
+//!
+//! A task's progress (the offset it committed for its partition) and its writes to the sink cannot
+//! commit together: they live in different Raft groups. What makes replaying input after a crash
+//! harmless is that every write says which input it reflects.
+//!
+//! - **Aggregates** (`GROUP BY`): each sink row keeps, beside its cells and invisible to SQL, the
+//!   offset each source partition's contributions reached (`marks`, in the row's merge state). A
+//!   task adds the records of offsets `[from, to)` to a row with one merge, applied atomically by
+//!   the row's region: if the row's mark `M` for this partition is at or past `to`, the merge is a
+//!   no-op; if it is at or before `from`, it applies and the mark becomes `to`; if `from < M < to`
+//!   the region refuses and answers `M`, and the task re-aggregates that key's records from `M`
+//!   and merges again. A task applies its batches in offset order and moves on only when every
+//!   merge of a batch was applied or found covered, so for every key, all records below the
+//!   task's position are in the row exactly once. Replay after a crash restarts from the
+//!   committed offset, at or below every mark, and however the batches are now cut the rule skips
+//!   what was taken and adds the rest. The same holds with two instances of a task running at once
+//!   (the old one not yet stopped after a reassignment): each merge is atomic on its row and the
+//!   marks only grow, so whichever instance lands a range first, the other skips it.
+//! - **Plain inserts** (no `GROUP BY`): each output row is written by its primary key, replacing
+//!   what is there; replaying a range writes the same rows again, so after the replay the sink holds
+//!   what it held before the crash plus the rest.
+//!
+//! The invariant the tests check: the sink equals the same `SELECT` run as a batch over the
+//! records the job consumed.
+
+pub mod admin;
+pub mod plan;
+pub mod statement;
+pub mod task;
+
+pub use plan::JobPlan;
+pub use task::run_task;

@@ -1,0 +1,697 @@
+//! What a job's statement means, worked out once when the job is created (to refuse what cannot
+//! run) and again by each task when it starts.
+//!
+//! `INSERT INTO sink [(cols)] SELECT ... FROM topic [JOIN table ...] [WHERE ...] [GROUP BY ...]`
+//! splits into a per-batch query, which DataFusion runs over each batch of decoded records (the
+//! stateless part: joins with tables, filters, projections, scalar functions), and what becomes of
+//! its rows:
+//!
+//! - without aggregates, each row is a sink row, written by its primary key;
+//! - with `GROUP BY` (or aggregate calls), each select item must be a group key or one aggregate
+//!   call (`count`, `sum`, `min`, `max`, `avg`), the group keys must be exactly the sink's primary
+//!   key, and the per-batch query yields, per record, the key values, each aggregate's argument and
+//!   the record's offset; the task folds them per key and merges them into the sink rows.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::compute::can_cast_types;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemoryCatalogProvider, SchemaProvider, Session};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{Expr as DfExpr, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
+    SelectItem, SetExpr, Statement as Sql, TableFactor, TableObject,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use weir_proto::table::{Column, ColumnType, TableSchema};
+
+use crate::catalog::ClusterSchema;
+use crate::cluster::{Cluster, ClusterError, TableMeta, TopicMeta};
+use crate::engine::{CATALOG, SCHEMA};
+use crate::job::statement::{parse_job_statement, JobStatement};
+use crate::topic::{topic_columns, OFFSET_COLUMN};
+use crate::types::{arrow_schema, arrow_type};
+
+/// The aggregate functions a job keeps incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggKind {
+    /// `count(*)` or `count(x)` (the per-batch query yields 1 or 0 per record).
+    Count,
+    /// `sum(x)`.
+    Sum,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `avg(x)` (a hidden sum and count per row; the cell shows their quotient).
+    Avg,
+}
+
+/// One aggregate column of the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agg {
+    /// What it computes.
+    pub kind: AggKind,
+    /// The sink column it lands in.
+    pub column: usize,
+}
+
+/// How the per-batch query's rows land in the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// Output column `i` is sink column `targets[i]`; the rest of the sink's columns are NULL.
+    Upsert {
+        /// Sink column of each output column.
+        targets: Vec<usize>,
+    },
+    /// Outputs are the key columns (sink columns `keys`), then one argument per aggregate, then
+    /// the record's offset.
+    Aggregate {
+        /// Sink column of each key output.
+        keys: Vec<usize>,
+        /// The aggregates, in output order after the keys.
+        aggs: Vec<Agg>,
+    },
+}
+
+/// A job's statement, planned: the per-batch query over its source and what its rows become.
+pub struct JobPlan {
+    /// The topic read.
+    pub source: TopicMeta,
+    /// The table written.
+    pub sink: TableMeta,
+    /// How rows land in the sink.
+    pub shape: Shape,
+    /// The per-batch query's output columns, typed as the task reads them.
+    pub out_columns: Vec<Column>,
+    /// Columns of the decoded records (the topic's, then its metadata columns).
+    pub source_columns: Vec<Column>,
+    /// Arrow schema of the decoded records.
+    pub source_schema: SchemaRef,
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    batch: Arc<BatchSource>,
+}
+
+impl std::fmt::Debug for JobPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobPlan")
+            .field("source", &self.source.name)
+            .field("sink", &self.sink.name)
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
+fn plan_err(m: impl Into<String>) -> DataFusionError {
+    DataFusionError::Plan(m.into())
+}
+
+fn cluster_error(e: ClusterError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// A name as SQL resolves it: unquoted identifiers fold to lower case.
+fn ident_name(i: &Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    }
+}
+
+fn object_name(n: &ObjectName) -> Result<String> {
+    n.0.last()
+        .and_then(|p| p.as_ident())
+        .map(ident_name)
+        .ok_or_else(|| plan_err(format!("'{n}' is not a table name")))
+}
+
+fn parse_expr(sql: &str) -> Result<Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| plan_err(e.to_string()))
+}
+
+/// The aggregate an expression calls, with its argument (none: `count(*)`), if it is one whole
+/// aggregate call.
+fn as_aggregate(e: &Expr) -> Result<Option<(AggKind, Option<Expr>)>> {
+    let Expr::Function(f) = e else {
+        return Ok(None);
+    };
+    let name = object_name(&f.name)?;
+    let kind = match name.as_str() {
+        "count" => AggKind::Count,
+        "sum" => AggKind::Sum,
+        "min" => AggKind::Min,
+        "max" => AggKind::Max,
+        "avg" | "mean" => AggKind::Avg,
+        _ => return Ok(None),
+    };
+    if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
+        return Err(plan_err(format!(
+            "{e}: a stream job keeps plain aggregates; OVER, FILTER and WITHIN GROUP are not kept"
+        )));
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(plan_err(format!("{e}: expected one argument")));
+    };
+    if list.duplicate_treatment.is_some() {
+        return Err(plan_err(format!(
+            "{e}: a stream job cannot keep a DISTINCT aggregate yet; keep the distinct values as \
+             the key of a table instead"
+        )));
+    }
+    match list.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] if kind == AggKind::Count => {
+            Ok(Some((kind, None)))
+        }
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] => Ok(Some((kind, Some(a.clone())))),
+        _ => Err(plan_err(format!("{e}: expected one argument"))),
+    }
+}
+
+impl JobPlan {
+    /// Plans the job statement `definition` (`INSERT INTO ... SELECT ...`) against the cluster's
+    /// catalog; an error says what does not fit.
+    pub async fn new(cluster: Arc<dyn Cluster>, definition: &str) -> Result<JobPlan> {
+        let sql = format!("CREATE JOB j AS {definition}");
+        let JobStatement::Create { body, .. } = parse_job_statement(&sql)? else {
+            return Err(plan_err("not a job statement"));
+        };
+        JobPlan::from_insert(cluster, &body).await
+    }
+
+    /// Plans a parsed `INSERT INTO ... SELECT ...`.
+    pub async fn from_insert(cluster: Arc<dyn Cluster>, insert: &Sql) -> Result<JobPlan> {
+        let Sql::Insert(ins) = insert else {
+            return Err(plan_err("a job runs INSERT INTO table SELECT ..."));
+        };
+        let TableObject::TableName(sink_name) = &ins.table else {
+            return Err(plan_err("a job inserts into a table named by its name"));
+        };
+        let sink_name = object_name(sink_name)?;
+        let sink = match cluster.table(&sink_name).map_err(cluster_error)? {
+            Some(t) => t,
+            None if cluster.topic(&sink_name).map_err(cluster_error)?.is_some() => {
+                return Err(plan_err(format!(
+                    "'{sink_name}' is a topic; a job writes into a table"
+                )))
+            }
+            None => return Err(plan_err(format!("table '{sink_name}' does not exist"))),
+        };
+        let Some(query) = &ins.source else {
+            return Err(plan_err("a job inserts the rows of a SELECT"));
+        };
+        let select = plain_select(query)?;
+        let (source, qualifier) = find_source(&cluster, select)?;
+        let schema = &sink.schema;
+        let targets: Vec<usize> = if ins.columns.is_empty() {
+            (0..schema.columns.len()).collect()
+        } else {
+            ins.columns
+                .iter()
+                .map(|c| {
+                    let name = object_name(c)?;
+                    schema
+                        .columns
+                        .iter()
+                        .position(|col| col.name == name)
+                        .ok_or_else(|| {
+                            plan_err(format!("table '{}' has no column '{name}'", sink.name))
+                        })
+                })
+                .collect::<Result<_>>()?
+        };
+        if targets.iter().collect::<BTreeSet<_>>().len() != targets.len() {
+            return Err(plan_err("a column is named twice in the INSERT"));
+        }
+        for (i, col) in schema.columns.iter().enumerate() {
+            if !targets.contains(&i) && (!col.nullable || schema.primary_key.contains(&i)) {
+                return Err(plan_err(format!(
+                    "the job does not write column '{}' of '{}', which cannot be NULL",
+                    col.name, sink.name
+                )));
+            }
+        }
+        let aggregating = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty())
+            || select.projection.iter().any(|item| match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    matches!(as_aggregate(e), Ok(Some(_)) | Err(_))
+                }
+                _ => false,
+            });
+        let (per_batch, shape, out_columns) = if aggregating {
+            aggregate_query(query, select, &qualifier, schema, &targets, &sink.name)?
+        } else {
+            let out = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
+            (query.to_string(), Shape::Upsert { targets }, out)
+        };
+        let source_columns = topic_columns(&source);
+        let source_schema = arrow_schema(&TableSchema {
+            columns: source_columns.clone(),
+            primary_key: Vec::new(),
+        });
+        let batch = Arc::new(BatchSource {
+            schema: source_schema.clone(),
+            batch: Mutex::new(None),
+        });
+        let ctx = job_context(cluster.clone(), &source.name, batch.clone())?;
+        let plan = ctx
+            .state()
+            .create_logical_plan(&per_batch)
+            .await
+            .map_err(|e| plan_err(format!("{e}")))?;
+        let mut stateful = None;
+        plan.apply(|n| {
+            if matches!(
+                n,
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
+            ) {
+                stateful = Some(n.display().to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if let Some(node) = stateful {
+            return Err(plan_err(format!(
+                "a stream job keeps aggregates only as whole select items with GROUP BY the sink's \
+                 key (this statement needs {node})"
+            )));
+        }
+        let fields = plan.schema().fields();
+        if fields.len() != out_columns.len() {
+            return Err(plan_err(format!(
+                "the SELECT gives {} columns, the job writes {} columns of '{}'",
+                fields.len(),
+                out_columns.len(),
+                sink.name
+            )));
+        }
+        for (f, c) in fields.iter().zip(&out_columns) {
+            if !can_cast_types(f.data_type(), &arrow_type(c.ty)) {
+                return Err(plan_err(format!(
+                    "column '{}' is {}, which cannot be written as {} ({})",
+                    f.name(),
+                    f.data_type(),
+                    c.ty,
+                    c.name
+                )));
+            }
+        }
+        Ok(JobPlan {
+            source,
+            sink,
+            shape,
+            out_columns,
+            source_columns,
+            source_schema,
+            ctx,
+            plan,
+            batch,
+        })
+    }
+
+    /// Runs the per-batch query over one batch of decoded records.
+    pub async fn run(&self, records: RecordBatch) -> Result<Vec<RecordBatch>> {
+        *self.batch.batch.lock().unwrap_or_else(|p| p.into_inner()) = Some(records);
+        let out = DataFrame::new(self.ctx.state(), self.plan.clone())
+            .collect()
+            .await;
+        *self.batch.batch.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        out
+    }
+}
+
+/// The column as an output of the per-batch query: its type, NULL allowed (the sink checks).
+fn loose(c: &Column) -> Column {
+    Column {
+        name: c.name.clone(),
+        ty: c.ty,
+        nullable: true,
+    }
+}
+
+/// The query's single `SELECT`, refusing what a never-ending query cannot mean.
+fn plain_select(query: &Query) -> Result<&datafusion::sql::sqlparser::ast::Select> {
+    if query.with.is_some() {
+        return Err(plan_err("a job's SELECT cannot have WITH"));
+    }
+    if query.order_by.is_some() || query.limit_clause.is_some() || query.fetch.is_some() {
+        return Err(plan_err(
+            "a job's SELECT never ends, so ORDER BY, LIMIT and FETCH have no meaning in it",
+        ));
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(plan_err(
+            "a job's SELECT must be one SELECT (no UNION, VALUES or parentheses)",
+        ));
+    };
+    if select.distinct.is_some() || select.having.is_some() {
+        return Err(plan_err(
+            "a job's SELECT cannot have DISTINCT or HAVING (keep the aggregate and filter it \
+             when you query the sink)",
+        ));
+    }
+    Ok(select)
+}
+
+/// The one topic the SELECT reads, and the name its columns are qualified by.
+fn find_source(
+    cluster: &Arc<dyn Cluster>,
+    select: &datafusion::sql::sqlparser::ast::Select,
+) -> Result<(TopicMeta, String)> {
+    let mut topics = Vec::new();
+    for twj in &select.from {
+        for rel in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            let TableFactor::Table { name, alias, .. } = rel else {
+                return Err(plan_err(format!(
+                    "a job reads topics and tables by name, not {rel}"
+                )));
+            };
+            let n = object_name(name)?;
+            if let Some(t) = cluster.topic(&n).map_err(cluster_error)? {
+                let qualifier = match alias {
+                    Some(a) => a.name.to_string(),
+                    None => name.to_string(),
+                };
+                topics.push((t, qualifier));
+            }
+        }
+    }
+    let mut topics = topics.into_iter();
+    let (Some(source), None) = (topics.next(), topics.next()) else {
+        return Err(plan_err(
+            "a job reads exactly one topic (joined with any number of tables)",
+        ));
+    };
+    if source.0.format.is_none() {
+        return Err(plan_err(format!(
+            "topic '{}' has no format or columns, so its records cannot be read as rows; \
+             create it with columns and a format",
+            source.0.name
+        )));
+    }
+    Ok(source)
+}
+
+/// The per-batch query of a `GROUP BY` job: keys, aggregate arguments, and the offset, per record.
+fn aggregate_query(
+    query: &Query,
+    select: &datafusion::sql::sqlparser::ast::Select,
+    qualifier: &str,
+    schema: &TableSchema,
+    targets: &[usize],
+    sink: &str,
+) -> Result<(String, Shape, Vec<Column>)> {
+    let GroupByExpr::Expressions(group_exprs, modifiers) = &select.group_by else {
+        return Err(plan_err("GROUP BY ALL is not supported in a job"));
+    };
+    if !modifiers.is_empty() {
+        return Err(plan_err(
+            "ROLLUP, CUBE and GROUPING SETS are not supported in a job",
+        ));
+    }
+    if select.projection.len() != targets.len() {
+        return Err(plan_err(format!(
+            "the SELECT gives {} columns, the job writes {} columns of '{sink}'",
+            select.projection.len(),
+            targets.len()
+        )));
+    }
+    let mut keys: Vec<(usize, Expr)> = Vec::new();
+    let mut aggs: Vec<(Agg, Option<Expr>)> = Vec::new();
+    let mut aliases: HashMap<String, usize> = HashMap::new();
+    for (i, item) in select.projection.iter().enumerate() {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+            other => {
+                return Err(plan_err(format!(
+                    "{other}: a job with GROUP BY names each column it keeps"
+                )))
+            }
+        };
+        let column = targets[i];
+        match as_aggregate(expr)? {
+            Some((kind, arg)) => {
+                if schema.primary_key.contains(&column) {
+                    return Err(plan_err(format!(
+                        "{expr} lands in '{}', a key column of '{sink}'; the key must be the GROUP BY",
+                        schema.columns[column].name
+                    )));
+                }
+                aggs.push((Agg { kind, column }, arg));
+            }
+            None => {
+                if let Some(a) = alias {
+                    aliases.insert(ident_name(a), keys.len());
+                }
+                keys.push((column, expr.clone()));
+            }
+        }
+    }
+    // Every GROUP BY expression must be a selected key, and every selected key grouped by.
+    let mut grouped = vec![false; keys.len()];
+    for g in group_exprs {
+        let hit = match g {
+            Expr::Value(v) => v
+                .value
+                .to_string()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|n| {
+                    let item_column = targets.get(n)?;
+                    keys.iter().position(|(c, _)| c == item_column)
+                }),
+            Expr::Identifier(i) => aliases.get(&ident_name(i)).copied().or_else(|| {
+                keys.iter()
+                    .position(|(_, e)| e.to_string() == g.to_string())
+            }),
+            _ => keys
+                .iter()
+                .position(|(_, e)| e.to_string() == g.to_string()),
+        };
+        match hit {
+            Some(k) => grouped[k] = true,
+            None => {
+                return Err(plan_err(format!(
+                    "GROUP BY {g}: each group key must also be selected into the sink's key"
+                )))
+            }
+        }
+    }
+    if let Some(k) = grouped.iter().position(|g| !g) {
+        return Err(plan_err(format!(
+            "{} is selected but not in the GROUP BY",
+            keys[k].1
+        )));
+    }
+    let key_columns: BTreeSet<usize> = keys.iter().map(|(c, _)| *c).collect();
+    let pk: BTreeSet<usize> = schema.primary_key.iter().copied().collect();
+    if key_columns != pk {
+        let names = |s: &BTreeSet<usize>| {
+            s.iter()
+                .map(|c| schema.columns[*c].name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(plan_err(format!(
+            "the GROUP BY keys land in ({}), but the primary key of '{sink}' is ({}); a job \
+             keeps one row per group, so they must be the same",
+            names(&key_columns),
+            names(&pk)
+        )));
+    }
+    let mut projection = Vec::new();
+    let mut out = Vec::new();
+    for (i, (column, e)) in keys.iter().enumerate() {
+        projection.push(SelectItem::ExprWithAlias {
+            expr: e.clone(),
+            alias: Ident::new(format!("__k{i}")),
+        });
+        out.push(loose(&schema.columns[*column]));
+    }
+    for (i, (agg, arg)) in aggs.iter().enumerate() {
+        let col = &schema.columns[agg.column];
+        let numeric = matches!(
+            col.ty,
+            ColumnType::Int8
+                | ColumnType::Int16
+                | ColumnType::Int32
+                | ColumnType::Int64
+                | ColumnType::UInt64
+                | ColumnType::Float32
+                | ColumnType::Float64
+                | ColumnType::Decimal { .. }
+        );
+        let (expr, ty) = match (agg.kind, arg) {
+            (AggKind::Count, None) => (parse_expr("1")?, ColumnType::Int64),
+            (AggKind::Count, Some(a)) => (
+                parse_expr(&format!("({a}) IS NOT NULL"))?,
+                ColumnType::Int64,
+            ),
+            (AggKind::Avg, Some(a)) => match col.ty {
+                ColumnType::Float32 | ColumnType::Float64 => (a.clone(), ColumnType::Float64),
+                ColumnType::Decimal { .. } => (a.clone(), col.ty),
+                other => {
+                    return Err(plan_err(format!(
+                        "avg lands in '{}', which is {other}; an average is DOUBLE or DECIMAL",
+                        col.name
+                    )))
+                }
+            },
+            (AggKind::Sum, Some(_)) if !numeric => {
+                return Err(plan_err(format!(
+                    "sum lands in '{}', which is {}; a sum is a number",
+                    col.name, col.ty
+                )))
+            }
+            (_, Some(a)) => (a.clone(), col.ty),
+            (_, None) => return Err(plan_err("only count takes *")),
+        };
+        if agg.kind == AggKind::Count
+            && !matches!(
+                col.ty,
+                ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt64
+            )
+        {
+            return Err(plan_err(format!(
+                "count lands in '{}', which is {}; a count is BIGINT",
+                col.name, col.ty
+            )));
+        }
+        projection.push(SelectItem::ExprWithAlias {
+            expr,
+            alias: Ident::new(format!("__a{i}")),
+        });
+        out.push(Column {
+            name: format!("__a{i}"),
+            ty,
+            nullable: true,
+        });
+    }
+    projection.push(SelectItem::ExprWithAlias {
+        expr: parse_expr(&format!("{qualifier}.{OFFSET_COLUMN}"))?,
+        alias: Ident::new("__offset"),
+    });
+    out.push(Column {
+        name: "__offset".into(),
+        ty: ColumnType::Int64,
+        nullable: false,
+    });
+    let mut per_batch = query.clone();
+    if let SetExpr::Select(s) = per_batch.body.as_mut() {
+        s.projection = projection;
+        s.group_by = GroupByExpr::Expressions(Vec::new(), Vec::new());
+    }
+    let shape = Shape::Aggregate {
+        keys: keys.iter().map(|(c, _)| *c).collect(),
+        aggs: aggs.into_iter().map(|(a, _)| a).collect(),
+    };
+    Ok((per_batch.to_string(), shape, out))
+}
+
+/// The session a task plans and runs its per-batch query in: the cluster's tables and topics,
+/// with the source topic's name standing for the batch at hand.
+fn job_context(
+    cluster: Arc<dyn Cluster>,
+    source: &str,
+    batch: Arc<BatchSource>,
+) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG, SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_target_partitions(1);
+    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    let ctx = SessionContext::new_with_config(config);
+    for f in crate::functions::all() {
+        ctx.register_udf(f);
+    }
+    let schema = JobSchema {
+        source: source.to_string(),
+        batch,
+        cluster: ClusterSchema::new(cluster),
+    };
+    let catalog = MemoryCatalogProvider::new();
+    datafusion::catalog::CatalogProvider::register_schema(&catalog, SCHEMA, Arc::new(schema))?;
+    ctx.register_catalog(CATALOG, Arc::new(catalog));
+    Ok(ctx)
+}
+
+/// The cluster's schema, with the source topic replaced by the batch a task is processing.
+#[derive(Debug)]
+struct JobSchema {
+    source: String,
+    batch: Arc<BatchSource>,
+    cluster: ClusterSchema,
+}
+
+#[async_trait]
+impl SchemaProvider for JobSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.cluster.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name == self.source {
+            return Ok(Some(self.batch.clone()));
+        }
+        self.cluster.table(name).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == self.source || self.cluster.table_exist(name)
+    }
+}
+
+/// The records of the batch a task is processing, as a table.
+#[derive(Debug)]
+struct BatchSource {
+    schema: SchemaRef,
+    batch: Mutex<Option<RecordBatch>>,
+}
+
+#[async_trait]
+impl TableProvider for BatchSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[DfExpr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches: Vec<RecordBatch> = self
+            .batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
