@@ -80,6 +80,8 @@ pub struct TopicMeta {
     pub name: String,
     /// How many partitions it has.
     pub partitions: u32,
+    /// Replicas of each partition.
+    pub replicas: u32,
     /// How its records read as rows; none: as bytes.
     pub format: Option<TopicFormat>,
 }

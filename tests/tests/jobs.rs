@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use weir_client::{Client, SqlEvent};
+use weir_client::{Client, Producer, ProducerConfig, SqlEvent};
 use weir_tests::{wait_until, InProcessCluster};
 
 /// The rows of the last statement of `sql`, as text lines without the table frame.
@@ -169,10 +169,44 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
             .any(|l| l.starts_with("cleaner|true|trans|clean|3|")),
         "{shown:?}"
     );
-    // Records produced while the jobs run.
+    // Records produced while the jobs run, among them some that are not JSON rows of the topic:
+    // they go to the dead-letter topic with the reason, and the jobs go on.
+    let producer = Producer::new(client.clone(), "trans", ProducerConfig::default())
+        .await
+        .expect("producer");
+    for (i, bad) in ["not json", "{\"trans_id\": \"x\"}", "{\"amount\": 1}"]
+        .iter()
+        .enumerate()
+    {
+        drop(
+            producer
+                .send_to(i as u32, None, bad.as_bytes(), None)
+                .await
+                .expect("send"),
+        );
+    }
+    producer.flush().await.expect("flush");
     exec(&other, &produce(1501, 3000)).await;
     wait_equal(&client, "trend", SINK, BATCH, 10).await;
     wait_equal(&client, "cleaner", CLEAN_SINK, CLEAN_BATCH, 2000).await;
+
+    // Each job sent the three bad records (no replay happened here, so once each).
+    let letters = wait_until("dead letters", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let l = rows(
+                &client,
+                "SELECT job, source_partition, reason FROM \"trans.dlq\" ORDER BY job, source_partition",
+            )
+            .await
+            .ok()?;
+            (l.len() >= 6).then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(letters.len(), 6, "{letters:?}");
+    assert!(letters[0].starts_with("cleaner|0|"), "{letters:?}");
+    assert!(letters[5].starts_with("trend|2|"), "{letters:?}");
 
     // Stopped, the job keeps its place; started again, it catches up from there.
     exec(&client, "STOP JOB trend").await;

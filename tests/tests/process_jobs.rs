@@ -119,15 +119,19 @@ async fn a_group_by_job_is_exact_after_a_kill_and_a_sink_split() {
             cluster.kill(victim);
             killed = true;
             // Its tasks move to the live nodes once it is missed.
-            wait_until("tasks moved off the killed node", Duration::from_secs(120), || {
-                let producer = producer.clone();
-                async move {
-                    let shown = rows(&producer, "SHOW JOBS").await.ok()?;
-                    let field = shown.first()?.split('|').nth(5)?.to_string();
-                    let moved = field.split(',').all(|n| n != busiest.to_string());
-                    moved.then_some(())
-                }
-            })
+            wait_until(
+                "tasks moved off the killed node",
+                Duration::from_secs(120),
+                || {
+                    let producer = producer.clone();
+                    async move {
+                        let shown = rows(&producer, "SHOW JOBS").await.ok()?;
+                        let field = shown.first()?.split('|').nth(5)?.to_string();
+                        let moved = field.split(',').all(|n| n != busiest.to_string());
+                        moved.then_some(())
+                    }
+                },
+            )
             .await;
         }
         if killed && from > 2 * RECORDS / 3 && !cluster.nodes[victim].is_running() {

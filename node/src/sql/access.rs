@@ -95,6 +95,7 @@ fn external_meta(t: &ExternalTableInfo) -> ExternalTableMeta {
 fn topic_meta(t: &TopicInfo) -> TopicMeta {
     TopicMeta {
         name: t.name.clone(),
+        replicas: t.replicas,
         partitions: t.groups.len() as u32,
         format: t.format.clone(),
     }

@@ -49,6 +49,9 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
             body,
         } => {
             let plan = JobPlan::from_insert(cluster.clone(), &body).await?;
+            crate::job::dead_letter::ensure(cluster.as_ref(), &plan.source)
+                .await
+                .map_err(cluster_error)?;
             cluster
                 .create_job(NewJob {
                     name,

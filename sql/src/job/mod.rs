@@ -6,6 +6,7 @@
 //!   (DataFusion runs the stateless part: decode, join, filter, project, scalar functions) and how
 //!   its rows land in the sink (upserted, or merged into aggregates).
 //! - [`admin`]: the job statements run (create, drop, stop, start, show, describe).
+//! - [`dead_letter`]: records that do not decode, kept in `<topic>.dlq` with the reason.
 //! - [`task`]: one task, reading one partition of the source and writing the sink.
 //!
 //! # Exactly once without distributed transactions
@@ -35,6 +36,7 @@
 //! records the job consumed.
 
 pub mod admin;
+pub mod dead_letter;
 pub mod plan;
 pub mod statement;
 pub mod task;

@@ -16,6 +16,7 @@ use weir_proto::table::merge::MergeOp;
 use weir_proto::table::{ColumnType, Value};
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TopicRecord};
+use crate::job::dead_letter::{self, DeadLetter};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
 use crate::topic::decode_record;
 use crate::types::{batch_to_rows, rows_to_batch};
@@ -167,18 +168,23 @@ async fn process(
     to: u64,
 ) -> Result<()> {
     let mut rows = Vec::with_capacity(records.len());
-    let mut failed = 0u64;
+    let mut letters = Vec::new();
     for r in records {
         match decode_record(&plan.source, partition, r) {
             Ok(row) => rows.push(row),
-            Err(reason) => {
-                if failed == 0 {
-                    tracing::warn!(job = %job.name, partition, offset = r.offset, %reason,
-                        "record does not decode; skipped");
-                }
-                failed += 1;
-            }
+            Err(reason) => letters.push(DeadLetter {
+                offset: r.offset,
+                reason,
+                record: String::from_utf8_lossy(&r.value).into_owned(),
+            }),
         }
+    }
+    if let Some(first) = letters.first() {
+        tracing::warn!(job = %job.name, partition, records = letters.len(), offset = first.offset,
+            reason = %first.reason, "records do not decode; sent to the dead-letter topic");
+        dead_letter::send(cluster.as_ref(), &job.name, &job.source, partition, letters)
+            .await
+            .map_err(cluster_error)?;
     }
     let batch = rows_to_batch(&plan.source_schema, &plan.source_columns, &rows)?;
     let mut out = Vec::new();
