@@ -239,3 +239,238 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     exec(&client, "DROP JOB cleaner; DROP TABLE by_district").await;
     cluster.shutdown().await;
 }
+
+/// A deterministic generator (xorshift), so the test's input is the same on every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn age_level(age: i64) -> &'static str {
+    if age < 30 {
+        "under 30"
+    } else if age < 50 {
+        "30 to 49"
+    } else {
+        "50 and over"
+    }
+}
+
+/// Parses `a|b|c` lines into fields.
+fn fields(lines: &[String]) -> Vec<Vec<String>> {
+    lines
+        .iter()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+}
+
+/// Seed 001 (berka): transactions streamed into topic `trans` while jobs join them with the
+/// dimension tables and keep `monthly_trend`, `yearly_trend` and `trans_by_age_gender`; the three
+/// tables are compared with the same aggregates computed here in Rust from the generated input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_001_berka_trends_equal_an_independent_computation() {
+    use std::collections::BTreeMap;
+
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TABLE district (district_id INT, a2 VARCHAR, a3 VARCHAR, PRIMARY KEY (district_id));
+         CREATE TABLE account (account_id BIGINT, district_id INT, frequency VARCHAR, PRIMARY KEY (account_id));
+         CREATE TABLE client (client_id BIGINT, gender VARCHAR, birth_date DATE, district_id INT, PRIMARY KEY (client_id));
+         CREATE TABLE disp (disp_id BIGINT, client_id BIGINT, account_id BIGINT, type VARCHAR, PRIMARY KEY (disp_id));
+         CREATE TOPIC trans (trans_id BIGINT NOT NULL, account_id BIGINT NOT NULL, date DATE,
+           type VARCHAR, operation VARCHAR, amount DOUBLE, balance DOUBLE, k_symbol VARCHAR)
+           WITH (partitions = 4, replicas = 3, format = 'json');
+         CREATE TABLE monthly_trend (transaction_month INT, transaction_count BIGINT,
+           transaction_amount DOUBLE, PRIMARY KEY (transaction_month));
+         CREATE TABLE yearly_trend (transaction_year INT, transaction_count BIGINT,
+           transaction_amount DOUBLE, PRIMARY KEY (transaction_year));
+         CREATE TABLE trans_by_age_gender (age_level VARCHAR, gender VARCHAR,
+           avg_transactions DOUBLE, PRIMARY KEY (age_level, gender))",
+    )
+    .await;
+
+    let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+    let districts: Vec<String> = (1..=8)
+        .map(|d| format!("({d}, 'district {d}', 'region {}')", d % 3))
+        .collect();
+    exec(
+        &client,
+        &format!("INSERT INTO district VALUES {}", districts.join(", ")),
+    )
+    .await;
+    let accounts = 50i64;
+    let mut account_district = BTreeMap::new();
+    let mut values = Vec::new();
+    for a in 1..=accounts {
+        let d = 1 + g.next(8) as i64;
+        account_district.insert(a, d);
+        values.push(format!("({a}, {d}, 'POPLATEK MESICNE')"));
+    }
+    exec(
+        &client,
+        &format!("INSERT INTO account VALUES {}", values.join(", ")),
+    )
+    .await;
+    // One owner per account, some accounts with a second (disponent) client.
+    let mut owner = BTreeMap::new(); // account -> (gender, birth year)
+    let (mut clients, mut disps) = (Vec::new(), Vec::new());
+    let mut client_id = 0i64;
+    for a in 1..=accounts {
+        for kind in ["OWNER", "DISPONENT"] {
+            if kind == "DISPONENT" && g.next(3) != 0 {
+                continue;
+            }
+            client_id += 1;
+            let gender = if g.next(2) == 0 { "F" } else { "M" };
+            let year = 1930 + g.next(50) as i64;
+            let (m, d) = (1 + g.next(12) as i64, 1 + g.next(28) as i64);
+            clients.push(format!(
+                "({client_id}, '{gender}', DATE '{year}-{m:02}-{d:02}', {})",
+                1 + g.next(8)
+            ));
+            disps.push(format!("({client_id}, {client_id}, {a}, '{kind}')"));
+            if kind == "OWNER" {
+                owner.insert(a, (gender, year));
+            }
+        }
+    }
+    exec(
+        &client,
+        &format!("INSERT INTO client VALUES {}", clients.join(", ")),
+    )
+    .await;
+    exec(
+        &client,
+        &format!("INSERT INTO disp VALUES {}", disps.join(", ")),
+    )
+    .await;
+
+    exec(
+        &client,
+        "CREATE JOB monthly AS INSERT INTO monthly_trend
+           SELECT CAST(date_part('month', t.date) AS INT), count(*), sum(t.amount)
+           FROM trans t JOIN account a ON t.account_id = a.account_id
+             JOIN district d ON a.district_id = d.district_id
+           GROUP BY CAST(date_part('month', t.date) AS INT);
+         CREATE JOB yearly AS INSERT INTO yearly_trend
+           SELECT CAST(date_part('year', t.date) AS INT), count(*), sum(t.amount)
+           FROM trans t JOIN account a ON t.account_id = a.account_id
+             JOIN district d ON a.district_id = d.district_id
+           GROUP BY CAST(date_part('year', t.date) AS INT);
+         CREATE JOB by_age_gender AS INSERT INTO trans_by_age_gender
+           SELECT CASE WHEN date_part('year', t.date) - date_part('year', c.birth_date) < 30 THEN 'under 30'
+                       WHEN date_part('year', t.date) - date_part('year', c.birth_date) < 50 THEN '30 to 49'
+                       ELSE '50 and over' END AS age_level,
+                  c.gender, avg(t.amount)
+           FROM trans t JOIN disp dp ON t.account_id = dp.account_id
+             JOIN client c ON dp.client_id = c.client_id
+           WHERE dp.type = 'OWNER'
+           GROUP BY 1, 2",
+    )
+    .await;
+
+    // The producer replays transactions in bursts while the jobs run.
+    let mut monthly: BTreeMap<i64, (i64, f64)> = BTreeMap::new();
+    let mut yearly: BTreeMap<i64, (i64, f64)> = BTreeMap::new();
+    let mut by_age: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
+    let mut trans_id = 0i64;
+    for _burst in 0..6 {
+        let mut values = Vec::new();
+        for _ in 0..500 {
+            trans_id += 1;
+            let account = 1 + g.next(accounts as u64) as i64;
+            let (y, m, d) = (
+                1993 + g.next(6) as i64,
+                1 + g.next(12) as i64,
+                1 + g.next(28) as i64,
+            );
+            let amount = (1 + g.next(50_000)) as f64;
+            let credit = g.next(2) == 0;
+            values.push(format!(
+                "({trans_id}, {account}, DATE '{y}-{m:02}-{d:02}', '{}', 'VKLAD', {amount}, {}, NULL)",
+                if credit { "PRIJEM" } else { "VYDAJ" },
+                amount * 3.0
+            ));
+            let e = monthly.entry(m).or_default();
+            e.0 += 1;
+            e.1 += amount;
+            let e = yearly.entry(y).or_default();
+            e.0 += 1;
+            e.1 += amount;
+            let (gender, birth) = owner[&account];
+            let e = by_age
+                .entry((age_level(y - birth).to_string(), gender.to_string()))
+                .or_default();
+            e.0 += 1;
+            e.1 += amount;
+        }
+        exec(
+            &client,
+            &format!(
+                "INSERT INTO trans (trans_id, account_id, date, type, operation, amount, balance, k_symbol) VALUES {}",
+                values.join(", ")
+            ),
+        )
+        .await;
+    }
+
+    let expect_monthly: Vec<String> = monthly
+        .iter()
+        .map(|(m, (n, s))| format!("{m}|{n}|{s}"))
+        .collect();
+    let expect_yearly: Vec<String> = yearly
+        .iter()
+        .map(|(y, (n, s))| format!("{y}|{n}|{s}"))
+        .collect();
+    let expect_age: Vec<(String, String, f64)> = by_age
+        .iter()
+        .map(|((a, g), (n, s))| (a.clone(), g.clone(), s / *n as f64))
+        .collect();
+    let query = |sql: &'static str| {
+        let client = client.clone();
+        async move { rows(&client, sql).await.ok() }
+    };
+    let mut seen = (Vec::new(), Vec::new(), Vec::new());
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let m = query("SELECT transaction_month, transaction_count, CAST(transaction_amount AS BIGINT) FROM monthly_trend ORDER BY 1").await;
+            let y = query("SELECT transaction_year, transaction_count, CAST(transaction_amount AS BIGINT) FROM yearly_trend ORDER BY 1").await;
+            let a = query("SELECT age_level, gender, avg_transactions FROM trans_by_age_gender ORDER BY 1, 2").await;
+            if let (Some(m), Some(y), Some(a)) = (m, y, a) {
+                let age_ok = a.len() == expect_age.len()
+                    && fields(&a).iter().zip(&expect_age).all(|(got, want)| {
+                        got[0] == want.0
+                            && got[1] == want.1
+                            && got[2]
+                                .parse::<f64>()
+                                .is_ok_and(|v| (v - want.2).abs() <= 1e-9 * want.2.abs())
+                    });
+                if m == expect_monthly && y == expect_yearly && age_ok {
+                    return;
+                }
+                seen = (m, y, a);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "the trends never equalled the independent computation:\nmonthly {:?}\n want {:?}\nyearly {:?}\n want {:?}\nby age {:?}\n want {:?}",
+        seen.0,
+        expect_monthly,
+        seen.1,
+        expect_yearly,
+        seen.2,
+        expect_age
+    );
+    cluster.shutdown().await;
+}
