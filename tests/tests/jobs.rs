@@ -161,8 +161,15 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
            SELECT trans_id, account_id, amount * 2 FROM trans WHERE amount IS NOT NULL",
     )
     .await;
-    let shown = rows(&other, "SHOW JOBS").await.expect("show jobs");
-    assert_eq!(shown.len(), 2, "{shown:?}");
+    // Another node lists both once it has applied the catalog.
+    let shown = wait_until("both jobs listed", Duration::from_secs(30), || {
+        let other = other.clone();
+        async move {
+            let shown = rows(&other, "SHOW JOBS").await.ok()?;
+            (shown.len() == 2).then_some(shown)
+        }
+    })
+    .await;
     assert!(
         shown
             .iter()
