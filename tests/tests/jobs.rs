@@ -158,7 +158,10 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
            WHERE t.trans_id % 10 <> 3
            GROUP BY a.district, date_trunc('month', t.ts);
          CREATE JOB cleaner AS INSERT INTO clean (trans_id, account_id, amount)
-           SELECT trans_id, account_id, amount * 2 FROM trans WHERE amount IS NOT NULL",
+           SELECT trans_id, account_id, amount * 2 FROM trans WHERE amount IS NOT NULL;
+         CREATE TABLE ratios (trans_id BIGINT, r BIGINT, PRIMARY KEY (trans_id));
+         CREATE JOB divider AS INSERT INTO ratios
+           SELECT trans_id, 1000 / (trans_id % 500) FROM trans",
     )
     .await;
     // Another node lists both once it has applied the catalog.
@@ -166,7 +169,7 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
         let other = other.clone();
         async move {
             let shown = rows(&other, "SHOW JOBS").await.ok()?;
-            (shown.len() == 2).then_some(shown)
+            (shown.len() == 3).then_some(shown)
         }
     })
     .await;
@@ -203,7 +206,8 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
         async move {
             let l = rows(
                 &client,
-                "SELECT job, source_partition, reason FROM \"trans.dlq\" ORDER BY job, source_partition",
+                "SELECT job, source_partition, reason FROM \"trans.dlq\" WHERE job <> 'divider' \
+                 ORDER BY job, source_partition",
             )
             .await
             .ok()?;
@@ -214,6 +218,36 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     assert_eq!(letters.len(), 6, "{letters:?}");
     assert!(letters[0].starts_with("cleaner|0|"), "{letters:?}");
     assert!(letters[5].starts_with("trend|2|"), "{letters:?}");
+
+    // A record whose value does not compute (a division by zero) goes to the dead-letter topic
+    // with the error, found by retrying its batch record by record; the others land.
+    wait_equal(
+        &client,
+        "divider",
+        "SELECT count(*), sum(r) FROM ratios",
+        "SELECT count(*), sum(1000 / (trans_id % 500)) FROM trans WHERE trans_id % 500 <> 0",
+        1,
+    )
+    .await;
+    let divided = wait_until("division letters", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let l = rows(
+                &client,
+                "SELECT source_offset, reason FROM \"trans.dlq\" WHERE job = 'divider' \
+                 AND reason LIKE '%zero%'",
+            )
+            .await
+            .ok()?;
+            (l.len() >= 6).then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(
+        divided.len(),
+        6,
+        "trans_id 500, 1000, ... 3000: {divided:?}"
+    );
 
     // Stopped, the job keeps its place; started again, it catches up from there.
     exec(&client, "STOP JOB trend").await;
@@ -243,7 +277,11 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     exec(&client, "DROP JOB trend; DROP JOB IF EXISTS trend").await;
     let e = rows(&client, "DROP JOB trend").await.expect_err("gone");
     assert!(e.to_string().contains("does not exist"), "{e}");
-    exec(&client, "DROP JOB cleaner; DROP TABLE by_district").await;
+    exec(
+        &client,
+        "DROP JOB cleaner; DROP JOB divider; DROP TABLE by_district",
+    )
+    .await;
     cluster.shutdown().await;
 }
 

@@ -144,7 +144,17 @@ async fn run_once(
             continue;
         };
         let to = last + 1;
-        process(cluster, job, &plan, partition, &records, next, to).await?;
+        match process(cluster, job, &plan, partition, &records, next, to).await {
+            Ok(()) => {}
+            Err(e) if is_record_error(&e) => {
+                // Some record of the batch does not fit (a value that does not cast, a row the
+                // sink refuses): find it by taking the records one at a time.
+                tracing::warn!(job = %job.name, partition, from = next, to, error = %e,
+                    "a batch failed; retrying it record by record");
+                one_by_one(cluster, job, &plan, partition, &records).await?;
+            }
+            Err(e) => return Err(e),
+        }
         next = to;
         if last_commit.elapsed() >= Duration::from_millis(200) {
             cluster
@@ -155,6 +165,56 @@ async fn run_once(
             last_commit = Instant::now();
         }
     }
+}
+
+/// Whether `e` is about the records themselves (a cast that fails, a value the sink refuses), so
+/// that retrying the same records cannot help, rather than about the cluster (unavailable).
+fn is_record_error(e: &DataFusionError) -> bool {
+    match e.find_root() {
+        DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
+            Some(ClusterError::Invalid(_)) => true,
+            _ => false,
+        },
+        DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs the records of a failed batch one at a time; those that fail on their own go to the
+/// dead-letter topic with the error.
+async fn one_by_one(
+    cluster: &Arc<dyn Cluster>,
+    job: &JobMeta,
+    plan: &JobPlan,
+    partition: u32,
+    records: &[TopicRecord],
+) -> Result<()> {
+    for r in records {
+        let one = std::slice::from_ref(r);
+        match process(cluster, job, plan, partition, one, r.offset, r.offset + 1).await {
+            Ok(()) => {}
+            Err(e) if is_record_error(&e) => {
+                tracing::warn!(job = %job.name, partition, offset = r.offset, error = %e,
+                    "record failed; sent to the dead-letter topic");
+                let letter = DeadLetter {
+                    offset: r.offset,
+                    reason: e.to_string(),
+                    record: String::from_utf8_lossy(&r.value).into_owned(),
+                };
+                dead_letter::send(
+                    cluster.as_ref(),
+                    &job.name,
+                    &job.source,
+                    partition,
+                    vec![letter],
+                )
+                .await
+                .map_err(cluster_error)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Runs one batch of records (offsets `[from, to)`) through the job and into the sink.
