@@ -171,10 +171,10 @@ async fn run_once(
 /// that retrying the same records cannot help, rather than about the cluster (unavailable).
 fn is_record_error(e: &DataFusionError) -> bool {
     match e.find_root() {
-        DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
-            Some(ClusterError::Invalid(_)) => true,
-            _ => false,
-        },
+        DataFusionError::External(inner) => matches!(
+            inner.downcast_ref::<ClusterError>(),
+            Some(ClusterError::Invalid(_))
+        ),
         DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => true,
         _ => false,
     }
