@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::compute::can_cast_types;
@@ -26,7 +27,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr as DfExpr, LogicalPlan};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
@@ -649,11 +650,85 @@ impl SchemaProvider for JobSchema {
         if name == self.source {
             return Ok(Some(self.batch.clone()));
         }
-        self.cluster.table(name).await
+        Ok(self
+            .cluster
+            .table(name)
+            .await?
+            .map(|inner| Arc::new(LookupCache::new(inner)) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         name == self.source || self.cluster.table_exist(name)
+    }
+}
+
+/// How long a task reuses what it read of a table it joins with (Flink's lookup cache TTL): a
+/// change to the table reaches the job's results within this time.
+const LOOKUP_TTL: Duration = Duration::from_secs(1);
+/// A table larger than this is read afresh for every batch instead of kept.
+const LOOKUP_MAX_ROWS: usize = 1_000_000;
+
+/// A table a job joins with, read whole and kept for [`LOOKUP_TTL`], so that each batch of
+/// records does not read it again: a lookup join sees the table's rows as of at most that long
+/// ago.
+#[derive(Debug)]
+struct LookupCache {
+    inner: Arc<dyn TableProvider>,
+    kept: Mutex<Option<(Instant, Vec<RecordBatch>)>>,
+}
+
+impl LookupCache {
+    fn new(inner: Arc<dyn TableProvider>) -> LookupCache {
+        LookupCache {
+            inner,
+            kept: Mutex::new(None),
+        }
+    }
+
+    fn fresh(&self) -> Option<Vec<RecordBatch>> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.as_ref()
+            .filter(|(at, _)| at.elapsed() < LOOKUP_TTL)
+            .map(|(_, b)| b.clone())
+    }
+}
+
+#[async_trait]
+impl TableProvider for LookupCache {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[DfExpr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = match self.fresh() {
+            Some(b) => b,
+            None => {
+                let plan = self.inner.scan(state, None, &[], None).await?;
+                let batches = collect(plan, state.task_ctx()).await?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                if rows > LOOKUP_MAX_ROWS {
+                    return self.inner.scan(state, projection, filters, limit).await;
+                }
+                *self.kept.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), batches.clone()));
+                batches
+            }
+        };
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.inner.schema(),
+            projection.cloned(),
+        )?)
     }
 }
 
