@@ -11,6 +11,7 @@ use std::time::Duration;
 use datafusion::error::{DataFusionError, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 use weir_proto::table::key::encode_key;
 use weir_proto::table::merge::MergeOp;
 use weir_proto::table::{ColumnType, Value};
@@ -53,13 +54,15 @@ pub async fn run_task(
     mut stop: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("task", job = %job.name, id = job.id, partition);
-    let _ = &span;
     let mut backoff = Duration::from_millis(200);
     loop {
         if *stop.borrow() {
             return;
         }
-        match run_once(&cluster, &job, partition, &mut stop).await {
+        match run_once(&cluster, &job, partition, &mut stop)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(job = %job.name, partition, error = %e, "stream task failed; retrying");
