@@ -48,5 +48,27 @@ t1=$(date +%s.%N)
 el=$(echo "$t1 - $t0" | bc)
 echo "weir: $N records in $el s = $(echo "$N / $el" | bc) records/s"
 "$B/weir" job describe monthly
+echo "== weir: freshness, from a record's acknowledgement to its row visible to SQL (${PROBES:=40} probes)"
+"$B/weir" sql "CREATE TABLE fresh (trans_id BIGINT, amount DOUBLE, PRIMARY KEY (trans_id));
+  CREATE JOB fresh_job WITH (start = 'latest') AS INSERT INTO fresh SELECT trans_id, amount FROM trans" >/dev/null
+# The job starts at the end of the topic once its tasks run: wait until every task has its place.
+until [ "$("$B/weir" --format csv job describe fresh_job | awk -F, 'NR > 1 && $4 != ""' | wc -l)" = 6 ]; do
+  sleep 0.2
+done
+for i in $(seq 1 "$PROBES"); do
+  id=$((N + i))
+  echo "{\"trans_id\": $id, \"account_id\": 1, \"date\": \"1995-01-01\", \"amount\": 1.0}" | "$B/weir" produce trans >/dev/null
+  a=$(date +%s%N)
+  until [ "$("$B/weir" --format csv sql "SELECT count(*) FROM fresh WHERE trans_id = $id" | tail -1)" = 1 ]; do
+    [ $(( ($(date +%s%N) - a) / 1000000000 )) -lt 30 ] || { echo "probe $id not visible after 30 s" >&2; exit 1; }
+  done
+  echo $(( ($(date +%s%N) - a) / 1000000 ))
+done >"$R/fresh.ms"
+python3 - "$R/fresh.ms" <<'PY'
+import sys
+v = sorted(int(x) for x in open(sys.argv[1]))
+pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]
+print(f"freshness over {len(v)} probes: p50 {pick(0.5)} ms, p99 {pick(0.99)} ms, max {v[-1]} ms")
+PY
 echo "== pyspark local[2], file source, trigger availableNow"
 python3 "$HERE/jobs/spark_stream.py" "$R/data" "$N"
