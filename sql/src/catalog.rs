@@ -15,6 +15,11 @@ use crate::external::ExternalTables;
 use crate::table::RegionTable;
 use crate::topic::TopicTable;
 
+/// The catalog SQL names Weir's tables in (`weir.public.name`; plain `name` works too).
+pub const CATALOG: &str = "weir";
+/// The schema of the cluster's tables.
+pub const SCHEMA: &str = "public";
+
 /// The `public` schema: every table of the region store, every topic of the log, every table
 /// over files, and what was registered on this node only. A name is looked up as a local one,
 /// then a table over files, then a table, then a topic (the catalog keeps the last three apart).

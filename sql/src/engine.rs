@@ -16,7 +16,6 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
@@ -32,10 +31,8 @@ use crate::statement::{self, Statement};
 use crate::types::column_type;
 use crate::warnings::QueryWarnings;
 
-/// The catalog SQL names Weir's tables in (`weir.public.name`; plain `name` works too).
-pub const CATALOG: &str = "weir";
-/// The schema of the cluster's tables.
-pub const SCHEMA: &str = "public";
+pub use crate::catalog::{CATALOG, SCHEMA};
+pub use crate::output::Output;
 
 /// How a node runs queries.
 #[derive(Debug, Clone)]
@@ -47,15 +44,6 @@ pub struct EngineConfig {
     pub spill_dir: Option<PathBuf>,
     /// Partitions each operator runs with (0: the number of cores).
     pub target_partitions: usize,
-}
-
-/// What one statement produced.
-pub enum Output {
-    /// Rows (a query, or the count of rows an `INSERT` or `DELETE` wrote), and what the
-    /// statement has to report besides them once they are read (records it skipped).
-    Rows(SendableRecordBatchStream, Arc<QueryWarnings>),
-    /// A statement without rows, with its command tag (`CREATE TABLE`, `DROP TABLE`).
-    Done(String),
 }
 
 /// Parses and runs SQL against the cluster.

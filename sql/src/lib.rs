@@ -12,6 +12,7 @@ pub mod external;
 pub mod functions;
 pub mod job;
 pub mod keyrange;
+pub mod output;
 pub mod pg;
 pub mod scan;
 pub mod statement;

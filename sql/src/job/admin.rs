@@ -11,10 +11,10 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, NewJob};
-use crate::engine::Output;
 use crate::job::plan::JobPlan;
 use crate::job::statement::JobStatement;
 use crate::job::task::progress_group;
+use crate::output::Output;
 use crate::warnings::QueryWarnings;
 
 fn cluster_error(e: ClusterError) -> DataFusionError {

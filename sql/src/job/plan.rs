@@ -37,9 +37,8 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use weir_proto::table::{Column, ColumnType, TableSchema};
 
-use crate::catalog::ClusterSchema;
+use crate::catalog::{ClusterSchema, CATALOG, SCHEMA};
 use crate::cluster::{Cluster, ClusterError, TableMeta, TopicMeta};
-use crate::engine::{CATALOG, SCHEMA};
 use crate::job::statement::{parse_job_statement, JobStatement};
 use crate::topic::{topic_columns, OFFSET_COLUMN};
 use crate::types::{arrow_schema, arrow_type};
