@@ -46,6 +46,45 @@ where
     }
 }
 
+/// The rows of the last statement of `sql` run through `client`, as text lines `a|b|c` (Arrow's
+/// rendering of each cell, empty for NULL), in the order the statement returned them.
+pub async fn sql_lines(
+    client: &weir_client::Client,
+    sql: &str,
+) -> Result<Vec<String>, weir_client::ClientError> {
+    let mut stream = client.sql(sql).await?;
+    let mut batches = Vec::new();
+    let mut last = 0;
+    while let Some(e) = stream.next().await? {
+        if let weir_client::SqlEvent::Batch { statement, batch } = e {
+            if statement != last {
+                batches.clear();
+                last = statement;
+            }
+            batches.push(batch);
+        }
+    }
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(Vec::new());
+    }
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .map_err(|e| weir_client::ClientError::InvalidArgument(e.to_string()))?
+        .to_string();
+    Ok(text
+        .lines()
+        .skip(3) // border, header, border
+        .filter(|l| !l.starts_with('+'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect())
+}
+
 /// A log client of `addr`.
 pub async fn log_client(addr: &str) -> LogClient<tonic::transport::Channel> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

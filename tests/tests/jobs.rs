@@ -4,45 +4,8 @@
 
 use std::time::Duration;
 
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use weir_client::{Client, Producer, ProducerConfig, SqlEvent};
-use weir_tests::{wait_until, InProcessCluster};
-
-/// The rows of the last statement of `sql`, as text lines without the table frame.
-async fn rows(client: &Client, sql: &str) -> Result<Vec<String>, weir_client::ClientError> {
-    let mut stream = client.sql(sql).await?;
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    let mut last = 0;
-    while let Some(e) = stream.next().await? {
-        if let SqlEvent::Batch { statement, batch } = e {
-            if statement != last {
-                batches.clear();
-                last = statement;
-            }
-            batches.push(batch);
-        }
-    }
-    if batches.iter().all(|b| b.num_rows() == 0) {
-        return Ok(Vec::new());
-    }
-    let text = pretty_format_batches(&batches)
-        .expect("printable")
-        .to_string();
-    Ok(text
-        .lines()
-        .skip(3)
-        .filter(|l| !l.starts_with('+'))
-        .map(|l| {
-            l.trim()
-                .trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect())
-}
+use weir_client::{Client, Producer, ProducerConfig};
+use weir_tests::{sql_lines as rows, wait_until, InProcessCluster};
 
 async fn exec(client: &Client, sql: &str) {
     rows(client, sql)

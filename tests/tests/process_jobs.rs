@@ -6,42 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use weir_client::{Client, SqlEvent};
-use weir_tests::{members_up, wait_until, ProcessCluster};
+use weir_client::Client;
+use weir_tests::{members_up, sql_lines as rows, wait_until, ProcessCluster};
 
 const RECORDS: i64 = 200_000;
 const CHUNK: i64 = 10_000;
-
-async fn rows(client: &Client, sql: &str) -> Result<Vec<String>, weir_client::ClientError> {
-    let mut stream = client.sql(sql).await?;
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    while let Some(e) = stream.next().await? {
-        if let SqlEvent::Batch { batch, .. } = e {
-            batches.push(batch);
-        }
-    }
-    if batches.iter().all(|b| b.num_rows() == 0) {
-        return Ok(Vec::new());
-    }
-    let text = pretty_format_batches(&batches)
-        .expect("printable")
-        .to_string();
-    Ok(text
-        .lines()
-        .skip(3)
-        .filter(|l| !l.starts_with('+'))
-        .map(|l| {
-            l.trim()
-                .trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect())
-}
 
 /// Runs `sql`, retrying while the cluster fails over (a statement that failed wrote nothing that
 /// matters here: record inserts are retried only when they failed before reaching the topic).
