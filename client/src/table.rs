@@ -567,26 +567,34 @@ impl Table {
     }
 
     async fn mutate(&self, items: Vec<(Vec<u8>, Mutation)>) -> Result<u64> {
-        let timeout = self.client.config().request_timeout;
         let parts = self.by_region(items);
         let applied = try_join_all(parts.into_iter().map(|(first, mutations)| async move {
             // Puts and deletes are idempotent: a retry after a lost answer rewrites the same rows.
-            // A part whose rows a split divided is taken apart by the node that receives it.
-            let req = v1::WriteRequest {
-                table: self.name.clone(),
-                mutations,
-                atomic: false,
-            };
-            let resp = self
-                .call_region(Locate::Key(&first), true, |ch| {
-                    let req = req.clone();
-                    async move { kv(ch).write(request(req, timeout)).await }
-                })
-                .await?;
-            Ok::<_, ClientError>(resp.applied)
+            Ok::<_, ClientError>(self.write_part(&first, mutations, false).await?.applied)
         }))
         .await?;
         Ok(applied.into_iter().sum())
+    }
+
+    /// Sends one write to the region holding `first` (its first key), retrying through leader
+    /// changes and splits; a part whose rows a split divided is taken apart by the node.
+    async fn write_part(
+        &self,
+        first: &[u8],
+        mutations: Vec<Mutation>,
+        atomic: bool,
+    ) -> Result<v1::WriteResponse> {
+        let timeout = self.client.config().request_timeout;
+        let req = v1::WriteRequest {
+            table: self.name.clone(),
+            mutations,
+            atomic,
+        };
+        self.call_region(Locate::Key(first), true, |ch| {
+            let req = req.clone();
+            async move { kv(ch).write(request(req, timeout)).await }
+        })
+        .await
     }
 
     /// Merges aggregates into rows, each merge atomically on its region's leader: per row, a
@@ -633,24 +641,13 @@ impl Table {
                 ),
             ));
         }
-        let timeout = self.client.config().request_timeout;
         let parts = self.by_region(items);
         let answers = try_join_all(parts.into_iter().map(|(first, part)| async move {
             let (idx, mutations): (Vec<usize>, Vec<Mutation>) = part.into_iter().unzip();
-            let req = v1::WriteRequest {
-                table: self.name.clone(),
-                mutations,
-                atomic: false,
-            };
             // Merges are idempotent by their rows' marks: a retry after a lost answer or a broken
             // connection finds the merges the first attempt applied covered and applies the rest,
-            // so it is retried like a put. A part a split divided is taken apart by the node.
-            let resp = self
-                .call_region(Locate::Key(&first), true, |ch| {
-                    let req = req.clone();
-                    async move { kv(ch).write(request(req, timeout)).await }
-                })
-                .await?;
+            // so it is retried like a put.
+            let resp = self.write_part(&first, mutations, false).await?;
             resp.overlaps
                 .iter()
                 .map(|o| {
@@ -706,17 +703,7 @@ impl Table {
         let Some(first) = first else {
             return Ok(());
         };
-        let req = v1::WriteRequest {
-            table: self.name.clone(),
-            mutations,
-            atomic: true,
-        };
-        let timeout = self.client.config().request_timeout;
-        self.call_region(Locate::Key(&first), true, |ch| {
-            let req = req.clone();
-            async move { kv(ch).write(request(req, timeout)).await }
-        })
-        .await?;
+        self.write_part(&first, mutations, true).await?;
         Ok(())
     }
 

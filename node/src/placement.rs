@@ -29,8 +29,8 @@ fn load(catalog: &Catalog) -> BTreeMap<u64, usize> {
     load
 }
 
-/// Nodes that may receive new replicas: every member not known to be down.
-fn candidates(catalog: &Catalog, liveness: &Liveness) -> Vec<u64> {
+/// Nodes that may receive new replicas or tasks: every member not known to be down.
+pub fn candidates(catalog: &Catalog, liveness: &Liveness) -> Vec<u64> {
     catalog
         .nodes
         .keys()

@@ -327,6 +327,14 @@ pub enum MetaResponse {
 impl Catalog {
     /// Applies a command; refused commands leave the catalog unchanged.
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaResponse {
+        if let MetaCommand::DeleteTopic { name } | MetaCommand::DropTable { name } = cmd {
+            if let Some(j) = self.job_using(name) {
+                return MetaResponse::Rejected(format!(
+                    "job '{}' uses '{name}'; drop the job first",
+                    j.name
+                ));
+            }
+        }
         match cmd {
             MetaCommand::Bootstrap { node } => {
                 if !self.nodes.is_empty() {
@@ -405,14 +413,6 @@ impl Catalog {
                     },
                 );
                 MetaResponse::Ok
-            }
-            MetaCommand::DeleteTopic { name } if self.job_using(name).is_some() => {
-                MetaResponse::Rejected(format!(
-                    "job '{}' reads topic '{name}'; drop the job first",
-                    self.job_using(name)
-                        .map(|j| j.name.as_str())
-                        .unwrap_or_default()
-                ))
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(t) => {
@@ -499,14 +499,6 @@ impl Catalog {
                     },
                 );
                 MetaResponse::Ok
-            }
-            MetaCommand::DropTable { name } if self.job_using(name).is_some() => {
-                MetaResponse::Rejected(format!(
-                    "job '{}' writes table '{name}'; drop the job first",
-                    self.job_using(name)
-                        .map(|j| j.name.as_str())
-                        .unwrap_or_default()
-                ))
             }
             MetaCommand::DropTable { name } => match self.tables.remove(name) {
                 Some(t) => {

@@ -19,12 +19,7 @@ pub fn next_assignment(
     liveness: &Liveness,
     leaders: &BTreeMap<u64, u64>,
 ) -> Option<MetaCommand> {
-    let up: Vec<u64> = catalog
-        .nodes
-        .keys()
-        .copied()
-        .filter(|n| liveness.is_up(*n))
-        .collect();
+    let up = crate::placement::candidates(catalog, liveness);
     if up.is_empty() {
         return None;
     }

@@ -20,9 +20,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// How long a task told to stop may take before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// One running task: its job's id and definition, and how to stop it.
+/// One running task: how to stop it.
 struct Running {
-    definition: String,
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
 }
@@ -65,9 +64,7 @@ pub async fn compute_loop(
         };
         let gone: Vec<(u64, u32)> = running
             .iter()
-            .filter(|(k, r)| {
-                want.get(k).is_none_or(|j| j.definition != r.definition) || r.handle.is_finished()
-            })
+            .filter(|(k, r)| !want.contains_key(k) || r.handle.is_finished())
             .map(|(k, _)| *k)
             .collect();
         for k in gone {
@@ -91,16 +88,8 @@ pub async fn compute_loop(
             }
             tracing::info!(job = %job.name, id = k.0, partition = k.1, "starting stream task");
             let (stop, stop_rx) = watch::channel(false);
-            let definition = job.definition.clone();
             let handle = tokio::spawn(weir_sql::job::run_task(cluster.clone(), job, k.1, stop_rx));
-            running.insert(
-                k,
-                Running {
-                    definition,
-                    stop,
-                    handle,
-                },
-            );
+            running.insert(k, Running { stop, handle });
         }
     }
 }

@@ -212,18 +212,7 @@ fn check_merge_op(op: MergeOp, col: &Column) -> NodeResult<MergeOp> {
     Ok(match op {
         MergeOp::Keep => MergeOp::Keep,
         MergeOp::Sum(v) => {
-            let numeric = matches!(
-                col.ty,
-                ColumnType::Int8
-                    | ColumnType::Int16
-                    | ColumnType::Int32
-                    | ColumnType::Int64
-                    | ColumnType::UInt64
-                    | ColumnType::Float32
-                    | ColumnType::Float64
-                    | ColumnType::Decimal { .. }
-            );
-            if !numeric {
+            if !col.ty.is_numeric() {
                 return Err(named(format!("a {} column cannot be summed", col.ty)));
             }
             MergeOp::Sum(fit(v, col)?)

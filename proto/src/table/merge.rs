@@ -228,7 +228,7 @@ fn summable(v: &Value) -> bool {
 }
 
 /// `cur + d` as SQL's SUM combines: NULL adds nothing, a NULL cell takes the delta.
-fn add(cur: &Value, d: &Value) -> Result<Value, String> {
+pub fn add(cur: &Value, d: &Value) -> Result<Value, String> {
     if d.is_null() {
         return Ok(cur.clone());
     }
@@ -277,7 +277,7 @@ fn compare(a: &Value, b: &Value) -> Result<Ordering, String> {
 }
 
 /// The minimum (`keep` Less) or maximum (Greater) of the cell and the delta, ignoring NULL.
-fn pick(cur: &Value, d: &Value, keep: Ordering) -> Result<Value, String> {
+pub fn pick(cur: &Value, d: &Value, keep: Ordering) -> Result<Value, String> {
     if d.is_null() {
         return Ok(cur.clone());
     }

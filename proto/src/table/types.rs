@@ -48,6 +48,21 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    /// Whether values of the type can be summed (integers, floats, decimals).
+    pub fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            ColumnType::Int8
+                | ColumnType::Int16
+                | ColumnType::Int32
+                | ColumnType::Int64
+                | ColumnType::UInt64
+                | ColumnType::Float32
+                | ColumnType::Float64
+                | ColumnType::Decimal { .. }
+        )
+    }
+
     /// Parses a SQL type name (`BIGINT`, `VARCHAR(20)`, `DECIMAL(10,2)`, `TIMESTAMP`...).
     pub fn parse(text: &str) -> Result<ColumnType> {
         let t = text.trim().to_ascii_uppercase();

@@ -526,17 +526,6 @@ fn aggregate_query(
     }
     for (i, (agg, arg)) in aggs.iter().enumerate() {
         let col = &schema.columns[agg.column];
-        let numeric = matches!(
-            col.ty,
-            ColumnType::Int8
-                | ColumnType::Int16
-                | ColumnType::Int32
-                | ColumnType::Int64
-                | ColumnType::UInt64
-                | ColumnType::Float32
-                | ColumnType::Float64
-                | ColumnType::Decimal { .. }
-        );
         let (expr, ty) = match (agg.kind, arg) {
             (AggKind::Count, None) => (parse_expr("1")?, ColumnType::Int64),
             (AggKind::Count, Some(a)) => (
@@ -553,7 +542,7 @@ fn aggregate_query(
                     )))
                 }
             },
-            (AggKind::Sum, Some(_)) if !numeric => {
+            (AggKind::Sum, Some(_)) if !col.ty.is_numeric() => {
                 return Err(plan_err(format!(
                     "sum lands in '{}', which is {}; a sum is a number",
                     col.name, col.ty

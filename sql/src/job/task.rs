@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 use weir_proto::table::key::encode_key;
-use weir_proto::table::merge::MergeOp;
+use weir_proto::table::merge::{self, MergeOp};
 use weir_proto::table::{ColumnType, Value};
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TopicRecord};
@@ -28,8 +28,6 @@ const FETCH_BYTES: u32 = 1 << 20;
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Longest pause after a failed batch before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Rows per upsert call.
-const UPSERT_ROWS: usize = 1000;
 
 fn cluster_error(e: ClusterError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
@@ -267,12 +265,11 @@ async fn process(
                     row
                 })
                 .collect();
-            for chunk in sink_rows.chunks(UPSERT_ROWS) {
-                cluster
-                    .upsert(&plan.sink.name, chunk.to_vec())
-                    .await
-                    .map_err(cluster_error)?;
-            }
+            // One call: the client splits the rows by region and writes the parts at once.
+            cluster
+                .upsert(&plan.sink.name, sink_rows)
+                .await
+                .map_err(cluster_error)?;
         }
         Shape::Aggregate { keys, aggs } => {
             merge_all(cluster, job, plan, partition, keys, aggs, out, from, to).await?;
@@ -301,15 +298,14 @@ async fn merge_all(
     let mut groups: Vec<(Vec<Value>, Vec<Vec<Value>>)> = Vec::new();
     let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut null_keys = 0u64;
+    // Where each primary-key column is among the outputs (the keys are the primary key).
+    let key_at: Vec<usize> = schema
+        .primary_key
+        .iter()
+        .map(|c| keys.iter().position(|kc| kc == c).unwrap_or(0))
+        .collect();
     for row in rows {
-        let key: Vec<Value> = schema
-            .primary_key
-            .iter()
-            .map(|c| {
-                let k = keys.iter().position(|kc| kc == c).unwrap_or(0);
-                row[k].clone()
-            })
-            .collect();
+        let key: Vec<Value> = key_at.iter().map(|k| row[*k].clone()).collect();
         if key.iter().any(|v| matches!(v, Value::Null)) {
             null_keys += 1;
             continue;
@@ -371,95 +367,36 @@ fn offset_of(row: &[Value], at: usize) -> u64 {
     }
 }
 
-/// One aggregate over a key's values in a batch, as the merge that adds it to the row.
+/// One aggregate over a key's values in a batch, as the merge that adds it to the row. The
+/// values are combined with the same arithmetic the region applies the merge with.
 fn fold<'a>(
     kind: AggKind,
     column: ColumnType,
     values: impl Iterator<Item = &'a Value>,
 ) -> Result<MergeOp> {
-    let overflow = || DataFusionError::Execution("an aggregate overflowed its column".into());
-    Ok(match kind {
-        AggKind::Count => {
-            let mut n: i64 = 0;
-            for v in values {
-                if let Value::Int(x) = v {
-                    n = n.checked_add(*x).ok_or_else(overflow)?;
-                }
-            }
-            match column {
-                ColumnType::UInt64 => MergeOp::Sum(Value::UInt(n.max(0) as u64)),
-                _ => MergeOp::Sum(Value::Int(n)),
-            }
-        }
-        AggKind::Sum => {
-            let mut acc = Value::Null;
-            for v in values {
-                acc = add(&acc, v).ok_or_else(overflow)?;
-            }
-            MergeOp::Sum(acc)
-        }
-        AggKind::Min | AggKind::Max => {
-            let mut acc = Value::Null;
-            for v in values {
-                if matches!(v, Value::Null) {
-                    continue;
-                }
-                let keep_new = match compare(v, &acc) {
-                    None => true,
-                    Some(o) => (kind == AggKind::Min) == (o == Ordering::Less),
-                };
-                if matches!(acc, Value::Null) || keep_new {
-                    acc = v.clone();
-                }
-            }
-            if kind == AggKind::Min {
-                MergeOp::Min(acc)
-            } else {
-                MergeOp::Max(acc)
-            }
-        }
-        AggKind::Avg => {
-            let mut sum = Value::Null;
-            let mut count = 0u64;
-            for v in values {
-                if matches!(v, Value::Null) {
-                    continue;
-                }
-                sum = add(&sum, v).ok_or_else(overflow)?;
-                count += 1;
-            }
-            MergeOp::Avg { sum, count }
-        }
-    })
-}
-
-/// `a + b` for values of one numeric kind (NULL adds nothing); none on overflow or mixed kinds.
-fn add(a: &Value, b: &Value) -> Option<Value> {
-    Some(match (a, b) {
-        (x, Value::Null) => x.clone(),
-        (Value::Null, y) => y.clone(),
-        (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_add(*y)?),
-        (Value::UInt(x), Value::UInt(y)) => Value::UInt(x.checked_add(*y)?),
-        (Value::Float(x), Value::Float(y)) => Value::Float(x + y),
-        (Value::Decimal(x), Value::Decimal(y)) => Value::Decimal(x.checked_add(*y)?),
-        _ => return None,
-    })
-}
-
-/// The order of two non-NULL values of one kind (none for NULL or mixed kinds).
-fn compare(a: &Value, b: &Value) -> Option<Ordering> {
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
-        (Value::UInt(x), Value::UInt(y)) => Some(x.cmp(y)),
-        (Value::Float(x), Value::Float(y)) => x.partial_cmp(y),
-        (Value::Decimal(x), Value::Decimal(y)) => Some(x.cmp(y)),
-        (Value::Date(x), Value::Date(y)) => Some(x.cmp(y)),
-        (Value::Timestamp(x), Value::Timestamp(y)) => Some(x.cmp(y)),
-        (Value::Str(x), Value::Str(y)) => Some(x.cmp(y)),
-        (Value::Bytes(x), Value::Bytes(y)) => Some(x.cmp(y)),
-        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
-        _ => None,
+    let failed = |e: String| DataFusionError::Execution(e);
+    let mut acc = Value::Null;
+    let mut count = 0u64;
+    for v in values {
+        acc = match kind {
+            AggKind::Count | AggKind::Sum | AggKind::Avg => merge::add(&acc, v).map_err(failed)?,
+            AggKind::Min => merge::pick(&acc, v, Ordering::Less).map_err(failed)?,
+            AggKind::Max => merge::pick(&acc, v, Ordering::Greater).map_err(failed)?,
+        };
+        count += u64::from(!v.is_null());
     }
+    Ok(match kind {
+        AggKind::Count => match (column, acc) {
+            (ColumnType::UInt64, Value::Int(n)) => MergeOp::Sum(Value::UInt(n.max(0) as u64)),
+            (ColumnType::UInt64, _) => MergeOp::Sum(Value::UInt(0)),
+            (_, Value::Null) => MergeOp::Sum(Value::Int(0)),
+            (_, n) => MergeOp::Sum(n),
+        },
+        AggKind::Sum => MergeOp::Sum(acc),
+        AggKind::Min => MergeOp::Min(acc),
+        AggKind::Max => MergeOp::Max(acc),
+        AggKind::Avg => MergeOp::Avg { sum: acc, count },
+    })
 }
 
 #[cfg(test)]
