@@ -1,18 +1,26 @@
 //! Clusters of real `weir-node` processes, for tests that kill nodes with SIGKILL.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 
 use tempfile::TempDir;
 
 /// A free port on 127.0.0.1 for a node to listen on, checked by binding it once. Drawn below the
 /// range the OS hands out to outgoing connections (32768 and up on Linux): a port the OS picked
-/// for us could be taken by any client's connection before the node binds it.
+/// for us could be taken by any client's connection before the node binds it. A port is handed
+/// out at most once per test process: the tests of one binary run side by side, and a node that
+/// was killed leaves its ports unbound until it restarts on them, when another cluster must not
+/// have taken them.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = rand::random_range(20_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
