@@ -1,6 +1,6 @@
-//! Stream jobs in the catalog: record, drop, stop and start them. Jobs are written in SQL
-//! (`CREATE JOB ... AS INSERT INTO ... SELECT ...`); the SQL layer plans the statement and calls
-//! these.
+//! Stream jobs and schedules in the catalog: record, drop, stop and start them. Both are written
+//! in SQL (`CREATE JOB ... AS INSERT INTO ... SELECT ...`, `CREATE SCHEDULE ... AS ...`); the SQL
+//! layer plans the statement and calls these.
 
 use tonic::transport::Channel;
 use tonic::Code;
@@ -77,6 +77,48 @@ impl Client {
         self.call_any(|ch| {
             let req = req.clone();
             async move { jobs(ch).set_job_running(request(req, timeout)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records a schedule running `statement` every `every_ms` milliseconds, after the
+    /// schedules in `after`; returns its id.
+    pub async fn create_schedule(
+        &self,
+        name: &str,
+        statement: &str,
+        every_ms: u64,
+        after: &[String],
+    ) -> Result<u64> {
+        let timeout = self.config().request_timeout;
+        let req = v1::CreateScheduleRequest {
+            name: name.to_string(),
+            statement: statement.to_string(),
+            every_ms,
+            after: after.to_vec(),
+        };
+        Ok(self
+            .call_any(|ch| {
+                let req = req.clone();
+                async move { jobs(ch).create_schedule(request(req, timeout)).await }
+            })
+            .await?
+            .id)
+    }
+
+    /// Pauses, resumes, drops or runs a schedule now.
+    pub async fn alter_schedule(&self, name: &str, action: v1::alter_schedule_request::Action) -> Result<()> {
+        let timeout = self.config().request_timeout;
+        let req = v1::AlterScheduleRequest {
+            name: name.to_string(),
+            action: action as i32,
+        };
+        // A retried drop may find the schedule dropped by the first attempt.
+        let tolerate = (action == v1::alter_schedule_request::Action::Drop).then_some(Code::NotFound);
+        self.call_any_tolerating(tolerate, |ch| {
+            let req = req.clone();
+            async move { jobs(ch).alter_schedule(request(req, timeout)).await }
         })
         .await?;
         Ok(())

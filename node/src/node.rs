@@ -293,17 +293,15 @@ where
 
     let (stop, stop_rx) = watch::channel(false);
     let log = Arc::new(LogService::new((*ctx).clone()));
-    let sql_cluster: Arc<dyn weir_sql::Cluster> =
-        Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone()));
-    let sql = weir_sql::Engine::new(
-        sql_cluster.clone(),
-        &weir_sql::EngineConfig {
-            memory_limit: cfg.sql_memory,
-            // A node on a simulated disk has no data dir on the real file system.
-            spill_dir: cfg.data_dir.is_dir().then(|| cfg.data_dir.join("spill")),
-            target_partitions: 0,
-        },
-    )?;
+    let node_cluster = Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone()));
+    let sql_cluster: Arc<dyn weir_sql::Cluster> = node_cluster.clone();
+    let engine_config = weir_sql::EngineConfig {
+        memory_limit: cfg.sql_memory,
+        // A node on a simulated disk has no data dir on the real file system.
+        spill_dir: cfg.data_dir.is_dir().then(|| cfg.data_dir.join("spill")),
+        target_partitions: 0,
+    };
+    let sql = weir_sql::Engine::new(sql_cluster.clone(), &engine_config)?;
     let mut tasks = Vec::new();
 
     let grpc = tonic::transport::Server::builder()
@@ -402,6 +400,13 @@ where
         node_id,
         ctx.registry.clone(),
         sql_cluster,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::compute::scheduler::schedule_loop(
+        node_id,
+        ctx.registry.clone(),
+        node_cluster,
+        engine_config,
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(register_self(

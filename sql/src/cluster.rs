@@ -183,6 +183,53 @@ pub struct NewJob {
     pub tasks: u32,
 }
 
+/// A schedule as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleMeta {
+    /// The schedule's name.
+    pub name: String,
+    /// Never reused.
+    pub id: u64,
+    /// The statement each run executes.
+    pub statement: String,
+    /// Milliseconds between ticks (ticks fall on multiples of it since the epoch).
+    pub every_ms: u64,
+    /// Schedules that must have succeeded for a tick before this one runs it.
+    pub after: Vec<String>,
+    /// Whether its ticks are skipped.
+    pub paused: bool,
+    /// When it was created (milliseconds since the epoch).
+    pub created_ms: i64,
+    /// The tick of a run asked for outside the timetable, if any.
+    pub run_now: Option<i64>,
+}
+
+/// A schedule to record in the catalog.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    /// The schedule's name.
+    pub name: String,
+    /// The statement each run executes.
+    pub statement: String,
+    /// Milliseconds between ticks.
+    pub every_ms: u64,
+    /// Schedules it runs after.
+    pub after: Vec<String>,
+}
+
+/// A change to a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleAction {
+    /// Skip its ticks.
+    Pause,
+    /// Run its ticks again.
+    Resume,
+    /// Forget it (its run history stays).
+    Drop,
+    /// Run it once now, outside its timetable.
+    RunNow,
+}
+
 /// One aggregate merge into a sink row: add what the records of `source` in offsets
 /// `[from, to)` contribute, unless the row has already taken them.
 #[derive(Debug, Clone)]
@@ -283,6 +330,16 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
 
     /// Stops or starts a job's tasks.
     async fn set_job_running(&self, name: &str, running: bool) -> Result<(), ClusterError>;
+
+    /// Every schedule, as this node last applied the catalog.
+    fn list_schedules(&self) -> Result<Vec<ScheduleMeta>, ClusterError>;
+
+    /// Records a schedule; returns its id.
+    async fn create_schedule(&self, schedule: NewSchedule) -> Result<u64, ClusterError>;
+
+    /// Pauses, resumes, drops or runs a schedule now.
+    async fn alter_schedule(&self, name: &str, action: ScheduleAction)
+        -> Result<(), ClusterError>;
 
     /// Applies aggregate merges to rows of `table`; returns, for each merge refused because its
     /// row already took part of its range, the merge's index and the offset the row reached.

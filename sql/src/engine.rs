@@ -27,6 +27,7 @@ use weir_proto::table::{Column, TableSchema};
 
 use crate::catalog::ClusterSchema;
 use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
+use crate::schedule::statement::ScheduleStatement;
 use crate::statement::{self, Statement};
 use crate::types::column_type;
 use crate::warnings::QueryWarnings;
@@ -140,6 +141,7 @@ impl Engine {
             }
             Statement::ShowTopics => return self.show_topics(),
             Statement::Job(j) => return crate::job::admin::run(&self.cluster, j).await,
+            Statement::Schedule(s) => return self.schedule(s).await,
         };
         if let DfStatement::Statement(s) = &stmt {
             if let Some(out) = self.catalog_statement(s).await? {
@@ -169,6 +171,57 @@ impl Engine {
                 let df = DataFrame::new(state, plan);
                 Ok(Output::Rows(df.execute_stream().await?, warnings))
             }
+        }
+    }
+
+    /// Runs a schedule statement: a new schedule's statement must plan now, and `SHOW RUNS` is a
+    /// query over the run history.
+    async fn schedule(&self, stmt: ScheduleStatement) -> Result<Output> {
+        match stmt {
+            ScheduleStatement::Create { ref statement, .. } => {
+                self.check_plans(statement).await?;
+                crate::schedule::admin::run(&self.cluster, stmt).await
+            }
+            ScheduleStatement::ShowRuns { name } => {
+                match crate::schedule::admin::runs_query(&self.cluster, name.as_deref())? {
+                    Some(q) => {
+                        let mut parsed = self.parse(&q)?;
+                        match parsed.pop_front() {
+                            Some(stmt) => Box::pin(self.run(stmt)).await,
+                            None => Err(DataFusionError::Internal("SHOW RUNS parsed to nothing".into())),
+                        }
+                    }
+                    None => Ok(Output::Done("SHOW RUNS: no schedule has run yet".into())),
+                }
+            }
+            other => crate::schedule::admin::run(&self.cluster, other).await,
+        }
+    }
+
+    /// Checks that `sql` is one statement a schedule can run, and that it plans against the
+    /// catalog as it is now.
+    async fn check_plans(&self, sql: &str) -> Result<()> {
+        let mut stmts = self.parse(sql)?;
+        let (Some(stmt), None) = (stmts.pop_front(), stmts.pop_front()) else {
+            return Err(DataFusionError::Plan(
+                "a schedule runs exactly one statement".into(),
+            ));
+        };
+        match stmt {
+            Statement::Job(_) | Statement::Schedule(_) => Err(DataFusionError::Plan(format!(
+                "a schedule cannot run a job or schedule statement: {stmt}"
+            ))),
+            Statement::Sql(DfStatement::Statement(s)) if !Self::is_catalog_statement(&s) => {
+                self.ctx
+                    .state()
+                    .statement_to_plan(DfStatement::Statement(s))
+                    .await
+                    .map_err(|e| {
+                        DataFusionError::Plan(format!("the schedule's statement does not plan: {e}"))
+                    })?;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

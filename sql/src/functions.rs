@@ -2,7 +2,8 @@
 //! of that length holding `ts` (windows aligned to the Unix epoch), as stream jobs group by it;
 //! and `try_to_date` / `try_to_timestamp(text, format, ...)`, which parse with the first format
 //! that fits and give NULL when none does (as Spark's `to_date` does), for cleaning messy input
-//! where DataFusion's `to_date` fails the whole query on one bad value.
+//! where DataFusion's `to_date` fails the whole query on one bad value; and Postgres's
+//! `pg_sleep(seconds)`, which waits without holding a thread.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::functions::datetime::date_bin;
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -26,7 +28,81 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(Tumble::new()),
         ScalarUDF::from(TryParse::new(Parsed::Date)),
         ScalarUDF::from(TryParse::new(Parsed::Timestamp)),
+        AsyncScalarUDF::new(Arc::new(PgSleep::new())).into_scalar_udf(),
     ]
+}
+
+/// `pg_sleep(seconds)`: waits that long (once per batch for a constant, else the sum of the
+/// rows' values) and gives NULL, as in Postgres.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgSleep {
+    signature: Signature,
+}
+
+impl Default for PgSleep {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgSleep {
+    /// The function.
+    pub fn new() -> PgSleep {
+        PgSleep {
+            // Volatile: a sleep must never be folded into a constant at planning.
+            signature: Signature::exact(vec![DataType::Float64], Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgSleep {
+    fn name(&self) -> &str {
+        "pg_sleep"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Err(DataFusionError::Internal(
+            "pg_sleep runs asynchronously".into(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncScalarUDFImpl for PgSleep {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let seconds = match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::Float64(v))) => v.unwrap_or(0.0),
+            Some(ColumnarValue::Array(a)) => {
+                let a = cast(a, &DataType::Float64)?;
+                let a = a
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                    .ok_or_else(|| DataFusionError::Internal("pg_sleep: not doubles".into()))?;
+                a.iter().flatten().sum()
+            }
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "pg_sleep takes seconds as a number, not {other:?}"
+                )))
+            }
+        };
+        if seconds.is_finite() && seconds > 0.0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(seconds.min(86_400.0))).await;
+        }
+        Ok(ColumnarValue::Array(datafusion::arrow::array::new_null_array(
+            &DataType::Boolean,
+            rows,
+        )))
+    }
 }
 
 /// `tumble(ts, interval)`: `date_bin(interval, ts)` with the arguments in window order.

@@ -15,6 +15,7 @@ pub mod keyrange;
 pub mod output;
 pub mod pg;
 pub mod scan;
+pub mod schedule;
 pub mod statement;
 pub mod table;
 pub mod topic;
@@ -23,7 +24,8 @@ pub mod warnings;
 
 pub use cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewTable, NewTopic,
-    RecordPage, RegionMeta, RowPage, SinkMerge, TableMeta, TopicMeta, TopicRecord,
+    RecordPage, RegionMeta, RowPage, ScheduleAction, ScheduleMeta, NewSchedule, SinkMerge,
+    TableMeta, TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

@@ -16,6 +16,9 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::job::statement::{is_job_statement, parse_job_statement, JobStatement};
+use crate::schedule::statement::{
+    is_schedule_statement, parse_schedule_statement, ScheduleStatement,
+};
 
 /// One statement of a request.
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ pub enum Statement {
     ShowTopics,
     /// A stream job statement (`CREATE JOB`, `SHOW JOBS`, ...).
     Job(JobStatement),
+    /// A schedule statement (`CREATE SCHEDULE`, `SHOW RUNS`, ...).
+    Schedule(ScheduleStatement),
 }
 
 impl fmt::Display for Statement {
@@ -51,6 +56,7 @@ impl fmt::Display for Statement {
             }
             Statement::ShowTopics => write!(f, "SHOW TOPICS"),
             Statement::Job(j) => write!(f, "{j}"),
+            Statement::Schedule(s) => write!(f, "{s}"),
         }
     }
 }
@@ -66,26 +72,39 @@ enum TopicVerb {
 /// Splits `sql` into statements; a syntax error names the line and column.
 pub fn parse(sql: &str) -> Result<VecDeque<Statement>> {
     let chunks = job_chunks(sql);
-    if chunks.iter().all(|(_, job)| !job) {
+    if chunks.iter().all(|(_, kind)| *kind == Chunk::Plain) {
         return parse_plain(sql);
     }
     let mut out = VecDeque::new();
-    for (chunk, job) in chunks {
-        if job {
-            out.push_back(Statement::Job(parse_job_statement(&chunk)?));
-        } else {
-            out.extend(parse_plain(&chunk)?);
+    for (chunk, kind) in chunks {
+        match kind {
+            Chunk::Job => out.push_back(Statement::Job(parse_job_statement(&chunk)?)),
+            Chunk::Schedule => {
+                out.push_back(Statement::Schedule(parse_schedule_statement(&chunk)?))
+            }
+            Chunk::Plain => out.extend(parse_plain(&chunk)?),
         }
     }
     Ok(out)
 }
 
-/// `sql` cut at its top-level semicolons, each piece marked when it is a job statement; one piece
+/// Which parser a piece of a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// DataFusion's (with the topic statements rewritten).
+    Plain,
+    /// The job statements'.
+    Job,
+    /// The schedule statements'.
+    Schedule,
+}
+
+/// `sql` cut at its top-level semicolons, each piece marked with the parser it needs; one piece
 /// holding everything when it does not tokenize (the parser then reports where).
-fn job_chunks(sql: &str) -> Vec<(String, bool)> {
+fn job_chunks(sql: &str) -> Vec<(String, Chunk)> {
     let dialect = PostgreSqlDialect {};
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
-        return vec![(sql.to_string(), false)];
+        return vec![(sql.to_string(), Chunk::Plain)];
     };
     let mut chunks = Vec::new();
     let mut current: Vec<Token> = Vec::new();
@@ -101,8 +120,12 @@ fn job_chunks(sql: &str) -> Vec<(String, bool)> {
             .collect();
         let text: String = current.iter().map(|t| t.to_string()).collect();
         if !text.trim().is_empty() {
-            let job = words.len() == 2 && is_job_statement(&words[0], &words[1]);
-            chunks.push((text, job));
+            let kind = match words.as_slice() {
+                [a, b] if is_job_statement(a, b) => Chunk::Job,
+                [a, b] if is_schedule_statement(a, b) => Chunk::Schedule,
+                _ => Chunk::Plain,
+            };
+            chunks.push((text, kind));
         }
         current.clear();
     };

@@ -157,6 +157,29 @@ pub struct TaskInfo {
     pub epoch: u64,
 }
 
+/// A schedule: a statement run on a timetable (Oozie's coordinator), each tick by exactly one
+/// node. Its run history lives in a table, not here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// Schedule name.
+    pub name: String,
+    /// Never reused: a schedule dropped and created again under its name is another schedule.
+    pub id: u64,
+    /// The statement each run executes, as SQL.
+    pub statement: String,
+    /// Time between ticks (milliseconds); ticks fall on multiples of it since the epoch.
+    pub every_ms: u64,
+    /// Schedules that must have succeeded for a tick before this one runs it.
+    pub after: Vec<String>,
+    /// Whether ticks are skipped (`ALTER SCHEDULE ... PAUSE`).
+    pub paused: bool,
+    /// When it was created (milliseconds since the epoch): its first tick is the first one at or
+    /// after this.
+    pub created_ms: i64,
+    /// A run asked for outside the timetable (`RUN SCHEDULE`), by the tick it is recorded under.
+    pub run_now: Option<i64>,
+}
+
 /// The replicated catalog of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -182,6 +205,10 @@ pub struct Catalog {
     pub jobs: BTreeMap<String, JobInfo>,
     /// Next job id to hand out.
     pub next_job_id: u64,
+    /// Schedules by name.
+    pub schedules: BTreeMap<String, ScheduleInfo>,
+    /// Next schedule id to hand out.
+    pub next_schedule_id: u64,
 }
 
 /// A change to the catalog, proposed through group 0.
@@ -285,6 +312,30 @@ pub enum MetaCommand {
         id: u64,
         /// (task index, node) pairs.
         assignments: Vec<(u32, u64)>,
+    },
+    /// Records a schedule (its id is given here).
+    CreateSchedule {
+        /// The schedule; `id` is ignored.
+        schedule: ScheduleInfo,
+    },
+    /// Forgets a schedule (its run history stays).
+    DropSchedule {
+        /// Schedule name.
+        name: String,
+    },
+    /// Pauses or resumes a schedule.
+    SetSchedulePaused {
+        /// Schedule name.
+        name: String,
+        /// Whether its ticks are skipped.
+        paused: bool,
+    },
+    /// Asks for a run of a schedule now, outside its timetable.
+    RunScheduleNow {
+        /// Schedule name.
+        name: String,
+        /// The tick the run is recorded under (the proposer's clock, in milliseconds).
+        at_ms: i64,
     },
     /// Reserves a group id (for the region a split is about to create).
     AllocateGroup,
@@ -584,6 +635,34 @@ impl Catalog {
                 }
                 MetaResponse::Ok
             }
+            MetaCommand::CreateSchedule { schedule } => self.create_schedule(schedule),
+            MetaCommand::DropSchedule { name } => {
+                if !self.schedules.contains_key(name) {
+                    return MetaResponse::Rejected(format!("schedule '{name}' does not exist"));
+                }
+                if let Some(d) = self.schedules.values().find(|d| d.after.contains(name)) {
+                    return MetaResponse::Rejected(format!(
+                        "schedule '{}' runs after '{name}'; drop it first",
+                        d.name
+                    ));
+                }
+                self.schedules.remove(name);
+                MetaResponse::Ok
+            }
+            MetaCommand::SetSchedulePaused { name, paused } => match self.schedules.get_mut(name) {
+                Some(s) => {
+                    s.paused = *paused;
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::Rejected(format!("schedule '{name}' does not exist")),
+            },
+            MetaCommand::RunScheduleNow { name, at_ms } => match self.schedules.get_mut(name) {
+                Some(s) => {
+                    s.run_now = Some(*at_ms);
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::Rejected(format!("schedule '{name}' does not exist")),
+            },
             MetaCommand::AllocateGroup => MetaResponse::GroupId(self.alloc_group()),
             MetaCommand::SplitRegion {
                 parent,
@@ -694,6 +773,39 @@ impl Catalog {
         self.jobs
             .values()
             .find(|j| j.source == name || j.sink == name)
+    }
+
+    /// Records a schedule whose dependencies exist; a dependency on itself is the only cycle a
+    /// new schedule can close, since nothing depends on it yet.
+    fn create_schedule(&mut self, schedule: &ScheduleInfo) -> MetaResponse {
+        if self.schedules.contains_key(&schedule.name) {
+            return MetaResponse::Rejected(format!(
+                "schedule '{}' already exists",
+                schedule.name
+            ));
+        }
+        if schedule.every_ms == 0 {
+            return MetaResponse::Rejected("a schedule's interval must be positive".into());
+        }
+        for d in &schedule.after {
+            if d == &schedule.name {
+                return MetaResponse::Rejected(format!(
+                    "schedule '{d}' cannot run after itself"
+                ));
+            }
+            if !self.schedules.contains_key(d) {
+                return MetaResponse::Rejected(format!(
+                    "schedule '{d}' does not exist (named in AFTER)"
+                ));
+            }
+        }
+        let id = self.next_schedule_id.max(1);
+        self.next_schedule_id = id + 1;
+        let mut schedule = schedule.clone();
+        schedule.id = id;
+        schedule.run_now = None;
+        self.schedules.insert(schedule.name.clone(), schedule);
+        MetaResponse::JobId(id)
     }
 
     fn alloc_group(&mut self) -> u64 {
@@ -902,5 +1014,58 @@ mod tests {
         // Group ids are not reused either.
         c.apply(&create);
         assert_eq!(c.topics["t"].groups, vec![4, 5, 6]);
+    }
+
+    fn schedule(name: &str, after: &[&str]) -> MetaCommand {
+        MetaCommand::CreateSchedule {
+            schedule: ScheduleInfo {
+                name: name.into(),
+                id: 0,
+                statement: "SELECT 1".into(),
+                every_ms: 60_000,
+                after: after.iter().map(|s| s.to_string()).collect(),
+                paused: false,
+                created_ms: 0,
+                run_now: None,
+            },
+        }
+    }
+
+    #[test]
+    fn schedules_need_their_dependencies_and_keep_them() {
+        let mut c = Catalog::default();
+        let rejected = |r: MetaResponse, words: &str| match r {
+            MetaResponse::Rejected(m) => assert!(m.contains(words), "{m}"),
+            other => panic!("expected a refusal naming '{words}', got {other:?}"),
+        };
+        rejected(c.apply(&schedule("b", &["a"])), "'a' does not exist");
+        rejected(c.apply(&schedule("a", &["a"])), "after itself");
+        assert_eq!(c.apply(&schedule("a", &[])), MetaResponse::JobId(1));
+        assert_eq!(c.apply(&schedule("b", &["a"])), MetaResponse::JobId(2));
+        rejected(c.apply(&schedule("a", &[])), "already exists");
+        rejected(
+            c.apply(&MetaCommand::DropSchedule { name: "a".into() }),
+            "'b' runs after 'a'",
+        );
+        c.apply(&MetaCommand::RunScheduleNow {
+            name: "b".into(),
+            at_ms: 42,
+        });
+        assert_eq!(c.schedules["b"].run_now, Some(42));
+        c.apply(&MetaCommand::SetSchedulePaused {
+            name: "b".into(),
+            paused: true,
+        });
+        assert!(c.schedules["b"].paused);
+        assert_eq!(
+            c.apply(&MetaCommand::DropSchedule { name: "b".into() }),
+            MetaResponse::Ok
+        );
+        assert_eq!(
+            c.apply(&MetaCommand::DropSchedule { name: "a".into() }),
+            MetaResponse::Ok
+        );
+        // Ids are not reused.
+        assert_eq!(c.apply(&schedule("a", &[])), MetaResponse::JobId(3));
     }
 }

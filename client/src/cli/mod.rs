@@ -99,6 +99,43 @@ pub enum Command {
     /// List, describe, stop, start and drop stream jobs (created with `CREATE JOB` in SQL).
     #[command(subcommand)]
     Job(JobCommand),
+    /// List, pause, resume, run now and drop schedules (created with `CREATE SCHEDULE` in SQL),
+    /// and show their runs.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+/// `weir schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// List every schedule: its interval, dependencies, whether it is paused, its statement.
+    List,
+    /// Show the latest runs (of one schedule, or of all): tick, status, attempts, node, rows,
+    /// error.
+    Runs {
+        /// Schedule name (all schedules when left out).
+        name: Option<String>,
+    },
+    /// Skip a schedule's ticks until it is resumed.
+    Pause {
+        /// Schedule name.
+        name: String,
+    },
+    /// Run a paused schedule's ticks again.
+    Resume {
+        /// Schedule name.
+        name: String,
+    },
+    /// Run a schedule once now, outside its timetable.
+    RunNow {
+        /// Schedule name.
+        name: String,
+    },
+    /// Drop a schedule (its run history stays).
+    Drop {
+        /// Schedule name.
+        name: String,
+    },
 }
 
 /// `weir job ...`.
@@ -526,6 +563,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Load(LoadCommand::Csv(args)) => load::csv(&ctx, args).await,
         Command::Sql(args) => sql::run(&ctx, args).await,
         Command::Job(cmd) => sql::job(&ctx, cmd).await,
+        Command::Schedule(cmd) => sql::schedule(&ctx, cmd).await,
     }
 }
 

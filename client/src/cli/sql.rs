@@ -54,6 +54,23 @@ pub async fn job(ctx: &Context, cmd: super::JobCommand) -> Result<()> {
     execute(&client, ctx.format, &sql, false).await
 }
 
+/// Runs `weir schedule ...` as the schedule statement it stands for.
+pub async fn schedule(ctx: &Context, cmd: super::ScheduleCommand) -> Result<()> {
+    use super::ScheduleCommand;
+    let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let sql = match cmd {
+        ScheduleCommand::List => "SHOW SCHEDULES".to_string(),
+        ScheduleCommand::Runs { name: None } => "SHOW RUNS".to_string(),
+        ScheduleCommand::Runs { name: Some(name) } => format!("SHOW RUNS FOR {}", quoted(&name)),
+        ScheduleCommand::Pause { name } => format!("ALTER SCHEDULE {} PAUSE", quoted(&name)),
+        ScheduleCommand::Resume { name } => format!("ALTER SCHEDULE {} RESUME", quoted(&name)),
+        ScheduleCommand::RunNow { name } => format!("RUN SCHEDULE {}", quoted(&name)),
+        ScheduleCommand::Drop { name } => format!("DROP SCHEDULE {}", quoted(&name)),
+    };
+    let client = ctx.client().await?;
+    execute(&client, ctx.format, &sql, false).await
+}
+
 /// Rows of a statement's batches as printable cells: for JSON, JSON values (numbers stay
 /// numbers); for tables and CSV, Arrow's own rendering (decimals keep their scale).
 fn to_rows(

@@ -1,11 +1,20 @@
-//! The `Jobs` gRPC service: stream job definitions recorded in the catalog through the metadata
-//! leader. The statement itself is checked by the SQL layer before it gets here.
+//! The `Jobs` gRPC service: stream job and schedule definitions recorded in the catalog through
+//! the metadata leader. The statement itself is checked by the SQL layer before it gets here.
 
 use tonic::{Request, Response, Status};
 use weir_proto::v1::jobs_client::JobsClient;
 use weir_proto::v1::jobs_server::Jobs;
-use weir_proto::v1::{CreateJobRequest, CreateJobResponse, JobAck, JobName, SetJobRunningRequest};
-use weir_storage::catalog::{JobInfo, MetaCommand, MetaResponse, TaskInfo};
+use weir_proto::v1::alter_schedule_request::Action;
+use weir_proto::v1::{
+    AlterScheduleRequest, CreateJobRequest, CreateJobResponse, CreateScheduleRequest, JobAck,
+    JobName, SetJobRunningRequest,
+};
+use weir_sql::schedule::fence::now_ms;
+use weir_sql::schedule::runs::{runs_schema, RUNS_TABLE};
+use weir_sql::schedule::MIN_EVERY_MS;
+use weir_storage::catalog::{
+    JobInfo, MetaCommand, MetaResponse, ScheduleInfo, TaskInfo, DEFAULT_SPLIT_BYTES,
+};
 
 use crate::cluster::NodeContext;
 use crate::error::NodeError;
@@ -23,6 +32,40 @@ impl JobsService {
     /// The service over this node's context.
     pub fn new(ctx: NodeContext) -> JobsService {
         JobsService { ctx }
+    }
+}
+
+impl JobsService {
+    /// Creates the run history table on first use; called on the metadata leader. It is internal
+    /// (its name is reserved), so it is proposed here rather than through `CreateTable`.
+    async fn ensure_runs_table(&self) -> Result<(), Status> {
+        let catalog = self.ctx.registry.catalog()?;
+        if catalog.tables.contains_key(RUNS_TABLE) {
+            return Ok(());
+        }
+        let live = catalog
+            .nodes
+            .keys()
+            .filter(|n| self.ctx.liveness.is_up(**n))
+            .count() as u32;
+        let replicas = crate::region::service::DEFAULT_REPLICAS.min(live.max(1));
+        let placement = crate::placement::place_new(&catalog, &self.ctx.liveness, 1, replicas)?;
+        let answer = self
+            .ctx
+            .propose_meta(MetaCommand::CreateTable {
+                name: RUNS_TABLE.to_string(),
+                schema: runs_schema(),
+                replicas,
+                split_bytes: DEFAULT_SPLIT_BYTES,
+                split_keys: vec![],
+                placement,
+            })
+            .await?;
+        match answer {
+            // Created by a concurrent first schedule: as good.
+            MetaResponse::Rejected(m) if !m.contains("already exists") => Err(refused(m)),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -137,6 +180,98 @@ impl Jobs for JobsService {
             })
             .await?
         {
+            MetaResponse::Rejected(m) => Err(refused(m)),
+            _ => Ok(Response::new(JobAck {})),
+        }
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<CreateScheduleRequest>,
+    ) -> Result<Response<CreateJobResponse>, Status> {
+        let req = request.get_ref();
+        crate::names::validate("schedule", &req.name)?;
+        if req.statement.trim().is_empty() {
+            return Err(
+                NodeError::InvalidArgument("a schedule needs its statement".into()).into(),
+            );
+        }
+        if req.every_ms < MIN_EVERY_MS {
+            return Err(NodeError::InvalidArgument(format!(
+                "a schedule runs at most every {MIN_EVERY_MS} ms, {} asked for",
+                req.every_ms
+            ))
+            .into());
+        }
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { JobsClient::new(ch).create_schedule(r).await },
+        )
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
+        self.ensure_runs_table().await?;
+        let req = request.into_inner();
+        let schedule = ScheduleInfo {
+            name: req.name,
+            id: 0,
+            statement: req.statement,
+            every_ms: req.every_ms,
+            after: req.after,
+            paused: false,
+            created_ms: now_ms(),
+            run_now: None,
+        };
+        match self
+            .ctx
+            .propose_meta(MetaCommand::CreateSchedule { schedule })
+            .await?
+        {
+            MetaResponse::JobId(id) => Ok(Response::new(CreateJobResponse { id })),
+            MetaResponse::Rejected(m) => Err(refused(m)),
+            other => {
+                Err(NodeError::Internal(format!("creating a schedule answered {other:?}")).into())
+            }
+        }
+    }
+
+    async fn alter_schedule(
+        &self,
+        request: Request<AlterScheduleRequest>,
+    ) -> Result<Response<JobAck>, Status> {
+        let request = match leader::on_metadata_leader(
+            &self.ctx.registry,
+            &self.ctx.peers,
+            request,
+            |ch, r| async move { JobsClient::new(ch).alter_schedule(r).await },
+        )
+        .await?
+        {
+            Ok(answer) => return Ok(answer),
+            Err(here) => here,
+        };
+        let req = request.into_inner();
+        let action = Action::try_from(req.action).map_err(|_| {
+            NodeError::InvalidArgument(format!("unknown schedule action {}", req.action))
+        })?;
+        let name = req.name;
+        let cmd = match action {
+            Action::Pause => MetaCommand::SetSchedulePaused { name, paused: true },
+            Action::Resume => MetaCommand::SetSchedulePaused {
+                name,
+                paused: false,
+            },
+            Action::Drop => MetaCommand::DropSchedule { name },
+            Action::RunNow => MetaCommand::RunScheduleNow {
+                name,
+                at_ms: now_ms(),
+            },
+        };
+        match self.ctx.propose_meta(cmd).await? {
             MetaResponse::Rejected(m) => Err(refused(m)),
             _ => Ok(Response::new(JobAck {})),
         }

@@ -41,7 +41,7 @@ const MAX_SCAN_BYTES: usize = 4 << 20;
 /// Most regions a table may be created with.
 const MAX_SPLIT_POINTS: usize = 1024;
 /// Replicas of a region when the request does not say.
-const DEFAULT_REPLICAS: u32 = 3;
+pub(crate) const DEFAULT_REPLICAS: u32 = 3;
 /// Longest merge source name (every merged row keeps one mark per source).
 const MAX_MERGE_SOURCE_BYTES: usize = 256;
 

@@ -11,10 +11,13 @@ use weir_client::{Acks, Client, ClientConfig, ClientError, Partitioner, Table};
 use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
 use weir_sql::{
-    Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewTable, NewTopic,
-    RecordPage, RegionMeta, RowPage, SinkMerge, TableMeta, TopicMeta, TopicRecord,
+    Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
+    NewTopic, RecordPage, RegionMeta, RowPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
+    TopicMeta, TopicRecord,
 };
-use weir_storage::catalog::{Catalog, ExternalTableInfo, GroupKind, JobInfo, TableInfo, TopicInfo};
+use weir_storage::catalog::{
+    Catalog, ExternalTableInfo, GroupKind, JobInfo, ScheduleInfo, TableInfo, TopicInfo,
+};
 
 use crate::groups::Registry;
 
@@ -85,6 +88,20 @@ pub fn job_meta(j: &JobInfo) -> JobMeta {
     }
 }
 
+/// A schedule as the SQL layer sees it.
+pub fn schedule_meta(s: &ScheduleInfo) -> ScheduleMeta {
+    ScheduleMeta {
+        name: s.name.clone(),
+        id: s.id,
+        statement: s.statement.clone(),
+        every_ms: s.every_ms,
+        after: s.after.clone(),
+        paused: s.paused,
+        created_ms: s.created_ms,
+        run_now: s.run_now,
+    }
+}
+
 fn external_meta(t: &ExternalTableInfo) -> ExternalTableMeta {
     ExternalTableMeta {
         name: t.name.clone(),
@@ -126,7 +143,7 @@ impl NodeCluster {
     }
 
     /// A handle to the table, reused while the catalog shows the same table under the name.
-    async fn handle(&self, name: &str) -> Result<Table, ClusterError> {
+    pub async fn handle(&self, name: &str) -> Result<Table, ClusterError> {
         let catalog = self.catalog()?;
         let id = catalog
             .tables
@@ -272,6 +289,38 @@ impl Cluster for NodeCluster {
         self.client()
             .await?
             .set_job_running(name, running)
+            .await
+            .map_err(to_cluster)
+    }
+
+    fn list_schedules(&self) -> Result<Vec<ScheduleMeta>, ClusterError> {
+        Ok(self
+            .catalog()?
+            .schedules
+            .values()
+            .map(schedule_meta)
+            .collect())
+    }
+
+    async fn create_schedule(&self, s: NewSchedule) -> Result<u64, ClusterError> {
+        self.client()
+            .await?
+            .create_schedule(&s.name, &s.statement, s.every_ms, &s.after)
+            .await
+            .map_err(to_cluster)
+    }
+
+    async fn alter_schedule(&self, name: &str, action: ScheduleAction) -> Result<(), ClusterError> {
+        use weir_proto::v1::alter_schedule_request::Action;
+        let action = match action {
+            ScheduleAction::Pause => Action::Pause,
+            ScheduleAction::Resume => Action::Resume,
+            ScheduleAction::Drop => Action::Drop,
+            ScheduleAction::RunNow => Action::RunNow,
+        };
+        self.client()
+            .await?
+            .alter_schedule(name, action)
             .await
             .map_err(to_cluster)
     }

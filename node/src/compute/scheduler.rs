@@ -1,0 +1,457 @@
+//! The scheduler of a node: every node looks at every schedule, and the one that first claims a
+//! due tick runs it (see `weir_sql::schedule::runs` for the claim, lease and outcome protocol).
+//!
+//! A tick is claimed when it is due (ticks fall on multiples of the interval since the epoch; the
+//! first at or after the schedule's creation), the schedules it runs `AFTER` have each succeeded
+//! for a tick at or after it, and no run of the schedule holds a live lease (runs of one schedule
+//! never overlap). Only the latest due tick is considered: ticks missed while the cluster was down
+//! are not caught up. A failed attempt is retried with back-off up to [`MAX_ATTEMPTS`]; a run
+//! whose node died is claimed again by another node once its lease has passed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use weir_client::{CasAction, Expectation, ScanOptions, Table, Value};
+use weir_sql::schedule::fence::{now_ms, FencedCluster, Lease};
+use weir_sql::schedule::runs::{RunRecord, RunStatus, RUNS_TABLE};
+use weir_sql::{Cluster, Engine, EngineConfig, Output, ScheduleMeta};
+
+use crate::groups::Registry;
+use crate::sql::access::{schedule_meta, NodeCluster};
+
+/// How often the scheduler looks for due ticks.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long a claim holds a tick without renewal.
+const LEASE_MS: i64 = 10_000;
+/// How often a running attempt renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// Attempts of one tick before it is left failed.
+pub const MAX_ATTEMPTS: i64 = 5;
+/// Longest wait before a failed attempt is retried.
+const MAX_BACKOFF_MS: i64 = 60_000;
+/// Longest error text kept in the history.
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// The latest tick of `s` due at `now` (none before its first).
+fn due_tick(s: &ScheduleMeta, now: i64) -> Option<i64> {
+    let every = s.every_ms as i64;
+    let tick = now - now.rem_euclid(every);
+    (tick >= s.created_ms).then_some(tick)
+}
+
+/// How long to wait after failed attempt `attempt` (1-based).
+fn backoff_ms(attempt: i64) -> i64 {
+    (1000i64 << (attempt - 1).clamp(0, 16)).min(MAX_BACKOFF_MS)
+}
+
+/// What the scheduler learned about a tick.
+enum Look {
+    /// Claimed here: run it.
+    Claimed(RunRecord, u64),
+    /// Nothing to do before this time (ms); `i64::MAX`: never again.
+    QuietUntil(i64),
+}
+
+/// Runs this node's scheduler until `shutdown` turns true.
+pub async fn schedule_loop(
+    node: u64,
+    registry: Registry,
+    cluster: Arc<NodeCluster>,
+    engine_config: EngineConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Per schedule id: the run this node is executing.
+    let mut running: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    // Per (schedule id, tick): nothing to do before this time.
+    let mut quiet: HashMap<(u64, i64), i64> = HashMap::new();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = check.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            for (_, run) in running.drain() {
+                run.abort();
+            }
+            return;
+        }
+        running.retain(|_, run| !run.is_finished());
+        let Ok(catalog) = registry.catalog() else {
+            continue;
+        };
+        if catalog.schedules.is_empty() || !catalog.tables.contains_key(RUNS_TABLE) {
+            continue;
+        }
+        let schedules: Vec<ScheduleMeta> = catalog.schedules.values().map(schedule_meta).collect();
+        let now = now_ms();
+        quiet.retain(|(id, _), _| schedules.iter().any(|s| s.id == *id));
+        let Ok(table) = cluster.handle(RUNS_TABLE).await else {
+            continue;
+        };
+        for s in &schedules {
+            if running.contains_key(&s.id) {
+                continue;
+            }
+            let mut ticks = Vec::new();
+            if !s.paused {
+                ticks.extend(due_tick(s, now).map(|t| (t, false)));
+            }
+            ticks.extend(s.run_now.map(|t| (t, true)));
+            for (tick, manual) in ticks {
+                if quiet.get(&(s.id, tick)).is_some_and(|until| *until > now) {
+                    continue;
+                }
+                match look(node, s, &schedules, tick, manual, &table).await {
+                    Ok(Look::Claimed(rec, version)) => {
+                        quiet.remove(&(s.id, tick));
+                        let span = tracing::info_span!(
+                            "schedule_run",
+                            schedule = %s.name,
+                            tick,
+                            attempt = rec.attempt
+                        );
+                        let run = tokio::spawn(
+                            run_attempt(
+                                s.clone(),
+                                rec,
+                                version,
+                                table.clone(),
+                                cluster.clone(),
+                                engine_config.clone(),
+                            )
+                            .instrument(span),
+                        );
+                        running.insert(s.id, run);
+                        break;
+                    }
+                    Ok(Look::QuietUntil(until)) => {
+                        quiet.insert((s.id, tick), until);
+                    }
+                    Err(e) => {
+                        tracing::debug!(schedule = %s.name, tick, error = %e, "cannot look at a tick yet");
+                    }
+                }
+            }
+        }
+        // Forget ticks no schedule can come back to.
+        quiet.retain(|(id, tick), _| {
+            schedules.iter().any(|s| {
+                s.id == *id && (s.run_now == Some(*tick) || due_tick(s, now) == Some(*tick))
+            })
+        });
+    }
+}
+
+/// Reads the row of `tick` and claims the tick when it is this node's to run.
+async fn look(
+    node: u64,
+    s: &ScheduleMeta,
+    all: &[ScheduleMeta],
+    tick: i64,
+    manual: bool,
+    table: &Table,
+) -> weir_client::Result<Look> {
+    let now = now_ms();
+    let key = RunRecord::key(&s.name, tick);
+    let found = table
+        .get(std::slice::from_ref(&key), &[], false)
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    let (previous, version) = match found {
+        Some(row) => match RunRecord::from_row(&row.values) {
+            // A row of an earlier schedule of the same name is this one's to overwrite.
+            Some(rec) if rec.schedule_id == s.id => (Some(rec), row.version),
+            Some(_) => (None, row.version),
+            None => {
+                tracing::warn!(schedule = %s.name, tick, "unreadable run history row; skipping the tick");
+                return Ok(Look::QuietUntil(i64::MAX));
+            }
+        },
+        None => (None, 0),
+    };
+    let attempt = match &previous {
+        None => {
+            if !manual && !dependencies_done(s, all, tick, table).await? {
+                return Ok(Look::QuietUntil(now));
+            }
+            1
+        }
+        Some(rec) => match rec.status {
+            RunStatus::Succeeded => return Ok(Look::QuietUntil(i64::MAX)),
+            RunStatus::Running => match rec.lease_until_ms {
+                Some(until) if until > now => return Ok(Look::QuietUntil(until)),
+                _ => rec.attempt + 1,
+            },
+            RunStatus::Failed => match rec.retry_at_ms {
+                None => return Ok(Look::QuietUntil(i64::MAX)),
+                Some(at) if at > now => return Ok(Look::QuietUntil(at)),
+                Some(_) => rec.attempt + 1,
+            },
+        },
+    };
+    if let Some(until) = live_run(s, tick, table, now).await? {
+        return Ok(Look::QuietUntil(until));
+    }
+    let rec = RunRecord {
+        schedule: s.name.clone(),
+        tick_ms: tick,
+        status: RunStatus::Running,
+        attempt,
+        node,
+        started_ms: now,
+        ended_ms: None,
+        rows: None,
+        error: previous.and_then(|p| p.error),
+        manual,
+        lease_until_ms: Some(now + LEASE_MS),
+        retry_at_ms: None,
+        schedule_id: s.id,
+    };
+    let outcome = table
+        .compare_and_set(&key, Expectation::Version(version), CasAction::Put(rec.to_row()))
+        .await?;
+    match (outcome.succeeded, outcome.current) {
+        (true, Some(row)) => {
+            tracing::info!(schedule = %s.name, tick, attempt, "claimed a scheduled run");
+            Ok(Look::Claimed(rec, row.version))
+        }
+        // Another node claimed it first: look again later.
+        _ => Ok(Look::QuietUntil(now)),
+    }
+}
+
+/// Whether every schedule `s` runs after has succeeded for a tick at or after `tick`.
+async fn dependencies_done(
+    s: &ScheduleMeta,
+    all: &[ScheduleMeta],
+    tick: i64,
+    table: &Table,
+) -> weir_client::Result<bool> {
+    for d in &s.after {
+        let Some(dep) = all.iter().find(|x| &x.name == d) else {
+            return Ok(false);
+        };
+        let opts = ScanOptions {
+            start: Some(RunRecord::key(d, tick)),
+            end: Some(vec![Value::Str(d.clone()), Value::Timestamp(i64::MAX)]),
+            ..Default::default()
+        };
+        let mut done = false;
+        table
+            .scan(&opts, |page| {
+                done |= page.iter().any(|(_, row)| {
+                    RunRecord::from_row(&row.values).is_some_and(|r| {
+                        r.schedule_id == dep.id && r.status == RunStatus::Succeeded
+                    })
+                });
+                !done
+            })
+            .await?;
+        if !done {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// When another tick of `s` is running under a live lease, when that lease ends.
+async fn live_run(
+    s: &ScheduleMeta,
+    tick: i64,
+    table: &Table,
+    now: i64,
+) -> weir_client::Result<Option<i64>> {
+    // Runs never overlap, so a live one is among the latest few rows.
+    let opts = ScanOptions {
+        start: Some(vec![Value::Str(s.name.clone())]),
+        end: Some(vec![Value::Str(s.name.clone()), Value::Timestamp(i64::MAX)]),
+        limit: 8,
+        reverse: true,
+        ..Default::default()
+    };
+    let mut until = None;
+    table
+        .scan(&opts, |page| {
+            for (_, row) in page {
+                if let Some(r) = RunRecord::from_row(&row.values) {
+                    let live = r.status == RunStatus::Running
+                        && r.tick_ms != tick
+                        && r.lease_until_ms.is_some_and(|u| u > now);
+                    if live {
+                        until = until.max(r.lease_until_ms);
+                    }
+                }
+            }
+            true
+        })
+        .await?;
+    Ok(until)
+}
+
+/// Rows a statement's output stands for: the count an `INSERT`/`DELETE` reports, or the rows a
+/// query returned.
+fn rows_of(batch: &RecordBatch) -> i64 {
+    let counted = batch.num_columns() == 1 && batch.schema().field(0).name() == "count";
+    match batch.column(0).as_any().downcast_ref::<UInt64Array>() {
+        Some(c) if counted => c.iter().flatten().map(|n| n as i64).sum(),
+        _ => batch.num_rows() as i64,
+    }
+}
+
+/// Runs the statement through an engine whose writes need the lease.
+async fn execute(engine: Engine, sql: String) -> Result<i64, String> {
+    let outputs = engine.execute(&sql).await.map_err(|e| e.to_string())?;
+    let mut rows = 0;
+    for out in outputs {
+        if let Output::Rows(mut stream, _) = out {
+            while let Some(batch) = stream.next().await {
+                rows += rows_of(&batch.map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// One attempt of a claimed tick: runs the statement while renewing the lease, then records the
+/// outcome, unless the lease was lost (then the statement is cancelled and nothing is recorded).
+async fn run_attempt(
+    s: ScheduleMeta,
+    mut rec: RunRecord,
+    mut version: u64,
+    table: Table,
+    cluster: Arc<NodeCluster>,
+    engine_config: EngineConfig,
+) {
+    let key = RunRecord::key(&s.name, rec.tick_ms);
+    let lease = Lease::new(rec.lease_until_ms.unwrap_or(0));
+    let inner: Arc<dyn Cluster> = cluster;
+    let fenced: Arc<dyn Cluster> = Arc::new(FencedCluster::new(
+        inner,
+        lease.clone(),
+        format!("run {} of schedule '{}'", rec.attempt, s.name),
+    ));
+    let result = match Engine::new(fenced, &engine_config) {
+        Ok(engine) => {
+            let exec = execute(engine, s.statement.clone());
+            tokio::pin!(exec);
+            let mut renew = tokio::time::interval(RENEW_EVERY);
+            renew.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut exec => break Some(r),
+                    _ = renew.tick() => {
+                        let mut next = rec.clone();
+                        next.lease_until_ms = Some(now_ms() + LEASE_MS);
+                        match table
+                            .compare_and_set(&key, Expectation::Version(version), CasAction::Put(next.to_row()))
+                            .await
+                        {
+                            Ok(o) if o.succeeded => {
+                                version = o.current.map_or(version, |r| r.version);
+                                lease.set(next.lease_until_ms.unwrap_or(0));
+                                rec = next;
+                            }
+                            Ok(_) => {
+                                tracing::warn!("the run's tick was claimed by another node; cancelling");
+                                lease.lose();
+                                break None;
+                            }
+                            Err(e) if lease.holds() => {
+                                tracing::debug!(error = %e, "lease renewal failed; retrying");
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "lease could not be renewed in time; cancelling");
+                                lease.lose();
+                                break None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => Some(Err(e.to_string())),
+    };
+    let Some(result) = result else {
+        return;
+    };
+    if !lease.holds() {
+        tracing::warn!("the run ended after its lease; its outcome is not recorded");
+        return;
+    }
+    let now = now_ms();
+    rec.ended_ms = Some(now);
+    rec.lease_until_ms = None;
+    match result {
+        Ok(rows) => {
+            rec.status = RunStatus::Succeeded;
+            rec.rows = Some(rows);
+            rec.error = None;
+            tracing::info!(rows, "scheduled run succeeded");
+        }
+        Err(e) => {
+            rec.status = RunStatus::Failed;
+            rec.error = Some(e.chars().take(MAX_ERROR_CHARS).collect());
+            rec.retry_at_ms = (rec.attempt < MAX_ATTEMPTS).then(|| now + backoff_ms(rec.attempt));
+            tracing::warn!(error = %e, "scheduled run failed");
+        }
+    }
+    match table
+        .compare_and_set(
+            &key,
+            Expectation::Version(version),
+            CasAction::Put(rec.to_row()),
+        )
+        .await
+    {
+        Ok(o) if o.succeeded => {}
+        Ok(_) => tracing::warn!("the run's tick was claimed by another node; outcome dropped"),
+        // The lease runs out and another node retries the tick.
+        Err(e) => tracing::warn!(error = %e, "could not record the run's outcome"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(every_ms: u64, created_ms: i64) -> ScheduleMeta {
+        ScheduleMeta {
+            name: "s".into(),
+            id: 1,
+            statement: "SELECT 1".into(),
+            every_ms,
+            after: vec![],
+            paused: false,
+            created_ms,
+            run_now: None,
+        }
+    }
+
+    #[test]
+    fn ticks_fall_on_multiples_of_the_interval_from_creation_on() {
+        let s = schedule(60_000, 125_000);
+        assert_eq!(due_tick(&s, 130_000), None);
+        assert_eq!(due_tick(&s, 180_000), Some(180_000));
+        assert_eq!(due_tick(&s, 239_999), Some(180_000));
+        assert_eq!(due_tick(&s, 240_000), Some(240_000));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        assert_eq!(backoff_ms(1), 1000);
+        assert_eq!(backoff_ms(2), 2000);
+        assert_eq!(backoff_ms(4), 8000);
+        assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
+    }
+}
