@@ -108,14 +108,19 @@ impl Client {
     }
 
     /// Pauses, resumes, drops or runs a schedule now.
-    pub async fn alter_schedule(&self, name: &str, action: v1::alter_schedule_request::Action) -> Result<()> {
+    pub async fn alter_schedule(
+        &self,
+        name: &str,
+        action: v1::alter_schedule_request::Action,
+    ) -> Result<()> {
         let timeout = self.config().request_timeout;
         let req = v1::AlterScheduleRequest {
             name: name.to_string(),
             action: action as i32,
         };
         // A retried drop may find the schedule dropped by the first attempt.
-        let tolerate = (action == v1::alter_schedule_request::Action::Drop).then_some(Code::NotFound);
+        let tolerate =
+            (action == v1::alter_schedule_request::Action::Drop).then_some(Code::NotFound);
         self.call_any_tolerating(tolerate, |ch| {
             let req = req.clone();
             async move { jobs(ch).alter_schedule(request(req, timeout)).await }

@@ -56,6 +56,17 @@ impl From<weir_storage::StorageError> for NodeError {
     }
 }
 
+impl NodeError {
+    /// A drop the catalog refused: the thing is missing, or something still uses it (a job).
+    pub fn refused_drop(m: String) -> NodeError {
+        if m.contains("does not exist") {
+            NodeError::NotFound(m)
+        } else {
+            NodeError::InvalidArgument(m)
+        }
+    }
+}
+
 impl From<Status> for NodeError {
     fn from(s: Status) -> Self {
         NodeError::Remote(relay(s))

@@ -338,8 +338,7 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
     async fn create_schedule(&self, schedule: NewSchedule) -> Result<u64, ClusterError>;
 
     /// Pauses, resumes, drops or runs a schedule now.
-    async fn alter_schedule(&self, name: &str, action: ScheduleAction)
-        -> Result<(), ClusterError>;
+    async fn alter_schedule(&self, name: &str, action: ScheduleAction) -> Result<(), ClusterError>;
 
     /// Applies aggregate merges to rows of `table`; returns, for each merge refused because its
     /// row already took part of its range, the merge's index and the offset the row reached.

@@ -188,7 +188,9 @@ impl Engine {
                         let mut parsed = self.parse(&q)?;
                         match parsed.pop_front() {
                             Some(stmt) => Box::pin(self.run(stmt)).await,
-                            None => Err(DataFusionError::Internal("SHOW RUNS parsed to nothing".into())),
+                            None => Err(DataFusionError::Internal(
+                                "SHOW RUNS parsed to nothing".into(),
+                            )),
                         }
                     }
                     None => Ok(Output::Done("SHOW RUNS: no schedule has run yet".into())),
@@ -217,7 +219,9 @@ impl Engine {
                     .statement_to_plan(DfStatement::Statement(s))
                     .await
                     .map_err(|e| {
-                        DataFusionError::Plan(format!("the schedule's statement does not plan: {e}"))
+                        DataFusionError::Plan(format!(
+                            "the schedule's statement does not plan: {e}"
+                        ))
                     })?;
                 Ok(())
             }

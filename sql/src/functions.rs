@@ -98,10 +98,9 @@ impl AsyncScalarUDFImpl for PgSleep {
         if seconds.is_finite() && seconds > 0.0 {
             tokio::time::sleep(std::time::Duration::from_secs_f64(seconds.min(86_400.0))).await;
         }
-        Ok(ColumnarValue::Array(datafusion::arrow::array::new_null_array(
-            &DataType::Boolean,
-            rows,
-        )))
+        Ok(ColumnarValue::Array(
+            datafusion::arrow::array::new_null_array(&DataType::Boolean, rows),
+        ))
     }
 }
 

@@ -23,9 +23,9 @@ pub mod types;
 pub mod warnings;
 
 pub use cluster::{
-    Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewTable, NewTopic,
-    RecordPage, RegionMeta, RowPage, ScheduleAction, ScheduleMeta, NewSchedule, SinkMerge,
-    TableMeta, TopicMeta, TopicRecord,
+    Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
+    NewTopic, RecordPage, RegionMeta, RowPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
+    TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

@@ -779,19 +779,14 @@ impl Catalog {
     /// new schedule can close, since nothing depends on it yet.
     fn create_schedule(&mut self, schedule: &ScheduleInfo) -> MetaResponse {
         if self.schedules.contains_key(&schedule.name) {
-            return MetaResponse::Rejected(format!(
-                "schedule '{}' already exists",
-                schedule.name
-            ));
+            return MetaResponse::Rejected(format!("schedule '{}' already exists", schedule.name));
         }
         if schedule.every_ms == 0 {
             return MetaResponse::Rejected("a schedule's interval must be positive".into());
         }
         for d in &schedule.after {
             if d == &schedule.name {
-                return MetaResponse::Rejected(format!(
-                    "schedule '{d}' cannot run after itself"
-                ));
+                return MetaResponse::Rejected(format!("schedule '{d}' cannot run after itself"));
             }
             if !self.schedules.contains_key(d) {
                 return MetaResponse::Rejected(format!(

@@ -1,7 +1,7 @@
 //! A stream job under SIGKILL with real `weir-node` processes: 200,000 records produced into a
 //! six-partition topic while the node running most of the job's tasks is killed and later
 //! restarted, and the sink's regions split; at the end the sink equals the job's `SELECT` run as
-//! a batch over the topic, exactly.
+//! a batch over the topic, exactly. And a scheduled run whose node is killed mid-run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -158,4 +158,70 @@ async fn a_group_by_job_is_exact_after_a_kill_and_a_sink_split() {
         .regions
         .len();
     assert!(regions > 1, "the sink split ({regions} region)");
+}
+
+/// A scheduled run whose node is killed mid-run is claimed again by another node once its lease
+/// has passed, and the history shows exactly one successful run for the tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_run_whose_node_dies_is_retried_elsewhere_once() {
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TABLE marks (id BIGINT, n BIGINT, PRIMARY KEY (id));
+         CREATE SCHEDULE slow EVERY '1 hour' AS
+           INSERT INTO marks SELECT 1, count(*) FROM generate_series(1, 10)
+           WHERE pg_sleep(4) IS NULL;
+         RUN SCHEDULE slow",
+    )
+    .await;
+    // schedule | tick | status | attempt | node | started | ended | rows | error | manual
+    let running = wait_until("the run to start", Duration::from_secs(60), || async {
+        let r = rows(&client, "SHOW RUNS FOR slow").await.ok()?;
+        let f: Vec<String> = r.first()?.split('|').map(str::to_string).collect();
+        (f[2] == "running").then_some(f)
+    })
+    .await;
+    let (tick, first_node): (String, u64) = (running[1].clone(), running[4].parse().expect("node"));
+    let victim = (first_node - 1) as usize;
+    cluster.kill(victim);
+    let survivor = Client::connect(cluster.addr((victim + 1) % 3))
+        .await
+        .expect("connects");
+    let done = wait_until(
+        "the run to succeed on another node",
+        Duration::from_secs(120),
+        || async {
+            let r = rows(&survivor, "SHOW RUNS FOR slow").await.ok()?;
+            let f: Vec<String> = r.first()?.split('|').map(str::to_string).collect();
+            (f[2] == "succeeded").then_some(f)
+        },
+    )
+    .await;
+    assert_eq!(done[1], tick, "the same tick was finished: {done:?}");
+    let attempt: i64 = done[3].parse().expect("attempt");
+    assert!(attempt >= 2, "a second attempt ran it: {done:?}");
+    assert_ne!(
+        done[4],
+        first_node.to_string(),
+        "another node ran it: {done:?}"
+    );
+    assert_eq!(done[7], "1", "{done:?}");
+    assert_eq!(
+        rows(&survivor, "SELECT id, n FROM marks")
+            .await
+            .expect("marks"),
+        vec!["1|10"]
+    );
+    // The killed node comes back: it does not run or record the tick again.
+    cluster.restart(victim);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let history = rows(
+        &survivor,
+        "SELECT status, attempt FROM \"__schedule_runs\" WHERE schedule = 'slow'",
+    )
+    .await
+    .expect("history");
+    assert_eq!(history, vec![format!("succeeded|{attempt}")]);
 }

@@ -5,7 +5,8 @@
 //! first at or after the schedule's creation), the schedules it runs `AFTER` have each succeeded
 //! for a tick at or after it, and no run of the schedule holds a live lease (runs of one schedule
 //! never overlap). Only the latest due tick is considered: ticks missed while the cluster was down
-//! are not caught up. A failed attempt is retried with back-off up to [`MAX_ATTEMPTS`]; a run
+//! are not caught up, but a tick that was started and not finished (its node died, or an attempt
+//! failed) is still finished after the next tick falls due. A failed attempt is retried with back-off up to [`MAX_ATTEMPTS`]; a run
 //! whose node died is claimed again by another node once its lease has passed.
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(2);
 pub const MAX_ATTEMPTS: i64 = 5;
 /// Longest wait before a failed attempt is retried.
 const MAX_BACKOFF_MS: i64 = 60_000;
+/// A tick later than any (9999-12-31, in microseconds): the exclusive end of a schedule's rows.
+const END_OF_TIME_US: i64 = 253_402_300_799_999_999;
 /// Longest error text kept in the history.
 const MAX_ERROR_CHARS: usize = 2000;
 
@@ -49,6 +52,17 @@ fn due_tick(s: &ScheduleMeta, now: i64) -> Option<i64> {
 /// How long to wait after failed attempt `attempt` (1-based).
 fn backoff_ms(attempt: i64) -> i64 {
     (1000i64 << (attempt - 1).clamp(0, 16)).min(MAX_BACKOFF_MS)
+}
+
+/// Why a tick is considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The latest due tick.
+    Due,
+    /// The tick before it: only finished if it was started.
+    Unfinished,
+    /// A run asked for with `RUN SCHEDULE` (no dependencies waited for).
+    Manual,
 }
 
 /// What the scheduler learned about a tick.
@@ -103,14 +117,20 @@ pub async fn schedule_loop(
             }
             let mut ticks = Vec::new();
             if !s.paused {
-                ticks.extend(due_tick(s, now).map(|t| (t, false)));
+                if let Some(due) = due_tick(s, now) {
+                    let before = due - s.every_ms as i64;
+                    if before >= s.created_ms {
+                        ticks.push((before, Kind::Unfinished));
+                    }
+                    ticks.push((due, Kind::Due));
+                }
             }
-            ticks.extend(s.run_now.map(|t| (t, true)));
-            for (tick, manual) in ticks {
+            ticks.extend(s.run_now.map(|t| (t, Kind::Manual)));
+            for (tick, kind) in ticks {
                 if quiet.get(&(s.id, tick)).is_some_and(|until| *until > now) {
                     continue;
                 }
-                match look(node, s, &schedules, tick, manual, &table).await {
+                match look(node, s, &schedules, tick, kind, &table).await {
                     Ok(Look::Claimed(rec, version)) => {
                         quiet.remove(&(s.id, tick));
                         let span = tracing::info_span!(
@@ -145,7 +165,10 @@ pub async fn schedule_loop(
         // Forget ticks no schedule can come back to.
         quiet.retain(|(id, tick), _| {
             schedules.iter().any(|s| {
-                s.id == *id && (s.run_now == Some(*tick) || due_tick(s, now) == Some(*tick))
+                s.id == *id
+                    && (s.run_now == Some(*tick)
+                        || due_tick(s, now)
+                            .is_some_and(|due| *tick == due || *tick == due - s.every_ms as i64))
             })
         });
     }
@@ -157,7 +180,7 @@ async fn look(
     s: &ScheduleMeta,
     all: &[ScheduleMeta],
     tick: i64,
-    manual: bool,
+    kind: Kind,
     table: &Table,
 ) -> weir_client::Result<Look> {
     let now = now_ms();
@@ -181,8 +204,9 @@ async fn look(
         None => (None, 0),
     };
     let attempt = match &previous {
+        None if kind == Kind::Unfinished => return Ok(Look::QuietUntil(i64::MAX)),
         None => {
-            if !manual && !dependencies_done(s, all, tick, table).await? {
+            if kind == Kind::Due && !dependencies_done(s, all, tick, table).await? {
                 return Ok(Look::QuietUntil(now));
             }
             1
@@ -203,6 +227,7 @@ async fn look(
     if let Some(until) = live_run(s, tick, table, now).await? {
         return Ok(Look::QuietUntil(until));
     }
+    let manual = previous.as_ref().map_or(kind == Kind::Manual, |p| p.manual);
     let rec = RunRecord {
         schedule: s.name.clone(),
         tick_ms: tick,
@@ -219,7 +244,11 @@ async fn look(
         schedule_id: s.id,
     };
     let outcome = table
-        .compare_and_set(&key, Expectation::Version(version), CasAction::Put(rec.to_row()))
+        .compare_and_set(
+            &key,
+            Expectation::Version(version),
+            CasAction::Put(rec.to_row()),
+        )
         .await?;
     match (outcome.succeeded, outcome.current) {
         (true, Some(row)) => {
@@ -244,7 +273,10 @@ async fn dependencies_done(
         };
         let opts = ScanOptions {
             start: Some(RunRecord::key(d, tick)),
-            end: Some(vec![Value::Str(d.clone()), Value::Timestamp(i64::MAX)]),
+            end: Some(vec![
+                Value::Str(d.clone()),
+                Value::Timestamp(END_OF_TIME_US),
+            ]),
             ..Default::default()
         };
         let mut done = false;
@@ -275,7 +307,10 @@ async fn live_run(
     // Runs never overlap, so a live one is among the latest few rows.
     let opts = ScanOptions {
         start: Some(vec![Value::Str(s.name.clone())]),
-        end: Some(vec![Value::Str(s.name.clone()), Value::Timestamp(i64::MAX)]),
+        end: Some(vec![
+            Value::Str(s.name.clone()),
+            Value::Timestamp(END_OF_TIME_US),
+        ]),
         limit: 8,
         reverse: true,
         ..Default::default()

@@ -2,9 +2,9 @@
 //! the metadata leader. The statement itself is checked by the SQL layer before it gets here.
 
 use tonic::{Request, Response, Status};
+use weir_proto::v1::alter_schedule_request::Action;
 use weir_proto::v1::jobs_client::JobsClient;
 use weir_proto::v1::jobs_server::Jobs;
-use weir_proto::v1::alter_schedule_request::Action;
 use weir_proto::v1::{
     AlterScheduleRequest, CreateJobRequest, CreateJobResponse, CreateScheduleRequest, JobAck,
     JobName, SetJobRunningRequest,
@@ -76,7 +76,8 @@ fn refused(m: String) -> Status {
     } else if m.contains("already exists") {
         NodeError::AlreadyExists(m).into()
     } else {
-        NodeError::FailedPrecondition(m).into()
+        // Not FAILED_PRECONDITION: clients read that code as "not the leader" and retry.
+        NodeError::InvalidArgument(m).into()
     }
 }
 
@@ -192,9 +193,7 @@ impl Jobs for JobsService {
         let req = request.get_ref();
         crate::names::validate("schedule", &req.name)?;
         if req.statement.trim().is_empty() {
-            return Err(
-                NodeError::InvalidArgument("a schedule needs its statement".into()).into(),
-            );
+            return Err(NodeError::InvalidArgument("a schedule needs its statement".into()).into());
         }
         if req.every_ms < MIN_EVERY_MS {
             return Err(NodeError::InvalidArgument(format!(

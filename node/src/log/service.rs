@@ -392,7 +392,7 @@ impl Log for LogService {
             .propose_meta(MetaCommand::DeleteTopic { name })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
+            MetaResponse::Rejected(m) => Err(NodeError::refused_drop(m).into()),
             _ => Ok(Response::new(DeleteTopicResponse {})),
         }
     }

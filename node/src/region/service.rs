@@ -596,7 +596,7 @@ impl Kv for KvService {
             .propose_meta(MetaCommand::DropTable { name })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
+            MetaResponse::Rejected(m) => Err(NodeError::refused_drop(m).into()),
             _ => Ok(Response::new(DropTableResponse {})),
         }
     }
@@ -657,7 +657,7 @@ impl Kv for KvService {
             .propose_meta(MetaCommand::DropExternalTable { name })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::NotFound(m).into()),
+            MetaResponse::Rejected(m) => Err(NodeError::refused_drop(m).into()),
             _ => Ok(Response::new(DropTableResponse {})),
         }
     }

@@ -116,7 +116,7 @@ pub fn describe_every(ms: u64) -> String {
         (1000, "second"),
     ];
     for (size, unit) in UNITS {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             let n = ms / size;
             return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
         }

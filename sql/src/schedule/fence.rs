@@ -205,11 +205,7 @@ impl Cluster for FencedCluster {
         self.inner.create_schedule(schedule).await
     }
 
-    async fn alter_schedule(
-        &self,
-        name: &str,
-        action: ScheduleAction,
-    ) -> Result<(), ClusterError> {
+    async fn alter_schedule(&self, name: &str, action: ScheduleAction) -> Result<(), ClusterError> {
         self.check()?;
         self.inner.alter_schedule(name, action).await
     }

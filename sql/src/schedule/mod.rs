@@ -62,7 +62,15 @@ mod tests {
         assert_eq!(parse_every("30s").unwrap(), 30_000);
         assert_eq!(parse_every(" 2 Days ").unwrap(), 172_800_000);
         assert_eq!(parse_every("1.5 seconds").unwrap(), 1500);
-        for bad in ["", "ten minutes", "10", "10 fortnights", "500 ms", "0 s", "2 years"] {
+        for bad in [
+            "",
+            "ten minutes",
+            "10",
+            "10 fortnights",
+            "500 ms",
+            "0 s",
+            "2 years",
+        ] {
             let e = parse_every(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("'{bad}'")), "{bad}: {e}");
         }

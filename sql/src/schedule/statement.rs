@@ -103,17 +103,11 @@ fn body_start(sql: &str) -> Result<usize> {
         .find(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::AS))
         .ok_or_else(|| syntax("CREATE SCHEDULE needs AS <statement>"))?;
     // Locations are 1-based lines and columns (in characters).
-    let (line, column) = (
-        as_at.span.end.line as usize,
-        as_at.span.end.column as usize,
-    );
+    let (line, column) = (as_at.span.end.line as usize, as_at.span.end.column as usize);
     let mut offset = 0;
     for (i, l) in sql.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            let chars: usize = l
-                .char_indices()
-                .nth(column - 1)
-                .map_or(l.len(), |(b, _)| b);
+            let chars: usize = l.char_indices().nth(column - 1).map_or(l.len(), |(b, _)| b);
             return Ok(offset + chars);
         }
         offset += l.len();
