@@ -296,6 +296,7 @@ impl Client {
             acks: acks as i32,
             producer_id,
             sequence,
+            jumping: false,
         };
         let resp = self
             .call_leader(topic, partition, |ch| {
@@ -305,6 +306,38 @@ impl Client {
             .await?;
         let base = (!resp.offsets_pending).then_some(resp.base_offset);
         Ok((base, resp.count))
+    }
+
+    /// Appends one encoded batch as batch `sequence` of the deterministic producer `producer_id`
+    /// (see `ProduceRequest.jumping`): written only when `sequence` is above the last number that
+    /// producer wrote to the partition. Returns `None` when written, else that last number. An
+    /// empty `batch` only asks for it. Retries are safe: a batch written before a lost answer is
+    /// answered as a duplicate.
+    pub async fn produce_numbered(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        producer_id: u64,
+        sequence: u64,
+    ) -> Result<Option<u64>> {
+        let timeout = self.inner.config.request_timeout;
+        let req = ProduceRequest {
+            topic: topic.to_string(),
+            partition,
+            batch,
+            acks: Acks::All as i32,
+            producer_id,
+            sequence,
+            jumping: true,
+        };
+        let resp = self
+            .call_leader(topic, partition, |ch| {
+                let req = req.clone();
+                async move { log(ch).produce(request(req, timeout)).await }
+            })
+            .await?;
+        Ok(resp.duplicate.then_some(resp.last_sequence))
     }
 
     /// Reads whole batches of a partition from `offset`, waiting up to `max_wait_ms` for records

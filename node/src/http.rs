@@ -164,6 +164,7 @@ async fn ingest(
             acks: Acks::All as i32,
             producer_id: 0,
             sequence: 0,
+            jumping: false,
         });
         match s.log.produce(req).await {
             Ok(resp) => {

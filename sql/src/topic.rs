@@ -55,7 +55,8 @@ pub const TIMESTAMP_COLUMN: &str = "_timestamp";
 /// The record's key as text.
 pub const KEY_COLUMN: &str = "_key";
 
-fn metadata_columns() -> Vec<Column> {
+/// The metadata columns: partition, offset, timestamp and key, in that order.
+pub fn metadata_columns() -> Vec<Column> {
     let col = |name: &str, ty| Column {
         name: name.into(),
         ty,
@@ -250,47 +251,47 @@ impl DisplayAs for TopicSink {
     }
 }
 
-impl TopicSink {
-    /// The record a row (all columns) becomes; `n` is the row's number in the statement.
-    fn record(&self, row: Vec<Value>, n: u64) -> Result<NewRecord> {
-        let bad = |what: String| DataFusionError::Execution(format!("row {n}: {what}"));
-        let declared = self.columns.len() - metadata_columns().len();
-        let mut meta = row[declared..].iter();
-        let value = match &self.meta.format {
-            Some(f) => f.encode(&row[..declared]).map_err(|e| bad(e.to_string()))?,
-            None => match &row[0] {
-                Value::Bytes(b) => b.clone(),
-                Value::Str(s) => s.as_bytes().to_vec(),
-                other => return Err(bad(format!("value {other:?} is not bytes"))),
-            },
-        };
-        let partition = match meta.next() {
-            Some(Value::Int(p)) => Some(
-                u32::try_from(*p)
-                    .map_err(|_| bad(format!("{PARTITION_COLUMN} {p} is not a partition")))?,
-            ),
-            _ => None,
-        };
-        if let Some(Value::Int(o)) = meta.next() {
-            return Err(bad(format!(
-                "{OFFSET_COLUMN} is given ({o}), but the log assigns offsets; leave it out"
-            )));
-        }
-        let timestamp_ms = match meta.next() {
-            Some(Value::Timestamp(micros)) => Some(micros.div_euclid(1000)),
-            _ => None,
-        };
-        let key = match meta.next() {
-            Some(Value::Str(k)) => Some(Bytes::from(k.clone().into_bytes())),
-            _ => None,
-        };
-        Ok(NewRecord {
-            partition,
-            key,
-            value: Bytes::from(value),
-            timestamp_ms,
-        })
+/// The record a row of [`topic_columns`] becomes: its declared columns encoded in the topic's
+/// format, its metadata columns naming the partition, timestamp and key; `n` is the row's number
+/// in the statement, for errors.
+pub fn encode_row(meta: &TopicMeta, row: Vec<Value>, n: u64) -> Result<NewRecord> {
+    let bad = |what: String| DataFusionError::Execution(format!("row {n}: {what}"));
+    let declared = row.len().saturating_sub(metadata_columns().len());
+    let mut metadata = row[declared..].iter();
+    let value = match &meta.format {
+        Some(f) => f.encode(&row[..declared]).map_err(|e| bad(e.to_string()))?,
+        None => match row.first() {
+            Some(Value::Bytes(b)) => b.clone(),
+            Some(Value::Str(s)) => s.as_bytes().to_vec(),
+            other => return Err(bad(format!("value {other:?} is not bytes"))),
+        },
+    };
+    let partition = match metadata.next() {
+        Some(Value::Int(p)) => Some(
+            u32::try_from(*p)
+                .map_err(|_| bad(format!("{PARTITION_COLUMN} {p} is not a partition")))?,
+        ),
+        _ => None,
+    };
+    if let Some(Value::Int(o)) = metadata.next() {
+        return Err(bad(format!(
+            "{OFFSET_COLUMN} is given ({o}), but the log assigns offsets; leave it out"
+        )));
     }
+    let timestamp_ms = match metadata.next() {
+        Some(Value::Timestamp(micros)) => Some(micros.div_euclid(1000)),
+        _ => None,
+    };
+    let key = match metadata.next() {
+        Some(Value::Str(k)) => Some(Bytes::from(k.clone().into_bytes())),
+        _ => None,
+    };
+    Ok(NewRecord {
+        partition,
+        key,
+        value: Bytes::from(value),
+        timestamp_ms,
+    })
 }
 
 #[async_trait]
@@ -314,7 +315,7 @@ impl DataSink for TopicSink {
             let mut records = Vec::with_capacity(rows.len().min(PRODUCE_ROWS));
             for row in rows {
                 seen += 1;
-                records.push(self.record(row, seen)?);
+                records.push(encode_row(&self.meta, row, seen)?);
                 if records.len() == PRODUCE_ROWS {
                     done += self.produce(std::mem::take(&mut records)).await?;
                 }

@@ -585,8 +585,11 @@ impl Catalog {
                         job.source
                     ));
                 }
-                if !self.tables.contains_key(&job.sink) {
-                    return MetaResponse::Rejected(format!("table '{}' does not exist", job.sink));
+                if !self.tables.contains_key(&job.sink) && !self.topics.contains_key(&job.sink) {
+                    return MetaResponse::Rejected(format!(
+                        "no table or topic '{}' exists to write into",
+                        job.sink
+                    ));
                 }
                 let id = self.next_job_id.max(1);
                 self.next_job_id = id + 1;

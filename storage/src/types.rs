@@ -168,8 +168,14 @@ pub enum Expect {
 pub struct ProducerSeq {
     /// Chosen at random by the producer, once per producer instance.
     pub producer_id: u64,
-    /// Increases by one per batch the producer sends to the partition.
+    /// Increases by one per batch the producer sends to the partition (or, for a jumping
+    /// producer, increases by any amount).
     pub sequence: u64,
+    /// A producer whose identity and numbering are deterministic (a stream job's task numbers its
+    /// batches by the source offset they reach): a batch numbered at or below the last one it
+    /// wrote is a duplicate, gaps are fine, and it is never forgotten. An empty batch only asks
+    /// for the last number.
+    pub jumping: bool,
 }
 
 /// What applying a [`Request`] answered.
@@ -219,4 +225,10 @@ pub enum Response {
     /// written and the producer should retry it after the earlier batch (Kafka's out-of-order
     /// sequence), which keeps its batches in order across retries.
     OutOfOrder(String),
+    /// A jumping producer's batch was not written: it had already written one numbered
+    /// `last_sequence` (0: none yet), at or above this one's, or the batch was empty.
+    Duplicate {
+        /// The last number that producer wrote to the partition.
+        last_sequence: u64,
+    },
 }

@@ -1,7 +1,8 @@
 //! A stream job under SIGKILL with real `weir-node` processes: 200,000 records produced into a
 //! six-partition topic while the node running most of the job's tasks is killed and later
 //! restarted, and the sink's regions split; at the end the sink equals the job's `SELECT` run as
-//! a batch over the topic, exactly. And a scheduled run whose node is killed mid-run.
+//! a batch over the topic, exactly. Also a chain of jobs through a topic under a kill, and a
+//! scheduled run whose node is killed mid-run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -224,4 +225,144 @@ async fn a_scheduled_run_whose_node_dies_is_retried_elsewhere_once() {
     .await
     .expect("history");
     assert_eq!(history, vec![format!("succeeded|{attempt}")]);
+}
+
+/// A chain of jobs, topic → job → topic → job → table, under SIGKILL: the middle topic holds each
+/// cleaned record exactly once (the first job's batches are numbered by the source offsets they
+/// reach, so a replay's batches are refused as duplicates), and the table equals the batch
+/// query over the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_of_jobs_through_a_topic_is_exact_after_a_kill() {
+    const N: i64 = 60_000;
+    const STEP: i64 = 5_000;
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TOPIC raw (id BIGINT NOT NULL, v BIGINT NOT NULL)
+           WITH (partitions = 4, replicas = 3, format = 'json');
+         CREATE TOPIC cleaned (id BIGINT NOT NULL, v BIGINT NOT NULL)
+           WITH (partitions = 3, replicas = 3, format = 'json');
+         CREATE TABLE sums (bucket BIGINT, n BIGINT, total BIGINT, PRIMARY KEY (bucket));
+         CREATE JOB clean AS INSERT INTO cleaned SELECT id, v * 2 FROM raw WHERE v % 5 <> 0;
+         CREATE JOB sum AS INSERT INTO sums
+           SELECT id % 100, count(*), sum(v) FROM cleaned GROUP BY id % 100",
+    )
+    .await;
+    // The node running most of the first job's tasks is the one to kill.
+    let nodes: Vec<u64> = wait_until("tasks placed", Duration::from_secs(60), || async {
+        let shown = rows(&client, "SHOW JOBS").await.ok()?;
+        let line = shown.iter().find(|l| l.starts_with("clean|"))?;
+        let field = line.split('|').nth(5)?;
+        let ids: Vec<u64> = field.split(',').filter_map(|n| n.parse().ok()).collect();
+        (ids.len() == 4).then_some(ids)
+    })
+    .await;
+    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+    for n in &nodes {
+        *per_node.entry(*n).or_default() += 1;
+    }
+    let busiest = per_node
+        .iter()
+        .max_by_key(|(n, c)| (**c, u64::MAX - **n))
+        .map(|(n, _)| *n)
+        .expect("a node");
+    let victim = (busiest - 1) as usize;
+    let producer = Client::connect(cluster.addr((victim + 1) % 3))
+        .await
+        .expect("connects");
+    // Records go in while the kill lands, so the killed tasks die with batches appended to the
+    // middle topic but not yet committed.
+    let feeding = tokio::spawn({
+        let producer = producer.clone();
+        async move {
+            let mut from = 1;
+            while from <= N {
+                let to = from + STEP - 1;
+                exec(
+                    &producer,
+                    &format!(
+                        "INSERT INTO raw (id, v) SELECT value, (value * 7919) % 1000 \
+                         FROM generate_series({from}, {to})"
+                    ),
+                )
+                .await;
+                from = to + 1;
+            }
+        }
+    });
+    let count_of = |sql: &'static str, at_least: i64| {
+        let producer = producer.clone();
+        async move {
+            wait_until(sql, Duration::from_secs(300), || async {
+                let n: i64 = rows(&producer, sql).await.ok()?.first()?.parse().ok()?;
+                (n >= at_least).then_some(())
+            })
+            .await
+        }
+    };
+    count_of("SELECT count(*) FROM cleaned", N / 4).await;
+    cluster.kill(victim);
+    count_of("SELECT count(*) FROM raw", 3 * N / 4).await;
+    cluster.restart(victim);
+    feeding.await.expect("records produced");
+    let expected_rows = rows(&producer, "SELECT count(*) FROM raw WHERE v % 5 <> 0")
+        .await
+        .expect("count")[0]
+        .clone();
+    // Every cleaned record once: as many records as distinct ids, as many as the source has.
+    let counted = wait_until(
+        "the middle topic to hold every cleaned record",
+        Duration::from_secs(300),
+        || async {
+            let c = rows(
+                &producer,
+                "SELECT count(*), count(DISTINCT id) FROM cleaned",
+            )
+            .await
+            .ok()?;
+            let (all, distinct) = c.first()?.split_once('|')?;
+            (distinct == expected_rows || all != distinct)
+                .then(|| (all.to_string(), distinct.to_string()))
+        },
+    )
+    .await;
+    assert_eq!(
+        counted,
+        (expected_rows.clone(), expected_rows.clone()),
+        "records of the middle topic (all, distinct)"
+    );
+    const SINK: &str = "SELECT bucket, n, total FROM sums ORDER BY bucket";
+    const BATCH: &str = "SELECT id % 100, count(*), sum(v * 2) FROM raw WHERE v % 5 <> 0 \
+                         GROUP BY id % 100 ORDER BY 1";
+    let want = rows(&producer, BATCH).await.expect("batch");
+    let mut last = Vec::new();
+    let equal = tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            if let Ok(s) = rows(&producer, SINK).await {
+                if s == want {
+                    return;
+                }
+                last = s;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    if equal.is_err() {
+        let diff: Vec<String> = last
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .take(10)
+            .map(|(a, b)| format!("sink {a} / batch {b}"))
+            .collect();
+        panic!(
+            "the table never equalled the batch ({} vs {} rows); first differences:\n{}",
+            last.len(),
+            want.len(),
+            diff.join("\n")
+        );
+    }
 }

@@ -452,11 +452,25 @@ impl Log for LogService {
             ))
             .into());
         }
+        if req.jumping && req.producer_id == 0 {
+            return Err(
+                NodeError::InvalidArgument("a jumping producer needs its id".into()).into(),
+            );
+        }
         // The whole batch is checked here, once: it is stored untouched, its count becomes offsets
         // and its largest timestamp drives retention, and every consumer of the partition must be
-        // able to read it.
-        let header = batch::validate(&req.batch)
-            .map_err(|e| NodeError::InvalidArgument(format!("rejected batch: {e}")))?;
+        // able to read it. A jumping producer's empty batch only asks for its last number.
+        let header = if req.jumping && req.batch.is_empty() {
+            batch::BatchHeader {
+                count: 0,
+                first_timestamp_ms: 0,
+                max_timestamp_ms: 0,
+                crc: 0,
+            }
+        } else {
+            batch::validate(&req.batch)
+                .map_err(|e| NodeError::InvalidArgument(format!("rejected batch: {e}")))?
+        };
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
             Serve::Local(h) => h,
             Serve::Forward(mut c) => {
@@ -474,19 +488,22 @@ impl Log for LogService {
             producer: (req.producer_id != 0).then_some(ProducerSeq {
                 producer_id: req.producer_id,
                 sequence: req.sequence,
+                jumping: req.jumping,
             }),
         };
         let span = tracing::debug_span!("produce", group = group.id, topic = %req.topic, partition = req.partition);
         let _e = span.enter();
+        // A jumping producer sends one batch at a time: no order to keep among its batches.
         let turn = match req.producer_id {
             0 => None,
+            _ if req.jumping => None,
             producer => {
                 let term = h.raft.metrics().borrow_watched().current_term;
                 let turn = self.order.turn(group.id, producer, req.sequence, term);
                 Some(turn.await?)
             }
         };
-        if req.acks == Acks::Leader as i32 {
+        if req.acks == Acks::Leader as i32 && !req.jumping {
             h.raft
                 .client_write_ff(cmd, None)
                 .await
@@ -499,6 +516,8 @@ impl Log for LogService {
                 base_offset: 0,
                 count: header.count,
                 offsets_pending: true,
+                duplicate: false,
+                last_sequence: 0,
             }));
         }
         let submitted = leader::submit(&h, cmd).await?;
@@ -512,8 +531,17 @@ impl Log for LogService {
                     base_offset,
                     count,
                     offsets_pending: false,
+                    duplicate: false,
+                    last_sequence: 0,
                 }))
             }
+            Resp::Duplicate { last_sequence } => Ok(Response::new(ProduceResponse {
+                base_offset: 0,
+                count: 0,
+                offsets_pending: false,
+                duplicate: true,
+                last_sequence,
+            })),
             Resp::Rejected(m) => Err(NodeError::InvalidArgument(m).into()),
             Resp::OutOfOrder(m) => Err(NodeError::Aborted(m).into()),
             other => Err(NodeError::Internal(format!("unexpected answer {other:?}")).into()),

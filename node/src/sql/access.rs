@@ -88,6 +88,42 @@ pub fn job_meta(j: &JobInfo) -> JobMeta {
     }
 }
 
+/// Records encoded into one batch per partition: each to its partition, else the one its key
+/// hashes to, else `keyless` when given (deterministic), else spread batch by batch as producers
+/// do.
+fn batches_by_partition(
+    topic: &str,
+    partitions: u32,
+    records: &[NewRecord],
+    keyless: Option<u32>,
+) -> Result<BTreeMap<u32, BatchBuilder>, ClusterError> {
+    let mut partitioner = Partitioner::new(partitions);
+    let mut batches: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
+    let now = weir_client::now_ms();
+    for r in records {
+        let p = match (r.partition, &r.key, keyless) {
+            (Some(p), _, _) if p < partitions => p,
+            (Some(p), _, _) => {
+                return Err(ClusterError::Invalid(format!(
+                    "topic '{topic}' has {partitions} partitions; there is no partition {p}"
+                )))
+            }
+            (None, None, Some(p)) => p % partitions.max(1),
+            (None, key, _) => partitioner.partition(key.as_deref()),
+        };
+        batches.entry(p).or_default().push(
+            r.key.as_deref(),
+            &r.value,
+            r.timestamp_ms.unwrap_or(now),
+        );
+        if r.key.is_none() && r.partition.is_none() {
+            // Spread keyless records batch by batch, as producers do.
+            partitioner.batch_sealed(p);
+        }
+    }
+    Ok(batches)
+}
+
 /// A schedule as the SQL layer sees it.
 pub fn schedule_meta(s: &ScheduleInfo) -> ScheduleMeta {
     ScheduleMeta {
@@ -437,29 +473,7 @@ impl Cluster for NodeCluster {
     async fn produce(&self, topic: &str, records: Vec<NewRecord>) -> Result<u64, ClusterError> {
         let client = self.client().await?;
         let partitions = client.partition_count(topic).await.map_err(to_cluster)?;
-        let mut partitioner = Partitioner::new(partitions);
-        let mut batches: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
-        let now = weir_client::now_ms();
-        for r in &records {
-            let p = match r.partition {
-                Some(p) if p < partitions => p,
-                Some(p) => {
-                    return Err(ClusterError::Invalid(format!(
-                        "topic '{topic}' has {partitions} partitions; there is no partition {p}"
-                    )))
-                }
-                None => partitioner.partition(r.key.as_deref()),
-            };
-            batches.entry(p).or_default().push(
-                r.key.as_deref(),
-                &r.value,
-                r.timestamp_ms.unwrap_or(now),
-            );
-            if r.key.is_none() && r.partition.is_none() {
-                // Spread keyless records batch by batch, as producers do.
-                partitioner.batch_sealed(p);
-            }
-        }
+        let batches = batches_by_partition(topic, partitions, &records, None)?;
         // One producer id per call, sequence 0 per partition: a batch retried after a lost
         // answer is stored once.
         let producer_id = rand::random::<u64>().max(1);
@@ -472,6 +486,44 @@ impl Cluster for NodeCluster {
             written += u64::from(n);
         }
         Ok(written)
+    }
+
+    async fn produce_numbered(
+        &self,
+        topic: &str,
+        producer_id: u64,
+        sequence: u64,
+        records: Vec<NewRecord>,
+        keyless: u32,
+    ) -> Result<(), ClusterError> {
+        let client = self.client().await?;
+        let partitions = client.partition_count(topic).await.map_err(to_cluster)?;
+        let batches = batches_by_partition(topic, partitions, &records, Some(keyless))?;
+        for (p, b) in batches {
+            client
+                .produce_numbered(topic, p, b.finish(), producer_id, sequence)
+                .await
+                .map_err(to_cluster)?;
+        }
+        Ok(())
+    }
+
+    async fn producer_numbers(
+        &self,
+        topic: &str,
+        producer_id: u64,
+    ) -> Result<Vec<u64>, ClusterError> {
+        let client = self.client().await?;
+        let partitions = client.partition_count(topic).await.map_err(to_cluster)?;
+        let mut out = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let last = client
+                .produce_numbered(topic, p, bytes::Bytes::new(), producer_id, 0)
+                .await
+                .map_err(to_cluster)?;
+            out.push(last.unwrap_or(0));
+        }
+        Ok(out)
     }
 
     async fn create_topic(&self, t: NewTopic) -> Result<(), ClusterError> {

@@ -1,5 +1,6 @@
 //! Stream jobs: `CREATE JOB name AS INSERT INTO table SELECT ... FROM topic [JOIN table ...]
-//! [WHERE ...] [GROUP BY ...]`, a statement that never ends.
+//! [WHERE ...] [GROUP BY ...]` (or `INSERT INTO topic ...` without aggregates, so jobs chain), a
+//! statement that never ends.
 //!
 //! - [`statement`]: the job statements' syntax.
 //! - [`plan`]: what a job's statement means: the source topic, the sink table, the per-batch query
@@ -31,6 +32,18 @@
 //! - **Plain inserts** (no `GROUP BY`): each output row is written by its primary key, replacing
 //!   what is there; replaying a range writes the same rows again, so after the replay the sink holds
 //!   what it held before the crash plus the rest.
+//! - **Topic sinks** (a chain of jobs): a task appends as one producer whose id is fixed by the
+//!   job and the source partition, and numbers each batch of records by the source offset `to` it
+//!   reaches. A partition of the sink keeps the last number that producer wrote and refuses a
+//!   batch numbered at or below it (numbers may jump). A task writes its batches in offset order,
+//!   each batch to every sink partition it has records for, so for each sink partition the records
+//!   derived from sources below its last number `L` are all there. At start a task asks every sink
+//!   partition for its `L` and cuts its first batches at those offsets: each replayed batch then
+//!   ends where an earlier one did, and is refused exactly by the partitions that already hold it.
+//!   Records without a key go to the partition of the source's number (modulo), keyed records to
+//!   their key's, so a replay sends every record where its first attempt did. Two instances at
+//!   once (a reassignment not yet noticed) can interleave batches, so the chain's guarantee is
+//!   exactly once after a crash, at least once across an overlap.
 //!
 //! The invariant the tests check: the sink equals the same `SELECT` run as a batch over the
 //! records the job consumed.

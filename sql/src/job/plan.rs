@@ -6,7 +6,8 @@
 //! stateless part: joins with tables, filters, projections, scalar functions), and what becomes of
 //! its rows:
 //!
-//! - without aggregates, each row is a sink row, written by its primary key;
+//! - without aggregates, each row is a sink row, written by its primary key; or, when the sink is
+//!   a topic, a record appended to it (a chain of jobs: topic → job → topic → job → table);
 //! - with `GROUP BY` (or aggregate calls), each select item must be a group key or one aggregate
 //!   call (`count`, `sum`, `min`, `max`, `avg`), the group keys must be exactly the sink's primary
 //!   key, and the per-batch query yields, per record, the key values, each aggregate's argument and
@@ -40,7 +41,7 @@ use weir_proto::table::{Column, ColumnType, TableSchema};
 use crate::catalog::{ClusterSchema, CATALOG, SCHEMA};
 use crate::cluster::{Cluster, ClusterError, TableMeta, TopicMeta};
 use crate::job::statement::{parse_job_statement, JobStatement};
-use crate::topic::{topic_columns, OFFSET_COLUMN};
+use crate::topic::{metadata_columns, topic_columns, OFFSET_COLUMN};
 use crate::types::{arrow_schema, arrow_type};
 
 /// The aggregate functions a job keeps incrementally.
@@ -75,6 +76,12 @@ pub enum Shape {
         /// Sink column of each output column.
         targets: Vec<usize>,
     },
+    /// As `Upsert`, but each row is a record appended to the sink topic (whose columns are its
+    /// declared ones, then its metadata columns).
+    Produce {
+        /// Sink column of each output column.
+        targets: Vec<usize>,
+    },
     /// Outputs are the key columns (sink columns `keys`), then one argument per aggregate, then
     /// the record's offset.
     Aggregate {
@@ -89,8 +96,11 @@ pub enum Shape {
 pub struct JobPlan {
     /// The topic read.
     pub source: TopicMeta,
-    /// The table written.
+    /// The table written; for a topic sink, its columns (declared, then metadata) as a table
+    /// without key or regions.
     pub sink: TableMeta,
+    /// The topic written, when the sink is a topic.
+    pub sink_topic: Option<TopicMeta>,
     /// How rows land in the sink.
     pub shape: Shape,
     /// The per-batch query's output columns, typed as the task reads them.
@@ -202,14 +212,26 @@ impl JobPlan {
             return Err(plan_err("a job inserts into a table named by its name"));
         };
         let sink_name = object_name(sink_name)?;
-        let sink = match cluster.table(&sink_name).map_err(cluster_error)? {
-            Some(t) => t,
-            None if cluster.topic(&sink_name).map_err(cluster_error)?.is_some() => {
-                return Err(plan_err(format!(
-                    "'{sink_name}' is a topic; a job writes into a table"
-                )))
-            }
-            None => return Err(plan_err(format!("table '{sink_name}' does not exist"))),
+        let (sink, sink_topic) = match cluster.table(&sink_name).map_err(cluster_error)? {
+            Some(t) => (t, None),
+            None => match cluster.topic(&sink_name).map_err(cluster_error)? {
+                Some(topic) => (
+                    TableMeta {
+                        name: topic.name.clone(),
+                        schema: Arc::new(TableSchema {
+                            columns: topic_columns(&topic),
+                            primary_key: Vec::new(),
+                        }),
+                        regions: Vec::new(),
+                    },
+                    Some(topic),
+                ),
+                None => {
+                    return Err(plan_err(format!(
+                        "'{sink_name}' is neither a table nor a topic"
+                    )))
+                }
+            },
         };
         let Some(query) = &ins.source else {
             return Err(plan_err("a job inserts the rows of a SELECT"));
@@ -217,8 +239,13 @@ impl JobPlan {
         let select = plain_select(query)?;
         let (source, qualifier) = find_source(&cluster, select)?;
         let schema = &sink.schema;
+        // A topic's metadata columns are written only when named.
+        let declared = match &sink_topic {
+            Some(_) => schema.columns.len() - metadata_columns().len(),
+            None => schema.columns.len(),
+        };
         let targets: Vec<usize> = if ins.columns.is_empty() {
-            (0..schema.columns.len()).collect()
+            (0..declared).collect()
         } else {
             ins.columns
                 .iter()
@@ -252,8 +279,26 @@ impl JobPlan {
                 }
                 _ => false,
             });
+        if sink_topic.is_some() {
+            if aggregating {
+                return Err(plan_err(format!(
+                    "a job writing the topic '{}' keeps no aggregates: GROUP BY into a table \
+                     whose key is the group key",
+                    sink.name
+                )));
+            }
+            if targets.contains(&(declared + 1)) {
+                return Err(plan_err(format!(
+                    "{OFFSET_COLUMN} of '{}' is assigned by the log; leave it out",
+                    sink.name
+                )));
+            }
+        }
         let (per_batch, shape, out_columns) = if aggregating {
             aggregate_query(query, select, &qualifier, schema, &targets, &sink.name)?
+        } else if sink_topic.is_some() {
+            let out = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
+            (query.to_string(), Shape::Produce { targets }, out)
         } else {
             let out = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
             (query.to_string(), Shape::Upsert { targets }, out)
@@ -313,6 +358,7 @@ impl JobPlan {
         Ok(JobPlan {
             source,
             sink,
+            sink_topic,
             shape,
             out_columns,
             source_columns,

@@ -1,10 +1,11 @@
 //! One task of a stream job: reads one partition of the source from the offset its job last
 //! committed, runs the per-batch query over each batch of records, writes the rows into the sink
-//! (upserted, or folded per key and merged into aggregates) and commits the offset reached.
+//! (upserted, appended to a sink topic, or folded per key and merged into aggregates) and commits
+//! the offset reached.
 //! Why replays after a crash are exact is argued in [`crate::job`].
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use weir_proto::table::{ColumnType, Value};
 use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TopicRecord};
 use crate::job::dead_letter::{self, DeadLetter};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
-use crate::topic::decode_record;
+use crate::topic::{decode_record, encode_row};
 use crate::types::{batch_to_rows, rows_to_batch};
 
 /// Bytes asked for per fetch (about one batch).
@@ -41,6 +42,16 @@ pub fn progress_group(job: &JobMeta) -> String {
 /// The source name a task's contributions carry in the sink's marks.
 fn mark_source(job: &JobMeta, partition: u32) -> String {
     format!("job.{}.{}", job.id, partition)
+}
+
+/// The producer a task appends to its sink topic as: the same for every instance of the task, so
+/// the sink's partitions remember how far its batches got across crashes and moves.
+pub fn producer_id(job: &JobMeta, partition: u32) -> u64 {
+    // splitmix64 of (job id, partition): spread over the id space random producers draw from.
+    let mut z = ((job.id << 32) | u64::from(partition)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).max(1)
 }
 
 /// Runs task `partition` of `job` until `stop` turns true; failures are logged and retried with
@@ -108,6 +119,19 @@ async fn run_once(
     let mut next = start_offset(cluster, job, partition).await?;
     let mut committed = next;
     let mut last_commit = Instant::now();
+    // With a topic sink, batches are numbered by the source offset they end at. An earlier
+    // instance may have appended batches past the committed offset before it died: replaying
+    // cut at the same ends makes each of those a duplicate the sink's partitions refuse.
+    let mut cuts: BTreeSet<u64> = match &plan.sink_topic {
+        Some(t) => cluster
+            .producer_numbers(&t.name, producer_id(job, partition))
+            .await
+            .map_err(cluster_error)?
+            .into_iter()
+            .filter(|n| *n > next)
+            .collect(),
+        None => BTreeSet::new(),
+    };
     tracing::info!(job = %job.name, partition, offset = next, "stream task started");
     loop {
         if *stop.borrow() {
@@ -117,10 +141,11 @@ async fn run_once(
             .fetch(&job.source, partition, next, FETCH_BYTES)
             .await
             .map_err(cluster_error)?;
+        let cut = cuts.first().copied();
         let records: Vec<TopicRecord> = page
             .records
             .into_iter()
-            .filter(|r| r.offset >= next)
+            .filter(|r| r.offset >= next && cut.is_none_or(|c| r.offset < c))
             .collect();
         let Some(last) = records.last().map(|r| r.offset) else {
             if page.next_offset > next {
@@ -144,7 +169,12 @@ async fn run_once(
             }
             continue;
         };
-        let to = last + 1;
+        let to = match cut {
+            // The batch the earlier instance cut here ends here, even if it was sparse.
+            Some(c) if page.next_offset >= c => c,
+            _ => last + 1,
+        };
+        cuts.retain(|c| *c > to);
         match process(cluster, job, &plan, partition, &records, next, to).await {
             Ok(()) => {}
             Err(e) if is_record_error(&e) => {
@@ -268,6 +298,32 @@ async fn process(
             // One call: the client splits the rows by region and writes the parts at once.
             cluster
                 .upsert(&plan.sink.name, sink_rows)
+                .await
+                .map_err(cluster_error)?;
+        }
+        Shape::Produce { targets } => {
+            let topic = plan.sink_topic.as_ref().ok_or_else(|| {
+                DataFusionError::Internal("a topic sink without its topic".into())
+            })?;
+            let width = plan.sink.schema.columns.len();
+            let mut records = Vec::with_capacity(out.len());
+            for (n, r) in out.into_iter().enumerate() {
+                let mut row = vec![Value::Null; width];
+                for (v, t) in r.into_iter().zip(targets) {
+                    row[*t] = v;
+                }
+                records.push(encode_row(topic, row, n as u64)?);
+            }
+            // Keyless records stay together in one partition (the source's, folded), so that a
+            // replay sends them where the first attempt did.
+            cluster
+                .produce_numbered(
+                    &topic.name,
+                    producer_id(job, partition),
+                    to,
+                    records,
+                    partition,
+                )
                 .await
                 .map_err(cluster_error)?;
         }

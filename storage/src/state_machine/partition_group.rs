@@ -25,6 +25,8 @@ pub(super) struct ProducerState {
     last_index: u64,
     /// (sequence, base offset, count) of the last batches, oldest first.
     batches: VecDeque<(u64, u64, u32)>,
+    /// A jumping producer (see [`crate::types::ProducerSeq::jumping`]): never forgotten.
+    pinned: bool,
 }
 
 /// A partition's in-memory state: its published offsets and its producers.
@@ -57,7 +59,24 @@ impl PartitionGroup {
         let cf = CF_DATA;
         let group = cx.group;
         let base_offset = cx.header.partition.next_offset;
-        if let Some(ps) = producer {
+        if let Some(ps) = producer.filter(|ps| ps.jumping) {
+            let st = self.producers.entry(ps.producer_id).or_default();
+            let last = st.batches.back().map_or(0, |(seq, _, _)| *seq);
+            if count == 0 || ps.sequence <= last {
+                if st.batches.is_empty() {
+                    self.producers.remove(&ps.producer_id);
+                }
+                return Ok(Response::Duplicate {
+                    last_sequence: last,
+                });
+            }
+            st.pinned = true;
+            st.batches.clear();
+            st.batches.push_back((ps.sequence, base_offset, count));
+            st.last_index = cx.index;
+            cx.batch
+                .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+        } else if let Some(ps) = producer {
             let st = self.producers.entry(ps.producer_id).or_default();
             if let Some((_, base, n)) = st.batches.iter().find(|(seq, _, _)| *seq == ps.sequence) {
                 return Ok(Response::Appended {
@@ -105,6 +124,7 @@ impl PartitionGroup {
                 if let Some(oldest) = self
                     .producers
                     .iter()
+                    .filter(|(_, st)| !st.pinned)
                     .min_by_key(|(_, st)| st.last_index)
                     .map(|(id, _)| *id)
                 {

@@ -421,6 +421,7 @@ async fn retried_batches_of_idempotent_producers_are_written_once() {
         producer: Some(crate::types::ProducerSeq {
             producer_id: 42,
             sequence: seq,
+            jumping: false,
         }),
     };
     let mut b = WriteBatch::default();
@@ -453,6 +454,59 @@ async fn retried_batches_of_idempotent_producers_are_written_once() {
     let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
     let mut b = WriteBatch::default();
     assert_eq!(sm.apply_one(4, &req(1), &mut b).unwrap(), second);
+}
+
+#[tokio::test]
+async fn jumping_producers_write_only_above_their_last_number_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 2, &partition(), dir.path()).unwrap();
+    let req = |seq: u64, count: u32| Request::Append {
+        batch: bytes::Bytes::from_static(b"x"),
+        count,
+        max_timestamp_ms: 0,
+        producer: Some(crate::types::ProducerSeq {
+            producer_id: 7,
+            sequence: seq,
+            jumping: true,
+        }),
+    };
+    let mut b = WriteBatch::default();
+    // An empty batch asks for the last number: none yet, and nothing is written.
+    assert_eq!(
+        sm.apply_one(1, &req(5, 0), &mut b).unwrap(),
+        Response::Duplicate { last_sequence: 0 }
+    );
+    assert_eq!(
+        sm.apply_one(2, &req(100, 3), &mut b).unwrap(),
+        Response::Appended {
+            base_offset: 0,
+            count: 3
+        }
+    );
+    // A gap is fine; the same or a lower number is a duplicate.
+    assert_eq!(
+        sm.apply_one(3, &req(250, 2), &mut b).unwrap(),
+        Response::Appended {
+            base_offset: 3,
+            count: 2
+        }
+    );
+    for seq in [250, 100, 1] {
+        assert_eq!(
+            sm.apply_one(4, &req(seq, 2), &mut b).unwrap(),
+            Response::Duplicate { last_sequence: 250 }
+        );
+    }
+    engine.write(b).unwrap();
+    assert_eq!(sm.header.partition.next_offset, 5);
+    drop(sm);
+    let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
+    let mut b = WriteBatch::default();
+    assert_eq!(
+        sm.apply_one(5, &req(0, 0), &mut b).unwrap(),
+        Response::Duplicate { last_sequence: 250 }
+    );
 }
 
 fn region_kind() -> GroupKind {
