@@ -228,7 +228,7 @@ impl JobPlan {
                 ),
                 None => {
                     return Err(plan_err(format!(
-                        "'{sink_name}' is neither a table nor a topic"
+                        "table or topic '{sink_name}' does not exist"
                     )))
                 }
             },
