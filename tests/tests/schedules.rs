@@ -1,6 +1,7 @@
 //! Schedules on a three-node cluster: a schedule that runs `AFTER` another runs each tick only
 //! once the other has finished it; pause and resume; a failing statement retried with its error
-//! kept; a run asked for now; bad definitions refused at `CREATE SCHEDULE`.
+//! kept; a run asked for now; bad definitions refused at `CREATE SCHEDULE`; and seed 000, the
+//! loyalty pipeline, end to end.
 
 use std::time::Duration;
 
@@ -213,5 +214,209 @@ async fn schedules_run_after_their_dependencies_and_keep_their_history() {
         .await
         .expect("SHOW RUNS")
         .is_empty());
+    cluster.shutdown().await;
+}
+
+/// A deterministic generator (xorshift), so the test's input is the same on every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Seed 000 (loyalty, the lambda architecture): messy customers cleaned by a schedule (the batch
+/// layer), orders streamed into a topic and cleaned by a stream job (the speed layer), and a
+/// schedule that runs after the cleaning to join both into loyalty points per customer per day
+/// (the serving layer, Oozie's coordinator). The tables are compared with the same cleaning and
+/// points computed here in Rust from the generated input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_000_loyalty_points_equal_an_independent_computation() {
+    use std::collections::BTreeMap;
+
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TABLE customers (customer_id BIGINT, name VARCHAR, date_of_birth VARCHAR,
+           email VARCHAR, PRIMARY KEY (customer_id));
+         CREATE TABLE customers_cln (customer_id BIGINT, name VARCHAR, date_of_birth DATE,
+           email VARCHAR, PRIMARY KEY (customer_id));
+         CREATE TOPIC orders (customer_id BIGINT NOT NULL, item VARCHAR, price DOUBLE, ts TIMESTAMP)
+           WITH (partitions = 3, replicas = 3, format = 'json');
+         CREATE TABLE transactions_cln (part BIGINT, off BIGINT, customer_id BIGINT, item VARCHAR,
+           price DOUBLE, ts TIMESTAMP, PRIMARY KEY (part, off));
+         CREATE TABLE loyalty (customer_id BIGINT, data_dt DATE, orders BIGINT, points BIGINT,
+           PRIMARY KEY (customer_id, data_dt))",
+    )
+    .await;
+
+    let mut g = Gen(0x2545_F491_4F6C_DD1D);
+    let first = ["anna", "BOB", "Chai", "dao", "ELLA", "fah"];
+    let last = ["smith", "NGUYEN", "Tanaka", "kim"];
+    let mut clean_customers = BTreeMap::new(); // id -> "name|dob|email"
+    let mut values = Vec::new();
+    for id in 1..=40i64 {
+        let (f, l) = (first[g.next(6) as usize], last[g.next(4) as usize]);
+        let name = format!("  {f} {l} ");
+        let (y, m, d) = (1960 + g.next(40), 1 + g.next(12), 1 + g.next(28));
+        let (dob, clean_dob) = match g.next(4) {
+            0 => (format!("{y}-{m:02}-{d:02}"), format!("{y}-{m:02}-{d:02}")),
+            1 => (format!("{d:02}/{m:02}/{y}"), format!("{y}-{m:02}-{d:02}")),
+            2 => ("not a date".to_string(), String::new()),
+            _ => (String::new(), String::new()),
+        };
+        let email = format!(" {}.{}@Example.COM", f, l);
+        let cap = |w: &str| {
+            let w = w.to_lowercase();
+            let mut c = w.chars();
+            c.next()
+                .map(|h| h.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
+        };
+        clean_customers.insert(
+            id,
+            format!(
+                "{} {}|{clean_dob}|{}",
+                cap(f),
+                cap(l),
+                email.trim().to_lowercase()
+            ),
+        );
+        values.push(format!("({id}, '{name}', '{dob}', '{email}')"));
+    }
+    exec(
+        &client,
+        &format!("INSERT INTO customers VALUES {}", values.join(", ")),
+    )
+    .await;
+
+    // The batch and serving layers: cleaning, then the points, each tick.
+    exec(
+        &client,
+        "CREATE SCHEDULE clean_customers EVERY '2 seconds' AS
+           INSERT INTO customers_cln SELECT customer_id, initcap(trim(name)),
+             try_to_date(trim(date_of_birth), '%Y-%m-%d', '%d/%m/%Y'), lower(trim(email))
+           FROM customers;
+         CREATE SCHEDULE loyalty_points EVERY '2 seconds' AFTER clean_customers AS
+           INSERT INTO loyalty SELECT c.customer_id, CAST(date_trunc('day', t.ts) AS DATE),
+             count(*), sum(CAST(floor(t.price / 10) AS BIGINT))
+           FROM transactions_cln t JOIN customers_cln c ON t.customer_id = c.customer_id
+           GROUP BY c.customer_id, CAST(date_trunc('day', t.ts) AS DATE);
+         CREATE JOB clean_orders AS INSERT INTO transactions_cln
+           SELECT _partition, _offset, customer_id, lower(trim(item)), price, ts FROM orders
+           WHERE price > 0",
+    )
+    .await;
+
+    // The speed layer: orders of known and unknown customers over three days, some without a
+    // price, sent while the schedules run.
+    let items = [" Latte", "MOCHA ", "green Tea", "espresso"];
+    let mut points: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    let day0 = 1_717_200_000i64; // 2024-06-01T00:00:00Z
+    for _ in 0..4 {
+        let mut values = Vec::new();
+        for _ in 0..150 {
+            let customer = 1 + g.next(45) as i64;
+            let cents = g.next(20_000) as i64;
+            let price = if g.next(10) == 0 {
+                0.0
+            } else {
+                cents as f64 / 100.0
+            };
+            let ts = day0 + g.next(3 * 86_400) as i64;
+            let item = items[g.next(4) as usize];
+            values.push(format!(
+                "({customer}, '{item}', {price:.2}, to_timestamp_seconds({ts}))"
+            ));
+            if price > 0.0 && customer <= 40 {
+                let day = (ts - day0) / 86_400 + 1;
+                let e = points
+                    .entry((customer, format!("2024-06-{day:02}")))
+                    .or_default();
+                e.0 += 1;
+                e.1 += (price / 10.0).floor() as i64;
+            }
+        }
+        exec(
+            &client,
+            &format!(
+                "INSERT INTO orders (customer_id, item, price, ts) VALUES {}",
+                values.join(", ")
+            ),
+        )
+        .await;
+    }
+
+    let want_customers: Vec<String> = clean_customers
+        .iter()
+        .map(|(id, rest)| format!("{id}|{rest}"))
+        .collect();
+    let want_loyalty: Vec<String> = points
+        .iter()
+        .map(|((c, d), (n, p))| format!("{c}|{d}|{n}|{p}"))
+        .collect();
+    let mut last = (Vec::new(), Vec::new());
+    let done = tokio::time::timeout(WAIT, async {
+        loop {
+            let c = rows(
+                &client,
+                "SELECT customer_id, name, date_of_birth, email FROM customers_cln ORDER BY 1",
+            )
+            .await;
+            let l = rows(
+                &client,
+                "SELECT customer_id, data_dt, orders, points FROM loyalty ORDER BY 1, 2",
+            )
+            .await;
+            if let (Ok(c), Ok(l)) = (c, l) {
+                if c == want_customers && l == want_loyalty {
+                    return;
+                }
+                last = (c, l);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    if done.is_err() {
+        let diff = |got: &[String], want: &[String]| -> Vec<String> {
+            got.iter()
+                .zip(want)
+                .filter(|(a, b)| a != b)
+                .take(5)
+                .map(|(a, b)| format!("got {a} / want {b}"))
+                .collect()
+        };
+        panic!(
+            "seed 000 never matched: customers_cln {} rows (want {}) {:?}; loyalty {} rows \
+             (want {}) {:?}",
+            last.0.len(),
+            want_customers.len(),
+            diff(&last.0, &want_customers),
+            last.1.len(),
+            want_loyalty.len(),
+            diff(&last.1, &want_loyalty)
+        );
+    }
+    // The questions: top customers by points, a customer's history.
+    let top = rows(
+        &client,
+        "SELECT customer_id, sum(points) FROM loyalty GROUP BY customer_id ORDER BY 2 DESC, 1 LIMIT 3",
+    )
+    .await
+    .expect("top customers");
+    assert_eq!(top.len(), 3, "{top:?}");
+    let ok_runs = value(
+        &client,
+        "SELECT count(*) FROM \"__schedule_runs\" WHERE schedule = 'loyalty_points' \
+         AND status = 'succeeded'",
+    )
+    .await;
+    assert!(ok_runs.parse::<i64>().expect("a count") >= 1);
     cluster.shutdown().await;
 }
