@@ -82,13 +82,14 @@ impl Client {
         Ok(())
     }
 
-    /// Records a schedule running `statement` every `every_ms` milliseconds, after the
-    /// schedules in `after`; returns its id.
+    /// Records a schedule running `statement` every `every_ms` milliseconds (or at the times of
+    /// the cron expression `cron`), after the schedules in `after`; returns its id.
     pub async fn create_schedule(
         &self,
         name: &str,
         statement: &str,
         every_ms: u64,
+        cron: Option<&str>,
         after: &[String],
     ) -> Result<u64> {
         let timeout = self.config().request_timeout;
@@ -97,6 +98,7 @@ impl Client {
             statement: statement.to_string(),
             every_ms,
             after: after.to_vec(),
+            cron: cron.unwrap_or_default().to_string(),
         };
         Ok(self
             .call_any(|ch| {

@@ -192,8 +192,10 @@ pub struct ScheduleMeta {
     pub id: u64,
     /// The statement each run executes.
     pub statement: String,
-    /// Milliseconds between ticks (ticks fall on multiples of it since the epoch).
+    /// Milliseconds between ticks (ticks fall on multiples of it since the epoch); 0 with `cron`.
     pub every_ms: u64,
+    /// A cron expression (5 fields, UTC) giving the ticks instead.
+    pub cron: Option<String>,
     /// Schedules that must have succeeded for a tick before this one runs it.
     pub after: Vec<String>,
     /// Whether its ticks are skipped.
@@ -211,8 +213,10 @@ pub struct NewSchedule {
     pub name: String,
     /// The statement each run executes.
     pub statement: String,
-    /// Milliseconds between ticks.
+    /// Milliseconds between ticks (0 with `cron`).
     pub every_ms: u64,
+    /// A cron expression giving the ticks instead.
+    pub cron: Option<String>,
     /// Schedules it runs after.
     pub after: Vec<String>,
 }

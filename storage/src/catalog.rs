@@ -167,8 +167,11 @@ pub struct ScheduleInfo {
     pub id: u64,
     /// The statement each run executes, as SQL.
     pub statement: String,
-    /// Time between ticks (milliseconds); ticks fall on multiples of it since the epoch.
+    /// Time between ticks (milliseconds); ticks fall on multiples of it since the epoch. 0 when
+    /// `cron` gives the ticks.
     pub every_ms: u64,
+    /// A cron expression (5 fields, UTC) whose times are the ticks, instead of an interval.
+    pub cron: Option<String>,
     /// Schedules that must have succeeded for a tick before this one runs it.
     pub after: Vec<String>,
     /// Whether ticks are skipped (`ALTER SCHEDULE ... PAUSE`).
@@ -784,8 +787,10 @@ impl Catalog {
         if self.schedules.contains_key(&schedule.name) {
             return MetaResponse::Rejected(format!("schedule '{}' already exists", schedule.name));
         }
-        if schedule.every_ms == 0 {
-            return MetaResponse::Rejected("a schedule's interval must be positive".into());
+        if schedule.every_ms == 0 && schedule.cron.is_none() {
+            return MetaResponse::Rejected(
+                "a schedule needs an interval or a cron expression".into(),
+            );
         }
         for d in &schedule.after {
             if d == &schedule.name {
@@ -1021,6 +1026,7 @@ mod tests {
                 id: 0,
                 statement: "SELECT 1".into(),
                 every_ms: 60_000,
+                cron: None,
                 after: after.iter().map(|s| s.to_string()).collect(),
                 paused: false,
                 created_ms: 0,

@@ -154,6 +154,35 @@ async fn schedules_run_after_their_dependencies_and_keep_their_history() {
         "a failed run wrote nothing"
     );
 
+    // A cron timetable (here with seconds: every second second).
+    exec(
+        &client,
+        "CREATE SCHEDULE by_cron CRON '*/2 * * * * *' AS
+           INSERT INTO summary SELECT 3, count(*), 0 FROM src",
+    )
+    .await;
+    wait_count(
+        &client,
+        "a run of the cron schedule",
+        "SELECT count(*) FROM \"__schedule_runs\" WHERE schedule = 'by_cron' AND status = 'succeeded'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        value(&client, "SELECT n FROM summary WHERE id = 3").await,
+        "100"
+    );
+    let shown = rows(&client, "SHOW SCHEDULES")
+        .await
+        .expect("SHOW SCHEDULES");
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.starts_with("by_cron|cron */2 * * * * *||false|")),
+        "{shown:?}"
+    );
+    exec(&client, "DROP SCHEDULE by_cron").await;
+
     // Bad definitions are refused, naming what is wrong; nothing is recorded.
     for (sql, words) in [
         (

@@ -1,13 +1,14 @@
 //! The scheduler of a node: every node looks at every schedule, and the one that first claims a
 //! due tick runs it (see `weir_sql::schedule::runs` for the claim, lease and outcome protocol).
 //!
-//! A tick is claimed when it is due (ticks fall on multiples of the interval since the epoch; the
-//! first at or after the schedule's creation), the schedules it runs `AFTER` have each succeeded
-//! for a tick at or after it, and no run of the schedule holds a live lease (runs of one schedule
-//! never overlap). Only the latest due tick is considered: ticks missed while the cluster was down
-//! are not caught up, but a tick that was started and not finished (its node died, or an attempt
-//! failed) is still finished after the next tick falls due. A failed attempt is retried with back-off up to [`MAX_ATTEMPTS`]; a run
-//! whose node died is claimed again by another node once its lease has passed.
+//! A tick is claimed when it is due (ticks fall on multiples of the interval since the epoch, or
+//! on the cron expression's times; the first at or after the schedule's creation), the schedules
+//! it runs `AFTER` have each succeeded for a tick at or after it, and no run of the schedule holds
+//! a live lease (runs of one schedule never overlap). Only the latest due tick is considered:
+//! ticks missed while the cluster was down are not caught up, but a tick that was started and not
+//! finished (its node died, or an attempt failed) is still finished after the next tick falls
+//! due. A failed attempt is retried with back-off up to [`MAX_ATTEMPTS`]; a run whose node died is
+//! claimed again by another node once its lease has passed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tracing::Instrument;
 use weir_client::{CasAction, Expectation, ScanOptions, Table, Value};
 use weir_sql::schedule::fence::{now_ms, FencedCluster, Lease};
 use weir_sql::schedule::runs::{RunRecord, RunStatus, RUNS_TABLE};
+use weir_sql::schedule::{due_tick, tick_before};
 use weir_sql::{Cluster, Engine, EngineConfig, Output, ScheduleMeta};
 
 use crate::groups::Registry;
@@ -41,13 +43,6 @@ const MAX_BACKOFF_MS: i64 = 60_000;
 const END_OF_TIME_US: i64 = 253_402_300_799_999_999;
 /// Longest error text kept in the history.
 const MAX_ERROR_CHARS: usize = 2000;
-
-/// The latest tick of `s` due at `now` (none before its first).
-fn due_tick(s: &ScheduleMeta, now: i64) -> Option<i64> {
-    let every = s.every_ms as i64;
-    let tick = now - now.rem_euclid(every);
-    (tick >= s.created_ms).then_some(tick)
-}
 
 /// How long to wait after failed attempt `attempt` (1-based).
 fn backoff_ms(attempt: i64) -> i64 {
@@ -118,8 +113,7 @@ pub async fn schedule_loop(
             let mut ticks = Vec::new();
             if !s.paused {
                 if let Some(due) = due_tick(s, now) {
-                    let before = due - s.every_ms as i64;
-                    if before >= s.created_ms {
+                    if let Some(before) = tick_before(s, due) {
                         ticks.push((before, Kind::Unfinished));
                     }
                     ticks.push((due, Kind::Due));
@@ -168,7 +162,7 @@ pub async fn schedule_loop(
                 s.id == *id
                     && (s.run_now == Some(*tick)
                         || due_tick(s, now)
-                            .is_some_and(|due| *tick == due || *tick == due - s.every_ms as i64))
+                            .is_some_and(|due| *tick == due || tick_before(s, due) == Some(*tick)))
             })
         });
     }
@@ -459,28 +453,6 @@ async fn run_attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn schedule(every_ms: u64, created_ms: i64) -> ScheduleMeta {
-        ScheduleMeta {
-            name: "s".into(),
-            id: 1,
-            statement: "SELECT 1".into(),
-            every_ms,
-            after: vec![],
-            paused: false,
-            created_ms,
-            run_now: None,
-        }
-    }
-
-    #[test]
-    fn ticks_fall_on_multiples_of_the_interval_from_creation_on() {
-        let s = schedule(60_000, 125_000);
-        assert_eq!(due_tick(&s, 130_000), None);
-        assert_eq!(due_tick(&s, 180_000), Some(180_000));
-        assert_eq!(due_tick(&s, 239_999), Some(180_000));
-        assert_eq!(due_tick(&s, 240_000), Some(240_000));
-    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

@@ -195,12 +195,16 @@ impl Jobs for JobsService {
         if req.statement.trim().is_empty() {
             return Err(NodeError::InvalidArgument("a schedule needs its statement".into()).into());
         }
-        if req.every_ms < MIN_EVERY_MS {
+        if req.cron.is_empty() && req.every_ms < MIN_EVERY_MS {
             return Err(NodeError::InvalidArgument(format!(
                 "a schedule runs at most every {MIN_EVERY_MS} ms, {} asked for",
                 req.every_ms
             ))
             .into());
+        }
+        if !req.cron.is_empty() {
+            weir_sql::schedule::parse_cron(&req.cron)
+                .map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
         }
         let request = match leader::on_metadata_leader(
             &self.ctx.registry,
@@ -219,7 +223,8 @@ impl Jobs for JobsService {
             name: req.name,
             id: 0,
             statement: req.statement,
-            every_ms: req.every_ms,
+            every_ms: if req.cron.is_empty() { req.every_ms } else { 0 },
+            cron: (!req.cron.is_empty()).then_some(req.cron),
             after: req.after,
             paused: false,
             created_ms: now_ms(),

@@ -131,6 +131,7 @@ pub fn schedule_meta(s: &ScheduleInfo) -> ScheduleMeta {
         id: s.id,
         statement: s.statement.clone(),
         every_ms: s.every_ms,
+        cron: s.cron.clone(),
         after: s.after.clone(),
         paused: s.paused,
         created_ms: s.created_ms,
@@ -341,7 +342,13 @@ impl Cluster for NodeCluster {
     async fn create_schedule(&self, s: NewSchedule) -> Result<u64, ClusterError> {
         self.client()
             .await?
-            .create_schedule(&s.name, &s.statement, s.every_ms, &s.after)
+            .create_schedule(
+                &s.name,
+                &s.statement,
+                s.every_ms,
+                s.cron.as_deref(),
+                &s.after,
+            )
             .await
             .map_err(to_cluster)
     }

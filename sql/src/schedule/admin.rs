@@ -12,7 +12,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use crate::cluster::{Cluster, ClusterError, NewSchedule, ScheduleAction};
 use crate::output::Output;
 use crate::schedule::runs::RUNS_TABLE;
-use crate::schedule::statement::ScheduleStatement;
+use crate::schedule::statement::{ScheduleStatement, Timetable};
 use crate::warnings::QueryWarnings;
 
 fn cluster_error(e: ClusterError) -> DataFusionError {
@@ -24,16 +24,20 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: ScheduleStatement) -> Result<
     match stmt {
         ScheduleStatement::Create {
             name,
-            every_ms,
+            timetable,
             after,
             statement,
-            ..
         } => {
+            let (every_ms, cron) = match timetable {
+                Timetable::Every { ms, .. } => (ms, None),
+                Timetable::Cron(c) => (0, Some(c)),
+            };
             cluster
                 .create_schedule(NewSchedule {
                     name,
                     statement,
                     every_ms,
+                    cron,
                     after,
                 })
                 .await
@@ -68,7 +72,7 @@ fn show(cluster: &Arc<dyn Cluster>) -> Result<Output> {
     let schedules = cluster.list_schedules().map_err(cluster_error)?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("schedule", DataType::Utf8, false),
-        Field::new("every", DataType::Utf8, false),
+        Field::new("timetable", DataType::Utf8, false),
         Field::new("after", DataType::Utf8, false),
         Field::new("paused", DataType::Boolean, false),
         Field::new(
@@ -82,9 +86,12 @@ fn show(cluster: &Arc<dyn Cluster>) -> Result<Output> {
         Arc::new(StringArray::from_iter_values(
             schedules.iter().map(|s| s.name.clone()),
         )),
-        Arc::new(StringArray::from_iter_values(
-            schedules.iter().map(|s| describe_every(s.every_ms)),
-        )),
+        Arc::new(StringArray::from_iter_values(schedules.iter().map(
+            |s| match &s.cron {
+                Some(c) => format!("cron {c}"),
+                None => describe_every(s.every_ms),
+            },
+        ))),
         Arc::new(StringArray::from_iter_values(
             schedules.iter().map(|s| s.after.join(", ")),
         )),

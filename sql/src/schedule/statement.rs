@@ -1,5 +1,5 @@
 //! The schedule statements, which DataFusion's dialect has no syntax for: `CREATE SCHEDULE name
-//! EVERY 'interval' [AFTER other, ...] AS <statement>`, `ALTER SCHEDULE name PAUSE | RESUME`,
+//! EVERY 'interval' | CRON 'expression' [AFTER other, ...] AS <statement>`, `ALTER SCHEDULE name PAUSE | RESUME`,
 //! `DROP SCHEDULE [IF EXISTS] name`, `RUN SCHEDULE name` (once, now), `SHOW SCHEDULES` and
 //! `SHOW RUNS [FOR name]`.
 
@@ -12,17 +12,29 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::cluster::ScheduleAction;
 
+/// When a schedule's ticks fall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timetable {
+    /// `EVERY '10 minutes'`: on multiples of the interval since the epoch.
+    Every {
+        /// Milliseconds between ticks.
+        ms: u64,
+        /// The interval as written.
+        text: String,
+    },
+    /// `CRON '0 * * * *'`: at the expression's times (UTC).
+    Cron(String),
+}
+
 /// A schedule statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScheduleStatement {
-    /// `CREATE SCHEDULE name EVERY '...' [AFTER a, b] AS statement`.
+    /// `CREATE SCHEDULE name EVERY '...' | CRON '...' [AFTER a, b] AS statement`.
     Create {
         /// The schedule's name.
         name: String,
-        /// Milliseconds between ticks.
-        every_ms: u64,
-        /// The interval as written.
-        every: String,
+        /// When its ticks fall.
+        timetable: Timetable,
         /// Schedules it runs after.
         after: Vec<String>,
         /// The statement each run executes, as written.
@@ -51,12 +63,16 @@ impl std::fmt::Display for ScheduleStatement {
         match self {
             ScheduleStatement::Create {
                 name,
-                every,
+                timetable,
                 after,
                 statement,
-                ..
             } => {
-                write!(f, "CREATE SCHEDULE {name} EVERY '{every}'")?;
+                match timetable {
+                    Timetable::Every { text, .. } => {
+                        write!(f, "CREATE SCHEDULE {name} EVERY '{text}'")?
+                    }
+                    Timetable::Cron(c) => write!(f, "CREATE SCHEDULE {name} CRON '{c}'")?,
+                }
                 if !after.is_empty() {
                     write!(f, " AFTER {}", after.join(", "))?;
                 }
@@ -137,24 +153,38 @@ pub fn parse_schedule_statement(sql: &str) -> Result<ScheduleStatement> {
         }
         "CREATE" => {
             let name = p.parse_identifier().map_err(syntax)?.value;
-            let word = p.parse_identifier().map_err(syntax)?.value;
-            if !word.eq_ignore_ascii_case("EVERY") {
+            let word = p
+                .parse_identifier()
+                .map_err(syntax)?
+                .value
+                .to_ascii_uppercase();
+            if word != "EVERY" && word != "CRON" {
                 return Err(syntax(format!(
-                    "expected EVERY '<interval>' after the schedule's name, found {word}"
+                    "expected EVERY '<interval>' or CRON '<expression>' after the schedule's \
+                     name, found {word}"
                 )));
             }
-            let every = match p.parse_expr().map_err(syntax)? {
+            let text = match p.parse_expr().map_err(syntax)? {
                 Expr::Value(v) => match v.value {
                     SqlValue::SingleQuotedString(s) => s,
                     other => other.to_string(),
                 },
                 other => {
                     return Err(syntax(format!(
-                        "EVERY takes a quoted interval such as '10 minutes', not {other}"
+                        "{word} takes a quoted string such as '10 minutes' or '0 * * * *', \
+                         not {other}"
                     )))
                 }
             };
-            let every_ms = super::parse_every(&every)?;
+            let timetable = if word == "EVERY" {
+                Timetable::Every {
+                    ms: super::parse_every(&text)?,
+                    text,
+                }
+            } else {
+                super::parse_cron(&text)?;
+                Timetable::Cron(text.trim().to_string())
+            };
             let mut after = Vec::new();
             if p.parse_keyword(Keyword::AFTER) {
                 loop {
@@ -173,8 +203,7 @@ pub fn parse_schedule_statement(sql: &str) -> Result<ScheduleStatement> {
             }
             return Ok(ScheduleStatement::Create {
                 name,
-                every_ms,
-                every,
+                timetable,
                 after,
                 statement,
             });
@@ -234,13 +263,12 @@ mod tests {
         match &s {
             ScheduleStatement::Create {
                 name,
-                every_ms,
+                timetable,
                 after,
                 statement,
-                ..
             } => {
                 assert_eq!(name, "daily");
-                assert_eq!(*every_ms, 86_400_000);
+                assert!(matches!(timetable, Timetable::Every { ms: 86_400_000, .. }));
                 assert_eq!(after, &["load", "clean"]);
                 assert_eq!(statement, "INSERT INTO loyalty SELECT a AS b FROM t");
             }
@@ -248,6 +276,11 @@ mod tests {
         }
         // The definition reads back as the same statement.
         assert_eq!(parse_schedule_statement(&s.to_string()).unwrap(), s);
+        let c = parse_schedule_statement("CREATE SCHEDULE h CRON '0 * * * *' AS SELECT 1").unwrap();
+        assert!(
+            matches!(&c, ScheduleStatement::Create { timetable: Timetable::Cron(e), .. } if e == "0 * * * *")
+        );
+        assert_eq!(parse_schedule_statement(&c.to_string()).unwrap(), c);
         assert_eq!(
             parse_schedule_statement("alter schedule s pause").unwrap(),
             ScheduleStatement::Alter {
@@ -276,6 +309,8 @@ mod tests {
         );
         for bad in [
             "CREATE SCHEDULE s EVERY 'often' AS SELECT 1",
+            "CREATE SCHEDULE s CRON 'every day' AS SELECT 1",
+            "CREATE SCHEDULE s CRON '61 * * * *' AS SELECT 1",
             "CREATE SCHEDULE s EVERY '1 minute' SELECT 1",
             "CREATE SCHEDULE s AS SELECT 1",
             "ALTER SCHEDULE s STOP",
