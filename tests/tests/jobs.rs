@@ -240,6 +240,17 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     exec(&client, "DROP JOB trend; DROP JOB IF EXISTS trend").await;
     let e = rows(&client, "DROP JOB trend").await.expect_err("gone");
     assert!(e.to_string().contains("does not exist"), "{e}");
+    // Dropped and created again under its name, a job is a new one: it starts from the topic's
+    // beginning and its upserts leave the table equal to the batch query.
+    exec(
+        &client,
+        "DROP JOB cleaner;
+         CREATE JOB cleaner AS INSERT INTO clean (trans_id, account_id, amount)
+           SELECT trans_id, account_id, amount * 2 FROM trans WHERE amount IS NOT NULL",
+    )
+    .await;
+    exec(&client, &produce(4001, 4500)).await;
+    wait_equal(&client, "clean after re-creation", CLEAN_SINK, CLEAN_BATCH, 4000).await;
     exec(
         &client,
         "DROP JOB cleaner; DROP JOB divider; DROP TABLE by_district",
