@@ -297,6 +297,7 @@ impl Client {
             producer_id,
             sequence,
             jumping: false,
+            producer_epoch: 0,
         };
         let resp = self
             .call_leader(topic, partition, |ch| {
@@ -309,8 +310,9 @@ impl Client {
     }
 
     /// Appends one encoded batch as batch `sequence` of the deterministic producer `producer_id`
-    /// (see `ProduceRequest.jumping`): written only when `sequence` is above the last number that
-    /// producer wrote to the partition. Returns `None` when written, else that last number. An
+    /// (see `ProduceRequest.jumping`) at `epoch`: written only when `sequence` is above the last
+    /// number that producer wrote to the partition, refused ([`ClientError::Fenced`]) when the
+    /// partition has seen a later epoch of the producer. Returns `None` when written, else that last number. An
     /// empty `batch` only asks for it. Retries are safe: a batch written before a lost answer is
     /// answered as a duplicate.
     pub async fn produce_numbered(
@@ -318,7 +320,7 @@ impl Client {
         topic: &str,
         partition: u32,
         batch: Bytes,
-        producer_id: u64,
+        (producer_id, epoch): (u64, u64),
         sequence: u64,
     ) -> Result<Option<u64>> {
         let timeout = self.inner.config.request_timeout;
@@ -330,6 +332,7 @@ impl Client {
             producer_id,
             sequence,
             jumping: true,
+            producer_epoch: epoch,
         };
         let resp = self
             .call_leader(topic, partition, |ch| {

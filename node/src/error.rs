@@ -39,6 +39,9 @@ pub enum NodeError {
     /// owner): the member must rejoin, retrying as it is cannot help.
     #[error(transparent)]
     Fenced(#[from] crate::log::coordinator::Fenced),
+    /// A jumping producer's batch from an epoch a newer instance has replaced.
+    #[error("{0}")]
+    ProducerFenced(String),
     /// The answer of another node this request was forwarded to, passed on as it is.
     #[error("{0}")]
     Remote(Status),
@@ -85,6 +88,14 @@ impl From<NodeError> for Status {
             NodeError::Internal(m) => Status::new(Code::Internal, m),
             NodeError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             NodeError::Remote(s) => s,
+            NodeError::ProducerFenced(m) => {
+                let mut s = Status::new(Code::FailedPrecondition, m);
+                s.metadata_mut().insert(
+                    weir_proto::FENCED_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                s
+            }
             NodeError::Fenced(f) => {
                 let mut s = Status::new(Code::FailedPrecondition, f.to_string());
                 s.metadata_mut().insert(

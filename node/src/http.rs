@@ -165,6 +165,7 @@ async fn ingest(
             producer_id: 0,
             sequence: 0,
             jumping: false,
+            producer_epoch: 0,
         });
         match s.log.produce(req).await {
             Ok(resp) => {

@@ -305,24 +305,26 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
     /// spread when it has neither), acknowledged once a quorum stored them; returns how many.
     async fn produce(&self, topic: &str, records: Vec<NewRecord>) -> Result<u64, ClusterError>;
 
-    /// Appends records to a topic as batch `sequence` of the deterministic producer
-    /// `producer_id` (a stream job's task): each partition's part is written only when that
-    /// producer has written nothing numbered `sequence` or above there. Records go to their
+    /// Appends records to a topic as batch `sequence` of the deterministic producer `producer`
+    /// (id, epoch; a stream job's task and its assignment): each partition's part is written only
+    /// when that producer has written nothing numbered `sequence` or above there, and refused
+    /// (`Unavailable`) once a later epoch of it has written or asked there. Records go to their
     /// partition, else the one their key hashes to, else `keyless`.
     async fn produce_numbered(
         &self,
         topic: &str,
-        producer_id: u64,
+        producer: (u64, u64),
         sequence: u64,
         records: Vec<NewRecord>,
         keyless: u32,
     ) -> Result<(), ClusterError>;
 
-    /// Per partition of `topic`, the last number `producer_id` wrote there (0: none).
+    /// Per partition of `topic`, the last number `producer` (id, epoch) wrote there (0: none);
+    /// asking announces the epoch, so earlier epochs are refused from then on.
     async fn producer_numbers(
         &self,
         topic: &str,
-        producer_id: u64,
+        producer: (u64, u64),
     ) -> Result<Vec<u64>, ClusterError>;
 
     /// Creates a topic.

@@ -17,6 +17,7 @@ pub mod pg;
 pub mod scan;
 pub mod schedule;
 pub mod statement;
+pub mod syntax;
 pub mod table;
 pub mod topic;
 pub mod types;

@@ -176,6 +176,9 @@ pub struct ProducerSeq {
     /// wrote is a duplicate, gaps are fine, and it is never forgotten. An empty batch only asks
     /// for the last number.
     pub jumping: bool,
+    /// A jumping producer's epoch (the task's assignment): once a partition has seen an epoch, it
+    /// refuses the producer's batches from lower ones, so a replaced instance cannot write.
+    pub epoch: u64,
 }
 
 /// What applying a [`Request`] answered.
@@ -230,5 +233,10 @@ pub enum Response {
     Duplicate {
         /// The last number that producer wrote to the partition.
         last_sequence: u64,
+    },
+    /// A jumping producer's batch from an epoch below one the partition has seen: refused.
+    StaleProducer {
+        /// The epoch the partition has seen.
+        current_epoch: u64,
     },
 }

@@ -27,6 +27,21 @@ use weir_proto::v1::StatusRequest;
 
 pub use process::ProcessCluster;
 
+/// A deterministic generator (xorshift), so a test's generated input is the same on every run.
+#[derive(Debug, Clone)]
+pub struct Gen(pub u64);
+
+impl Gen {
+    /// The next number below `n`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, failing with `what` after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

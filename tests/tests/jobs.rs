@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weir_client::{Client, Producer, ProducerConfig};
-use weir_tests::{sql_lines as rows, wait_until, InProcessCluster};
+use weir_tests::{sql_lines as rows, wait_until, Gen, InProcessCluster};
 
 async fn exec(client: &Client, sql: &str) {
     rows(client, sql)
@@ -250,25 +250,20 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     )
     .await;
     exec(&client, &produce(4001, 4500)).await;
-    wait_equal(&client, "clean after re-creation", CLEAN_SINK, CLEAN_BATCH, 4000).await;
+    wait_equal(
+        &client,
+        "clean after re-creation",
+        CLEAN_SINK,
+        CLEAN_BATCH,
+        4000,
+    )
+    .await;
     exec(
         &client,
         "DROP JOB cleaner; DROP JOB divider; DROP TABLE by_district",
     )
     .await;
     cluster.shutdown().await;
-}
-
-/// A deterministic generator (xorshift), so the test's input is the same on every run.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 fn age_level(age: i64) -> &'static str {

@@ -28,6 +28,19 @@ async fn exec(client: &Client, sql: &str) {
     .await;
 }
 
+/// The node running the most of these tasks (the lowest id among equals).
+fn busiest(nodes: &[u64]) -> u64 {
+    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+    for n in nodes {
+        *per_node.entry(*n).or_default() += 1;
+    }
+    per_node
+        .iter()
+        .max_by_key(|(n, c)| (**c, u64::MAX - **n))
+        .map(|(n, _)| *n)
+        .expect("a node")
+}
+
 const SINK: &str = "SELECT bucket, n, total, smallest, biggest FROM totals ORDER BY bucket";
 const BATCH: &str = "SELECT id % 5000, count(*), sum(v), min(v), max(v) FROM events \
                      WHERE v % 7 <> 0 GROUP BY id % 5000 ORDER BY 1";
@@ -58,15 +71,7 @@ async fn a_group_by_job_is_exact_after_a_kill_and_a_sink_split() {
         (ids.len() == 6).then_some(ids)
     })
     .await;
-    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
-    for n in &nodes {
-        *per_node.entry(*n).or_default() += 1;
-    }
-    let busiest = per_node
-        .iter()
-        .max_by_key(|(n, c)| (**c, u64::MAX - **n))
-        .map(|(n, _)| *n)
-        .expect("a node");
+    let busiest = busiest(&nodes);
     let victim = (busiest - 1) as usize;
     let producer_node = (victim + 1) % 3;
     let producer = Client::connect(cluster.addr(producer_node))
@@ -259,15 +264,7 @@ async fn a_chain_of_jobs_through_a_topic_is_exact_after_a_kill() {
         (ids.len() == 4).then_some(ids)
     })
     .await;
-    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
-    for n in &nodes {
-        *per_node.entry(*n).or_default() += 1;
-    }
-    let busiest = per_node
-        .iter()
-        .max_by_key(|(n, c)| (**c, u64::MAX - **n))
-        .map(|(n, _)| *n)
-        .expect("a node");
+    let busiest = busiest(&nodes);
     let victim = (busiest - 1) as usize;
     let producer = Client::connect(cluster.addr((victim + 1) % 3))
         .await

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use weir_client::Client;
-use weir_tests::{sql_lines as rows, wait_until, InProcessCluster};
+use weir_tests::{sql_lines as rows, wait_until, Gen, InProcessCluster};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -244,18 +244,6 @@ async fn schedules_run_after_their_dependencies_and_keep_their_history() {
         .expect("SHOW RUNS")
         .is_empty());
     cluster.shutdown().await;
-}
-
-/// A deterministic generator (xorshift), so the test's input is the same on every run.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Seed 000 (loyalty, the lambda architecture): messy customers cleaned by a schedule (the batch

@@ -489,6 +489,7 @@ impl Log for LogService {
                 producer_id: req.producer_id,
                 sequence: req.sequence,
                 jumping: req.jumping,
+                epoch: req.producer_epoch,
             }),
         };
         let span = tracing::debug_span!("produce", group = group.id, topic = %req.topic, partition = req.partition);
@@ -535,6 +536,11 @@ impl Log for LogService {
                     last_sequence: 0,
                 }))
             }
+            Resp::StaleProducer { current_epoch } => Err(NodeError::ProducerFenced(format!(
+                "producer {} of epoch {} was replaced by epoch {current_epoch}",
+                req.producer_id, req.producer_epoch
+            ))
+            .into()),
             Resp::Duplicate { last_sequence } => Ok(Response::new(ProduceResponse {
                 base_offset: 0,
                 count: 0,

@@ -40,6 +40,10 @@ impl std::fmt::Debug for NodeCluster {
 }
 
 fn to_cluster(e: ClientError) -> ClusterError {
+    // A replaced writer: retrying later (as whoever replaced it) is the way on, not a bad request.
+    if let ClientError::Fenced(m) = &e {
+        return ClusterError::Unavailable(format!("fenced: {m}"));
+    }
     // The SQL layer reports its own status code; keep only the node's explanation.
     let message = match &e {
         ClientError::Status { message, .. } => message.clone(),
@@ -498,7 +502,7 @@ impl Cluster for NodeCluster {
     async fn produce_numbered(
         &self,
         topic: &str,
-        producer_id: u64,
+        producer: (u64, u64),
         sequence: u64,
         records: Vec<NewRecord>,
         keyless: u32,
@@ -508,7 +512,7 @@ impl Cluster for NodeCluster {
         let batches = batches_by_partition(topic, partitions, &records, Some(keyless))?;
         for (p, b) in batches {
             client
-                .produce_numbered(topic, p, b.finish(), producer_id, sequence)
+                .produce_numbered(topic, p, b.finish(), producer, sequence)
                 .await
                 .map_err(to_cluster)?;
         }
@@ -518,14 +522,14 @@ impl Cluster for NodeCluster {
     async fn producer_numbers(
         &self,
         topic: &str,
-        producer_id: u64,
+        producer: (u64, u64),
     ) -> Result<Vec<u64>, ClusterError> {
         let client = self.client().await?;
         let partitions = client.partition_count(topic).await.map_err(to_cluster)?;
         let mut out = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let last = client
-                .produce_numbered(topic, p, bytes::Bytes::new(), producer_id, 0)
+                .produce_numbered(topic, p, bytes::Bytes::new(), producer, 0)
                 .await
                 .map_err(to_cluster)?;
             out.push(last.unwrap_or(0));

@@ -42,8 +42,10 @@
 //!   ends where an earlier one did, and is refused exactly by the partitions that already hold it.
 //!   Records without a key go to the partition of the source's number (modulo), keyed records to
 //!   their key's, so a replay sends every record where its first attempt did. Two instances at
-//!   once (a reassignment not yet noticed) can interleave batches, so the chain's guarantee is
-//!   exactly once after a crash, at least once across an overlap.
+//!   once (a reassignment the old node has not noticed yet): the producer also carries the task's
+//!   assignment epoch, and asking a partition for its number announces it; from then on the
+//!   partition refuses the older epoch. The new instance asks every partition before it writes,
+//!   so whatever the old one wrote before being refused is in the numbers it cuts at.
 //!
 //! The invariant the tests check: the sink equals the same `SELECT` run as a batch over the
 //! records the job consumed.

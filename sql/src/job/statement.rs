@@ -9,6 +9,8 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
+use crate::syntax::{expect_end, syntax};
+
 /// A job statement.
 #[derive(Debug, Clone)]
 pub enum JobStatement {
@@ -71,13 +73,6 @@ pub fn is_job_statement(first: &str, second: &str) -> bool {
     matches!(
         (first.as_str(), second.as_str()),
         ("CREATE" | "DROP" | "STOP" | "START" | "DESCRIBE", "JOB") | ("SHOW", "JOBS")
-    )
-}
-
-fn syntax(e: impl std::fmt::Display) -> DataFusionError {
-    DataFusionError::SQL(
-        Box::new(datafusion::sql::sqlparser::parser::ParserError::ParserError(e.to_string())),
-        None,
     )
 }
 
@@ -161,12 +156,7 @@ pub fn parse_job_statement(sql: &str) -> Result<JobStatement> {
         },
         other => return Err(syntax(format!("not a job statement: {other}"))),
     };
-    if p.peek_token().token != Token::EOF {
-        return Err(syntax(format!(
-            "unexpected {} after the job statement",
-            p.peek_token().token
-        )));
-    }
+    expect_end(&p, "job")?;
     Ok(stmt)
 }
 

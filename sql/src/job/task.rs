@@ -54,6 +54,13 @@ pub fn producer_id(job: &JobMeta, partition: u32) -> u64 {
     (z ^ (z >> 31)).max(1)
 }
 
+/// The task's producer id and epoch: the epoch is the task's assignment, so an instance whose
+/// task was assigned again elsewhere is refused by the sink topic once the new one has started.
+fn producer(job: &JobMeta, partition: u32) -> (u64, u64) {
+    let epoch = job.tasks.get(partition as usize).map_or(0, |(_, e)| *e);
+    (producer_id(job, partition), epoch)
+}
+
 /// Runs task `partition` of `job` until `stop` turns true; failures are logged and retried with
 /// back-off from the last committed offset (replay is exact).
 pub async fn run_task(
@@ -124,7 +131,7 @@ async fn run_once(
     // cut at the same ends makes each of those a duplicate the sink's partitions refuse.
     let mut cuts: BTreeSet<u64> = match &plan.sink_topic {
         Some(t) => cluster
-            .producer_numbers(&t.name, producer_id(job, partition))
+            .producer_numbers(&t.name, producer(job, partition))
             .await
             .map_err(cluster_error)?
             .into_iter()
@@ -319,7 +326,7 @@ async fn process(
             cluster
                 .produce_numbered(
                     &topic.name,
-                    producer_id(job, partition),
+                    producer(job, partition),
                     to,
                     records,
                     partition,

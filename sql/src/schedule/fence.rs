@@ -152,23 +152,23 @@ impl Cluster for FencedCluster {
     async fn produce_numbered(
         &self,
         topic: &str,
-        producer_id: u64,
+        producer: (u64, u64),
         sequence: u64,
         records: Vec<NewRecord>,
         keyless: u32,
     ) -> Result<(), ClusterError> {
         self.check()?;
         self.inner
-            .produce_numbered(topic, producer_id, sequence, records, keyless)
+            .produce_numbered(topic, producer, sequence, records, keyless)
             .await
     }
 
     async fn producer_numbers(
         &self,
         topic: &str,
-        producer_id: u64,
+        producer: (u64, u64),
     ) -> Result<Vec<u64>, ClusterError> {
-        self.inner.producer_numbers(topic, producer_id).await
+        self.inner.producer_numbers(topic, producer).await
     }
 
     async fn create_topic(&self, topic: NewTopic) -> Result<(), ClusterError> {

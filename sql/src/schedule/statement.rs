@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::cluster::ScheduleAction;
+use crate::syntax::{expect_end, syntax};
 
 /// When a schedule's ticks fall.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +98,6 @@ pub fn is_schedule_statement(first: &str, second: &str) -> bool {
     matches!(
         (first.as_str(), second.as_str()),
         ("CREATE" | "DROP" | "ALTER" | "RUN", "SCHEDULE") | ("SHOW", "SCHEDULES" | "RUNS")
-    )
-}
-
-fn syntax(e: impl std::fmt::Display) -> DataFusionError {
-    DataFusionError::SQL(
-        Box::new(datafusion::sql::sqlparser::parser::ParserError::ParserError(e.to_string())),
-        None,
     )
 }
 
@@ -241,12 +235,7 @@ pub fn parse_schedule_statement(sql: &str) -> Result<ScheduleStatement> {
         },
         other => return Err(syntax(format!("not a schedule statement: {other}"))),
     };
-    if p.peek_token().token != Token::EOF {
-        return Err(syntax(format!(
-            "unexpected {} after the schedule statement",
-            p.peek_token().token
-        )));
-    }
+    expect_end(&p, "schedule")?;
     Ok(stmt)
 }
 

@@ -27,6 +27,8 @@ pub(super) struct ProducerState {
     batches: VecDeque<(u64, u64, u32)>,
     /// A jumping producer (see [`crate::types::ProducerSeq::jumping`]): never forgotten.
     pinned: bool,
+    /// A jumping producer's highest epoch seen.
+    epoch: u64,
 }
 
 /// A partition's in-memory state: its published offsets and its producers.
@@ -61,15 +63,28 @@ impl PartitionGroup {
         let base_offset = cx.header.partition.next_offset;
         if let Some(ps) = producer.filter(|ps| ps.jumping) {
             let st = self.producers.entry(ps.producer_id).or_default();
+            if ps.epoch < st.epoch {
+                return Ok(Response::StaleProducer {
+                    current_epoch: st.epoch,
+                });
+            }
             let last = st.batches.back().map_or(0, |(seq, _, _)| *seq);
             if count == 0 || ps.sequence <= last {
-                if st.batches.is_empty() {
+                if ps.epoch > st.epoch {
+                    // A new instance announces itself: from now on the old one is refused.
+                    st.epoch = ps.epoch;
+                    st.pinned = true;
+                    st.last_index = cx.index;
+                    cx.batch
+                        .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+                } else if st.batches.is_empty() && st.epoch == 0 {
                     self.producers.remove(&ps.producer_id);
                 }
                 return Ok(Response::Duplicate {
                     last_sequence: last,
                 });
             }
+            st.epoch = ps.epoch;
             st.pinned = true;
             st.batches.clear();
             st.batches.push_back((ps.sequence, base_offset, count));

@@ -422,6 +422,7 @@ async fn retried_batches_of_idempotent_producers_are_written_once() {
             producer_id: 42,
             sequence: seq,
             jumping: false,
+            epoch: 0,
         }),
     };
     let mut b = WriteBatch::default();
@@ -461,7 +462,7 @@ async fn jumping_producers_write_only_above_their_last_number_and_survive_restar
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path()).unwrap();
     let mut sm = StateMachine::open(engine.clone(), 2, &partition(), dir.path()).unwrap();
-    let req = |seq: u64, count: u32| Request::Append {
+    let at = |epoch: u64, seq: u64, count: u32| Request::Append {
         batch: bytes::Bytes::from_static(b"x"),
         count,
         max_timestamp_ms: 0,
@@ -469,8 +470,10 @@ async fn jumping_producers_write_only_above_their_last_number_and_survive_restar
             producer_id: 7,
             sequence: seq,
             jumping: true,
+            epoch,
         }),
     };
+    let req = |seq: u64, count: u32| at(1, seq, count);
     let mut b = WriteBatch::default();
     // An empty batch asks for the last number: none yet, and nothing is written.
     assert_eq!(
@@ -501,12 +504,31 @@ async fn jumping_producers_write_only_above_their_last_number_and_survive_restar
     engine.write(b).unwrap();
     assert_eq!(sm.header.partition.next_offset, 5);
     drop(sm);
-    let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 2, &partition(), dir.path()).unwrap();
     let mut b = WriteBatch::default();
     assert_eq!(
         sm.apply_one(5, &req(0, 0), &mut b).unwrap(),
         Response::Duplicate { last_sequence: 250 }
     );
+    // A new instance (epoch 2) announces itself with an empty batch: the old one is refused from
+    // then on, across a restart too, and the new one writes.
+    assert_eq!(
+        sm.apply_one(6, &at(2, 0, 0), &mut b).unwrap(),
+        Response::Duplicate { last_sequence: 250 }
+    );
+    engine.write(b).unwrap();
+    drop(sm);
+    let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
+    let mut b = WriteBatch::default();
+    assert_eq!(
+        sm.apply_one(7, &at(1, 300, 2), &mut b).unwrap(),
+        Response::StaleProducer { current_epoch: 2 }
+    );
+    // (The header with the offsets is written by the apply loop, not by `apply_one`.)
+    assert!(matches!(
+        sm.apply_one(8, &at(2, 300, 2), &mut b).unwrap(),
+        Response::Appended { count: 2, .. }
+    ));
 }
 
 fn region_kind() -> GroupKind {
