@@ -3,7 +3,7 @@
 //! `DROP SCHEDULE [IF EXISTS] name`, `RUN SCHEDULE name` (once, now), `SHOW SCHEDULES` and
 //! `SHOW RUNS [FOR name]`.
 
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::sql::sqlparser::ast::{Expr, Value as SqlValue};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
