@@ -30,6 +30,17 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// Members that may receive new replicas or tasks: every node of `catalog` not known to be
+    /// down.
+    pub fn up_members(&self, catalog: &weir_storage::catalog::Catalog) -> Vec<u64> {
+        catalog
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| self.is_up(*n))
+            .collect()
+    }
+
     /// Liveness where a member silent for `gone_after` has its replicas re-created elsewhere.
     pub fn new(gone_after: Duration) -> Liveness {
         Liveness {

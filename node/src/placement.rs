@@ -29,16 +29,6 @@ fn load(catalog: &Catalog) -> BTreeMap<u64, usize> {
     load
 }
 
-/// Nodes that may receive new replicas or tasks: every member not known to be down.
-pub fn candidates(catalog: &Catalog, liveness: &Liveness) -> Vec<u64> {
-    catalog
-        .nodes
-        .keys()
-        .copied()
-        .filter(|n| liveness.is_up(*n))
-        .collect()
-}
-
 /// Replica sets for `groups` new groups of `replicas` replicas each.
 pub fn place_new(
     catalog: &Catalog,
@@ -52,7 +42,7 @@ pub fn place_new(
             "the cluster is still starting: no member is in the catalog yet".into(),
         ));
     }
-    let nodes = candidates(catalog, liveness);
+    let nodes = liveness.up_members(catalog);
     if (replicas as usize) > nodes.len() {
         return Err(NodeError::InvalidArgument(format!(
             "replicas {replicas} is more than the {} live node(s) of the cluster",
@@ -111,7 +101,7 @@ fn next_move(
     if catalog.nodes.is_empty() {
         return None;
     }
-    let live = candidates(catalog, liveness);
+    let live = liveness.up_members(catalog);
     if catalog.offsets_group.is_none() && !live.is_empty() {
         let mut by_load: Vec<u64> = live.clone();
         let l = load(catalog);

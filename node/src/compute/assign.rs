@@ -19,7 +19,7 @@ pub fn next_assignment(
     liveness: &Liveness,
     leaders: &BTreeMap<u64, u64>,
 ) -> Option<MetaCommand> {
-    let up = crate::placement::candidates(catalog, liveness);
+    let up = liveness.up_members(catalog);
     if up.is_empty() {
         return None;
     }
