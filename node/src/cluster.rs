@@ -120,12 +120,14 @@ impl Cluster for ClusterService {
                     id: req.node_id,
                     addr: req.advertise_addr.clone(),
                     http_addr: req.http_addr.clone(),
+                    kafka_addr: req.kafka_addr.clone(),
                 },
             }
         } else {
             MetaCommand::AddNode {
                 addr: req.advertise_addr.clone(),
                 http_addr: req.http_addr.clone(),
+                kafka_addr: req.kafka_addr.clone(),
             }
         };
         let resp = self.ctx.propose_meta(cmd).await?;
@@ -184,6 +186,7 @@ impl Cluster for ClusterService {
                 }
                 .into(),
                 http_addr: n.http_addr.clone(),
+                kafka_addr: n.kafka_addr.clone(),
                 last_seen_ms: self.ctx.liveness.silence(n.id).as_millis() as u64,
             });
         }

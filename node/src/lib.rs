@@ -21,6 +21,7 @@ pub mod compute;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod kafka;
 pub mod leader;
 pub mod liveness;
 pub mod log;

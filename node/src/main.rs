@@ -38,6 +38,13 @@ struct Args {
     /// none.
     #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:7432")]
     pg: String,
+    /// Address to serve the Kafka wire protocol on (Kafka producers, consumers and tools); empty
+    /// serves none.
+    #[arg(long, env = "WEIR_KAFKA", default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// Address Kafka clients reach this node on (default: the Kafka listen address).
+    #[arg(long, env = "WEIR_ADVERTISE_KAFKA")]
+    advertise_kafka: Option<String>,
 }
 
 /// A size in bytes, with an optional binary suffix (`KiB`, `MiB`, `GiB`; `K`, `M`, `G`).
@@ -81,6 +88,8 @@ async fn main() {
     cfg.down_timeout = Duration::from_secs(args.down_timeout_secs);
     cfg.sql_memory = args.sql_memory;
     cfg.pg = Some(args.pg).filter(|a| !a.is_empty());
+    cfg.kafka = Some(args.kafka).filter(|a| !a.is_empty());
+    cfg.advertise_kafka = args.advertise_kafka;
     let mut node = match weir_node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
@@ -89,12 +98,14 @@ async fn main() {
         }
     };
     println!(
-        "weir-node {} listening on {} (gRPC), {} (HTTP) and {} (Postgres)",
+        "weir-node {} listening on {} (gRPC), {} (HTTP), {} (Postgres) and {} (Kafka)",
         node.node_id,
         node.grpc_addr,
         node.http_addr
             .map_or_else(|| "nothing".to_string(), |a| a.to_string()),
         node.pg_addr
+            .map_or_else(|| "nothing".to_string(), |a| a.to_string()),
+        node.kafka_addr
             .map_or_else(|| "nothing".to_string(), |a| a.to_string())
     );
     tokio::select! {

@@ -69,6 +69,10 @@ pub struct NodeConfig {
     pub sql_memory: usize,
     /// Postgres wire protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
     pub pg: Option<String>,
+    /// Kafka protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
+    pub kafka: Option<String>,
+    /// Address Kafka clients reach this node on (default: the bound Kafka address).
+    pub advertise_kafka: Option<String>,
 }
 
 impl NodeConfig {
@@ -86,6 +90,8 @@ impl NodeConfig {
             split_check_interval: Duration::from_secs(1),
             sql_memory: 2 << 30,
             pg: None,
+            kafka: None,
+            advertise_kafka: None,
         }
     }
 }
@@ -106,6 +112,8 @@ pub struct RunningNode {
     pub http_addr: Option<SocketAddr>,
     /// Bound Postgres protocol address (None when the node serves none).
     pub pg_addr: Option<SocketAddr>,
+    /// Bound Kafka protocol address (None when the node serves none).
+    pub kafka_addr: Option<SocketAddr>,
     /// Shared context (for in-process tests and tools).
     pub ctx: Arc<NodeContext>,
     stop: watch::Sender<bool>,
@@ -148,7 +156,13 @@ fn write_identity(engine: &Engine, id: &Identity) -> anyhow::Result<()> {
 }
 
 /// Asks `seed` (any member) for a node id, retrying until the cluster answers or a minute passes.
-async fn join(peers: &Peers, seed: &str, advertise: &str, http: &str) -> anyhow::Result<u64> {
+async fn join(
+    peers: &Peers,
+    seed: &str,
+    advertise: &str,
+    http: &str,
+    kafka: &str,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last_err = String::new();
     while Instant::now() < deadline {
@@ -159,6 +173,7 @@ async fn join(peers: &Peers, seed: &str, advertise: &str, http: &str) -> anyhow:
                     advertise_addr: advertise.to_string(),
                     http_addr: http.to_string(),
                     node_id: 0,
+                    kafka_addr: kafka.to_string(),
                 })
                 .await?;
             anyhow::Ok(r.into_inner().node_id)
@@ -189,6 +204,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         })?),
         None => None,
     };
+    let kafka_listener = match &cfg.kafka {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} for Kafka clients: {e} (set --kafka)")
+        })?),
+        None => None,
+    };
     let grpc_addr = grpc_listener.local_addr()?;
     // The builder's TCP options only apply to listeners tonic binds itself; without NODELAY on
     // accepted sockets, small answers wait out the client's delayed ACK (about 40 ms).
@@ -200,6 +221,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         grpc_addr,
         http: Some(http_listener),
         pg: pg_listener,
+        kafka: kafka_listener,
     };
     start_with(cfg, env, incoming).await
 }
@@ -218,6 +240,8 @@ pub struct NodeEnv {
     pub http: Option<TcpListener>,
     /// Where to serve the Postgres protocol; None serves none.
     pub pg: Option<TcpListener>,
+    /// Where to serve the Kafka protocol; None serves none.
+    pub kafka: Option<TcpListener>,
 }
 
 /// Starts a node on `env`, serving gRPC on the connections `incoming` yields.
@@ -243,6 +267,7 @@ where
         grpc_addr,
         http: http_listener,
         pg: pg_listener,
+        kafka: kafka_listener,
     } = env;
     let http_addr = match &http_listener {
         Some(l) => Some(l.local_addr()?),
@@ -257,12 +282,22 @@ where
         .clone()
         .unwrap_or_else(|| grpc_addr.to_string());
     let http_advertised = http_addr.map(|a| a.to_string()).unwrap_or_default();
+    let kafka_addr = match &kafka_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let kafka_advertised = match (&cfg.advertise_kafka, kafka_addr) {
+        (Some(a), _) => a.clone(),
+        (None, Some(a)) => a.to_string(),
+        (None, None) => String::new(),
+    };
 
     let (identity, bootstrap) = match read_identity(&engine)? {
         Some(id) => (id, false),
         None => match &cfg.join {
             Some(seed) => {
-                let node_id = join(&peers, seed, &advertise, &http_advertised).await?;
+                let node_id =
+                    join(&peers, seed, &advertise, &http_advertised, &kafka_advertised).await?;
                 (Identity { node_id }, false)
             }
             None => (Identity { node_id: 1 }, true),
@@ -346,7 +381,7 @@ where
     if let Some(http_listener) = http_listener {
         let app = http::router(HttpState {
             ctx: ctx.clone(),
-            log,
+            log: log.clone(),
             next_partition: Arc::new(AtomicU32::new(0)),
         });
         let mut rx = stop_rx.clone();
@@ -360,6 +395,20 @@ where
             {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
+        }));
+    }
+
+    if let Some(kafka_listener) = kafka_listener {
+        let state = crate::kafka::KafkaState {
+            ctx: ctx.clone(),
+            log: log.clone(),
+        };
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            crate::kafka::serve(state, kafka_listener, stopped).await;
         }));
     }
 
@@ -415,6 +464,7 @@ where
             id: node_id,
             addr: advertise,
             http_addr: http_advertised,
+            kafka_addr: kafka_advertised,
         },
     )));
 
@@ -423,6 +473,7 @@ where
         grpc_addr,
         http_addr,
         pg_addr,
+        kafka_addr,
         ctx,
         stop,
         tasks,
@@ -457,6 +508,7 @@ async fn register_self(ctx: Arc<NodeContext>, me: NodeInfo) {
                         advertise_addr: me.addr.clone(),
                         http_addr: me.http_addr.clone(),
                         node_id: me.id,
+                        kafka_addr: me.kafka_addr.clone(),
                     })
                     .await;
                 if let Err(e) = r {

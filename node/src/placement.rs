@@ -261,6 +261,7 @@ mod tests {
                     id,
                     addr: format!("n{id}"),
                     http_addr: String::new(),
+                    kafka_addr: String::new(),
                 },
             );
         }
@@ -299,6 +300,7 @@ mod tests {
         c.apply(&MetaCommand::AddNode {
             addr: "n3".into(),
             http_addr: String::new(),
+            kafka_addr: String::new(),
         });
         let cmd = next_move(&c, &live, &healthy).expect("a repair");
         assert!(is_repair(&cmd, &c, &live));
@@ -322,6 +324,7 @@ mod tests {
         c.apply(&MetaCommand::AddNode {
             addr: "n2".into(),
             http_addr: String::new(),
+            kafka_addr: String::new(),
         });
         let all_healthy = |_: u64, _: &[u64]| true;
         let mut moves = 0;

@@ -17,6 +17,8 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::kafka_batch;
+
 /// The only batch format version so far.
 pub const MAGIC: u8 = 1;
 /// Size of the fixed header in front of every batch.
@@ -30,6 +32,9 @@ const MIN_HEADER_LEN: usize = 2;
 /// Why a batch could not be read.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BatchError {
+    /// A Kafka batch that is malformed or uses what Weir does not support (see [`crate::kafka_batch`]).
+    #[error("kafka batch: {0}")]
+    Kafka(String),
     /// The blob cannot even hold the fixed header.
     #[error("batch is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
     TooShort(usize),
@@ -130,6 +135,9 @@ impl BatchHeader {
     /// The checksum only shows the bytes arrived as the producer sent them, not that they are well
     /// formed: batches from the network go through [`validate`] instead.
     pub fn parse(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+        if batch.first() == Some(&kafka_batch::TAG) {
+            return kafka_batch::parse_header(&batch[1..]).map(BatchHeader::from);
+        }
         let Some((fixed, body)) = batch.split_first_chunk::<HEADER_LEN>() else {
             return Err(BatchError::TooShort(batch.len()));
         };
@@ -162,6 +170,17 @@ impl BatchHeader {
             max_timestamp_ms,
             crc,
         })
+    }
+}
+
+impl From<kafka_batch::KafkaHeader> for BatchHeader {
+    fn from(h: kafka_batch::KafkaHeader) -> BatchHeader {
+        BatchHeader {
+            count: h.count,
+            first_timestamp_ms: h.base_timestamp_ms,
+            max_timestamp_ms: h.max_timestamp_ms,
+            crc: h.crc,
+        }
     }
 }
 
@@ -261,6 +280,9 @@ impl BatchBuilder {
 /// A batch that passes is safe to store: every consumer can [`decode`] it, and its header's count
 /// and largest timestamp (which the broker turns into offsets and retention) are the records'.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    if batch.first() == Some(&kafka_batch::TAG) {
+        return kafka_batch::validate(&batch[1..]).map(BatchHeader::from);
+    }
     let header = BatchHeader::parse(batch)?;
     walk(batch, &header, &mut ())?;
     Ok(header)
@@ -269,6 +291,9 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Decodes every record of a batch (consumers do this; the broker only validates). Keys, values
 /// and headers share the batch's memory rather than being copied.
 pub fn decode(batch: &Bytes) -> Result<Vec<Record>, BatchError> {
+    if batch.first() == Some(&kafka_batch::TAG) {
+        return kafka_batch::decode(&batch.slice(1..));
+    }
     let header = BatchHeader::parse(batch)?;
     // The count comes from the wire: reserve no more records than the body could hold.
     let fits = batch.len().saturating_sub(HEADER_LEN) / MIN_RECORD_LEN;

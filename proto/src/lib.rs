@@ -4,6 +4,8 @@
 //!   Raft transport).
 //! - [`batch`]: the record-batch encoding producers write and consumers read. The broker checks a
 //!   batch once on produce and stores it as one checksummed blob, never re-encoding it.
+//! - [`kafka_batch`]: Kafka's record batch (v2), which batches produced over the Kafka protocol are
+//!   stored as.
 //! - [`ingest`]: the bodies of HTTP ingest requests (a JSON array or NDJSON), split into records.
 //! - [`format`]: a topic's record format (JSON, CSV, text) and columns, records to rows and back.
 //! - [`table`]: table schemas, typed values, and the key and row encodings of the region store.
@@ -11,6 +13,7 @@
 pub mod batch;
 pub mod format;
 pub mod ingest;
+pub mod kafka_batch;
 pub mod table;
 
 /// Generated gRPC services and messages of `weir.v1`.

@@ -31,6 +31,8 @@ pub struct NodeInfo {
     pub addr: String,
     /// HTTP address (health, metrics, ingest).
     pub http_addr: String,
+    /// Address Kafka clients reach the node on (empty: it serves none).
+    pub kafka_addr: String,
 }
 
 /// What a Raft group holds, which decides its state machine.
@@ -228,6 +230,8 @@ pub enum MetaCommand {
         addr: String,
         /// HTTP address.
         http_addr: String,
+        /// Kafka protocol address.
+        kafka_addr: String,
     },
     /// Updates the addresses of a known node (a node restarted on a new address).
     UpdateNode {
@@ -399,7 +403,11 @@ impl Catalog {
                 self.next_group_id = self.next_group_id.max(1);
                 MetaResponse::NodeId(node.id)
             }
-            MetaCommand::AddNode { addr, http_addr } => {
+            MetaCommand::AddNode {
+                addr,
+                http_addr,
+                kafka_addr,
+            } => {
                 if self.nodes.is_empty() {
                     return MetaResponse::Rejected(
                         "the cluster is not bootstrapped yet; retry".into(),
@@ -416,6 +424,7 @@ impl Catalog {
                         id,
                         addr: addr.clone(),
                         http_addr: http_addr.clone(),
+                        kafka_addr: kafka_addr.clone(),
                     },
                 );
                 MetaResponse::NodeId(id)
@@ -876,6 +885,7 @@ mod tests {
                 id: 1,
                 addr: "a:1".into(),
                 http_addr: "a:2".into(),
+                kafka_addr: String::new(),
             },
         });
         c
@@ -888,6 +898,7 @@ mod tests {
             c.apply(&MetaCommand::AddNode {
                 addr: a.into(),
                 http_addr: String::new(),
+                kafka_addr: String::new(),
             })
         };
         assert_eq!(add(&mut c, "b:1"), MetaResponse::NodeId(2));

@@ -176,9 +176,14 @@ pub struct ProducerSeq {
     /// wrote is a duplicate, gaps are fine, and it is never forgotten. An empty batch only asks
     /// for the last number.
     pub jumping: bool,
-    /// A jumping producer's epoch (the task's assignment): once a partition has seen an epoch, it
-    /// refuses the producer's batches from lower ones, so a replaced instance cannot write.
+    /// A jumping producer's epoch (the task's assignment), or a Kafka producer's: once a partition
+    /// has seen an epoch, it refuses the producer's batches from lower ones, so a replaced instance
+    /// cannot write.
     pub epoch: u64,
+    /// Sequence numbers count records, not batches (Kafka's idempotent producers): a batch's
+    /// successor is numbered by its sequence plus its record count, and a new epoch starts again
+    /// at 0.
+    pub counted: bool,
 }
 
 /// What applying a [`Request`] answered.

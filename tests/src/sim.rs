@@ -180,6 +180,7 @@ impl Machine {
             grpc_addr: std::net::SocketAddr::from(([0, 0, 0, 0], PORT)),
             http: None,
             pg: None,
+            kafka: None,
         };
         let mut node = weir_node::start_with(cfg, env, incoming(PORT).await?)
             .await

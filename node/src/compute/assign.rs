@@ -78,6 +78,7 @@ mod tests {
                     id,
                     addr: format!("n{id}"),
                     http_addr: String::new(),
+                    kafka_addr: String::new(),
                 },
             );
         }

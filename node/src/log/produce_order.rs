@@ -47,6 +47,9 @@ pub struct Turn<'a> {
     key: (u64, u64),
     term: u64,
     sequence: u64,
+    /// How far the batch moves the producer's numbering (1, or its record count for a producer
+    /// that numbers records).
+    step: u64,
 }
 
 impl ProduceOrder {
@@ -57,12 +60,14 @@ impl ProduceOrder {
 
     /// Waits until batch `sequence` of `producer` on `group` may be proposed in leader term
     /// `term`: at once when its predecessor was proposed in this term (or nothing is known of the
-    /// producer here), else once the predecessor is, for at most [`WAIT_FOR_PREDECESSOR`].
+    /// producer here), else once the predecessor is, for at most [`WAIT_FOR_PREDECESSOR`]. The
+    /// batch's successor is numbered `sequence + step`.
     pub async fn turn(
         &self,
         group: u64,
         producer: u64,
         sequence: u64,
+        step: u64,
         term: u64,
     ) -> NodeResult<Turn<'_>> {
         let key = (group, producer);
@@ -81,6 +86,7 @@ impl ProduceOrder {
                     key,
                     term,
                     sequence,
+                    step,
                 });
             };
             let notified = proposed.notified();
@@ -105,6 +111,7 @@ impl Turn<'_> {
             key,
             term,
             sequence,
+            step,
         } = self;
         order.with(|slots| {
             if slots.len() >= MAX_TRACKED && !slots.contains_key(&key) {
@@ -121,7 +128,7 @@ impl Turn<'_> {
                 slot.next = 0;
             }
             // A retry of an earlier batch leaves the expectation where it is.
-            slot.next = slot.next.max(sequence + 1);
+            slot.next = slot.next.max(sequence + step);
             slot.last_used = Instant::now();
             slot.proposed.notify_waiters();
         });
@@ -135,26 +142,26 @@ mod tests {
     #[tokio::test]
     async fn a_batch_waits_for_its_predecessor_to_be_proposed() {
         let order = Arc::new(ProduceOrder::default());
-        order.turn(1, 7, 0, 3).await.expect("first").proposed();
+        order.turn(1, 7, 0, 1, 3).await.expect("first").proposed();
         let later = {
             let order = order.clone();
             tokio::spawn(async move {
-                let t = order.turn(1, 7, 2, 3).await.map(|t| t.sequence);
+                let t = order.turn(1, 7, 2, 1, 3).await.map(|t| t.sequence);
                 t.expect("batch 2 goes once batch 1 is proposed")
             })
         };
         // Batch 2 cannot go before batch 1: it is still waiting.
         tokio::task::yield_now().await;
         assert!(!later.is_finished(), "batch 2 waits for batch 1");
-        order.turn(1, 7, 1, 3).await.expect("batch 1").proposed();
+        order.turn(1, 7, 1, 1, 3).await.expect("batch 1").proposed();
         assert_eq!(later.await.expect("task"), 2);
     }
 
     #[tokio::test]
     async fn a_batch_whose_predecessor_never_comes_is_refused() {
         let order = ProduceOrder::default();
-        order.turn(1, 7, 0, 3).await.expect("first").proposed();
-        let err = order.turn(1, 7, 5, 3).await.err().expect("refused");
+        order.turn(1, 7, 0, 1, 3).await.expect("first").proposed();
+        let err = order.turn(1, 7, 5, 1, 3).await.err().expect("refused");
         assert!(matches!(err, NodeError::Aborted(_)), "{err:?}");
     }
 
@@ -162,18 +169,18 @@ mod tests {
     async fn retries_unknown_producers_and_new_terms_go_at_once() {
         let order = ProduceOrder::default();
         // Nothing known of this producer: the state machine judges.
-        order.turn(1, 9, 4, 3).await.expect("unknown").proposed();
+        order.turn(1, 9, 4, 1, 3).await.expect("unknown").proposed();
         // A retry of a batch already proposed.
-        order.turn(1, 9, 2, 3).await.expect("retry").proposed();
+        order.turn(1, 9, 2, 1, 3).await.expect("retry").proposed();
         // Another term: what was proposed before may be gone.
-        order.turn(1, 9, 8, 4).await.expect("new term").proposed();
+        order.turn(1, 9, 8, 1, 4).await.expect("new term").proposed();
         // Another partition of the same producer is independent.
         order
-            .turn(2, 9, 3, 4)
+            .turn(2, 9, 3, 1, 4)
             .await
             .expect("other partition")
             .proposed();
         // Next in line in the new term.
-        order.turn(1, 9, 9, 4).await.expect("next");
+        order.turn(1, 9, 9, 1, 4).await.expect("next");
     }
 }

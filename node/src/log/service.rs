@@ -13,6 +13,7 @@ use openraft::async_runtime::WatchReceiver;
 
 use tonic::{Request, Response, Status};
 use weir_proto::batch;
+use weir_proto::kafka_batch;
 use weir_proto::v1::log_client::LogClient;
 use weir_proto::v1::log_server::Log;
 use weir_proto::v1::*;
@@ -481,26 +482,42 @@ impl Log for LogService {
             }
         };
         let req = request.into_inner();
-        let cmd = Cmd::Append {
-            batch: req.batch,
-            count: header.count,
-            max_timestamp_ms: header.max_timestamp_ms,
-            producer: (req.producer_id != 0).then_some(ProducerSeq {
+        // A Kafka producer's id, epoch and sequence travel in its batch's header; its sequence
+        // numbers count records.
+        let producer = match kafka_batch::producer(&req.batch) {
+            Some(k) => Some(ProducerSeq {
+                producer_id: k.producer_id,
+                sequence: k.base_sequence,
+                jumping: false,
+                epoch: k.epoch,
+                counted: true,
+            }),
+            None => (req.producer_id != 0).then_some(ProducerSeq {
                 producer_id: req.producer_id,
                 sequence: req.sequence,
                 jumping: req.jumping,
                 epoch: req.producer_epoch,
+                counted: false,
             }),
+        };
+        let cmd = Cmd::Append {
+            batch: req.batch,
+            count: header.count,
+            max_timestamp_ms: header.max_timestamp_ms,
+            producer,
         };
         let span = tracing::debug_span!("produce", group = group.id, topic = %req.topic, partition = req.partition);
         let _e = span.enter();
         // A jumping producer sends one batch at a time: no order to keep among its batches.
-        let turn = match req.producer_id {
-            0 => None,
-            _ if req.jumping => None,
-            producer => {
+        let turn = match producer {
+            None => None,
+            Some(p) if p.jumping => None,
+            Some(p) => {
                 let term = h.raft.metrics().borrow_watched().current_term;
-                let turn = self.order.turn(group.id, producer, req.sequence, term);
+                let step = if p.counted { u64::from(header.count) } else { 1 };
+                let turn = self
+                    .order
+                    .turn(group.id, p.producer_id, p.sequence, step, term);
                 Some(turn.await?)
             }
         };
@@ -538,7 +555,8 @@ impl Log for LogService {
             }
             Resp::StaleProducer { current_epoch } => Err(NodeError::ProducerFenced(format!(
                 "producer {} of epoch {} was replaced by epoch {current_epoch}",
-                req.producer_id, req.producer_epoch
+                producer.map_or(0, |p| p.producer_id),
+                producer.map_or(0, |p| p.epoch)
             ))
             .into()),
             Resp::Duplicate { last_sequence } => Ok(Response::new(ProduceResponse {

@@ -80,6 +80,8 @@ struct ApplyCx<'a> {
     group: u64,
     /// The entry's log index.
     index: u64,
+    /// The term of the leader that wrote the entry.
+    term: u64,
     /// The header, written with the apply call's changes.
     header: &'a mut Header,
     /// The changes of the whole apply call, written at once.
@@ -280,6 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         engine: &self.engine,
                         group: self.group,
                         index: entry.log_id.index,
+                        term: entry.log_id.committed_leader_id().term,
                         header: &mut self.header,
                         batch: &mut b,
                     };

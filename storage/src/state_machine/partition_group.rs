@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use weir_proto::kafka_batch;
 use tokio::sync::watch;
 
 use super::{group_key, wrong_kind, ApplyCx, Capture, GroupState, GroupWatch, Header};
@@ -93,6 +94,16 @@ impl PartitionGroup {
                 .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
         } else if let Some(ps) = producer {
             let st = self.producers.entry(ps.producer_id).or_default();
+            if ps.counted && ps.epoch != st.epoch {
+                if ps.epoch < st.epoch {
+                    return Ok(Response::StaleProducer {
+                        current_epoch: st.epoch,
+                    });
+                }
+                // A new epoch of the producer numbers its batches from 0 again.
+                st.epoch = ps.epoch;
+                st.batches.clear();
+            }
             if let Some((_, base, n)) = st.batches.iter().find(|(seq, _, _)| *seq == ps.sequence) {
                 return Ok(Response::Appended {
                     base_offset: *base,
@@ -101,8 +112,16 @@ impl PartitionGroup {
             }
             // A producer's first batch here is its batch 0; a later one arriving first (several
             // in flight) waits for it.
-            let last = match st.batches.back() {
-                Some((seq, _, _)) => Some(*seq),
+            // The number the producer's next batch must carry.
+            let step = |(seq, _, n): &(u64, u64, u32)| {
+                if ps.counted {
+                    seq + u64::from(*n)
+                } else {
+                    seq + 1
+                }
+            };
+            let next = match st.batches.back() {
+                Some(b) => Some(step(b)),
                 None if ps.sequence == 0 => None,
                 None => {
                     return Ok(Response::OutOfOrder(format!(
@@ -111,16 +130,14 @@ impl PartitionGroup {
                     )))
                 }
             };
-            if let Some(last) = last {
-                if ps.sequence > last + 1 {
+            if let Some(next) = next {
+                if ps.sequence > next {
                     return Ok(Response::OutOfOrder(format!(
-                        "batch {} of producer {} arrived before batch {}",
-                        ps.sequence,
-                        ps.producer_id,
-                        last + 1
+                        "batch {} of producer {} arrived before batch {next}",
+                        ps.sequence, ps.producer_id,
                     )));
                 }
-                if ps.sequence <= last {
+                if ps.sequence < next {
                     // Older than everything remembered: it may or may not be stored.
                     return Ok(Response::Rejected(format!(
                         "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
@@ -148,11 +165,15 @@ impl PartitionGroup {
                 }
             }
         }
-        cx.batch.put(
-            cf,
-            partition::batch_key(group, base_offset),
-            partition::batch_value(count, max_timestamp_ms, batch),
-        );
+        let mut value = partition::batch_value(count, max_timestamp_ms, batch);
+        if batch.first() == Some(&kafka_batch::TAG) {
+            // A Kafka consumer reads the stored batch as it is: it carries its offsets and the
+            // leader epoch (the term it was written in).
+            let epoch = i32::try_from(cx.term).unwrap_or(i32::MAX);
+            kafka_batch::stamp(&mut value[partition::PREFIX_LEN + 1..], base_offset, epoch);
+        }
+        cx.batch
+            .put(cf, partition::batch_key(group, base_offset), value);
         let p = &mut cx.header.partition;
         p.next_offset += u64::from(count);
         p.bytes += batch.len() as u64;

@@ -22,6 +22,7 @@ impl StateMachine {
             engine: &self.engine,
             group: self.group,
             index,
+            term: 1,
             header: &mut self.header,
             batch: b,
         };
@@ -422,6 +423,7 @@ async fn retried_batches_of_idempotent_producers_are_written_once() {
             producer_id: 42,
             sequence: seq,
             jumping: false,
+            counted: false,
             epoch: 0,
         }),
     };
@@ -470,6 +472,7 @@ async fn jumping_producers_write_only_above_their_last_number_and_survive_restar
             producer_id: 7,
             sequence: seq,
             jumping: true,
+            counted: false,
             epoch,
         }),
     };
