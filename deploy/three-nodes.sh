@@ -1,7 +1,7 @@
 # Three fresh weir-node processes on loopback, in a temporary directory, for the bench scripts.
 #
 # Source it with B (where weir-node and weir are) and P (a port prefix: gRPC ${P}01-${P}03, HTTP
-# ${P}11-${P}13, Postgres ${P}21-${P}23) set. It starts the nodes, waits until all three are up, exports WEIR_SERVER, and
+# ${P}11-${P}13, Postgres ${P}21-${P}23, Kafka ${P}31-${P}33) set. It starts the nodes, waits until all three are up, exports WEIR_SERVER, and
 # on exit stops the nodes and removes the directory. `start I [ARGS]` (re)starts node I; its
 # process id is ${PIDS[I]} and its output goes to $R/nI.out.
 R=$(mktemp -d -t weir-bench-XXXXXX)
@@ -16,7 +16,7 @@ trap cleanup EXIT
 start() { # id [args]
   local i=$1
   shift
-  "$B/weir-node" --data-dir "$R/n$i" --listen "127.0.0.1:${P}0$i" --http "127.0.0.1:${P}1$i" --pg "127.0.0.1:${P}2$i" "$@" \
+  "$B/weir-node" --data-dir "$R/n$i" --listen "127.0.0.1:${P}0$i" --http "127.0.0.1:${P}1$i" --pg "127.0.0.1:${P}2$i" --kafka "127.0.0.1:${P}3$i" "$@" \
     >>"$R/n$i.out" 2>&1 &
   PIDS[$i]=$!
 }

@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod leader;
 pub mod liveness;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod node;

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: weir_node::memory::NodeAllocator = weir_node::memory::NodeAllocator;
+
 /// Runs a Weir node.
 #[derive(Debug, Parser)]
 #[command(name = "weir-node", version, about = "Runs a Weir node")]

@@ -296,8 +296,14 @@ where
         Some(id) => (id, false),
         None => match &cfg.join {
             Some(seed) => {
-                let node_id =
-                    join(&peers, seed, &advertise, &http_advertised, &kafka_advertised).await?;
+                let node_id = join(
+                    &peers,
+                    seed,
+                    &advertise,
+                    &http_advertised,
+                    &kafka_advertised,
+                )
+                .await?;
                 (Identity { node_id }, false)
             }
             None => (Identity { node_id: 1 }, true),

@@ -546,7 +546,9 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, body).expect("gzip");
         let gz = gz.finish().expect("gzip");
-        let snappy = snap::raw::Encoder::new().compress_vec(body).expect("snappy");
+        let snappy = snap::raw::Encoder::new()
+            .compress_vec(body)
+            .expect("snappy");
         let lz4 = {
             let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
             std::io::Write::write_all(&mut e, body).expect("lz4");

@@ -228,6 +228,7 @@ async fn start_node(join: Option<String>) -> (RunningNode, TempDir) {
     cfg.listen = "127.0.0.1:0".into();
     cfg.http = "127.0.0.1:0".into();
     cfg.pg = Some("127.0.0.1:0".into());
+    cfg.kafka = Some("127.0.0.1:0".into());
     cfg.join = join;
     let node = weir_node::start(cfg).await.expect("node starts");
     (node, dir)

@@ -59,6 +59,8 @@ pub struct NodeProcess {
     pub http: String,
     /// Postgres protocol address.
     pub pg: String,
+    /// Kafka protocol address.
+    pub kafka: String,
     join: Option<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -80,6 +82,8 @@ impl NodeProcess {
             .arg(&self.http)
             .arg("--pg")
             .arg(&self.pg)
+            .arg("--kafka")
+            .arg(&self.kafka)
             .args(extra)
             .env("WEIR_LOG", "info,openraft=warn")
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -153,6 +157,7 @@ impl ProcessCluster {
             addr: format!("127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
             pg: format!("127.0.0.1:{}", free_port()),
+            kafka: format!("127.0.0.1:{}", free_port()),
             join,
             child: None,
             log: self.dir.path().join(format!("node{i}.log")),

@@ -37,7 +37,8 @@ pub async fn run(state: KafkaState, mut socket: TcpStream, peer: SocketAddr) {
             return;
         }
         let answer = match read_request(frame.freeze()) {
-            Ok(Request::Served(header, key, body)) => {
+            Ok(Request::Served(served)) => {
+                let (header, key, body) = *served;
                 let version = header.request_api_version;
                 let span = tracing::debug_span!("kafka", api = ?key, version, correlation = header.correlation_id);
                 match dispatch(&state, body, version).instrument(span).await {
@@ -48,7 +49,12 @@ pub async fn run(state: KafkaState, mut socket: TcpStream, peer: SocketAddr) {
             Ok(Request::VersionsUnsupported(correlation)) => {
                 let mut resp = versions::api_versions();
                 resp.error_code = errors::UNSUPPORTED_VERSION;
-                encode_answer(ApiKey::ApiVersions, 0, correlation, &ResponseKind::ApiVersions(resp))
+                encode_answer(
+                    ApiKey::ApiVersions,
+                    0,
+                    correlation,
+                    &ResponseKind::ApiVersions(resp),
+                )
             }
             Err(why) => {
                 tracing::warn!(%peer, "unreadable Kafka request ({why}); closing the connection");
@@ -72,7 +78,7 @@ pub async fn run(state: KafkaState, mut socket: TcpStream, peer: SocketAddr) {
 /// A request as read off the wire.
 enum Request {
     /// A request this node serves: its header, API and body.
-    Served(RequestHeader, ApiKey, RequestKind),
+    Served(Box<(RequestHeader, ApiKey, RequestKind)>),
     /// `ApiVersions` at a version this node does not serve (correlation id).
     VersionsUnsupported(i32),
 }
@@ -80,7 +86,10 @@ enum Request {
 /// Reads a request frame: API key and version first (they decide how the rest reads).
 fn read_request(mut frame: Bytes) -> Result<Request, String> {
     if frame.len() < 8 {
-        return Err(format!("frame of {} bytes has no request header", frame.len()));
+        return Err(format!(
+            "frame of {} bytes has no request header",
+            frame.len()
+        ));
     }
     let key_num = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -102,7 +111,7 @@ fn read_request(mut frame: Bytes) -> Result<Request, String> {
             frame.remaining()
         ));
     }
-    Ok(Request::Served(header, key, body))
+    Ok(Request::Served(Box::new((header, key, body))))
 }
 
 /// A size-prefixed answer frame.
@@ -127,13 +136,17 @@ fn encode_answer(
 async fn dispatch(state: &KafkaState, req: RequestKind, version: i16) -> Option<ResponseKind> {
     Some(match req {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions()),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(topics::metadata(state, r, version).await),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(topics::metadata(state, r, version).await)
+        }
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create(state, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete(state, r).await),
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(topics::init_producer_id(r)),
         RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(state, r).await?),
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(state, r).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(state, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(fetch::list_offsets(state, r).await)
+        }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(offsets::find_coordinator(state, r, version))
         }

@@ -79,14 +79,28 @@ mod tests {
 
     #[test]
     fn refusals_map_to_what_clients_act_on() {
-        assert_eq!(code(&Status::not_found("topic 'x' does not exist")), UNKNOWN_TOPIC_OR_PARTITION);
-        assert_eq!(code(&Status::unavailable("no leader")), NOT_LEADER_OR_FOLLOWER);
         assert_eq!(
-            code(&Status::invalid_argument("batch of 9 bytes is over the 8-byte limit")),
+            code(&Status::not_found("topic 'x' does not exist")),
+            UNKNOWN_TOPIC_OR_PARTITION
+        );
+        assert_eq!(
+            code(&Status::unavailable("no leader")),
+            NOT_LEADER_OR_FOLLOWER
+        );
+        assert_eq!(
+            code(&Status::invalid_argument(
+                "batch of 9 bytes is over the 8-byte limit"
+            )),
             MESSAGE_TOO_LARGE
         );
-        assert_eq!(code(&Status::invalid_argument("rejected batch: x")), CORRUPT_MESSAGE);
-        assert_eq!(code(&Status::aborted("batch 3 arrived before 2")), OUT_OF_ORDER_SEQUENCE_NUMBER);
+        assert_eq!(
+            code(&Status::invalid_argument("rejected batch: x")),
+            CORRUPT_MESSAGE
+        );
+        assert_eq!(
+            code(&Status::aborted("batch 3 arrived before 2")),
+            OUT_OF_ORDER_SEQUENCE_NUMBER
+        );
         assert_eq!(code(&Status::out_of_range("offset 9")), OFFSET_OUT_OF_RANGE);
     }
 }

@@ -211,7 +211,8 @@ pub async fn list_offsets(state: &KafkaState, req: ListOffsetsRequest) -> ListOf
     for t in req.topics {
         let mut parts = Vec::new();
         for p in t.partitions {
-            let answer = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            let answer =
+                ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let Ok(partition) = u32::try_from(p.partition_index) else {
                 parts.push(answer.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
@@ -237,7 +238,10 @@ pub async fn list_offsets(state: &KafkaState, req: ListOffsetsRequest) -> ListOf
                     parts.push(answer.with_error_code(errors::INVALID_REQUEST));
                     continue;
                 }
-                ts => offset_for_time(state, t.name.as_str(), partition, o.earliest, o.latest, ts).await,
+                ts => {
+                    offset_for_time(state, t.name.as_str(), partition, o.earliest, o.latest, ts)
+                        .await
+                }
             };
             parts.push(match found {
                 Ok(off) => answer.with_offset(off as i64).with_timestamp(-1),

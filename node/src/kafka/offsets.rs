@@ -38,7 +38,11 @@ pub fn find_coordinator(
         .registry
         .catalog()
         .ok()
-        .and_then(|c| c.nodes.get(&state.ctx.node_id).map(|n| n.kafka_addr.clone()))
+        .and_then(|c| {
+            c.nodes
+                .get(&state.ctx.node_id)
+                .map(|n| n.kafka_addr.clone())
+        })
         .filter(|a| !a.is_empty());
     match me {
         Some(addr) => {
@@ -61,7 +65,10 @@ pub async fn commit(state: &KafkaState, req: OffsetCommitRequest) -> OffsetCommi
         let mut offsets = Vec::new();
         let mut parts = Vec::new();
         for p in &t.partitions {
-            match (u32::try_from(p.partition_index), u64::try_from(p.committed_offset)) {
+            match (
+                u32::try_from(p.partition_index),
+                u64::try_from(p.committed_offset),
+            ) {
                 (Ok(partition), Ok(offset)) => offsets.push(PartitionOffset { partition, offset }),
                 _ => parts.push(
                     OffsetCommitResponsePartition::default()

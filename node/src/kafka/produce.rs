@@ -71,7 +71,11 @@ async fn produce_partition(
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 if first < 0 {
-                    first = if r.offsets_pending { -1 } else { r.base_offset as i64 };
+                    first = if r.offsets_pending {
+                        -1
+                    } else {
+                        r.base_offset as i64
+                    };
                 }
             }
             Ok(Err(s)) => return (errors::code(&s), -1, Some(s.message().to_string())),
@@ -104,7 +108,11 @@ pub async fn produce(state: &KafkaState, req: ProduceRequest) -> Option<ProduceR
         }
         return Some(resp);
     }
-    let acks = if req.acks == -1 { Acks::All } else { Acks::Leader };
+    let acks = if req.acks == -1 {
+        Acks::All
+    } else {
+        Acks::Leader
+    };
     let timeout = match req.timeout_ms {
         t if t > 0 => Duration::from_millis(t as u64).min(MAX_TIMEOUT),
         _ => MAX_TIMEOUT,
@@ -116,7 +124,14 @@ pub async fn produce(state: &KafkaState, req: ProduceRequest) -> Option<ProduceR
         }
     }
     let answers = futures::future::join_all(calls.iter().map(|(topic, index, records)| {
-        produce_partition(state, topic.as_str(), *index, records.clone(), acks, timeout)
+        produce_partition(
+            state,
+            topic.as_str(),
+            *index,
+            records.clone(),
+            acks,
+            timeout,
+        )
     }))
     .await;
     if req.acks == 0 {

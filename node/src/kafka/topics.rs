@@ -7,9 +7,9 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest,
-    MetadataResponse, ProducerId, TopicName,
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, MetadataRequest, MetadataResponse, ProducerId,
+    TopicName,
 };
 use tonic::Request;
 use weir_proto::v1::log_server::Log;
@@ -88,7 +88,11 @@ pub async fn metadata(state: &KafkaState, req: MetadataRequest, version: i16) ->
         .with_brokers(brokers(state))
         .with_cluster_id(Some(kstr("weir")))
         .with_controller_id(BrokerId(state.ctx.node_id as i32));
-    let topics = match state.log.list_topics(Request::new(ListTopicsRequest {})).await {
+    let topics = match state
+        .log
+        .list_topics(Request::new(ListTopicsRequest {}))
+        .await
+    {
         Ok(r) => r.into_inner().topics,
         Err(s) => {
             tracing::warn!(error = %s, "listing topics for a Kafka client failed");
@@ -292,8 +296,7 @@ pub fn init_producer_id(req: InitProducerIdRequest) -> InitProducerIdResponse {
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    let (id, epoch) = if req.producer_id.0 > 0 && (0..i16::MAX - 1).contains(&req.producer_epoch)
-    {
+    let (id, epoch) = if req.producer_id.0 > 0 && (0..i16::MAX - 1).contains(&req.producer_epoch) {
         (req.producer_id.0, req.producer_epoch + 1)
     } else {
         // Never 0 (the log reads 0 as "not idempotent") and never negative (Kafka's "none").

@@ -173,7 +173,11 @@ mod tests {
         // A retry of a batch already proposed.
         order.turn(1, 9, 2, 1, 3).await.expect("retry").proposed();
         // Another term: what was proposed before may be gone.
-        order.turn(1, 9, 8, 1, 4).await.expect("new term").proposed();
+        order
+            .turn(1, 9, 8, 1, 4)
+            .await
+            .expect("new term")
+            .proposed();
         // Another partition of the same producer is independent.
         order
             .turn(2, 9, 3, 1, 4)

@@ -514,7 +514,11 @@ impl Log for LogService {
             Some(p) if p.jumping => None,
             Some(p) => {
                 let term = h.raft.metrics().borrow_watched().current_term;
-                let step = if p.counted { u64::from(header.count) } else { 1 };
+                let step = if p.counted {
+                    u64::from(header.count)
+                } else {
+                    1
+                };
                 let turn = self
                     .order
                     .turn(group.id, p.producer_id, p.sequence, step, term);

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use weir_proto::kafka_batch;
 use tokio::sync::watch;
+use weir_proto::kafka_batch;
 
 use super::{group_key, wrong_kind, ApplyCx, Capture, GroupState, GroupWatch, Header};
 use crate::engine::{key_suffix_u64, CF_DATA};

@@ -1,0 +1,558 @@
+//! The Kafka wire protocol, exercised with Kafka clients nobody here wrote: `kcat` (librdkafka),
+//! `kafka-python` and `confluent-kafka` (installed by `make deps`: kcat from Debian, the Python
+//! packages into a virtualenv under `~/.cache/weir/py`, or the Python named by `WEIR_PYTHON`).
+//!
+//! Records written through the Kafka listener are read natively and the other way round; an
+//! idempotent producer loses and duplicates nothing while a partition leader is SIGKILLed; random
+//! and truncated frames never stop the listener.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use weir_client::partitioner::Partitioner;
+use weir_client::{Client, NewTopic};
+use weir_tests::process::binary;
+use weir_tests::{wait_until, Gen, ProcessCluster};
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// The Python that has kafka-python and confluent-kafka.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let p = cache.join("weir/py/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: `make deps` installs the Kafka clients the tests use",
+        p.display()
+    );
+    p
+}
+
+/// A script of `tests/kafka/`.
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("kafka")
+        .join(name)
+}
+
+/// Runs a command to its end off the async runtime.
+async fn run(mut cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("command task")
+        .unwrap_or_else(|e| panic!("{what} runs: {e}"))
+}
+
+/// Runs `kcat` with `args`, feeding it `input`.
+async fn kcat(args: &[&str], input: Option<Vec<u8>>) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("kcat")
+            .args(&args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kcat runs (`make deps` installs it)");
+        if let Some(bytes) = input {
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(&bytes).expect("kcat reads stdin");
+        }
+        child.wait_with_output().expect("kcat finishes")
+    })
+    .await
+    .expect("kcat task")
+}
+
+/// The `weir` CLI against `server`.
+async fn weir(server: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(binary("weir"));
+    cmd.arg("--server").arg(server).args(args);
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "weir {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+async fn three_nodes_with_topic(topic: &str, partitions: u32) -> (ProcessCluster, Client) {
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, SETTLE).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    client
+        .create_topic(&NewTopic::new(topic, partitions, 3))
+        .await
+        .expect("topic created");
+    (cluster, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kcat_lists_produces_and_consumes_with_keys_on_their_partitions() {
+    let (cluster, _client) = three_nodes_with_topic("clicks", 3).await;
+    let broker = cluster.nodes[1].kafka.clone();
+
+    // Metadata: three brokers, the topic's three partitions, each with a leader.
+    let listing = wait_until("every partition led in kcat's metadata", SETTLE, || {
+        let broker = broker.clone();
+        async move {
+            let out = kcat(&["-b", &broker, "-L", "-t", "clicks"], None).await;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            (out.status.success()
+                && text.matches("leader ").count() == 3
+                && !text.contains("leader -1"))
+            .then_some(text)
+        }
+    })
+    .await;
+    assert!(listing.contains("3 brokers"), "{listing}");
+    assert!(
+        listing.contains("topic \"clicks\" with 3 partitions"),
+        "{listing}"
+    );
+
+    // Produce keyed records from a file: each key lands on crc32(key) % 3, as Weir's own
+    // producer places it.
+    let file = cluster.dir().join("clicks.txt");
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!("user{}:click{i}", i % 10))
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").expect("input file");
+    let out = kcat(
+        &[
+            "-b",
+            &broker,
+            "-P",
+            "-t",
+            "clicks",
+            "-K",
+            ":",
+            "-l",
+            file.to_str().expect("path"),
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "kcat produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Consume from the beginning: every record, each key on its partition, in order per key.
+    let out = kcat(
+        &[
+            "-b",
+            &broker,
+            "-C",
+            "-t",
+            "clicks",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%p|%k|%s\n",
+        ],
+        None,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let partitioner = Partitioner::new(3);
+    let mut per_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, '|');
+        let (p, k, v) = (
+            f.next().expect("partition"),
+            f.next().expect("key"),
+            f.next().expect("value"),
+        );
+        let p: u32 = p.parse().expect("partition number");
+        assert_eq!(
+            p,
+            partitioner.partition(Some(k.as_bytes())),
+            "key {k} on partition {p}"
+        );
+        let n: u32 = v.trim_start_matches("click").parse().expect("value");
+        per_key.entry(k.to_string()).or_default().push(n);
+    }
+    assert_eq!(per_key.values().map(Vec::len).sum::<usize>(), 300, "{text}");
+    for (k, ns) in &per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{k} out of order: {ns:?}"
+        );
+    }
+
+    // The native consumer reads what kcat wrote, and kcat reads what the native producer wrote.
+    let native = weir(
+        &cluster.addr(2),
+        &[
+            "consume",
+            "clicks",
+            "--from",
+            "earliest",
+            "-n",
+            "300",
+            "--timeout-ms",
+            "30000",
+        ],
+    )
+    .await;
+    assert_eq!(
+        native.lines().filter(|l| l.starts_with("click")).count(),
+        300,
+        "{native}"
+    );
+    let mut cmd = Command::new(binary("weir"));
+    cmd.args([
+        "--server",
+        &cluster.addr(0),
+        "produce",
+        "clicks",
+        "-k",
+        "native",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("weir produce");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"n1\nn2\nn3\n")
+            .expect("input");
+        child.wait_with_output().expect("weir produce ends")
+    })
+    .await
+    .expect("task");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = partitioner.partition(Some(b"native")).to_string();
+    let out = kcat(
+        &[
+            "-b", &broker, "-C", "-t", "clicks", "-p", &p, "-o", "-3", "-e", "-f", "%k=%s\n",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "native=n1\nnative=n2\nnative=n3\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003s_kafka_python_producer_runs_unchanged_and_sql_reads_its_records() {
+    let cluster = ProcessCluster::start(1, &[]);
+    cluster.wait_members_up(1, SETTLE).await;
+    let server = cluster.addr(0);
+    weir(
+        &server,
+        &[
+            "sql",
+            "CREATE TOPIC car_transactions_logs (transaction_id VARCHAR, buyer_name VARCHAR, \
+             car_brand VARCHAR, year INT, transaction_price DOUBLE) \
+             WITH (partitions = 2, replicas = 1, format = 'json')",
+        ],
+    )
+    .await;
+    let mut cmd = Command::new(python());
+    cmd.arg(script("seed003_producer.py"))
+        .arg(&cluster.nodes[0].kafka)
+        .arg("car_transactions_logs")
+        .arg("500");
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.starts_with("sent 500"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total: f64 = stdout
+        .split_whitespace()
+        .nth(3)
+        .and_then(|t| t.parse().ok())
+        .expect("total printed");
+    let answer = weir(
+        &server,
+        &[
+            "--format",
+            "csv",
+            "sql",
+            "SELECT count(*) AS n, round(sum(transaction_price), 2) AS total, \
+             count(DISTINCT transaction_id) AS ids FROM car_transactions_logs",
+        ],
+    )
+    .await;
+    let row: Vec<&str> = answer.lines().nth(1).expect("a row").split(',').collect();
+    assert_eq!(row[0], "500", "{answer}");
+    assert!(
+        (row[1].parse::<f64>().expect("sum") - total).abs() < 0.02,
+        "{answer} vs {total}"
+    );
+    assert_eq!(row[2], "500", "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_producer_loses_and_duplicates_nothing_across_a_leader_kill() {
+    const COUNT: usize = 100_000;
+    const PARTITIONS: u32 = 6;
+    let (mut cluster, client) = three_nodes_with_topic("orders", PARTITIONS).await;
+    let acked_path = cluster.dir().join("acked.txt");
+    // Every node's Kafka address: librdkafka finds the others through metadata anyway.
+    let brokers = cluster
+        .nodes
+        .iter()
+        .map(|n| n.kafka.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut producer = Command::new(python())
+        .arg(script("idempotent_producer.py"))
+        .arg(&brokers)
+        .arg("orders")
+        .arg(COUNT.to_string())
+        .arg(&acked_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("producer starts");
+    let stdout = producer.stdout.take().expect("stdout");
+    let (tx, mut progress) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        let mut reader = stdout;
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Some(i) = all.find('\n') {
+                let line: String = all.drain(..=i).collect();
+                let _ = tx.send(line.trim().to_string());
+            }
+        }
+    });
+    let mut last = String::new();
+    let acked_at =
+        |line: &str| -> Option<usize> { line.strip_prefix("acked ").and_then(|n| n.parse().ok()) };
+    // Kill the leader of partition 0 once a fifth is acknowledged, restart it at half.
+    let mut killed = None;
+    let mut restarted = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let line = tokio::time::timeout_at(deadline, progress.recv())
+            .await
+            .expect("the producer finishes within 10 minutes");
+        let Some(line) = line else { break };
+        last = line.clone();
+        let n = acked_at(&line).unwrap_or(0);
+        if killed.is_none() && n >= COUNT / 5 {
+            let info = client.describe_topic("orders").await.expect("describe");
+            let leader = info.partition_info[0].leader;
+            let status = client.cluster_status().await.expect("status");
+            let addr = status
+                .members
+                .iter()
+                .find(|m| m.id == leader)
+                .map(|m| m.addr.clone())
+                .expect("leader is a member");
+            let i = (0..3).find(|i| cluster.addr(*i) == addr).expect("ours");
+            cluster.kill(i);
+            killed = Some(i);
+        }
+        if let (Some(i), false) = (killed, restarted) {
+            if n >= COUNT / 2 {
+                cluster.restart(i);
+                restarted = true;
+            }
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || producer.wait_with_output())
+        .await
+        .expect("task")
+        .expect("producer exits");
+    assert!(killed.is_some(), "the kill happened (last line: {last})");
+    assert!(
+        status.status.success() && last.starts_with("done") && last.contains("failed=0"),
+        "producer: {last} {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    if let Some(i) = killed.filter(|_| !restarted) {
+        cluster.restart(i);
+    }
+
+    let acked: Vec<(u32, i64, u64)> = std::fs::read_to_string(&acked_path)
+        .expect("acked file")
+        .lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split(' ').map(|x| x.parse().expect("number")).collect();
+            (f[0] as u32, f[1] as i64, f[2])
+        })
+        .collect();
+    assert_eq!(acked.len(), COUNT, "every record acknowledged");
+
+    let out_path = cluster.dir().join("consumed.txt");
+    let mut cmd = Command::new(python());
+    cmd.arg(script("consume_all.py"))
+        .arg(&brokers)
+        .arg("orders")
+        .arg(PARTITIONS.to_string())
+        .arg(COUNT.to_string())
+        .arg(&out_path);
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let consumed: Vec<(u32, i64, u64)> = std::fs::read_to_string(&out_path)
+        .expect("consumed file")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<u64> = l.split(' ').map(|x| x.parse().expect("number")).collect();
+            (f[0] as u32, f[1] as i64, f[2])
+        })
+        .collect();
+    // Exactly once: each value consumed once, at the offset it was acknowledged with.
+    let mut seen: HashMap<u64, (u32, i64)> = HashMap::new();
+    for (p, o, v) in &consumed {
+        assert!(
+            seen.insert(*v, (*p, *o)).is_none(),
+            "value {v} consumed twice"
+        );
+    }
+    for (p, o, v) in &acked {
+        assert_eq!(
+            seen.get(v),
+            Some(&(*p, *o)),
+            "acknowledged value {v} at {p}/{o}"
+        );
+    }
+    // In order per partition: values sent in increasing order stay so by offset.
+    let mut per_partition: BTreeMap<u32, Vec<(i64, u64)>> = BTreeMap::new();
+    for (p, o, v) in consumed {
+        per_partition.entry(p).or_default().push((o, v));
+    }
+    for (p, mut rows) in per_partition {
+        rows.sort();
+        assert!(
+            rows.windows(2).all(|w| w[0].1 < w[1].1),
+            "partition {p} out of order"
+        );
+    }
+}
+
+/// An `ApiVersions` v0 request frame.
+fn api_versions_frame(correlation: i32) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&10i32.to_be_bytes());
+    f.extend_from_slice(&18i16.to_be_bytes());
+    f.extend_from_slice(&0i16.to_be_bytes());
+    f.extend_from_slice(&correlation.to_be_bytes());
+    f.extend_from_slice(&(-1i16).to_be_bytes());
+    f
+}
+
+/// Whether the listener answers `ApiVersions` on a new connection.
+fn answers_api_versions(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if s.write_all(&api_versions_frame(77)).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 10];
+    if s.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let error = i16::from_be_bytes([head[8], head[9]]);
+    correlation == 77 && error == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_and_truncated_frames_never_stop_the_listener() {
+    // A real node process: a frame that made it abort would show here.
+    let cluster = ProcessCluster::start(1, &[]);
+    cluster.wait_members_up(1, SETTLE).await;
+    let addr2 = cluster.nodes[0].kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let addr = addr2;
+        let mut gen = Gen(0x006b_6166_6b61);
+        assert!(answers_api_versions(&addr), "answers before");
+        for &(key, lo, hi) in weir_node::kafka::versions::SERVED {
+            for version in lo..=hi {
+                for round in 0..6i32 {
+                    let len = gen.next(200) as usize;
+                    let mut body: Vec<u8> = (0..len).map(|_| gen.next(256) as u8).collect();
+                    if round == 0 {
+                        // Plausible lengths that run past the end: all 0x7f.
+                        body.iter_mut().for_each(|b| *b = 0x7f);
+                    }
+                    let mut frame = Vec::new();
+                    let declared = if round == 1 { len + 50 } else { len + 10 };
+                    frame.extend_from_slice(&(declared as i32).to_be_bytes());
+                    frame.extend_from_slice(&(key as i16).to_be_bytes());
+                    frame.extend_from_slice(&version.to_be_bytes());
+                    frame.extend_from_slice(&round.to_be_bytes());
+                    frame.extend_from_slice(&(-1i16).to_be_bytes());
+                    frame.extend_from_slice(&body);
+                    if let Ok(mut s) = TcpStream::connect(&addr) {
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                        let _ = s.write_all(&frame);
+                        if round == 1 {
+                            // A frame shorter than it said, then the client goes away.
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                        }
+                        let mut sink = [0u8; 512];
+                        let _ = s.read(&mut sink);
+                    }
+                }
+            }
+        }
+        // Sizes no request may have, unknown APIs, garbage headers.
+        for frame in [
+            (-5i32).to_be_bytes().to_vec(),
+            i32::MAX.to_be_bytes().to_vec(),
+            [&8i32.to_be_bytes()[..], &[0x7f, 0x7f, 0, 0, 0, 0, 0, 1]].concat(),
+            [&3i32.to_be_bytes()[..], &[0, 0, 0]].concat(),
+        ] {
+            if let Ok(mut s) = TcpStream::connect(&addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let _ = s.write_all(&frame);
+                let mut sink = [0u8; 64];
+                let _ = s.read(&mut sink);
+            }
+        }
+        assert!(
+            answers_api_versions(&addr),
+            "still answers after the garbage"
+        );
+    })
+    .await
+    .expect("frames sent");
+}
