@@ -408,6 +408,7 @@ where
         let state = crate::kafka::KafkaState {
             ctx: ctx.clone(),
             log: log.clone(),
+            groups: crate::kafka::groups::Coordinator::start(),
         };
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -465,6 +465,228 @@ async fn an_idempotent_producer_loses_and_duplicates_nothing_across_a_leader_kil
     }
 }
 
+/// A running `group_member.py` and the file it writes.
+struct Member {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl Member {
+    fn start(brokers: &str, out: PathBuf) -> Member {
+        let child = Command::new(python())
+            .arg(script("group_member.py"))
+            .args([brokers, "gq-group", "gq"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("member starts");
+        Member { child, out }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Partitions it holds now (after its last assign or revoke).
+    fn holds(&self) -> Vec<u32> {
+        let mut held = Vec::new();
+        for l in self.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            let ps = || {
+                f.get(2)
+                    .map(|p| {
+                        p.split(',')
+                            .filter_map(|x| x.parse().ok())
+                            .collect::<Vec<u32>>()
+                    })
+                    .unwrap_or_default()
+            };
+            match f[0] {
+                "assign" => held.extend(ps()),
+                "revoke" => held.retain(|p| !ps().contains(p)),
+                _ => {}
+            }
+        }
+        held
+    }
+
+    fn stop(&mut self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (partition, offset) of every record the members read, without repeats.
+fn distinct_records(members: &[&Member]) -> std::collections::BTreeSet<(u32, u64)> {
+    members
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0] == "rec").then(|| (f[1].parse().expect("p"), f[2].parse().expect("o")))
+        })
+        .collect()
+}
+
+/// Ownership intervals (member, partition, from, to) out of the members' logs; a member killed at
+/// `killed` holds its partitions until then.
+fn ownership(members: &[(&Member, Option<f64>)]) -> Vec<(usize, u32, f64, f64)> {
+    let mut out = Vec::new();
+    for (i, (m, killed)) in members.iter().enumerate() {
+        let mut open: BTreeMap<u32, f64> = BTreeMap::new();
+        let mut last = 0.0;
+        for l in m.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            let t: f64 = match f.get(1).and_then(|t| t.parse().ok()) {
+                Some(t) => t,
+                None => continue,
+            };
+            last = t;
+            let ps: Vec<u32> = f
+                .get(2)
+                .map(|p| p.split(',').filter_map(|x| x.parse().ok()).collect())
+                .unwrap_or_default();
+            match f[0] {
+                "assign" => {
+                    for p in ps {
+                        open.insert(p, t);
+                    }
+                }
+                "revoke" => {
+                    for p in ps {
+                        if let Some(from) = open.remove(&p) {
+                            out.push((i, p, from, t));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let end = killed.unwrap_or(last);
+        for (p, from) in open {
+            out.push((i, p, from, end));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_group_of_two_then_three_then_two_reads_everything_one_owner_at_a_time() {
+    let (cluster, client) = three_nodes_with_topic("gq", 6).await;
+    let brokers = cluster
+        .nodes
+        .iter()
+        .map(|n| n.kafka.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let producer =
+        weir_client::Producer::new(client.clone(), "gq", weir_client::ProducerConfig::default())
+            .await
+            .expect("producer");
+    let mut written = 0u64;
+    let mut produce = |n: u64| {
+        let from = written;
+        written += n;
+        let producer = producer.clone();
+        async move {
+            for i in from..from + n {
+                let key = format!("k{i}");
+                // Acknowledged by the flush below.
+                let _ack = producer
+                    .send(Some(key.as_bytes()), format!("v{i}").as_bytes(), None)
+                    .await
+                    .expect("queued");
+            }
+            producer.flush().await.expect("acknowledged");
+        }
+    };
+    produce(3000).await;
+    let dir = cluster.dir().to_path_buf();
+    let a = Member::start(&brokers, dir.join("a.log"));
+    let mut b = Member::start(&brokers, dir.join("b.log"));
+    let read = |members: Vec<&Member>, n: usize| distinct_records(&members).len() >= n;
+    wait_until("two members read the first 3,000", SETTLE, || {
+        let ok = read(vec![&a, &b], 3000) && !a.holds().is_empty() && !b.holds().is_empty();
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // A third member joins: the six partitions are spread over three.
+    let mut c = Member::start(&brokers, dir.join("c.log"));
+    produce(3000).await;
+    wait_until("three members share the partitions", SETTLE, || {
+        let ok = read(vec![&a, &b, &c], 6000) && [&a, &b, &c].iter().all(|m| !m.holds().is_empty());
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // One member crashes: once its session is over, the others take its partitions.
+    b.stop("KILL");
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    produce(3000).await;
+    wait_until("the two left read everything", SETTLE, || {
+        let ok = read(vec![&a, &b, &c], 9000) && a.holds().len() + c.holds().len() == 6;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let mut a = a;
+    a.stop("TERM");
+    c.stop("TERM");
+
+    // Every record read, and the group's commits reach the end of every partition.
+    let all = distinct_records(&[&a, &b, &c]);
+    assert_eq!(all.len() as u64, written);
+    let committed = client
+        .fetch_committed("gq-group", "gq")
+        .await
+        .expect("committed offsets");
+    for p in 0..6u32 {
+        let end = client.list_offsets("gq", p).await.expect("offsets").latest;
+        assert_eq!(
+            committed.get(&p).copied().unwrap_or(0),
+            end,
+            "partition {p}"
+        );
+    }
+    // One owner at a time: no partition held by two members over overlapping times.
+    let held = ownership(&[(&a, None), (&b, Some(killed)), (&c, None)]);
+    for x in &held {
+        for y in &held {
+            if x.0 < y.0 && x.1 == y.1 {
+                assert!(
+                    x.3 <= y.2 || y.3 <= x.2,
+                    "partition {} held by members {} ({:.3}..{:.3}) and {} ({:.3}..{:.3})",
+                    x.1,
+                    x.0,
+                    x.2,
+                    x.3,
+                    y.0,
+                    y.2,
+                    y.3
+                );
+            }
+        }
+    }
+}
+
 /// An `ApiVersions` v0 request frame.
 fn api_versions_frame(correlation: i32) -> Vec<u8> {
     let mut f = Vec::new();

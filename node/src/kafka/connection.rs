@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{errors, fetch, offsets, produce, topics, versions, KafkaState};
+use super::{errors, fetch, members, offsets, produce, topics, versions, KafkaState};
 
 /// Largest request frame accepted (Kafka's `socket.request.max.bytes`).
 pub const MAX_FRAME: usize = 100 << 20;
@@ -41,7 +41,11 @@ pub async fn run(state: KafkaState, mut socket: TcpStream, peer: SocketAddr) {
                 let (header, key, body) = *served;
                 let version = header.request_api_version;
                 let span = tracing::debug_span!("kafka", api = ?key, version, correlation = header.correlation_id);
-                match dispatch(&state, body, version).instrument(span).await {
+                let client = header.client_id.as_deref().unwrap_or("").to_string();
+                match dispatch(&state, body, version, &client)
+                    .instrument(span)
+                    .await
+                {
                     Some(resp) => encode_answer(key, version, header.correlation_id, &resp),
                     None => continue,
                 }
@@ -133,7 +137,12 @@ fn encode_answer(
 }
 
 /// Serves one request; None when the request wants no answer (a produce with `acks=0`).
-async fn dispatch(state: &KafkaState, req: RequestKind, version: i16) -> Option<ResponseKind> {
+async fn dispatch(
+    state: &KafkaState,
+    req: RequestKind,
+    version: i16,
+    client: &str,
+) -> Option<ResponseKind> {
     Some(match req {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions()),
         RequestKind::Metadata(r) => {
@@ -148,8 +157,17 @@ async fn dispatch(state: &KafkaState, req: RequestKind, version: i16) -> Option<
             ResponseKind::ListOffsets(fetch::list_offsets(state, r).await)
         }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(offsets::find_coordinator(state, r, version))
+            ResponseKind::FindCoordinator(members::find_coordinator(state, r))
         }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(members::join(state, r, version, client).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(members::sync(state, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(members::heartbeat(state, r).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(members::leave(state, r, version).await)
+        }
+        RequestKind::ListGroups(_) => ResponseKind::ListGroups(members::list(state).await),
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offsets::commit(state, r).await),
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offsets::fetch(state, r).await),
         // `versions::serves` lets through only the APIs above.

@@ -23,12 +23,22 @@ pub const REQUEST_TIMED_OUT: i16 = 7;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 /// The coordinator is not available.
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// This node does not coordinate the group.
+pub const NOT_COORDINATOR: i16 = 16;
 /// A topic name breaks the naming rules.
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 /// Not enough replicas are up to take the write.
 pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 /// The member's generation is not the group's.
 pub const ILLEGAL_GENERATION: i16 = 22;
+/// The member's protocol type or protocols do not match the group's.
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+/// The member is not in the group.
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+/// A session timeout outside what the coordinator allows.
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+/// The group is rebalancing: the member rejoins.
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
 /// The API version is not served.
 pub const UNSUPPORTED_VERSION: i16 = 35;
 /// The topic exists already.
@@ -45,6 +55,8 @@ pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 /// Transactions are not served.
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+/// A new member gets its id first and joins again with it.
+pub const MEMBER_ID_REQUIRED: i16 = 79;
 /// A produced record is not valid.
 pub const INVALID_RECORD: i16 = 87;
 

@@ -11,11 +11,16 @@
 //! - [`topics`]: `Metadata`, `CreateTopics`, `DeleteTopics`, `InitProducerId`.
 //! - [`produce`]: `Produce` (batches stored as they came).
 //! - [`fetch`]: `Fetch` (long polling) and `ListOffsets`.
-//! - [`offsets`]: `FindCoordinator`, `OffsetCommit`, `OffsetFetch`.
+//! - [`offsets`]: `OffsetCommit`, `OffsetFetch`.
+//! - [`groups`]: the group coordinator (generations, members, assignments).
+//! - [`members`]: `FindCoordinator`, `JoinGroup`, `SyncGroup`, `Heartbeat`, `LeaveGroup`,
+//!   `ListGroups`.
 
 pub mod connection;
 pub mod errors;
 pub mod fetch;
+pub mod groups;
+pub mod members;
 pub mod offsets;
 pub mod produce;
 pub mod topics;
@@ -36,6 +41,8 @@ pub struct KafkaState {
     pub ctx: Arc<NodeContext>,
     /// The log service the gRPC API also serves.
     pub log: Arc<LogService>,
+    /// This node's group coordinator (serving while it leads the offsets group).
+    pub groups: groups::Coordinator,
 }
 
 /// Serves Kafka clients on `listener` until `stopped` resolves.

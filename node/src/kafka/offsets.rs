@@ -1,9 +1,9 @@
-//! Committed offsets: `FindCoordinator` (any node serves a group's offsets: the log service takes
-//! them to the offsets group's leader), `OffsetCommit` and `OffsetFetch`.
+//! Committed offsets: `OffsetCommit` and `OffsetFetch`, written to and read from the offsets group.
 //!
-//! Commits are taken as a standalone consumer's (Kafka's `assign()` + `commitSync()`); group
-//! membership over the Kafka protocol (`JoinGroup` ...) is not served yet, so no commit carries a
-//! generation.
+//! A commit from a group member (a member id and generation) is taken only when the group's
+//! coordinator (this node, see [`super::members`]) confirms the member is in that generation, so a
+//! member that was rebalanced away cannot overwrite its successor's offsets; a standalone consumer
+//! (`assign()` with no generation) commits directly.
 
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -12,55 +12,56 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use tonic::Request;
 use weir_proto::v1::log_server::Log;
 use weir_proto::v1::{CommitOffsetsRequest, FetchCommittedRequest, PartitionOffset};
 
-use super::{errors, host_port, kstr, KafkaState};
-
-/// `FindCoordinator`: this node, for any consumer group.
-pub fn find_coordinator(
-    state: &KafkaState,
-    req: FindCoordinatorRequest,
-    _version: i16,
-) -> FindCoordinatorResponse {
-    if req.key_type != 0 {
-        return FindCoordinatorResponse::default()
-            .with_error_code(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
-            .with_error_message(Some(kstr("transactions are not served")))
-            .with_node_id(BrokerId(-1));
-    }
-    let me = state
-        .ctx
-        .registry
-        .catalog()
-        .ok()
-        .and_then(|c| {
-            c.nodes
-                .get(&state.ctx.node_id)
-                .map(|n| n.kafka_addr.clone())
-        })
-        .filter(|a| !a.is_empty());
-    match me {
-        Some(addr) => {
-            let (host, port) = host_port(&addr);
-            FindCoordinatorResponse::default()
-                .with_node_id(BrokerId(state.ctx.node_id as i32))
-                .with_host(kstr(host))
-                .with_port(port)
-        }
-        None => FindCoordinatorResponse::default()
-            .with_error_code(errors::COORDINATOR_NOT_AVAILABLE)
-            .with_node_id(BrokerId(-1)),
-    }
-}
+use super::{errors, kstr, members, KafkaState};
 
 /// `OffsetCommit`, one call to the offsets group per topic.
 pub async fn commit(state: &KafkaState, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let mut resp = OffsetCommitResponse::default();
+    let member = req.member_id.to_string();
+    let refused = if member.is_empty() && req.generation_id_or_member_epoch < 0 {
+        None
+    } else {
+        match members::coordinator_term(state) {
+            Err(code) => Some(code),
+            Ok(term) => {
+                let code = state
+                    .groups
+                    .check_commit(
+                        term,
+                        req.group_id.to_string(),
+                        req.generation_id_or_member_epoch,
+                        member,
+                    )
+                    .await;
+                (code != errors::NONE).then_some(code)
+            }
+        }
+    };
+    if let Some(code) = refused {
+        for t in req.topics {
+            let parts = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            resp.topics.push(
+                OffsetCommitResponseTopic::default()
+                    .with_name(t.name)
+                    .with_partitions(parts),
+            );
+        }
+        return resp;
+    }
     for t in req.topics {
         let mut offsets = Vec::new();
         let mut parts = Vec::new();
