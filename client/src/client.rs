@@ -374,6 +374,7 @@ impl Client {
         let req = ListOffsetsRequest {
             topic: topic.to_string(),
             partition,
+            epoch: None,
         };
         self.call_leader(topic, partition, |ch| {
             let req = req.clone();

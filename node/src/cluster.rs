@@ -277,14 +277,20 @@ impl Cluster for ClusterService {
 /// The groups some live node reports leading, with that node and its report (meaningful on the
 /// metadata leader, which receives the heartbeats).
 pub fn led_groups(ctx: &NodeContext) -> BTreeMap<u64, (u64, GroupReport)> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<u64, (u64, GroupReport)> = BTreeMap::new();
     for (n, reports) in ctx.liveness.reports() {
         // Reports of nodes that went silent may still claim leadership: skip them.
         if n != ctx.node_id && !ctx.liveness.is_up(n) {
             continue;
         }
         for r in reports.into_iter().filter(|r| r.leader) {
-            out.insert(r.group_id, (n, r));
+            // A deposed leader may not know yet: the later term is the leader.
+            match out.get(&r.group_id) {
+                Some((_, known)) if known.term >= r.term => {}
+                _ => {
+                    out.insert(r.group_id, (n, r));
+                }
+            }
         }
     }
     out
@@ -329,6 +335,7 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
             earliest_offset,
             latest_offset,
             region_bytes,
+            term: if leader { m.current_term } else { 0 },
         });
     }
     out

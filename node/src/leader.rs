@@ -131,6 +131,11 @@ pub async fn term_applied_within(h: &GroupHandle, timeout: Duration) -> NodeResu
         })
 }
 
+/// The Raft term `h`'s node is in: a leader's term is Kafka's leader epoch of its partition.
+pub fn term_of(h: &GroupHandle) -> u64 {
+    h.raft.metrics().borrow_watched().current_term
+}
+
 /// How a read was found linearizable; re-checked once the data has been read.
 #[must_use = "a lease read must be confirmed after reading"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,9 @@ use crate::{Engine, StorageError};
 
 /// Key tag of partition batches within a group's range.
 pub const TAG_BATCH: u8 = 1;
+/// Key tag of the leader-epoch index: for each Raft term that wrote records, the first offset it
+/// wrote (`group | TAG_EPOCH | term` → offset), as Kafka's leader-epoch checkpoint.
+pub const TAG_EPOCH: u8 = 9;
 /// Size of the prefix stored in front of each batch.
 pub const PREFIX_LEN: usize = 12;
 
@@ -42,6 +45,69 @@ pub struct StoredBatch {
 /// Key of the batch starting at `base` in `group`.
 pub fn batch_key(group: u64, base: u64) -> Vec<u8> {
     group_key_u64(group, TAG_BATCH, base)
+}
+
+/// Key of the leader-epoch index entry of `term` in `group`.
+pub fn epoch_key(group: u64, term: u64) -> Vec<u8> {
+    group_key_u64(group, TAG_EPOCH, term)
+}
+
+/// Where a leader epoch ends: the largest epoch at or below the one asked for that wrote records
+/// and the offset after its last record (the first offset of the next epoch that wrote, or the
+/// high watermark). None when no epoch at or below the one asked for wrote anything: then the
+/// first offset of the earliest later epoch (or the high watermark) ends it, with the asked epoch.
+pub fn epoch_end(
+    engine: &Engine,
+    group: u64,
+    epoch: u64,
+    high_watermark: u64,
+) -> Result<(Option<u64>, u64), StorageError> {
+    let floor = engine
+        .last_in(
+            CF_DATA,
+            &epoch_key(group, 0),
+            &epoch_key(group, epoch.saturating_add(1)),
+        )?
+        .map(|(k, _)| {
+            key_suffix_u64(&k).ok_or_else(|| StorageError::Corrupt("bad epoch key".into()))
+        })
+        .transpose()?;
+    let mut end = high_watermark;
+    if epoch < u64::MAX {
+        engine.scan(
+            CF_DATA,
+            &epoch_key(group, epoch + 1),
+            &crate::engine::group_key(group, &[TAG_EPOCH + 1]),
+            |_, v| {
+                let start: [u8; 8] = v
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("bad epoch start offset".into()))?;
+                end = u64::from_be_bytes(start).min(high_watermark);
+                Ok(false)
+            },
+        )?;
+    }
+    Ok((floor, end))
+}
+
+/// Every leader-epoch index entry of `group`: term → first offset it wrote.
+pub fn epochs(engine: &Engine, group: u64) -> Result<Vec<(u64, u64)>, StorageError> {
+    let mut out = Vec::new();
+    engine.scan(
+        CF_DATA,
+        &epoch_key(group, 0),
+        &crate::engine::group_key(group, &[TAG_EPOCH + 1]),
+        |k, v| {
+            let term =
+                key_suffix_u64(k).ok_or_else(|| StorageError::Corrupt("bad epoch key".into()))?;
+            let start: [u8; 8] = v
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("bad epoch start offset".into()))?;
+            out.push((term, u64::from_be_bytes(start)));
+            Ok(true)
+        },
+    )?;
+    Ok(out)
 }
 
 /// The stored value of a batch: prefix and producer bytes.

@@ -70,6 +70,7 @@ async fn three_nodes_produce_and_consume() {
                 .list_offsets(ListOffsetsRequest {
                     topic: "events".into(),
                     partition,
+                    epoch: None,
                 })
                 .await
                 .expect("offsets")
@@ -157,6 +158,7 @@ async fn three_nodes_produce_and_consume() {
             c.list_offsets(ListOffsetsRequest {
                 topic: "events".into(),
                 partition: 0,
+                epoch: None,
             })
             .await
             .ok()
@@ -251,6 +253,7 @@ async fn http_ingest_health_metrics_and_retention() {
         .list_offsets(ListOffsetsRequest {
             topic: "clicks".into(),
             partition,
+            epoch: None,
         })
         .await
         .expect("offsets")
@@ -285,6 +288,7 @@ async fn http_ingest_health_metrics_and_retention() {
                     .list_offsets(ListOffsetsRequest {
                         topic: "clicks".into(),
                         partition,
+                        epoch: None,
                     })
                     .await
                     .ok()?
@@ -895,6 +899,7 @@ async fn malformed_batches_are_refused_and_change_nothing() {
         .list_offsets(ListOffsetsRequest {
             topic: "guarded".into(),
             partition: 0,
+            epoch: None,
         })
         .await
         .expect("offsets")

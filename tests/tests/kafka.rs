@@ -3,8 +3,9 @@
 //! packages into a virtualenv under `~/.cache/weir/py`, or the Python named by `WEIR_PYTHON`).
 //!
 //! Records written through the Kafka listener are read natively and the other way round; an
-//! idempotent producer loses and duplicates nothing while a partition leader is SIGKILLed; random
-//! and truncated frames never stop the listener.
+//! idempotent producer loses and duplicates nothing while a partition leader is SIGKILLed; leader
+//! epochs are Raft terms that end where the next leader wrote; random and truncated frames never
+//! stop the listener.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -13,6 +14,17 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, DescribeConfigsRequest, FetchRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, RequestHeader, ResponseHeader, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use weir_client::partitioner::Partitioner;
 use weir_client::{Client, NewTopic};
 use weir_tests::process::binary;
@@ -647,6 +659,43 @@ async fn a_consumer_group_of_two_then_three_then_two_reads_everything_one_owner_
         async move { ok.then_some(()) }
     })
     .await;
+    // An admin tool sees the group as it is: stable, two members sharing the six partitions.
+    let described = wait_until(
+        "the group is described stable with two members",
+        SETTLE,
+        || {
+            let brokers = brokers.clone();
+            async move {
+                let mut cmd = Command::new(python());
+                cmd.arg(script("admin.py"))
+                    .args([&brokers, "gq-group", "gq"]);
+                let out = run(cmd).await;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let members = v["members"].as_array()?;
+                (v["state"] == "STABLE" && members.len() == 2).then_some(v)
+            }
+        },
+    )
+    .await;
+    let mut parts: Vec<u64> = described["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .flat_map(|m| m["partitions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_u64())
+        .collect();
+    parts.sort();
+    assert_eq!(parts, (0..6).collect::<Vec<u64>>(), "{described}");
+    assert!(
+        described["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "gq-group")),
+        "{described}"
+    );
+    assert_eq!(
+        described["configs"]["cleanup.policy"], "delete",
+        "{described}"
+    );
     let mut a = a;
     a.stop("TERM");
     c.stop("TERM");
@@ -777,4 +826,237 @@ async fn random_and_truncated_frames_never_stop_the_listener() {
     })
     .await
     .expect("frames sent");
+}
+
+/// Sends one Kafka request to `addr` and reads its answer (the client side of the codec, so the
+/// test sees exactly what the node put on the wire).
+async fn kafka_call<R>(addr: &str, key: ApiKey, version: i16, req: &R) -> ResponseKind
+where
+    R: Encodable,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(9)
+        .with_client_id(Some(StrBytes::from_static_str("weir-test")))
+        .encode(&mut body, key.request_header_version(version))
+        .expect("header encodes");
+    req.encode(&mut body, version).expect("request encodes");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    s.write_all(&(body.len() as i32).to_be_bytes())
+        .await
+        .expect("sent");
+    s.write_all(&body).await.expect("sent");
+    let len = s.read_i32().await.expect("answer length");
+    let mut frame = vec![0u8; len as usize];
+    s.read_exact(&mut frame).await.expect("answer");
+    let mut frame = bytes::Bytes::from(frame);
+    let header = ResponseHeader::decode(&mut frame, key.response_header_version(version))
+        .expect("response header");
+    assert_eq!(header.correlation_id, 9);
+    ResponseKind::decode(key, &mut frame, version).expect("response decodes")
+}
+
+/// (leader id, leader epoch) of partition 0 of `topic` in a `Metadata` answer from `addr`.
+async fn leader_and_epoch(addr: &str, topic: &str) -> (i32, i32) {
+    let req = MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))]));
+    let ResponseKind::Metadata(m) = kafka_call(addr, ApiKey::Metadata, 9, &req).await else {
+        panic!("a Metadata answer");
+    };
+    let p = &m.topics[0].partitions[0];
+    (p.leader_id.0, p.leader_epoch)
+}
+
+/// (error, leader epoch found, end offset) of `OffsetForLeaderEpoch` for partition 0 of `topic`.
+async fn epoch_end(addr: &str, topic: &str, current: i32, epoch: i32) -> (i16, i32, i64) {
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current)
+                .with_leader_epoch(epoch)])]);
+    let ResponseKind::OffsetForLeaderEpoch(r) =
+        kafka_call(addr, ApiKey::OffsetForLeaderEpoch, 4, &req).await
+    else {
+        panic!("an OffsetForLeaderEpoch answer");
+    };
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.leader_epoch, p.end_offset)
+}
+
+/// Error of a `Fetch` of partition 0 of `topic` from offset 0 made at leader epoch `current`,
+/// and the bytes of records it brought.
+async fn fetch_at_epoch(addr: &str, topic: &str, current: i32) -> (i16, usize) {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let ResponseKind::Fetch(r) = kafka_call(addr, ApiKey::Fetch, 12, &req).await else {
+        panic!("a Fetch answer");
+    };
+    let p = &r.responses[0].partitions[0];
+    (
+        p.error_code,
+        p.records.as_ref().map(|r| r.len()).unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_epochs_are_raft_terms_and_end_where_the_next_leader_wrote() {
+    let (mut cluster, client) = three_nodes_with_topic("ep", 1).await;
+    let producer =
+        weir_client::Producer::new(client.clone(), "ep", weir_client::ProducerConfig::default())
+            .await
+            .expect("producer");
+    let send = |from: u64, n: u64| {
+        let producer = producer.clone();
+        async move {
+            for i in from..from + n {
+                // Acknowledged by the flush below.
+                let _ack = producer
+                    .send(None, format!("v{i}").as_bytes(), None)
+                    .await
+                    .expect("queued");
+            }
+            producer.flush().await.expect("acknowledged");
+        }
+    };
+    send(0, 1000).await;
+    let any = cluster.nodes[0].kafka.clone();
+    // Metadata learns epochs from heartbeats: a request made at an epoch that has just moved on is
+    // fenced (74) or held (75), and asked again with the next metadata, as a client would.
+    let moved = |err: i16| err == 74 || err == 75;
+    let (leader, e1, (err, found, end), fetched) =
+        wait_until("metadata names the leader's epoch", SETTLE, || {
+            let any = any.clone();
+            async move {
+                let (l, e) = leader_and_epoch(&any, "ep").await;
+                if l <= 0 || e <= 0 {
+                    return None;
+                }
+                let end = epoch_end(&any, "ep", e, e).await;
+                let fetched = fetch_at_epoch(&any, "ep", e).await;
+                (!moved(end.0) && !moved(fetched.0)).then_some((l, e, end, fetched))
+            }
+        })
+        .await;
+    // Every record so far was written at or before the current epoch.
+    assert_eq!(err, 0);
+    assert!(0 < found && found <= e1, "found {found}, current {e1}");
+    assert_eq!(end, 1000);
+    assert_eq!(fetched.0, 0);
+    assert!(fetched.1 > 0);
+    // An epoch no leader has reached yet is undefined.
+    assert_eq!(epoch_end(&any, "ep", -1, e1 + 1000).await, (0, -1, -1));
+
+    // The leader dies: a later term leads and writes after offset 1000.
+    let status = client.cluster_status().await.expect("status");
+    let leader_addr = status
+        .members
+        .iter()
+        .find(|m| m.id as i32 == leader)
+        .map(|m| m.addr.clone())
+        .expect("leader is a member");
+    let dead = (0..3)
+        .find(|i| cluster.addr(*i) == leader_addr)
+        .expect("the leader is ours");
+    cluster.kill(dead);
+    let alive = cluster.nodes[(dead + 1) % 3].kafka.clone();
+    let client = Client::connect(cluster.addr((dead + 1) % 3))
+        .await
+        .expect("client");
+    let producer =
+        weir_client::Producer::new(client.clone(), "ep", weir_client::ProducerConfig::default())
+            .await
+            .expect("producer");
+    for i in 1000..1500u64 {
+        let _ack = producer
+            .send(None, format!("v{i}").as_bytes(), None)
+            .await
+            .expect("queued");
+    }
+    producer
+        .flush()
+        .await
+        .expect("acknowledged after the failover");
+    let (e2, old, new, fetched) =
+        wait_until("metadata shows the new leader's epoch", SETTLE, || {
+            let alive = alive.clone();
+            async move {
+                let (l, e) = leader_and_epoch(&alive, "ep").await;
+                if l <= 0 || l == leader || e <= e1 {
+                    return None;
+                }
+                let old = epoch_end(&alive, "ep", e, e1).await;
+                let new = epoch_end(&alive, "ep", e, e).await;
+                let fetched = fetch_at_epoch(&alive, "ep", e).await;
+                (![old.0, new.0, fetched.0].into_iter().any(moved))
+                    .then_some((e, old, new, fetched))
+            }
+        })
+        .await;
+    // The old epoch ends where the new leader began writing; the new one at the end.
+    assert_eq!((old.0, old.2), (0, 1000), "epoch {e1}: {old:?}");
+    assert!(old.1 <= e1);
+    assert_eq!((new.0, new.2), (0, 1500));
+    assert!(e1 < new.1 && new.1 <= e2, "found {}, {e1}..={e2}", new.1);
+    // A client still at the old epoch is sent to refresh its metadata; one at the new epoch reads.
+    assert_eq!(fetched.0, 0);
+    assert!(fetched.1 > 0);
+    assert_eq!(epoch_end(&alive, "ep", e1, e1).await.0, 74);
+    assert_eq!(fetch_at_epoch(&alive, "ep", e1).await, (74, 0));
+    cluster.restart(dead);
+
+    // Admin tools read the topic's settings as Kafka names them.
+    let req = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("ep")),
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("missing")),
+    ]);
+    let ResponseKind::DescribeConfigs(r) =
+        kafka_call(&alive, ApiKey::DescribeConfigs, 4, &req).await
+    else {
+        panic!("a DescribeConfigs answer");
+    };
+    let configs: BTreeMap<String, String> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(r.results[0].error_code, 0);
+    assert_eq!(
+        configs.get("cleanup.policy").map(String::as_str),
+        Some("delete")
+    );
+    assert_eq!(configs.get("retention.ms").map(String::as_str), Some("-1"));
+    assert_eq!(
+        configs.get("min.insync.replicas").map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(
+        r.results[1].error_code, 3,
+        "an unknown topic is named as such"
+    );
 }

@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{errors, fetch, members, offsets, produce, topics, versions, KafkaState};
+use super::{
+    configs, epochs, errors, fetch, members, offsets, produce, topics, versions, KafkaState,
+};
 
 /// Largest request frame accepted (Kafka's `socket.request.max.bytes`).
 pub const MAX_FRAME: usize = 100 << 20;
@@ -42,7 +44,11 @@ pub async fn run(state: KafkaState, mut socket: TcpStream, peer: SocketAddr) {
                 let version = header.request_api_version;
                 let span = tracing::debug_span!("kafka", api = ?key, version, correlation = header.correlation_id);
                 let client = header.client_id.as_deref().unwrap_or("").to_string();
-                match dispatch(&state, body, version, &client)
+                let caller = Caller {
+                    client: &client,
+                    host: format!("/{}", peer.ip()),
+                };
+                match dispatch(&state, body, version, &caller)
                     .instrument(span)
                     .await
                 {
@@ -136,12 +142,18 @@ fn encode_answer(
     Ok(buf.freeze())
 }
 
+/// Who sent a request: its client id and the address it connected from (as Kafka shows them).
+struct Caller<'a> {
+    client: &'a str,
+    host: String,
+}
+
 /// Serves one request; None when the request wants no answer (a produce with `acks=0`).
 async fn dispatch(
     state: &KafkaState,
     req: RequestKind,
     version: i16,
-    client: &str,
+    caller: &Caller<'_>,
 ) -> Option<ResponseKind> {
     Some(match req {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions()),
@@ -154,20 +166,29 @@ async fn dispatch(
         RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(state, r).await?),
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(state, r).await),
         RequestKind::ListOffsets(r) => {
-            ResponseKind::ListOffsets(fetch::list_offsets(state, r).await)
+            ResponseKind::ListOffsets(fetch::list_offsets(state, r, version).await)
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(members::find_coordinator(state, r))
         }
-        RequestKind::JoinGroup(r) => {
-            ResponseKind::JoinGroup(members::join(state, r, version, client).await)
-        }
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
+            members::join(state, r, version, caller.client, &caller.host).await,
+        ),
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(members::sync(state, r).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(members::heartbeat(state, r).await),
         RequestKind::LeaveGroup(r) => {
             ResponseKind::LeaveGroup(members::leave(state, r, version).await)
         }
         RequestKind::ListGroups(_) => ResponseKind::ListGroups(members::list(state).await),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(members::describe(state, r).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(epochs::offset_for_leader_epoch(state, r).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(configs::describe(state, r).await)
+        }
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offsets::commit(state, r).await),
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offsets::fetch(state, r).await),
         // `versions::serves` lets through only the APIs above.

@@ -55,10 +55,31 @@ pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 /// Transactions are not served.
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+/// The client's leader epoch is older than the leader's: it refreshes metadata.
+pub const FENCED_LEADER_EPOCH: i16 = 74;
+/// The client's leader epoch is newer than the leader's: it retries.
+pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 /// A new member gets its id first and joins again with it.
 pub const MEMBER_ID_REQUIRED: i16 = 79;
 /// A produced record is not valid.
 pub const INVALID_RECORD: i16 = 87;
+
+/// A group that does not exist (for `DescribeGroups`, Kafka answers `Dead` instead).
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+/// A config resource type that is not served.
+pub const INVALID_CONFIG: i16 = 40;
+
+/// The error for a request made at leader epoch `client` of a partition whose leader is at
+/// `leader` (-1 from a client means it does not track epochs).
+pub fn epoch_check(client: i32, leader: u64) -> i16 {
+    let leader = i64::try_from(leader).unwrap_or(i64::MAX);
+    match i64::from(client) {
+        c if c < 0 => NONE,
+        c if c < leader => FENCED_LEADER_EPOCH,
+        c if c > leader => UNKNOWN_LEADER_EPOCH,
+        _ => NONE,
+    }
+}
 
 /// The Kafka error code for a failed call of the log service.
 pub fn code(s: &Status) -> i16 {
@@ -114,5 +135,13 @@ mod tests {
             OUT_OF_ORDER_SEQUENCE_NUMBER
         );
         assert_eq!(code(&Status::out_of_range("offset 9")), OFFSET_OUT_OF_RANGE);
+    }
+
+    #[test]
+    fn leader_epochs_fence_older_clients_and_hold_newer_ones() {
+        assert_eq!(epoch_check(-1, 7), NONE);
+        assert_eq!(epoch_check(7, 7), NONE);
+        assert_eq!(epoch_check(6, 7), FENCED_LEADER_EPOCH);
+        assert_eq!(epoch_check(8, 7), UNKNOWN_LEADER_EPOCH);
     }
 }

@@ -36,6 +36,8 @@ struct Asked {
     partition: i32,
     offset: i64,
     max_bytes: i32,
+    /// The leader epoch the client believes current (-1: it does not track epochs).
+    epoch: i32,
 }
 
 /// What was read for one partition.
@@ -78,6 +80,12 @@ async fn read(state: &KafkaState, a: &Asked, wait_ms: u32) -> Got {
         Ok(r) => r.into_inner(),
         Err(s) => return failed(errors::code(&s)),
     };
+    // The records came from the current leader whatever the client thought; a client behind on
+    // epochs is still sent to refresh its metadata first, as Kafka does.
+    let fenced = errors::epoch_check(a.epoch, resp.leader_epoch);
+    if fenced != errors::NONE {
+        return failed(fenced);
+    }
     let mut out = BytesMut::new();
     for b in &resp.batches {
         if let Err(e) = to_kafka(b.base_offset, &b.batch, &mut out) {
@@ -105,6 +113,7 @@ pub async fn fetch(state: &KafkaState, req: FetchRequest) -> FetchResponse {
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes,
+                epoch: p.current_leader_epoch,
             })
         })
         .collect();
@@ -206,7 +215,11 @@ async fn offset_for_time(
 }
 
 /// `ListOffsets`: earliest (-2), latest (-1), or the first offset at or after a timestamp.
-pub async fn list_offsets(state: &KafkaState, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn list_offsets(
+    state: &KafkaState,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
         let mut parts = Vec::new();
@@ -222,6 +235,7 @@ pub async fn list_offsets(state: &KafkaState, req: ListOffsetsRequest) -> ListOf
                 .list_offsets(Request::new(WeirListOffsets {
                     topic: t.name.to_string(),
                     partition,
+                    epoch: None,
                 }))
                 .await;
             let o = match offsets {
@@ -230,6 +244,17 @@ pub async fn list_offsets(state: &KafkaState, req: ListOffsetsRequest) -> ListOf
                     parts.push(answer.with_error_code(errors::code(&s)));
                     continue;
                 }
+            };
+            let fenced = errors::epoch_check(p.current_leader_epoch, o.leader_epoch);
+            if fenced != errors::NONE {
+                parts.push(answer.with_error_code(fenced));
+                continue;
+            }
+            // Versions before 4 have no leader epoch in the answer.
+            let answer = if version >= 4 {
+                answer.with_leader_epoch(i32::try_from(o.leader_epoch).unwrap_or(-1))
+            } else {
+                answer
             };
             let found = match p.timestamp {
                 -2 => Ok(o.earliest),

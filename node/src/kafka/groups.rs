@@ -1,5 +1,5 @@
-//! Kafka consumer groups: `JoinGroup`, `SyncGroup`, `Heartbeat`, `LeaveGroup`, `ListGroups`, and the
-//! generation check of `OffsetCommit`.
+//! Kafka consumer groups: `JoinGroup`, `SyncGroup`, `Heartbeat`, `LeaveGroup`, `ListGroups`,
+//! `DescribeGroups`, and the generation check of `OffsetCommit`.
 //!
 //! Kafka's group protocol assigns partitions in the client: the coordinator only gathers the
 //! members of a generation, names one leader that computes the assignment, and hands each member
@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, JoinGroupResponse};
@@ -44,6 +45,8 @@ pub struct Join {
     pub member: String,
     /// Client id, the prefix of a new member's id.
     pub client: String,
+    /// The address the member connected from.
+    pub host: String,
     /// Session timeout.
     pub session: Duration,
     /// How long the member may take to rejoin once a rebalance starts.
@@ -87,6 +90,7 @@ enum Msg {
         reply: oneshot::Sender<i16>,
     },
     List(oneshot::Sender<Vec<ListedGroup>>),
+    Describe(u64, Vec<String>, oneshot::Sender<Vec<DescribedGroup>>),
 }
 
 /// The handle of this node's group coordinator (an actor; it serves only while this node leads
@@ -217,6 +221,20 @@ impl Coordinator {
     pub async fn list(&self) -> Vec<ListedGroup> {
         self.ask(Msg::List, Vec::new()).await
     }
+
+    /// `DescribeGroups`: each named group's state, protocol and members with their assignments
+    /// (a group this coordinator does not know is `Dead`, as Kafka answers).
+    pub async fn describe(&self, term: u64, groups: Vec<String>) -> Vec<DescribedGroup> {
+        let fallback = groups
+            .iter()
+            .map(|g| {
+                DescribedGroup::default()
+                    .with_group_id(GroupId(kstr(g.clone())))
+                    .with_error_code(errors::NOT_COORDINATOR)
+            })
+            .collect();
+        self.ask(|r| Msg::Describe(term, groups, r), fallback).await
+    }
 }
 
 /// Where a group is in its rebalance cycle.
@@ -234,6 +252,8 @@ enum Phase {
 }
 
 struct Member {
+    client: String,
+    host: String,
     session: Duration,
     rebalance: Duration,
     last_seen: Instant,
@@ -488,6 +508,8 @@ fn handle(st: &mut State, msg: Msg) {
             };
             g.protocol_type = j.protocol_type;
             let m = g.members.entry(member).or_insert_with(|| Member {
+                client: j.client.clone(),
+                host: j.host.clone(),
                 session: j.session,
                 rebalance: j.rebalance,
                 last_seen: now,
@@ -661,7 +683,53 @@ fn handle(st: &mut State, msg: Msg) {
                 .collect();
             let _ = reply.send(groups);
         }
+        Msg::Describe(term, names, reply) => {
+            let groups = st.at(term);
+            let described = names
+                .into_iter()
+                .map(|name| {
+                    let out = DescribedGroup::default().with_group_id(GroupId(kstr(name.clone())));
+                    match groups.get(&name) {
+                        None => out.with_group_state(kstr("Dead")),
+                        Some(g) => describe(g, out),
+                    }
+                })
+                .collect();
+            let _ = reply.send(described);
+        }
     }
+}
+
+/// A group as `DescribeGroups` shows it; members' metadata and assignments are those of the
+/// chosen protocol, and the protocol is named only once the generation is formed.
+fn describe(g: &Group, out: DescribedGroup) -> DescribedGroup {
+    let formed = matches!(g.phase, Phase::Completing | Phase::Stable);
+    let members = g
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|(n, _)| Some(n) == g.protocol.as_ref())
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default();
+            DescribedGroupMember::default()
+                .with_member_id(kstr(id.clone()))
+                .with_client_id(kstr(m.client.clone()))
+                .with_client_host(kstr(m.host.clone()))
+                .with_member_metadata(metadata)
+                .with_member_assignment(g.assignments.get(id).cloned().unwrap_or_default())
+        })
+        .collect();
+    out.with_group_state(kstr(g.state_name()))
+        .with_protocol_type(kstr(g.protocol_type.clone()))
+        .with_protocol_data(kstr(if formed {
+            g.protocol.clone().unwrap_or_default()
+        } else {
+            String::new()
+        }))
+        .with_members(members)
 }
 
 #[cfg(test)]
@@ -673,6 +741,7 @@ mod tests {
             group: group.into(),
             member: member.into(),
             client: "c".into(),
+            host: "/127.0.0.1".into(),
             session: Duration::from_secs(10),
             rebalance: Duration::from_secs(10),
             protocol_type: "consumer".into(),
@@ -706,6 +775,22 @@ mod tests {
         assert_eq!(fs.1, if *follow == a { "pa" } else { "pb" }.as_bytes());
         assert_eq!(c.heartbeat(1, "g".into(), 1, a.clone()).await, 0);
         assert_eq!(c.check_commit(1, "g".into(), 1, a.clone()).await, 0);
+        let described = c.describe(1, vec!["g".into(), "nope".into()]).await;
+        assert_eq!(described[0].group_state.as_str(), "Stable");
+        assert_eq!(described[0].protocol_data.as_str(), "range");
+        let mut seen: Vec<(String, Bytes)> = described[0]
+            .members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.member_assignment.clone()))
+            .collect();
+        seen.sort();
+        let mut want = vec![
+            (a.clone(), Bytes::from_static(b"pa")),
+            (b.clone(), Bytes::from_static(b"pb")),
+        ];
+        want.sort();
+        assert_eq!(seen, want);
+        assert_eq!(described[1].group_state.as_str(), "Dead");
 
         // A third member starts a rebalance: the others learn it by heartbeat.
         let third = c.join(1, join("g", "")).await.member_id.to_string();

@@ -1,14 +1,15 @@
 //! The group membership requests (`JoinGroup`, `SyncGroup`, `Heartbeat`, `LeaveGroup`,
-//! `ListGroups`) and where a group's coordinator is (`FindCoordinator`): the node leading the
+//! `ListGroups`, `DescribeGroups`) and where a group's coordinator is (`FindCoordinator`): the node leading the
 //! offsets group, which is where the group's commits are written.
 
 use std::time::Duration;
 
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{
-    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
-    SyncGroupRequest, SyncGroupResponse,
+    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use openraft::async_runtime::WatchReceiver;
 
@@ -76,6 +77,7 @@ pub async fn join(
     req: JoinGroupRequest,
     version: i16,
     client: &str,
+    host: &str,
 ) -> JoinGroupResponse {
     let term = match coordinator_term(state) {
         Ok(t) => t,
@@ -94,6 +96,7 @@ pub async fn join(
         } else {
             client.to_string()
         },
+        host: host.to_string(),
         session: ms(req.session_timeout_ms),
         // Before v1 the session timeout was also the rebalance timeout.
         rebalance: if version >= 1 {
@@ -201,4 +204,22 @@ pub async fn list(state: &KafkaState) -> ListGroupsResponse {
         Ok(_) => ListGroupsResponse::default().with_groups(state.groups.list().await),
         Err(code) => ListGroupsResponse::default().with_error_code(code),
     }
+}
+
+/// `DescribeGroups`: the named groups as this coordinator holds them.
+pub async fn describe(state: &KafkaState, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let names: Vec<String> = req.groups.iter().map(|g| g.to_string()).collect();
+    let groups = match coordinator_term(state) {
+        Ok(term) => state.groups.describe(term, names).await,
+        Err(code) => req
+            .groups
+            .into_iter()
+            .map(|g| {
+                kafka_protocol::messages::describe_groups_response::DescribedGroup::default()
+                    .with_group_id(g)
+                    .with_error_code(code)
+            })
+            .collect(),
+    };
+    DescribeGroupsResponse::default().with_groups(groups)
 }

@@ -11,12 +11,16 @@
 //! - [`topics`]: `Metadata`, `CreateTopics`, `DeleteTopics`, `InitProducerId`.
 //! - [`produce`]: `Produce` (batches stored as they came).
 //! - [`fetch`]: `Fetch` (long polling) and `ListOffsets`.
+//! - [`epochs`]: `OffsetForLeaderEpoch` (leader epochs are Raft terms).
+//! - [`configs`]: topic and broker settings (`DescribeConfigs`).
 //! - [`offsets`]: `OffsetCommit`, `OffsetFetch`.
 //! - [`groups`]: the group coordinator (generations, members, assignments).
 //! - [`members`]: `FindCoordinator`, `JoinGroup`, `SyncGroup`, `Heartbeat`, `LeaveGroup`,
-//!   `ListGroups`.
+//!   `ListGroups`, `DescribeGroups`.
 
+pub mod configs;
 pub mod connection;
+pub mod epochs;
 pub mod errors;
 pub mod fetch;
 pub mod groups;

@@ -18,9 +18,9 @@ use weir_proto::v1::{CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, 
 use super::{errors, host_port, kstr, KafkaState};
 
 /// Partitions of a topic created without a count (Kafka's `num.partitions`).
-const DEFAULT_PARTITIONS: u32 = 1;
+pub(crate) const DEFAULT_PARTITIONS: u32 = 1;
 /// Most replicas a topic created without a replication factor gets.
-const DEFAULT_REPLICAS: u32 = 3;
+pub(crate) const DEFAULT_REPLICAS: u32 = 3;
 
 /// Replicas for a topic created without a replication factor: three, or fewer on a smaller cluster.
 fn default_replicas(state: &KafkaState) -> u32 {
@@ -52,6 +52,15 @@ pub fn brokers(state: &KafkaState) -> Vec<MetadataResponseBroker> {
         .collect()
 }
 
+/// A partition's leader epoch as Kafka clients see it: the leader's Raft term, -1 when unknown.
+fn leader_epoch(leader: u64, term: u64) -> i32 {
+    if leader == 0 || term == 0 {
+        -1
+    } else {
+        i32::try_from(term).unwrap_or(i32::MAX)
+    }
+}
+
 fn topic_entry(t: &TopicInfo) -> MetadataResponseTopic {
     let partitions = t
         .partition_info
@@ -71,7 +80,7 @@ fn topic_entry(t: &TopicInfo) -> MetadataResponseTopic {
                 })
                 .with_partition_index(p.partition as i32)
                 .with_leader_id(BrokerId(if p.leader == 0 { -1 } else { p.leader as i32 }))
-                .with_leader_epoch(-1)
+                .with_leader_epoch(leader_epoch(p.leader, p.leader_epoch))
                 .with_replica_nodes(ids(&p.replicas))
                 .with_isr_nodes(isr)
         })

@@ -175,15 +175,16 @@ impl LogService {
         for (i, g) in t.groups.iter().enumerate() {
             let info = catalog.groups.get(g);
             let led = led_groups.get(g).map(|(n, r)| (*n, r));
-            let (leader, earliest, latest, voters, max_lag) = match led {
+            let (leader, earliest, latest, voters, max_lag, leader_epoch) = match led {
                 Some((n, r)) => (
                     n,
                     r.earliest_offset,
                     r.latest_offset,
                     r.voters.clone(),
                     r.max_lag,
+                    r.term,
                 ),
-                None => (0, 0, 0, Vec::new(), 0),
+                None => (0, 0, 0, Vec::new(), 0, 0),
             };
             parts.push(PartitionInfo {
                 partition: i as u32,
@@ -199,6 +200,7 @@ impl LogService {
                 latest_offset: latest,
                 voters,
                 max_lag,
+                leader_epoch,
             });
         }
         Ok(TopicInfo {
@@ -645,6 +647,7 @@ impl Log for LogService {
                 .collect(),
             high_watermark: st.next_offset,
             earliest_offset: st.earliest,
+            leader_epoch: leader::term_of(&h),
         }))
     }
 
@@ -666,9 +669,22 @@ impl Log for LogService {
         };
         leader::term_applied_within(&h, TERM_APPLIED_WAIT).await?;
         let st = partition_state(&h)?;
+        let (epoch_found, epoch_end_offset) = match request.get_ref().epoch {
+            Some(epoch) => {
+                let engine = self.ctx.engine.clone();
+                let (group_id, hw) = (h.id, st.next_offset);
+                on_blocking_thread(move || partition::epoch_end(&engine, group_id, epoch, hw))
+                    .await
+                    .map_err(NodeError::from)?
+            }
+            None => (None, 0),
+        };
         Ok(Response::new(ListOffsetsResponse {
             earliest: st.earliest,
             latest: st.next_offset,
+            leader_epoch: leader::term_of(&h),
+            epoch_found,
+            epoch_end_offset,
         }))
     }
 

@@ -36,6 +36,9 @@ pub(super) struct ProducerState {
 pub(super) struct PartitionGroup {
     tx: watch::Sender<PartitionState>,
     producers: BTreeMap<u64, ProducerState>,
+    /// The leader-epoch index (term → first offset it wrote): a handful of entries, one per
+    /// leadership that wrote records.
+    epochs: BTreeMap<u64, u64>,
 }
 
 impl PartitionGroup {
@@ -48,6 +51,7 @@ impl PartitionGroup {
         Ok(PartitionGroup {
             tx: watch::channel(header.partition).0,
             producers: load_producers(engine, group)?,
+            epochs: partition::epochs(engine, group)?.into_iter().collect(),
         })
     }
 
@@ -174,6 +178,18 @@ impl PartitionGroup {
         }
         cx.batch
             .put(cf, partition::batch_key(group, base_offset), value);
+        if self
+            .epochs
+            .last_key_value()
+            .is_none_or(|(t, _)| *t < cx.term)
+        {
+            self.epochs.insert(cx.term, base_offset);
+            cx.batch.put(
+                cf,
+                partition::epoch_key(group, cx.term),
+                base_offset.to_be_bytes().to_vec(),
+            );
+        }
         let p = &mut cx.header.partition;
         p.next_offset += u64::from(count);
         p.bytes += batch.len() as u64;
@@ -221,6 +237,7 @@ impl GroupState for PartitionGroup {
 
     fn reload(&mut self, engine: &Engine, group: u64) -> Result<(), StorageError> {
         self.producers = load_producers(engine, group)?;
+        self.epochs = partition::epochs(engine, group)?.into_iter().collect();
         Ok(())
     }
 
@@ -230,12 +247,18 @@ impl GroupState for PartitionGroup {
 
     fn capture(&self, group: u64, header: &Header) -> Result<Capture, StorageError> {
         // Batches are append-only: every batch below the high watermark now is the captured state.
-        // Producer de-duplication state is small and captured as rows.
-        let producers = self
+        // Producer de-duplication state and the leader-epoch index are small: captured as rows.
+        let mut producers = self
             .producers
             .iter()
             .map(|(id, st)| Ok((producer_key(group, *id), encode(st)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
+        producers.extend(self.epochs.iter().map(|(term, start)| {
+            (
+                partition::epoch_key(group, *term),
+                start.to_be_bytes().to_vec(),
+            )
+        }));
         Ok(Capture::PartitionBelow(
             header.partition.next_offset,
             producers,

@@ -31,7 +31,12 @@ impl StateMachine {
 }
 
 fn append(index: u64, n: u32) -> openraft::alias::EntryOf<TypeConfig> {
-    let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+    append_in(1, index, n)
+}
+
+/// An append of `n` records at log `index`, written by the leader of `term`.
+fn append_in(term: u64, index: u64, n: u32) -> openraft::alias::EntryOf<TypeConfig> {
+    let lid = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(term, 1);
     openraft::alias::EntryOf::<TypeConfig>::new_normal(
         openraft::LogId::new(lid, index),
         Request::Append {
@@ -120,6 +125,77 @@ async fn partition_applies_snapshots_installs_and_restarts() {
     let sm_b = StateMachine::open(engine_b, 5, &partition(), &dir.path().join("snap-b")).unwrap();
     assert_eq!(state(&sm_b).next_offset, 30);
     assert_eq!(state(&sm_b).earliest, 9);
+}
+
+#[tokio::test]
+async fn leader_epochs_end_where_the_next_term_wrote_and_travel_with_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("a")).unwrap();
+    let mut sm =
+        StateMachine::open(engine.clone(), 5, &partition(), &dir.path().join("snap-a")).unwrap();
+    // Term 2 writes offsets 0..6, term 5 writes 6..8, term 7 writes 8..12.
+    apply_all(
+        &mut sm,
+        vec![
+            append_in(2, 1, 3),
+            append_in(2, 2, 3),
+            append_in(5, 3, 2),
+            append_in(7, 4, 4),
+        ],
+    )
+    .await;
+    let hw = state(&sm).next_offset;
+    assert_eq!(hw, 12);
+    let ends = |engine: &Engine| {
+        [1, 2, 3, 5, 6, 7, 9]
+            .map(|e| partition::epoch_end(engine, 5, e, hw).unwrap())
+            .to_vec()
+    };
+    let want = vec![
+        (None, 0),
+        (Some(2), 6),
+        (Some(2), 6),
+        (Some(5), 8),
+        (Some(5), 8),
+        (Some(7), 12),
+        (Some(7), 12),
+    ];
+    assert_eq!(ends(&engine), want);
+
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+    let mut sm_b = StateMachine::open(
+        engine_b.clone(),
+        5,
+        &partition(),
+        &dir.path().join("snap-b"),
+    )
+    .unwrap();
+    let copy = dir.path().join("incoming.snap");
+    sent_copy(&engine, &snap.snapshot.path, 0, &copy);
+    sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy })
+        .await
+        .unwrap();
+    assert_eq!(
+        ends(&engine_b),
+        want,
+        "the installed replica knows the same epochs"
+    );
+    // A later term on the installed replica starts a new epoch after what it installed.
+    apply_all(&mut sm_b, vec![append_in(9, 5, 1)]).await;
+    assert_eq!(
+        partition::epoch_end(&engine_b, 5, 7, 13).unwrap(),
+        (Some(7), 12)
+    );
+    assert_eq!(
+        partition::epoch_end(&engine_b, 5, 9, 13).unwrap(),
+        (Some(9), 13)
+    );
 }
 
 /// Index in `file` of the first run of 20 bytes equal to `b` (inside a batch written by
