@@ -1,6 +1,11 @@
 //! The Postgres wire protocol on a node, so `psql`, psycopg and dashboards query Weir: the
 //! protocol and the `pg_catalog` tables come from `datafusion-postgres`; statements that change
 //! the cluster's catalog are handled by the engine as on every other path.
+//!
+//! Weir's own statements (topics, jobs, schedules, external tables, `COPY ... TO`) are not
+//! PostgreSQL syntax, so datafusion-postgres' parser would refuse them: a simple query (what
+//! `psql` sends) is first read with Weir's parser, and one that holds any of them runs whole on
+//! the engine, as `weir sql` runs it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
@@ -18,14 +24,19 @@ use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
+use datafusion_postgres::pgwire::api::portal::Format;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::{Response, Tag};
-use datafusion_postgres::pgwire::api::{ClientInfo, PgWireServerHandlers};
+use datafusion_postgres::pgwire::api::results::{QueryResponse, Response, Tag};
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::{DfSessionService, QueryHook};
+use futures::{Sink, StreamExt};
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, Output, CATALOG};
+use crate::statement::Statement as WeirStatement;
 
 /// Accepts every user: Weir has no users or passwords yet; bind the port to loopback or a
 /// private network.
@@ -33,14 +44,16 @@ struct Startup;
 
 impl NoopStartupHandler for Startup {}
 
-/// The handlers of one server: DataFusion's session service for queries.
+/// The handlers of one server: DataFusion's session service for queries, Weir's engine for the
+/// statements only Weir has.
 struct Handlers {
     service: Arc<DfSessionService>,
+    simple: Arc<SimpleQueries>,
 }
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.service.clone()
+        self.simple.clone()
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
@@ -52,17 +65,94 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+/// Simple queries: those holding a statement only Weir's parser reads run on the engine; the rest
+/// go to datafusion-postgres (which also answers `SET`, `SHOW`, transactions and `pg_catalog`).
+struct SimpleQueries {
+    engine: Engine,
+    service: Arc<DfSessionService>,
+}
+
+/// Whether a statement is one only Weir's parser reads.
+fn weir_only(s: &WeirStatement) -> bool {
+    use datafusion::sql::parser::Statement as Df;
+    match s {
+        WeirStatement::Sql(Df::Statement(_)) => false,
+        WeirStatement::Sql(_)
+        | WeirStatement::CreateTopic(_)
+        | WeirStatement::DropTopic { .. }
+        | WeirStatement::ShowTopics
+        | WeirStatement::Job(_)
+        | WeirStatement::Schedule(_) => true,
+    }
+}
+
+/// A Weir statement's output as a Postgres response: rows stream as they are read.
+fn response(output: Output) -> PgWireResult<Response> {
+    match output {
+        Output::Done(tag) => Ok(Response::Execution(Tag::new(&tag))),
+        Output::Rows(stream, _warnings) => {
+            let fields = Arc::new(arrow_schema_to_pg_fields(
+                stream.schema().as_ref(),
+                &Format::UnifiedText,
+                None,
+            )?);
+            let row_fields = fields.clone();
+            let rows = stream
+                .map(move |batch| {
+                    let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch
+                    {
+                        Ok(b) => encode_recordbatch(row_fields.clone(), b),
+                        Err(e) => Box::new(std::iter::once(Err(pg_error(e)))),
+                    };
+                    futures::stream::iter(rows)
+                })
+                .flatten();
+            Ok(Response::Query(QueryResponse::new(fields, rows)))
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for SimpleQueries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = match self.engine.parse(query) {
+            Ok(s) if s.iter().any(weir_only) => s,
+            // Plain SQL, or text Weir's parser refuses: datafusion-postgres answers (with its own
+            // error for what neither reads).
+            _ => return SimpleQueryHandler::do_query(self.service.as_ref(), client, query).await,
+        };
+        let mut out = Vec::with_capacity(statements.len());
+        for statement in statements {
+            match self.engine.run(statement).await {
+                Ok(output) => out.push(response(output)?),
+                Err(e) => {
+                    // As Postgres does: the statements before it stand, the rest are not run.
+                    out.push(Response::Error(Box::new(error_info(e))));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Runs `CREATE TABLE` / `DROP TABLE` on the cluster, for both query protocols.
 struct CatalogHook {
     engine: Engine,
 }
 
+fn error_info(e: datafusion::error::DataFusionError) -> ErrorInfo {
+    ErrorInfo::new("ERROR".into(), "XX000".into(), e.strip_backtrace())
+}
+
 fn pg_error(e: datafusion::error::DataFusionError) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        "XX000".into(),
-        e.strip_backtrace(),
-    )))
+    PgWireError::UserError(Box::new(error_info(e)))
 }
 
 impl CatalogHook {
@@ -129,8 +219,13 @@ pub async fn serve(
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
     ];
+    let service = Arc::new(DfSessionService::new_with_hooks(ctx, hooks));
     let handlers = Arc::new(Handlers {
-        service: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+        simple: Arc::new(SimpleQueries {
+            engine: engine.clone(),
+            service: service.clone(),
+        }),
+        service,
     });
     tokio::pin!(shutdown);
     loop {

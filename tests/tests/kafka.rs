@@ -484,10 +484,11 @@ struct Member {
 }
 
 impl Member {
-    fn start(brokers: &str, out: PathBuf) -> Member {
+    /// Starts `member_script` as a member of `group` reading `topic`.
+    fn start(member_script: &str, brokers: &str, group: &str, topic: &str, out: PathBuf) -> Member {
         let child = Command::new(python())
-            .arg(script("group_member.py"))
-            .args([brokers, "gq-group", "gq"])
+            .arg(script(member_script))
+            .args([brokers, group, topic])
             .arg(&out)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -599,6 +600,19 @@ fn ownership(members: &[(&Member, Option<f64>)]) -> Vec<(usize, u32, f64, f64)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_group_of_two_then_three_then_two_reads_everything_one_owner_at_a_time() {
+    group_of_two_then_three_then_two("group_member.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafka_python_consumer_group_of_two_then_three_then_two_reads_everything_one_owner_at_a_time(
+) {
+    group_of_two_then_three_then_two("group_member_kp.py").await;
+}
+
+/// A group of members run by `member_script` (2, then 3, then one SIGKILLed) reads a 6-partition
+/// topic while it is written: every record read, commits at the end of every partition, and no
+/// partition held by two members at once.
+async fn group_of_two_then_three_then_two(member_script: &str) {
     let (cluster, client) = three_nodes_with_topic("gq", 6).await;
     let brokers = cluster
         .nodes
@@ -629,8 +643,8 @@ async fn a_consumer_group_of_two_then_three_then_two_reads_everything_one_owner_
     };
     produce(3000).await;
     let dir = cluster.dir().to_path_buf();
-    let a = Member::start(&brokers, dir.join("a.log"));
-    let mut b = Member::start(&brokers, dir.join("b.log"));
+    let a = Member::start(member_script, &brokers, "gq-group", "gq", dir.join("a.log"));
+    let mut b = Member::start(member_script, &brokers, "gq-group", "gq", dir.join("b.log"));
     let read = |members: Vec<&Member>, n: usize| distinct_records(&members).len() >= n;
     wait_until("two members read the first 3,000", SETTLE, || {
         let ok = read(vec![&a, &b], 3000) && !a.holds().is_empty() && !b.holds().is_empty();
@@ -639,7 +653,7 @@ async fn a_consumer_group_of_two_then_three_then_two_reads_everything_one_owner_
     .await;
 
     // A third member joins: the six partitions are spread over three.
-    let mut c = Member::start(&brokers, dir.join("c.log"));
+    let mut c = Member::start(member_script, &brokers, "gq-group", "gq", dir.join("c.log"));
     produce(3000).await;
     wait_until("three members share the partitions", SETTLE, || {
         let ok = read(vec![&a, &b, &c], 6000) && [&a, &b, &c].iter().all(|m| !m.holds().is_empty());

@@ -410,6 +410,62 @@ async fn postgres_clients_create_list_and_query_tables() {
         .unwrap_err();
     assert!(err.contains("missing"), "{err}");
 
+    // Weir's own statements through psql: topics, external tables, jobs, mixed with plain SQL.
+    let out = psql(
+        port,
+        &[
+            "-c",
+            "CREATE TOPIC clicks (user_id BIGINT NOT NULL, page VARCHAR) \
+             WITH (partitions = 2, replicas = 1, format = 'json')",
+            "-c",
+            "INSERT INTO clicks (user_id, page) VALUES (1, '/a'), (2, '/b'), (1, '/c')",
+            "-At",
+            "-c",
+            "SHOW TOPICS; SELECT user_id, count(*) FROM clicks GROUP BY user_id ORDER BY user_id",
+            "-c",
+            "SHOW JOBS",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("CREATE TOPIC"), "{out}");
+    assert!(out.contains("clicks"), "SHOW TOPICS lists it: {out}");
+    assert!(out.contains("1|2") && out.contains("2|1"), "{out}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("points.csv");
+    std::fs::write(&csv, "id,label\n1,one\n2,two\n3,three\n").expect("csv written");
+    let out = psql(
+        port,
+        &[
+            "-At",
+            "-c",
+            &format!(
+                "CREATE EXTERNAL TABLE points (id BIGINT, label VARCHAR) STORED AS CSV \
+                 LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+                csv.display()
+            ),
+            "-c",
+            "SELECT sum(id), max(label) FROM points",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("6|two"), "{out}");
+    let err = psql(
+        port,
+        &[
+            "-c",
+            "CREATE TOPIC clicks (x BIGINT) WITH (partitions = 1, replicas = 1)",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("clicks"), "a clash names the topic: {err}");
+    let err = psql(port, &["-c", "CREATE TOPC nope (x BIGINT)"])
+        .await
+        .unwrap_err();
+    assert!(err.to_lowercase().contains("topc"), "{err}");
+
     // The extended protocol, with parameters and typed results.
     let (pg, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=weir"),
