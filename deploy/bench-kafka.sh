@@ -43,6 +43,8 @@ echo "confluent-kafka producer: $("$PY" "$HERE/tests/bench/kafka_produce.py" "$B
 echo "leaders of k1: $("$B/weir" topic describe k1 --format csv | tail -n +2 | cut -d, -f2 | tr '\n' ' ')"
 /usr/bin/time -f "  (client: %e s wall, %U s user, %S s sys)" \
   "$PY" "$HERE/tests/bench/kafka_consume.py" "$BROKERS" k1 6 "$N"
+/usr/bin/time -f "  (client: %e s wall, %U s user, %S s sys)" \
+  "$PY" "$HERE/tests/bench/kafka_consume.py" "$BROKERS" k1 6 "$N" --defaults
 /usr/bin/time -f "kcat -C: %e s wall for the records above (client: %U s user, %S s sys)" \
   sh -c "kcat -C -b $BROKERS -t k1 -o beginning -e -q -f '%o\n' -X fetch.max.bytes=67108864 \
     -X max.partition.fetch.bytes=8388608 | wc -l"

@@ -29,6 +29,17 @@ fn load(catalog: &Catalog) -> BTreeMap<u64, usize> {
     load
 }
 
+/// Groups whose first replica (where a new group's first leader is elected) is each node.
+fn first_load(catalog: &Catalog) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = catalog.nodes.keys().map(|n| (*n, 0)).collect();
+    for g in catalog.groups.values() {
+        if let Some(n) = g.replicas.first() {
+            *load.entry(*n).or_default() += 1;
+        }
+    }
+    load
+}
+
 /// Replica sets for `groups` new groups of `replicas` replicas each.
 pub fn place_new(
     catalog: &Catalog,
@@ -50,17 +61,25 @@ pub fn place_new(
         )));
     }
     let mut load = load(catalog);
+    let mut firsts = first_load(catalog);
     let mut out = Vec::with_capacity(groups as usize);
     for i in 0..groups as usize {
-        // Least loaded first; ties rotate with the group index so the first replica (the likely
-        // first leader) differs from group to group.
+        // The least loaded nodes hold the replicas; ties rotate with the group index.
         let mut order = nodes.clone();
         order.rotate_left(i % nodes.len());
         order.sort_by_key(|n| load.get(n).copied().unwrap_or(0));
-        let set: Vec<u64> = order.into_iter().take(replicas as usize).collect();
+        let mut set: Vec<u64> = order.into_iter().take(replicas as usize).collect();
+        // The first replica (the likely first leader) is the one of them leading the fewest
+        // groups: when every node gets a replica anyway, total load alone would put the first
+        // replica of every new group on the same node, and one node would lead them all.
+        if let Some(pos) = (0..set.len()).min_by_key(|&j| firsts.get(&set[j]).copied().unwrap_or(0))
+        {
+            set.swap(0, pos);
+        }
         for n in &set {
             *load.entry(*n).or_default() += 1;
         }
+        *firsts.entry(set[0]).or_default() += 1;
         out.push(set);
     }
     Ok(out)
@@ -281,6 +300,34 @@ mod tests {
         let firsts: BTreeSet<u64> = p.iter().map(|s| s[0]).collect();
         assert_eq!(firsts.len(), 3, "first replicas {p:?}");
         assert!(place_new(&c, &live, 1, 4).is_err());
+    }
+
+    #[test]
+    fn first_replicas_spread_when_one_node_holds_fewer_replicas() {
+        let mut c = catalog(3);
+        // Nodes 1 and 2 already hold a group that node 3 does not.
+        c.groups.insert(
+            7,
+            weir_storage::catalog::GroupInfo {
+                id: 7,
+                kind: weir_storage::catalog::GroupKind::Offsets,
+                replicas: vec![1, 2],
+                epoch: 0,
+            },
+        );
+        let live = Liveness::new(Duration::from_secs(30));
+        let p = place_new(&c, &live, 6, 3).unwrap();
+        let mut firsts: BTreeMap<u64, usize> = BTreeMap::new();
+        for set in &p {
+            *firsts.entry(set[0]).or_default() += 1;
+        }
+        assert_eq!(firsts.len(), 3, "first replicas {p:?}");
+        // With group 7's first replica on node 1, the seven first replicas split 3/2/2.
+        let (lo, hi) = (firsts.values().min(), firsts.values().max());
+        assert!(
+            hi.zip(lo).is_some_and(|(h, l)| h - l <= 2),
+            "first replicas {p:?}"
+        );
     }
 
     #[test]
