@@ -101,6 +101,12 @@ fn build(heartbeat: u64, min: u64, max: u64, compaction: Compaction) -> Arc<Conf
         // the snapshot, committed without it and held by a majority that excludes it; the replica
         // keeps its vote, and the leader starts it over from a snapshot.
         allow_log_reversion: Some(true),
+        // A restarted leader wins a new election (a higher term) instead of resuming in its old
+        // term. Its appends reach followers before the group commit has fsynced them locally, so
+        // a crash can take entries it already sent; resumed in the same term it would write
+        // different entries under log ids its followers hold, and they would never be replaced
+        // (replicas diverged this way in the simulation, seed 1020).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Arc::new(c.validate().expect("static raft config is valid"))
