@@ -776,16 +776,17 @@ impl Table {
     }
 
     /// Reads one page of the rows with encoded keys in `[start, end)` (empty `end`: to the
-    /// table's end), at most `limit` (0: as many as one answer holds); returns the rows' values
-    /// (of `columns`, all when empty) and the key the range continues at, if it does.
-    pub async fn scan_page(
+    /// table's end), at most `limit` (0: as many as one answer holds); returns the columns
+    /// `columns` (none when empty) as an Arrow IPC stream built by the node holding the rows, and
+    /// the key the range continues at, if it does.
+    pub async fn scan_arrow_page(
         &self,
         start: &[u8],
         end: &[u8],
         limit: u32,
         columns: &[String],
         stale: bool,
-    ) -> Result<(Vec<Vec<Value>>, Option<Vec<u8>>)> {
+    ) -> Result<(bytes::Bytes, Option<Vec<u8>>)> {
         let resp = self
             .scan_call(v1::ScanRequest {
                 table: self.name.clone(),
@@ -795,14 +796,10 @@ impl Table {
                 reverse: false,
                 columns: columns.to_vec(),
                 stale,
+                arrow: true,
             })
             .await?;
-        let rows = resp
-            .rows
-            .iter()
-            .map(|r| Ok(from_row(r)?.values))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((rows, resp.more.then(|| resp.resume_key.to_vec())))
+        Ok((resp.arrow, resp.more.then(|| resp.resume_key.to_vec())))
     }
 
     /// Reads rows in key order (or reverse) page by page; `page` is called with each page of rows
@@ -835,6 +832,7 @@ impl Table {
                 reverse: opts.reverse,
                 columns: opts.columns.clone(),
                 stale: opts.stale,
+                arrow: false,
             };
             let resp = self.scan_call(req).await?;
             let rows = resp

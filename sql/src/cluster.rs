@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use datafusion::arrow::record_batch::RecordBatch;
 use weir_proto::format::TopicFormat;
 use weir_proto::table::merge::MergeOp;
 use weir_proto::table::{TableSchema, Value};
@@ -65,10 +66,10 @@ pub struct NewTable {
 }
 
 /// One page of a scan.
-#[derive(Debug, Clone, Default)]
-pub struct RowPage {
-    /// Rows in key order, values in the order of the requested columns.
-    pub rows: Vec<Vec<Value>>,
+#[derive(Debug, Clone)]
+pub struct ScanPage {
+    /// Rows in key order, as one batch of the requested columns.
+    pub batch: RecordBatch,
     /// Where the range continues (the next page's start), or none when it is exhausted.
     pub resume: Option<Vec<u8>>,
 }
@@ -260,7 +261,8 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
     fn table(&self, name: &str) -> Result<Option<TableMeta>, ClusterError>;
 
     /// Reads one page of the rows of `table` with encoded keys in `[start, end)` (empty `end`:
-    /// to the table's end), returning the values of `columns` (all when empty) in key order.
+    /// to the table's end), returning the columns `columns` (none when empty: only the count of
+    /// rows) in key order, as Arrow built by the node holding them.
     async fn scan(
         &self,
         table: &str,
@@ -268,7 +270,7 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
         end: &[u8],
         columns: &[String],
         limit: usize,
-    ) -> Result<RowPage, ClusterError>;
+    ) -> Result<ScanPage, ClusterError>;
 
     /// Writes full rows, replacing any row with the same primary key; returns rows written.
     async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError>;

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod cluster;
+pub mod columnar;
 pub mod engine;
 pub mod external;
 pub mod functions;
@@ -25,7 +26,7 @@ pub mod warnings;
 
 pub use cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
-    NewTopic, RecordPage, RegionMeta, RowPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
+    NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
     TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};

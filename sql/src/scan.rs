@@ -21,11 +21,12 @@ use futures::stream;
 use weir_proto::table::Column;
 
 use crate::cluster::{Cluster, TableMeta};
+use crate::columnar::with_schema;
 use crate::keyrange::KeyRange;
-use crate::types::rows_to_batch;
 
-/// Rows asked for per page; the node caps a page at its own limit too.
-const PAGE_ROWS: usize = 8192;
+/// Rows asked for per page (each page is one round trip and one lease check on the region's
+/// leader); the node caps a page at its own limit too.
+const PAGE_ROWS: usize = 32_768;
 
 /// The ranges one partition reads, all inside one region as planned.
 #[derive(Debug, Clone)]
@@ -111,7 +112,6 @@ impl DisplayAs for RegionScanExec {
 struct Cursor {
     cluster: Arc<dyn Cluster>,
     table: String,
-    columns: Vec<Column>,
     names: Vec<String>,
     schema: SchemaRef,
     ranges: std::vec::IntoIter<KeyRange>,
@@ -143,15 +143,15 @@ impl Cursor {
                     });
                 }
             }
-            if page.rows.is_empty() {
+            let mut batch = page.batch;
+            if batch.num_rows() == 0 {
                 continue;
             }
-            let mut rows = page.rows;
             if let Some(l) = self.left.as_mut() {
-                rows.truncate(*l);
-                *l -= rows.len();
+                batch = batch.slice(0, batch.num_rows().min(*l));
+                *l -= batch.num_rows();
             }
-            return rows_to_batch(&self.schema, &self.columns, &rows).map(Some);
+            return with_schema(&batch, &self.schema).map(Some);
         }
     }
 }
@@ -214,7 +214,6 @@ impl ExecutionPlan for RegionScanExec {
             cluster: self.cluster.clone(),
             table: self.table.name.clone(),
             names: self.columns.iter().map(|c| c.name.clone()).collect(),
-            columns: self.columns.clone(),
             schema: self.schema.clone(),
             ranges: part.ranges.clone().into_iter(),
             current: None,

@@ -38,7 +38,8 @@ use weir_proto::format::TopicFormat;
 use weir_proto::table::{Column, ColumnType, TableSchema, Value};
 
 use crate::cluster::{Cluster, ClusterError, NewRecord, TopicMeta, TopicRecord};
-use crate::types::{arrow_schema, batch_to_rows, rows_to_batch};
+use crate::columnar::rows_to_batch;
+use crate::types::{arrow_schema, batch_to_rows};
 use crate::warnings::QueryWarnings;
 
 /// Bytes asked for per fetch.

@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array,
-    Date32Builder, Decimal128Array, Decimal128Builder, Float32Array, Float32Builder, Float64Array,
-    Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder,
-    Int8Array, Int8Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder, UInt64Array, UInt64Builder,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array,
+    Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use weir_proto::table::{Column, ColumnType, TableSchema, Value};
@@ -75,106 +73,6 @@ pub fn arrow_schema(schema: &TableSchema) -> SchemaRef {
             .map(|c| Field::new(&c.name, arrow_type(c.ty), true))
             .collect::<Vec<_>>(),
     ))
-}
-
-fn mismatch(col: &Column, v: &Value) -> DataFusionError {
-    DataFusionError::Internal(format!(
-        "column '{}' ({}) holds a value of another type: {v:?}",
-        col.name, col.ty
-    ))
-}
-
-macro_rules! build {
-    ($builder:ty, $rows:expr, $i:expr, $col:expr, $pat:pat => $val:expr) => {{
-        let mut b = <$builder>::with_capacity($rows.len());
-        for row in $rows {
-            match &row[$i] {
-                Value::Null => b.append_null(),
-                $pat => b.append_value($val),
-                other => return Err(mismatch($col, other)),
-            }
-        }
-        Arc::new(b.finish()) as ArrayRef
-    }};
-}
-
-/// One Arrow array of column `col` from the values at `i` of each row.
-fn column_array(col: &Column, rows: &[Vec<Value>], i: usize) -> Result<ArrayRef> {
-    Ok(match col.ty {
-        ColumnType::Int8 => build!(Int8Builder, rows, i, col, Value::Int(v) => *v as i8),
-        ColumnType::Int16 => build!(Int16Builder, rows, i, col, Value::Int(v) => *v as i16),
-        ColumnType::Int32 => build!(Int32Builder, rows, i, col, Value::Int(v) => *v as i32),
-        ColumnType::Int64 => build!(Int64Builder, rows, i, col, Value::Int(v) => *v),
-        ColumnType::UInt64 => build!(UInt64Builder, rows, i, col, Value::UInt(v) => *v),
-        ColumnType::Float32 => build!(Float32Builder, rows, i, col, Value::Float(v) => *v as f32),
-        ColumnType::Float64 => build!(Float64Builder, rows, i, col, Value::Float(v) => *v),
-        ColumnType::Decimal { precision, scale } => {
-            let mut b = Decimal128Builder::with_capacity(rows.len())
-                .with_precision_and_scale(precision, scale as i8)?;
-            for row in rows {
-                match &row[i] {
-                    Value::Null => b.append_null(),
-                    Value::Decimal(v) => b.append_value(*v),
-                    other => return Err(mismatch(col, other)),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        ColumnType::Boolean => build!(BooleanBuilder, rows, i, col, Value::Bool(v) => *v),
-        ColumnType::Utf8 => {
-            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
-            for row in rows {
-                match &row[i] {
-                    Value::Null => b.append_null(),
-                    Value::Str(v) => b.append_value(v),
-                    other => return Err(mismatch(col, other)),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        ColumnType::Binary => {
-            let mut b = BinaryBuilder::with_capacity(rows.len(), rows.len() * 16);
-            for row in rows {
-                match &row[i] {
-                    Value::Null => b.append_null(),
-                    Value::Bytes(v) => b.append_value(v),
-                    other => return Err(mismatch(col, other)),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        ColumnType::Date32 => build!(Date32Builder, rows, i, col, Value::Date(v) => *v),
-        ColumnType::Timestamp => {
-            let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
-            for row in rows {
-                match &row[i] {
-                    Value::Null => b.append_null(),
-                    Value::Timestamp(v) => b.append_value(*v),
-                    other => return Err(mismatch(col, other)),
-                }
-            }
-            Arc::new(b.finish())
-        }
-    })
-}
-
-/// A record batch of `rows`, whose values are those of `columns` in order, with schema `schema`.
-pub fn rows_to_batch(
-    schema: &SchemaRef,
-    columns: &[Column],
-    rows: &[Vec<Value>],
-) -> Result<RecordBatch> {
-    let arrays = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| column_array(c, rows, i))
-        .collect::<Result<Vec<_>>>()?;
-    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        arrays,
-        &options,
-    )?)
 }
 
 fn downcast<'a, T: 'static>(a: &'a ArrayRef, col: &Column) -> Result<&'a T> {

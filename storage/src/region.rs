@@ -235,6 +235,20 @@ pub struct ScanPage {
     pub resume: Vec<u8>,
 }
 
+/// Receives each row of a scan in place (encoded key, version, encoded cells); false stops it.
+pub type VisitRow<'a> = &'a mut dyn FnMut(&[u8], u64, &[u8]) -> bool;
+
+/// Where a scan visiting rows in place stopped: whether and where the range continues.
+#[derive(Debug, Clone, Default)]
+pub struct ScanEnd {
+    /// Rows visited.
+    pub rows: usize,
+    /// True when the scanned range continues past what was visited.
+    pub more: bool,
+    /// Where the scan continues: the next start key (forward) or the next exclusive end key (reverse).
+    pub resume: Vec<u8>,
+}
+
 /// Scans `[start, end)` (empty end: unbounded) within this region, at most `limit` rows and about
 /// `max_bytes`. Forward scans must start inside the region; reverse scans must end inside it (or
 /// at its end). Everything is read from one snapshot together with the region's range.
@@ -247,10 +261,49 @@ pub fn scan_rows(
     max_bytes: usize,
     reverse: bool,
 ) -> Result<Result<ScanPage, NotInRegion>, StorageError> {
-    engine.consistent(|view| scan_rows_in(view, group, start, end, limit, max_bytes, reverse))
+    let mut rows = Vec::new();
+    let scanned = scan_each(
+        engine,
+        group,
+        (start, end),
+        (limit, max_bytes),
+        reverse,
+        &mut |key, version, cells| {
+            rows.push(StoredRow {
+                key: key.to_vec(),
+                version,
+                value: cells.to_vec(),
+            });
+            true
+        },
+    )?;
+    Ok(scanned.map(|e| ScanPage {
+        rows,
+        more: e.more,
+        resume: e.resume,
+    }))
 }
 
-fn scan_rows_in(
+/// As [`scan_rows`], but hands each row (encoded key, version, encoded cells) to `each` where it
+/// lies instead of copying it out; `each` returns false to stop the scan at once (the page is
+/// then to be thrown away).
+pub fn scan_each(
+    engine: &Engine,
+    group: u64,
+    (start, end): (&[u8], &[u8]),
+    (limit, max_bytes): (usize, usize),
+    reverse: bool,
+    each: VisitRow<'_>,
+) -> Result<Result<ScanEnd, NotInRegion>, StorageError> {
+    engine.consistent(|view| {
+        scan_in(
+            view, group, start, end, limit, max_bytes, reverse, &mut *each,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_in(
     view: &dyn ReadView,
     group: u64,
     start: &[u8],
@@ -258,7 +311,8 @@ fn scan_rows_in(
     limit: usize,
     max_bytes: usize,
     reverse: bool,
-) -> Result<Result<ScanPage, NotInRegion>, StorageError> {
+    each: VisitRow<'_>,
+) -> Result<Result<ScanEnd, NotInRegion>, StorageError> {
     let st = state_at(view, group)?;
     let unbounded_end = end.is_empty();
     // The part of [start, end) this region holds.
@@ -291,7 +345,8 @@ fn scan_rows_in(
     if !anchored {
         return Ok(Err(NotInRegion(st)));
     }
-    let mut page = ScanPage::default();
+    let mut page = ScanEnd::default();
+    let mut last: Vec<u8> = Vec::new();
     if hi.is_some_and(|h| h <= lo) {
         return Ok(Ok(page));
     }
@@ -302,21 +357,19 @@ fn scan_rows_in(
     let mut bytes = 0usize;
     let mut hit_limit = false;
     view.scan(CF_DATA, &lo_key, &hi_key, reverse, &mut |k, v| {
-        if page.rows.len() >= limit || bytes >= max_bytes {
+        if page.rows >= limit || bytes >= max_bytes {
             hit_limit = true;
             return Ok(false);
         }
         let (version, cells) = split_value(v)?;
         bytes += k.len() + v.len();
-        page.rows.push(StoredRow {
-            key: k[9..].to_vec(),
-            version,
-            value: cells.to_vec(),
-        });
-        Ok(true)
+        let key = &k[9..];
+        last.clear();
+        last.extend_from_slice(key);
+        page.rows += 1;
+        Ok(each(key, version, cells))
     })?;
     if hit_limit {
-        let last = page.rows.last().map(|r| r.key.clone()).unwrap_or_default();
         page.more = true;
         page.resume = if reverse {
             last

@@ -33,11 +33,16 @@ use crate::error::{NodeError, NodeResult};
 use crate::leader::{self, forwarded, was_forwarded, Target};
 use crate::metrics;
 use crate::placement;
+use weir_sql::columnar::{self, StoredRows};
 
 /// Most rows one scan answer carries.
 const MAX_SCAN_ROWS: usize = 10_000;
 /// About the most bytes one scan answer carries.
 const MAX_SCAN_BYTES: usize = 4 << 20;
+/// Most rows of one Arrow scan page (a few of DataFusion's batches).
+const MAX_ARROW_SCAN_ROWS: usize = 65_536;
+/// About the most stored bytes one Arrow scan page reads (its IPC form is about as large).
+const MAX_ARROW_SCAN_BYTES: usize = 16 << 20;
 /// Most regions a table may be created with.
 const MAX_SPLIT_POINTS: usize = 1024;
 /// Replicas of a region when the request does not say.
@@ -77,6 +82,11 @@ impl Table<'_> {
         if names.is_empty() {
             return Ok((0..self.schema().columns.len()).collect());
         }
+        self.columns(names)
+    }
+
+    /// Indexes of the columns named.
+    fn columns(&self, names: &[String]) -> NodeResult<Vec<usize>> {
         names
             .iter()
             .map(|n| self.schema().column_index(n).map_err(invalid))
@@ -184,6 +194,51 @@ impl Table<'_> {
             Some(n) => format!("column '{n}': {reason}"),
             None => reason.to_string(),
         }
+    }
+
+    /// One page of a forward scan of region `group` as an Arrow IPC stream of the columns at
+    /// `projection`, built from the rows where they lie.
+    fn scan_arrow(
+        &self,
+        engine: &weir_storage::Engine,
+        group: u64,
+        req: &ScanRequest,
+        projection: &[usize],
+    ) -> NodeResult<(Vec<u8>, region::ScanEnd)> {
+        let limit = match req.limit as usize {
+            0 => MAX_ARROW_SCAN_ROWS,
+            n => n.min(MAX_ARROW_SCAN_ROWS),
+        };
+        let failed = |e: datafusion::error::DataFusionError| {
+            NodeError::Internal(format!("scan of table '{}': {e}", self.info.name))
+        };
+        let mut batch =
+            StoredRows::new(self.schema(), projection, limit.min(8192)).map_err(failed)?;
+        let mut broken = None;
+        let end = region::scan_each(
+            engine,
+            group,
+            (&req.start_key, &req.end_key),
+            (limit, MAX_ARROW_SCAN_BYTES),
+            false,
+            &mut |key, _version, cells| match batch.push(key, cells) {
+                Ok(()) => true,
+                Err(e) => {
+                    broken = Some(e);
+                    false
+                }
+            },
+        )
+        .map_err(NodeError::from)?
+        .map_err(|e| not_in_region(group, e))?;
+        if let Some(e) = broken {
+            return Err(failed(e));
+        }
+        let ipc = batch
+            .finish()
+            .and_then(|b| columnar::to_ipc(&b))
+            .map_err(failed)?;
+        Ok((ipc, end))
     }
 
     /// The stored row as the client asked for it.
@@ -972,7 +1027,14 @@ impl Kv for KvService {
         }
         let catalog = self.catalog()?;
         let table = self.table(&catalog, &req.table)?;
-        let projection = table.projection(&req.columns)?;
+        let projection = match req.arrow {
+            true if req.reverse => {
+                return Err(invalid("Arrow pages are for forward scans only").into())
+            }
+            // Exactly the columns asked for: none is a count of rows.
+            true => table.columns(&req.columns)?,
+            false => table.projection(&req.columns)?,
+        };
         let anchor = if req.reverse {
             &req.end_key
         } else {
@@ -994,6 +1056,20 @@ impl Kv for KvService {
             false => Some(leader::linearizable(&h, &catalog).await?),
             true => None,
         };
+        if req.arrow {
+            let (ipc, end) = table.scan_arrow(&self.ctx.engine, g.id, &req, &projection)?;
+            if let Some(c) = confirmation {
+                c.confirm(&h).await?;
+            }
+            metrics::kv_request("scan", end.rows as u64, started.elapsed());
+            return Ok(Response::new(ScanResponse {
+                rows: Vec::new(),
+                keys: Vec::new(),
+                more: end.more,
+                resume_key: end.resume.into(),
+                arrow: ipc.into(),
+            }));
+        }
         let limit = match req.limit as usize {
             0 => MAX_SCAN_ROWS,
             n => n.min(MAX_SCAN_ROWS),
@@ -1023,6 +1099,7 @@ impl Kv for KvService {
             keys: page.rows.into_iter().map(|r| r.key.into()).collect(),
             more: page.more,
             resume_key: page.resume.into(),
+            arrow: Default::default(),
         }))
     }
 }

@@ -12,7 +12,7 @@ use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
 use weir_sql::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
-    NewTopic, RecordPage, RegionMeta, RowPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
+    NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
     TopicMeta, TopicRecord,
 };
 use weir_storage::catalog::{
@@ -225,14 +225,16 @@ impl Cluster for NodeCluster {
         end: &[u8],
         columns: &[String],
         limit: usize,
-    ) -> Result<RowPage, ClusterError> {
+    ) -> Result<ScanPage, ClusterError> {
         let t = self.handle(table).await?;
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        let (rows, resume) = t
-            .scan_page(start, end, limit, columns, false)
+        let (ipc, resume) = t
+            .scan_arrow_page(start, end, limit, columns, false)
             .await
             .map_err(to_cluster)?;
-        Ok(RowPage { rows, resume })
+        let batch = weir_sql::columnar::from_ipc(&ipc)
+            .map_err(|e| ClusterError::Unavailable(format!("a scan page does not decode: {e}")))?;
+        Ok(ScanPage { batch, resume })
     }
 
     async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {

@@ -18,7 +18,7 @@ pub mod types;
 pub mod value;
 
 pub use types::{Column, ColumnType, TableSchema};
-pub use value::Value;
+pub use value::{Cell, Value};
 
 /// Largest encoded primary key (HBase and TiKV bound row keys likewise).
 pub const MAX_KEY_BYTES: usize = 8 << 10;

@@ -5,7 +5,7 @@
 //! encode to equal bytes.
 
 use super::types::TableSchema;
-use super::value::Value;
+use super::value::{Cell, Value};
 use super::{key, Result, TableError, MAX_ROW_BYTES};
 
 const T_NULL: u8 = 0;
@@ -185,31 +185,36 @@ fn arr<const N: usize>(b: &mut &[u8]) -> Result<[u8; N]> {
 
 /// Reads one cell from the front of `b`.
 pub fn decode_cell(b: &mut &[u8]) -> Result<Value> {
+    decode_cell_ref(b).map(Cell::to_value)
+}
+
+/// Reads one cell from the front of `b`, borrowing its text and bytes from `b`.
+pub fn decode_cell_ref<'a>(b: &mut &'a [u8]) -> Result<Cell<'a>> {
     let tag = take(b, 1)?[0];
     Ok(match tag {
-        T_NULL => Value::Null,
-        T_INT => Value::Int(i64::from_le_bytes(arr(b)?)),
-        T_UINT => Value::UInt(u64::from_le_bytes(arr(b)?)),
-        T_FLOAT => Value::Float(f64::from_le_bytes(arr(b)?)),
+        T_NULL => Cell::Null,
+        T_INT => Cell::Int(i64::from_le_bytes(arr(b)?)),
+        T_UINT => Cell::UInt(u64::from_le_bytes(arr(b)?)),
+        T_FLOAT => Cell::Float(f64::from_le_bytes(arr(b)?)),
         T_BOOL => match take(b, 1)?[0] {
-            0 => Value::Bool(false),
-            1 => Value::Bool(true),
+            0 => Cell::Bool(false),
+            1 => Cell::Bool(true),
             x => return Err(TableError::Encoding(format!("boolean cell byte {x}"))),
         },
         T_STR => {
             let n = get_len(b)?;
-            Value::Str(
-                String::from_utf8(take(b, n)?.to_vec())
+            Cell::Str(
+                std::str::from_utf8(take(b, n)?)
                     .map_err(|_| TableError::Encoding("text is not UTF-8".into()))?,
             )
         }
         T_BYTES => {
             let n = get_len(b)?;
-            Value::Bytes(take(b, n)?.to_vec())
+            Cell::Bytes(take(b, n)?)
         }
-        T_DECIMAL => Value::Decimal(i128::from_le_bytes(arr(b)?)),
-        T_DATE => Value::Date(i32::from_le_bytes(arr(b)?)),
-        T_TIMESTAMP => Value::Timestamp(i64::from_le_bytes(arr(b)?)),
+        T_DECIMAL => Cell::Decimal(i128::from_le_bytes(arr(b)?)),
+        T_DATE => Cell::Date(i32::from_le_bytes(arr(b)?)),
+        T_TIMESTAMP => Cell::Timestamp(i64::from_le_bytes(arr(b)?)),
         t => return Err(TableError::Encoding(format!("unknown cell tag {t}"))),
     })
 }
@@ -239,7 +244,7 @@ pub fn cell_at(mut v: &[u8], n: usize) -> Result<Option<&[u8]>> {
             return Ok(None);
         }
         let before = v;
-        decode_cell(&mut v)?;
+        decode_cell_ref(&mut v)?;
         if i == n {
             return Ok(Some(&before[..before.len() - v.len()]));
         }

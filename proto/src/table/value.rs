@@ -35,6 +35,50 @@ pub enum Value {
     Timestamp(i64),
 }
 
+/// A value borrowed from where it is stored (a row's bytes, or a [`Value`]), so scans can copy it
+/// into a column without allocating for each cell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    /// SQL NULL.
+    Null,
+    /// Signed integers.
+    Int(i64),
+    /// Unsigned 64-bit integers.
+    UInt(u64),
+    /// Floating point.
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// UTF-8 text.
+    Str(&'a str),
+    /// Bytes.
+    Bytes(&'a [u8]),
+    /// A decimal as its unscaled integer.
+    Decimal(i128),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since 1970-01-01T00:00:00Z.
+    Timestamp(i64),
+}
+
+impl Cell<'_> {
+    /// The owned value.
+    pub fn to_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Int(v) => Value::Int(v),
+            Cell::UInt(v) => Value::UInt(v),
+            Cell::Float(v) => Value::Float(v),
+            Cell::Bool(v) => Value::Bool(v),
+            Cell::Str(v) => Value::Str(v.to_string()),
+            Cell::Bytes(v) => Value::Bytes(v.to_vec()),
+            Cell::Decimal(v) => Value::Decimal(v),
+            Cell::Date(v) => Value::Date(v),
+            Cell::Timestamp(v) => Value::Timestamp(v),
+        }
+    }
+}
+
 fn bad(col: &Column, reason: impl Into<String>) -> TableError {
     TableError::Value {
         column: col.name.clone(),
@@ -51,6 +95,22 @@ impl Value {
     /// True for NULL.
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
+    }
+
+    /// The value borrowed as a cell.
+    pub fn as_cell(&self) -> Cell<'_> {
+        match self {
+            Value::Null => Cell::Null,
+            Value::Int(v) => Cell::Int(*v),
+            Value::UInt(v) => Cell::UInt(*v),
+            Value::Float(v) => Cell::Float(*v),
+            Value::Bool(v) => Cell::Bool(*v),
+            Value::Str(v) => Cell::Str(v),
+            Value::Bytes(v) => Cell::Bytes(v),
+            Value::Decimal(v) => Cell::Decimal(*v),
+            Value::Date(v) => Cell::Date(*v),
+            Value::Timestamp(v) => Cell::Timestamp(*v),
+        }
     }
 
     /// Parses text as a value of `col` (CSV fields, command-line keys). An empty field is NULL,

@@ -18,10 +18,11 @@ use weir_proto::table::merge::{self, MergeOp};
 use weir_proto::table::{ColumnType, Value};
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TopicRecord};
+use crate::columnar::rows_to_batch;
 use crate::job::dead_letter::{self, DeadLetter};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
 use crate::topic::{decode_record, encode_row};
-use crate::types::{batch_to_rows, rows_to_batch};
+use crate::types::batch_to_rows;
 
 /// Bytes asked for per fetch (about one batch).
 const FETCH_BYTES: u32 = 1 << 20;

@@ -15,7 +15,7 @@ use weir_proto::table::Value;
 
 use crate::cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
-    NewTopic, RecordPage, RowPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta, TopicMeta,
+    NewTopic, RecordPage, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta, TopicMeta,
 };
 
 /// Milliseconds since the epoch on this node's clock.
@@ -98,7 +98,7 @@ impl Cluster for FencedCluster {
         end: &[u8],
         columns: &[String],
         limit: usize,
-    ) -> Result<RowPage, ClusterError> {
+    ) -> Result<ScanPage, ClusterError> {
         self.inner.scan(table, start, end, columns, limit).await
     }
 
