@@ -125,6 +125,18 @@ impl TopicFormat {
     }
 
     fn decode_json(&self, record: &[u8]) -> Result<Vec<Value>> {
+        if let Some(fields) = crate::json_fields::pick(record, &self.columns) {
+            return self
+                .columns
+                .iter()
+                .zip(fields)
+                .map(|(c, v)| match v {
+                    Some(v) => Value::from_json(&v, c),
+                    None => Value::Null.check(c),
+                })
+                .collect();
+        }
+        // Not one JSON object: the whole parse says why.
         let json: serde_json::Value = serde_json::from_slice(record)
             .map_err(|e| TableError::Encoding(format!("record is not JSON: {e}")))?;
         let serde_json::Value::Object(fields) = json else {

@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod format;
 pub mod ingest;
+pub mod json_fields;
 pub mod kafka_batch;
 pub mod table;
 

@@ -464,9 +464,28 @@ fn render_decimal(d: i128, scale: u32) -> String {
 }
 
 fn parse_date(t: &str) -> std::result::Result<i32, String> {
+    if let Some(d) = plain_date(t) {
+        return i32::try_from((d - EPOCH).num_days()).map_err(|_| format!("'{t}' is out of range"));
+    }
     let d = NaiveDate::parse_from_str(t, "%Y-%m-%d")
         .map_err(|_| format!("'{t}' is not a date (YYYY-MM-DD)"))?;
     i32::try_from((d - EPOCH).num_days()).map_err(|_| format!("'{t}' is out of range"))
+}
+
+/// `YYYY-MM-DD` with exactly those digits, read without a format parser (most dates in records
+/// look so); anything else, or a day that does not exist, is left to the format parser.
+fn plain_date(t: &str) -> Option<NaiveDate> {
+    let b = t.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let year = i32::try_from(num(0..4)?).ok()?;
+    NaiveDate::from_ymd_opt(year, num(5..7)?, num(8..10)?)
 }
 
 /// Accepts RFC 3339 (`2024-05-01T12:00:00Z`), `2024-05-01 12:00:00[.fff]` (UTC), a bare date, or
@@ -504,6 +523,35 @@ fn parse_timestamp(t: &str) -> std::result::Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_dates_read_as_the_format_parser_reads_them() {
+        for t in [
+            "2024-02-29",
+            "2023-02-29",
+            "0000-01-01",
+            "9999-12-31",
+            "1970-01-01",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-01-32",
+            "2024-1-01",
+            "+2024-01-01",
+            "2024/01/01",
+            "2024-01-1x",
+            "20240-01-01",
+            "",
+        ] {
+            let format = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok();
+            let plain = plain_date(t);
+            assert!(plain.is_none() || plain == format, "{t}");
+            assert_eq!(
+                parse_date(t).ok(),
+                format.map(|d| (d - EPOCH).num_days() as i32),
+                "{t}"
+            );
+        }
+    }
 
     fn col(ty: ColumnType) -> Column {
         Column {
