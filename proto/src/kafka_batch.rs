@@ -17,7 +17,7 @@ use std::io::Read;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::batch::{BatchError, Record};
+use crate::record::{BatchError, Record};
 
 /// First byte of a stored blob that holds a Kafka batch (native batches start with 1).
 pub const TAG: u8 = 2;
@@ -93,7 +93,10 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
 /// checksum, no transaction or control batch, a sane record count.
 pub fn parse_header(kb: &[u8]) -> Result<KafkaHeader, BatchError> {
     if kb.len() < HEADER_LEN {
-        return Err(BatchError::TooShort(kb.len()));
+        return Err(BatchError::TooShort {
+            len: kb.len(),
+            header: HEADER_LEN,
+        });
     }
     let length = be_i32(kb, 8);
     if length < 0 || length as usize + LOG_OVERHEAD != kb.len() {

@@ -15,6 +15,7 @@ pub mod format;
 pub mod ingest;
 pub mod json_fields;
 pub mod kafka_batch;
+pub mod record;
 pub mod table;
 
 /// Generated gRPC services and messages of `weir.v1`.
