@@ -59,7 +59,13 @@ fn to_cluster(e: ClientError) -> ClusterError {
     }
 }
 
-fn meta(catalog: &Catalog, t: &TableInfo) -> TableMeta {
+/// A table as SQL sees it; region sizes are those of the replicas this node holds (every replica
+/// applies every write, so a follower's count is as good as its leader's), 0 for the others.
+fn meta(catalog: &Catalog, t: &TableInfo, registry: &Registry) -> TableMeta {
+    let held = |id: u64| match registry.get(id).map(|h| h.watch.clone()) {
+        Some(weir_storage::GroupWatch::Region(rx)) => rx.borrow().approx_bytes,
+        _ => 0,
+    };
     TableMeta {
         name: t.name.clone(),
         schema: Arc::new(t.schema.clone()),
@@ -70,7 +76,7 @@ fn meta(catalog: &Catalog, t: &TableInfo) -> TableMeta {
                     id: g.id,
                     start: start.clone(),
                     end: end.clone(),
-                    approx_bytes: 0,
+                    approx_bytes: held(g.id),
                 }),
                 _ => None,
             })
@@ -210,12 +216,19 @@ impl NodeCluster {
 impl Cluster for NodeCluster {
     fn list_tables(&self) -> Result<Vec<TableMeta>, ClusterError> {
         let catalog = self.catalog()?;
-        Ok(catalog.tables.values().map(|t| meta(&catalog, t)).collect())
+        Ok(catalog
+            .tables
+            .values()
+            .map(|t| meta(&catalog, t, &self.registry))
+            .collect())
     }
 
     fn table(&self, name: &str) -> Result<Option<TableMeta>, ClusterError> {
         let catalog = self.catalog()?;
-        Ok(catalog.tables.get(name).map(|t| meta(&catalog, t)))
+        Ok(catalog
+            .tables
+            .get(name)
+            .map(|t| meta(&catalog, t, &self.registry)))
     }
 
     async fn scan(
