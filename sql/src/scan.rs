@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Statistics;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -18,8 +20,6 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::stream;
-use datafusion::common::stats::Precision;
-use datafusion::common::Statistics;
 use weir_proto::table::{Column, ColumnType};
 
 use crate::cluster::{Cluster, TableMeta};
@@ -98,11 +98,11 @@ impl RegionScanExec {
 /// narrow a part make it unknown rather than guessed). The planner uses it to pick the
 /// smaller side of a join to build its hash table from.
 fn estimate(
-table: &TableMeta,
-columns: &[Column],
-schema: &SchemaRef,
-parts: &[RegionPart],
-limit: Option<usize>,
+    table: &TableMeta,
+    columns: &[Column],
+    schema: &SchemaRef,
+    parts: &[RegionPart],
+    limit: Option<usize>,
 ) -> Statistics {
     let mut st = Statistics::new_unknown(schema);
     let mut bytes = 0u64;
