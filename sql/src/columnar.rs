@@ -193,15 +193,15 @@ pub fn rows_to_batch(
 ) -> Result<RecordBatch> {
     let mut b = BatchBuilder::new(columns, rows.len())?;
     for row in rows {
-        for (i, v) in row.iter().enumerate().take(columns.len()) {
-            b.append(i, v.as_cell())?;
-        }
         if row.len() < columns.len() {
             return Err(DataFusionError::Internal(format!(
                 "a row of {} values for {} columns",
                 row.len(),
                 columns.len()
             )));
+        }
+        for (i, v) in row.iter().take(columns.len()).enumerate() {
+            b.append(i, v.as_cell())?;
         }
         b.end_row();
     }
