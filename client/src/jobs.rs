@@ -82,6 +82,17 @@ impl Client {
         Ok(())
     }
 
+    /// What the tasks of job `job_id` running on the node at `addr` have done.
+    pub async fn task_status(&self, addr: &str, job_id: u64) -> Result<Vec<v1::TaskState>> {
+        let timeout = self.config().request_timeout;
+        let channel = self.pool().channel(addr)?;
+        let reply = jobs(channel)
+            .task_status(request(v1::TaskStatusRequest { job_id }, timeout))
+            .await
+            .map_err(|s| crate::error::ClientError::from_status(addr, &s))?;
+        Ok(reply.into_inner().tasks)
+    }
+
     /// Records a schedule running `statement` every `every_ms` milliseconds (or at the times of
     /// the cron expression `cron`), after the schedules in `after`; returns its id.
     pub async fn create_schedule(

@@ -36,6 +36,8 @@ pub struct NodeContext {
     pub liveness: Liveness,
     /// The node's storage engine (partition reads go straight to it).
     pub engine: weir_storage::Engine,
+    /// What the stream tasks this node runs have done.
+    pub tasks: weir_sql::job::TaskBoard,
 }
 
 impl NodeContext {

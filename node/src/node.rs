@@ -330,6 +330,7 @@ where
         peers,
         liveness,
         engine,
+        tasks: weir_sql::job::TaskBoard::default(),
     });
 
     let (stop, stop_rx) = watch::channel(false);
@@ -455,6 +456,7 @@ where
     tasks.push(tokio::spawn(crate::compute::pool::compute_loop(
         node_id,
         ctx.registry.clone(),
+        ctx.tasks.clone(),
         sql_cluster,
         stop_rx.clone(),
     )));

@@ -167,6 +167,29 @@ pub struct JobMeta {
     pub tasks: Vec<(Option<u64>, u64)>,
 }
 
+/// What one running task of a job has done (`DESCRIBE JOB`), as the node running it reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStatus {
+    /// The source partition the task reads.
+    pub partition: u32,
+    /// Records read since the task started on its node.
+    pub records_in: u64,
+    /// Rows the job's query produced from them.
+    pub records_out: u64,
+    /// Records sent to the dead-letter topic.
+    pub records_failed: u64,
+    /// Records read per second over the last few seconds.
+    pub in_per_sec: f64,
+    /// Rows produced per second over the last few seconds.
+    pub out_per_sec: f64,
+    /// Records failed per second over the last few seconds.
+    pub failed_per_sec: f64,
+    /// The source offset processed up to (the committed offset trails it).
+    pub position: u64,
+    /// When (milliseconds since the Unix epoch) and what the task's last error was.
+    pub last_error: Option<(i64, String)>,
+}
+
 /// A job to record in the catalog.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -358,6 +381,9 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
 
     /// Stops or starts a job's tasks.
     async fn set_job_running(&self, name: &str, running: bool) -> Result<(), ClusterError>;
+
+    /// What the tasks of job `job` running on node `node` have done.
+    async fn task_status(&self, node: u64, job: u64) -> Result<Vec<TaskStatus>, ClusterError>;
 
     /// Every schedule, as this node last applied the catalog.
     fn list_schedules(&self) -> Result<Vec<ScheduleMeta>, ClusterError>;

@@ -27,7 +27,7 @@ pub mod warnings;
 pub use cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
     NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
-    TopicMeta, TopicRecord,
+    TaskStatus, TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

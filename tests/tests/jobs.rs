@@ -7,6 +7,17 @@ use std::time::Duration;
 use weir_client::{Client, Producer, ProducerConfig};
 use weir_tests::{sql_lines as rows, wait_until, Gen, InProcessCluster};
 
+/// Columns of `DESCRIBE JOB`.
+const LAG: usize = 5;
+const READ: usize = 6;
+const FAILED: usize = 9;
+const LAST_ERROR: usize = 11;
+
+/// Column `i` of a `|`-separated result line.
+fn column(line: &str, i: usize) -> &str {
+    line.split('|').nth(i).unwrap_or("")
+}
+
 async fn exec(client: &Client, sql: &str) {
     rows(client, sql)
         .await
@@ -181,6 +192,25 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     assert_eq!(letters.len(), 6, "{letters:?}");
     assert!(letters[0].starts_with("cleaner|0|"), "{letters:?}");
     assert!(letters[5].starts_with("trend|2|"), "{letters:?}");
+    // DESCRIBE JOB shows, per task, what it read and that one record of each partition failed,
+    // with the reason.
+    let described = wait_until("task counters", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let d = rows(&client, "DESCRIBE JOB cleaner").await.ok()?;
+            (d.len() == 3 && d.iter().all(|l| column(l, FAILED) == "1")).then_some(d)
+        }
+    })
+    .await;
+    for l in &described {
+        let read: u64 = column(l, READ).parse().expect("records_in");
+        assert!(read > 1, "{l}");
+        assert!(column(l, LAST_ERROR).contains("record at offset"), "{l}");
+        assert!(
+            column(l, LAST_ERROR).contains("JSON") || column(l, LAST_ERROR).contains("trans_id"),
+            "{l}"
+        );
+    }
 
     // A record whose value does not compute (a division by zero) goes to the dead-letter topic
     // with the error, found by retrying its batch record by record; the others land.
@@ -226,7 +256,7 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
         let client = client.clone();
         async move {
             let d = rows(&client, "DESCRIBE JOB trend").await.ok()?;
-            d.iter().all(|l| l.ends_with("|0")).then_some(d)
+            d.iter().all(|l| column(l, LAG) == "0").then_some(d)
         }
     })
     .await;
@@ -531,7 +561,7 @@ async fn a_job_writing_a_topic_replayed_from_an_earlier_offset_writes_each_recor
     exec(&client, "START JOB clean").await;
     wait_until("the job to catch up", Duration::from_secs(60), || async {
         let d = rows(&client, "DESCRIBE JOB clean").await.ok()?;
-        (d.len() == 3 && d.iter().all(|l| l.ends_with("|0"))).then_some(())
+        (d.len() == 3 && d.iter().all(|l| column(l, LAG) == "0")).then_some(())
     })
     .await;
     wait_equal(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weir_sql::job::TaskBoard;
 use weir_sql::Cluster;
 use weir_storage::catalog::Catalog;
 
@@ -39,10 +40,11 @@ fn assigned(catalog: &Catalog, node: u64) -> BTreeMap<(u64, u32), weir_sql::JobM
     out
 }
 
-/// Runs this node's tasks until `shutdown` turns true.
+/// Runs this node's tasks until `shutdown` turns true, keeping their counters on `board`.
 pub async fn compute_loop(
     node: u64,
     registry: Registry,
+    board: TaskBoard,
     cluster: Arc<dyn Cluster>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -71,6 +73,7 @@ pub async fn compute_loop(
             if let Some(r) = running.remove(&k) {
                 tracing::info!(job = k.0, partition = k.1, "stopping stream task");
                 let _ = r.stop.send(true);
+                board.stop(k.0, k.1);
                 tokio::spawn(async move {
                     let abort = r.handle.abort_handle();
                     if tokio::time::timeout(STOP_GRACE, r.handle).await.is_err() {
@@ -88,7 +91,14 @@ pub async fn compute_loop(
             }
             tracing::info!(job = %job.name, id = k.0, partition = k.1, "starting stream task");
             let (stop, stop_rx) = watch::channel(false);
-            let handle = tokio::spawn(weir_sql::job::run_task(cluster.clone(), job, k.1, stop_rx));
+            let stats = board.start(k.0, k.1);
+            let handle = tokio::spawn(weir_sql::job::run_task(
+                cluster.clone(),
+                job,
+                k.1,
+                stats,
+                stop_rx,
+            ));
             running.insert(k, Running { stop, handle });
         }
     }

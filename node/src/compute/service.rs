@@ -7,7 +7,7 @@ use weir_proto::v1::jobs_client::JobsClient;
 use weir_proto::v1::jobs_server::Jobs;
 use weir_proto::v1::{
     AlterScheduleRequest, CreateJobRequest, CreateJobResponse, CreateScheduleRequest, JobAck,
-    JobName, SetJobRunningRequest,
+    JobName, SetJobRunningRequest, TaskState, TaskStatusReply, TaskStatusRequest,
 };
 use weir_sql::schedule::fence::now_ms;
 use weir_sql::schedule::runs::{runs_schema, RUNS_TABLE};
@@ -275,5 +275,34 @@ impl Jobs for JobsService {
             MetaResponse::Rejected(m) => Err(refused(m)),
             _ => Ok(Response::new(JobAck {})),
         }
+    }
+
+    async fn task_status(
+        &self,
+        request: Request<TaskStatusRequest>,
+    ) -> Result<Response<TaskStatusReply>, Status> {
+        let job = request.into_inner().job_id;
+        let tasks = self
+            .ctx
+            .tasks
+            .job(job)
+            .into_iter()
+            .map(|t| {
+                let (last_error_ms, last_error) = t.last_error.unwrap_or_default();
+                TaskState {
+                    partition: t.partition,
+                    records_in: t.records_in,
+                    records_out: t.records_out,
+                    records_failed: t.records_failed,
+                    in_per_sec: t.in_per_sec,
+                    out_per_sec: t.out_per_sec,
+                    failed_per_sec: t.failed_per_sec,
+                    position: t.position,
+                    last_error,
+                    last_error_ms,
+                }
+            })
+            .collect();
+        Ok(Response::new(TaskStatusReply { tasks }))
     }
 }

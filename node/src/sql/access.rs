@@ -13,7 +13,7 @@ use weir_proto::table::Value;
 use weir_sql::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
     NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
-    TopicMeta, TopicRecord,
+    TaskStatus, TopicMeta, TopicRecord,
 };
 use weir_storage::catalog::{
     Catalog, ExternalTableInfo, GroupKind, JobInfo, ScheduleInfo, TableInfo, TopicInfo,
@@ -347,6 +347,35 @@ impl Cluster for NodeCluster {
             .set_job_running(name, running)
             .await
             .map_err(to_cluster)
+    }
+
+    async fn task_status(&self, node: u64, job: u64) -> Result<Vec<TaskStatus>, ClusterError> {
+        let addr = self
+            .catalog()?
+            .nodes
+            .get(&node)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| ClusterError::NotFound(format!("node {node} is not a member")))?;
+        let tasks = self
+            .client()
+            .await?
+            .task_status(&addr, job)
+            .await
+            .map_err(to_cluster)?;
+        Ok(tasks
+            .into_iter()
+            .map(|t| TaskStatus {
+                partition: t.partition,
+                records_in: t.records_in,
+                records_out: t.records_out,
+                records_failed: t.records_failed,
+                in_per_sec: t.in_per_sec,
+                out_per_sec: t.out_per_sec,
+                failed_per_sec: t.failed_per_sec,
+                position: t.position,
+                last_error: (!t.last_error.is_empty()).then_some((t.last_error_ms, t.last_error)),
+            })
+            .collect())
     }
 
     fn list_schedules(&self) -> Result<Vec<ScheduleMeta>, ClusterError> {

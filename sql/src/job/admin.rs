@@ -2,15 +2,18 @@
 //! is refused before anything is recorded), `DROP JOB`, `STOP JOB`, `START JOB`, `SHOW JOBS` and
 //! `DESCRIBE JOB`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
-use crate::cluster::{Cluster, ClusterError, JobMeta, NewJob};
+use crate::cluster::{Cluster, ClusterError, JobMeta, NewJob, TaskStatus};
 use crate::job::plan::JobPlan;
 use crate::job::statement::JobStatement;
 use crate::job::task::progress_group;
@@ -128,14 +131,41 @@ fn show(cluster: &Arc<dyn Cluster>) -> Result<Output> {
     )
 }
 
-/// `DESCRIBE JOB`: per task, its node, the offset it committed, the partition's end and the lag.
+/// The status of each running task of `job`, by partition, as the nodes running them report;
+/// a node that does not answer leaves its tasks out (their columns show NULL).
+async fn task_statuses(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> BTreeMap<u32, TaskStatus> {
+    let nodes: std::collections::BTreeSet<u64> = job.tasks.iter().filter_map(|(n, _)| *n).collect();
+    let mut out = BTreeMap::new();
+    for node in nodes {
+        match cluster.task_status(node, job.id).await {
+            Ok(tasks) => out.extend(
+                tasks
+                    .into_iter()
+                    .filter(|t| {
+                        job.tasks.get(t.partition as usize).map(|(n, _)| *n) == Some(Some(node))
+                    })
+                    .map(|t| (t.partition, t)),
+            ),
+            Err(e) => tracing::debug!(job = %job.name, node, error = %e, "no task status"),
+        }
+    }
+    out
+}
+
+/// `DESCRIBE JOB`: per task, its node, the offset it committed, the partition's end and the lag,
+/// and, as the node running it reports, the records it read, produced and failed (totals since it
+/// started there and rates over the last seconds) and its last error.
 async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
     let committed = cluster
         .committed(&progress_group(job), &job.source)
         .await
         .map_err(cluster_error)?;
+    let statuses = task_statuses(cluster, job).await;
     let (mut partition, mut node, mut epoch, mut offset, mut end, mut lag) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut read, mut in_rate, mut out_rate, mut failed, mut failed_rate, mut error) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let round = |x: f64| (x * 10.0).round() / 10.0;
     for (p, (n, e)) in job.tasks.iter().enumerate() {
         let p = p as u32;
         let (_, high) = cluster
@@ -149,6 +179,20 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
         offset.push(at);
         end.push(high);
         lag.push(at.map(|o| high.saturating_sub(o)));
+        let status = statuses.get(&p);
+        read.push(status.map(|s| s.records_in));
+        in_rate.push(status.map(|s| round(s.in_per_sec)));
+        out_rate.push(status.map(|s| round(s.out_per_sec)));
+        failed.push(status.map(|s| s.records_failed));
+        failed_rate.push(status.map(|s| round(s.failed_per_sec)));
+        error.push(status.and_then(|s| {
+            s.last_error.as_ref().map(|(at, m)| {
+                let when = chrono::DateTime::from_timestamp_millis(*at)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
+                    .unwrap_or_default();
+                format!("{when}: {m}")
+            })
+        }));
     }
     rows(
         vec![
@@ -158,6 +202,12 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
             Field::new("committed_offset", DataType::UInt64, true),
             Field::new("end_offset", DataType::UInt64, false),
             Field::new("lag", DataType::UInt64, true),
+            Field::new("records_in", DataType::UInt64, true),
+            Field::new("in_per_sec", DataType::Float64, true),
+            Field::new("out_per_sec", DataType::Float64, true),
+            Field::new("records_failed", DataType::UInt64, true),
+            Field::new("failed_per_sec", DataType::Float64, true),
+            Field::new("last_error", DataType::Utf8, true),
         ],
         vec![
             Arc::new(UInt32Array::from(partition)),
@@ -166,6 +216,12 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
             Arc::new(UInt64Array::from(offset)),
             Arc::new(UInt64Array::from(end)),
             Arc::new(UInt64Array::from(lag)),
+            Arc::new(UInt64Array::from(read)),
+            Arc::new(Float64Array::from(in_rate)),
+            Arc::new(Float64Array::from(out_rate)),
+            Arc::new(UInt64Array::from(failed)),
+            Arc::new(Float64Array::from(failed_rate)),
+            Arc::new(StringArray::from(error)),
         ],
     )
 }

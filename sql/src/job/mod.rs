@@ -8,6 +8,7 @@
 //!   its rows land in the sink (upserted, or merged into aggregates).
 //! - [`admin`]: the job statements run (create, drop, stop, start, show, describe).
 //! - [`dead_letter`]: records that do not decode, kept in `<topic>.dlq` with the reason.
+//! - [`stats`]: what each running task has done (for `DESCRIBE JOB`).
 //! - [`task`]: one task, reading one partition of the source and writing the sink.
 //!
 //! # Exactly once without distributed transactions
@@ -54,7 +55,9 @@ pub mod admin;
 pub mod dead_letter;
 pub mod plan;
 pub mod statement;
+pub mod stats;
 pub mod task;
 
 pub use plan::JobPlan;
+pub use stats::{TaskBoard, TaskStats};
 pub use task::run_task;

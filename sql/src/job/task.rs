@@ -21,6 +21,7 @@ use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TopicRecord};
 use crate::columnar::rows_to_batch;
 use crate::job::dead_letter::{self, DeadLetter};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
+use crate::job::stats::TaskStats;
 use crate::topic::{decode_record, encode_row};
 use crate::types::batch_to_rows;
 
@@ -62,12 +63,13 @@ fn producer(job: &JobMeta, partition: u32) -> (u64, u64) {
     (producer_id(job, partition), epoch)
 }
 
-/// Runs task `partition` of `job` until `stop` turns true; failures are logged and retried with
-/// back-off from the last committed offset (replay is exact).
+/// Runs task `partition` of `job` until `stop` turns true; failures are logged (and kept in
+/// `stats`) and retried with back-off from the last committed offset (replay is exact).
 pub async fn run_task(
     cluster: Arc<dyn Cluster>,
     job: JobMeta,
     partition: u32,
+    stats: Arc<TaskStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let span = tracing::info_span!("task", job = %job.name, id = job.id, partition);
@@ -76,13 +78,14 @@ pub async fn run_task(
         if *stop.borrow() {
             return;
         }
-        match run_once(&cluster, &job, partition, &mut stop)
+        match run_once(&cluster, &job, partition, &stats, &mut stop)
             .instrument(span.clone())
             .await
         {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(job = %job.name, partition, error = %e, "stream task failed; retrying");
+                stats.failed(&e.to_string());
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
@@ -120,11 +123,13 @@ async fn run_once(
     cluster: &Arc<dyn Cluster>,
     job: &JobMeta,
     partition: u32,
+    stats: &TaskStats,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<()> {
     let plan = JobPlan::new(cluster.clone(), &job.definition).await?;
     let group = progress_group(job);
     let mut next = start_offset(cluster, job, partition).await?;
+    stats.reached(next);
     let mut committed = next;
     let mut last_commit = Instant::now();
     // With a topic sink, batches are numbered by the source offset they end at. An earlier
@@ -145,6 +150,7 @@ async fn run_once(
         if *stop.borrow() {
             return Ok(());
         }
+        stats.tick();
         let page = cluster
             .fetch(&job.source, partition, next, FETCH_BYTES)
             .await
@@ -183,18 +189,21 @@ async fn run_once(
             _ => last + 1,
         };
         cuts.retain(|c| *c > to);
-        match process(cluster, job, &plan, partition, &records, next, to).await {
-            Ok(()) => {}
-            Err(e) if is_record_error(&e) => {
-                // Some record of the batch does not fit (a value that does not cast, a row the
-                // sink refuses): find it by taking the records one at a time.
-                tracing::warn!(job = %job.name, partition, from = next, to, error = %e,
+        let (out, failed) =
+            match process(cluster, job, &plan, partition, &records, (next, to), stats).await {
+                Ok(done) => done,
+                Err(e) if is_record_error(&e) => {
+                    // Some record of the batch does not fit (a value that does not cast, a row the
+                    // sink refuses): find it by taking the records one at a time.
+                    tracing::warn!(job = %job.name, partition, from = next, to, error = %e,
                     "a batch failed; retrying it record by record");
-                one_by_one(cluster, job, &plan, partition, &records).await?;
-            }
-            Err(e) => return Err(e),
-        }
+                    one_by_one(cluster, job, &plan, partition, &records, stats).await?
+                }
+                Err(e) => return Err(e),
+            };
+        stats.processed(records.len() as u64, out, failed);
         next = to;
+        stats.reached(next);
         if last_commit.elapsed() >= Duration::from_millis(200) {
             cluster
                 .commit(&group, &job.source, partition, next)
@@ -220,21 +229,38 @@ fn is_record_error(e: &DataFusionError) -> bool {
 }
 
 /// Runs the records of a failed batch one at a time; those that fail on their own go to the
-/// dead-letter topic with the error.
+/// dead-letter topic with the error. Returns the rows produced and the records failed.
 async fn one_by_one(
     cluster: &Arc<dyn Cluster>,
     job: &JobMeta,
     plan: &JobPlan,
     partition: u32,
     records: &[TopicRecord],
-) -> Result<()> {
+    stats: &TaskStats,
+) -> Result<(u64, u64)> {
+    let (mut out, mut failed) = (0, 0);
     for r in records {
         let one = std::slice::from_ref(r);
-        match process(cluster, job, plan, partition, one, r.offset, r.offset + 1).await {
-            Ok(()) => {}
+        match process(
+            cluster,
+            job,
+            plan,
+            partition,
+            one,
+            (r.offset, r.offset + 1),
+            stats,
+        )
+        .await
+        {
+            Ok((o, f)) => {
+                out += o;
+                failed += f;
+            }
             Err(e) if is_record_error(&e) => {
                 tracing::warn!(job = %job.name, partition, offset = r.offset, error = %e,
                     "record failed; sent to the dead-letter topic");
+                stats.failed(&format!("record at offset {}: {e}", r.offset));
+                failed += 1;
                 let letter = DeadLetter {
                     offset: r.offset,
                     reason: e.to_string(),
@@ -253,19 +279,21 @@ async fn one_by_one(
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok((out, failed))
 }
 
-/// Runs one batch of records (offsets `[from, to)`) through the job and into the sink.
+/// Runs one batch of records (offsets `[from, to)`) through the job and into the sink; returns
+/// the rows the query produced and the records that did not decode (sent to the dead-letter
+/// topic).
 async fn process(
     cluster: &Arc<dyn Cluster>,
     job: &JobMeta,
     plan: &JobPlan,
     partition: u32,
     records: &[TopicRecord],
-    from: u64,
-    to: u64,
-) -> Result<()> {
+    (from, to): (u64, u64),
+    stats: &TaskStats,
+) -> Result<(u64, u64)> {
     let mut rows = Vec::with_capacity(records.len());
     let mut letters = Vec::new();
     for r in records {
@@ -278,9 +306,14 @@ async fn process(
             }),
         }
     }
+    let failed = letters.len() as u64;
     if let Some(first) = letters.first() {
         tracing::warn!(job = %job.name, partition, records = letters.len(), offset = first.offset,
             reason = %first.reason, "records do not decode; sent to the dead-letter topic");
+        stats.failed(&format!(
+            "record at offset {}: {}",
+            first.offset, first.reason
+        ));
         dead_letter::send(cluster.as_ref(), &job.name, &job.source, partition, letters)
             .await
             .map_err(cluster_error)?;
@@ -290,6 +323,7 @@ async fn process(
     for b in plan.run(batch).await? {
         out.extend(batch_to_rows(&b, &plan.out_columns, out.len() as u64)?);
     }
+    let produced = out.len() as u64;
     match &plan.shape {
         Shape::Upsert { targets } => {
             let width = plan.sink.schema.columns.len();
@@ -339,7 +373,7 @@ async fn process(
             merge_all(cluster, job, plan, partition, keys, aggs, out, from, to).await?;
         }
     }
-    Ok(())
+    Ok((produced, failed))
 }
 
 /// Folds the per-record rows by key and merges them into the sink, re-folding a key from the

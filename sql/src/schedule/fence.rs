@@ -15,7 +15,8 @@ use weir_proto::table::Value;
 
 use crate::cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
-    NewTopic, RecordPage, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta, TopicMeta,
+    NewTopic, RecordPage, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta, TaskStatus,
+    TopicMeta,
 };
 
 /// Milliseconds since the epoch on this node's clock.
@@ -216,6 +217,10 @@ impl Cluster for FencedCluster {
     async fn set_job_running(&self, name: &str, running: bool) -> Result<(), ClusterError> {
         self.check()?;
         self.inner.set_job_running(name, running).await
+    }
+
+    async fn task_status(&self, node: u64, job: u64) -> Result<Vec<TaskStatus>, ClusterError> {
+        self.inner.task_status(node, job).await
     }
 
     fn list_schedules(&self) -> Result<Vec<ScheduleMeta>, ClusterError> {
