@@ -588,3 +588,49 @@ async fn a_job_writing_a_topic_replayed_from_an_earlier_offset_writes_each_recor
     assert_eq!(keys, vec!["0"], "a key in two partitions");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_joins_takes_over_tasks_and_the_sink_stays_exact() {
+    let mut cluster = InProcessCluster::start(2).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TOPIC events (id BIGINT NOT NULL, v BIGINT NOT NULL)
+           WITH (partitions = 6, replicas = 2, format = 'json');
+         CREATE TABLE totals (bucket BIGINT, n BIGINT, total BIGINT, PRIMARY KEY (bucket));
+         CREATE JOB totals AS INSERT INTO totals
+           SELECT id % 7, count(*), sum(v) FROM events GROUP BY id % 7",
+    )
+    .await;
+    let feed = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO events (id, v) SELECT value, (value * 7919) % 1000 \
+             FROM generate_series({from}, {to})"
+        )
+    };
+    const SINK: &str = "SELECT bucket, n, total FROM totals ORDER BY bucket";
+    const BATCH: &str = "SELECT id % 7, count(*), sum(v) FROM events GROUP BY id % 7 ORDER BY 1";
+    exec(&client, &feed(1, 2000)).await;
+    wait_equal(&client, "the sink on two nodes", SINK, BATCH, 7).await;
+
+    // The new node gets tasks (two of the six, as even as three nodes allow) while records
+    // keep coming; the moved tasks go on where their old instances stopped.
+    let added = cluster.add_node().await;
+    let new_id = weir_tests::node_id_of(&client, &cluster.addr(added)).await;
+    exec(&client, &feed(2001, 4000)).await;
+    wait_until("tasks on the new node", Duration::from_secs(90), || {
+        let client = client.clone();
+        async move {
+            let d = rows(&client, "DESCRIBE JOB totals").await.ok()?;
+            let on_new = d
+                .iter()
+                .filter(|l| column(l, 1) == new_id.to_string())
+                .count();
+            (on_new == 2).then_some(())
+        }
+    })
+    .await;
+    exec(&client, &feed(4001, 6000)).await;
+    wait_equal(&client, "the sink after the move", SINK, BATCH, 7).await;
+    cluster.shutdown().await;
+}
