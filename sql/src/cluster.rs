@@ -178,6 +178,8 @@ pub struct TaskStatus {
     pub records_out: u64,
     /// Records sent to the dead-letter topic.
     pub records_failed: u64,
+    /// Records dropped because their window had closed.
+    pub records_late: u64,
     /// Records read per second over the last few seconds.
     pub in_per_sec: f64,
     /// Rows produced per second over the last few seconds.

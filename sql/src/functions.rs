@@ -19,7 +19,8 @@ use datafusion::functions::datetime::date_bin;
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 
 /// Every function Weir adds.
@@ -104,7 +105,10 @@ impl AsyncScalarUDFImpl for PgSleep {
     }
 }
 
-/// `tumble(ts, interval)`: `date_bin(interval, ts)` with the arguments in window order.
+/// `tumble(ts, interval [, lateness])`: `date_bin(interval, ts)` with the arguments in window
+/// order. The lateness matters only in a stream job grouping by the window (its windows close that
+/// long after the latest event time the job has seen, and stop taking records); in a query over
+/// stored rows every record is on time.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Tumble {
     signature: Signature,
@@ -120,7 +124,10 @@ impl Tumble {
     /// The function.
     pub fn new() -> Tumble {
         Tumble {
-            signature: Signature::any(2, Volatility::Immutable),
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+                Volatility::Immutable,
+            ),
         }
     }
 }
@@ -136,24 +143,37 @@ impl ScalarUDFImpl for Tumble {
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         match arg_types {
-            [DataType::Timestamp(unit, tz), DataType::Interval(_)] => {
+            [DataType::Timestamp(unit, tz), DataType::Interval(_)]
+            | [DataType::Timestamp(unit, tz), DataType::Interval(_), DataType::Interval(_)] => {
                 Ok(DataType::Timestamp(*unit, tz.clone()))
             }
-            [ts, DataType::Interval(_)] => Err(DataFusionError::Plan(format!(
-                "tumble(ts, interval): ts is {ts}, not a timestamp (CAST it AS TIMESTAMP, or \
-                 parse it with to_timestamp(text, format))"
-            ))),
-            [_, other] => Err(DataFusionError::Plan(format!(
+            [ts, DataType::Interval(_)] | [ts, DataType::Interval(_), DataType::Interval(_)] => {
+                Err(DataFusionError::Plan(format!(
+                    "tumble(ts, interval): ts is {ts}, not a timestamp (CAST it AS TIMESTAMP, or \
+                     parse it with to_timestamp(text, format))"
+                )))
+            }
+            [_, other] | [_, other, DataType::Interval(_)] => Err(DataFusionError::Plan(format!(
                 "tumble(ts, interval): the window length is {other}, not an interval (write \
                  INTERVAL '1 minute')"
             ))),
+            [_, _, other] => Err(DataFusionError::Plan(format!(
+                "tumble(ts, interval, lateness): the lateness is {other}, not an interval (write \
+                 INTERVAL '10 minutes')"
+            ))),
             _ => Err(DataFusionError::Plan(
-                "tumble takes two arguments: tumble(ts, INTERVAL '1 minute')".into(),
+                "tumble takes two or three arguments: tumble(ts, INTERVAL '1 minute' [, INTERVAL \
+                 '10 minutes'])"
+                    .into(),
             )),
         }
     }
 
-    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+    fn simplify(&self, mut args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        // The lateness does not change the window a timestamp falls in.
+        if args.len() == 3 {
+            args.truncate(2);
+        }
         match <[Expr; 2]>::try_from(args) {
             Ok([ts, width]) => Ok(ExprSimplifyResult::Simplified(
                 date_bin().call(vec![width, ts]),
@@ -164,6 +184,8 @@ impl ScalarUDFImpl for Tumble {
 
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         // Reached only where expressions are not simplified first.
+        args.args.truncate(2);
+        args.arg_fields.truncate(2);
         args.args.swap(0, 1);
         args.arg_fields.swap(0, 1);
         let bin: Arc<ScalarUDF> = date_bin();

@@ -12,6 +12,7 @@ const LAG: usize = 5;
 const READ: usize = 6;
 const FAILED: usize = 9;
 const LAST_ERROR: usize = 11;
+const LATE: usize = 12;
 
 /// Column `i` of a `|`-separated result line.
 fn column(line: &str, i: usize) -> &str {
@@ -632,5 +633,62 @@ async fn a_node_that_joins_takes_over_tasks_and_the_sink_stays_exact() {
     .await;
     exec(&client, &feed(4001, 6000)).await;
     wait_equal(&client, "the sink after the move", SINK, BATCH, 7).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windows_stop_taking_records_once_closed_and_count_the_late_ones() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TOPIC readings (sensor BIGINT NOT NULL, ts TIMESTAMP NOT NULL, v BIGINT)
+           WITH (partitions = 1, replicas = 3, format = 'json');
+         CREATE TABLE per_minute (minute TIMESTAMP, n BIGINT, total BIGINT,
+           PRIMARY KEY (minute));
+         CREATE JOB windows AS INSERT INTO per_minute
+           SELECT tumble(ts, INTERVAL '1 minute', INTERVAL '2 minutes'), count(*), sum(v)
+           FROM readings GROUP BY 1",
+    )
+    .await;
+    // Event times in seconds, in offset order: 30 comes after 200 was seen (its window [0, 60)
+    // closed at 60 + 120 = 180), 130 is within the lateness of its window, 120 comes after 400.
+    let events = [10, 70, 200, 30, 130, 400, 120];
+    for (i, e) in events.iter().enumerate() {
+        exec(
+            &client,
+            &format!(
+                "INSERT INTO readings (sensor, ts, v) VALUES \
+                 (1, TIMESTAMP '1970-01-01 00:00:00' + INTERVAL '{e} seconds', {})",
+                i + 1
+            ),
+        )
+        .await;
+    }
+    let described = wait_until("every record taken", Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let d = rows(&client, "DESCRIBE JOB windows").await.ok()?;
+            (d.len() == 1 && column(&d[0], LAG) == "0").then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(column(&described[0], LATE), "2", "{described:?}");
+    let got = rows(
+        &client,
+        "SELECT CAST(date_part('epoch', minute) AS BIGINT), n, total FROM per_minute ORDER BY 1",
+    )
+    .await
+    .expect("the windows");
+    assert_eq!(got, ["0|1|1", "60|1|2", "120|1|5", "180|1|3", "360|1|6"]);
+    // In a query over the stored records every one is on time.
+    let all = rows(
+        &client,
+        "SELECT count(*) FROM readings \
+         WHERE tumble(ts, INTERVAL '1 minute', INTERVAL '2 minutes') IS NOT NULL",
+    )
+    .await
+    .expect("query");
+    assert_eq!(all, ["7"]);
     cluster.shutdown().await;
 }

@@ -294,6 +294,7 @@ impl Jobs for JobsService {
                     records_in: t.records_in,
                     records_out: t.records_out,
                     records_failed: t.records_failed,
+                    records_late: t.records_late,
                     in_per_sec: t.in_per_sec,
                     out_per_sec: t.out_per_sec,
                     failed_per_sec: t.failed_per_sec,

@@ -154,7 +154,8 @@ async fn task_statuses(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> BTreeMap<u3
 
 /// `DESCRIBE JOB`: per task, its node, the offset it committed, the partition's end and the lag,
 /// and, as the node running it reports, the records it read, produced and failed (totals since it
-/// started there and rates over the last seconds) and its last error.
+/// started there and rates over the last seconds), its last error, and the records it dropped
+/// because their window had closed.
 async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
     let committed = cluster
         .committed(&progress_group(job), &job.source)
@@ -165,6 +166,7 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut read, mut in_rate, mut out_rate, mut failed, mut failed_rate, mut error) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut late = vec![];
     let round = |x: f64| (x * 10.0).round() / 10.0;
     for (p, (n, e)) in job.tasks.iter().enumerate() {
         let p = p as u32;
@@ -185,6 +187,7 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
         out_rate.push(status.map(|s| round(s.out_per_sec)));
         failed.push(status.map(|s| s.records_failed));
         failed_rate.push(status.map(|s| round(s.failed_per_sec)));
+        late.push(status.map(|s| s.records_late));
         error.push(status.and_then(|s| {
             s.last_error.as_ref().map(|(at, m)| {
                 let when = chrono::DateTime::from_timestamp_millis(*at)
@@ -208,6 +211,7 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
             Field::new("records_failed", DataType::UInt64, true),
             Field::new("failed_per_sec", DataType::Float64, true),
             Field::new("last_error", DataType::Utf8, true),
+            Field::new("records_late", DataType::UInt64, true),
         ],
         vec![
             Arc::new(UInt32Array::from(partition)),
@@ -222,6 +226,7 @@ async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
             Arc::new(UInt64Array::from(failed)),
             Arc::new(Float64Array::from(failed_rate)),
             Arc::new(StringArray::from(error)),
+            Arc::new(UInt64Array::from(late)),
         ],
     )
 }

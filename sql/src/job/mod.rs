@@ -30,6 +30,12 @@
 //!   what was taken and adds the rest. The same holds with two instances of a task running at once
 //!   (the old one not yet stopped after a reassignment): each merge is atomic on its row and the
 //!   marks only grow, so whichever instance lands a range first, the other skips it.
+//! - **Windows that close** (`tumble(ts, size, lateness)` as a group key): a record is dropped as
+//!   late when its window's end plus the lateness is at or before the latest event time of the
+//!   records before it in its partition. That depends on offset order alone, not on how batches
+//!   are cut. The latest event time is committed (group `__job.<id>.watermark`) just before the
+//!   offset, and reflects only applied batches: after a restart it may be ahead of the committed
+//!   offset, which changes decisions only for replayed records, whose merges the marks skip.
 //! - **Plain inserts** (no `GROUP BY`): each output row is written by its primary key, replacing
 //!   what is there; replaying a range writes the same rows again, so after the replay the sink holds
 //!   what it held before the crash plus the rest.

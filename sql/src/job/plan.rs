@@ -83,13 +83,39 @@ pub enum Shape {
         targets: Vec<usize>,
     },
     /// Outputs are the key columns (sink columns `keys`), then one argument per aggregate, then
-    /// the record's offset.
+    /// the record's offset, then (for a window with a lateness) the record's event time and the
+    /// time its window closes.
     Aggregate {
         /// Sink column of each key output.
         keys: Vec<usize>,
         /// The aggregates, in output order after the keys.
         aggs: Vec<Agg>,
+        /// Whether a key is a `tumble(ts, size, lateness)` window whose closed windows take no
+        /// more records.
+        closes: bool,
     },
+}
+
+/// The three arguments of a `tumble(ts, size, lateness)` call, if `e` is one.
+fn tumble_with_lateness(e: &Expr) -> Result<Option<[Expr; 3]>> {
+    let Expr::Function(f) = e else {
+        return Ok(None);
+    };
+    if object_name(&f.name)? != "tumble" {
+        return Ok(None);
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return Ok(None);
+    };
+    let args: Vec<Expr> = list
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .collect();
+    Ok(<[Expr; 3]>::try_from(args).ok())
 }
 
 /// A job's statement, planned: the per-batch query over its source and what its rows become.
@@ -627,6 +653,39 @@ fn aggregate_query(
         ty: ColumnType::Int64,
         nullable: false,
     });
+    // A window key with a lateness: each record's event time, and when its window closes (its
+    // end plus the lateness), so the task can drop records whose window closed before them.
+    let mut windows = Vec::new();
+    for (_, e) in &keys {
+        if let Some(w) = tumble_with_lateness(e)? {
+            windows.push(w);
+        }
+    }
+    if windows.len() > 1 {
+        return Err(plan_err(
+            "a job keeps one window with a lateness: give the lateness to one tumble(...) only",
+        ));
+    }
+    let closes = !windows.is_empty();
+    if let Some([ts, size, lateness]) = windows.pop() {
+        for (name, expr) in [
+            ("__event", ts.to_string()),
+            (
+                "__close",
+                format!("tumble({ts}, {size}) + {size} + {lateness}"),
+            ),
+        ] {
+            projection.push(SelectItem::ExprWithAlias {
+                expr: parse_expr(&expr)?,
+                alias: Ident::new(name),
+            });
+            out.push(Column {
+                name: name.into(),
+                ty: ColumnType::Timestamp,
+                nullable: true,
+            });
+        }
+    }
     let mut per_batch = query.clone();
     if let SetExpr::Select(s) = per_batch.body.as_mut() {
         s.projection = projection;
@@ -635,6 +694,7 @@ fn aggregate_query(
     let shape = Shape::Aggregate {
         keys: keys.iter().map(|(c, _)| *c).collect(),
         aggs: aggs.into_iter().map(|(a, _)| a).collect(),
+        closes,
     };
     Ok((per_batch.to_string(), shape, out))
 }

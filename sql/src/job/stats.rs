@@ -1,5 +1,5 @@
-//! What a running task has done, for `DESCRIBE JOB`: records read, written and failed (sent to the
-//! dead-letter topic), their rates over the last few seconds, and the last error it met.
+//! What a running task has done, for `DESCRIBE JOB`: records read, written, failed (sent to the
+//! dead-letter topic) and late (their window had closed), their rates over the last few seconds, and the last error it met.
 //!
 //! Each task owns one [`TaskStats`] and updates it as it goes (atomic counters, no lock on the
 //! hot path); the node's compute pool keeps the task's handle in its [`TaskBoard`], where the
@@ -24,6 +24,7 @@ pub struct TaskStats {
     records_in: AtomicU64,
     records_out: AtomicU64,
     records_failed: AtomicU64,
+    records_late: AtomicU64,
     /// The source offset the task has processed up to (committed or not).
     position: AtomicU64,
     slow: Mutex<Slow>,
@@ -46,6 +47,7 @@ impl TaskStats {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             records_failed: AtomicU64::new(0),
+            records_late: AtomicU64::new(0),
             position: AtomicU64::new(0),
             slow: Mutex::new(Slow::default()),
         }
@@ -69,6 +71,11 @@ impl TaskStats {
         self.records_in.fetch_add(read, Ordering::Relaxed);
         self.records_out.fetch_add(out, Ordering::Relaxed);
         self.records_failed.fetch_add(failed, Ordering::Relaxed);
+    }
+
+    /// Counts records dropped because their window had closed.
+    pub fn late(&self, records: u64) {
+        self.records_late.fetch_add(records, Ordering::Relaxed);
     }
 
     /// Notes the source offset the task has processed up to.
@@ -127,6 +134,7 @@ impl TaskStats {
             records_in: current[0],
             records_out: current[1],
             records_failed: current[2],
+            records_late: self.records_late.load(Ordering::Relaxed),
             in_per_sec: rates[0],
             out_per_sec: rates[1],
             failed_per_sec: rates[2],

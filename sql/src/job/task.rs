@@ -119,6 +119,47 @@ async fn start_offset(cluster: &Arc<dyn Cluster>, job: &JobMeta, partition: u32)
     Ok(start)
 }
 
+/// The offsets group where a job keeps, per source partition, the latest event time its windows
+/// have seen (the watermark), beside its progress.
+fn watermark_group(job: &JobMeta) -> String {
+    format!("{}.watermark", progress_group(job))
+}
+
+/// Commits the task's progress: the watermark first (when the job's windows close), then the
+/// offset. A watermark ahead of the committed offset is harmless on replay: it reflects only
+/// batches already applied, whose merges the sink's marks skip anyway.
+async fn commit_progress(
+    cluster: &Arc<dyn Cluster>,
+    job: &JobMeta,
+    partition: u32,
+    next: u64,
+    watermark: Option<i64>,
+) -> Result<()> {
+    if let Some(w) = watermark {
+        cluster
+            .commit(&watermark_group(job), &job.source, partition, w as u64)
+            .await
+            .map_err(cluster_error)?;
+    }
+    cluster
+        .commit(&progress_group(job), &job.source, partition, next)
+        .await
+        .map_err(cluster_error)
+}
+
+/// What processing a batch came to.
+#[derive(Debug, Default)]
+struct Done {
+    /// Rows the query produced.
+    out: u64,
+    /// Records sent to the dead-letter topic.
+    failed: u64,
+    /// Records dropped because their window had closed.
+    late: u64,
+    /// The watermark after the batch.
+    watermark: Option<i64>,
+}
+
 async fn run_once(
     cluster: &Arc<dyn Cluster>,
     job: &JobMeta,
@@ -127,8 +168,16 @@ async fn run_once(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<()> {
     let plan = JobPlan::new(cluster.clone(), &job.definition).await?;
-    let group = progress_group(job);
     let mut next = start_offset(cluster, job, partition).await?;
+    let mut watermark = match plan.shape {
+        Shape::Aggregate { closes: true, .. } => cluster
+            .committed(&watermark_group(job), &job.source)
+            .await
+            .map_err(cluster_error)?
+            .get(&partition)
+            .map(|w| *w as i64),
+        _ => None,
+    };
     stats.reached(next);
     let mut committed = next;
     let mut last_commit = Instant::now();
@@ -170,10 +219,7 @@ async fn run_once(
                 continue;
             }
             if committed < next {
-                cluster
-                    .commit(&group, &job.source, partition, next)
-                    .await
-                    .map_err(cluster_error)?;
+                commit_progress(cluster, job, partition, next, watermark).await?;
                 committed = next;
                 last_commit = Instant::now();
             }
@@ -189,26 +235,30 @@ async fn run_once(
             _ => last + 1,
         };
         cuts.retain(|c| *c > to);
-        let (out, failed) =
-            match process(cluster, job, &plan, partition, &records, (next, to), stats).await {
-                Ok(done) => done,
-                Err(e) if is_record_error(&e) => {
-                    // Some record of the batch does not fit (a value that does not cast, a row the
-                    // sink refuses): find it by taking the records one at a time.
-                    tracing::warn!(job = %job.name, partition, from = next, to, error = %e,
+        let batch = Batch {
+            job,
+            plan: &plan,
+            partition,
+            stats,
+        };
+        let done = match process(cluster, &batch, &records, (next, to), watermark).await {
+            Ok(done) => done,
+            Err(e) if is_record_error(&e) => {
+                // Some record of the batch does not fit (a value that does not cast, a row the
+                // sink refuses): find it by taking the records one at a time.
+                tracing::warn!(job = %job.name, partition, from = next, to, error = %e,
                     "a batch failed; retrying it record by record");
-                    one_by_one(cluster, job, &plan, partition, &records, stats).await?
-                }
-                Err(e) => return Err(e),
-            };
-        stats.processed(records.len() as u64, out, failed);
+                one_by_one(cluster, &batch, &records, watermark).await?
+            }
+            Err(e) => return Err(e),
+        };
+        stats.processed(records.len() as u64, done.out, done.failed);
+        stats.late(done.late);
+        watermark = done.watermark;
         next = to;
         stats.reached(next);
         if last_commit.elapsed() >= Duration::from_millis(200) {
-            cluster
-                .commit(&group, &job.source, partition, next)
-                .await
-                .map_err(cluster_error)?;
+            commit_progress(cluster, job, partition, next, watermark).await?;
             committed = next;
             last_commit = Instant::now();
         }
@@ -228,39 +278,46 @@ fn is_record_error(e: &DataFusionError) -> bool {
     }
 }
 
+/// What a batch is processed for: the job, its plan, the task's partition and counters.
+struct Batch<'a> {
+    job: &'a JobMeta,
+    plan: &'a JobPlan,
+    partition: u32,
+    stats: &'a TaskStats,
+}
+
 /// Runs the records of a failed batch one at a time; those that fail on their own go to the
-/// dead-letter topic with the error. Returns the rows produced and the records failed.
+/// dead-letter topic with the error.
 async fn one_by_one(
     cluster: &Arc<dyn Cluster>,
-    job: &JobMeta,
-    plan: &JobPlan,
-    partition: u32,
+    batch: &Batch<'_>,
     records: &[TopicRecord],
-    stats: &TaskStats,
-) -> Result<(u64, u64)> {
-    let (mut out, mut failed) = (0, 0);
+    watermark: Option<i64>,
+) -> Result<Done> {
+    let Batch {
+        job,
+        partition,
+        stats,
+        ..
+    } = *batch;
+    let mut all = Done {
+        watermark,
+        ..Done::default()
+    };
     for r in records {
         let one = std::slice::from_ref(r);
-        match process(
-            cluster,
-            job,
-            plan,
-            partition,
-            one,
-            (r.offset, r.offset + 1),
-            stats,
-        )
-        .await
-        {
-            Ok((o, f)) => {
-                out += o;
-                failed += f;
+        match process(cluster, batch, one, (r.offset, r.offset + 1), all.watermark).await {
+            Ok(done) => {
+                all.out += done.out;
+                all.failed += done.failed;
+                all.late += done.late;
+                all.watermark = done.watermark;
             }
             Err(e) if is_record_error(&e) => {
                 tracing::warn!(job = %job.name, partition, offset = r.offset, error = %e,
                     "record failed; sent to the dead-letter topic");
                 stats.failed(&format!("record at offset {}: {e}", r.offset));
-                failed += 1;
+                all.failed += 1;
                 let letter = DeadLetter {
                     offset: r.offset,
                     reason: e.to_string(),
@@ -279,7 +336,7 @@ async fn one_by_one(
             Err(e) => return Err(e),
         }
     }
-    Ok((out, failed))
+    Ok(all)
 }
 
 /// Runs one batch of records (offsets `[from, to)`) through the job and into the sink; returns
@@ -287,13 +344,17 @@ async fn one_by_one(
 /// topic).
 async fn process(
     cluster: &Arc<dyn Cluster>,
-    job: &JobMeta,
-    plan: &JobPlan,
-    partition: u32,
+    batch: &Batch<'_>,
     records: &[TopicRecord],
     (from, to): (u64, u64),
-    stats: &TaskStats,
-) -> Result<(u64, u64)> {
+    watermark: Option<i64>,
+) -> Result<Done> {
+    let Batch {
+        job,
+        plan,
+        partition,
+        stats,
+    } = *batch;
     let mut rows = Vec::with_capacity(records.len());
     let mut letters = Vec::new();
     for r in records {
@@ -318,12 +379,17 @@ async fn process(
             .await
             .map_err(cluster_error)?;
     }
-    let batch = rows_to_batch(&plan.source_schema, &plan.source_columns, &rows)?;
+    let decoded = rows_to_batch(&plan.source_schema, &plan.source_columns, &rows)?;
     let mut out = Vec::new();
-    for b in plan.run(batch).await? {
+    for b in plan.run(decoded).await? {
         out.extend(batch_to_rows(&b, &plan.out_columns, out.len() as u64)?);
     }
-    let produced = out.len() as u64;
+    let mut done = Done {
+        out: out.len() as u64,
+        failed,
+        late: 0,
+        watermark,
+    };
     match &plan.shape {
         Shape::Upsert { targets } => {
             let width = plan.sink.schema.columns.len();
@@ -369,11 +435,64 @@ async fn process(
                 .await
                 .map_err(cluster_error)?;
         }
-        Shape::Aggregate { keys, aggs } => {
-            merge_all(cluster, job, plan, partition, keys, aggs, out, from, to).await?;
+        Shape::Aggregate { keys, aggs, closes } => {
+            let on_time = if *closes {
+                let offset_at = keys.len() + aggs.len();
+                let (kept, late, w) = drop_late(out, offset_at, watermark);
+                if late > 0 {
+                    tracing::debug!(job = %job.name, partition, late,
+                        "records dropped: their window had closed");
+                }
+                (done.late, done.watermark) = (late, w);
+                kept
+            } else {
+                out
+            };
+            merge_all(cluster, job, plan, partition, keys, aggs, on_time, from, to).await?;
         }
     }
-    Ok((produced, failed))
+    Ok(done)
+}
+
+/// Drops the rows of records whose window closed before them: taken in offset order, a record is
+/// late when its window's close time (its end plus the lateness) is at or before the latest event
+/// time of the records before it (`watermark`, carried from batch to batch). Batches cut anywhere
+/// give the same answer. Returns the rows kept, the records dropped and the new watermark.
+fn drop_late(
+    mut rows: Vec<Vec<Value>>,
+    offset_at: usize,
+    mut watermark: Option<i64>,
+) -> (Vec<Vec<Value>>, u64, Option<i64>) {
+    let time = |row: &[Value], at: usize| match row.get(at) {
+        Some(Value::Timestamp(t)) => Some(*t),
+        _ => None,
+    };
+    // A join may give a record's rows out of order, or several rows per record.
+    rows.sort_by_key(|r| offset_of(r, offset_at));
+    let mut kept = Vec::with_capacity(rows.len());
+    let mut late = 0u64;
+    let mut i = 0;
+    while i < rows.len() {
+        let offset = offset_of(&rows[i], offset_at);
+        let end = rows[i..]
+            .iter()
+            .position(|r| offset_of(r, offset_at) != offset)
+            .map_or(rows.len(), |n| i + n);
+        let before = watermark;
+        let mut dropped = false;
+        for row in &rows[i..end] {
+            if let Some(t) = time(row, offset_at + 1) {
+                watermark = Some(watermark.map_or(t, |w| w.max(t)));
+            }
+            match (time(row, offset_at + 2), before) {
+                (Some(close), Some(w)) if close <= w => dropped = true,
+                _ => kept.push(row.clone()),
+            }
+        }
+        late += u64::from(dropped);
+        i = end;
+    }
+    (kept, late, watermark)
 }
 
 /// Folds the per-record rows by key and merges them into the sink, re-folding a key from the
@@ -500,6 +619,59 @@ fn fold<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A per-record row of a job keeping `count(*)` per one-minute window with two minutes of
+    /// lateness: key, argument, offset, event time, close time (seconds here).
+    fn row(offset: i64, event_s: i64) -> Vec<Value> {
+        let minute = event_s.div_euclid(60) * 60;
+        vec![
+            Value::Timestamp(minute * 1_000_000),
+            Value::Int(1),
+            Value::Int(offset),
+            Value::Timestamp(event_s * 1_000_000),
+            Value::Timestamp((minute + 60 + 120) * 1_000_000),
+        ]
+    }
+
+    #[test]
+    fn records_whose_window_closed_are_dropped_wherever_batches_are_cut() {
+        // Events (seconds): a late one at offset 3 (its window [0, 60) closed at 180, and 200
+        // was seen), one within the lateness at offset 4, one exactly at the close at offset 6.
+        let events = [10, 70, 200, 30, 130, 400, 120];
+        let rows: Vec<Vec<Value>> = events
+            .iter()
+            .enumerate()
+            .map(|(o, e)| row(o as i64, *e))
+            .collect();
+        let (kept, late, w) = drop_late(rows.clone(), 2, None);
+        let offsets = |k: &[Vec<Value>]| k.iter().map(|r| offset_of(r, 2)).collect::<Vec<_>>();
+        assert_eq!(offsets(&kept), [0, 1, 2, 4, 5]);
+        assert_eq!(late, 2, "offsets 3 and 6");
+        assert_eq!(w, Some(400_000_000));
+        // Cut into batches of any size, rows in any order within a batch, and a record that
+        // a join turned into two rows: the same records are dropped.
+        for size in 1..=events.len() {
+            let (mut all, mut late_sum, mut w) = (Vec::new(), 0, None);
+            for chunk in rows.chunks(size) {
+                let mut batch: Vec<Vec<Value>> = chunk.iter().rev().cloned().collect();
+                if let Some(first) = batch.first().cloned() {
+                    batch.push(first);
+                }
+                let (k, l, nw) = drop_late(batch, 2, w);
+                all.extend(k);
+                late_sum += l;
+                w = nw;
+            }
+            all.sort_by_key(|r| offset_of(r, 2));
+            all.dedup();
+            assert_eq!(offsets(&all), [0, 1, 2, 4, 5], "batches of {size}");
+            assert_eq!(late_sum, 2, "batches of {size}");
+        }
+        // A watermark carried over from before (a restart) counts too.
+        let (kept, late, _) = drop_late(vec![row(7, 20)], 2, Some(400_000_000));
+        assert!(kept.is_empty());
+        assert_eq!(late, 1);
+    }
 
     #[test]
     fn folds_follow_sql_aggregates() {
