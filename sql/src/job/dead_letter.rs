@@ -1,8 +1,11 @@
 //! The dead-letter topic of a job's source (`<topic>.dlq`, as Kafka Connect's): records a task
 //! cannot decode go there with the reason, as JSON rows SQL can read, and the job goes on.
 //!
-//! A replay after a crash may append a record's dead letter again (the topic is at least once;
-//! the sink stays exact).
+//! Each record's letter lands once across crashes, replays and task moves: a task appends its
+//! letters as a deterministic producer of its own (fixed by the job and source partition), numbering
+//! each append by the source offset after its last letter, and sends letters in offset order, so
+//! the topic refuses a replayed letter as a number it already holds (as a job's topic sink does,
+//! see `crate::job`).
 
 use bytes::Bytes;
 use weir_proto::format::{RecordFormat, TopicFormat};
@@ -67,14 +70,18 @@ pub struct DeadLetter {
     pub record: String,
 }
 
-/// Appends dead letters of `job`'s task on `partition` of `source` to its dead-letter topic.
+/// Appends dead letters of `job`'s task on `partition` of `source` to its dead-letter topic, as
+/// `producer` (id, epoch), once: the letters must come after every letter this producer sent
+/// before, in offset order.
 pub async fn send(
     cluster: &dyn Cluster,
-    job: &str,
-    source: &str,
-    partition: u32,
+    (job, source, partition): (&str, &str, u32),
+    producer: (u64, u64),
     letters: Vec<DeadLetter>,
 ) -> Result<(), ClusterError> {
+    let Some(sequence) = letters.iter().map(|l| l.offset + 1).max() else {
+        return Ok(());
+    };
     let records = letters
         .into_iter()
         .map(|l| NewRecord {
@@ -94,7 +101,6 @@ pub async fn send(
         })
         .collect();
     cluster
-        .produce(&topic_name(source), records)
+        .produce_numbered(&topic_name(source), producer, sequence, records, 0)
         .await
-        .map(|_| ())
 }

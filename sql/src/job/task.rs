@@ -63,6 +63,17 @@ fn producer(job: &JobMeta, partition: u32) -> (u64, u64) {
     (producer_id(job, partition), epoch)
 }
 
+/// The producer a task appends its dead letters as (see [`dead_letter`]): its own, beside the
+/// one it writes a sink topic with, under the same epoch.
+fn letter_producer(job: &JobMeta, partition: u32) -> (u64, u64) {
+    let (id, epoch) = producer(job, partition);
+    // Another splitmix step: as spread as the sink producers' ids, and distinct from them.
+    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)).max(1), epoch)
+}
+
 /// Runs task `partition` of `job` until `stop` turns true; failures are logged (and kept in
 /// `stats`) and retried with back-off from the last committed offset (replay is exact).
 pub async fn run_task(
@@ -325,9 +336,8 @@ async fn one_by_one(
                 };
                 dead_letter::send(
                     cluster.as_ref(),
-                    &job.name,
-                    &job.source,
-                    partition,
+                    (&job.name, &job.source, partition),
+                    letter_producer(job, partition),
                     vec![letter],
                 )
                 .await
@@ -370,14 +380,11 @@ async fn process(
     let failed = letters.len() as u64;
     if let Some(first) = letters.first() {
         tracing::warn!(job = %job.name, partition, records = letters.len(), offset = first.offset,
-            reason = %first.reason, "records do not decode; sent to the dead-letter topic");
+            reason = %first.reason, "records do not decode; they go to the dead-letter topic");
         stats.failed(&format!(
             "record at offset {}: {}",
             first.offset, first.reason
         ));
-        dead_letter::send(cluster.as_ref(), &job.name, &job.source, partition, letters)
-            .await
-            .map_err(cluster_error)?;
     }
     let decoded = rows_to_batch(&plan.source_schema, &plan.source_columns, &rows)?;
     let mut out = Vec::new();
@@ -451,6 +458,16 @@ async fn process(
             merge_all(cluster, job, plan, partition, keys, aggs, on_time, from, to).await?;
         }
     }
+    // Letters go after the sink writes: a batch that fails on a record is taken again one record
+    // at a time, and its letters must then reach the topic in offset order with the others.
+    dead_letter::send(
+        cluster.as_ref(),
+        (&job.name, &job.source, partition),
+        letter_producer(job, partition),
+        letters,
+    )
+    .await
+    .map_err(cluster_error)?;
     Ok(done)
 }
 
