@@ -274,6 +274,8 @@ fn check_merge_op(op: MergeOp, col: &Column) -> NodeResult<MergeOp> {
         }
         MergeOp::Min(v) => MergeOp::Min(fit(v, col)?),
         MergeOp::Max(v) => MergeOp::Max(fit(v, col)?),
+        // Unlike a delta, a NULL here is written: it must be allowed.
+        MergeOp::Set(v) => MergeOp::Set(v.check(col).map_err(invalid)?),
         MergeOp::Avg { sum, count } => {
             // The sum of many values outgrows the column: it is checked as the widest float, or
             // the widest decimal of the column's scale.

@@ -50,6 +50,9 @@ pub enum MergeOp {
         /// How many values were added.
         count: u64,
     },
+    /// Replaces the cell with the value, NULL included (a stream job's upsert: the row then
+    /// shows the latest record, and the marks keep an older one from replacing it).
+    Set(Value),
 }
 
 /// One merge into one row: its encoded key, the source and offset range it aggregates, and one op
@@ -202,6 +205,7 @@ impl RowMerge {
                 MergeOp::Sum(d) => add(cur, d).map_err(at)?,
                 MergeOp::Min(d) => pick(cur, d, Ordering::Less).map_err(at)?,
                 MergeOp::Max(d) => pick(cur, d, Ordering::Greater).map_err(at)?,
+                MergeOp::Set(v) => v.clone(),
                 MergeOp::Avg { sum, count } => {
                     let col = u32::try_from(i)
                         .map_err(|_| MergeError::Invalid(format!("{i} columns are too many")))?;
@@ -378,6 +382,7 @@ const OP_SUM: u8 = 1;
 const OP_MIN: u8 = 2;
 const OP_MAX: u8 = 3;
 const OP_AVG: u8 = 4;
+const OP_SET: u8 = 5;
 
 fn bad(m: impl Into<String>) -> TableError {
     TableError::Encoding(m.into())
@@ -494,6 +499,10 @@ pub fn encode_ops(ops: &[MergeOp], targets: &[MergeTarget]) -> Result<Vec<u8>, M
                 encode_cell(sum, &mut out);
                 out.extend_from_slice(&count.to_be_bytes());
             }
+            MergeOp::Set(v) => {
+                out.push(OP_SET);
+                encode_cell(v, &mut out);
+            }
         }
     }
     Ok(out)
@@ -518,6 +527,7 @@ pub fn decode_ops(mut b: &[u8]) -> Result<(Vec<MergeOp>, Vec<MergeTarget>), Tabl
                 sum: decode_cell(&mut b)?,
                 count: u64_be(&mut b)?,
             },
+            OP_SET => MergeOp::Set(decode_cell(&mut b)?),
             t => return Err(bad(format!("unknown merge op tag {t}"))),
         };
         ops.push(op);
@@ -592,6 +602,7 @@ impl MergeOp {
                 sum: Some(sum.to_proto()),
                 count: *count,
             }),
+            MergeOp::Set(v) => Op::Set(v.to_proto()),
         };
         v1::MergeCell { op: Some(op) }
     }
@@ -612,6 +623,7 @@ impl MergeOp {
                 },
                 count: a.count,
             },
+            Some(Op::Set(v)) => MergeOp::Set(value(v)?),
         })
     }
 }
@@ -946,6 +958,57 @@ mod tests {
     }
 
     #[test]
+    fn sets_replace_cells_unless_the_row_reflects_a_later_record() {
+        let targets = [t(ColumnType::Utf8), t(ColumnType::Int64)];
+        let set = |from, to, a: &str, b: Value| {
+            merge(
+                "p0",
+                from,
+                to,
+                vec![MergeOp::Set(Value::Str(a.into())), MergeOp::Set(b)],
+            )
+        };
+        let mut row = None;
+        assert_eq!(
+            set(0, 10, "first", Value::Int(1)).apply(&targets, &mut row),
+            Ok(MergeOutcome::Applied)
+        );
+        assert_eq!(
+            set(10, 20, "second", Value::Null).apply(&targets, &mut row),
+            Ok(MergeOutcome::Applied)
+        );
+        let cells = |row: &Option<MergeRow>| row.as_ref().map(|r| r.cells.clone());
+        assert_eq!(
+            cells(&row),
+            Some(vec![Value::Str("second".into()), Value::Null])
+        );
+        // A replaced instance of the writer, late with records 5..10: the row keeps the newer.
+        assert_eq!(
+            set(5, 10, "stale", Value::Int(5)).apply(&targets, &mut row),
+            Ok(MergeOutcome::Covered)
+        );
+        assert_eq!(
+            cells(&row),
+            Some(vec![Value::Str("second".into()), Value::Null])
+        );
+        // A value that does not fit the column is refused and changes nothing.
+        let not_null = [
+            t(ColumnType::Utf8),
+            MergeTarget {
+                ty: ColumnType::Int64,
+                nullable: false,
+            },
+        ];
+        assert!(set(20, 30, "x", Value::Null)
+            .apply(&not_null, &mut row)
+            .is_err());
+        assert_eq!(
+            cells(&row),
+            Some(vec![Value::Str("second".into()), Value::Null])
+        );
+    }
+
+    #[test]
     fn states_and_ops_round_trip_and_refuse_bad_bytes() {
         let mut st = MergeState::default();
         assert_eq!(MergeState::decode(&st.encode().unwrap()).unwrap(), st);
@@ -969,6 +1032,8 @@ mod tests {
                 sum: Value::Decimal(12),
                 count: 4,
             },
+            MergeOp::Set(Value::Str("now".into())),
+            MergeOp::Set(Value::Null),
         ];
         let targets = vec![
             t(ColumnType::Boolean),
@@ -979,6 +1044,8 @@ mod tests {
             t(ColumnType::Utf8),
             t(ColumnType::Date32),
             t(DEC),
+            t(ColumnType::Utf8),
+            t(ColumnType::Int32),
         ];
         let enc = encode_ops(&ops, &targets).unwrap();
         assert_eq!(decode_ops(&enc).unwrap(), (ops.clone(), targets.clone()));

@@ -36,9 +36,11 @@
 //!   are cut. The latest event time is committed (group `__job.<id>.watermark`) just before the
 //!   offset, and reflects only applied batches: after a restart it may be ahead of the committed
 //!   offset, which changes decisions only for replayed records, whose merges the marks skip.
-//! - **Plain inserts** (no `GROUP BY`): each output row is written by its primary key, replacing
-//!   what is there; replaying a range writes the same rows again, so after the replay the sink holds
-//!   what it held before the crash plus the rest.
+//! - **Plain inserts** (no `GROUP BY`): each output row sets the cells it writes in the row of its
+//!   key, as a merge with the same marks as aggregates (the latest record of the key in the range
+//!   wins; on an overlap, the latest record at or past the row's mark). A replay, or an instance
+//!   of the task replaced during a reassignment and still writing, offers a range the row's mark
+//!   already covers, so an older record never replaces a newer one.
 //! - **Topic sinks** (a chain of jobs): a task appends as one producer whose id is fixed by the
 //!   job and the source partition, and numbers each batch of records by the source offset `to` it
 //!   reaches. A partition of the sink keeps the last number that producer wrote and refuses a

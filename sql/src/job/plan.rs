@@ -57,6 +57,8 @@ pub enum AggKind {
     Max,
     /// `avg(x)` (a hidden sum and count per row; the cell shows their quotient).
     Avg,
+    /// The value of the latest record: a column of an upserted row (no `GROUP BY`).
+    Last,
 }
 
 /// One aggregate column of the sink.
@@ -71,7 +73,9 @@ pub struct Agg {
 /// How the per-batch query's rows land in the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
-    /// Output column `i` is sink column `targets[i]`; the rest of the sink's columns are NULL.
+    /// Output column `i` is sink column `targets[i]`, then the record's offset; each row replaces
+    /// the cells it names in the sink row of its key (the others keep their values; NULL in a
+    /// new row), unless that row already reflects a later record of the same source partition.
     Upsert {
         /// Sink column of each output column.
         targets: Vec<usize>,
@@ -326,8 +330,20 @@ impl JobPlan {
             let out = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
             (query.to_string(), Shape::Produce { targets }, out)
         } else {
-            let out = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
-            (query.to_string(), Shape::Upsert { targets }, out)
+            let mut out: Vec<Column> = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
+            let mut per_batch = query.clone();
+            if let SetExpr::Select(s) = per_batch.body.as_mut() {
+                s.projection.push(SelectItem::ExprWithAlias {
+                    expr: parse_expr(&format!("{qualifier}.{OFFSET_COLUMN}"))?,
+                    alias: Ident::new("__offset"),
+                });
+            }
+            out.push(Column {
+                name: "__offset".into(),
+                ty: ColumnType::Int64,
+                nullable: false,
+            });
+            (per_batch.to_string(), Shape::Upsert { targets }, out)
         };
         let source_columns = topic_columns(&source);
         let source_schema = arrow_schema(&TableSchema {
@@ -363,10 +379,16 @@ impl JobPlan {
         }
         let fields = plan.schema().fields();
         if fields.len() != out_columns.len() {
+            // Not counting the columns the job adds (offset, event and close times).
+            let hidden = match &shape {
+                Shape::Upsert { .. } => 1,
+                Shape::Aggregate { closes, .. } => 1 + 2 * usize::from(*closes),
+                Shape::Produce { .. } => 0,
+            };
             return Err(plan_err(format!(
                 "the SELECT gives {} columns, the job writes {} columns of '{}'",
-                fields.len(),
-                out_columns.len(),
+                fields.len().saturating_sub(hidden),
+                out_columns.len().saturating_sub(hidden),
                 sink.name
             )));
         }

@@ -17,7 +17,7 @@ use weir_proto::table::key::encode_key;
 use weir_proto::table::merge::{self, MergeOp};
 use weir_proto::table::{ColumnType, Value};
 
-use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TopicRecord};
+use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TableMeta, TopicRecord};
 use crate::columnar::rows_to_batch;
 use crate::job::dead_letter::{self, DeadLetter};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
@@ -399,22 +399,10 @@ async fn process(
     };
     match &plan.shape {
         Shape::Upsert { targets } => {
-            let width = plan.sink.schema.columns.len();
-            let sink_rows: Vec<Vec<Value>> = out
-                .into_iter()
-                .map(|r| {
-                    let mut row = vec![Value::Null; width];
-                    for (v, t) in r.into_iter().zip(targets) {
-                        row[*t] = v;
-                    }
-                    row
-                })
-                .collect();
-            // One call: the client splits the rows by region and writes the parts at once.
-            cluster
-                .upsert(&plan.sink.name, sink_rows)
-                .await
-                .map_err(cluster_error)?;
+            // Written as merges that set the cells, so the sink's marks keep an instance of this
+            // task that was replaced (or a replay) from writing an older record over a newer one.
+            let (keys, aggs, rows) = upserts(&plan.sink, targets, out)?;
+            merge_all(cluster, job, plan, partition, &keys, &aggs, rows, from, to).await?;
         }
         Shape::Produce { targets } => {
             let topic = plan.sink_topic.as_ref().ok_or_else(|| {
@@ -469,6 +457,53 @@ async fn process(
     .await
     .map_err(cluster_error)?;
     Ok(done)
+}
+
+/// Upserted rows as merges see them: the key columns (in primary-key order), then the other
+/// columns written, then the record's offset; rows in offset order, so that the last row of a key
+/// is its latest record. A NULL key is refused, as a write of the row would be.
+#[allow(clippy::type_complexity)]
+fn upserts(
+    sink: &TableMeta,
+    targets: &[usize],
+    out: Vec<Vec<Value>>,
+) -> Result<(Vec<usize>, Vec<Agg>, Vec<Vec<Value>>)> {
+    let schema = &sink.schema;
+    let at = |column: usize| targets.iter().position(|t| *t == column);
+    let key_at: Vec<usize> = schema.primary_key.iter().filter_map(|c| at(*c)).collect();
+    let value_columns: Vec<usize> = targets
+        .iter()
+        .copied()
+        .filter(|c| !schema.primary_key.contains(c))
+        .collect();
+    let offset_at = targets.len();
+    let mut rows = Vec::with_capacity(out.len());
+    for r in out {
+        let mut row = Vec::with_capacity(key_at.len() + value_columns.len() + 1);
+        for (k, i) in schema.primary_key.iter().zip(&key_at) {
+            if r[*i].is_null() {
+                return Err(cluster_error(ClusterError::Invalid(format!(
+                    "key column '{}' of '{}' cannot be NULL",
+                    schema.columns[*k].name, sink.name
+                ))));
+            }
+            row.push(r[*i].clone());
+        }
+        for c in &value_columns {
+            row.push(at(*c).map_or(Value::Null, |i| r[i].clone()));
+        }
+        row.push(r.get(offset_at).cloned().unwrap_or(Value::Null));
+        rows.push(row);
+    }
+    rows.sort_by_key(|r| offset_of(r, key_at.len() + value_columns.len()));
+    let aggs = value_columns
+        .iter()
+        .map(|c| Agg {
+            kind: AggKind::Last,
+            column: *c,
+        })
+        .collect();
+    Ok((schema.primary_key.clone(), aggs, rows))
 }
 
 /// Drops the rows of records whose window closed before them: taken in offset order, a record is
@@ -612,12 +647,17 @@ fn fold<'a>(
     let mut acc = Value::Null;
     let mut count = 0u64;
     for v in values {
+        count += 1;
         acc = match kind {
+            AggKind::Last => {
+                acc = v.clone();
+                continue;
+            }
             AggKind::Count | AggKind::Sum | AggKind::Avg => merge::add(&acc, v).map_err(failed)?,
             AggKind::Min => merge::pick(&acc, v, Ordering::Less).map_err(failed)?,
             AggKind::Max => merge::pick(&acc, v, Ordering::Greater).map_err(failed)?,
         };
-        count += u64::from(!v.is_null());
+        count -= u64::from(v.is_null());
     }
     Ok(match kind {
         AggKind::Count => match (column, acc) {
@@ -630,11 +670,16 @@ fn fold<'a>(
         AggKind::Min => MergeOp::Min(acc),
         AggKind::Max => MergeOp::Max(acc),
         AggKind::Avg => MergeOp::Avg { sum: acc, count },
+        // No record of the key in the range: the row keeps what it shows.
+        AggKind::Last if count == 0 => MergeOp::Keep,
+        AggKind::Last => MergeOp::Set(acc),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use weir_proto::table::TableSchema;
+
     use super::*;
 
     /// A per-record row of a job keeping `count(*)` per one-minute window with two minutes of
@@ -688,6 +733,75 @@ mod tests {
         let (kept, late, _) = drop_late(vec![row(7, 20)], 2, Some(400_000_000));
         assert!(kept.is_empty());
         assert_eq!(late, 1);
+    }
+
+    #[test]
+    fn upserted_rows_are_keyed_in_offset_order_and_null_keys_refused() {
+        let col = |name: &str, ty| weir_proto::table::Column {
+            name: name.into(),
+            ty,
+            nullable: true,
+        };
+        let sink = TableMeta {
+            name: "latest".into(),
+            schema: Arc::new(TableSchema {
+                columns: vec![
+                    col("id", ColumnType::Int64),
+                    col("note", ColumnType::Utf8),
+                    col("v", ColumnType::Int64),
+                ],
+                primary_key: vec![0],
+            }),
+            regions: Vec::new(),
+        };
+        // The job writes (v, id): out rows are v, id, offset; a join gave them out of order.
+        let out = vec![
+            vec![Value::Int(20), Value::Int(1), Value::Int(7)],
+            vec![Value::Int(10), Value::Int(1), Value::Int(3)],
+        ];
+        let (keys, aggs, rows) = upserts(&sink, &[2, 0], out).expect("upserts");
+        assert_eq!(keys, [0]);
+        assert_eq!(
+            aggs,
+            [Agg {
+                kind: AggKind::Last,
+                column: 2
+            }]
+        );
+        assert_eq!(
+            rows,
+            [
+                vec![Value::Int(1), Value::Int(10), Value::Int(3)],
+                vec![Value::Int(1), Value::Int(20), Value::Int(7)],
+            ]
+        );
+        // The latest record's value is set; a key with no record in the range keeps its cells.
+        let values = rows.iter().map(|r| &r[1]);
+        assert_eq!(
+            fold(AggKind::Last, ColumnType::Int64, values).unwrap(),
+            MergeOp::Set(Value::Int(20))
+        );
+        assert_eq!(
+            fold(AggKind::Last, ColumnType::Int64, std::iter::empty()).unwrap(),
+            MergeOp::Keep
+        );
+        assert_eq!(
+            fold(
+                AggKind::Last,
+                ColumnType::Int64,
+                [Value::Int(1), Value::Null].iter()
+            )
+            .unwrap(),
+            MergeOp::Set(Value::Null)
+        );
+        let e = upserts(
+            &sink,
+            &[2, 0],
+            vec![vec![Value::Int(1), Value::Null, Value::Int(0)]],
+        )
+        .expect_err("a NULL key");
+        assert!(is_record_error(&e), "{e}");
+        assert!(e.to_string().contains("'id' of 'latest'"), "{e}");
     }
 
     #[test]
