@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_sql::job::TaskBoard;
+use weir_sql::job::{TaskBoard, TaskStats};
 use weir_sql::Cluster;
 use weir_storage::catalog::Catalog;
 
@@ -21,10 +21,11 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// How long a task told to stop may take before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// One running task: how to stop it.
+/// One running task: how to stop it, and its counters on the board.
 struct Running {
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
+    stats: Arc<TaskStats>,
 }
 
 /// The (job id, partition) pairs the catalog assigns to `node`, with the job they belong to.
@@ -73,12 +74,14 @@ pub async fn compute_loop(
             if let Some(r) = running.remove(&k) {
                 tracing::info!(job = k.0, partition = k.1, "stopping stream task");
                 let _ = r.stop.send(true);
-                board.stop(k.0, k.1);
+                let board = board.clone();
                 tokio::spawn(async move {
                     let abort = r.handle.abort_handle();
                     if tokio::time::timeout(STOP_GRACE, r.handle).await.is_err() {
                         abort.abort();
                     }
+                    // Off the board only once it no longer runs: `STOP JOB` waits for that.
+                    board.finished(k.0, k.1, &r.stats);
                 });
             }
         }
@@ -96,10 +99,17 @@ pub async fn compute_loop(
                 cluster.clone(),
                 job,
                 k.1,
-                stats,
+                stats.clone(),
                 stop_rx,
             ));
-            running.insert(k, Running { stop, handle });
+            running.insert(
+                k,
+                Running {
+                    stop,
+                    handle,
+                    stats,
+                },
+            );
         }
     }
 }

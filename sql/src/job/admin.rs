@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array,
@@ -68,16 +69,28 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
                 .map_err(cluster_error)?;
             Ok(Output::Done("CREATE JOB".into()))
         }
-        JobStatement::Drop { name, if_exists } => match cluster.drop_job(&name).await {
-            Ok(()) => Ok(Output::Done("DROP JOB".into())),
-            Err(ClusterError::NotFound(_)) if if_exists => Ok(Output::Done("DROP JOB".into())),
-            Err(e) => Err(cluster_error(e)),
-        },
+        JobStatement::Drop { name, if_exists } => {
+            let before = job(cluster, &name).ok();
+            match cluster.drop_job(&name).await {
+                Ok(()) => {
+                    if let Some(before) = before {
+                        wait_stopped(cluster, &before).await?;
+                    }
+                    Ok(Output::Done("DROP JOB".into()))
+                }
+                Err(ClusterError::NotFound(_)) if if_exists => Ok(Output::Done("DROP JOB".into())),
+                Err(e) => Err(cluster_error(e)),
+            }
+        }
         JobStatement::SetRunning { name, running } => {
+            let before = job(cluster, &name)?;
             cluster
                 .set_job_running(&name, running)
                 .await
                 .map_err(cluster_error)?;
+            if !running {
+                wait_stopped(cluster, &before).await?;
+            }
             Ok(Output::Done(
                 if running { "START JOB" } else { "STOP JOB" }.into(),
             ))
@@ -85,6 +98,41 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
         JobStatement::Show => show(cluster),
         JobStatement::Describe { name } => describe(cluster, &job(cluster, &name)?).await,
     }
+}
+
+/// Longest wait for a stopped or dropped job's tasks to finish the batch they are writing (a node
+/// aborts a task that takes more than a few seconds).
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until no node that ran a task of `job` (as assigned before it was stopped or dropped)
+/// still runs one, so that once `STOP JOB` or `DROP JOB` returns the job writes nothing more. A
+/// node that does not answer is not waited for: a node cut off from the cluster has its tasks
+/// fenced by their assignment epochs and the sink's marks.
+async fn wait_stopped(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<()> {
+    let nodes: std::collections::BTreeSet<u64> = job.tasks.iter().filter_map(|(n, _)| *n).collect();
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    for node in nodes {
+        loop {
+            match cluster.task_status(node, job.id).await {
+                Ok(tasks) if !tasks.is_empty() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(job = %job.name, node, error = %e, "not waiting for a node");
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DataFusionError::Execution(format!(
+                    "job '{}' was stopped, but its tasks on node {node} were still running after \
+                     {} s",
+                    job.name,
+                    STOP_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// `SHOW JOBS`: every job, whether it runs, what it reads and writes, and where its tasks are.

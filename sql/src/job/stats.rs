@@ -165,9 +165,16 @@ impl TaskBoard {
         stats
     }
 
-    /// Forgets the task of `job` reading `partition` (it no longer runs here).
-    pub fn stop(&self, job: u64, partition: u32) {
-        self.tasks().remove(&(job, partition));
+    /// Forgets the task of `job` reading `partition` whose counters are `stats`, once it no
+    /// longer runs here (a newer instance started meanwhile stays).
+    pub fn finished(&self, job: u64, partition: u32, stats: &Arc<TaskStats>) {
+        let mut tasks = self.tasks();
+        if tasks
+            .get(&(job, partition))
+            .is_some_and(|s| Arc::ptr_eq(s, stats))
+        {
+            tasks.remove(&(job, partition));
+        }
     }
 
     /// The status of every task of `job` running here, by partition.
@@ -212,8 +219,14 @@ mod tests {
             got[1].last_error.as_ref().map(|(_, m)| m.as_str()),
             Some("sink unavailable")
         );
-        board.stop(7, 0);
+        board.finished(7, 0, &a);
         assert_eq!(board.job(7).len(), 1);
+        // A newer instance of a task stays when the older one finishes.
+        let newer = board.start(7, 3);
+        board.finished(7, 3, &b);
+        assert_eq!(board.job(7).len(), 1);
+        board.finished(7, 3, &newer);
+        assert!(board.job(7).is_empty());
         assert_eq!(board.job(8)[0].records_in, 5);
     }
 
