@@ -228,7 +228,10 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
     exec(&client, "STOP JOB trend").await;
     // STOP JOB returns once the tasks have stopped: no node reports one running.
     let d = rows(&client, "DESCRIBE JOB trend").await.expect("describe");
-    assert!(d.len() == 3 && d.iter().all(|l| column(l, READ).is_empty()), "{d:?}");
+    assert!(
+        d.len() == 3 && d.iter().all(|l| column(l, READ).is_empty()),
+        "{d:?}"
+    );
     let shown = rows(&client, "SHOW JOBS").await.expect("show jobs");
     assert!(
         shown.iter().any(|l| l.starts_with("trend|false|")),
