@@ -287,22 +287,7 @@ impl Jobs for JobsService {
             .tasks
             .job(job)
             .into_iter()
-            .map(|t| {
-                let (last_error_ms, last_error) = t.last_error.unwrap_or_default();
-                TaskState {
-                    partition: t.partition,
-                    records_in: t.records_in,
-                    records_out: t.records_out,
-                    records_failed: t.records_failed,
-                    records_late: t.records_late,
-                    in_per_sec: t.in_per_sec,
-                    out_per_sec: t.out_per_sec,
-                    failed_per_sec: t.failed_per_sec,
-                    position: t.position,
-                    last_error,
-                    last_error_ms,
-                }
-            })
+            .map(TaskState::from)
             .collect();
         Ok(Response::new(TaskStatusReply { tasks }))
     }

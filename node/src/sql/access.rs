@@ -362,21 +362,7 @@ impl Cluster for NodeCluster {
             .task_status(&addr, job)
             .await
             .map_err(to_cluster)?;
-        Ok(tasks
-            .into_iter()
-            .map(|t| TaskStatus {
-                partition: t.partition,
-                records_in: t.records_in,
-                records_out: t.records_out,
-                records_failed: t.records_failed,
-                records_late: t.records_late,
-                in_per_sec: t.in_per_sec,
-                out_per_sec: t.out_per_sec,
-                failed_per_sec: t.failed_per_sec,
-                position: t.position,
-                last_error: (!t.last_error.is_empty()).then_some((t.last_error_ms, t.last_error)),
-            })
-            .collect())
+        Ok(tasks.into_iter().map(TaskStatus::from).collect())
     }
 
     fn list_schedules(&self) -> Result<Vec<ScheduleMeta>, ClusterError> {

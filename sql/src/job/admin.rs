@@ -2,7 +2,7 @@
 //! is refused before anything is recorded), `DROP JOB`, `STOP JOB`, `START JOB`, `SHOW JOBS` and
 //! `DESCRIBE JOB`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +100,11 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
     }
 }
 
+/// The nodes `job`'s tasks are assigned to.
+fn task_nodes(job: &JobMeta) -> BTreeSet<u64> {
+    job.tasks.iter().filter_map(|(n, _)| *n).collect()
+}
+
 /// Longest wait for a stopped or dropped job's tasks to finish the batch they are writing (a node
 /// aborts a task that takes more than a few seconds).
 const STOP_WAIT: Duration = Duration::from_secs(30);
@@ -109,9 +114,8 @@ const STOP_WAIT: Duration = Duration::from_secs(30);
 /// node that does not answer is not waited for: a node cut off from the cluster has its tasks
 /// fenced by their assignment epochs and the sink's marks.
 async fn wait_stopped(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<()> {
-    let nodes: std::collections::BTreeSet<u64> = job.tasks.iter().filter_map(|(n, _)| *n).collect();
     let deadline = tokio::time::Instant::now() + STOP_WAIT;
-    for node in nodes {
+    for node in task_nodes(job) {
         loop {
             match cluster.task_status(node, job.id).await {
                 Ok(tasks) if !tasks.is_empty() => {}
@@ -182,9 +186,8 @@ fn show(cluster: &Arc<dyn Cluster>) -> Result<Output> {
 /// The status of each running task of `job`, by partition, as the nodes running them report;
 /// a node that does not answer leaves its tasks out (their columns show NULL).
 async fn task_statuses(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> BTreeMap<u32, TaskStatus> {
-    let nodes: std::collections::BTreeSet<u64> = job.tasks.iter().filter_map(|(n, _)| *n).collect();
     let mut out = BTreeMap::new();
-    for node in nodes {
+    for node in task_nodes(job) {
         match cluster.task_status(node, job.id).await {
             Ok(tasks) => out.extend(
                 tasks

@@ -333,16 +333,8 @@ impl JobPlan {
             let mut out: Vec<Column> = targets.iter().map(|t| loose(&schema.columns[*t])).collect();
             let mut per_batch = query.clone();
             if let SetExpr::Select(s) = per_batch.body.as_mut() {
-                s.projection.push(SelectItem::ExprWithAlias {
-                    expr: parse_expr(&format!("{qualifier}.{OFFSET_COLUMN}"))?,
-                    alias: Ident::new("__offset"),
-                });
+                with_offset(&mut s.projection, &mut out, &qualifier)?;
             }
-            out.push(Column {
-                name: "__offset".into(),
-                ty: ColumnType::Int64,
-                nullable: false,
-            });
             (per_batch.to_string(), Shape::Upsert { targets }, out)
         };
         let source_columns = topic_columns(&source);
@@ -426,6 +418,24 @@ impl JobPlan {
         *self.batch.batch.lock().unwrap_or_else(|p| p.into_inner()) = None;
         out
     }
+}
+
+/// Adds the record's offset (`__offset`) to a per-batch query's select items and output columns.
+fn with_offset(
+    projection: &mut Vec<SelectItem>,
+    out: &mut Vec<Column>,
+    qualifier: &str,
+) -> Result<()> {
+    projection.push(SelectItem::ExprWithAlias {
+        expr: parse_expr(&format!("{qualifier}.{OFFSET_COLUMN}"))?,
+        alias: Ident::new("__offset"),
+    });
+    out.push(Column {
+        name: "__offset".into(),
+        ty: ColumnType::Int64,
+        nullable: false,
+    });
+    Ok(())
 }
 
 /// The column as an output of the per-batch query: its type, NULL allowed (the sink checks).
@@ -666,15 +676,7 @@ fn aggregate_query(
             nullable: true,
         });
     }
-    projection.push(SelectItem::ExprWithAlias {
-        expr: parse_expr(&format!("{qualifier}.{OFFSET_COLUMN}"))?,
-        alias: Ident::new("__offset"),
-    });
-    out.push(Column {
-        name: "__offset".into(),
-        ty: ColumnType::Int64,
-        nullable: false,
-    });
+    with_offset(&mut projection, &mut out, qualifier)?;
     // A window key with a lateness: each record's event time, and when its window closes (its
     // end plus the lateness), so the task can drop records whose window closed before them.
     let mut windows = Vec::new();

@@ -144,6 +144,42 @@ impl TaskStats {
     }
 }
 
+impl From<TaskStatus> for weir_proto::v1::TaskState {
+    fn from(t: TaskStatus) -> Self {
+        let (last_error_ms, last_error) = t.last_error.unwrap_or_default();
+        weir_proto::v1::TaskState {
+            partition: t.partition,
+            records_in: t.records_in,
+            records_out: t.records_out,
+            records_failed: t.records_failed,
+            records_late: t.records_late,
+            in_per_sec: t.in_per_sec,
+            out_per_sec: t.out_per_sec,
+            failed_per_sec: t.failed_per_sec,
+            position: t.position,
+            last_error,
+            last_error_ms,
+        }
+    }
+}
+
+impl From<weir_proto::v1::TaskState> for TaskStatus {
+    fn from(t: weir_proto::v1::TaskState) -> Self {
+        TaskStatus {
+            partition: t.partition,
+            records_in: t.records_in,
+            records_out: t.records_out,
+            records_failed: t.records_failed,
+            records_late: t.records_late,
+            in_per_sec: t.in_per_sec,
+            out_per_sec: t.out_per_sec,
+            failed_per_sec: t.failed_per_sec,
+            position: t.position,
+            last_error: (!t.last_error.is_empty()).then_some((t.last_error_ms, t.last_error)),
+        }
+    }
+}
+
 /// Task counters by (job id, partition).
 type Tasks = BTreeMap<(u64, u32), Arc<TaskStats>>;
 

@@ -523,27 +523,26 @@ fn drop_late(
     rows.sort_by_key(|r| offset_of(r, offset_at));
     let mut kept = Vec::with_capacity(rows.len());
     let mut late = 0u64;
-    let mut i = 0;
-    while i < rows.len() {
-        let offset = offset_of(&rows[i], offset_at);
-        let end = rows[i..]
-            .iter()
-            .position(|r| offset_of(r, offset_at) != offset)
-            .map_or(rows.len(), |n| i + n);
-        let before = watermark;
-        let mut dropped = false;
-        for row in &rows[i..end] {
-            if let Some(t) = time(row, offset_at + 1) {
-                watermark = Some(watermark.map_or(t, |w| w.max(t)));
+    // The record being read: its offset, the watermark before it, whether its rows were dropped.
+    let mut record: Option<(u64, Option<i64>, bool)> = None;
+    for row in rows {
+        let offset = offset_of(&row, offset_at);
+        let (_, before, dropped) = match &mut record {
+            Some(r) if r.0 == offset => r,
+            slot => {
+                late += u64::from(slot.is_some_and(|r| r.2));
+                slot.insert((offset, watermark, false))
             }
-            match (time(row, offset_at + 2), before) {
-                (Some(close), Some(w)) if close <= w => dropped = true,
-                _ => kept.push(row.clone()),
-            }
+        };
+        if let Some(t) = time(&row, offset_at + 1) {
+            watermark = Some(watermark.map_or(t, |w| w.max(t)));
         }
-        late += u64::from(dropped);
-        i = end;
+        match (time(&row, offset_at + 2), *before) {
+            (Some(close), Some(w)) if close <= w => *dropped = true,
+            _ => kept.push(row),
+        }
     }
+    late += u64::from(record.is_some_and(|r| r.2));
     (kept, late, watermark)
 }
 
