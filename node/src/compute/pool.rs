@@ -26,6 +26,8 @@ struct Running {
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
     stats: Arc<TaskStats>,
+    /// The assignment epoch it runs under.
+    epoch: u64,
 }
 
 /// The (job id, partition) pairs the catalog assigns to `node`, with the job they belong to.
@@ -39,6 +41,11 @@ fn assigned(catalog: &Catalog, node: u64) -> BTreeMap<(u64, u32), weir_sql::JobM
         }
     }
     out
+}
+
+/// The assignment epoch of task `partition` of `job`.
+fn epoch_of(job: &weir_sql::JobMeta, partition: u32) -> u64 {
+    job.tasks.get(partition as usize).map_or(0, |(_, e)| *e)
 }
 
 /// Runs this node's tasks until `shutdown` turns true, keeping their counters on `board`.
@@ -67,7 +74,12 @@ pub async fn compute_loop(
         };
         let gone: Vec<(u64, u32)> = running
             .iter()
-            .filter(|(k, r)| !want.contains_key(k) || r.handle.is_finished())
+            // A task assigned away and back between two checks has a new epoch: the instance
+            // still running under the old one is fenced by the sink and must start again.
+            .filter(|(k, r)| {
+                want.get(k).is_none_or(|job| epoch_of(job, k.1) != r.epoch)
+                    || r.handle.is_finished()
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in gone {
@@ -95,6 +107,7 @@ pub async fn compute_loop(
             tracing::info!(job = %job.name, id = k.0, partition = k.1, "starting stream task");
             let (stop, stop_rx) = watch::channel(false);
             let stats = board.start(k.0, k.1);
+            let epoch = epoch_of(&job, k.1);
             let handle = tokio::spawn(weir_sql::job::run_task(
                 cluster.clone(),
                 job,
@@ -108,6 +121,7 @@ pub async fn compute_loop(
                     stop,
                     handle,
                     stats,
+                    epoch,
                 },
             );
         }
