@@ -396,6 +396,15 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
     /// Pauses, resumes, drops or runs a schedule now.
     async fn alter_schedule(&self, name: &str, action: ScheduleAction) -> Result<(), ClusterError>;
 
+    /// Reads rows of `table` by full primary key (linearizable): one answer per key, in order,
+    /// with the values of `columns` (None: no such row).
+    async fn get(
+        &self,
+        table: &str,
+        keys: Vec<Vec<Value>>,
+        columns: &[String],
+    ) -> Result<Vec<Option<Vec<Value>>>, ClusterError>;
+
     /// Applies aggregate merges to rows of `table`; returns, for each merge refused because its
     /// row already took part of its range, the merge's index and the offset the row reached.
     async fn merge(

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_proto::format::TopicFormat;
-use weir_proto::table::TableSchema;
+use weir_proto::table::{TableSchema, JOB_TABLES};
 
 /// The id of the metadata group.
 pub const METADATA_GROUP: u64 = 0;
@@ -785,9 +785,13 @@ impl Catalog {
 
     /// A job reading or writing `name` (a topic or table that must not be dropped under it).
     pub fn job_using(&self, name: &str) -> Option<&JobInfo> {
-        self.jobs
-            .values()
-            .find(|j| j.source == name || j.sink == name)
+        self.jobs.values().find(|j| {
+            j.source == name
+                || j.sink == name
+                || name
+                    .strip_prefix(j.name.as_str())
+                    .is_some_and(|rest| rest.starts_with(JOB_TABLES))
+        })
     }
 
     /// Records a schedule whose dependencies exist; a dependency on itself is the only cycle a

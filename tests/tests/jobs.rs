@@ -737,3 +737,88 @@ async fn describe_job_shows_what_each_task_read_and_its_last_error() {
     assert_eq!(letters, ["3"]);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn count_distinct_counts_each_value_once_across_partitions_and_replays() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+    exec(
+        &client,
+        "CREATE TOPIC visits (visitor BIGINT, page VARCHAR NOT NULL)
+           WITH (partitions = 3, replicas = 3, format = 'json');
+         CREATE TABLE reach (page VARCHAR, visitors BIGINT, visits BIGINT, first_visitor BIGINT,
+           PRIMARY KEY (page))",
+    )
+    .await;
+    // What a job cannot keep exactly is refused with the reason.
+    for (bad, reason) in [
+        (
+            "CREATE JOB r AS INSERT INTO reach (page, visits) SELECT page, sum(DISTINCT visitor) \
+             FROM visits GROUP BY page",
+            "sum or average of distinct",
+        ),
+        (
+            "CREATE JOB r AS INSERT INTO reach (page, visits) SELECT page, count(DISTINCT *) \
+             FROM visits GROUP BY page",
+            "one expression",
+        ),
+    ] {
+        let e = rows(&client, bad).await.expect_err(bad);
+        assert!(
+            e.to_string().contains(reason),
+            "{bad}: expected an error about {reason}, got: {e}"
+        );
+    }
+    exec(
+        &client,
+        "CREATE JOB reach AS INSERT INTO reach
+           SELECT page, count(DISTINCT visitor), count(*), min(DISTINCT visitor)
+           FROM visits GROUP BY page",
+    )
+    .await;
+    // The same (page, visitor) pairs come through every partition, and some visitors are NULL.
+    let feed = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO visits (visitor, page) SELECT CASE WHEN value % 11 = 0 THEN NULL \
+             ELSE (value * 7919) % 53 END, 'p' || CAST(value % 6 AS VARCHAR) \
+             FROM generate_series({from}, {to})"
+        )
+    };
+    const SINK: &str = "SELECT page, visitors, visits, first_visitor FROM reach ORDER BY page";
+    const BATCH: &str = "SELECT page, count(DISTINCT visitor), count(*), min(visitor) \
+                         FROM visits GROUP BY page ORDER BY page";
+    const PAIRS: &str = "SELECT count(*) FROM \"reach.distinct.visitors\"";
+    const DISTINCT_PAIRS: &str =
+        "SELECT count(*) FROM (SELECT DISTINCT page, visitor FROM visits WHERE visitor IS NOT NULL)";
+    exec(&client, &feed(1, 1500)).await;
+    exec(&client, &feed(1501, 3000)).await;
+    wait_equal(&client, "distinct counts", SINK, BATCH, 6).await;
+    // The pairs are a table anyone can read, kept while the job exists.
+    wait_equal(&client, "the pairs", PAIRS, DISTINCT_PAIRS, 1).await;
+    let e = rows(&client, "DROP TABLE \"reach.distinct.visitors\"")
+        .await
+        .expect_err("in use");
+    assert!(e.to_string().contains("drop the job first"), "{e}");
+
+    // As after a crash before any commit: the job (id 1) goes back to offset 0 of every
+    // partition and reads everything again, alongside new records; nothing counts twice.
+    exec(&client, "STOP JOB reach").await;
+    client
+        .commit_offsets("__job.1", "visits", &[(0, 0), (1, 0), (2, 0)])
+        .await
+        .expect("rewound");
+    exec(&client, &feed(3001, 4000)).await;
+    exec(&client, "START JOB reach").await;
+    wait_until("the job to catch up", Duration::from_secs(60), || async {
+        let d = rows(&client, "DESCRIBE JOB reach").await.ok()?;
+        (d.len() == 3 && d.iter().all(|l| column(l, LAG) == "0")).then_some(())
+    })
+    .await;
+    wait_equal(&client, "distinct counts after the replay", SINK, BATCH, 6).await;
+
+    // Dropped with its job.
+    exec(&client, "DROP JOB reach").await;
+    let tables = rows(&client, "SHOW TABLES").await.expect("tables");
+    assert!(!tables.iter().any(|t| t.contains("distinct")), "{tables:?}");
+    cluster.shutdown().await;
+}

@@ -1,8 +1,8 @@
 //! A stream job under SIGKILL with real `weir-node` processes: 200,000 records produced into a
 //! six-partition topic while the node running most of the job's tasks is killed and later
 //! restarted, and the sink's regions split; at the end the sink equals the job's `SELECT` run as
-//! a batch over the topic, exactly. Also a chain of jobs through a topic under a kill, and a
-//! scheduled run whose node is killed mid-run.
+//! a batch over the topic, exactly. Also a chain of jobs through a topic (its last job keeping a
+//! `count(DISTINCT)`) under a kill, and a scheduled run whose node is killed mid-run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -260,10 +260,12 @@ async fn a_chain_of_jobs_through_a_topic_is_exact_after_a_kill() {
            WITH (partitions = 4, replicas = 3, format = 'json');
          CREATE TOPIC cleaned (id BIGINT NOT NULL, v BIGINT NOT NULL)
            WITH (partitions = 3, replicas = 3, format = 'json');
-         CREATE TABLE sums (bucket BIGINT, n BIGINT, total BIGINT, PRIMARY KEY (bucket));
+         CREATE TABLE sums (bucket BIGINT, n BIGINT, total BIGINT, kinds BIGINT,
+           PRIMARY KEY (bucket));
          CREATE JOB clean AS INSERT INTO cleaned SELECT id, v * 2 FROM raw WHERE v % 5 <> 0;
          CREATE JOB sum AS INSERT INTO sums
-           SELECT id % 100, count(*), sum(v) FROM cleaned GROUP BY id % 100",
+           SELECT id % 100, count(*), sum(v), count(DISTINCT v % 7) FROM cleaned
+           GROUP BY id % 100",
     )
     .await;
     // The node running most of the first job's tasks is the one to kill.
@@ -341,9 +343,9 @@ async fn a_chain_of_jobs_through_a_topic_is_exact_after_a_kill() {
         (expected_rows.clone(), expected_rows.clone()),
         "records of the middle topic (all, distinct)"
     );
-    const SINK: &str = "SELECT bucket, n, total FROM sums ORDER BY bucket";
-    const BATCH: &str = "SELECT id % 100, count(*), sum(v * 2) FROM raw WHERE v % 5 <> 0 \
-                         GROUP BY id % 100 ORDER BY 1";
+    const SINK: &str = "SELECT bucket, n, total, kinds FROM sums ORDER BY bucket";
+    const BATCH: &str = "SELECT id % 100, count(*), sum(v * 2), count(DISTINCT (v * 2) % 7) \
+                         FROM raw WHERE v % 5 <> 0 GROUP BY id % 100 ORDER BY 1";
     let want = rows(&producer, BATCH).await.expect("batch");
     let mut last = Vec::new();
     let equal = tokio::time::timeout(Duration::from_secs(300), async {

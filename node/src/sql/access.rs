@@ -403,6 +403,21 @@ impl Cluster for NodeCluster {
             .map_err(to_cluster)
     }
 
+    async fn get(
+        &self,
+        table: &str,
+        keys: Vec<Vec<Value>>,
+        columns: &[String],
+    ) -> Result<Vec<Option<Vec<Value>>>, ClusterError> {
+        let rows = self
+            .handle(table)
+            .await?
+            .get(&keys, columns, false)
+            .await
+            .map_err(to_cluster)?;
+        Ok(rows.into_iter().map(|r| r.map(|r| r.values)).collect())
+    }
+
     async fn merge(
         &self,
         table: &str,

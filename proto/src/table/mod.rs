@@ -24,6 +24,9 @@ pub use value::{Cell, Value};
 pub const MAX_KEY_BYTES: usize = 8 << 10;
 /// Largest encoded row.
 pub const MAX_ROW_BYTES: usize = 4 << 20;
+/// What follows a stream job's name in the names of the tables it keeps its state in
+/// (`<job>.distinct.<column>`): they cannot be dropped while the job exists.
+pub const JOB_TABLES: &str = ".distinct.";
 
 /// Why a value, key, row or schema was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

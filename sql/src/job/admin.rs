@@ -15,6 +15,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, NewJob, TaskStatus};
+use crate::job::distinct;
 use crate::job::plan::JobPlan;
 use crate::job::statement::JobStatement;
 use crate::job::task::progress_group;
@@ -53,10 +54,16 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
             body,
         } => {
             let plan = JobPlan::from_insert(cluster.clone(), &body).await?;
+            if job(cluster, &name).is_ok() {
+                return Err(DataFusionError::Plan(format!(
+                    "job '{name}' exists already"
+                )));
+            }
             crate::job::dead_letter::ensure(cluster.as_ref(), &plan.source)
                 .await
                 .map_err(cluster_error)?;
-            cluster
+            let tables = distinct::create(cluster, &plan, &name).await?;
+            let created = cluster
                 .create_job(NewJob {
                     name,
                     definition: body.to_string(),
@@ -65,8 +72,11 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
                     start_latest,
                     tasks: plan.source.partitions,
                 })
-                .await
-                .map_err(cluster_error)?;
+                .await;
+            if let Err(e) = created {
+                distinct::drop_all(cluster, &tables).await;
+                return Err(cluster_error(e));
+            }
             Ok(Output::Done("CREATE JOB".into()))
         }
         JobStatement::Drop { name, if_exists } => {
@@ -75,6 +85,7 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
                 Ok(()) => {
                     if let Some(before) = before {
                         wait_stopped(cluster, &before).await?;
+                        drop_distinct(cluster, &before).await;
                     }
                     Ok(Output::Done("DROP JOB".into()))
                 }
@@ -97,6 +108,22 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
         }
         JobStatement::Show => show(cluster),
         JobStatement::Describe { name } => describe(cluster, &job(cluster, &name)?).await,
+    }
+}
+
+/// Drops the distinct-values tables of a dropped job, found by planning its statement again (a
+/// statement that no longer plans, its sink gone, leaves them for DROP TABLE).
+async fn drop_distinct(cluster: &Arc<dyn Cluster>, job: &JobMeta) {
+    match JobPlan::new(cluster.clone(), &job.definition).await {
+        Ok(plan) => {
+            let names: Vec<String> = distinct::tables(&plan, &job.name)
+                .into_iter()
+                .map(|(_, t)| t.name)
+                .collect();
+            distinct::drop_all(cluster, &names).await;
+        }
+        Err(e) => tracing::warn!(job = %job.name, error = %e,
+            "a dropped job's distinct-values tables were not looked for"),
     }
 }
 

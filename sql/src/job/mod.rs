@@ -7,6 +7,8 @@
 //!   (DataFusion runs the stateless part: decode, join, filter, project, scalar functions) and how
 //!   its rows land in the sink (upserted, or merged into aggregates).
 //! - [`admin`]: the job statements run (create, drop, stop, start, show, describe).
+//! - [`distinct`]: the (key, value) pairs a `count(DISTINCT)` has seen, each naming the record
+//!   that first brought it, so each distinct value counts once.
 //! - [`dead_letter`]: records that do not decode, kept in `<topic>.dlq` with the reason.
 //! - [`stats`]: what each running task has done (for `DESCRIBE JOB`).
 //! - [`task`]: one task, reading one partition of the source and writing the sink.
@@ -30,6 +32,10 @@
 //!   what was taken and adds the rest. The same holds with two instances of a task running at once
 //!   (the old one not yet stopped after a reassignment): each merge is atomic on its row and the
 //!   marks only grow, so whichever instance lands a range first, the other skips it.
+//! - **Distinct counts** (`count(DISTINCT x)`): a record counts 1 when it is the record its
+//!   (key, value) pair's row in the job's distinct-values table names as the pair's first, a
+//!   fixed property of the record once the row exists; those ones merge as a count does. The
+//!   argument is in [`distinct`].
 //! - **Windows that close** (`tumble(ts, size, lateness)` as a group key): a record is dropped as
 //!   late when its window's end plus the lateness is at or before the latest event time of the
 //!   records before it in its partition. That depends on offset order alone, not on how batches
@@ -61,6 +67,7 @@
 
 pub mod admin;
 pub mod dead_letter;
+pub mod distinct;
 pub mod plan;
 pub mod statement;
 pub mod stats;

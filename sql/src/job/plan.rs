@@ -31,8 +31,8 @@ use datafusion::logical_expr::{Expr as DfExpr, LogicalPlan};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
-    SelectItem, SetExpr, Statement as Sql, TableFactor, TableObject,
+    DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
+    ObjectName, Query, SelectItem, SetExpr, Statement as Sql, TableFactor, TableObject,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -42,7 +42,7 @@ use crate::catalog::{ClusterSchema, CATALOG, SCHEMA};
 use crate::cluster::{Cluster, ClusterError, TableMeta, TopicMeta};
 use crate::job::statement::{parse_job_statement, JobStatement};
 use crate::topic::{metadata_columns, topic_columns, OFFSET_COLUMN};
-use crate::types::{arrow_schema, arrow_type};
+use crate::types::{arrow_schema, arrow_type, column_type};
 
 /// The aggregate functions a job keeps incrementally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,10 @@ pub enum AggKind {
     Avg,
     /// The value of the latest record: a column of an upserted row (no `GROUP BY`).
     Last,
+    /// `count(DISTINCT x)`: the per-batch query yields `x`; the task turns it into 1 for the one
+    /// record that first brought each (key, value) and NULL for the others, and counts those
+    /// (see [`crate::job::distinct`]).
+    CountDistinct,
 }
 
 /// One aggregate column of the sink.
@@ -207,13 +211,24 @@ fn as_aggregate(e: &Expr) -> Result<Option<(AggKind, Option<Expr>)>> {
     let FunctionArguments::List(list) = &f.args else {
         return Err(plan_err(format!("{e}: expected one argument")));
     };
-    if list.duplicate_treatment.is_some() {
-        return Err(plan_err(format!(
-            "{e}: a stream job cannot keep a DISTINCT aggregate yet; keep the distinct values as \
-             the key of a table instead"
-        )));
-    }
+    let kind = match (list.duplicate_treatment, kind) {
+        (None | Some(DuplicateTreatment::All), kind) => kind,
+        (Some(DuplicateTreatment::Distinct), AggKind::Count) => AggKind::CountDistinct,
+        // The least and greatest of the distinct values are those of all values.
+        (Some(DuplicateTreatment::Distinct), AggKind::Min | AggKind::Max) => kind,
+        (Some(DuplicateTreatment::Distinct), _) => {
+            return Err(plan_err(format!(
+                "{e}: a stream job keeps count(DISTINCT x), but not a sum or average of distinct \
+                 values"
+            )))
+        }
+    };
     match list.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] if kind == AggKind::CountDistinct => {
+            Err(plan_err(format!(
+                "{e}: count(DISTINCT) counts the values of one expression"
+            )))
+        }
         [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] if kind == AggKind::Count => {
             Ok(Some((kind, None)))
         }
@@ -383,6 +398,15 @@ impl JobPlan {
                 out_columns.len().saturating_sub(hidden),
                 sink.name
             )));
+        }
+        let mut out_columns = out_columns;
+        if let Shape::Aggregate { keys, aggs, .. } = &shape {
+            for (j, agg) in aggs.iter().enumerate() {
+                if agg.kind == AggKind::CountDistinct {
+                    let at = keys.len() + j;
+                    out_columns[at].ty = column_type(fields[at].name(), fields[at].data_type())?;
+                }
+            }
         }
         for (f, c) in fields.iter().zip(&out_columns) {
             if !can_cast_types(f.data_type(), &arrow_type(c.ty)) {
@@ -636,6 +660,8 @@ fn aggregate_query(
                 parse_expr(&format!("({a}) IS NOT NULL"))?,
                 ColumnType::Int64,
             ),
+            // The value's type is the argument's, known once the query is planned.
+            (AggKind::CountDistinct, Some(a)) => (a.clone(), ColumnType::Int64),
             (AggKind::Avg, Some(a)) => match col.ty {
                 ColumnType::Float32 | ColumnType::Float64 => (a.clone(), ColumnType::Float64),
                 ColumnType::Decimal { .. } => (a.clone(), col.ty),
@@ -655,7 +681,7 @@ fn aggregate_query(
             (_, Some(a)) => (a.clone(), col.ty),
             (_, None) => return Err(plan_err("only count takes *")),
         };
-        if agg.kind == AggKind::Count
+        if matches!(agg.kind, AggKind::Count | AggKind::CountDistinct)
             && !matches!(
                 col.ty,
                 ColumnType::Int32 | ColumnType::Int64 | ColumnType::UInt64

@@ -20,6 +20,7 @@ use weir_proto::table::{ColumnType, Value};
 use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TableMeta, TopicRecord};
 use crate::columnar::rows_to_batch;
 use crate::job::dead_letter::{self, DeadLetter};
+use crate::job::distinct;
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
 use crate::job::stats::TaskStats;
 use crate::topic::{decode_record, encode_row};
@@ -431,7 +432,7 @@ async fn process(
                 .map_err(cluster_error)?;
         }
         Shape::Aggregate { keys, aggs, closes } => {
-            let on_time = if *closes {
+            let mut on_time = if *closes {
                 let offset_at = keys.len() + aggs.len();
                 let (kept, late, w) = drop_late(out, offset_at, watermark);
                 if late > 0 {
@@ -443,6 +444,10 @@ async fn process(
             } else {
                 out
             };
+            if aggs.iter().any(|a| a.kind == AggKind::CountDistinct) {
+                distinct::mark_firsts(cluster, job, plan, partition, (keys, aggs), &mut on_time)
+                    .await?;
+            }
             merge_all(cluster, job, plan, partition, keys, aggs, on_time, from, to).await?;
         }
     }
@@ -652,14 +657,17 @@ fn fold<'a>(
                 acc = v.clone();
                 continue;
             }
-            AggKind::Count | AggKind::Sum | AggKind::Avg => merge::add(&acc, v).map_err(failed)?,
+            AggKind::Count | AggKind::CountDistinct | AggKind::Sum | AggKind::Avg => {
+                merge::add(&acc, v).map_err(failed)?
+            }
             AggKind::Min => merge::pick(&acc, v, Ordering::Less).map_err(failed)?,
             AggKind::Max => merge::pick(&acc, v, Ordering::Greater).map_err(failed)?,
         };
         count -= u64::from(v.is_null());
     }
     Ok(match kind {
-        AggKind::Count => match (column, acc) {
+        // A distinct count's values are 1 for the first record of a pair, NULL for the others.
+        AggKind::Count | AggKind::CountDistinct => match (column, acc) {
             (ColumnType::UInt64, Value::Int(n)) => MergeOp::Sum(Value::UInt(n.max(0) as u64)),
             (ColumnType::UInt64, _) => MergeOp::Sum(Value::UInt(0)),
             (_, Value::Null) => MergeOp::Sum(Value::Int(0)),

@@ -237,6 +237,15 @@ impl Cluster for FencedCluster {
         self.inner.alter_schedule(name, action).await
     }
 
+    async fn get(
+        &self,
+        table: &str,
+        keys: Vec<Vec<Value>>,
+        columns: &[String],
+    ) -> Result<Vec<Option<Vec<Value>>>, ClusterError> {
+        self.inner.get(table, keys, columns).await
+    }
+
     async fn merge(
         &self,
         table: &str,
