@@ -123,6 +123,16 @@ impl Client {
     /// Runs the statements of `sql` (separated by `;`) on the client's node, in order. Not
     /// retried: a statement may have written before a failure.
     pub async fn sql(&self, sql: &str) -> Result<SqlStream> {
+        self.sql_with_timeout(sql, None).await
+    }
+
+    /// As [`Client::sql`], each statement stopped with an error (DEADLINE_EXCEEDED) when it runs
+    /// longer than `timeout` (none: the node's default).
+    pub async fn sql_with_timeout(
+        &self,
+        sql: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<SqlStream> {
         let addr = self.seed().to_string();
         let channel = self.pool().channel(&addr)?;
         let mut client = SqlClient::new(channel)
@@ -131,6 +141,8 @@ impl Client {
         let inner = client
             .execute(SqlRequest {
                 sql: sql.to_string(),
+                // At least a millisecond: 0 would mean the node's default.
+                timeout_ms: timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
             })
             .await
             .map_err(|s| ClientError::from_status(&addr, &s))?

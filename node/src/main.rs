@@ -37,6 +37,10 @@ struct Args {
     /// unbounded); sorts, joins and aggregations spill to the data dir beyond it.
     #[arg(long, env = "WEIR_SQL_MEMORY", default_value = "2GiB", value_parser = parse_size)]
     sql_memory: usize,
+    /// Seconds a SQL statement may run before it is stopped with an error (0: no limit); a
+    /// client can set its own (`SET statement_timeout`, `weir sql --timeout`).
+    #[arg(long, env = "WEIR_SQL_TIMEOUT_SECS", default_value_t = 0)]
+    sql_timeout_secs: u64,
     /// Address to serve the Postgres wire protocol on (psql, psycopg, dashboards); empty serves
     /// none.
     #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:7432")]
@@ -90,6 +94,7 @@ async fn main() {
     cfg.join = args.join;
     cfg.down_timeout = Duration::from_secs(args.down_timeout_secs);
     cfg.sql_memory = args.sql_memory;
+    cfg.sql_timeout = Some(Duration::from_secs(args.sql_timeout_secs)).filter(|t| !t.is_zero());
     cfg.pg = Some(args.pg).filter(|a| !a.is_empty());
     cfg.kafka = Some(args.kafka).filter(|a| !a.is_empty());
     cfg.advertise_kafka = args.advertise_kafka;

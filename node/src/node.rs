@@ -67,6 +67,8 @@ pub struct NodeConfig {
     /// Most memory SQL queries on this node may hold at once (bytes; 0 is unbounded); operators
     /// that can spill do so under the data dir beyond it.
     pub sql_memory: usize,
+    /// Longest a SQL statement may run before it is stopped (none: no limit).
+    pub sql_timeout: Option<Duration>,
     /// Postgres wire protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
     pub pg: Option<String>,
     /// Kafka protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
@@ -89,6 +91,7 @@ impl NodeConfig {
             retention_interval: Duration::from_secs(5),
             split_check_interval: Duration::from_secs(1),
             sql_memory: 2 << 30,
+            sql_timeout: None,
             pg: None,
             kafka: None,
             advertise_kafka: None,
@@ -342,6 +345,7 @@ where
         // A node on a simulated disk has no data dir on the real file system.
         spill_dir: cfg.data_dir.is_dir().then(|| cfg.data_dir.join("spill")),
         target_partitions: 0,
+        statement_timeout: cfg.sql_timeout,
     };
     let sql = weir_sql::Engine::new(sql_cluster.clone(), &engine_config)?;
     let mut tasks = Vec::new();

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{StringArray, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -45,6 +46,9 @@ pub struct EngineConfig {
     pub spill_dir: Option<PathBuf>,
     /// Partitions each operator runs with (0: the number of cores).
     pub target_partitions: usize,
+    /// Longest a statement may run before it is stopped with an error (none: no limit); a
+    /// Postgres session's `SET statement_timeout` overrides it for that session.
+    pub statement_timeout: Option<Duration>,
 }
 
 /// Parses and runs SQL against the cluster.
@@ -53,6 +57,7 @@ pub struct Engine {
     ctx: Arc<SessionContext>,
     cluster: Arc<dyn Cluster>,
     schema: Arc<ClusterSchema>,
+    statement_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -101,7 +106,13 @@ impl Engine {
             ctx: Arc::new(ctx),
             cluster,
             schema,
+            statement_timeout: config.statement_timeout.filter(|t| !t.is_zero()),
         })
+    }
+
+    /// How long a statement may run when its client does not say (none: no limit).
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout
     }
 
     /// The DataFusion session (for the Postgres protocol, which plans through it).

@@ -5,6 +5,7 @@
 //!
 //! The layer reaches the cluster only through [`Cluster`], which the node implements.
 
+pub mod cancel;
 pub mod catalog;
 pub mod cluster;
 pub mod columnar;

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, ParamValues};
@@ -24,31 +25,156 @@ use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
-use datafusion_postgres::pgwire::api::portal::Format;
+use datafusion_postgres::pgwire::api::cancel::CancelHandler;
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::{Sink, StreamExt};
 use tokio::net::TcpListener;
 
+use crate::cancel::{Cancels, Registration, Stop, Stopped};
 use crate::engine::{Engine, Output, CATALOG};
 use crate::statement::Statement as WeirStatement;
 
 /// Accepts every user: Weir has no users or passwords yet; bind the port to loopback or a
-/// private network.
-struct Startup;
+/// private network. Each connection is recorded under the key it is given, so that a cancel
+/// request (psql's Ctrl-C) can stop its statement.
+struct Startup {
+    cancels: Arc<Cancels>,
+}
 
-impl NoopStartupHandler for Startup {}
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, key) = client.pid_and_secret_key();
+        let registration = self.cancels.register((pid, key.to_bytes()));
+        client.session_extensions().insert(registration);
+        Ok(())
+    }
+}
+
+/// Cancel requests: each stops the statement of the connection it names.
+struct CancelRequests {
+    cancels: Arc<Cancels>,
+}
+
+#[async_trait]
+impl CancelHandler for CancelRequests {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        if !self
+            .cancels
+            .cancel(&(request.pid, request.secret_key.to_bytes()))
+        {
+            tracing::debug!(pid = request.pid, "a cancel request for no open connection");
+        }
+    }
+}
+
+/// Where datafusion-postgres keeps a session's `SET statement_timeout` (milliseconds).
+const SESSION_TIMEOUT: &str = "statement_timeout_ms";
+
+/// What stops a statement of this connection: its cancel requests, and the session's
+/// `statement_timeout` or else the node's.
+fn stop_of<C: ClientInfo>(client: &C, engine: &Engine) -> Stop {
+    let timeout = client
+        .metadata()
+        .get(SESSION_TIMEOUT)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .or(engine.statement_timeout());
+    let cancel = client
+        .session_extensions()
+        .get::<Registration>()
+        .map(|r| r.watch());
+    Stop::new(timeout, cancel)
+}
+
+/// The error a stopped statement ends with: Postgres's `query_canceled`.
+fn stopped_error(why: Stopped) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "57014".into(),
+        why.message(),
+    )))
+}
+
+/// `response` with its rows (if it has any) stopped by `stop` too: rows are computed as they
+/// are sent, after the handler returned them.
+fn guarded(response: Response, stop: &Stop) -> Response {
+    match response {
+        Response::Query(mut q) => {
+            let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+            q.data_rows = Box::pin(stop.guard(rows, stopped_error));
+            Response::Query(q)
+        }
+        other => other,
+    }
+}
 
 /// The handlers of one server: DataFusion's session service for queries, Weir's engine for the
 /// statements only Weir has.
 struct Handlers {
-    service: Arc<DfSessionService>,
+    extended: Arc<ExtendedQueries>,
     simple: Arc<SimpleQueries>,
+    cancels: Arc<Cancels>,
+}
+
+/// The extended protocol (what psycopg and most drivers send): datafusion-postgres plans and
+/// runs each portal, stopped as a simple query is (cancel request, statement timeout).
+struct ExtendedQueries {
+    engine: Engine,
+    service: Arc<DfSessionService>,
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for ExtendedQueries {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.service.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stop = stop_of(client, &self.engine);
+        let answered = stop
+            .run(ExtendedQueryHandler::do_query(
+                self.service.as_ref(),
+                client,
+                portal,
+                max_rows,
+            ))
+            .await
+            .map_err(stopped_error)??;
+        Ok(guarded(answered, &stop))
+    }
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -57,11 +183,19 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.service.clone()
+        self.extended.clone()
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(Startup)
+        Arc::new(Startup {
+            cancels: self.cancels.clone(),
+        })
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(CancelRequests {
+            cancels: self.cancels.clone(),
+        })
     }
 }
 
@@ -121,24 +255,36 @@ impl SimpleQueryHandler for SimpleQueries {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let stop = stop_of(client, &self.engine);
         let statements = match self.engine.parse(query) {
             Ok(s) if s.iter().any(weir_only) => s,
             // Plain SQL, or text Weir's parser refuses: datafusion-postgres answers (with its own
             // error for what neither reads).
-            _ => return SimpleQueryHandler::do_query(self.service.as_ref(), client, query).await,
+            _ => {
+                let answered = stop
+                    .run(SimpleQueryHandler::do_query(
+                        self.service.as_ref(),
+                        client,
+                        query,
+                    ))
+                    .await
+                    .map_err(stopped_error)??;
+                return Ok(answered.into_iter().map(|r| guarded(r, &stop)).collect());
+            }
         };
         let mut out = Vec::with_capacity(statements.len());
         for statement in statements {
-            match self.engine.run(statement).await {
-                Ok(output) => out.push(response(output)?),
-                Err(e) => {
+            match stop.run(self.engine.run(statement)).await {
+                Ok(Ok(output)) => out.push(response(output)?),
+                Ok(Err(e)) => {
                     // As Postgres does: the statements before it stand, the rest are not run.
                     out.push(Response::Error(Box::new(error_info(e))));
                     break;
                 }
+                Err(why) => return Err(stopped_error(why)),
             }
         }
-        Ok(out)
+        Ok(out.into_iter().map(|r| guarded(r, &stop)).collect())
     }
 }
 
@@ -225,7 +371,11 @@ pub async fn serve(
             engine: engine.clone(),
             service: service.clone(),
         }),
-        service,
+        extended: Arc::new(ExtendedQueries {
+            engine: engine.clone(),
+            service,
+        }),
+        cancels: Arc::new(Cancels::default()),
     });
     tokio::pin!(shutdown);
     loop {

@@ -1049,3 +1049,111 @@ async fn query_lines(client: &Client, sql: &str) -> Vec<String> {
     .await;
     lines(&got[0], false)
 }
+
+/// A query that runs for hours: a sum (not answerable from statistics) over 10^11 rows.
+const ENDLESS: &str = "SELECT sum(value % 7) FROM generate_series(1, 100000000000)";
+
+/// The error a statement ended with, waiting a minute at most.
+async fn error_of(
+    client: &Client,
+    sql: &str,
+    timeout: Option<Duration>,
+) -> weir_client::ClientError {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut stream = client.sql_with_timeout(sql, timeout).await?;
+        while stream.next().await?.is_some() {}
+        Ok::<_, weir_client::ClientError>(())
+    })
+    .await
+    .expect("the statement stopped within a minute")
+    .expect_err("the statement failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_statements_stop_at_their_timeout_or_when_the_client_cancels() {
+    let cluster = InProcessCluster::start(1).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+
+    // gRPC: the request's timeout stops the statement with DEADLINE_EXCEEDED.
+    let e = error_of(&client, ENDLESS, Some(Duration::from_millis(300))).await;
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    assert!(e.to_string().contains("statement timeout (300 ms)"), "{e}");
+
+    let port = cluster.nodes[0]
+        .pg_addr
+        .expect("the node serves Postgres")
+        .port();
+    let (pg, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=weir"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("tokio-postgres connects");
+    let conn = tokio::spawn(conn);
+    let canceled = |e: &tokio_postgres::Error| {
+        e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    };
+
+    // Postgres: the session's statement_timeout, over the simple and the extended protocol.
+    pg.batch_execute("SET statement_timeout = '300ms'")
+        .await
+        .expect("set");
+    let e = pg.simple_query(ENDLESS).await.expect_err("timed out");
+    assert!(canceled(&e), "{e:?}");
+    let e = pg
+        .query(
+            "SELECT sum(value % $1) FROM generate_series(1, 100000000000)",
+            &[&7i64],
+        )
+        .await
+        .expect_err("timed out");
+    assert!(canceled(&e), "{e:?}");
+    assert!(format!("{e:?}").contains("statement timeout"), "{e:?}");
+    pg.batch_execute("SET statement_timeout = 0")
+        .await
+        .expect("reset");
+
+    // A cancel request (psql's Ctrl-C) stops the running statement. One sent before the query
+    // starts cancels nothing, so it is sent until the query ends.
+    let pg = std::sync::Arc::new(pg);
+    let running = tokio::spawn({
+        let pg = pg.clone();
+        async move { pg.simple_query(ENDLESS).await.map(|_| ()) }
+    });
+    let token = pg.cancel_token();
+    wait_until("the query to be cancelled", Duration::from_secs(60), || {
+        let token = token.clone();
+        let done = running.is_finished();
+        async move {
+            if done {
+                return Some(());
+            }
+            let _ = token.cancel_query(tokio_postgres::NoTls).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    })
+    .await;
+    let e = running
+        .await
+        .expect("joined")
+        .expect_err("the query was cancelled");
+    assert!(canceled(&e), "{e:?}");
+    assert!(format!("{e:?}").contains("user request"), "{e:?}");
+
+    // The connection and the node go on.
+    let rows = pg
+        .simple_query("SELECT 41 + 1")
+        .await
+        .expect("a query after the cancel");
+    assert!(
+        rows.iter().any(|m| matches!(m,
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("42"))),
+        "{rows:?}"
+    );
+    drop(pg);
+    let _ = conn.await;
+    let e = weir_rows(&client, "SELECT 1").await;
+    assert!(e.is_ok(), "{e:?}");
+    cluster.shutdown().await;
+}

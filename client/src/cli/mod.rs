@@ -173,6 +173,36 @@ pub struct SqlArgs {
     /// Run the statements of this file.
     #[arg(short, long, value_name = "PATH")]
     pub file: Option<std::path::PathBuf>,
+    /// Stop a statement that runs longer than this (`500ms`, `30s`, `5m`; default: the node's
+    /// `--sql-timeout-secs`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A statement timeout: a number with `ms`, `s`, `m` or `h` (seconds without a unit).
+fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (write e.g. 500ms, 30s or 5m)"))?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => {
+            return Err(format!(
+                "'{other}' is not a unit of time (use ms, s, m or h)"
+            ))
+        }
+    };
+    match ms {
+        Some(0) => Err("a timeout must be longer than 0".into()),
+        Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        None => Err(format!("'{text}' is too long")),
+    }
 }
 
 /// `weir table ...`.

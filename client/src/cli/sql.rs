@@ -1,7 +1,7 @@
 //! `weir sql`: one statement, a file of statements, or an interactive shell.
 
 use std::io::{IsTerminal, Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use arrow::array::Array;
@@ -34,8 +34,8 @@ pub async fn run(ctx: &Context, args: SqlArgs) -> Result<()> {
         (None, None) => None,
     };
     match script {
-        Some(sql) => execute(&client, ctx.format, &sql, false).await,
-        None => shell(&client, ctx.format).await,
+        Some(sql) => execute(&client, ctx.format, &sql, false, args.timeout).await,
+        None => shell(&client, ctx.format, args.timeout).await,
     }
 }
 
@@ -51,7 +51,7 @@ pub async fn job(ctx: &Context, cmd: super::JobCommand) -> Result<()> {
         JobCommand::Drop { name } => format!("DROP JOB {}", quoted(&name)),
     };
     let client = ctx.client().await?;
-    execute(&client, ctx.format, &sql, false).await
+    execute(&client, ctx.format, &sql, false, None).await
 }
 
 /// Runs `weir schedule ...` as the schedule statement it stands for.
@@ -68,7 +68,7 @@ pub async fn schedule(ctx: &Context, cmd: super::ScheduleCommand) -> Result<()> 
         ScheduleCommand::Drop { name } => format!("DROP SCHEDULE {}", quoted(&name)),
     };
     let client = ctx.client().await?;
-    execute(&client, ctx.format, &sql, false).await
+    execute(&client, ctx.format, &sql, false, None).await
 }
 
 /// Rows of a statement's batches as printable cells: for JSON, JSON values (numbers stay
@@ -120,9 +120,15 @@ fn to_rows(
 
 /// Sends `sql` and prints each statement's result as it finishes; with `timing`, a line with the
 /// row count and time after each (the shell's summary).
-async fn execute(client: &Client, format: Format, sql: &str, timing: bool) -> Result<()> {
+async fn execute(
+    client: &Client,
+    format: Format,
+    sql: &str,
+    timing: bool,
+    timeout: Option<Duration>,
+) -> Result<()> {
     let started = Instant::now();
-    let mut stream = client.sql(sql).await?;
+    let mut stream = client.sql_with_timeout(sql, timeout).await?;
     let mut schema = None;
     let mut batches = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -164,7 +170,7 @@ async fn execute(client: &Client, format: Format, sql: &str, timing: bool) -> Re
 
 /// The interactive shell: statements end with `;` and may span lines; history is kept in
 /// `~/.weir_sql_history`.
-async fn shell(client: &Client, format: Format) -> Result<()> {
+async fn shell(client: &Client, format: Format, timeout: Option<Duration>) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
     let history =
         std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".weir_sql_history"));
@@ -193,8 +199,15 @@ async fn shell(client: &Client, format: Format) -> Result<()> {
                 }
                 let sql = std::mem::take(&mut pending);
                 let _ = editor.add_history_entry(sql.as_str());
-                if let Err(e) = execute(client, format, &sql, true).await {
-                    eprintln!("error: {e:#}");
+                // Ctrl-C stops the statement (dropping its stream cancels it on the node) and
+                // leaves the shell open, as psql does.
+                tokio::select! {
+                    done = execute(client, format, &sql, true, timeout) => {
+                        if let Err(e) = done {
+                            eprintln!("error: {e:#}");
+                        }
+                    }
+                    _ = tokio::signal::ctrl_c() => eprintln!("cancelled"),
                 }
             }
             Err(ReadlineError::Interrupted) => pending.clear(),

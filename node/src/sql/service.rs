@@ -1,7 +1,7 @@
 //! The `Sql` gRPC service: runs statements on this node's engine and streams the rows back as
 //! Arrow IPC, one statement after another.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -15,6 +15,7 @@ use tracing::Instrument;
 use weir_proto::v1::sql_response::Part;
 use weir_proto::v1::sql_server::Sql;
 use weir_proto::v1::{SqlRequest, SqlResponse, StatementDone};
+use weir_sql::cancel::{Stop, Stopped};
 use weir_sql::{ClusterError, Engine, Output};
 
 /// The `Sql` service over one engine.
@@ -76,8 +77,28 @@ fn tag_of(sql: &str) -> String {
         .to_ascii_uppercase()
 }
 
-/// Runs one statement, sending its parts; returns false when the caller went away.
+/// Runs one statement, sending its parts, until it ends, its caller goes away (then it returns
+/// false) or it runs past `timeout`; whatever it was doing is dropped, its remote scans too.
 async fn run_statement(
+    engine: &Engine,
+    index: u32,
+    stmt: weir_sql::Statement,
+    tx: &mpsc::Sender<Result<SqlResponse, Status>>,
+    timeout: Option<Duration>,
+) -> Result<bool, Status> {
+    let stop = Stop::new(timeout, None);
+    tokio::select! {
+        ran = stop.run(statement_parts(engine, index, stmt, tx)) => match ran {
+            Ok(ran) => ran,
+            Err(why @ Stopped::TimedOut(_)) => Err(Status::deadline_exceeded(why.message())),
+            Err(why @ Stopped::Cancelled) => Err(Status::cancelled(why.message())),
+        },
+        _ = tx.closed() => Ok(false),
+    }
+}
+
+/// Runs one statement and sends its parts; returns false when the caller went away.
+async fn statement_parts(
     engine: &Engine,
     index: u32,
     stmt: weir_sql::Statement,
@@ -133,7 +154,11 @@ impl Sql for SqlService {
         &self,
         request: Request<SqlRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let sql = request.into_inner().sql;
+        let SqlRequest { sql, timeout_ms } = request.into_inner();
+        let timeout = match timeout_ms {
+            0 => self.engine.statement_timeout(),
+            ms => Some(Duration::from_millis(ms)),
+        };
         // A syntax error anywhere fails the request before anything runs.
         let statements = self.engine.parse(&sql).map_err(status_of)?;
         if statements.is_empty() {
@@ -145,7 +170,7 @@ impl Sql for SqlService {
         tokio::spawn(
             async move {
                 for (i, stmt) in statements.into_iter().enumerate() {
-                    match run_statement(&engine, i as u32, stmt, &tx).await {
+                    match run_statement(&engine, i as u32, stmt, &tx, timeout).await {
                         Ok(true) => {}
                         Ok(false) => return,
                         Err(status) => {
