@@ -40,6 +40,15 @@ fn first_load(catalog: &Catalog) -> BTreeMap<u64, usize> {
     load
 }
 
+/// Most replicas a group gets when its creator does not say how many.
+pub const DEFAULT_REPLICAS: u32 = 3;
+
+/// Replicas of a topic or table created without a count: three, or as many as there are live
+/// nodes on a smaller cluster (a one-node cluster creates what it can hold).
+pub fn default_replicas(catalog: &Catalog, liveness: &Liveness) -> u32 {
+    (liveness.up_members(catalog).len() as u32).clamp(1, DEFAULT_REPLICAS)
+}
+
 /// Replica sets for `groups` new groups of `replicas` replicas each.
 pub fn place_new(
     catalog: &Catalog,

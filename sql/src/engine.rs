@@ -640,12 +640,11 @@ struct TopicOptions {
 }
 
 /// `partitions`, `replicas`, `retention_ms` and `format` from `WITH (...)`; partitions default
-/// to 1 and replicas to 3.
+/// to 1 and replicas to 0 (the cluster's default: 3, or fewer on a smaller cluster).
 fn topic_options(opts: &CreateTableOptions) -> Result<TopicOptions> {
     const KNOWN: &str = "partitions, replicas, retention_ms, format";
     let mut out = TopicOptions {
         partitions: 1,
-        replicas: 3,
         ..TopicOptions::default()
     };
     let list = match opts {

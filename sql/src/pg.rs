@@ -5,7 +5,11 @@
 //! Weir's own statements (topics, jobs, schedules, external tables, `COPY ... TO`) are not
 //! PostgreSQL syntax, so datafusion-postgres' parser would refuse them: a simple query (what
 //! `psql` sends) is first read with Weir's parser, and one that holds any of them runs whole on
-//! the engine, as `weir sql` runs it.
+//! the engine, as `weir sql` runs it; over the extended protocol (what psycopg and most drivers
+//! send) a prepared statement only Weir reads is kept as text and run on the engine.
+//!
+//! Every statement can be stopped by a cancel request and by its timeout ([`crate::cancel`]),
+//! on both protocols, while it plans, computes or streams rows.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +32,10 @@ use datafusion_postgres::pgwire::api::auth::StartupHandler;
 use datafusion_postgres::pgwire::api::cancel::CancelHandler;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::{QueryResponse, Response, Tag};
+use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::Type;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
@@ -140,15 +146,109 @@ struct Handlers {
 struct ExtendedQueries {
     engine: Engine,
     service: Arc<DfSessionService>,
+    parser: Arc<WeirParser>,
+}
+
+/// A prepared statement as datafusion-postgres keeps it: its text, and its statement and plan.
+type Prepared = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+/// The extended protocol's parser: a statement only Weir's parser reads (a topic, job or
+/// schedule statement, sent by a driver that prepares everything, as psycopg does) is kept as
+/// its text with an empty plan carrying the columns it answers with, and runs on the engine; the
+/// rest is datafusion-postgres' to plan.
+struct WeirParser {
+    engine: Engine,
+    inner: Arc<<DfSessionService as ExtendedQueryHandler>::QueryParser>,
+}
+
+impl WeirParser {
+    /// The one statement of `sql` only Weir reads, if that is what it holds.
+    fn weir_statement(engine: &Engine, sql: &str) -> PgWireResult<Option<WeirStatement>> {
+        match engine.parse(sql) {
+            Ok(s) if s.iter().any(weir_only) => {
+                let mut s = s;
+                match (s.pop_front(), s.is_empty()) {
+                    (Some(one), true) => Ok(Some(one)),
+                    _ => Err(pg_error(datafusion::error::DataFusionError::Plan(
+                        "a prepared statement holds one statement; send several as a simple query"
+                            .into(),
+                    ))),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Whether a Weir statement answers with rows (`SHOW ...`, `DESCRIBE ...`) rather than a tag.
+fn answers_rows(statement: &WeirStatement) -> bool {
+    let text = statement.to_string();
+    let first = text.split_whitespace().next().unwrap_or("");
+    first.eq_ignore_ascii_case("SHOW") || first.eq_ignore_ascii_case("DESCRIBE")
+}
+
+#[async_trait]
+impl QueryParser for WeirParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let Some(statement) = WeirParser::weir_statement(&self.engine, sql)? else {
+            return self.inner.parse_sql(client, sql, types).await;
+        };
+        // The columns a statement answers with are described before it runs: a SHOW or
+        // DESCRIBE (a read) runs once here for them.
+        let schema = if answers_rows(&statement) {
+            match self.engine.run(statement).await.map_err(pg_error)? {
+                Output::Rows(stream, _) => {
+                    DFSchema::try_from(stream.schema().as_ref().clone()).map_err(pg_error)?
+                }
+                Output::Done(_) => DFSchema::empty(),
+            }
+        } else {
+            DFSchema::empty()
+        };
+        let plan = LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(schema),
+        });
+        // The statement slot holds a placeholder: a Weir statement is run from its text.
+        let placeholder = Statement::Comment {
+            object_type: datafusion::sql::sqlparser::ast::CommentObject::Table,
+            object_name: datafusion::sql::sqlparser::ast::ObjectName::from(vec![]),
+            comment: None,
+            if_exists: false,
+        };
+        Ok(Some((sql.to_string(), Some((placeholder, plan)))))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
 }
 
 #[async_trait]
 impl ExtendedQueryHandler for ExtendedQueries {
-    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+    type Statement = Prepared;
+    type QueryParser = WeirParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.service.query_parser()
+        self.parser.clone()
     }
 
     async fn do_query<C>(
@@ -164,6 +264,21 @@ impl ExtendedQueryHandler for ExtendedQueries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let stop = stop_of(client, &self.engine);
+        if let Some(statement) =
+            WeirParser::weir_statement(&self.engine, &portal.statement.statement.0)?
+        {
+            if !portal.parameters.is_empty() {
+                return Err(pg_error(datafusion::error::DataFusionError::Plan(
+                    "topic, job and schedule statements take no parameters".into(),
+                )));
+            }
+            let output = stop
+                .run(self.engine.run(statement))
+                .await
+                .map_err(stopped_error)?
+                .map_err(pg_error)?;
+            return Ok(guarded(response(output)?, &stop));
+        }
         let answered = stop
             .run(ExtendedQueryHandler::do_query(
                 self.service.as_ref(),
@@ -373,6 +488,10 @@ pub async fn serve(
         }),
         extended: Arc::new(ExtendedQueries {
             engine: engine.clone(),
+            parser: Arc::new(WeirParser {
+                engine: engine.clone(),
+                inner: service.query_parser(),
+            }),
             service,
         }),
         cancels: Arc::new(Cancels::default()),

@@ -500,6 +500,34 @@ async fn postgres_clients_create_list_and_query_tables() {
         .unwrap();
     let texts: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(texts, vec![None, Some("via bind".to_string())]);
+    // Weir's own statements over the extended protocol too (drivers such as psycopg prepare
+    // every statement): a topic created (without a replica count: as many as this one-node
+    // cluster holds), then listed with its columns described.
+    pg.execute(
+        "CREATE TOPIC prepared_clicks (page VARCHAR) WITH (partitions = 2, format = 'json')",
+        &[],
+    )
+    .await
+    .expect("CREATE TOPIC over the extended protocol");
+    let topics = pg.query("SHOW TOPICS", &[]).await.expect("SHOW TOPICS");
+    let name_at = topics
+        .first()
+        .and_then(|r| r.columns().iter().position(|c| c.name() == "topic"))
+        .expect("SHOW TOPICS names its columns");
+    assert!(
+        topics
+            .iter()
+            .any(|r| r.get::<_, Option<String>>(name_at).as_deref() == Some("prepared_clicks")),
+        "{topics:?}"
+    );
+    let e = pg
+        .execute("DROP TOPIC prepared_clicks; DROP TOPIC clicks", &[])
+        .await
+        .expect_err("one statement per prepared statement");
+    assert!(
+        e.to_string().contains("one statement") || format!("{e:?}").contains("one statement"),
+        "{e:?}"
+    );
     drop(pg);
     let _ = conn.await;
     cluster.shutdown().await;

@@ -43,8 +43,7 @@ impl JobsService {
         if catalog.tables.contains_key(RUNS_TABLE) {
             return Ok(());
         }
-        let live = self.ctx.liveness.up_members(&catalog).len() as u32;
-        let replicas = crate::region::service::DEFAULT_REPLICAS.min(live.max(1));
+        let replicas = crate::placement::default_replicas(&catalog, &self.ctx.liveness);
         let placement = crate::placement::place_new(&catalog, &self.ctx.liveness, 1, replicas)?;
         let answer = self
             .ctx

@@ -178,7 +178,7 @@ fn broker(state: &KafkaState, name: &str) -> Result<Vec<Entry>, (i16, String)> {
         ),
         Entry::fixed(
             "default.replication.factor",
-            nodes.clamp(1, super::topics::DEFAULT_REPLICAS as usize),
+            nodes.clamp(1, crate::placement::DEFAULT_REPLICAS as usize),
             TYPE_INT,
         ),
         Entry::fixed("message.max.bytes", MAX_BATCH_BYTES, TYPE_INT),

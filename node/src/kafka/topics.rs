@@ -19,18 +19,11 @@ use super::{errors, host_port, kstr, KafkaState};
 
 /// Partitions of a topic created without a count (Kafka's `num.partitions`).
 pub(crate) const DEFAULT_PARTITIONS: u32 = 1;
-/// Most replicas a topic created without a replication factor gets.
-pub(crate) const DEFAULT_REPLICAS: u32 = 3;
-
 /// Replicas for a topic created without a replication factor: three, or fewer on a smaller cluster.
 fn default_replicas(state: &KafkaState) -> u32 {
-    let nodes = state
-        .ctx
-        .registry
-        .catalog()
-        .map(|c| c.nodes.len() as u32)
-        .unwrap_or(1);
-    nodes.clamp(1, DEFAULT_REPLICAS)
+    state.ctx.registry.catalog().map_or(1, |c| {
+        crate::placement::default_replicas(&c, &state.ctx.liveness)
+    })
 }
 
 /// The brokers of the cluster: every node that serves Kafka clients.

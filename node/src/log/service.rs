@@ -323,9 +323,6 @@ impl Log for LogService {
             ))
             .into());
         }
-        if req.replicas == 0 {
-            return Err(NodeError::InvalidArgument("replicas must be at least 1".into()).into());
-        }
         let format = req
             .format
             .as_ref()
@@ -350,13 +347,17 @@ impl Log for LogService {
                 NodeError::AlreadyExists(format!("topic '{}' already exists", req.name)).into(),
             );
         }
+        let replicas = match req.replicas {
+            0 => placement::default_replicas(&catalog, &self.ctx.liveness),
+            r => r,
+        };
         let placement =
-            placement::place_new(&catalog, &self.ctx.liveness, req.partitions, req.replicas)?;
+            placement::place_new(&catalog, &self.ctx.liveness, req.partitions, replicas)?;
         let resp = self
             .ctx
             .propose_meta(MetaCommand::CreateTopic {
                 name: req.name.clone(),
-                replicas: req.replicas,
+                replicas,
                 retention_ms: req.retention_ms,
                 retention_bytes: req.retention_bytes,
                 placement,

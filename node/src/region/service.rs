@@ -45,8 +45,6 @@ const MAX_ARROW_SCAN_ROWS: usize = 65_536;
 const MAX_ARROW_SCAN_BYTES: usize = 16 << 20;
 /// Most regions a table may be created with.
 const MAX_SPLIT_POINTS: usize = 1024;
-/// Replicas of a region when the request does not say.
-pub(crate) const DEFAULT_REPLICAS: u32 = 3;
 /// Longest merge source name (every merged row keeps one mark per source).
 const MAX_MERGE_SOURCE_BYTES: usize = 256;
 
@@ -568,13 +566,8 @@ impl Kv for KvService {
                 NodeError::AlreadyExists(format!("table '{}' already exists", req.name)).into(),
             );
         }
-        let live = catalog
-            .nodes
-            .keys()
-            .filter(|n| self.ctx.liveness.is_up(**n))
-            .count() as u32;
         let replicas = match req.replicas {
-            0 => DEFAULT_REPLICAS.min(live.max(1)),
+            0 => crate::placement::default_replicas(&catalog, &self.ctx.liveness),
             r => r,
         };
         let mut split_keys = Vec::with_capacity(req.split_points.len());
