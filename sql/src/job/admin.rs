@@ -84,7 +84,7 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
             match cluster.drop_job(&name).await {
                 Ok(()) => {
                     if let Some(before) = before {
-                        wait_stopped(cluster, &before).await?;
+                        wait_stopped(cluster, &before, "dropped").await?;
                         drop_distinct(cluster, &before).await;
                     }
                     Ok(Output::Done("DROP JOB".into()))
@@ -100,7 +100,7 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
                 .await
                 .map_err(cluster_error)?;
             if !running {
-                wait_stopped(cluster, &before).await?;
+                wait_stopped(cluster, &before, "stopped").await?;
             }
             Ok(Output::Done(
                 if running { "START JOB" } else { "STOP JOB" }.into(),
@@ -135,35 +135,67 @@ fn task_nodes(job: &JobMeta) -> BTreeSet<u64> {
 /// Longest wait for a stopped or dropped job's tasks to finish the batch they are writing (a node
 /// aborts a task that takes more than a few seconds).
 const STOP_WAIT: Duration = Duration::from_secs(30);
+/// Longest a node is waited for when asked what it runs: one that is down or cut off must not
+/// hold up `DESCRIBE JOB` or `STOP JOB` for a connection timeout.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Waits until no node that ran a task of `job` (as assigned before it was stopped or dropped)
-/// still runs one, so that once `STOP JOB` or `DROP JOB` returns the job writes nothing more. A
-/// node that does not answer is not waited for: a node cut off from the cluster has its tasks
-/// fenced by their assignment epochs and the sink's marks.
-async fn wait_stopped(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + STOP_WAIT;
-    for node in task_nodes(job) {
-        loop {
-            match cluster.task_status(node, job.id).await {
-                Ok(tasks) if !tasks.is_empty() => {}
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(job = %job.name, node, error = %e, "not waiting for a node");
-                    break;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DataFusionError::Execution(format!(
-                    "job '{}' was stopped, but its tasks on node {node} were still running after \
-                     {} s",
-                    job.name,
-                    STOP_WAIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// The tasks of `job` node `node` runs, or None when it does not answer in time.
+async fn ask(cluster: &Arc<dyn Cluster>, node: u64, job: &JobMeta) -> Option<Vec<TaskStatus>> {
+    match tokio::time::timeout(ASK_TIMEOUT, cluster.task_status(node, job.id)).await {
+        Ok(Ok(tasks)) => Some(tasks),
+        Ok(Err(e)) => {
+            tracing::debug!(job = %job.name, node, error = %e, "no task status");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(job = %job.name, node, "no task status in time");
+            None
         }
     }
-    Ok(())
+}
+
+/// Asks every node in `nodes` at once what it runs of `job`.
+async fn ask_all(
+    cluster: &Arc<dyn Cluster>,
+    nodes: &BTreeSet<u64>,
+    job: &JobMeta,
+) -> Vec<(u64, Option<Vec<TaskStatus>>)> {
+    futures::future::join_all(
+        nodes
+            .iter()
+            .map(|n| async move { (*n, ask(cluster, *n, job).await) }),
+    )
+    .await
+}
+
+/// Waits until no node that ran a task of `job` (as assigned before it was stopped or dropped:
+/// `what` says which) still runs one, so that once `STOP JOB` or `DROP JOB` returns the job
+/// writes nothing more. A node that does not answer is not waited for: a node cut off from the
+/// cluster has its tasks fenced by their assignment epochs and the sink's marks.
+async fn wait_stopped(cluster: &Arc<dyn Cluster>, job: &JobMeta, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    let mut waiting = task_nodes(job);
+    loop {
+        waiting = ask_all(cluster, &waiting, job)
+            .await
+            .into_iter()
+            .filter(|(_, tasks)| tasks.as_ref().is_some_and(|t| !t.is_empty()))
+            .map(|(n, _)| n)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let nodes: Vec<String> = waiting.iter().map(u64::to_string).collect();
+            return Err(DataFusionError::Execution(format!(
+                "job '{}' was {what}, but its tasks on node(s) {} were still running after {} s",
+                job.name,
+                nodes.join(", "),
+                STOP_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `SHOW JOBS`: every job, whether it runs, what it reads and writes, and where its tasks are.
@@ -214,18 +246,16 @@ fn show(cluster: &Arc<dyn Cluster>) -> Result<Output> {
 /// a node that does not answer leaves its tasks out (their columns show NULL).
 async fn task_statuses(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> BTreeMap<u32, TaskStatus> {
     let mut out = BTreeMap::new();
-    for node in task_nodes(job) {
-        match cluster.task_status(node, job.id).await {
-            Ok(tasks) => out.extend(
-                tasks
-                    .into_iter()
-                    .filter(|t| {
-                        job.tasks.get(t.partition as usize).map(|(n, _)| *n) == Some(Some(node))
-                    })
-                    .map(|t| (t.partition, t)),
-            ),
-            Err(e) => tracing::debug!(job = %job.name, node, error = %e, "no task status"),
-        }
+    for (node, tasks) in ask_all(cluster, &task_nodes(job), job).await {
+        out.extend(
+            tasks
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| {
+                    job.tasks.get(t.partition as usize).map(|(n, _)| *n) == Some(Some(node))
+                })
+                .map(|t| (t.partition, t)),
+        );
     }
     out
 }
