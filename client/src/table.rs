@@ -781,10 +781,10 @@ impl Table {
     /// the key the range continues at, if it does.
     pub async fn scan_arrow_page(
         &self,
-        start: &[u8],
-        end: &[u8],
+        (start, end): (&[u8], &[u8]),
         limit: u32,
         columns: &[String],
+        filters: Vec<v1::ScanFilter>,
         stale: bool,
     ) -> Result<(bytes::Bytes, Option<Vec<u8>>)> {
         let resp = self
@@ -797,6 +797,7 @@ impl Table {
                 columns: columns.to_vec(),
                 stale,
                 arrow: true,
+                filters,
             })
             .await?;
         Ok((resp.arrow, resp.more.then(|| resp.resume_key.to_vec())))
@@ -833,6 +834,7 @@ impl Table {
                 columns: opts.columns.clone(),
                 stale: opts.stale,
                 arrow: false,
+                filters: Vec::new(),
             };
             let resp = self.scan_call(req).await?;
             let rows = resp

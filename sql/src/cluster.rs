@@ -11,6 +11,8 @@ use weir_proto::format::TopicFormat;
 use weir_proto::table::merge::MergeOp;
 use weir_proto::table::{TableSchema, Value};
 
+use crate::scan_filter::ScanFilter;
+
 /// Why a cluster call failed, as the SQL layer reports it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -291,9 +293,9 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
     async fn scan(
         &self,
         table: &str,
-        start: &[u8],
-        end: &[u8],
+        range: (&[u8], &[u8]),
         columns: &[String],
+        filters: &[ScanFilter],
         limit: usize,
     ) -> Result<ScanPage, ClusterError>;
 

@@ -25,6 +25,7 @@ use weir_proto::table::{Column, ColumnType};
 use crate::cluster::{Cluster, TableMeta};
 use crate::columnar::with_schema;
 use crate::keyrange::KeyRange;
+use crate::scan_filter::ScanFilter;
 
 /// Rows asked for per page (each page is one round trip and one lease check on the region's
 /// leader); the node caps a page at its own limit too.
@@ -47,20 +48,22 @@ pub struct RegionScanExec {
     /// The columns read, in output order.
     columns: Vec<Column>,
     parts: Vec<RegionPart>,
+    /// Conditions the regions' nodes apply before sending rows.
+    filters: Arc<Vec<ScanFilter>>,
     limit: Option<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl RegionScanExec {
-    /// A scan of `parts` of `table` returning `columns` (as `schema`), at most `limit` rows per
-    /// partition.
+    /// A scan of `parts` of `table` returning `columns` (as `schema`) of the rows `filters`
+    /// allow, at most `limit` rows per partition.
     pub fn new(
         cluster: Arc<dyn Cluster>,
         table: Arc<TableMeta>,
-        columns: Vec<Column>,
-        schema: SchemaRef,
+        (columns, schema): (Vec<Column>, SchemaRef),
         mut parts: Vec<RegionPart>,
+        filters: Vec<ScanFilter>,
         limit: Option<usize>,
     ) -> RegionScanExec {
         if parts.is_empty() {
@@ -81,6 +84,7 @@ impl RegionScanExec {
             table,
             columns,
             parts,
+            filters: Arc::new(filters),
             limit,
             schema,
             properties,
@@ -157,6 +161,10 @@ impl DisplayAs for RegionScanExec {
             self.table.name,
             regions.join(", ")
         )?;
+        if !self.filters.is_empty() {
+            let filters: Vec<String> = self.filters.iter().map(ToString::to_string).collect();
+            write!(f, ", filters=[{}]", filters.join(", "))?;
+        }
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
         }
@@ -172,6 +180,7 @@ struct Cursor {
     schema: SchemaRef,
     ranges: std::vec::IntoIter<KeyRange>,
     current: Option<KeyRange>,
+    filters: Arc<Vec<ScanFilter>>,
     left: Option<usize>,
 }
 
@@ -188,7 +197,13 @@ impl Cursor {
             let want = self.left.map_or(PAGE_ROWS, |l| l.min(PAGE_ROWS));
             let page = self
                 .cluster
-                .scan(&self.table, &range.start, &range.end, &self.names, want)
+                .scan(
+                    &self.table,
+                    (&range.start, &range.end),
+                    &self.names,
+                    &self.filters,
+                    want,
+                )
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             if let Some(resume) = page.resume {
@@ -273,6 +288,7 @@ impl ExecutionPlan for RegionScanExec {
             schema: self.schema.clone(),
             ranges: part.ranges.clone().into_iter(),
             current: None,
+            filters: self.filters.clone(),
             left: self.limit,
         };
         let batches = stream::try_unfold(cursor, |mut c| async move {

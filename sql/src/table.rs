@@ -24,6 +24,7 @@ use weir_proto::table::Value;
 use crate::cluster::{Cluster, TableMeta};
 use crate::keyrange::key_ranges;
 use crate::scan::{RegionPart, RegionScanExec};
+use crate::scan_filter;
 use crate::types::{arrow_schema, batch_to_rows};
 
 /// Rows per write request of an insert: large enough to amortise a Raft round, small enough to
@@ -89,9 +90,9 @@ impl RegionTable {
         Ok(RegionScanExec::new(
             self.cluster.clone(),
             self.meta.clone(),
-            columns,
-            schema,
+            (columns, schema),
             parts,
+            scan_filter::from_exprs(&self.meta.schema, filters),
             limit,
         ))
     }

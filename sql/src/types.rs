@@ -141,7 +141,8 @@ pub fn batch_to_rows(
     Ok(rows)
 }
 
-/// A literal as a value of `col`, when it is one (filters on key columns narrow scans with it).
+/// A literal as a value of `col`, when it is one (filters narrow scans with it: to key ranges,
+/// and to rows where they are stored).
 pub fn literal_value(v: &ScalarValue, col: &Column) -> Option<Value> {
     let value = match v {
         ScalarValue::Int8(Some(x)) => Value::Int((*x).into()),
@@ -159,6 +160,8 @@ pub fn literal_value(v: &ScalarValue, col: &Column) -> Option<Value> {
         | ScalarValue::LargeUtf8(Some(s))
         | ScalarValue::Utf8View(Some(s)) => Value::Str(s.clone()),
         ScalarValue::Boolean(Some(b)) => Value::Bool(*b),
+        ScalarValue::Float64(Some(f)) => Value::Float(*f),
+        ScalarValue::Float32(Some(f)) => Value::Float(f64::from(*f)),
         ScalarValue::Date32(Some(d)) => Value::Date(*d),
         ScalarValue::TimestampMicrosecond(Some(t), _) => Value::Timestamp(*t),
         ScalarValue::Decimal128(Some(x), _, s) => match col.ty {

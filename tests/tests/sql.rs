@@ -153,6 +153,24 @@ const QUERIES: &[(&str, bool)] = &[
         false,
     ),
     ("SELECT count(*) FROM orders WHERE note IS NULL", false),
+    // Conditions on other columns, evaluated where the rows are stored: dates, decimals,
+    // strings, NULLs (which match no comparison), lists and their negation.
+    (
+        "SELECT id, name FROM customers WHERE joined >= DATE '2024-02-01' AND joined < DATE '2024-04-01'",
+        false,
+    ),
+    (
+        "SELECT customer, seq FROM orders WHERE amount BETWEEN 100.5 AND 300 AND note IS NOT NULL",
+        false,
+    ),
+    ("SELECT customer, seq FROM orders WHERE amount > CAST(250.25 AS DECIMAL(10,2))", false),
+    (
+        "SELECT customer, seq, note FROM orders WHERE note <> 'n7-0' \
+         AND note IN ('n7-0', 'n7-2', 'n9-3', 'zz')",
+        false,
+    ),
+    ("SELECT id, city FROM customers WHERE city NOT IN ('Lima', 'Pune')", false),
+    ("SELECT id FROM customers WHERE city = 'Oslo' AND name > 'c030' AND id < 50", false),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,6 +221,16 @@ async fn queries_match_an_independent_engine_across_regions() {
             "results differ for: {sql}"
         );
     }
+
+    // Conditions on other columns go to the regions' nodes with the scan.
+    let plan = weir_rows(
+        &client,
+        "EXPLAIN SELECT id FROM customers WHERE city = 'Oslo' AND joined < DATE '2024-03-01'",
+    )
+    .await
+    .unwrap();
+    let text = pretty_format_batches(&plan[0]).unwrap().to_string();
+    assert!(text.contains("filters=[city = "), "{text}");
 
     // A key-range query reads only the regions holding its keys.
     let plan = weir_rows(&client, "EXPLAIN SELECT name FROM customers WHERE id = 25")

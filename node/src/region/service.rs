@@ -33,7 +33,9 @@ use crate::error::{NodeError, NodeResult};
 use crate::leader::{self, forwarded, was_forwarded, Target};
 use crate::metrics;
 use crate::placement;
+use datafusion::arrow::compute::concat_batches;
 use weir_sql::columnar::{self, StoredRows};
+use weir_sql::scan_filter;
 
 /// Most rows one scan answer carries.
 const MAX_SCAN_ROWS: usize = 10_000;
@@ -43,6 +45,10 @@ const MAX_SCAN_BYTES: usize = 4 << 20;
 const MAX_ARROW_SCAN_ROWS: usize = 65_536;
 /// About the most stored bytes one Arrow scan page reads (its IPC form is about as large).
 const MAX_ARROW_SCAN_BYTES: usize = 16 << 20;
+/// How many times more stored rows a filtered Arrow page may read (it sends only what passes).
+const FILTERED_SCAN_FACTOR: usize = 4;
+/// Rows read between two applications of a scan's filters.
+const FILTER_CHUNK_ROWS: usize = 8192;
 /// Most regions a table may be created with.
 const MAX_SPLIT_POINTS: usize = 1024;
 /// Longest merge source name (every merged row keeps one mark per source).
@@ -195,7 +201,8 @@ impl Table<'_> {
     }
 
     /// One page of a forward scan of region `group` as an Arrow IPC stream of the columns at
-    /// `projection`, built from the rows where they lie.
+    /// `projection`, built from the rows where they lie; with filters, of the rows they allow
+    /// (the page then reads more stored rows, as it sends fewer).
     fn scan_arrow(
         &self,
         engine: &weir_storage::Engine,
@@ -203,15 +210,42 @@ impl Table<'_> {
         req: &ScanRequest,
         projection: &[usize],
     ) -> NodeResult<(Vec<u8>, region::ScanEnd)> {
-        let limit = match req.limit as usize {
-            0 => MAX_ARROW_SCAN_ROWS,
-            n => n.min(MAX_ARROW_SCAN_ROWS),
+        let filters = req
+            .filters
+            .iter()
+            .map(|f| scan_filter::ScanFilter::from_proto(f, self.schema()))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(invalid)?;
+        let limit = match (req.limit as usize, filters.is_empty()) {
+            (0, true) => MAX_ARROW_SCAN_ROWS,
+            (0, false) => MAX_ARROW_SCAN_ROWS * FILTERED_SCAN_FACTOR,
+            (n, _) => n.min(MAX_ARROW_SCAN_ROWS),
         };
         let failed = |e: datafusion::error::DataFusionError| {
             NodeError::Internal(format!("scan of table '{}': {e}", self.info.name))
         };
-        let mut batch =
-            StoredRows::new(self.schema(), projection, limit.min(8192)).map_err(failed)?;
+        // The columns asked for, then those only the filters read.
+        let mut read = projection.to_vec();
+        for f in &filters {
+            if let Some(i) = self
+                .schema()
+                .columns
+                .iter()
+                .position(|c| c.name == f.column)
+            {
+                if !read.contains(&i) {
+                    read.push(i);
+                }
+            }
+        }
+        let columns: Vec<Column> = read
+            .iter()
+            .map(|i| self.schema().columns[*i].clone())
+            .collect();
+        let mut rows = StoredRows::new(self.schema(), &read, limit.min(8192)).map_err(failed)?;
+        // Filtered rows are kept a chunk at a time, so a page holds only what passes.
+        let mut kept = Vec::new();
+        let mut pending = 0usize;
         let mut broken = None;
         let end = region::scan_each(
             engine,
@@ -219,11 +253,23 @@ impl Table<'_> {
             (&req.start_key, &req.end_key),
             (limit, MAX_ARROW_SCAN_BYTES),
             false,
-            &mut |key, _version, cells| match batch.push(key, cells) {
-                Ok(()) => true,
-                Err(e) => {
-                    broken = Some(e);
-                    false
+            &mut |key, _version, cells| {
+                let pushed = rows.push(key, cells).and_then(|()| {
+                    pending += 1;
+                    if filters.is_empty() || pending < FILTER_CHUNK_ROWS {
+                        return Ok(());
+                    }
+                    pending = 0;
+                    let chunk = rows.finish()?;
+                    kept.push(scan_filter::apply(&chunk, &columns, &filters)?);
+                    Ok(())
+                });
+                match pushed {
+                    Ok(()) => true,
+                    Err(e) => {
+                        broken = Some(e);
+                        false
+                    }
                 }
             },
         )
@@ -232,10 +278,18 @@ impl Table<'_> {
         if let Some(e) = broken {
             return Err(failed(e));
         }
-        let ipc = batch
-            .finish()
-            .and_then(|b| columnar::to_ipc(&b))
-            .map_err(failed)?;
+        let page = (|| {
+            let last = rows.finish()?;
+            if filters.is_empty() {
+                return Ok(last);
+            }
+            kept.push(scan_filter::apply(&last, &columns, &filters)?);
+            let all = concat_batches(&last.schema(), &kept)?;
+            // Only the columns asked for (the filters' own come last).
+            Ok(all.project(&(0..projection.len()).collect::<Vec<_>>())?)
+        })()
+        .map_err(failed)?;
+        let ipc = columnar::to_ipc(&page).map_err(failed)?;
         Ok((ipc, end))
     }
 

@@ -10,6 +10,7 @@ use tonic::Code;
 use weir_client::{Acks, Client, ClientConfig, ClientError, Partitioner, Table};
 use weir_proto::batch::{self, BatchBuilder};
 use weir_proto::table::Value;
+use weir_sql::scan_filter::ScanFilter;
 use weir_sql::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
     NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
@@ -234,15 +235,16 @@ impl Cluster for NodeCluster {
     async fn scan(
         &self,
         table: &str,
-        start: &[u8],
-        end: &[u8],
+        (start, end): (&[u8], &[u8]),
         columns: &[String],
+        filters: &[ScanFilter],
         limit: usize,
     ) -> Result<ScanPage, ClusterError> {
         let t = self.handle(table).await?;
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let filters = filters.iter().map(ScanFilter::to_proto).collect();
         let (ipc, resume) = t
-            .scan_arrow_page(start, end, limit, columns, false)
+            .scan_arrow_page((start, end), limit, columns, filters, false)
             .await
             .map_err(to_cluster)?;
         let batch = weir_sql::columnar::from_ipc(&ipc)

@@ -18,6 +18,7 @@ use crate::cluster::{
     NewTopic, RecordPage, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta, TaskStatus,
     TopicMeta,
 };
+use crate::scan_filter::ScanFilter;
 
 /// Milliseconds since the epoch on this node's clock.
 pub fn now_ms() -> i64 {
@@ -95,12 +96,12 @@ impl Cluster for FencedCluster {
     async fn scan(
         &self,
         table: &str,
-        start: &[u8],
-        end: &[u8],
+        range: (&[u8], &[u8]),
         columns: &[String],
+        filters: &[ScanFilter],
         limit: usize,
     ) -> Result<ScanPage, ClusterError> {
-        self.inner.scan(table, start, end, columns, limit).await
+        self.inner.scan(table, range, columns, filters, limit).await
     }
 
     async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
