@@ -131,6 +131,20 @@ pub async fn members_up(addr: &str) -> usize {
     }
 }
 
+/// How many members are voters of the metadata group, as `addr` reports: until three are, a
+/// three-node cluster cannot lose its first node (the others joined as learners).
+pub async fn metadata_voters(addr: &str) -> usize {
+    match cluster_client(addr).await.status(StatusRequest {}).await {
+        Ok(r) => r
+            .into_inner()
+            .members
+            .iter()
+            .filter(|m| m.metadata_role == "voter")
+            .count(),
+        Err(_) => 0,
+    }
+}
+
 /// The id of the member listening on `addr` (ids follow join order, so tests look them up).
 pub async fn node_id_of(client: &weir_client::Client, addr: &str) -> u64 {
     client

@@ -266,7 +266,7 @@ mod linearizable {
     use weir_proto::v1::kv_client::KvClient;
     use weir_tests::kv_register::run_client;
     use weir_tests::linearizability::{check, History, Outcome, Verdict};
-    use weir_tests::{members_up, wait_until, ProcessCluster};
+    use weir_tests::{members_up, metadata_voters, wait_until, ProcessCluster};
 
     fn channel(addr: &str) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -306,6 +306,13 @@ mod linearizable {
         wait_until("3 members up", Duration::from_secs(120), || {
             let first = first.clone();
             async move { (members_up(&first).await == 3).then_some(()) }
+        })
+        .await;
+        // The first node is killed below: the metadata group must have all three as voters by
+        // then (they join as learners), or the cluster cannot answer without it.
+        wait_until("3 metadata voters", Duration::from_secs(120), || {
+            let first = first.clone();
+            async move { (metadata_voters(&first).await == 3).then_some(()) }
         })
         .await;
         let client = weir_client::Client::connect(cluster.addr(0)).await.unwrap();
