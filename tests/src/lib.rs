@@ -118,31 +118,24 @@ pub async fn cluster_client(addr: &str) -> ClusterClient<tonic::transport::Chann
     ClusterClient::new(ch)
 }
 
-/// Number of members the cluster reports as up, asked through `addr`.
-pub async fn members_up(addr: &str) -> usize {
+/// Members the cluster reports (asked through `addr`) for which `pick` holds; 0 when it does
+/// not answer.
+async fn count_members(addr: &str, pick: impl Fn(&weir_proto::v1::Member) -> bool) -> usize {
     match cluster_client(addr).await.status(StatusRequest {}).await {
-        Ok(r) => r
-            .into_inner()
-            .members
-            .iter()
-            .filter(|m| m.state == "up")
-            .count(),
+        Ok(r) => r.into_inner().members.iter().filter(|m| pick(m)).count(),
         Err(_) => 0,
     }
+}
+
+/// Number of members the cluster reports as up, asked through `addr`.
+pub async fn members_up(addr: &str) -> usize {
+    count_members(addr, |m| m.state == "up").await
 }
 
 /// How many members are voters of the metadata group, as `addr` reports: until three are, a
 /// three-node cluster cannot lose its first node (the others joined as learners).
 pub async fn metadata_voters(addr: &str) -> usize {
-    match cluster_client(addr).await.status(StatusRequest {}).await {
-        Ok(r) => r
-            .into_inner()
-            .members
-            .iter()
-            .filter(|m| m.metadata_role == "voter")
-            .count(),
-        Err(_) => 0,
-    }
+    count_members(addr, |m| m.metadata_role == "voter").await
 }
 
 /// The id of the member listening on `addr` (ids follow join order, so tests look them up).

@@ -25,6 +25,15 @@ async fn exec(client: &Client, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// Checks that `sql` is refused with an error that says `reason`.
+async fn refused(client: &Client, sql: &str, reason: &str) {
+    let e = rows(client, sql).await.expect_err(sql);
+    assert!(
+        e.to_string().contains(reason),
+        "{sql}: expected an error about {reason}, got: {e}"
+    );
+}
+
 /// Waits until `job_query` (the sink) and `batch_query` (the same SELECT as a batch) agree and
 /// the batch has `min_rows` rows at least.
 async fn wait_equal(client: &Client, what: &str, sink: &str, batch: &str, min_rows: usize) {
@@ -117,11 +126,7 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
             "cannot be written",
         ),
     ] {
-        let e = rows(&client, bad).await.expect_err(bad);
-        assert!(
-            e.to_string().contains(reason),
-            "{bad}: expected an error about {reason}, got: {e}"
-        );
+        refused(&client, bad, reason).await;
     }
 
     exec(
@@ -763,11 +768,7 @@ async fn count_distinct_counts_each_value_once_across_partitions_and_replays() {
             "one expression",
         ),
     ] {
-        let e = rows(&client, bad).await.expect_err(bad);
-        assert!(
-            e.to_string().contains(reason),
-            "{bad}: expected an error about {reason}, got: {e}"
-        );
+        refused(&client, bad, reason).await;
     }
     exec(
         &client,

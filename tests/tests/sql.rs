@@ -495,13 +495,7 @@ async fn postgres_clients_create_list_and_query_tables() {
     assert!(err.to_lowercase().contains("topc"), "{err}");
 
     // The extended protocol, with parameters and typed results.
-    let (pg, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=weir"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("tokio-postgres connects");
-    let conn = tokio::spawn(conn);
+    let (pg, conn) = pg_connect(port).await;
     let rows = pg
         .query("SELECT id, i, t, b FROM kinds WHERE id = $1", &[&1i64])
         .await
@@ -1106,6 +1100,22 @@ async fn query_lines(client: &Client, sql: &str) -> Vec<String> {
     lines(&got[0], false)
 }
 
+/// A tokio-postgres client of the node serving Postgres on `port`, and its connection's task.
+async fn pg_connect(
+    port: u16,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (pg, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=weir"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("tokio-postgres connects");
+    (pg, tokio::spawn(conn))
+}
+
 /// A query that runs for hours: a sum (not answerable from statistics) over 10^11 rows.
 const ENDLESS: &str = "SELECT sum(value % 7) FROM generate_series(1, 100000000000)";
 
@@ -1139,13 +1149,7 @@ async fn long_statements_stop_at_their_timeout_or_when_the_client_cancels() {
         .pg_addr
         .expect("the node serves Postgres")
         .port();
-    let (pg, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=weir"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("tokio-postgres connects");
-    let conn = tokio::spawn(conn);
+    let (pg, conn) = pg_connect(port).await;
     let canceled = |e: &tokio_postgres::Error| {
         e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
     };
