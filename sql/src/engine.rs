@@ -20,8 +20,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    CreateTable, CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement as Sql,
-    Value as SqlValue,
+    CreateTable, CreateTableOptions, Expr as SqlExpr, Ident, ObjectName, ObjectType, SqlOption,
+    Statement as Sql, TableObject, Value as SqlValue,
 };
 use weir_proto::format::{RecordFormat, TopicFormat};
 use weir_proto::table::{Column, TableSchema};
@@ -30,6 +30,7 @@ use crate::catalog::ClusterSchema;
 use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
 use crate::schedule::statement::ScheduleStatement;
 use crate::statement::{self, Statement};
+use crate::topic::{metadata_columns, topic_columns};
 use crate::types::column_type;
 use crate::warnings::QueryWarnings;
 
@@ -122,7 +123,49 @@ impl Engine {
 
     /// Splits `sql` into statements; a syntax error names the line and column.
     pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
-        statement::parse(sql)
+        let mut statements = statement::parse(sql)?;
+        for s in statements.iter_mut() {
+            self.name_topic_columns(s);
+        }
+        Ok(statements)
+    }
+
+    /// `sql` with its column list filled in, when it is one `INSERT INTO topic` without one (for
+    /// the extended protocol, which plans the text itself).
+    pub fn completed_insert(&self, sql: &str) -> Option<String> {
+        let mut statements = statement::parse(sql).ok()?;
+        let (Some(mut one), true) = (statements.pop_front(), statements.is_empty()) else {
+            return None;
+        };
+        self.name_topic_columns(&mut one).then(|| one.to_string())
+    }
+
+    /// Gives an `INSERT INTO topic` without a column list the topic's own columns, as Postgres
+    /// fills a table's leading columns: the metadata columns (`_partition`, `_key`, ...) follow
+    /// them and are set only by name. Whether it changed `stmt`.
+    fn name_topic_columns(&self, stmt: &mut Statement) -> bool {
+        let Statement::Sql(DfStatement::Statement(s)) = stmt else {
+            return false;
+        };
+        let Sql::Insert(insert) = s.as_mut() else {
+            return false;
+        };
+        let TableObject::TableName(name) = &insert.table else {
+            return false;
+        };
+        if !insert.columns.is_empty() {
+            return false;
+        }
+        let Ok(Some(meta)) = self.cluster.topic(&object_name(name)) else {
+            return false;
+        };
+        let columns = topic_columns(&meta);
+        let declared = columns.len().saturating_sub(metadata_columns().len());
+        insert.columns = columns[..declared]
+            .iter()
+            .map(|c| ObjectName::from(vec![Ident::with_quote('"', c.name.clone())]))
+            .collect();
+        true
     }
 
     /// Runs every statement of `sql` in order, returning each one's output; the rows of a query

@@ -201,7 +201,10 @@ impl QueryParser for WeirParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let Some(statement) = WeirParser::weir_statement(&self.engine, sql)? else {
-            return self.inner.parse_sql(client, sql, types).await;
+            return match self.engine.completed_insert(sql) {
+                Some(completed) => self.inner.parse_sql(client, &completed, types).await,
+                None => self.inner.parse_sql(client, sql, types).await,
+            };
         };
         // The columns a statement answers with are described before it runs: a SHOW or
         // DESCRIBE (a read) runs once here for them.

@@ -542,6 +542,18 @@ async fn postgres_clients_create_list_and_query_tables() {
             .any(|r| r.get::<_, Option<String>>(name_at).as_deref() == Some("prepared_clicks")),
         "{topics:?}"
     );
+    // A parameterised INSERT into the topic without a column list fills its own column.
+    let written = pg
+        .execute("INSERT INTO prepared_clicks VALUES ($1)", &[&"bound page"])
+        .await
+        .expect("INSERT INTO a topic without a column list, with a parameter");
+    assert_eq!(written, 1);
+    let rows = pg
+        .query("SELECT page FROM prepared_clicks", &[])
+        .await
+        .unwrap();
+    let pages: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(pages, vec![Some("bound page".to_string())]);
     let e = pg
         .execute("DROP TOPIC prepared_clicks; DROP TOPIC clicks", &[])
         .await
@@ -758,6 +770,20 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
         .await
         .unwrap();
     assert_eq!(lines(&got[0], false), vec!["|3|with, comma|k3|", "|4|||"]);
+    // Without a column list, VALUES and SELECT fill the topic's own columns, not its metadata.
+    weir_rows(
+        &client,
+        "INSERT INTO lines VALUES (5, 'no list'); INSERT INTO lines SELECT 6, 'selected'",
+    )
+    .await
+    .unwrap();
+    let got = weir_rows(
+        &client,
+        "SELECT n, word, _key FROM lines WHERE n > 4 ORDER BY n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|5|no list||", "|6|selected||"]);
     let e = weir_rows(
         &client,
         "INSERT INTO clicks (user_id, page) VALUES (5, 'a'), (NULL, 'b')",
