@@ -41,6 +41,10 @@ struct Args {
     /// client can set its own (`SET statement_timeout`, `weir sql --timeout`).
     #[arg(long, env = "WEIR_SQL_TIMEOUT_SECS", default_value_t = 0)]
     sql_timeout_secs: u64,
+    /// Most memory kept for columnar images of tables' regions that are not being written, which
+    /// repeated scans (analytic queries) read instead of the stored rows (`1GiB`; 0 keeps none).
+    #[arg(long, env = "WEIR_SCAN_CACHE", default_value = "1GiB", value_parser = parse_size)]
+    scan_cache: usize,
     /// Address to serve the Postgres wire protocol on (psql, psycopg, dashboards); empty serves
     /// none.
     #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:7432")]
@@ -94,6 +98,7 @@ async fn main() {
     cfg.join = args.join;
     cfg.down_timeout = Duration::from_secs(args.down_timeout_secs);
     cfg.sql_memory = args.sql_memory;
+    cfg.scan_cache = args.scan_cache;
     cfg.sql_timeout = Some(Duration::from_secs(args.sql_timeout_secs)).filter(|t| !t.is_zero());
     cfg.pg = Some(args.pg).filter(|a| !a.is_empty());
     cfg.kafka = Some(args.kafka).filter(|a| !a.is_empty());

@@ -54,6 +54,11 @@ pub fn kv_request(op: &'static str, rows: u64, latency: Duration) {
     histogram!("weir_kv_latency_seconds", "op" => op).record(latency.as_secs_f64());
 }
 
+/// Records the memory the regions' columnar images for scans take on this node.
+pub fn scan_cache(bytes: usize) {
+    gauge!("weir_scan_cache_bytes").set(bytes as f64);
+}
+
 /// Records a region split applied by a region this node leads.
 pub fn region_split() {
     counter!("weir_region_splits_total").increment(1);

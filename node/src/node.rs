@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub sql_memory: usize,
     /// Longest a SQL statement may run before it is stopped (none: no limit).
     pub sql_timeout: Option<Duration>,
+    /// Most memory the columnar images of quiet regions may take for scans (bytes; 0 keeps
+    /// none).
+    pub scan_cache: usize,
     /// Postgres wire protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
     pub pg: Option<String>,
     /// Kafka protocol listen address (`127.0.0.1:0` picks a free port); none serves none.
@@ -92,6 +95,7 @@ impl NodeConfig {
             split_check_interval: Duration::from_secs(1),
             sql_memory: 2 << 30,
             sql_timeout: None,
+            scan_cache: 1 << 30,
             pg: None,
             kafka: None,
             advertise_kafka: None,
@@ -369,9 +373,12 @@ where
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            KvServer::new(KvService::new((*ctx).clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            KvServer::new(KvService::new(
+                (*ctx).clone(),
+                crate::region::scan_cache::ScanCache::new(cfg.scan_cache),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(JobsServer::new(JobsService::new((*ctx).clone())))
         .add_service(

@@ -163,11 +163,7 @@ pub fn load_state(engine: &Engine, group: u64) -> Result<Option<RegionState>, St
 }
 
 /// Adds the region state to a write batch.
-pub(crate) fn put_state(
-    b: &mut WriteBatch,
-    group: u64,
-    st: &RegionState,
-) -> Result<(), StorageError> {
+pub fn put_state(b: &mut WriteBatch, group: u64, st: &RegionState) -> Result<(), StorageError> {
     b.put(CF_DATA, state_key(group), encode(st)?);
     Ok(())
 }
@@ -235,6 +231,12 @@ pub struct ScanPage {
     pub resume: Vec<u8>,
 }
 
+/// The index of the last log entry applied to the region's group on this node: its rows' version
+/// (it changes with every entry applied).
+pub fn applied_index(engine: &Engine, group: u64) -> Result<u64, StorageError> {
+    engine.consistent(|view| crate::state_machine::applied_index(view, group))
+}
+
 /// Receives each row of a scan in place (encoded key, version, encoded cells); false stops it.
 pub type VisitRow<'a> = &'a mut dyn FnMut(&[u8], u64, &[u8]) -> bool;
 
@@ -247,6 +249,9 @@ pub struct ScanEnd {
     pub more: bool,
     /// Where the scan continues: the next start key (forward) or the next exclusive end key (reverse).
     pub resume: Vec<u8>,
+    /// The index of the last log entry applied to the region in the snapshot the scan read: the
+    /// version of the rows visited.
+    pub applied: u64,
 }
 
 /// Scans `[start, end)` (empty end: unbounded) within this region, at most `limit` rows and about
@@ -345,7 +350,10 @@ fn scan_in(
     if !anchored {
         return Ok(Err(NotInRegion(st)));
     }
-    let mut page = ScanEnd::default();
+    let mut page = ScanEnd {
+        applied: crate::state_machine::applied_index(view, group)?,
+        ..ScanEnd::default()
+    };
     let mut last: Vec<u8> = Vec::new();
     if hi.is_some_and(|h| h <= lo) {
         return Ok(Ok(page));

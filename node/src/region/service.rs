@@ -33,6 +33,7 @@ use crate::error::{NodeError, NodeResult};
 use crate::leader::{self, forwarded, was_forwarded, Target};
 use crate::metrics;
 use crate::placement;
+use crate::region::scan_cache::{Image, Lookup, PageRequest, ScanCache};
 use datafusion::arrow::compute::concat_batches;
 use weir_sql::columnar::{self, StoredRows};
 use weir_sql::scan_filter;
@@ -57,6 +58,7 @@ const MAX_MERGE_SOURCE_BYTES: usize = 256;
 /// The `Kv` service.
 pub struct KvService {
     ctx: NodeContext,
+    cache: ScanCache,
 }
 
 /// A table's schema and name, resolved from the catalog the request is served with.
@@ -200,15 +202,16 @@ impl Table<'_> {
         }
     }
 
-    /// One page of a forward scan of region `group` as an Arrow IPC stream of the columns at
-    /// `projection`, built from the rows where they lie; with filters, of the rows they allow
-    /// (the page then reads more stored rows, as it sends fewer).
+    /// One page of an Arrow scan of region `group`: read from the region's columnar image when
+    /// `cache` has one of the region as it is now (or the region has been quiet long enough to
+    /// make one), else from the stored rows. Disk and CPU work: run it on a blocking thread.
     fn scan_arrow(
         &self,
         engine: &weir_storage::Engine,
         group: u64,
         req: &ScanRequest,
         projection: &[usize],
+        cache: &ScanCache,
     ) -> NodeResult<(Vec<u8>, region::ScanEnd)> {
         let filters = req
             .filters
@@ -237,6 +240,44 @@ impl Table<'_> {
                     read.push(i);
                 }
             }
+        }
+        // An image takes about what the region's rows take stored.
+        let estimate = || {
+            region::load_state(engine, group)
+                .ok()
+                .flatten()
+                .map_or(0, |st| st.approx_bytes as usize)
+        };
+        let image = match cache.lookup(group, region::applied_index(engine, group)?, estimate) {
+            Lookup::Hit(image) => Some(image),
+            Lookup::Build => match Image::build(engine, group, self.schema()) {
+                Ok(image) => {
+                    let image = image.map(Arc::new);
+                    cache.built(group, image.clone());
+                    metrics::scan_cache(cache.used());
+                    image
+                }
+                Err(e) => {
+                    // The stored rows still answer; the image is tried again on a later scan.
+                    cache.built(group, None);
+                    tracing::warn!(region = group, error = %e, "region image not built");
+                    None
+                }
+            },
+            Lookup::Miss => None,
+        };
+        if let Some(image) = image.filter(|i| i.holds(&req.start_key)) {
+            let (page, end) = image.page(&PageRequest {
+                start: &req.start_key,
+                end: &req.end_key,
+                limit,
+                max_bytes: MAX_ARROW_SCAN_BYTES,
+                read: &read,
+                answered: projection.len(),
+                filters: &filters,
+            })?;
+            let ipc = columnar::to_ipc(&page).map_err(failed)?;
+            return Ok((ipc, end));
         }
         let columns: Vec<Column> = read
             .iter()
@@ -380,9 +421,9 @@ fn region_of<'a>(
 }
 
 impl KvService {
-    /// The service over `ctx`.
-    pub fn new(ctx: NodeContext) -> KvService {
-        KvService { ctx }
+    /// The service over `ctx`, keeping regions' columnar images in `cache`.
+    pub fn new(ctx: NodeContext, cache: ScanCache) -> KvService {
+        KvService { ctx, cache }
     }
 
     fn catalog(&self) -> NodeResult<Arc<Catalog>> {
@@ -1106,7 +1147,18 @@ impl Kv for KvService {
             true => None,
         };
         if req.arrow {
-            let (ipc, end) = table.scan_arrow(&self.ctx.engine, g.id, &req, &projection)?;
+            let (info, engine, cache) = (
+                table.info.clone(),
+                self.ctx.engine.clone(),
+                self.cache.clone(),
+            );
+            let group = g.id;
+            let request = req.clone();
+            let (ipc, end) = tokio::task::spawn_blocking(move || {
+                Table { info: &info }.scan_arrow(&engine, group, &request, &projection, &cache)
+            })
+            .await
+            .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
             if let Some(c) = confirmation {
                 c.confirm(&h).await?;
             }
