@@ -3,6 +3,7 @@
 //! - [`engine`]: the node's one RocksDB (column families, key layout) and group commit.
 //! - [`types`]: the Raft type configuration and the commands every group replicates.
 //! - [`log_store`]: openraft's log storage for one group, over the shared engine.
+//! - [`header`]: what every group keeps next to its data, the last entry applied among it.
 //! - [`state_machine`]: the state machine of one group (catalog, partition, offsets or region), applying
 //!   committed commands atomically with the applied index.
 //! - [`partition`]: how a log partition stores its batches and reads them back.
@@ -12,6 +13,7 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod header;
 pub mod log_store;
 pub mod partition;
 pub mod region;

@@ -234,7 +234,7 @@ pub struct ScanPage {
 /// The index of the last log entry applied to the region's group on this node: its rows' version
 /// (it changes with every entry applied).
 pub fn applied_index(engine: &Engine, group: u64) -> Result<u64, StorageError> {
-    engine.consistent(|view| crate::state_machine::applied_index(view, group))
+    engine.consistent(|view| crate::header::applied_index(view, group))
 }
 
 /// Receives each row of a scan in place (encoded key, version, encoded cells); false stops it.
@@ -351,7 +351,7 @@ fn scan_in(
         return Ok(Err(NotInRegion(st)));
     }
     let mut page = ScanEnd {
-        applied: crate::state_machine::applied_index(view, group)?,
+        applied: crate::header::applied_index(view, group)?,
         ..ScanEnd::default()
     };
     let mut last: Vec<u8> = Vec::new();

@@ -28,7 +28,6 @@ use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use build::SnapshotBuilder;
@@ -37,7 +36,7 @@ pub use region_group::REGION_INIT_INDEX;
 pub use transfer::{kept_below, write_transfer};
 
 use crate::catalog::{Catalog, GroupKind};
-use crate::engine::{group_key, ReadView, CF_DATA};
+use crate::engine::{group_key, CF_DATA};
 use crate::partition::PartitionState;
 use crate::region::RegionState;
 use crate::snapshot::{SnapshotData, SnapshotDir};
@@ -45,31 +44,7 @@ use crate::{decode, encode, Engine, Request, Response, StorageError, TypeConfig}
 use build::CapturedRows;
 use install::{clear_interrupted_install, install_file};
 
-const TAG_HEADER: u8 = 0;
-
-/// Key of a group's header.
-fn header_key(group: u64) -> Vec<u8> {
-    group_key(group, &[TAG_HEADER])
-}
-
-/// What every state machine persists next to its data.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Header {
-    applied: Option<LogIdOf<TypeConfig>>,
-    membership: StoredMembershipOf<TypeConfig>,
-    /// A partition's offsets and size (default for other kinds), written with the applied id.
-    partition: PartitionState,
-}
-
-/// The index of the last log entry applied to `group` as `view` sees it (0: none yet). It is
-/// written in the same batch as the entry's changes, so read in one view with the group's data it
-/// labels exactly the version of the data that view shows.
-pub fn applied_index(view: &dyn ReadView, group: u64) -> Result<u64, StorageError> {
-    Ok(match view.get(CF_DATA, &header_key(group))? {
-        Some(v) => decode::<Header>(&v)?.applied.map_or(0, |id| id.index),
-        None => 0,
-    })
-}
+use crate::header::{header_key, Header};
 
 /// How the node observes a group's applied state.
 #[derive(Debug, Clone)]
