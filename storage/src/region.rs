@@ -307,6 +307,34 @@ pub fn scan_each(
     })
 }
 
+/// As [`scan_each`] with a visitor that can fail: the scan stops at the visitor's first error,
+/// which comes back beside where the scan ended.
+#[allow(clippy::type_complexity)]
+pub fn try_scan_each<E>(
+    engine: &Engine,
+    group: u64,
+    range: (&[u8], &[u8]),
+    limits: (usize, usize),
+    each: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), E>,
+) -> Result<(Result<ScanEnd, NotInRegion>, Option<E>), StorageError> {
+    let mut broken = None;
+    let end = scan_each(
+        engine,
+        group,
+        range,
+        limits,
+        false,
+        &mut |key, _version, cells| match each(key, cells) {
+            Ok(()) => true,
+            Err(e) => {
+                broken = Some(e);
+                false
+            }
+        },
+    )?;
+    Ok((end, broken))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn scan_in(
     view: &dyn ReadView,

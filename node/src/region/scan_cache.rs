@@ -84,32 +84,22 @@ impl Image {
         let mut rows = StoredRows::new(table, &all, CHUNK_ROWS).map_err(failed)?;
         let mut keys = BinaryBuilder::new();
         let mut chunks = Vec::new();
-        let mut broken = None;
-        let end = region::scan_each(
+        let (end, broken) = region::try_scan_each(
             engine,
             group,
             (&range.start, &range.end),
             (usize::MAX, usize::MAX),
-            false,
-            &mut |key, _version, cells| {
-                let pushed = rows.push(key, cells).and_then(|()| {
-                    keys.append_value(key);
-                    if keys.len() < CHUNK_ROWS {
-                        return Ok(());
-                    }
-                    chunks.push(Chunk {
-                        keys: keys.finish(),
-                        batch: rows.finish()?,
-                    });
-                    Ok(())
-                });
-                match pushed {
-                    Ok(()) => true,
-                    Err(e) => {
-                        broken = Some(e);
-                        false
-                    }
+            &mut |key, cells| {
+                rows.push(key, cells)?;
+                keys.append_value(key);
+                if keys.len() < CHUNK_ROWS {
+                    return Ok(());
                 }
+                chunks.push(Chunk {
+                    keys: keys.finish(),
+                    batch: rows.finish()?,
+                });
+                Ok(())
             },
         )?;
         if let Some(e) = broken {

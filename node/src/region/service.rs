@@ -287,38 +287,28 @@ impl Table<'_> {
         // Filtered rows are kept a chunk at a time, so a page holds only what passes.
         let mut kept = Vec::new();
         let mut pending = 0usize;
-        let mut broken = None;
-        let end = region::scan_each(
+        let (end, broken) = region::try_scan_each(
             engine,
             group,
             (&req.start_key, &req.end_key),
             (limit, MAX_ARROW_SCAN_BYTES),
-            false,
-            &mut |key, _version, cells| {
-                let pushed = rows.push(key, cells).and_then(|()| {
-                    pending += 1;
-                    if filters.is_empty() || pending < FILTER_CHUNK_ROWS {
-                        return Ok(());
-                    }
-                    pending = 0;
-                    let chunk = rows.finish()?;
-                    kept.push(scan_filter::apply(&chunk, &columns, &filters)?);
-                    Ok(())
-                });
-                match pushed {
-                    Ok(()) => true,
-                    Err(e) => {
-                        broken = Some(e);
-                        false
-                    }
+            &mut |key, cells| {
+                rows.push(key, cells)?;
+                pending += 1;
+                if filters.is_empty() || pending < FILTER_CHUNK_ROWS {
+                    return Ok(());
                 }
+                pending = 0;
+                let chunk = rows.finish()?;
+                kept.push(scan_filter::apply(&chunk, &columns, &filters)?);
+                Ok(())
             },
         )
-        .map_err(NodeError::from)?
-        .map_err(|e| not_in_region(group, e))?;
+        .map_err(NodeError::from)?;
         if let Some(e) = broken {
             return Err(failed(e));
         }
+        let end = end.map_err(|e| not_in_region(group, e))?;
         let page = (|| {
             let last = rows.finish()?;
             if filters.is_empty() {
