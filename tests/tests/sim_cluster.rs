@@ -1115,7 +1115,7 @@ fn more_seeds_survive_the_nemesis() {
 /// Many short runs: each seed draws a different cluster history, so breadth finds what length
 /// does not. Two tests so the two halves run on two threads.
 const SHORT_SEEDS: std::ops::Range<u64> = 1000..1000 + 2 * SHORT_SEEDS_PER_TEST;
-const SHORT_SEEDS_PER_TEST: u64 = 75;
+const SHORT_SEEDS_PER_TEST: u64 = 125;
 
 #[test]
 fn short_seeds_survive_the_nemesis_first_half() {
