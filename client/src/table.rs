@@ -70,6 +70,21 @@ pub struct CasOutcome {
     pub current: Option<TableRow>,
 }
 
+/// One page of an Arrow scan (see [`Table::scan_arrow_page`]).
+#[derive(Debug, Clone)]
+pub struct ArrowPage {
+    /// The rows' columns as an Arrow IPC stream (schema, one batch).
+    pub ipc: bytes::Bytes,
+    /// Where the range continues, or none when it is exhausted.
+    pub resume: Option<Vec<u8>>,
+    /// The node that read the rows.
+    pub node: u64,
+    /// The region the rows came from.
+    pub region: u64,
+    /// Whether the page was cut from the region's columnar image rather than read from its rows.
+    pub from_image: bool,
+}
+
 /// One merge into one row of a table (see [`Table::merge`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowMerge {
@@ -777,8 +792,8 @@ impl Table {
 
     /// Reads one page of the rows with encoded keys in `[start, end)` (empty `end`: to the
     /// table's end), at most `limit` (0: as many as one answer holds); returns the columns
-    /// `columns` (none when empty) as an Arrow IPC stream built by the node holding the rows, and
-    /// the key the range continues at, if it does.
+    /// `columns` (none when empty) as an Arrow IPC stream built by the node holding the rows, the
+    /// key the range continues at, if it does, and where the page was read.
     pub async fn scan_arrow_page(
         &self,
         (start, end): (&[u8], &[u8]),
@@ -786,7 +801,7 @@ impl Table {
         columns: &[String],
         filters: Vec<v1::ScanFilter>,
         stale: bool,
-    ) -> Result<(bytes::Bytes, Option<Vec<u8>>)> {
+    ) -> Result<ArrowPage> {
         let resp = self
             .scan_call(v1::ScanRequest {
                 table: self.name.clone(),
@@ -800,7 +815,13 @@ impl Table {
                 filters,
             })
             .await?;
-        Ok((resp.arrow, resp.more.then(|| resp.resume_key.to_vec())))
+        Ok(ArrowPage {
+            resume: resp.more.then(|| resp.resume_key.to_vec()),
+            ipc: resp.arrow,
+            node: resp.node,
+            region: resp.region,
+            from_image: resp.from_image,
+        })
     }
 
     /// Reads rows in key order (or reverse) page by page; `page` is called with each page of rows

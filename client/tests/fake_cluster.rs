@@ -566,7 +566,7 @@ impl Cluster for Node {
         &self,
         _req: Request<NodeHeartbeat>,
     ) -> Result<Response<HeartbeatAck>, Status> {
-        Ok(Response::new(HeartbeatAck {}))
+        Ok(Response::new(HeartbeatAck::default()))
     }
 
     async fn allocate_group(

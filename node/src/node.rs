@@ -336,6 +336,7 @@ where
         registry,
         peers,
         liveness,
+        balance: Default::default(),
         engine,
         tasks: weir_sql::job::TaskBoard::default(),
     });

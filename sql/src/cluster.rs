@@ -74,6 +74,19 @@ pub struct ScanPage {
     pub batch: RecordBatch,
     /// Where the range continues (the next page's start), or none when it is exhausted.
     pub resume: Option<Vec<u8>>,
+    /// Where the page was read, for `EXPLAIN ANALYZE`.
+    pub served: Served,
+}
+
+/// Where one scan page was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Served {
+    /// The region the rows came from.
+    pub region: u64,
+    /// The node that read them.
+    pub node: u64,
+    /// Whether they were cut from the region's columnar image rather than read from its rows.
+    pub from_image: bool,
 }
 
 /// A topic as SQL sees it.

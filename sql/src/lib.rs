@@ -28,8 +28,8 @@ pub mod warnings;
 
 pub use cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
-    NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
-    TaskStatus, TopicMeta, TopicRecord,
+    NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, Served, SinkMerge,
+    TableMeta, TaskStatus, TopicMeta, TopicRecord,
 };
 pub use engine::{Engine, EngineConfig, Output};
 pub use statement::Statement;

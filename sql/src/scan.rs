@@ -1,8 +1,9 @@
 //! The leaf of a query over a table: one partition per region the key ranges touch, each reading
 //! its ranges page by page from the cluster and turning rows into Arrow record batches.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::stats::Precision;
@@ -14,6 +15,9 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions,
 };
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -22,7 +26,7 @@ use datafusion::physical_plan::{
 use futures::stream;
 use weir_proto::table::{Column, ColumnType};
 
-use crate::cluster::{Cluster, TableMeta};
+use crate::cluster::{Cluster, Served, TableMeta};
 use crate::columnar::with_schema;
 use crate::keyrange::KeyRange;
 use crate::scan_filter::ScanFilter;
@@ -53,6 +57,48 @@ pub struct RegionScanExec {
     limit: Option<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    /// Where the pages were read, filled as the scan runs (what `EXPLAIN ANALYZE` shows).
+    read: Arc<ReadLog>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// Pages and rows read, by region, node and source (image or rows).
+#[derive(Debug, Default)]
+struct ReadLog(Mutex<BTreeMap<Served, (u64, u64)>>);
+
+impl ReadLog {
+    fn record(&self, served: Served, rows: usize) {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = m.entry(served).or_default();
+        e.0 += 1;
+        e.1 += rows as u64;
+    }
+
+    /// `region R on node N: X rows in P pages (I from its image)`, one per region and node.
+    fn describe(&self) -> Vec<String> {
+        let m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // (pages, rows, pages from an image) by (region, node).
+        let mut by: BTreeMap<(u64, u64), (u64, u64, u64)> = BTreeMap::new();
+        for (s, (pages, rows)) in m.iter() {
+            let e = by.entry((s.region, s.node)).or_default();
+            e.0 += pages;
+            e.1 += rows;
+            if s.from_image {
+                e.2 += pages;
+            }
+        }
+        by.into_iter()
+            .map(|((region, node), (pages, rows, image))| {
+                let noun = if pages == 1 { "page" } else { "pages" };
+                let source = match image {
+                    0 => String::new(),
+                    i if i == pages => " from its image".to_string(),
+                    i => format!(" ({i} from its image)"),
+                };
+                format!("region {region} on node {node}: {rows} rows in {pages} {noun}{source}")
+            })
+            .collect()
+    }
 }
 
 impl RegionScanExec {
@@ -88,6 +134,8 @@ impl RegionScanExec {
             limit,
             schema,
             properties,
+            read: Arc::default(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -168,6 +216,10 @@ impl DisplayAs for RegionScanExec {
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
         }
+        let read = self.read.describe();
+        if !read.is_empty() {
+            write!(f, ", read=[{}]", read.join("; "))?;
+        }
         Ok(())
     }
 }
@@ -182,6 +234,8 @@ struct Cursor {
     current: Option<KeyRange>,
     filters: Arc<Vec<ScanFilter>>,
     left: Option<usize>,
+    read: Arc<ReadLog>,
+    output_rows: Count,
 }
 
 impl Cursor {
@@ -215,6 +269,7 @@ impl Cursor {
                 }
             }
             let mut batch = page.batch;
+            self.read.record(page.served, batch.num_rows());
             if batch.num_rows() == 0 {
                 continue;
             }
@@ -222,6 +277,7 @@ impl Cursor {
                 batch = batch.slice(0, batch.num_rows().min(*l));
                 *l -= batch.num_rows();
             }
+            self.output_rows.add(batch.num_rows());
             return with_schema(&batch, &self.schema).map(Some);
         }
     }
@@ -290,6 +346,8 @@ impl ExecutionPlan for RegionScanExec {
             current: None,
             filters: self.filters.clone(),
             left: self.limit,
+            read: self.read.clone(),
+            output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
         };
         let batches = stream::try_unfold(cursor, |mut c| async move {
             Ok(c.next_batch().await?.map(|b| (b, c)))
@@ -302,6 +360,10 @@ impl ExecutionPlan for RegionScanExec {
 
     fn fetch(&self) -> Option<usize> {
         self.limit
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     #[allow(deprecated)]

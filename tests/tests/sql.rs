@@ -1,7 +1,8 @@
 //! SQL across a three-node cluster: results compared with DataFusion over an in-memory copy of
 //! the same rows, key-range pruning, inserts, deletes, catalog statements and bad input.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -251,6 +252,40 @@ async fn queries_match_an_independent_engine_across_regions() {
         1,
         "one region for one key: {text}"
     );
+
+    // EXPLAIN ANALYZE says which node read each region, and whether from the region's image
+    // (a quiet region scanned twice is read from its image from then on).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let plan = weir_rows(&client, "EXPLAIN ANALYZE SELECT count(*) FROM customers")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&plan[0]).unwrap().to_string();
+        let read = text
+            .split("read=[")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .unwrap_or_else(|| panic!("no read=[...] in {text}"));
+        let mut regions = BTreeSet::new();
+        let mut rows = 0;
+        for entry in read.split("; ") {
+            // region R on node N: X rows in P pages[ from its image]
+            let words: Vec<&str> = entry.split_whitespace().collect();
+            assert_eq!(words[0], "region", "{entry}");
+            assert_eq!(words[2..4], ["on", "node"], "{entry}");
+            let node: u64 = words[4].trim_end_matches(':').parse().unwrap();
+            assert!((1..=3).contains(&node), "{entry}");
+            regions.insert(words[1].to_string());
+            rows += words[5].parse::<u64>().unwrap();
+        }
+        assert_eq!(regions.len(), 3, "three regions read: {text}");
+        assert_eq!(rows, 60, "every row read once: {text}");
+        assert!(text.contains("output_rows=60"), "{text}");
+        if read.split("; ").all(|e| e.ends_with("from its image")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never read from images: {text}");
+    }
 
     // Deletes by a filter, through any node.
     let other = Client::connect(cluster.addr(2)).await.unwrap();

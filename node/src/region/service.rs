@@ -61,6 +61,16 @@ pub struct KvService {
     cache: ScanCache,
 }
 
+/// One Arrow scan page as the region's node built it.
+struct ArrowPage {
+    /// The page's columns as an Arrow IPC stream.
+    ipc: Vec<u8>,
+    /// Where the scan stopped.
+    end: region::ScanEnd,
+    /// Whether the rows were cut from the region's image rather than read from its rows.
+    from_image: bool,
+}
+
 /// A table's schema and name, resolved from the catalog the request is served with.
 struct Table<'c> {
     info: &'c CatalogTable,
@@ -212,7 +222,7 @@ impl Table<'_> {
         req: &ScanRequest,
         projection: &[usize],
         cache: &ScanCache,
-    ) -> NodeResult<(Vec<u8>, region::ScanEnd)> {
+    ) -> NodeResult<ArrowPage> {
         let filters = req
             .filters
             .iter()
@@ -277,7 +287,11 @@ impl Table<'_> {
                 filters: &filters,
             })?;
             let ipc = columnar::to_ipc(&page).map_err(failed)?;
-            return Ok((ipc, end));
+            return Ok(ArrowPage {
+                ipc,
+                end,
+                from_image: true,
+            });
         }
         let columns: Vec<Column> = read
             .iter()
@@ -321,7 +335,11 @@ impl Table<'_> {
         })()
         .map_err(failed)?;
         let ipc = columnar::to_ipc(&page).map_err(failed)?;
-        Ok((ipc, end))
+        Ok(ArrowPage {
+            ipc,
+            end,
+            from_image: false,
+        })
     }
 
     /// The stored row as the client asked for it.
@@ -1144,7 +1162,7 @@ impl Kv for KvService {
             );
             let group = g.id;
             let request = req.clone();
-            let (ipc, end) = tokio::task::spawn_blocking(move || {
+            let page = tokio::task::spawn_blocking(move || {
                 Table { info: &info }.scan_arrow(&engine, group, &request, &projection, &cache)
             })
             .await
@@ -1152,13 +1170,16 @@ impl Kv for KvService {
             if let Some(c) = confirmation {
                 c.confirm(&h).await?;
             }
-            metrics::kv_request("scan", end.rows as u64, started.elapsed());
+            metrics::kv_request("scan", page.end.rows as u64, started.elapsed());
             return Ok(Response::new(ScanResponse {
                 rows: Vec::new(),
                 keys: Vec::new(),
-                more: end.more,
-                resume_key: end.resume.into(),
-                arrow: ipc.into(),
+                more: page.end.more,
+                resume_key: page.end.resume.into(),
+                arrow: page.ipc.into(),
+                node: self.ctx.node_id,
+                region: g.id,
+                from_image: page.from_image,
             }));
         }
         let limit = match req.limit as usize {
@@ -1191,6 +1212,9 @@ impl Kv for KvService {
             more: page.more,
             resume_key: page.resume.into(),
             arrow: Default::default(),
+            node: self.ctx.node_id,
+            region: g.id,
+            from_image: false,
         }))
     }
 }

@@ -13,8 +13,8 @@ use weir_proto::table::Value;
 use weir_sql::scan_filter::ScanFilter;
 use weir_sql::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,
-    NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, SinkMerge, TableMeta,
-    TaskStatus, TopicMeta, TopicRecord,
+    NewTopic, RecordPage, RegionMeta, ScanPage, ScheduleAction, ScheduleMeta, Served, SinkMerge,
+    TableMeta, TaskStatus, TopicMeta, TopicRecord,
 };
 use weir_storage::catalog::{
     Catalog, ExternalTableInfo, GroupKind, JobInfo, ScheduleInfo, TableInfo, TopicInfo,
@@ -243,13 +243,21 @@ impl Cluster for NodeCluster {
         let t = self.handle(table).await?;
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
         let filters = filters.iter().map(ScanFilter::to_proto).collect();
-        let (ipc, resume) = t
+        let page = t
             .scan_arrow_page((start, end), limit, columns, filters, false)
             .await
             .map_err(to_cluster)?;
-        let batch = weir_sql::columnar::from_ipc(&ipc)
+        let batch = weir_sql::columnar::from_ipc(&page.ipc)
             .map_err(|e| ClusterError::Unavailable(format!("a scan page does not decode: {e}")))?;
-        Ok(ScanPage { batch, resume })
+        Ok(ScanPage {
+            batch,
+            resume: page.resume,
+            served: Served {
+                region: page.region,
+                node: page.node,
+                from_image: page.from_image,
+            },
+        })
     }
 
     async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
