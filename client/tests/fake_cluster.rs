@@ -566,7 +566,7 @@ impl Cluster for Node {
         &self,
         _req: Request<NodeHeartbeat>,
     ) -> Result<Response<HeartbeatAck>, Status> {
-        Ok(Response::new(HeartbeatAck::default()))
+        Ok(Response::new(HeartbeatAck {}))
     }
 
     async fn allocate_group(

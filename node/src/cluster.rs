@@ -17,7 +17,6 @@ use weir_proto::v1::{
 use weir_storage::catalog::{MetaCommand, MetaResponse};
 use weir_storage::{Request as Cmd, Response as Resp};
 
-use crate::balance::LeaderBalance;
 use crate::error::{NodeError, NodeResult};
 use crate::groups::Registry;
 use crate::leader::{self, forwarded, was_forwarded};
@@ -35,8 +34,6 @@ pub struct NodeContext {
     pub peers: Peers,
     /// Member liveness (meaningful on the metadata leader).
     pub liveness: Liveness,
-    /// Leadership hand-overs waiting for their nodes' heartbeats (on the metadata leader).
-    pub balance: LeaderBalance,
     /// The node's storage engine (partition reads go straight to it).
     pub engine: weir_storage::Engine,
     /// What the stream tasks this node runs have done.
@@ -220,9 +217,7 @@ impl Cluster for ClusterService {
         };
         let hb = request.into_inner();
         self.ctx.liveness.record(hb.node_id, hb.groups);
-        Ok(Response::new(HeartbeatAck {
-            transfers: self.ctx.balance.take(hb.node_id),
-        }))
+        Ok(Response::new(HeartbeatAck {}))
     }
 
     async fn allocate_group(
@@ -373,7 +368,6 @@ pub async fn heartbeat_loop(ctx: Arc<NodeContext>, seeds: Vec<String>) {
         crate::metrics::record_groups(&hb.groups);
         if ctx.is_metadata_leader() {
             ctx.liveness.record(ctx.node_id, hb.groups);
-            hand_over(&ctx, ctx.balance.take(ctx.node_id)).await;
             continue;
         }
         let channel = match ctx.metadata_leader_addr() {
@@ -393,27 +387,9 @@ pub async fn heartbeat_loop(ctx: Arc<NodeContext>, seeds: Vec<String>) {
         };
         let mut req = Request::new(hb);
         req.set_timeout(Duration::from_secs(2));
-        match ClusterClient::new(channel).heartbeat(req).await {
-            Ok(ack) => hand_over(&ctx, ack.into_inner().transfers).await,
-            Err(e) => tracing::debug!(error = %e, "heartbeat to the metadata leader failed"),
+        if let Err(e) = ClusterClient::new(channel).heartbeat(req).await {
+            tracing::debug!(error = %e, "heartbeat to the metadata leader failed");
         }
-    }
-}
-
-/// Hands over the leadership of the groups the metadata leader asked this node to (those it no
-/// longer leads in the term named are left alone).
-async fn hand_over(ctx: &NodeContext, transfers: Vec<weir_proto::v1::LeaderTransfer>) {
-    for t in transfers {
-        let Some(h) = ctx.registry.get(t.group_id) else {
-            continue;
-        };
-        let started = h.hand_over(t.to_node, t.term).await;
-        tracing::info!(
-            group = t.group_id,
-            to = t.to_node,
-            started,
-            "leadership hand-over"
-        );
     }
 }
 

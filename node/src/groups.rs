@@ -10,7 +10,6 @@
 use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,10 +56,6 @@ pub struct GroupHandle {
     /// Until when this replica grants no votes: one lease after it restarted, since before the
     /// restart it may have promised a leader not to vote for anyone else within its lease.
     pub no_votes_until: Instant,
-    /// The term in which this replica, leading, began handing its leadership to another voter
-    /// (0: never). In that term it serves no read on its lease: the voters elect the new leader
-    /// without waiting out the lease they granted it.
-    pub handed_over_in: AtomicU64,
 }
 
 /// True when the replica these metrics describe leads its group. openraft keeps naming a leader
@@ -92,34 +87,6 @@ impl GroupHandle {
     /// True when this node leads the group.
     pub fn is_leader(&self) -> bool {
         leads(&self.raft.metrics().borrow_watched())
-    }
-
-    /// Hands this group's leadership to voter `to`, if this replica still leads it in `term`;
-    /// returns whether it started. From then on, in this term, this replica reads nothing on its
-    /// lease (see [`GroupHandle::handed_over_in`]).
-    pub async fn hand_over(&self, to: u64, term: u64) -> bool {
-        {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            if !leads(&m)
-                || m.current_term != term
-                || !m
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == to)
-            {
-                return false;
-            }
-        }
-        // Before openraft hears of it: a lease read checking after this sees the hand-over.
-        self.handed_over_in.store(term, Ordering::SeqCst);
-        self.raft.trigger().transfer_leader(to).await.is_ok()
-    }
-
-    /// True when this replica began handing its leadership over in `term`.
-    pub fn handing_over_in(&self, term: u64) -> bool {
-        self.handed_over_in.load(Ordering::SeqCst) == term
     }
 }
 
@@ -350,7 +317,6 @@ impl GroupManager {
             watch,
             snapshots: SnapshotDir::new(&self.cfg.snapshot_root, id),
             no_votes_until,
-            handed_over_in: AtomicU64::new(0),
         }))
     }
 

@@ -85,14 +85,10 @@ pub fn read_lease(h: &GroupHandle) -> Duration {
 /// The lease check made on the metrics openraft publishes instead of a round trip through the
 /// group's Raft task: this node leads, a quorum acknowledged it within the read lease (so no other
 /// leader can have been elected since), an entry of its own term is committed (so everything
-/// earlier leaders committed is too), its state machine has applied everything committed, and it
-/// has not begun handing its leadership over (voters elect the new leader at once then).
+/// earlier leaders committed is too), and its state machine has applied everything committed.
 fn lease_is_fresh(h: &GroupHandle) -> bool {
     let m = h.raft.metrics();
     let m = m.borrow_watched();
-    if h.handing_over_in(m.current_term) {
-        return false;
-    }
     let lease = read_lease(h);
     let fresh = m
         .last_quorum_acked
@@ -169,9 +165,6 @@ impl ReadConfirmation {
 /// The lease check made by openraft itself, on the read lease: it also holds for a group whose
 /// only voter is this node, where no quorum acknowledgement ever shows in the metrics.
 async fn raft_lease_is_valid(h: &GroupHandle) -> bool {
-    if h.handing_over_in(term_of(h)) {
-        return false;
-    }
     let on_lease =
         LinearizerOption::new(Some(read_lease(h)), false).with_wait_timeout(Duration::ZERO);
     h.raft.ensure_linearizable(on_lease).await.is_ok()

@@ -16,7 +16,6 @@
 //! - [`peers`]: shared gRPC channels to other nodes.
 //! - [`error`]: the node's error type and its mapping to gRPC status codes.
 
-pub mod balance;
 pub mod cluster;
 pub mod compute;
 pub mod error;

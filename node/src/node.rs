@@ -336,7 +336,6 @@ where
         registry,
         peers,
         liveness,
-        balance: Default::default(),
         engine,
         tasks: weir_sql::job::TaskBoard::default(),
     });

@@ -4,8 +4,6 @@
 //! placement loop runs on the metadata leader and keeps the cluster in shape: it creates the
 //! offsets group, re-creates the replicas of nodes that have been gone longer than the down timeout,
 //! and moves replicas onto nodes that hold fewer (a node that just joined), one move at a time.
-//! Once the replicas are where they should be, it spreads the leaders over them
-//! ([`crate::balance`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -213,7 +211,6 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
             ctx.liveness.reset();
         } else if !leader && was_leader {
             ctx.liveness.disarm();
-            ctx.balance.clear();
         }
         was_leader = leader;
         if !leader {
@@ -252,11 +249,6 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
         // A move is only started once every previous move has completed.
         let settled = catalog.groups.values().all(|g| healthy(g.id, &g.replicas));
         let Some(cmd) = next_move(&catalog, &ctx.liveness, &healthy) else {
-            // Replicas are where they should be: spread the leaders over them.
-            if settled {
-                let up = ctx.liveness.up_members(&catalog).into_iter().collect();
-                ctx.balance.plan(&catalog, &reports, &up);
-            }
             continue;
         };
         if matches!(cmd, MetaCommand::SetReplicas { .. })

@@ -110,7 +110,6 @@ async fn run_replica(
         watch,
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
         no_votes_until: Instant::now(),
-        handed_over_in: Default::default(),
     });
     replicas.lock().expect("replica map").insert(
         id,
