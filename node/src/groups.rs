@@ -56,6 +56,12 @@ pub struct GroupHandle {
     /// Until when this replica grants no votes: one lease after it restarted, since before the
     /// restart it may have promised a leader not to vote for anyone else within its lease.
     pub no_votes_until: Instant,
+    /// True when this replica was started as one of the group's founders (the group was new).
+    /// Any other replica joined a running group, possibly on a node the group once dropped: until
+    /// the group's log has told it that it is a member, it grants no votes, since a candidate
+    /// still holding a configuration from before the drop would count this fresh, empty replica
+    /// as the old member that already voted and stored entries there.
+    pub founder: bool,
 }
 
 /// True when the replica these metrics describe leads its group. openraft keeps naming a leader
@@ -79,9 +85,18 @@ impl GroupHandle {
         known_leader(&self.raft.metrics().borrow_watched())
     }
 
-    /// True when this replica may grant votes (it is not within a lease of its restart).
+    /// True when this replica may grant votes: it is not within a lease of its restart, and it
+    /// is a founder or its log names it a member (see [`GroupHandle::founder`]).
     pub fn may_vote(&self) -> bool {
-        Instant::now() >= self.no_votes_until
+        if Instant::now() < self.no_votes_until {
+            return false;
+        }
+        if self.founder {
+            return true;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_node(&m.id).is_some()
     }
 
     /// True when this node leads the group.
@@ -288,6 +303,7 @@ impl GroupManager {
                 raft.runtime_config().elect(true);
             });
         }
+        let founder = init.is_some();
         if let Some((first_founder, members)) = init {
             // The first founder initializes at once and so usually becomes the leader (placement
             // rotates first replicas, so leaders spread). The other founders initialize, with the
@@ -317,6 +333,7 @@ impl GroupManager {
             watch,
             snapshots: SnapshotDir::new(&self.cfg.snapshot_root, id),
             no_votes_until,
+            founder,
         }))
     }
 

@@ -327,7 +327,13 @@ fn run_seed(seed: u64, chaos: Duration) -> Result<u64, String> {
         Ok(()) => Ok(trace.digest()),
         Err(e) => {
             let lines = trace.lines();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n  ");
+            // WEIR_SIM_TRACE=1 prints the whole trace of a failing seed, not just its end.
+            let keep = if std::env::var_os("WEIR_SIM_TRACE").is_some() {
+                lines.len()
+            } else {
+                40
+            };
+            let tail = lines[lines.len().saturating_sub(keep)..].join("\n  ");
             Err(format!("{e}\n last of the trace:\n  {tail}"))
         }
     }
@@ -806,7 +812,13 @@ async fn check_log(client: &Client, observed: &Shared<Observed>) -> Result<(), S
                     "{value} acknowledged at {at:?} but stored at {found:?}"
                 ))
             }
-            None => return Err(format!("{value} acknowledged at {at:?} but lost")),
+            None => {
+                let held = log.get(&at.0).map_or(0, Vec::len);
+                return Err(format!(
+                    "{value} acknowledged at {at:?} but lost (partition {} holds {held} records)",
+                    at.0
+                ));
+            }
         }
     }
     for (p, read) in &o.consumed {

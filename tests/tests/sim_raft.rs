@@ -110,6 +110,7 @@ async fn run_replica(
         watch,
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
         no_votes_until: Instant::now(),
+        founder: true,
     });
     replicas.lock().expect("replica map").insert(
         id,
