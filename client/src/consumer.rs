@@ -245,69 +245,69 @@ impl Consumer {
             in_flight: FuturesUnordered::new(),
             next_fetch_id: 0,
         };
-        let initial = match (&config.group, &config.partitions) {
-            (Some(_), Some(_)) => {
-                return Err(ClientError::InvalidArgument(
+        let initial =
+            match (&config.group, &config.partitions) {
+                (Some(_), Some(_)) => return Err(ClientError::InvalidArgument(
                     "a consumer reads either explicit partitions or as a group member, not both"
                         .into(),
-                ))
-            }
-            (Some(group), None) => {
-                if group.is_empty() {
-                    return Err(ClientError::InvalidArgument(
-                        "group name must not be empty".into(),
+                )),
+                (Some(group), None) => {
+                    if group.is_empty() {
+                        return Err(ClientError::InvalidArgument(
+                            "group name must not be empty".into(),
+                        ));
+                    }
+                    let member_id =
+                        format!("{}-{:016x}", std::process::id(), weir_proto::random::u64());
+                    let sent = Instant::now();
+                    let resp = client
+                        .group_heartbeat(group, topic, &member_id, config.session_timeout, 0, &[])
+                        .await?;
+                    let grant = Grant {
+                        generation: resp.generation,
+                        partitions: normalize(resp.partitions),
+                    };
+                    let (tx, rx) = watch::channel(grant.clone());
+                    let (stop, stopped) = oneshot::channel();
+                    let adopted = Arc::new(Mutex::new(Grant::default()));
+                    let rejoin = Arc::new(Notify::new());
+                    let heartbeats = tokio::spawn(heartbeat(
+                        Heartbeats {
+                            client,
+                            group: group.clone(),
+                            topic: topic.to_string(),
+                            member_id: member_id.clone(),
+                            config: config.clone(),
+                            assignment: tx,
+                            adopted: adopted.clone(),
+                            rejoin: rejoin.clone(),
+                        },
+                        stopped,
+                        sent,
                     ));
-                }
-                let member_id = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
-                let sent = Instant::now();
-                let resp = client
-                    .group_heartbeat(group, topic, &member_id, config.session_timeout, 0, &[])
-                    .await?;
-                let grant = Grant {
-                    generation: resp.generation,
-                    partitions: normalize(resp.partitions),
-                };
-                let (tx, rx) = watch::channel(grant.clone());
-                let (stop, stopped) = oneshot::channel();
-                let adopted = Arc::new(Mutex::new(Grant::default()));
-                let rejoin = Arc::new(Notify::new());
-                let heartbeats = tokio::spawn(heartbeat(
-                    Heartbeats {
-                        client,
+                    consumer.membership = Some(Membership {
                         group: group.clone(),
-                        topic: topic.to_string(),
-                        member_id: member_id.clone(),
-                        config: config.clone(),
-                        assignment: tx,
-                        adopted: adopted.clone(),
-                        rejoin: rejoin.clone(),
-                    },
-                    stopped,
-                    sent,
-                ));
-                consumer.membership = Some(Membership {
-                    group: group.clone(),
-                    member_id,
-                    assignment: rx,
-                    generation: 0,
-                    adopted,
-                    rejoin,
-                    stop,
-                    heartbeats,
-                });
-                consumer.adopt(grant).await?;
-                return Ok(consumer);
-            }
-            (None, Some(parts)) => {
-                if let Some(bad) = parts.iter().find(|p| **p >= total) {
-                    return Err(ClientError::InvalidArgument(format!(
-                        "topic {topic} has {total} partitions; there is no partition {bad}"
-                    )));
+                        member_id,
+                        assignment: rx,
+                        generation: 0,
+                        adopted,
+                        rejoin,
+                        stop,
+                        heartbeats,
+                    });
+                    consumer.adopt(grant).await?;
+                    return Ok(consumer);
                 }
-                normalize(parts.clone())
-            }
-            (None, None) => (0..total).collect(),
-        };
+                (None, Some(parts)) => {
+                    if let Some(bad) = parts.iter().find(|p| **p >= total) {
+                        return Err(ClientError::InvalidArgument(format!(
+                            "topic {topic} has {total} partitions; there is no partition {bad}"
+                        )));
+                    }
+                    normalize(parts.clone())
+                }
+                (None, None) => (0..total).collect(),
+            };
         consumer.assign(initial, 0).await?;
         Ok(consumer)
     }

@@ -19,7 +19,7 @@ impl Partitioner {
         let start = if partitions == 0 {
             0
         } else {
-            rand::random::<u32>() % partitions
+            (weir_proto::random::u64() % u64::from(partitions)) as u32
         };
         Partitioner::starting_at(partitions, start)
     }

@@ -526,7 +526,7 @@ impl Sequencer {
     fn new() -> Self {
         Sequencer {
             // 0 tells the broker the producer is not idempotent.
-            producer_id: rand::random::<u64>().max(1),
+            producer_id: weir_proto::random::u64().max(1),
             next: 0,
         }
     }

@@ -15,6 +15,7 @@ pub mod format;
 pub mod ingest;
 pub mod json_fields;
 pub mod kafka_batch;
+pub mod random;
 pub mod record;
 pub mod table;
 

@@ -3,10 +3,9 @@
 //!
 //! openraft draws election timeouts and tick offsets from its runtime's `thread_rng`. A node draws
 //! them from the operating system's entropy; a simulation that runs every node on one thread calls
-//! [`seed_this_thread`] first, and every draw then comes from one seeded generator, so a run
+//! [`weir_proto::random::seed_this_thread`] first, and every draw then comes from one seeded generator, so a run
 //! replays exactly from its seed.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
@@ -14,27 +13,16 @@ use std::time::Duration;
 use openraft::rt::{AsyncRuntime, OptionalSend, Select2, Select3, Select4};
 use openraft_rt_tokio::TokioRuntime;
 use rand_raft::rngs::SmallRng;
-use rand_raft::{Rng, SeedableRng};
-
-thread_local! {
-    /// The seeded generator of a simulation running on this thread; None in a node.
-    static SEEDED: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
-}
-
-/// Makes every later draw of Raft randomness on this thread come from a generator seeded with
-/// `seed` (None goes back to the operating system's entropy).
-pub fn seed_this_thread(seed: Option<u64>) {
-    SEEDED.with(|s| *s.borrow_mut() = seed.map(SmallRng::seed_from_u64));
-}
+use rand_raft::SeedableRng;
 
 /// A number drawn uniformly from `[lo, hi)` out of the same randomness as Raft's timeouts (seeded
 /// in a simulation): for jitter in the node's own timers.
 pub fn jitter(lo: f64, hi: f64) -> f64 {
-    let unit = (WeirRuntime::thread_rng().next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = (weir_proto::random::u64() >> 11) as f64 / (1u64 << 53) as f64;
     lo + (hi - lo) * unit
 }
 
-/// tokio, as openraft's `TokioRuntime` drives it, with [`seed_this_thread`]'s randomness.
+/// tokio, as openraft's `TokioRuntime` drives it, with [`weir_proto::random`]'s randomness.
 #[derive(Debug)]
 pub struct WeirRuntime {
     inner: TokioRuntime,
@@ -124,10 +112,10 @@ impl AsyncRuntime for WeirRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        SEEDED.with(|s| match s.borrow_mut().as_mut() {
-            Some(seeded) => SmallRng::seed_from_u64(seeded.next_u64()),
+        match weir_proto::random::seeded_u64() {
+            Some(seed) => SmallRng::seed_from_u64(seed),
             None => rand_raft::make_rng(),
-        })
+        }
     }
 
     type Mpsc = <TokioRuntime as AsyncRuntime>::Mpsc;
@@ -160,6 +148,8 @@ impl AsyncRuntime for WeirRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_raft::Rng;
+    use weir_proto::random::seed_this_thread;
 
     fn draws() -> Vec<u64> {
         (0..4)

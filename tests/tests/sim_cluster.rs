@@ -239,7 +239,7 @@ fn run_seed(seed: u64, chaos: Duration) -> Result<u64, String> {
     if std::env::var_os("WEIR_LOG").is_some() {
         weir_tests::init_tracing();
     }
-    weir_storage::runtime::seed_this_thread(Some(seed));
+    weir_proto::random::seed_this_thread(Some(seed));
     let mut rng = StdRng::seed_from_u64(seed);
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut sim = turmoil::Builder::new()

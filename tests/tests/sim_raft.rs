@@ -393,7 +393,7 @@ fn simulate(seed: u64) {
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
     let replicas: Replicas = Arc::default();
-    weir_storage::runtime::seed_this_thread(Some(seed));
+    weir_proto::random::seed_this_thread(Some(seed));
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(600))

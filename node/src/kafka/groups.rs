@@ -492,7 +492,7 @@ fn handle(st: &mut State, msg: Msg) {
                 return;
             }
             let member = if j.member.is_empty() {
-                let id = format!("{}-{:016x}", j.client, rand::random::<u64>());
+                let id = format!("{}-{:016x}", j.client, weir_proto::random::u64());
                 if j.id_first {
                     g.pending_ids.insert(id.clone(), now);
                     let _ = reply.send(refuse(errors::MEMBER_ID_REQUIRED, id));

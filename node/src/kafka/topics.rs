@@ -302,7 +302,7 @@ pub fn init_producer_id(req: InitProducerIdRequest) -> InitProducerIdResponse {
         (req.producer_id.0, req.producer_epoch + 1)
     } else {
         // Never 0 (the log reads 0 as "not idempotent") and never negative (Kafka's "none").
-        ((rand::random::<u64>() >> 1).max(1) as i64, 0)
+        ((weir_proto::random::u64() >> 1).max(1) as i64, 0)
     };
     InitProducerIdResponse::default()
         .with_producer_id(ProducerId(id))

@@ -543,7 +543,7 @@ impl Cluster for NodeCluster {
         let batches = batches_by_partition(topic, partitions, &records, None)?;
         // One producer id per call, sequence 0 per partition: a batch retried after a lost
         // answer is stored once.
-        let producer_id = rand::random::<u64>().max(1);
+        let producer_id = weir_proto::random::u64().max(1);
         let mut written = 0u64;
         for (p, b) in batches {
             let (_, n) = client
