@@ -93,17 +93,25 @@ impl CancelHandler for CancelRequests {
 
 /// Where datafusion-postgres keeps a session's `SET statement_timeout` (milliseconds).
 const SESSION_TIMEOUT: &str = "statement_timeout_ms";
+/// Set when the session's `SET statement_timeout` was 0: as in Postgres, its statements then
+/// run without a limit, the node's `--sql-timeout-secs` included (datafusion-postgres records a
+/// 0 by removing its own key, which would read as "use the node's").
+const SESSION_NO_TIMEOUT: &str = "weir.statement_timeout_off";
 
 /// What stops a statement of this connection: its cancel requests, and the session's
 /// `statement_timeout` or else the node's.
 fn stop_of<C: ClientInfo>(client: &C, engine: &Engine) -> Stop {
-    let timeout = client
-        .metadata()
-        .get(SESSION_TIMEOUT)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis)
-        .or(engine.statement_timeout());
+    let metadata = client.metadata();
+    let timeout = if metadata.contains_key(SESSION_NO_TIMEOUT) {
+        None
+    } else {
+        metadata
+            .get(SESSION_TIMEOUT)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .or(engine.statement_timeout())
+    };
     let cancel = client
         .session_extensions()
         .get::<Registration>()
@@ -467,6 +475,80 @@ impl QueryHook for CatalogHook {
     }
 }
 
+/// `SET` as datafusion-postgres answers it, also noting a session's `statement_timeout` of 0 (no
+/// limit) where [`stop_of`] finds it.
+struct SetHook;
+
+impl SetHook {
+    /// True for `SET statement_timeout ...`.
+    fn sets_timeout(statement: &Statement) -> bool {
+        matches!(
+            statement,
+            Statement::Set(datafusion::sql::sqlparser::ast::Set::SingleAssignment { variable, .. })
+                if variable.to_string().eq_ignore_ascii_case("statement_timeout")
+        )
+    }
+
+    /// After a `SET statement_timeout` was applied: a value datafusion-postgres kept no limit for
+    /// is a 0, which lifts the node's timeout too.
+    fn note_timeout(statement: &Statement, client: &mut dyn HookClient) {
+        if Self::sets_timeout(statement) {
+            let metadata = client.metadata_mut();
+            if metadata.contains_key(SESSION_TIMEOUT) {
+                metadata.remove(SESSION_NO_TIMEOUT);
+            } else {
+                metadata.insert(SESSION_NO_TIMEOUT.to_string(), "on".to_string());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl QueryHook for SetHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let answer = SetShowHook
+            .handle_simple_query(statement, ctx, client)
+            .await;
+        if matches!(answer, Some(Ok(_))) {
+            Self::note_timeout(statement, client);
+        }
+        answer
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        SetShowHook
+            .handle_extended_parse_query(statement, ctx, client)
+            .await
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        plan: &LogicalPlan,
+        params: &ParamValues,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let answer = SetShowHook
+            .handle_extended_query(statement, plan, params, ctx, client)
+            .await;
+        if matches!(answer, Some(Ok(_))) {
+            Self::note_timeout(statement, client);
+        }
+        answer
+    }
+}
+
 /// Serves the Postgres protocol on `listener` with `engine` until `shutdown` completes.
 pub async fn serve(
     engine: Engine,
@@ -480,7 +562,7 @@ pub async fn serve(
             engine: engine.clone(),
         }),
         Arc::new(CursorStatementHook),
-        Arc::new(SetShowHook),
+        Arc::new(SetHook),
         Arc::new(TransactionStatementHook),
     ];
     let service = Arc::new(DfSessionService::new_with_hooks(ctx, hooks));

@@ -228,8 +228,12 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Starts one node on free loopback ports in a new temporary dir, joining `join` if given.
-async fn start_node(join: Option<String>) -> (RunningNode, TempDir) {
+/// Starts one node on free loopback ports in a new temporary dir, joining `join` if given, with
+/// `configure` applied to its configuration last.
+async fn start_node(
+    join: Option<String>,
+    configure: &dyn Fn(&mut NodeConfig),
+) -> (RunningNode, TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = NodeConfig::new(dir.path());
     cfg.listen = "127.0.0.1:0".into();
@@ -237,6 +241,7 @@ async fn start_node(join: Option<String>) -> (RunningNode, TempDir) {
     cfg.pg = Some("127.0.0.1:0".into());
     cfg.kafka = Some("127.0.0.1:0".into());
     cfg.join = join;
+    configure(&mut cfg);
     let node = weir_node::start(cfg).await.expect("node starts");
     (node, dir)
 }
@@ -251,11 +256,17 @@ pub struct InProcessCluster {
 impl InProcessCluster {
     /// Starts `n` nodes: the first bootstraps, the others join it; returns once all are up.
     pub async fn start(n: usize) -> InProcessCluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Like [`InProcessCluster::start`], with `configure` applied to every node's configuration.
+    pub async fn start_with(n: usize, configure: impl Fn(&mut NodeConfig)) -> InProcessCluster {
         init_tracing();
         let mut nodes: Vec<RunningNode> = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..n {
-            let (node, dir) = start_node((i > 0).then(|| nodes[0].grpc_addr.to_string())).await;
+            let join = (i > 0).then(|| nodes[0].grpc_addr.to_string());
+            let (node, dir) = start_node(join, &configure).await;
             nodes.push(node);
             dirs.push(dir);
         }
@@ -275,7 +286,7 @@ impl InProcessCluster {
 
     /// Starts one more node that joins the first; returns its index.
     pub async fn add_node(&mut self) -> usize {
-        let (node, dir) = start_node(Some(self.addr(0))).await;
+        let (node, dir) = start_node(Some(self.addr(0)), &|_| {}).await;
         self.nodes.push(node);
         self._dirs.push(dir);
         self.nodes.len() - 1

@@ -1196,6 +1196,81 @@ async fn error_of(
     .expect_err("the statement failed")
 }
 
+/// Sends cancel requests for `pg`'s running statement until `running` ends (one sent before the
+/// statement starts cancels nothing); its error.
+async fn cancel_until_done(
+    pg: &tokio_postgres::Client,
+    running: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> tokio_postgres::Error {
+    let token = pg.cancel_token();
+    wait_until("the query to be cancelled", Duration::from_secs(60), || {
+        let token = token.clone();
+        let done = running.is_finished();
+        async move {
+            if done {
+                return Some(());
+            }
+            let _ = token.cancel_query(tokio_postgres::NoTls).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    })
+    .await;
+    running
+        .await
+        .expect("joined")
+        .expect_err("the query was cancelled")
+}
+
+/// As in Postgres, a session's `SET statement_timeout = 0` runs its statements without a limit,
+/// the node's `--sql-timeout-secs` included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_timeout_of_zero_lifts_the_nodes_timeout() {
+    let cluster = InProcessCluster::start_with(1, |cfg| {
+        cfg.sql_timeout = Some(Duration::from_millis(300));
+    })
+    .await;
+    let port = cluster.nodes[0]
+        .pg_addr
+        .expect("the node serves Postgres")
+        .port();
+    let (pg, conn) = pg_connect(port).await;
+    let canceled = |e: &tokio_postgres::Error| {
+        e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    };
+    let e = pg
+        .simple_query(ENDLESS)
+        .await
+        .expect_err("the node's timeout");
+    assert!(canceled(&e), "{e:?}");
+    assert!(format!("{e:?}").contains("statement timeout"), "{e:?}");
+
+    pg.batch_execute("SET statement_timeout = 0")
+        .await
+        .expect("set");
+    let pg = std::sync::Arc::new(pg);
+    let running = tokio::spawn({
+        let pg = pg.clone();
+        async move { pg.simple_query(ENDLESS).await.map(|_| ()) }
+    });
+    // Many times the node's timeout later, the statement still runs (with the node's timeout
+    // still in force it would have ended after 300 ms); only a cancel ends it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!running.is_finished(), "the statement stopped by itself");
+    let e = cancel_until_done(&pg, running).await;
+    assert!(format!("{e:?}").contains("user request"), "{e:?}");
+
+    // A session timeout set again applies.
+    pg.batch_execute("SET statement_timeout = '200ms'")
+        .await
+        .expect("set");
+    let e = pg.simple_query(ENDLESS).await.expect_err("timed out");
+    assert!(format!("{e:?}").contains("statement timeout"), "{e:?}");
+    drop(pg);
+    let _ = conn.await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_statements_stop_at_their_timeout_or_when_the_client_cancels() {
     let cluster = InProcessCluster::start(1).await;
@@ -1234,31 +1309,13 @@ async fn long_statements_stop_at_their_timeout_or_when_the_client_cancels() {
         .await
         .expect("reset");
 
-    // A cancel request (psql's Ctrl-C) stops the running statement. One sent before the query
-    // starts cancels nothing, so it is sent until the query ends.
+    // A cancel request (psql's Ctrl-C) stops the running statement.
     let pg = std::sync::Arc::new(pg);
     let running = tokio::spawn({
         let pg = pg.clone();
         async move { pg.simple_query(ENDLESS).await.map(|_| ()) }
     });
-    let token = pg.cancel_token();
-    wait_until("the query to be cancelled", Duration::from_secs(60), || {
-        let token = token.clone();
-        let done = running.is_finished();
-        async move {
-            if done {
-                return Some(());
-            }
-            let _ = token.cancel_query(tokio_postgres::NoTls).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            None
-        }
-    })
-    .await;
-    let e = running
-        .await
-        .expect("joined")
-        .expect_err("the query was cancelled");
+    let e = cancel_until_done(&pg, running).await;
     assert!(canceled(&e), "{e:?}");
     assert!(format!("{e:?}").contains("user request"), "{e:?}");
 
