@@ -56,11 +56,12 @@ pub struct GroupHandle {
     /// Until when this replica grants no votes: one lease after it restarted, since before the
     /// restart it may have promised a leader not to vote for anyone else within its lease.
     pub no_votes_until: Instant,
-    /// True when this replica was started as one of the group's founders (the group was new).
-    /// Any other replica joined a running group, possibly on a node the group once dropped: until
-    /// the group's log has told it that it is a member, it grants no votes, since a candidate
-    /// still holding a configuration from before the drop would count this fresh, empty replica
-    /// as the old member that already voted and stored entries there.
+    /// True when this replica is one the group was created with (a founder of a new group, or a
+    /// replica a split gave a new region) and the group has dropped none since. Any other
+    /// replica joined a running group, possibly on a node the group once dropped: until the
+    /// group's log has told it that it is a member, it grants no votes, since a candidate still
+    /// holding a configuration from before the drop would count this fresh, empty replica as the
+    /// old member that had voted and stored entries there.
     pub founder: bool,
 }
 
@@ -209,7 +210,7 @@ impl GroupManager {
             None
         };
         let meta = mgr
-            .open_group(METADATA_GROUP, GroupKind::Metadata, init)
+            .open_group(METADATA_GROUP, GroupKind::Metadata, init, mgr.cfg.bootstrap)
             .await?;
         let catalog_rx = match &meta.watch {
             GroupWatch::Catalog(rx) => rx.clone(),
@@ -245,6 +246,7 @@ impl GroupManager {
         id: u64,
         kind: GroupKind,
         init: Option<(u64, BTreeMap<u64, BasicNode>)>,
+        founder: bool,
     ) -> NodeResult<Arc<GroupHandle>> {
         let engine = self.cfg.engine.clone();
         // Recovery may clear an install a crash cut short or reset a replica behind its purged
@@ -303,7 +305,6 @@ impl GroupManager {
                 raft.runtime_config().elect(true);
             });
         }
-        let founder = init.is_some();
         if let Some((first_founder, members)) = init {
             // The first founder initializes at once and so usually becomes the leader (placement
             // rotates first replicas, so leaders spread). The other founders initialize, with the
@@ -423,7 +424,16 @@ impl GroupManager {
                     .collect::<BTreeMap<_, _>>();
                 (g.replicas.first().copied().unwrap_or(me), members)
             });
-            match self.open_group(g.id, g.kind.clone(), init).await {
+            // A group is created at epoch 0 (a split's region at 1) and every replica move bumps
+            // it: at its first epoch no replica has been dropped yet.
+            let first_epoch = match &g.kind {
+                GroupKind::Region {
+                    parent: Some(_), ..
+                } => 1,
+                _ => 0,
+            };
+            let founder = g.epoch == first_epoch && g.replicas.contains(&me);
+            match self.open_group(g.id, g.kind.clone(), init, founder).await {
                 Ok(h) => {
                     tracing::info!(group = g.id, kind = ?g.kind, "started replica");
                     self.groups.insert(g.id, h);

@@ -3,7 +3,8 @@
 //! The scenario, per seed and twice over: a leader commits writes; it is then cut off from both
 //! followers, and a write submitted to it must not commit while the majority elects a new leader
 //! that keeps committing; once the partition heals, every replica must hold the same batches, each
-//! acknowledged write exactly once and in acknowledgement order, and nothing else.
+//! acknowledged write exactly once and in acknowledgement order, and nothing else. Another test
+//! starts a fourth replica that joins the running group empty, and checks when it may vote.
 //!
 //! Replicas are built as the group manager builds them (engine, state machine, log store, the
 //! real Raft network and gRPC service), only the TCP underneath is turmoil's and the disk is an
@@ -20,12 +21,15 @@ use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
+use openraft::raft::VoteRequest;
 use openraft::{BasicNode, ServerState};
 use tokio::time::Instant;
 use weir_node::groups::{GroupHandle, Registry};
 use weir_node::raft::network::GroupNetwork;
 use weir_node::raft::{config, service::RaftService};
+use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::raft_transport_server::RaftTransportServer;
+use weir_proto::v1::RaftRequest;
 use weir_storage::catalog::GroupKind;
 use weir_storage::engine::memory::MemoryDisk;
 use weir_storage::partition::{read_batches, PartitionState};
@@ -36,6 +40,8 @@ use weir_tests::sim::{self, PORT};
 
 const GROUP: u64 = 7;
 const NODES: [u64; 3] = [1, 2, 3];
+/// The replica that joins the running group in the voting test.
+const JOINER: u64 = 4;
 const RECORDS_PER_BATCH: u32 = 3;
 const BATCHES_PER_PHASE: usize = 5;
 /// Partition rounds per seed: the second cuts off a leader the first one elected, with connections
@@ -78,6 +84,7 @@ async fn run_replica(
     disk: MemoryDisk,
     dir: PathBuf,
     replicas: Replicas,
+    founder: bool,
 ) -> turmoil::Result {
     let engine = Engine::in_memory(&disk);
     let snapshot_root = dir.join("snapshots");
@@ -110,7 +117,7 @@ async fn run_replica(
         watch,
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
         no_votes_until: Instant::now(),
-        founder: true,
+        founder,
     });
     replicas.lock().expect("replica map").insert(
         id,
@@ -381,6 +388,16 @@ async fn scenario(seed: u64, replicas: Replicas) -> turmoil::Result {
 
 /// Runs the scenario under `seed`.
 fn simulate(seed: u64) {
+    run(seed, &[], scenario);
+}
+
+/// Runs `scenario` against the group's founders and, started empty and not a founder, a replica
+/// on each node of `joiners`.
+fn run<F, Fut>(seed: u64, joiners: &[u64], scenario: F)
+where
+    F: FnOnce(u64, Replicas) -> Fut,
+    Fut: std::future::Future<Output = turmoil::Result> + 'static,
+{
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -388,7 +405,12 @@ fn simulate(seed: u64) {
         )
         .with_test_writer()
         .try_init();
-    let dirs: Vec<tempfile::TempDir> = NODES
+    let nodes: Vec<(u64, bool)> = NODES
+        .iter()
+        .map(|n| (*n, true))
+        .chain(joiners.iter().map(|n| (*n, false)))
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = nodes
         .iter()
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
@@ -400,12 +422,12 @@ fn simulate(seed: u64) {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(5))
         .build();
-    for (id, dir) in NODES.iter().copied().zip(&dirs) {
+    for ((id, founder), dir) in nodes.iter().copied().zip(&dirs) {
         let dir = dir.path().to_path_buf();
         let replicas = replicas.clone();
         let disk = MemoryDisk::new(seed.wrapping_add(id));
         sim.host(host(id), move || {
-            run_replica(id, disk.clone(), dir.clone(), replicas.clone())
+            run_replica(id, disk.clone(), dir.clone(), replicas.clone(), founder)
         });
     }
     sim.client("client", scenario(seed, replicas.clone()));
@@ -415,6 +437,63 @@ fn simulate(seed: u64) {
     if let Err(e) = result {
         panic!("seed {seed}: {e}");
     }
+}
+
+/// A replica that joins a running group empty (as on a node the group once dropped and took
+/// back) grants no vote until the group's log has told it that it is a member: a candidate still
+/// holding a configuration from before the drop would otherwise count it as the old member,
+/// which had voted and stored entries there, and could lead without the entries a quorum holds.
+#[test]
+fn a_joining_replica_votes_only_once_the_log_names_it_a_member() {
+    run(11, &[JOINER], |seed, replicas| async move {
+        wait_for(
+            &replicas,
+            "every replica to start",
+            ELECTION_DEADLINE,
+            || (replicas.lock().expect("replica map").len() == NODES.len() + 1).then_some(()),
+        )
+        .await;
+        let (leader, _) = agreed_leader(&replicas, &NODES, 0).await;
+        write(&replicas, leader, "before the joiner", seed).await;
+        let leading = replica(&replicas, leader).group;
+        let m = leading.raft.metrics().borrow_watched().clone();
+        let ask = RaftRequest {
+            group_id: GROUP,
+            payload: bincode::serialize(&VoteRequest::<TypeConfig>::new(m.vote, m.last_applied))?
+                .into(),
+        };
+        let joiner_addr = format!("{}:{PORT}", host(JOINER));
+        let mut joiner = RaftTransportClient::new(sim::peers().channel(&joiner_addr)?);
+        let refused = joiner
+            .vote(ask.clone())
+            .await
+            .expect_err("an empty replica that joined refuses to vote");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+        assert!(refused.message().contains("not voting yet"), "{refused}");
+
+        leading
+            .raft
+            .add_learner(JOINER, BasicNode::new(joiner_addr), true)
+            .await?;
+        wait_for(
+            &replicas,
+            "the joiner to learn it is a member",
+            ELECTION_DEADLINE,
+            || {
+                let m = replica(&replicas, JOINER).group.raft.metrics();
+                let m = m.borrow_watched();
+                m.membership_config
+                    .membership()
+                    .get_node(&JOINER)
+                    .is_some()
+                    .then_some(())
+            },
+        )
+        .await;
+        let answered = joiner.vote(ask).await;
+        assert!(answered.is_ok(), "the member votes again: {answered:?}");
+        Ok(())
+    });
 }
 
 #[test]

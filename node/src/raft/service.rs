@@ -47,7 +47,8 @@ impl RaftService {
         let g = self.group(req.group_id)?;
         if !g.may_vote() {
             return Err(Status::unavailable(format!(
-                "group {}: restarted within a leader lease; not voting yet",
+                "group {}: not voting yet (restarted within a leader lease, or not yet told by the \
+                 group's log that it is a member)",
                 g.id
             )));
         }
