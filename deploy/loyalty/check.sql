@@ -1,0 +1,2 @@
+SELECT count(*) AS n, count(date_of_birth) AS dob, count(email) AS email, count(phone) AS phone, sum(length(name)) AS name_len, sum(length(email)) AS email_len, sum(length(phone)) AS phone_len, sum(CAST(EXTRACT(YEAR FROM date_of_birth) * 10000 + EXTRACT(MONTH FROM date_of_birth) * 100 + EXTRACT(DAY FROM date_of_birth) AS BIGINT)) AS dob_sum FROM customers_cln;
+SELECT count(*) AS n, sum(orders) AS orders, sum(points) AS points, sum(customer_id) AS ids, count(DISTINCT data_dt) AS days FROM loyalty;
