@@ -3,6 +3,7 @@
 //! `CREATE EXTERNAL TABLE`, `DROP TABLE|TOPIC`) and of `SHOW TOPICS`.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    CreateTable, CreateTableOptions, Expr as SqlExpr, Ident, ObjectName, ObjectType, SqlOption,
-    Statement as Sql, TableObject, Value as SqlValue,
+    visit_relations, CreateTable, CreateTableOptions, Expr as SqlExpr, Ident, ObjectName,
+    ObjectType, SqlOption, Statement as Sql, TableObject, Value as SqlValue,
 };
 use weir_proto::format::{RecordFormat, TopicFormat};
 use weir_proto::table::{Column, TableSchema};
@@ -166,6 +167,25 @@ impl Engine {
             .map(|c| ObjectName::from(vec![Ident::with_quote('"', c.name.clone())]))
             .collect();
         true
+    }
+
+    /// Whether `stmt` is a query that reads a topic: it reports the records it skipped as
+    /// undecodable, so a protocol that shows notices runs it on the engine.
+    pub fn reads_topic(&self, stmt: &Statement) -> bool {
+        let Statement::Sql(DfStatement::Statement(s)) = stmt else {
+            return false;
+        };
+        if !matches!(s.as_ref(), Sql::Query(_)) {
+            return false;
+        }
+        visit_relations(s.as_ref(), |name| {
+            if matches!(self.cluster.topic(&object_name(name)), Ok(Some(_))) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .is_break()
     }
 
     /// Runs every statement of `sql` in order, returning each one's output; the rows of a query

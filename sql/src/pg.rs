@@ -30,23 +30,32 @@ use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::StartupHandler;
 use datafusion_postgres::pgwire::api::cancel::CancelHandler;
+use datafusion_postgres::pgwire::api::copy;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
-use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::query::{
+    send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
+};
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::Type;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
+};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
+use datafusion_postgres::pgwire::messages::response::EmptyQueryResponse;
+use datafusion_postgres::pgwire::messages::simplequery::Query;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::{DfSessionService, QueryHook};
-use futures::{Sink, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use tokio::net::TcpListener;
 
 use crate::cancel::{Cancels, Registration, Stop, Stopped};
 use crate::engine::{Engine, Output, CATALOG};
 use crate::statement::Statement as WeirStatement;
+use crate::warnings::QueryWarnings;
 
 /// Accepts every user: Weir has no users or passwords yet; bind the port to loopback or a
 /// private network. Each connection is recorded under the key it is given, so that a cancel
@@ -325,8 +334,7 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Simple queries: those holding a statement only Weir's parser reads run on the engine; the rest
-/// go to datafusion-postgres (which also answers `SET`, `SHOW`, transactions and `pg_catalog`).
+/// Simple queries (what `psql` sends): see [`SimpleQueries::answer`] for which runs where.
 struct SimpleQueries {
     engine: Engine,
     service: Arc<DfSessionService>,
@@ -372,9 +380,15 @@ fn response(output: Output) -> PgWireResult<Response> {
     }
 }
 
-#[async_trait]
-impl SimpleQueryHandler for SimpleQueries {
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+/// The results of a simple query's statements, each with what its statement reports besides
+/// its rows (records of a topic it skipped), known once the rows have been sent.
+type Answers = Vec<(Response, Option<Arc<QueryWarnings>>)>;
+
+impl SimpleQueries {
+    /// Runs the statements of a simple query. Those only Weir reads, and queries over topics
+    /// (whose skipped records must reach the client), run on the engine; the rest go to
+    /// datafusion-postgres (which also answers `SET`, `SHOW`, transactions and `pg_catalog`).
+    async fn answer<C>(&self, client: &mut C, query: &str) -> PgWireResult<Answers>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -383,7 +397,7 @@ impl SimpleQueryHandler for SimpleQueries {
     {
         let stop = stop_of(client, &self.engine);
         let statements = match self.engine.parse(query) {
-            Ok(s) if s.iter().any(weir_only) => s,
+            Ok(s) if s.iter().any(|s| weir_only(s) || self.engine.reads_topic(s)) => s,
             // Plain SQL, or text Weir's parser refuses: datafusion-postgres answers (with its own
             // error for what neither reads).
             _ => {
@@ -395,22 +409,127 @@ impl SimpleQueryHandler for SimpleQueries {
                     ))
                     .await
                     .map_err(stopped_error)??;
-                return Ok(answered.into_iter().map(|r| guarded(r, &stop)).collect());
+                return Ok(answered
+                    .into_iter()
+                    .map(|r| (guarded(r, &stop), None))
+                    .collect());
             }
         };
         let mut out = Vec::with_capacity(statements.len());
         for statement in statements {
             match stop.run(self.engine.run(statement)).await {
-                Ok(Ok(output)) => out.push(response(output)?),
+                Ok(Ok(output)) => {
+                    let warnings = match &output {
+                        Output::Rows(_, w) => Some(w.clone()),
+                        Output::Done(_) => None,
+                    };
+                    out.push((guarded(response(output)?, &stop), warnings));
+                }
                 Ok(Err(e)) => {
                     // As Postgres does: the statements before it stand, the rest are not run.
-                    out.push(Response::Error(Box::new(error_info(e))));
+                    out.push((Response::Error(Box::new(error_info(e))), None));
                     break;
                 }
                 Err(why) => return Err(stopped_error(why)),
             }
         }
-        Ok(out.into_iter().map(|r| guarded(r, &stop)).collect())
+        Ok(out)
+    }
+}
+
+/// A notice (Postgres's `WARNING`, SQLSTATE 01000) for each line `warnings` holds.
+fn notices(warnings: &QueryWarnings) -> impl Iterator<Item = PgWireBackendMessage> {
+    warnings.lines().into_iter().map(|line| {
+        PgWireBackendMessage::NoticeResponse(
+            ErrorInfo::new("WARNING".into(), "01000".into(), line).into(),
+        )
+    })
+}
+
+#[async_trait]
+impl SimpleQueryHandler for SimpleQueries {
+    /// pgwire's own handling of a simple query, with one addition: after a statement's rows,
+    /// what it skipped goes to the client as `WARNING` notices, which `psql` prints under the
+    /// result. They can only be sent here: the rows are computed while they are sent, after
+    /// `do_query` returned, and pgwire ends the query with `ReadyForQuery` right after them.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let mut status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        if query.query.chars().all(|c| c == ';' || c.is_whitespace()) {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        } else {
+            let answers = self.answer(client, &query.query).await?;
+            for (answer, warnings) in answers {
+                match answer {
+                    Response::EmptyQuery => {
+                        client
+                            .feed(PgWireBackendMessage::EmptyQueryResponse(
+                                EmptyQueryResponse::new(),
+                            ))
+                            .await?;
+                    }
+                    Response::Query(rows) => send_query_response(client, rows, true).await?,
+                    Response::Execution(tag) => send_execution_response(client, tag).await?,
+                    Response::TransactionStart(tag) => {
+                        send_execution_response(client, tag).await?;
+                        status = status.to_in_transaction_state();
+                    }
+                    Response::TransactionEnd(tag) => {
+                        send_execution_response(client, tag).await?;
+                        status = status.to_idle_state();
+                    }
+                    Response::Error(e) => {
+                        client
+                            .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                            .await?;
+                        status = status.to_error_state();
+                    }
+                    Response::CopyIn(copy) => {
+                        copy::send_copy_in_response(client, copy).await?;
+                        client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    }
+                    Response::CopyOut(copy) => copy::send_copy_out_response(client, copy).await?,
+                    Response::CopyBoth(copy) => {
+                        copy::send_copy_both_response(client, copy).await?;
+                        client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    }
+                }
+                for notice in warnings.iter().flat_map(|w| notices(w)) {
+                    client.feed(notice).await?;
+                }
+            }
+        }
+        // A COPY FROM STDIN in progress answers ReadyForQuery when it ends, as in pgwire.
+        if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            client.set_transaction_status(status);
+            send_ready_for_query(client, status).await?;
+        }
+        Ok(())
+    }
+
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let answers = self.answer(client, query).await?;
+        Ok(answers.into_iter().map(|(r, _)| r).collect())
     }
 }
 

@@ -299,3 +299,34 @@ impl InProcessCluster {
         }
     }
 }
+
+/// Runs `psql` against the Postgres port `port` of 127.0.0.1 with `args`, returning its stdout
+/// and what it printed on stderr (notices) when it succeeded, its stderr when it failed.
+pub async fn psql_with_notices(port: u16, args: &[&str]) -> Result<(String, String), String> {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "weir",
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ])
+    .args(args)
+    .env("PGCONNECT_TIMEOUT", "10");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("psql task")
+        .expect("psql runs (postgresql-client is installed by `make deps`)");
+    if out.status.success() {
+        Ok((
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        ))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}

@@ -9,7 +9,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 use tonic::Code;
 use weir_client::{Client, SqlEvent, Value};
-use weir_tests::{wait_until, InProcessCluster};
+use weir_tests::{psql_with_notices, wait_until, InProcessCluster};
 
 /// The rows of every statement of `sql`, per statement.
 async fn weir_rows(
@@ -387,29 +387,7 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
 
 /// Runs `psql` against `addr` with `args`, returning its stdout (stderr on failure).
 async fn psql(port: u16, args: &[&str]) -> Result<String, String> {
-    let mut cmd = std::process::Command::new("psql");
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "weir",
-        "-X",
-        "-v",
-        "ON_ERROR_STOP=1",
-    ])
-    .args(args)
-    .env("PGCONNECT_TIMEOUT", "10");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("psql task")
-        .expect("psql runs (postgresql-client is installed by `make deps`)");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
+    psql_with_notices(port, args).await.map(|(out, _)| out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -688,6 +666,35 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
                 || warnings[0].contains("partition 1, offset 0: column 'user_id'")),
         "{warnings:?}"
     );
+
+    // Over the Postgres protocol the same count and first reason come as a WARNING notice after
+    // the rows, which psql prints; a query that skips nothing sends none.
+    let port = cluster.nodes[0]
+        .pg_addr
+        .expect("the node serves Postgres")
+        .port();
+    let (out, notices) = psql_with_notices(
+        port,
+        &[
+            "-At",
+            "-c",
+            "SELECT _partition, _offset, user_id FROM clicks ORDER BY _partition, _offset",
+        ],
+    )
+    .await
+    .expect("psql reads the topic");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["0|0|1", "0|2|2", "0|3|1", "1|1|2"]
+    );
+    assert!(
+        notices.contains("WARNING:  2 records of topic 'clicks' did not decode"),
+        "{notices:?}"
+    );
+    let (out, notices) = psql_with_notices(port, &["-At", "-c", "SELECT n FROM lines ORDER BY n"])
+        .await
+        .expect("psql reads the topic");
+    assert_eq!((out.as_str(), notices.as_str()), ("1\n2\n", ""));
 
     // Filters on partition and offset bound what is fetched.
     let sql = "SELECT count(*) FROM clicks WHERE _partition = 0 AND _offset >= 2";
