@@ -3,7 +3,8 @@
 #   libclang-dev: bindgen for the RocksDB bindings; protobuf-compiler: protoc for the gRPC code;
 #   build-essential: the C++ compiler RocksDB is built with; postgresql-client: psql, for the tests;
 #   kcat and a Python virtualenv with kafka-python and confluent-kafka: Kafka clients for the tests
-#   of the Kafka protocol.
+#   of the Kafka protocol; apache2-utils: Apache Bench (ab), which the restaurant example posts
+#   events with, as its seed did.
 set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
@@ -15,6 +16,8 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # kcat, kafka-python, confluent-kafka: the tests check that Kafka's own clients work unchanged.
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# ab: the restaurant example's test posts events with it.
+command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -1,0 +1,266 @@
+//! The examples of `examples/`, run end to end on three `weir-node` processes as their READMEs
+//! tell a user to, with their answers checked against an independent computation over the same
+//! generated input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Timelike};
+use serde_json::Value;
+use tokio::time::Instant;
+use weir_tests::process::binary;
+use weir_tests::{http, psql_with_notices, ProcessCluster};
+
+/// The directory of example `name`.
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// Runs `cmd` to completion, returning its stdout; a failure fails the test with its stderr.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} runs (`make deps` installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The statements of a SQL file, comments dropped, in order.
+fn statements(sql: &str) -> Vec<String> {
+    let text: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether two result lines (`a|b|c`) say the same: numbers within `0.011` of each other (sums
+/// of prices rounded to cents, added in another order), everything else as text.
+fn same_line(got: &str, want: &str) -> bool {
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.split('|').collect(), want.split('|').collect());
+    g.len() == w.len()
+        && g.iter()
+            .zip(&w)
+            .all(|(g, w)| match (g.parse::<f64>(), w.parse::<f64>()) {
+                (Ok(g), Ok(w)) => (g - w).abs() < 0.011,
+                _ => g == w,
+            })
+}
+
+/// What the restaurant example's questions answer, computed from its events directly.
+#[derive(Default)]
+struct Restaurant {
+    /// Events per kind.
+    kinds: BTreeMap<String, u64>,
+    /// Searches per menu.
+    searches: BTreeMap<String, u64>,
+    /// Orders and their prices per cuisine.
+    orders: BTreeMap<String, (u64, f64)>,
+    /// Orders and their prices, with a coupon and without.
+    coupons: BTreeMap<bool, (u64, f64)>,
+    /// Reviews per number of stars.
+    stars: BTreeMap<i64, u64>,
+    /// Events other than orders per day of the week (0 = Sunday).
+    weekdays: BTreeMap<u32, u64>,
+    /// Events other than orders per hour of the day.
+    hours: BTreeMap<u32, u64>,
+}
+
+impl Restaurant {
+    /// Counts one event as posted (`event_ts` may be missing: an `ab` body).
+    fn add(&mut self, e: &Value) {
+        let kind = e["event_type"].as_str().expect("event_type").to_string();
+        *self.kinds.entry(kind.clone()).or_default() += 1;
+        let menu = e["menu"].as_str().unwrap_or_default().to_string();
+        if kind == "order" {
+            let price = e["price"].as_f64().expect("an order's price");
+            let o = self.orders.entry(menu).or_default();
+            o.0 += 1;
+            o.1 += price;
+            let c = self
+                .coupons
+                .entry(e["coupon"].as_bool().unwrap_or(false))
+                .or_default();
+            c.0 += 1;
+            c.1 += price;
+            return;
+        }
+        if kind == "menu_search" {
+            *self.searches.entry(menu).or_default() += 1;
+        }
+        if kind == "review" {
+            *self
+                .stars
+                .entry(e["stars"].as_i64().expect("a review's stars"))
+                .or_default() += 1;
+        }
+        if let Some(ts) = e["event_ts"].as_str() {
+            let ts = DateTime::parse_from_rfc3339(ts).expect("event_ts is RFC 3339");
+            *self
+                .weekdays
+                .entry(ts.weekday().num_days_from_sunday())
+                .or_default() += 1;
+            *self.hours.entry(ts.hour()).or_default() += 1;
+        }
+    }
+
+    /// The expected lines of each statement of `queries.sql`, in its order.
+    fn answers(&self) -> Vec<Vec<String>> {
+        let counts = |m: &BTreeMap<String, u64>| -> Vec<String> {
+            m.iter().map(|(k, n)| format!("{k}|{n}")).collect()
+        };
+        let average = |n: u64, total: f64| total / n as f64;
+        let reviews: u64 = self.stars.values().sum();
+        let star_total: i64 = self.stars.iter().map(|(s, n)| s * *n as i64).sum();
+        let mut busiest: Vec<(u32, u64)> = self.hours.iter().map(|(h, n)| (*h, *n)).collect();
+        busiest.sort_by_key(|(h, n)| (std::cmp::Reverse(*n), *h));
+        vec![
+            counts(&self.kinds),
+            counts(&self.searches),
+            self.orders
+                .iter()
+                .map(|(c, (n, total))| format!("{c}|{n}|{total:.2}|{:.2}", average(*n, *total)))
+                .collect(),
+            self.coupons
+                .iter()
+                .map(|(c, (n, total))| format!("{}|{n}|{total:.2}", if *c { "t" } else { "f" }))
+                .collect(),
+            self.stars.iter().map(|(s, n)| format!("{s}|{n}")).collect(),
+            vec![format!("{:.3}", star_total as f64 / reviews as f64)],
+            self.weekdays
+                .iter()
+                .map(|(d, n)| format!("{d}|{n}"))
+                .collect(),
+            busiest
+                .iter()
+                .take(5)
+                .map(|(h, n)| format!("{h}|{n}"))
+                .collect(),
+        ]
+    }
+}
+
+/// The lines `psql -At` prints for `sql` on the node whose Postgres port is `pg`, or `None`
+/// while it fails (a node still electing the leaders of the tables' regions).
+async fn psql_lines(pg: &str, sql: &str) -> Option<Vec<String>> {
+    let port: u16 = pg.rsplit(':').next()?.parse().ok()?;
+    match psql_with_notices(port, &["-At", "-c", sql]).await {
+        Ok((out, _)) => Some(out.lines().map(str::to_string).collect()),
+        Err(e) => {
+            eprintln!("retrying {sql}: {e}");
+            None
+        }
+    }
+}
+
+/// Waits until each of `queries` answers what `want` says (the jobs catch up with the topic),
+/// failing with the last answer after three minutes.
+async fn wait_for_answers(pg: &str, queries: &[String], want: &[Vec<String>]) {
+    assert_eq!(queries.len(), want.len(), "one answer per question");
+    for (q, want) in queries.iter().zip(want) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let got = psql_lines(pg, q).await.unwrap_or_default();
+            if got.len() == want.len() && got.iter().zip(want).all(|(g, w)| same_line(g, w)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q}\nanswered {got:?}\nexpected {want:?}"
+            );
+            // Each try starts a psql process: poll gently.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restaurant_events_posted_over_http_and_by_ab_split_into_tables_psql_reads() {
+    let dir = example("restaurant");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let events = run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .args(["--rows", "6000", "--seed", "4"]));
+    let mut expected = Restaurant::default();
+    let lines: Vec<&str> = events.lines().collect();
+    for line in &lines {
+        expected.add(&serde_json::from_str(line).expect("gen.py writes JSON lines"));
+    }
+    assert_eq!(lines.len(), 6000);
+
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    // As the README does it: the topic, tables and jobs from setup.sql with the `weir` shell.
+    run(Command::new(binary("weir"))
+        .args(["--server", &cluster.addr(0), "sql", "-f"])
+        .arg(dir.join("setup.sql")));
+
+    // The app posts its events to any node, a thousand at a time.
+    for (i, chunk) in lines.chunks(1000).enumerate() {
+        let node = &cluster.nodes[i % 3];
+        let body = chunk.join("\n");
+        let (status, answer) = http(
+            &node.http,
+            "POST",
+            "/v1/topics/menu_app/records",
+            "application/x-ndjson",
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let queries = statements(
+        &std::fs::read_to_string(dir.join("queries.sql")).expect("queries.sql is readable"),
+    );
+    let pg = cluster.nodes[1].pg.clone();
+    wait_for_answers(&pg, &queries, &expected.answers()).await;
+
+    // Apache Bench posts one body again and again, as the seed's bench.sh did; each is an event.
+    let bodies = scratch.path().join("ab");
+    run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .arg("--ab")
+        .arg(&bodies));
+    for (kind, n) in [("login", 200), ("order", 40)] {
+        let body = bodies.join(format!("{kind}.json"));
+        let text = std::fs::read_to_string(&body).expect("gen.py wrote the body");
+        let out = run(Command::new("ab")
+            .args(["-q", "-n", &n.to_string(), "-c", "4", "-p"])
+            .arg(&body)
+            .args(["-T", "application/json"])
+            .arg(format!(
+                "http://{}/v1/topics/menu_app/records",
+                cluster.nodes[2].http
+            )));
+        // Every answer names the offsets it stored, so their lengths differ and ab counts those
+        // as "Length" failures; a request that was refused or not answered is a real one.
+        assert!(
+            out.contains(&format!("Complete requests:      {n}\n"))
+                && out.contains("(Connect: 0, Receive: 0, Length: ")
+                && out.contains(", Exceptions: 0)")
+                && !out.contains("Non-2xx"),
+            "ab: {out}"
+        );
+        let event: Value = serde_json::from_str(&text).expect("a JSON body");
+        for _ in 0..n {
+            expected.add(&event);
+        }
+    }
+    // Counts per kind and the orders' figures now include them (they have no time of their own,
+    // so the questions of when are left to the events above).
+    let want = expected.answers();
+    wait_for_answers(&pg, &queries[..4], &want[..4]).await;
+}
