@@ -1342,3 +1342,30 @@ async fn long_statements_stop_at_their_timeout_or_when_the_client_cancels() {
     assert!(e.is_ok(), "{e:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_insert_writes_the_rows_of_one_key_in_the_order_it_read_them() {
+    // A statement's rows go out in requests of 2,000; rows of one key in different requests
+    // must land in the order they were read, so the last one read is the one the table keeps
+    // (a sink that sends requests side by side must keep this).
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(0)).await.expect("connects");
+    weir_rows(
+        &client,
+        "CREATE TABLE last_seen (k BIGINT, v BIGINT, PRIMARY KEY (k)) WITH (replicas = 3)",
+    )
+    .await
+    .expect("create");
+    // 20,000 rows in order of v, ten requests of 2,000, each holding every one of the 100 keys.
+    let out = weir_rows(
+        &client,
+        "INSERT INTO last_seen SELECT value % 100, value FROM generate_series(1, 20000) \
+         ORDER BY value;
+         SELECT count(*), sum(v), min(v) FROM last_seen",
+    )
+    .await
+    .expect("insert and read");
+    // Key k keeps 19,900 + k (key 0 keeps 20,000): the sum is 99 × 19,900 + 4,950 + 20,000.
+    assert_eq!(lines(&out[1], true), vec!["|100|1995050|19901|"]);
+    cluster.shutdown().await;
+}
