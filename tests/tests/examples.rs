@@ -2,7 +2,7 @@
 //! tell a user to, with their answers checked against an independent computation over the same
 //! generated input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -263,4 +263,162 @@ async fn restaurant_events_posted_over_http_and_by_ab_split_into_tables_psql_rea
     // so the questions of when are left to the events above).
     let want = expected.answers();
     wait_for_answers(&pg, &queries[..4], &want[..4]).await;
+}
+
+/// What the Berka example's questions answer, computed from its generated files directly.
+#[derive(Default)]
+struct Berka {
+    /// Transactions and their amounts per month of the year.
+    months: BTreeMap<u32, (u64, f64)>,
+    /// Per year.
+    years: BTreeMap<i32, (u64, f64)>,
+    /// Per region of the account's district.
+    regions: BTreeMap<String, (u64, f64)>,
+    /// Per age level and gender of the account's owner: transactions and the owners making them.
+    owners: BTreeMap<(String, String), (u64, BTreeSet<u64>)>,
+}
+
+/// The rows of a generated CSV file after its header, split at commas (the generator writes no
+/// quoted fields).
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+impl Berka {
+    /// Joins every transaction of `dir` with the dimension tables as the jobs do.
+    fn from_files(dir: &Path) -> Berka {
+        let region: BTreeMap<String, String> = csv_rows(&dir.join("district.csv"))
+            .into_iter()
+            .map(|r| (r[0].clone(), r[2].clone()))
+            .collect();
+        let district: BTreeMap<u64, String> = csv_rows(&dir.join("account.csv"))
+            .into_iter()
+            .map(|r| (r[0].parse().expect("account_id"), r[1].clone()))
+            .collect();
+        let birth: BTreeMap<u64, String> = csv_rows(&dir.join("client.csv"))
+            .into_iter()
+            .map(|r| (r[0].parse().expect("client_id"), r[1].clone()))
+            .collect();
+        let owner: BTreeMap<u64, u64> = csv_rows(&dir.join("disp.csv"))
+            .into_iter()
+            .filter(|r| r[3] == "OWNER")
+            .map(|r| {
+                (
+                    r[2].parse().expect("account_id"),
+                    r[1].parse().expect("client_id"),
+                )
+            })
+            .collect();
+        let mut b = Berka::default();
+        let trans = std::fs::read_to_string(dir.join("trans.ndjson")).expect("trans.ndjson");
+        for line in trans.lines() {
+            let t: Value = serde_json::from_str(line).expect("a JSON transaction");
+            let account = t["account_id"].as_u64().expect("account_id");
+            let amount = t["amount"].as_f64().expect("amount");
+            let date =
+                chrono::NaiveDate::parse_from_str(t["date"].as_str().expect("date"), "%Y-%m-%d")
+                    .expect("a date");
+            let add = |e: &mut (u64, f64)| {
+                e.0 += 1;
+                e.1 += amount;
+            };
+            add(b.months.entry(date.month()).or_default());
+            add(b.years.entry(date.year()).or_default());
+            add(b
+                .regions
+                .entry(region[&district[&account]].clone())
+                .or_default());
+            let client = owner[&account];
+            let born = &birth[&client];
+            let (yy, mm): (i32, u32) = (
+                born[0..2].parse().expect("birth year"),
+                born[2..4].parse().expect("birth month"),
+            );
+            let age = date.year() - 1900 - yy;
+            let level = match age {
+                a if a < 30 => "under 30",
+                a if a < 45 => "30 to 44",
+                a if a < 60 => "45 to 59",
+                _ => "60 and over",
+            };
+            let gender = if mm > 50 { "F" } else { "M" };
+            let o = b
+                .owners
+                .entry((level.to_string(), gender.to_string()))
+                .or_default();
+            o.0 += 1;
+            o.1.insert(client);
+        }
+        b
+    }
+
+    /// The expected lines of each statement of `queries.sql`, in its order.
+    fn answers(&self) -> Vec<Vec<String>> {
+        let totals = |k: String, (n, total): &(u64, f64)| format!("{k}|{n}|{total:.1}");
+        vec![
+            self.months
+                .iter()
+                .map(|(m, t)| totals(m.to_string(), t))
+                .collect(),
+            self.years
+                .iter()
+                .map(|(y, t)| totals(y.to_string(), t))
+                .collect(),
+            self.regions
+                .iter()
+                .map(|(r, t)| totals(r.clone(), t))
+                .collect(),
+            self.owners
+                .iter()
+                .map(|((level, gender), (n, clients))| {
+                    let c = clients.len() as u64;
+                    format!("{level}|{gender}|{n}|{c}|{:.2}", *n as f64 / c as f64)
+                })
+                .collect(),
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn berka_transactions_replayed_at_random_intervals_are_enriched_by_stream_jobs() {
+    let dir = example("berka");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = scratch.path();
+    run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .arg(data)
+        .args(["--accounts", "300", "--trans", "4000", "--seed", "1"]));
+    let expected = Berka::from_files(data);
+
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    // As the README does it: tables, the dimension tables loaded from CSV, then the jobs.
+    let weir = |args: &[&str]| {
+        let mut cmd = Command::new(binary("weir"));
+        cmd.args(["--server", &cluster.addr(0)]).args(args);
+        cmd
+    };
+    run(weir(&["sql", "-f"]).arg(dir.join("tables.sql")));
+    for table in ["district", "account", "client", "disp"] {
+        run(weir(&["load", "csv"])
+            .arg(data.join(format!("{table}.csv")))
+            .args(["--table", table, "--header"]));
+    }
+    run(weir(&["sql", "-f"]).arg(dir.join("jobs.sql")));
+    // The seed's producer: a few transactions at a time, at random intervals, to one node.
+    run(Command::new("python3")
+        .arg(dir.join("replay.py"))
+        .arg(data.join("trans.ndjson"))
+        .args(["--url", &format!("http://{}", cluster.nodes[1].http)])
+        .args(["--batch", "400", "--max-pause", "0.02"]));
+
+    let queries = statements(
+        &std::fs::read_to_string(dir.join("queries.sql")).expect("queries.sql is readable"),
+    );
+    wait_for_answers(&cluster.nodes[2].pg, &queries, &expected.answers()).await;
 }
