@@ -330,3 +330,22 @@ pub async fn psql_with_notices(port: u16, args: &[&str]) -> Result<(String, Stri
         Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
 }
+
+/// The Python that has kafka-python and confluent-kafka (`make deps` puts them in a virtualenv
+/// under `~/.cache/weir/py`; `WEIR_PYTHON` names another).
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_PYTHON") {
+        return std::path::PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let p = cache.join("weir/py/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: `make deps` installs the Kafka clients the tests use",
+        p.display()
+    );
+    p
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Datelike, Timelike};
 use serde_json::Value;
 use tokio::time::Instant;
 use weir_tests::process::binary;
-use weir_tests::{http, psql_with_notices, ProcessCluster};
+use weir_tests::{http, psql_with_notices, python, ProcessCluster};
 
 /// The directory of example `name`.
 fn example(name: &str) -> PathBuf {
@@ -421,4 +421,101 @@ async fn berka_transactions_replayed_at_random_intervals_are_enriched_by_stream_
         &std::fs::read_to_string(dir.join("queries.sql")).expect("queries.sql is readable"),
     );
     wait_for_answers(&cluster.nodes[2].pg, &queries, &expected.answers()).await;
+}
+
+/// What the datacenter example's questions answer, computed from its events directly.
+#[derive(Default)]
+struct Datacenter {
+    /// The last report of each server: its data center, status and cpu_pct.
+    latest: BTreeMap<String, (String, String, f64)>,
+    /// Reports of critical or down servers per minute and data center.
+    trouble: BTreeMap<(String, String), u64>,
+    /// Reports, their cpu_pct and mem_pct summed, per data center.
+    load: BTreeMap<String, (u64, f64, f64)>,
+}
+
+impl Datacenter {
+    /// Counts one report.
+    fn add(&mut self, e: &Value) {
+        let text = |f: &str| e[f].as_str().unwrap_or_else(|| panic!("{f}")).to_string();
+        let (dc, status) = (text("datacenter"), text("status"));
+        let cpu = e["cpu_pct"].as_f64().expect("cpu_pct");
+        let ts = DateTime::parse_from_rfc3339(&text("ts")).expect("ts is RFC 3339");
+        if status == "critical" || status == "down" {
+            // psql's rendering of the window's start.
+            let minute = ts.format("%Y-%m-%d %H:%M:00.000000+00").to_string();
+            *self.trouble.entry((minute, dc.clone())).or_default() += 1;
+        }
+        let l = self.load.entry(dc.clone()).or_default();
+        l.0 += 1;
+        l.1 += cpu;
+        l.2 += e["mem_pct"].as_f64().expect("mem_pct");
+        self.latest.insert(text("server_id"), (dc, status, cpu));
+    }
+
+    /// The expected lines of each statement of `queries.sql`, in its order.
+    fn answers(&self) -> Vec<Vec<String>> {
+        let mut pivot: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+        for (dc, status, _) in self.latest.values() {
+            let i = ["ok", "warning", "critical", "down"]
+                .iter()
+                .position(|s| s == status)
+                .expect("a known status");
+            pivot.entry(dc).or_default()[i] += 1;
+        }
+        vec![
+            pivot
+                .iter()
+                .map(|(dc, n)| format!("{dc}|{}|{}|{}|{}", n[0], n[1], n[2], n[3]))
+                .collect(),
+            self.trouble
+                .iter()
+                .map(|((minute, dc), n)| format!("{minute}|{dc}|{n}"))
+                .collect(),
+            self.load
+                .iter()
+                .map(|(dc, (n, cpu, mem))| {
+                    format!("{dc}|{n}|{:.2}|{:.2}", cpu / *n as f64, mem / *n as f64)
+                })
+                .collect(),
+            self.latest
+                .iter()
+                .filter(|(_, (_, _, cpu))| *cpu >= 90.0)
+                .map(|(server, (_, status, cpu))| format!("{server}|{status}|{cpu}"))
+                .collect(),
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datacenter_reports_sent_by_kafka_clients_keep_a_pivot_and_per_minute_windows() {
+    let dir = example("datacenter");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let events = scratch.path().join("events.ndjson");
+    run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .args(["--servers-per-rack", "4", "--minutes", "15", "--out"])
+        .arg(&events));
+    let mut expected = Datacenter::default();
+    let text = std::fs::read_to_string(&events).expect("gen.py wrote the events");
+    for line in text.lines() {
+        expected.add(&serde_json::from_str(line).expect("gen.py writes JSON lines"));
+    }
+
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    run(Command::new(binary("weir"))
+        .args(["--server", &cluster.addr(0), "sql", "-f"])
+        .arg(dir.join("setup.sql")));
+    // The servers' agents: a Kafka client (kafka-python), each report keyed by its server.
+    let sent = run(Command::new(python())
+        .arg(dir.join("emit.py"))
+        .arg(&events)
+        .args(["--bootstrap", &cluster.nodes[1].kafka]));
+    assert!(sent.starts_with("sent 1440 events"), "{sent}");
+
+    let queries = statements(
+        &std::fs::read_to_string(dir.join("queries.sql")).expect("queries.sql is readable"),
+    );
+    wait_for_answers(&cluster.nodes[0].pg, &queries, &expected.answers()).await;
 }

@@ -28,27 +28,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use weir_client::partitioner::Partitioner;
 use weir_client::{Client, NewTopic};
 use weir_tests::process::binary;
-use weir_tests::{wait_until, Gen, ProcessCluster};
+use weir_tests::{python, wait_until, Gen, ProcessCluster};
 
 const SETTLE: Duration = Duration::from_secs(120);
-
-/// The Python that has kafka-python and confluent-kafka.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEIR_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME is set");
-    let p = cache.join("weir/py/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: `make deps` installs the Kafka clients the tests use",
-        p.display()
-    );
-    p
-}
 
 /// A script of `tests/kafka/`.
 fn script(name: &str) -> PathBuf {
