@@ -519,3 +519,188 @@ async fn datacenter_reports_sent_by_kafka_clients_keep_a_pivot_and_per_minute_wi
     );
     wait_for_answers(&cluster.nodes[0].pg, &queries, &expected.answers()).await;
 }
+
+/// What the loyalty example's questions answer, computed from its generated files directly.
+#[derive(Default)]
+struct Loyalty {
+    /// Cleaned name of each customer.
+    names: BTreeMap<u64, String>,
+    /// Customers with a date of birth in either format, an email, a phone.
+    with_birth_date: u64,
+    with_email: u64,
+    with_phone: u64,
+    /// Orders and points per customer and day.
+    points: BTreeMap<(u64, String), (u64, i64)>,
+    /// Order lines kept (a price above 0), without a price, and lines that are not orders.
+    kept: u64,
+    without_price: u64,
+    not_orders: u64,
+    /// `customer_id|item|price` of every line that is an order (the price as Rust prints it).
+    lines: BTreeSet<String>,
+}
+
+impl Loyalty {
+    /// Reads customer.csv and the order logs as the example's jobs and schedules clean them.
+    fn from_files(customers: &Path, spool: &Path) -> Loyalty {
+        let mut l = Loyalty::default();
+        let text = std::fs::read_to_string(customers).expect("customer.csv");
+        for line in text.lines().skip(1) {
+            // The generator quotes every text field but the date and puts no comma inside one.
+            let f: Vec<&str> = line.split(',').map(|f| f.trim_matches('"')).collect();
+            let name = f[1]
+                .split_whitespace()
+                .map(|w| {
+                    let w = w.to_lowercase();
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|first| first.to_uppercase().chain(c).collect::<String>())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            l.names.insert(f[0].parse().expect("customer_id"), name);
+            let dob = f[2];
+            if chrono::NaiveDate::parse_from_str(dob, "%Y-%m-%d").is_ok()
+                || chrono::NaiveDate::parse_from_str(dob, "%d/%m/%Y").is_ok()
+            {
+                l.with_birth_date += 1;
+            }
+            l.with_email += u64::from(!f[3].trim().is_empty());
+            l.with_phone += u64::from(f[4].chars().any(|c| c.is_ascii_digit()));
+        }
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(spool)
+            .expect("the spool directory")
+            .map(|e| e.expect("a directory entry").path())
+            .collect();
+        logs.sort();
+        for log in logs {
+            for line in std::fs::read_to_string(&log).expect("an order log").lines() {
+                let f: Vec<&str> = line.split(',').collect();
+                if f.len() != 4 {
+                    l.not_orders += 1;
+                    continue;
+                }
+                let customer: u64 = f[0].parse().expect("customer_id");
+                let price: f64 = f[2].parse().expect("price");
+                l.lines.insert(format!("{}|{}|{price}", f[0], f[1]));
+                if price <= 0.0 {
+                    l.without_price += 1;
+                    continue;
+                }
+                l.kept += 1;
+                let day = f[3][..10].to_string();
+                let p = l.points.entry((customer, day)).or_default();
+                p.0 += 1;
+                p.1 += (price / 10.0).floor() as i64;
+            }
+        }
+        l
+    }
+
+    /// The expected lines of the first four statements of `queries.sql`.
+    fn answers(&self) -> Vec<Vec<String>> {
+        let mut per_customer: BTreeMap<u64, (i64, u64)> = BTreeMap::new();
+        for ((customer, _), (orders, points)) in &self.points {
+            let c = per_customer.entry(*customer).or_default();
+            c.0 += points;
+            c.1 += orders;
+        }
+        let mut top: Vec<(u64, i64, u64)> = per_customer
+            .into_iter()
+            .map(|(c, (points, orders))| (c, points, orders))
+            .collect();
+        top.sort_by_key(|(c, points, _)| (std::cmp::Reverse(*points), *c));
+        vec![
+            top.iter()
+                .take(10)
+                .map(|(c, points, orders)| format!("{c}|{}|{points}|{orders}", self.names[c]))
+                .collect(),
+            self.points
+                .iter()
+                .filter(|((c, _), _)| *c == 42)
+                .map(|((_, day), (orders, points))| format!("{day}|{orders}|{points}"))
+                .collect(),
+            vec![format!(
+                "{}|{}|{}|{}",
+                self.names.len(),
+                self.with_birth_date,
+                self.with_email,
+                self.with_phone
+            )],
+            vec![format!(
+                "{}|{}|{}",
+                self.kept, self.without_price, self.not_orders
+            )],
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loyalty_orders_from_a_spool_directory_earn_points_on_a_schedule() {
+    let dir = example("loyalty");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let customers = scratch.path().join("customer.csv");
+    let spool = scratch.path().join("spool");
+    run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .args(["customers", "--rows", "1000"])
+        .arg(&customers));
+    run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .args(["orders", "--files", "3", "--lines", "1000"])
+        .arg(&spool));
+    let expected = Loyalty::from_files(&customers, &spool);
+    assert!(expected.points.contains_key(&(42, "2024-06-01".into())));
+
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let weir = |args: &[&str]| {
+        let mut cmd = Command::new(binary("weir"));
+        cmd.args(["--server", &cluster.addr(0)]).args(args);
+        cmd
+    };
+    run(weir(&["sql", "-f"]).arg(dir.join("setup.sql")));
+    run(weir(&["load", "csv"])
+        .arg(&customers)
+        .args(["--table", "customers", "--header"]));
+    run(Command::new("python3")
+        .arg(dir.join("spool.py"))
+        .arg(&spool)
+        .args([
+            "--url",
+            &format!("http://{}", cluster.nodes[2].http),
+            "--once",
+        ]));
+    // Every log was sent and marked done.
+    let left: Vec<String> = std::fs::read_dir(&spool)
+        .expect("the spool directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .filter(|n| !n.ends_with(".COMPLETED"))
+        .collect();
+    assert!(left.is_empty(), "not marked done: {left:?}");
+
+    let queries = statements(
+        &std::fs::read_to_string(dir.join("queries.sql")).expect("queries.sql is readable"),
+    );
+    let pg = &cluster.nodes[1].pg;
+    wait_for_answers(pg, &queries[..4], &expected.answers()).await;
+    // The random read: whichever order landed first in partition 0, it is one of the orders.
+    let row = psql_lines(pg, &queries[4]).await.expect("the random read");
+    let [row] = row.as_slice() else {
+        panic!("one row for '0-0000000000': {row:?}")
+    };
+    let cells: Vec<&str> = row.split('|').collect();
+    let [key, customer, item, price] = cells.as_slice() else {
+        panic!("row_key|customer_id|item|price: {row}")
+    };
+    assert_eq!(*key, "0-0000000000");
+    // Prices compared as numbers (the log may write 68.0 where psql prints 68).
+    let price: f64 = price.parse().expect("a price");
+    let order = format!("{customer}|{item}|{price}");
+    assert!(expected.lines.contains(&order), "{order} is not an order");
+}
