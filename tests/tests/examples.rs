@@ -704,3 +704,149 @@ async fn loyalty_orders_from_a_spool_directory_earn_points_on_a_schedule() {
     let order = format!("{customer}|{item}|{price}");
     assert!(expected.lines.contains(&order), "{order} is not an order");
 }
+
+/// What the cars example's questions answer, computed from its sales directly.
+#[derive(Default)]
+struct Cars {
+    /// Sales and revenue per brand.
+    brands: BTreeMap<String, (u64, f64)>,
+    /// Per country and branch.
+    branches: BTreeMap<(String, String), (u64, f64)>,
+    /// Per minute (as psql prints the window's start).
+    minutes: BTreeMap<String, (u64, f64)>,
+    /// Revenue per minute and branch.
+    branch_minutes: BTreeMap<(String, String), f64>,
+}
+
+/// The threshold of `examples/cars/setup.sql`'s alert rule.
+const CARS_ALERT_REVENUE: f64 = 500_000.0;
+
+impl Cars {
+    /// Counts one sale.
+    fn add(&mut self, e: &Value) {
+        let text = |f: &str| e[f].as_str().unwrap_or_else(|| panic!("{f}")).to_string();
+        let price = e["transaction_price"].as_f64().expect("transaction_price");
+        let ts = DateTime::parse_from_rfc3339(&text("ts")).expect("ts is RFC 3339");
+        let minute = ts.format("%Y-%m-%d %H:%M:00.000000+00").to_string();
+        let add = |t: &mut (u64, f64)| {
+            t.0 += 1;
+            t.1 += price;
+        };
+        add(self.brands.entry(text("car_brand")).or_default());
+        add(self
+            .branches
+            .entry((text("country"), text("branch")))
+            .or_default());
+        add(self.minutes.entry(minute.clone()).or_default());
+        *self
+            .branch_minutes
+            .entry((minute, text("branch")))
+            .or_default() += price;
+    }
+
+    /// The expected lines of each statement of `queries.sql`, in its order.
+    fn answers(&self) -> Vec<Vec<String>> {
+        vec![
+            self.brands
+                .iter()
+                .map(|(b, (n, r))| format!("{b}|{n}|{r:.2}"))
+                .collect(),
+            self.branches
+                .iter()
+                .map(|((c, b), (n, r))| format!("{c}|{b}|{n}|{r:.2}"))
+                .collect(),
+            self.minutes
+                .iter()
+                .map(|(m, (n, r))| format!("{m}|{n}|{r:.2}"))
+                .collect(),
+            self.branch_minutes
+                .iter()
+                .filter(|(_, r)| **r > CARS_ALERT_REVENUE)
+                .map(|((m, b), r)| format!("{m}|{b}|{r:.2}"))
+                .collect(),
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cars_sales_posted_over_http_keep_a_time_series_raise_alerts_and_export() {
+    let dir = example("cars");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let sales = run(Command::new("python3")
+        .arg(dir.join("gen.py"))
+        .args(["--minutes", "20"]));
+    let mut expected = Cars::default();
+    let lines: Vec<&str> = sales.lines().collect();
+    let mut total = 0.0;
+    for line in &lines {
+        let sale: Value = serde_json::from_str(line).expect("gen.py writes JSON lines");
+        total += sale["transaction_price"].as_f64().expect("a price");
+        expected.add(&sale);
+    }
+    assert!(
+        !expected.answers()[3].is_empty(),
+        "the generated sales raise some alerts"
+    );
+
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let weir = |args: &[&str]| {
+        let mut cmd = Command::new(binary("weir"));
+        cmd.args(["--server", &cluster.addr(0)]).args(args);
+        cmd
+    };
+    run(weir(&["sql", "-f"]).arg(dir.join("setup.sql")));
+    for (i, chunk) in lines.chunks(200).enumerate() {
+        let (status, answer) = http(
+            &cluster.nodes[i % 3].http,
+            "POST",
+            "/v1/topics/car_transactions/records",
+            "application/x-ndjson",
+            chunk.join("\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = http(
+        &cluster.nodes[0].http,
+        "POST",
+        "/v1/topics/app_logs/records",
+        "application/json",
+        br#"["sales app started on host-7"]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let queries = statements(
+        &std::fs::read_to_string(dir.join("queries.sql")).expect("queries.sql is readable"),
+    );
+    let pg = &cluster.nodes[2].pg;
+    wait_for_answers(pg, &queries, &expected.answers()).await;
+
+    // The raw topic, exported to Parquet as the README does and read back as an external table.
+    let archive = scratch.path().join("cars.parquet");
+    let archive = archive.to_str().expect("a UTF-8 path");
+    run(&mut weir(&[
+        "sql",
+        &format!(
+            "COPY (SELECT transaction_id, car_brand, country, branch, transaction_price, ts \
+             FROM car_transactions) TO '{archive}' STORED AS PARQUET"
+        ),
+    ]));
+    run(&mut weir(&[
+        "sql",
+        &format!("CREATE EXTERNAL TABLE cars_archive STORED AS PARQUET LOCATION '{archive}'"),
+    ]));
+    wait_for_answers(
+        pg,
+        &[
+            "SELECT count(*), round(sum(transaction_price), 2) FROM cars_archive".to_string(),
+            "SELECT message FROM app_logs".to_string(),
+        ],
+        &[
+            vec![format!("{}|{total:.2}", lines.len())],
+            vec!["sales app started on host-7".to_string()],
+        ],
+    )
+    .await;
+}
