@@ -138,7 +138,8 @@ impl Cluster for ClusterService {
                 tracing::info!(node = node_id, addr = %req.advertise_addr, "node joined");
                 node_id
             }
-            MetaResponse::Rejected(m) => return Err(Status::unavailable(m)),
+            // Not bootstrapped yet, or a race with it: the joiner retries.
+            MetaResponse::Rejected(_, m) => return Err(Status::unavailable(m)),
             MetaResponse::Ok | MetaResponse::GroupId(_) | MetaResponse::JobId(_) => req.node_id,
         };
         // A node that just (re)joined was heard now: it must not count as gone before its first
@@ -270,7 +271,7 @@ impl Cluster for ClusterService {
             })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::FailedPrecondition(m).into()),
+            MetaResponse::Rejected(_, m) => Err(NodeError::FailedPrecondition(m).into()),
             _ => Ok(Response::new(ReportSplitResponse {})),
         }
     }

@@ -1,6 +1,7 @@
 //! The node's error type and its one mapping to gRPC status codes.
 
 use tonic::{Code, Status};
+use weir_storage::catalog::Refusal;
 
 /// Why a request failed, in terms a client can act on.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +61,14 @@ impl From<weir_storage::StorageError> for NodeError {
 }
 
 impl NodeError {
-    /// A drop the catalog refused: the thing is missing, or something still uses it (a job).
-    pub fn refused_drop(m: String) -> NodeError {
-        if m.contains("does not exist") {
-            NodeError::NotFound(m)
-        } else {
-            NodeError::InvalidArgument(m)
+    /// A command the catalog refused, with the code its reason calls for. A conflict is an
+    /// invalid argument, not FAILED_PRECONDITION: clients read that code as "not the leader"
+    /// and retry.
+    pub fn refused(kind: Refusal, m: String) -> NodeError {
+        match kind {
+            Refusal::NotFound => NodeError::NotFound(m),
+            Refusal::AlreadyExists => NodeError::AlreadyExists(m),
+            Refusal::Conflict => NodeError::InvalidArgument(m),
         }
     }
 }

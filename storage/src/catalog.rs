@@ -378,8 +378,22 @@ pub enum MetaResponse {
     GroupId(u64),
     /// The id given to a new job.
     JobId(u64),
-    /// The command was refused (name taken, unknown topic...); the catalog is unchanged.
-    Rejected(String),
+    /// The command was refused, for the reason the message gives; the catalog is unchanged.
+    Rejected(Refusal, String),
+}
+
+/// Why the catalog refused a command, so that each interface answers with the matching code
+/// rather than reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The command names a topic, table, job, schedule, node, group or region the catalog does
+    /// not have.
+    NotFound,
+    /// The name the command would create is taken.
+    AlreadyExists,
+    /// The command does not fit the catalog as it is: something in use by a job or a schedule,
+    /// a dependency that cannot be, a split that does not match its region, a second bootstrap.
+    Conflict,
 }
 
 impl Catalog {
@@ -387,16 +401,19 @@ impl Catalog {
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaResponse {
         if let MetaCommand::DeleteTopic { name } | MetaCommand::DropTable { name } = cmd {
             if let Some(j) = self.job_using(name) {
-                return MetaResponse::Rejected(format!(
-                    "job '{}' uses '{name}'; drop the job first",
-                    j.name
-                ));
+                return MetaResponse::Rejected(
+                    Refusal::Conflict,
+                    format!("job '{}' uses '{name}'; drop the job first", j.name),
+                );
             }
         }
         match cmd {
             MetaCommand::Bootstrap { node } => {
                 if !self.nodes.is_empty() {
-                    return MetaResponse::Rejected("cluster is already bootstrapped".into());
+                    return MetaResponse::Rejected(
+                        Refusal::Conflict,
+                        "cluster is already bootstrapped".into(),
+                    );
                 }
                 self.nodes.insert(node.id, node.clone());
                 self.next_node_id = node.id + 1;
@@ -410,6 +427,7 @@ impl Catalog {
             } => {
                 if self.nodes.is_empty() {
                     return MetaResponse::Rejected(
+                        Refusal::Conflict,
                         "the cluster is not bootstrapped yet; retry".into(),
                     );
                 }
@@ -431,7 +449,10 @@ impl Catalog {
             }
             MetaCommand::UpdateNode { node } => {
                 if !self.nodes.contains_key(&node.id) {
-                    return MetaResponse::Rejected(format!("node {} is not a member", node.id));
+                    return MetaResponse::Rejected(
+                        Refusal::NotFound,
+                        format!("node {} is not a member", node.id),
+                    );
                 }
                 self.nodes.insert(node.id, node.clone());
                 MetaResponse::Ok
@@ -445,7 +466,10 @@ impl Catalog {
                 format,
             } => {
                 if self.topics.contains_key(name) {
-                    return MetaResponse::Rejected(format!("topic '{name}' already exists"));
+                    return MetaResponse::Rejected(
+                        Refusal::AlreadyExists,
+                        format!("topic '{name}' already exists"),
+                    );
                 }
                 let mut groups = Vec::with_capacity(placement.len());
                 for (partition, nodes) in placement.iter().enumerate() {
@@ -484,7 +508,10 @@ impl Catalog {
                     }
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(format!("topic '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("topic '{name}' does not exist"),
+                ),
             },
             MetaCommand::CreateOffsetsGroup { replicas } => {
                 if self.offsets_group.is_some() {
@@ -512,7 +539,10 @@ impl Catalog {
                 placement,
             } => {
                 if self.tables.contains_key(name) {
-                    return MetaResponse::Rejected(format!("table '{name}' already exists"));
+                    return MetaResponse::Rejected(
+                        Refusal::AlreadyExists,
+                        format!("table '{name}' already exists"),
+                    );
                 }
                 let ascending = split_keys.windows(2).all(|w| w[0] < w[1]);
                 if placement.len() != split_keys.len() + 1
@@ -520,6 +550,7 @@ impl Catalog {
                     || split_keys.first().is_some_and(|k| k.is_empty())
                 {
                     return MetaResponse::Rejected(
+                        Refusal::Conflict,
                         "split keys must be non-empty and ascending, with one placement per region"
                             .into(),
                     );
@@ -570,14 +601,17 @@ impl Catalog {
                     }
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(format!("table '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("table '{name}' does not exist"),
+                ),
             },
             MetaCommand::CreateExternalTable { table } => {
                 if let Some(kind) = self.name_taken(&table.name) {
-                    return MetaResponse::Rejected(format!(
-                        "{kind} '{}' already exists",
-                        table.name
-                    ));
+                    return MetaResponse::Rejected(
+                        Refusal::AlreadyExists,
+                        format!("{kind} '{}' already exists", table.name),
+                    );
                 }
                 self.external_tables
                     .insert(table.name.clone(), table.clone());
@@ -585,23 +619,29 @@ impl Catalog {
             }
             MetaCommand::DropExternalTable { name } => match self.external_tables.remove(name) {
                 Some(_) => MetaResponse::Ok,
-                None => MetaResponse::Rejected(format!("external table '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("external table '{name}' does not exist"),
+                ),
             },
             MetaCommand::CreateJob { job } => {
                 if self.jobs.contains_key(&job.name) {
-                    return MetaResponse::Rejected(format!("job '{}' already exists", job.name));
+                    return MetaResponse::Rejected(
+                        Refusal::AlreadyExists,
+                        format!("job '{}' already exists", job.name),
+                    );
                 }
                 if !self.topics.contains_key(&job.source) {
-                    return MetaResponse::Rejected(format!(
-                        "topic '{}' does not exist",
-                        job.source
-                    ));
+                    return MetaResponse::Rejected(
+                        Refusal::NotFound,
+                        format!("topic '{}' does not exist", job.source),
+                    );
                 }
                 if !self.tables.contains_key(&job.sink) && !self.topics.contains_key(&job.sink) {
-                    return MetaResponse::Rejected(format!(
-                        "no table or topic '{}' exists to write into",
-                        job.sink
-                    ));
+                    return MetaResponse::Rejected(
+                        Refusal::NotFound,
+                        format!("no table or topic '{}' exists to write into", job.sink),
+                    );
                 }
                 let id = self.next_job_id.max(1);
                 self.next_job_id = id + 1;
@@ -616,14 +656,20 @@ impl Catalog {
             }
             MetaCommand::DropJob { name } => match self.jobs.remove(name) {
                 Some(_) => MetaResponse::Ok,
-                None => MetaResponse::Rejected(format!("job '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("job '{name}' does not exist"),
+                ),
             },
             MetaCommand::SetJobRunning { name, running } => match self.jobs.get_mut(name) {
                 Some(j) => {
                     j.running = *running;
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(format!("job '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("job '{name}' does not exist"),
+                ),
             },
             MetaCommand::AssignTasks {
                 name,
@@ -631,17 +677,19 @@ impl Catalog {
                 assignments,
             } => {
                 let Some(j) = self.jobs.get_mut(name).filter(|j| j.id == *id) else {
-                    return MetaResponse::Rejected(format!(
-                        "job '{name}' (id {id}) does not exist"
-                    ));
+                    return MetaResponse::Rejected(
+                        Refusal::NotFound,
+                        format!("job '{name}' (id {id}) does not exist"),
+                    );
                 };
                 if assignments
                     .iter()
                     .any(|(t, n)| *t as usize >= j.tasks.len() || !self.nodes.contains_key(n))
                 {
-                    return MetaResponse::Rejected(format!(
-                        "an assignment names a task or node job '{name}' does not have"
-                    ));
+                    return MetaResponse::Rejected(
+                        Refusal::Conflict,
+                        format!("an assignment names a task or node job '{name}' does not have"),
+                    );
                 }
                 for (t, n) in assignments {
                     let task = &mut j.tasks[*t as usize];
@@ -653,13 +701,16 @@ impl Catalog {
             MetaCommand::CreateSchedule { schedule } => self.create_schedule(schedule),
             MetaCommand::DropSchedule { name } => {
                 if !self.schedules.contains_key(name) {
-                    return MetaResponse::Rejected(format!("schedule '{name}' does not exist"));
+                    return MetaResponse::Rejected(
+                        Refusal::NotFound,
+                        format!("schedule '{name}' does not exist"),
+                    );
                 }
                 if let Some(d) = self.schedules.values().find(|d| d.after.contains(name)) {
-                    return MetaResponse::Rejected(format!(
-                        "schedule '{}' runs after '{name}'; drop it first",
-                        d.name
-                    ));
+                    return MetaResponse::Rejected(
+                        Refusal::Conflict,
+                        format!("schedule '{}' runs after '{name}'; drop it first", d.name),
+                    );
                 }
                 self.schedules.remove(name);
                 MetaResponse::Ok
@@ -669,14 +720,20 @@ impl Catalog {
                     s.paused = *paused;
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(format!("schedule '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("schedule '{name}' does not exist"),
+                ),
             },
             MetaCommand::RunScheduleNow { name, at_ms } => match self.schedules.get_mut(name) {
                 Some(s) => {
                     s.run_now = Some(*at_ms);
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(format!("schedule '{name}' does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("schedule '{name}' does not exist"),
+                ),
             },
             MetaCommand::AllocateGroup => MetaResponse::GroupId(self.alloc_group()),
             MetaCommand::SplitRegion {
@@ -693,7 +750,10 @@ impl Catalog {
                     }
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(format!("group {group} does not exist")),
+                None => MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("group {group} does not exist"),
+                ),
             },
         }
     }
@@ -706,7 +766,10 @@ impl Catalog {
         child: u64,
     ) -> MetaResponse {
         let Some(g) = self.groups.get(&parent) else {
-            return MetaResponse::Rejected(format!("region {parent} does not exist"));
+            return MetaResponse::Rejected(
+                Refusal::NotFound,
+                format!("region {parent} does not exist"),
+            );
         };
         let GroupKind::Region {
             table,
@@ -716,29 +779,47 @@ impl Catalog {
             ..
         } = &g.kind
         else {
-            return MetaResponse::Rejected(format!("group {parent} is not a region"));
+            return MetaResponse::Rejected(
+                Refusal::Conflict,
+                format!("group {parent} is not a region"),
+            );
         };
         if *epoch >= new_epoch {
             // Reported before (the reporter retried after a lost answer).
             return MetaResponse::Ok;
         }
         if new_epoch != epoch + 1 {
-            return MetaResponse::Rejected(format!(
-                "region {parent} is at epoch {epoch}; a split to epoch {new_epoch} skips one"
-            ));
+            return MetaResponse::Rejected(
+                Refusal::Conflict,
+                format!(
+                    "region {parent} is at epoch {epoch}; a split to epoch {new_epoch} skips one"
+                ),
+            );
         }
         if split_key <= start.as_slice() || (!end.is_empty() && split_key >= end.as_slice()) {
-            return MetaResponse::Rejected(format!("split key is outside region {parent}'s range"));
+            return MetaResponse::Rejected(
+                Refusal::Conflict,
+                format!("split key is outside region {parent}'s range"),
+            );
         }
         if child >= self.next_group_id || self.groups.contains_key(&child) {
-            return MetaResponse::Rejected(format!("group id {child} was not reserved"));
+            return MetaResponse::Rejected(
+                Refusal::Conflict,
+                format!("group id {child} was not reserved"),
+            );
         }
         let (table, old_end, replicas) = (table.clone(), end.clone(), g.replicas.clone());
         let Some(t) = self.tables.get_mut(&table) else {
-            return MetaResponse::Rejected(format!("table '{table}' does not exist"));
+            return MetaResponse::Rejected(
+                Refusal::NotFound,
+                format!("table '{table}' does not exist"),
+            );
         };
         let Some(pos) = t.regions.iter().position(|r| *r == parent) else {
-            return MetaResponse::Rejected(format!("region {parent} is not in table '{table}'"));
+            return MetaResponse::Rejected(
+                Refusal::Conflict,
+                format!("region {parent} is not in table '{table}'"),
+            );
         };
         t.regions.insert(pos + 1, child);
         if let Some(GroupInfo {
@@ -798,21 +879,29 @@ impl Catalog {
     /// new schedule can close, since nothing depends on it yet.
     fn create_schedule(&mut self, schedule: &ScheduleInfo) -> MetaResponse {
         if self.schedules.contains_key(&schedule.name) {
-            return MetaResponse::Rejected(format!("schedule '{}' already exists", schedule.name));
+            return MetaResponse::Rejected(
+                Refusal::AlreadyExists,
+                format!("schedule '{}' already exists", schedule.name),
+            );
         }
         if schedule.every_ms == 0 && schedule.cron.is_none() {
             return MetaResponse::Rejected(
+                Refusal::Conflict,
                 "a schedule needs an interval or a cron expression".into(),
             );
         }
         for d in &schedule.after {
             if d == &schedule.name {
-                return MetaResponse::Rejected(format!("schedule '{d}' cannot run after itself"));
+                return MetaResponse::Rejected(
+                    Refusal::Conflict,
+                    format!("schedule '{d}' cannot run after itself"),
+                );
             }
             if !self.schedules.contains_key(d) {
-                return MetaResponse::Rejected(format!(
-                    "schedule '{d}' does not exist (named in AFTER)"
-                ));
+                return MetaResponse::Rejected(
+                    Refusal::NotFound,
+                    format!("schedule '{d}' does not exist (named in AFTER)"),
+                );
             }
         }
         let id = self.next_schedule_id.max(1);
@@ -970,7 +1059,7 @@ mod tests {
             split_key: b"x".to_vec(),
             child: other,
         };
-        assert!(matches!(c.apply(&bad), MetaResponse::Rejected(_)));
+        assert!(matches!(c.apply(&bad), MetaResponse::Rejected(..)));
         assert_eq!(
             c.apply(&MetaCommand::DropTable { name: "t".into() }),
             MetaResponse::Ok
@@ -998,14 +1087,17 @@ mod tests {
         };
         assert_eq!(
             c.apply(&ext("events")),
-            MetaResponse::Rejected("topic 'events' already exists".into())
+            MetaResponse::Rejected(
+                Refusal::AlreadyExists,
+                "topic 'events' already exists".into()
+            )
         );
         assert_eq!(c.apply(&ext("raw")), MetaResponse::Ok);
-        assert!(matches!(c.apply(&ext("raw")), MetaResponse::Rejected(_)));
+        assert!(matches!(c.apply(&ext("raw")), MetaResponse::Rejected(..)));
         assert_eq!(c.name_taken("raw"), Some("external table"));
         let drop = MetaCommand::DropExternalTable { name: "raw".into() };
         assert_eq!(c.apply(&drop), MetaResponse::Ok);
-        assert!(matches!(c.apply(&drop), MetaResponse::Rejected(_)));
+        assert!(matches!(c.apply(&drop), MetaResponse::Rejected(..)));
         assert_eq!(c.name_taken("raw"), None);
     }
 
@@ -1022,7 +1114,7 @@ mod tests {
         };
         assert_eq!(c.apply(&create), MetaResponse::Ok);
         assert_eq!(c.topics["t"].groups, vec![1, 2, 3]);
-        assert!(matches!(c.apply(&create), MetaResponse::Rejected(_)));
+        assert!(matches!(c.apply(&create), MetaResponse::Rejected(..)));
         assert_eq!(c.partition_group("t", 2).unwrap().id, 3);
         assert_eq!(
             c.apply(&MetaCommand::DeleteTopic { name: "t".into() }),
@@ -1053,17 +1145,33 @@ mod tests {
     #[test]
     fn schedules_need_their_dependencies_and_keep_them() {
         let mut c = Catalog::default();
-        let rejected = |r: MetaResponse, words: &str| match r {
-            MetaResponse::Rejected(m) => assert!(m.contains(words), "{m}"),
+        let rejected = |r: MetaResponse, kind: Refusal, words: &str| match r {
+            MetaResponse::Rejected(k, m) => {
+                assert!(m.contains(words), "{m}");
+                assert_eq!(k, kind, "{m}");
+            }
             other => panic!("expected a refusal naming '{words}', got {other:?}"),
         };
-        rejected(c.apply(&schedule("b", &["a"])), "'a' does not exist");
-        rejected(c.apply(&schedule("a", &["a"])), "after itself");
+        rejected(
+            c.apply(&schedule("b", &["a"])),
+            Refusal::NotFound,
+            "'a' does not exist",
+        );
+        rejected(
+            c.apply(&schedule("a", &["a"])),
+            Refusal::Conflict,
+            "after itself",
+        );
         assert_eq!(c.apply(&schedule("a", &[])), MetaResponse::JobId(1));
         assert_eq!(c.apply(&schedule("b", &["a"])), MetaResponse::JobId(2));
-        rejected(c.apply(&schedule("a", &[])), "already exists");
+        rejected(
+            c.apply(&schedule("a", &[])),
+            Refusal::AlreadyExists,
+            "already exists",
+        );
         rejected(
             c.apply(&MetaCommand::DropSchedule { name: "a".into() }),
+            Refusal::Conflict,
             "'b' runs after 'a'",
         );
         c.apply(&MetaCommand::RunScheduleNow {

@@ -13,7 +13,7 @@ use weir_sql::schedule::fence::now_ms;
 use weir_sql::schedule::runs::{runs_schema, RUNS_TABLE};
 use weir_sql::schedule::MIN_EVERY_MS;
 use weir_storage::catalog::{
-    JobInfo, MetaCommand, MetaResponse, ScheduleInfo, TaskInfo, DEFAULT_SPLIT_BYTES,
+    JobInfo, MetaCommand, MetaResponse, Refusal, ScheduleInfo, TaskInfo, DEFAULT_SPLIT_BYTES,
 };
 
 use crate::cluster::NodeContext;
@@ -58,21 +58,10 @@ impl JobsService {
             .await?;
         match answer {
             // Created by a concurrent first schedule: as good.
-            MetaResponse::Rejected(m) if !m.contains("already exists") => Err(refused(m)),
+            MetaResponse::Rejected(Refusal::AlreadyExists, _) => Ok(()),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(()),
         }
-    }
-}
-
-/// A refusal of a job command, with the status its cause calls for.
-fn refused(m: String) -> Status {
-    if m.contains("does not exist") {
-        NodeError::NotFound(m).into()
-    } else if m.contains("already exists") {
-        NodeError::AlreadyExists(m).into()
-    } else {
-        // Not FAILED_PRECONDITION: clients read that code as "not the leader" and retry.
-        NodeError::InvalidArgument(m).into()
     }
 }
 
@@ -128,7 +117,7 @@ impl Jobs for JobsService {
             .await?
         {
             MetaResponse::JobId(id) => Ok(Response::new(CreateJobResponse { id })),
-            MetaResponse::Rejected(m) => Err(refused(m)),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             other => Err(NodeError::Internal(format!("creating a job answered {other:?}")).into()),
         }
     }
@@ -147,7 +136,7 @@ impl Jobs for JobsService {
         };
         let name = request.into_inner().name;
         match self.ctx.propose_meta(MetaCommand::DropJob { name }).await? {
-            MetaResponse::Rejected(m) => Err(refused(m)),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(JobAck {})),
         }
     }
@@ -176,7 +165,7 @@ impl Jobs for JobsService {
             })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(refused(m)),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(JobAck {})),
         }
     }
@@ -231,7 +220,7 @@ impl Jobs for JobsService {
             .await?
         {
             MetaResponse::JobId(id) => Ok(Response::new(CreateJobResponse { id })),
-            MetaResponse::Rejected(m) => Err(refused(m)),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             other => {
                 Err(NodeError::Internal(format!("creating a schedule answered {other:?}")).into())
             }
@@ -271,7 +260,7 @@ impl Jobs for JobsService {
             },
         };
         match self.ctx.propose_meta(cmd).await? {
-            MetaResponse::Rejected(m) => Err(refused(m)),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(JobAck {})),
         }
     }

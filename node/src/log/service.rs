@@ -364,8 +364,8 @@ impl Log for LogService {
                 format,
             })
             .await?;
-        if let MetaResponse::Rejected(m) = resp {
-            return Err(NodeError::AlreadyExists(m).into());
+        if let MetaResponse::Rejected(kind, m) = resp {
+            return Err(NodeError::refused(kind, m).into());
         }
         let info = leader::describe_once_led(
             || self.topic_info(&*self.catalog()?, &req.name),
@@ -396,7 +396,7 @@ impl Log for LogService {
             .propose_meta(MetaCommand::DeleteTopic { name })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::refused_drop(m).into()),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(DeleteTopicResponse {})),
         }
     }

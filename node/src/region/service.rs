@@ -717,8 +717,8 @@ impl Kv for KvService {
                 placement,
             })
             .await?;
-        if let MetaResponse::Rejected(m) = resp {
-            return Err(NodeError::AlreadyExists(m).into());
+        if let MetaResponse::Rejected(kind, m) = resp {
+            return Err(NodeError::refused(kind, m).into());
         }
         let info = leader::describe_once_led(
             || self.table_info(&*self.catalog()?, &req.name),
@@ -749,7 +749,7 @@ impl Kv for KvService {
             .propose_meta(MetaCommand::DropTable { name })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::refused_drop(m).into()),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(DropTableResponse {})),
         }
     }
@@ -784,7 +784,7 @@ impl Kv for KvService {
             .propose_meta(MetaCommand::CreateExternalTable { table })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::AlreadyExists(m).into()),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(CreateExternalTableResponse {})),
         }
     }
@@ -810,7 +810,7 @@ impl Kv for KvService {
             .propose_meta(MetaCommand::DropExternalTable { name })
             .await?
         {
-            MetaResponse::Rejected(m) => Err(NodeError::refused_drop(m).into()),
+            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
             _ => Ok(Response::new(DropTableResponse {})),
         }
     }

@@ -44,7 +44,7 @@ impl GroupState for CatalogGroup {
         };
         let mut catalog = (**self.tx.borrow()).clone();
         let resp = catalog.apply(cmd);
-        if !matches!(resp, MetaResponse::Rejected(_)) {
+        if !matches!(resp, MetaResponse::Rejected(..)) {
             cx.batch
                 .put(CF_DATA, catalog_key(cx.group), encode(&catalog)?);
             self.tx.send_replace(Arc::new(catalog));
