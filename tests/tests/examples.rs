@@ -33,6 +33,20 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Three fresh `weir-node` processes, all up.
+async fn three_nodes() -> ProcessCluster {
+    let cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    cluster
+}
+
+/// The `weir` shell pointed at `cluster`'s first node, with `args`.
+fn weir_cli(cluster: &ProcessCluster, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("weir"));
+    cmd.args(["--server", &cluster.addr(0)]).args(args);
+    cmd
+}
+
 /// The statements of a SQL file, comments dropped, in order.
 fn statements(sql: &str) -> Vec<String> {
     let text: String = sql
@@ -201,12 +215,9 @@ async fn restaurant_events_posted_over_http_and_by_ab_split_into_tables_psql_rea
     }
     assert_eq!(lines.len(), 6000);
 
-    let cluster = ProcessCluster::start(3, &[]);
-    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let cluster = three_nodes().await;
     // As the README does it: the topic, tables and jobs from setup.sql with the `weir` shell.
-    run(Command::new(binary("weir"))
-        .args(["--server", &cluster.addr(0), "sql", "-f"])
-        .arg(dir.join("setup.sql")));
+    run(weir_cli(&cluster, &["sql", "-f"]).arg(dir.join("setup.sql")));
 
     // The app posts its events to any node, a thousand at a time.
     for (i, chunk) in lines.chunks(1000).enumerate() {
@@ -395,14 +406,9 @@ async fn berka_transactions_replayed_at_random_intervals_are_enriched_by_stream_
         .args(["--accounts", "300", "--trans", "4000", "--seed", "1"]));
     let expected = Berka::from_files(data);
 
-    let cluster = ProcessCluster::start(3, &[]);
-    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let cluster = three_nodes().await;
     // As the README does it: tables, the dimension tables loaded from CSV, then the jobs.
-    let weir = |args: &[&str]| {
-        let mut cmd = Command::new(binary("weir"));
-        cmd.args(["--server", &cluster.addr(0)]).args(args);
-        cmd
-    };
+    let weir = |args: &[&str]| weir_cli(&cluster, args);
     run(weir(&["sql", "-f"]).arg(dir.join("tables.sql")));
     for table in ["district", "account", "client", "disp"] {
         run(weir(&["load", "csv"])
@@ -502,11 +508,8 @@ async fn datacenter_reports_sent_by_kafka_clients_keep_a_pivot_and_per_minute_wi
         expected.add(&serde_json::from_str(line).expect("gen.py writes JSON lines"));
     }
 
-    let cluster = ProcessCluster::start(3, &[]);
-    cluster.wait_members_up(3, Duration::from_secs(120)).await;
-    run(Command::new(binary("weir"))
-        .args(["--server", &cluster.addr(0), "sql", "-f"])
-        .arg(dir.join("setup.sql")));
+    let cluster = three_nodes().await;
+    run(weir_cli(&cluster, &["sql", "-f"]).arg(dir.join("setup.sql")));
     // The servers' agents: a Kafka client (kafka-python), each report keyed by its server.
     let sent = run(Command::new(python())
         .arg(dir.join("emit.py"))
@@ -652,13 +655,8 @@ async fn loyalty_orders_from_a_spool_directory_earn_points_on_a_schedule() {
     let expected = Loyalty::from_files(&customers, &spool);
     assert!(expected.points.contains_key(&(42, "2024-06-01".into())));
 
-    let cluster = ProcessCluster::start(3, &[]);
-    cluster.wait_members_up(3, Duration::from_secs(120)).await;
-    let weir = |args: &[&str]| {
-        let mut cmd = Command::new(binary("weir"));
-        cmd.args(["--server", &cluster.addr(0)]).args(args);
-        cmd
-    };
+    let cluster = three_nodes().await;
+    let weir = |args: &[&str]| weir_cli(&cluster, args);
     run(weir(&["sql", "-f"]).arg(dir.join("setup.sql")));
     run(weir(&["load", "csv"])
         .arg(&customers)
@@ -788,13 +786,8 @@ async fn cars_sales_posted_over_http_keep_a_time_series_raise_alerts_and_export(
         "the generated sales raise some alerts"
     );
 
-    let cluster = ProcessCluster::start(3, &[]);
-    cluster.wait_members_up(3, Duration::from_secs(120)).await;
-    let weir = |args: &[&str]| {
-        let mut cmd = Command::new(binary("weir"));
-        cmd.args(["--server", &cluster.addr(0)]).args(args);
-        cmd
-    };
+    let cluster = three_nodes().await;
+    let weir = |args: &[&str]| weir_cli(&cluster, args);
     run(weir(&["sql", "-f"]).arg(dir.join("setup.sql")));
     for (i, chunk) in lines.chunks(200).enumerate() {
         let (status, answer) = http(
