@@ -164,6 +164,8 @@ pub struct Table {
     name: String,
     schema: Arc<TableSchema>,
     regions: Arc<RwLock<Regions>>,
+    /// The fencing token every write of this handle carries ([`Table::fenced`]).
+    fence: Option<v1::WriterFence>,
 }
 
 /// Builds a schema from the wire description of a table.
@@ -340,6 +342,7 @@ impl Client {
             name: name.to_string(),
             schema: Arc::new(schema_of(&info)?),
             regions: Arc::new(RwLock::new(Regions::default())),
+            fence: None,
         };
         table.remember(&info);
         Ok(table)
@@ -354,6 +357,63 @@ enum Locate<'a> {
 }
 
 impl Table {
+    /// This handle with every write carrying the fencing token `token` of `holder`: a region
+    /// refuses the writes ([`ClientError::Fenced`]) once it has seen a higher token of the same
+    /// holder, from a write or from [`Table::fence_all`]. Reads are not fenced.
+    pub fn fenced(&self, holder: &str, token: u64) -> Table {
+        Table {
+            fence: Some(v1::WriterFence {
+                holder: holder.to_string(),
+                token,
+            }),
+            ..self.clone()
+        }
+    }
+
+    /// Raises this handle's fencing token in every region of the table, so that no instance of
+    /// the holder with a lower token can write to the table any more, in these regions or in any
+    /// split off them later. Returns the regions fenced; refused with [`ClientError::Fenced`] when
+    /// a higher token was already seen.
+    pub async fn fence_all(&self) -> Result<u32> {
+        let Some(fence) = self.fence.clone() else {
+            return Err(ClientError::InvalidArgument(format!(
+                "the handle of '{}' has no fencing token to raise",
+                self.name
+            )));
+        };
+        let timeout = self.client.config().request_timeout;
+        let mut key: Vec<u8> = Vec::new();
+        let mut regions = 0;
+        loop {
+            let req = v1::FenceRequest {
+                table: self.name.clone(),
+                fence: Some(fence.clone()),
+                key: key.clone().into(),
+            };
+            // Raising a token to the same value again changes nothing: safe to retry.
+            let resp = self
+                .call_region(Locate::Key(&key), true, |ch| {
+                    let req = req.clone();
+                    async move { kv(ch).fence(request(req, timeout)).await }
+                })
+                .await?;
+            regions += 1;
+            if resp.end.is_empty() {
+                return Ok(regions);
+            }
+            if resp.end.as_ref() <= key.as_slice() {
+                return Err(ClientError::Status {
+                    code: Code::Internal,
+                    message: format!(
+                        "a region of '{}' answered an end before the key it was asked for",
+                        self.name
+                    ),
+                });
+            }
+            key = resp.end.to_vec();
+        }
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -604,6 +664,7 @@ impl Table {
             table: self.name.clone(),
             mutations,
             atomic,
+            fence: self.fence.clone(),
         };
         self.call_region(Locate::Key(first), true, |ch| {
             let req = req.clone();

@@ -43,6 +43,9 @@ pub enum NodeError {
     /// A jumping producer's batch from an epoch a newer instance has replaced.
     #[error("{0}")]
     ProducerFenced(String),
+    /// A region write whose fencing token a newer instance of its writer has replaced.
+    #[error("{0}")]
+    WriterFenced(String),
     /// The answer of another node this request was forwarded to, passed on as it is.
     #[error("{0}")]
     Remote(Status),
@@ -91,7 +94,7 @@ impl From<NodeError> for Status {
             NodeError::Internal(m) => Status::new(Code::Internal, m),
             NodeError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             NodeError::Remote(s) => s,
-            NodeError::ProducerFenced(m) => {
+            NodeError::ProducerFenced(m) | NodeError::WriterFenced(m) => {
                 let mut s = Status::new(Code::FailedPrecondition, m);
                 s.metadata_mut().insert(
                     weir_proto::FENCED_METADATA_KEY,

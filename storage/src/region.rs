@@ -34,6 +34,9 @@ pub struct RegionState {
     pub approx_bytes: u64,
     /// The last split applied, until the catalog has recorded it.
     pub last_split: Option<SplitRecord>,
+    /// Per writer holding a fencing token here: the highest token seen. A split passes them to
+    /// the new region, so an old instance is fenced out of every part of the range.
+    pub fences: std::collections::BTreeMap<String, u64>,
 }
 
 /// A split as the parent applied it.
@@ -48,6 +51,19 @@ pub struct SplitRecord {
 }
 
 impl RegionState {
+    /// Checks `fence` against the region's token for its holder and raises it; the token found
+    /// when the fence is stale (nothing is changed then).
+    pub fn admit(&mut self, fence: &crate::types::WriterFence) -> Result<(), u64> {
+        match self.fences.get(&fence.holder) {
+            Some(&current) if current > fence.token => Err(current),
+            Some(&current) if current == fence.token => Ok(()),
+            _ => {
+                self.fences.insert(fence.holder.clone(), fence.token);
+                Ok(())
+            }
+        }
+    }
+
     /// True when `key` falls in the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())

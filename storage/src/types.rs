@@ -48,6 +48,17 @@ pub enum Request {
         ops: Vec<KvOp>,
         /// Compare-and-set: what must hold first.
         condition: Option<KvCondition>,
+        /// The writer's fencing token: the write is refused when the region has seen a higher
+        /// token of the same holder, and raises the region's token otherwise.
+        fence: Option<WriterFence>,
+    },
+    /// Region group: raise the region's token for a holder without writing rows, so that the
+    /// holder's earlier instances can write no more here (nor in regions split off later).
+    Fence {
+        /// The holder and its new token.
+        fence: WriterFence,
+        /// A key the sender believes is in the region (checked, as a write's keys are).
+        key: Vec<u8>,
     },
     /// Region group: split at `split_key`; the keys from it on move to the new region `child`.
     Split {
@@ -78,7 +89,7 @@ impl fmt::Display for Request {
                 write!(f, "append {count} records ({} bytes)", batch.len())
             }
             Request::Trim { before } => write!(f, "trim before {before}"),
-            Request::KvWrite { ops, condition } => write!(
+            Request::KvWrite { ops, condition, .. } => write!(
                 f,
                 "kv write of {} ops{}",
                 ops.len(),
@@ -88,6 +99,9 @@ impl fmt::Display for Request {
                     ""
                 }
             ),
+            Request::Fence { fence, .. } => {
+                write!(f, "fence {} at token {}", fence.holder, fence.token)
+            }
             Request::Split { child, .. } => write!(f, "split into region {child}"),
             Request::CommitOffsets {
                 group,
@@ -138,6 +152,18 @@ impl KvOp {
             KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Merge { key, .. } => key,
         }
     }
+}
+
+/// A fencing token of one writer of regions (a schedule's runs): every instance of the holder
+/// takes a higher token than the one before, and a region refuses writes carrying a token below
+/// the highest it has seen for the holder, so an instance that was replaced cannot write where its
+/// successor has written or fenced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterFence {
+    /// Who writes (for example `schedule 7`).
+    pub holder: String,
+    /// The instance's token.
+    pub token: u64,
 }
 
 /// The condition of a compare-and-set.
@@ -238,6 +264,18 @@ pub enum Response {
     Duplicate {
         /// The last number that producer wrote to the partition.
         last_sequence: u64,
+    },
+    /// A fence was applied: the region now holds the keys up to `end` (empty: unbounded), so a
+    /// sender fencing every region of a table goes on from there.
+    Fenced {
+        /// The region's end after the fence.
+        end: Vec<u8>,
+    },
+    /// A fenced write or fence carried a token below the region's for its holder: nothing was
+    /// written.
+    StaleWriter {
+        /// The highest token the region has seen for the holder.
+        current: u64,
     },
     /// A jumping producer's batch from an epoch below one the partition has seen: refused.
     StaleProducer {

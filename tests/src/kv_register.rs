@@ -119,6 +119,7 @@ pub async fn run_client(
                         op: Some(mutation::Op::Put(row(k, value))),
                     }],
                     atomic: true,
+                    fence: None,
                 }))
                 .await;
             let outcome = if r.is_ok() {

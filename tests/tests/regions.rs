@@ -509,3 +509,85 @@ async fn tables_can_start_split_at_given_keys() {
     );
     cluster.shutdown().await;
 }
+
+/// Whether a write was refused because a newer instance of its writer replaced it.
+fn is_fenced(r: &weir_client::Result<u64>) -> bool {
+    matches!(r, Err(weir_client::ClientError::Fenced(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_writer_is_fenced_out_of_every_region_even_those_split_off_later() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(2)).await.unwrap();
+    let schema = TableSchema::parse("k BIGINT, v VARCHAR", &["k".into()]).unwrap();
+    client
+        .create_table_split_at(
+            "fenced",
+            &schema,
+            3,
+            16 * 1024,
+            &[vec![Value::Int(1000)], vec![Value::Int(2000)]],
+        )
+        .await
+        .unwrap();
+    let table = client.table("fenced").await.unwrap();
+    let row = |k: i64, v: &str| vec![Value::Int(k), Value::Str(v.to_string())];
+    let old = table.fenced("schedule 1", 1);
+    let spread: Vec<i64> = (0..3000).step_by(100).collect();
+    let first: Vec<Vec<Value>> = spread.iter().map(|k| row(*k, "old")).collect();
+    assert_eq!(old.put(first).await.unwrap(), spread.len() as u64);
+
+    // The successor raises its token everywhere before writing: the old instance can write no
+    // more, while other writers (no token, another holder) are not concerned.
+    let new = table.fenced("schedule 1", 2);
+    assert_eq!(new.fence_all().await.unwrap(), 3, "one fence per region");
+    for k in &spread {
+        let r = old.put(vec![row(*k, "late")]).await;
+        assert!(is_fenced(&r), "key {k}: {r:?}");
+    }
+    let r = old.delete(&[vec![Value::Int(5)]]).await;
+    assert!(is_fenced(&r), "{r:?}");
+    assert!(matches!(
+        old.fence_all().await,
+        Err(weir_client::ClientError::Fenced(_))
+    ));
+    assert_eq!(table.put(vec![row(1, "plain")]).await.unwrap(), 1);
+    let other = table.fenced("schedule 2", 1);
+    assert_eq!(other.put(vec![row(2, "other")]).await.unwrap(), 1);
+
+    // The table splits under the successor's writes; the regions split off keep the token.
+    let payload = "x".repeat(200);
+    for chunk in (0..3000i64).collect::<Vec<_>>().chunks(100) {
+        let rows = chunk.iter().map(|k| row(*k, &payload)).collect();
+        new.put(rows).await.unwrap();
+    }
+    let regions = wait_until("the table to split", Duration::from_secs(60), || async {
+        let n = client.describe_table("fenced").await.ok()?.regions.len();
+        (n > 4).then_some(n)
+    })
+    .await;
+    for k in (50..3000).step_by(100) {
+        let r = old.put(vec![row(k, "late")]).await;
+        assert!(
+            is_fenced(&r),
+            "key {k} after the split into {regions} regions: {r:?}"
+        );
+    }
+    // Nothing the old instance sent after it was replaced was written.
+    let got = table
+        .get(
+            &spread
+                .iter()
+                .map(|k| vec![Value::Int(*k)])
+                .collect::<Vec<_>>(),
+            &[],
+            false,
+        )
+        .await
+        .unwrap();
+    for (k, r) in spread.iter().zip(got) {
+        let v = r.map(|r| r.values[1].clone());
+        assert_eq!(v, Some(Value::Str(payload.clone())), "key {k}");
+    }
+    cluster.shutdown().await;
+}

@@ -4,7 +4,9 @@
 //! A tick is claimed when it is due (ticks fall on multiples of the interval since the epoch, or
 //! on the cron expression's times; the first at or after the schedule's creation), the schedules
 //! it runs `AFTER` have each succeeded for a tick at or after it, and no run of the schedule holds
-//! a live lease (runs of one schedule never overlap). Only the latest due tick is considered:
+//! its lease (runs of one schedule never overlap: the lease is one row per schedule, claimed by
+//! a compare-and-set, and each claim takes the next fencing token, which every write of the run
+//! carries). Only the latest due tick is considered:
 //! ticks missed while the cluster was down are not caught up, but a tick that was started and not
 //! finished (its node died, or an attempt failed) is still finished after the next tick falls
 //! due. A failed attempt is retried with back-off up to [`MAX_ATTEMPTS`]; a run whose node died is
@@ -22,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 use weir_client::{CasAction, Expectation, ScanOptions, Table, Value};
 use weir_sql::schedule::fence::{now_ms, FencedCluster, Lease};
-use weir_sql::schedule::runs::{RunRecord, RunStatus, RUNS_TABLE};
+use weir_sql::schedule::runs::{LeaseRecord, RunRecord, RunStatus, LEASES_TABLE, RUNS_TABLE};
 use weir_sql::schedule::{due_tick, tick_before};
 use weir_sql::{Cluster, Engine, EngineConfig, Output, ScheduleMeta};
 
@@ -60,10 +62,26 @@ enum Kind {
     Manual,
 }
 
+/// An attempt claimed by this node: its history row and its schedule's lease row, each with the
+/// version it was last written at.
+struct Claim {
+    rec: RunRecord,
+    version: u64,
+    lease: LeaseRecord,
+    lease_version: u64,
+}
+
+/// The two internal tables the scheduler keeps its state in.
+#[derive(Clone)]
+struct Tables {
+    runs: Table,
+    leases: Table,
+}
+
 /// What the scheduler learned about a tick.
 enum Look {
     /// Claimed here: run it.
-    Claimed(RunRecord, u64),
+    Claimed(Box<Claim>),
     /// Nothing to do before this time (ms); `i64::MAX`: never again.
     QuietUntil(i64),
 }
@@ -97,15 +115,22 @@ pub async fn schedule_loop(
         let Ok(catalog) = registry.catalog() else {
             continue;
         };
-        if catalog.schedules.is_empty() || !catalog.tables.contains_key(RUNS_TABLE) {
+        let ready = [RUNS_TABLE, LEASES_TABLE]
+            .iter()
+            .all(|t| catalog.tables.contains_key(*t));
+        if catalog.schedules.is_empty() || !ready {
             continue;
         }
         let schedules: Vec<ScheduleMeta> = catalog.schedules.values().map(schedule_meta).collect();
         let now = now_ms();
         quiet.retain(|(id, _), _| schedules.iter().any(|s| s.id == *id));
-        let Ok(table) = cluster.handle(RUNS_TABLE).await else {
+        let (Ok(runs), Ok(leases)) = (
+            cluster.handle(RUNS_TABLE).await,
+            cluster.handle(LEASES_TABLE).await,
+        ) else {
             continue;
         };
+        let tables = Tables { runs, leases };
         for s in &schedules {
             if running.contains_key(&s.id) {
                 continue;
@@ -124,21 +149,21 @@ pub async fn schedule_loop(
                 if quiet.get(&(s.id, tick)).is_some_and(|until| *until > now) {
                     continue;
                 }
-                match look(node, s, &schedules, tick, kind, &table).await {
-                    Ok(Look::Claimed(rec, version)) => {
+                match look(node, s, &schedules, tick, kind, &tables).await {
+                    Ok(Look::Claimed(claim)) => {
                         quiet.remove(&(s.id, tick));
                         let span = tracing::info_span!(
                             "schedule_run",
                             schedule = %s.name,
                             tick,
-                            attempt = rec.attempt
+                            attempt = claim.rec.attempt,
+                            token = claim.lease.token
                         );
                         let run = tokio::spawn(
                             run_attempt(
                                 s.clone(),
-                                rec,
-                                version,
-                                table.clone(),
+                                *claim,
+                                tables.clone(),
                                 cluster.clone(),
                                 engine_config.clone(),
                             )
@@ -175,11 +200,12 @@ async fn look(
     all: &[ScheduleMeta],
     tick: i64,
     kind: Kind,
-    table: &Table,
+    tables: &Tables,
 ) -> weir_client::Result<Look> {
     let now = now_ms();
     let key = RunRecord::key(&s.name, tick);
-    let found = table
+    let found = tables
+        .runs
         .get(std::slice::from_ref(&key), &[], false)
         .await?
         .into_iter()
@@ -200,7 +226,7 @@ async fn look(
     let attempt = match &previous {
         None if kind == Kind::Unfinished => return Ok(Look::QuietUntil(i64::MAX)),
         None => {
-            if kind == Kind::Due && !dependencies_done(s, all, tick, table).await? {
+            if kind == Kind::Due && !dependencies_done(s, all, tick, &tables.runs).await? {
                 return Ok(Look::QuietUntil(now));
             }
             1
@@ -218,9 +244,53 @@ async fn look(
             },
         },
     };
-    if let Some(until) = live_run(s, tick, table, now).await? {
+    // The schedule's lease: free (never taken, released, or passed) or held by a live run.
+    let lease_key = LeaseRecord::key(s.id);
+    let held = tables
+        .leases
+        .get(std::slice::from_ref(&lease_key), &[], false)
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    let (held, lease_version) = match held {
+        Some(row) => match LeaseRecord::from_row(&row.values) {
+            Some(l) => (Some(l), row.version),
+            None => {
+                tracing::warn!(schedule = %s.name, "unreadable schedule lease row; not running it");
+                return Ok(Look::QuietUntil(i64::MAX));
+            }
+        },
+        None => (None, 0),
+    };
+    if let Some(until) = held
+        .as_ref()
+        .and_then(|l| l.lease_until_ms)
+        .filter(|until| *until > now)
+    {
         return Ok(Look::QuietUntil(until));
     }
+    let lease = LeaseRecord {
+        schedule_id: s.id,
+        token: held.as_ref().map_or(1, |l| l.token + 1),
+        tick_ms: tick,
+        attempt,
+        node,
+        lease_until_ms: Some(now + LEASE_MS),
+    };
+    let taken = tables
+        .leases
+        .compare_and_set(
+            &lease_key,
+            Expectation::Version(lease_version),
+            CasAction::Put(lease.to_row()),
+        )
+        .await?;
+    let lease_version = match (taken.succeeded, taken.current) {
+        (true, Some(row)) => row.version,
+        // Another node took the lease first: look again later.
+        _ => return Ok(Look::QuietUntil(now)),
+    };
     let manual = previous.as_ref().map_or(kind == Kind::Manual, |p| p.manual);
     let rec = RunRecord {
         schedule: s.name.clone(),
@@ -233,11 +303,12 @@ async fn look(
         rows: None,
         error: previous.and_then(|p| p.error),
         manual,
-        lease_until_ms: Some(now + LEASE_MS),
+        lease_until_ms: lease.lease_until_ms,
         retry_at_ms: None,
         schedule_id: s.id,
     };
-    let outcome = table
+    let outcome = tables
+        .runs
         .compare_and_set(
             &key,
             Expectation::Version(version),
@@ -246,11 +317,40 @@ async fn look(
         .await?;
     match (outcome.succeeded, outcome.current) {
         (true, Some(row)) => {
-            tracing::info!(schedule = %s.name, tick, attempt, "claimed a scheduled run");
-            Ok(Look::Claimed(rec, row.version))
+            tracing::info!(schedule = %s.name, tick, attempt, token = lease.token, "claimed a scheduled run");
+            Ok(Look::Claimed(Box::new(Claim {
+                rec,
+                version: row.version,
+                lease,
+                lease_version,
+            })))
         }
-        // Another node claimed it first: look again later.
-        _ => Ok(Look::QuietUntil(now)),
+        // The tick's row changed since it was read (its previous attempt recorded an outcome
+        // late): give the lease back and look again.
+        _ => {
+            release(&tables.leases, &lease, lease_version).await;
+            Ok(Look::QuietUntil(now))
+        }
+    }
+}
+
+/// Gives a schedule's lease back (the next claim needs not wait for it to pass); a lease that
+/// cannot be given back passes on its own.
+async fn release(leases: &Table, lease: &LeaseRecord, version: u64) {
+    let mut freed = lease.clone();
+    freed.lease_until_ms = None;
+    let key = LeaseRecord::key(lease.schedule_id);
+    match leases
+        .compare_and_set(
+            &key,
+            Expectation::Version(version),
+            CasAction::Put(freed.to_row()),
+        )
+        .await
+    {
+        Ok(o) if o.succeeded => {}
+        Ok(_) => tracing::debug!("the schedule's lease was taken over before it was given back"),
+        Err(e) => tracing::debug!(error = %e, "could not give the schedule's lease back"),
     }
 }
 
@@ -291,43 +391,6 @@ async fn dependencies_done(
     Ok(true)
 }
 
-/// When another tick of `s` is running under a live lease, when that lease ends.
-async fn live_run(
-    s: &ScheduleMeta,
-    tick: i64,
-    table: &Table,
-    now: i64,
-) -> weir_client::Result<Option<i64>> {
-    // Runs never overlap, so a live one is among the latest few rows.
-    let opts = ScanOptions {
-        start: Some(vec![Value::Str(s.name.clone())]),
-        end: Some(vec![
-            Value::Str(s.name.clone()),
-            Value::Timestamp(END_OF_TIME_US),
-        ]),
-        limit: 8,
-        reverse: true,
-        ..Default::default()
-    };
-    let mut until = None;
-    table
-        .scan(&opts, |page| {
-            for (_, row) in page {
-                if let Some(r) = RunRecord::from_row(&row.values) {
-                    let live = r.status == RunStatus::Running
-                        && r.tick_ms != tick
-                        && r.lease_until_ms.is_some_and(|u| u > now);
-                    if live {
-                        until = until.max(r.lease_until_ms);
-                    }
-                }
-            }
-            true
-        })
-        .await?;
-    Ok(until)
-}
-
 /// Rows a statement's output stands for: the count an `INSERT`/`DELETE` reports, or the rows a
 /// query returned.
 fn rows_of(batch: &RecordBatch) -> i64 {
@@ -352,64 +415,101 @@ async fn execute(engine: Engine, sql: String) -> Result<i64, String> {
     Ok(rows)
 }
 
+/// Renews a claimed attempt's lease: its schedule's lease row, then its history row. False when
+/// either was taken over (the attempt must stop).
+async fn renew(claim: &mut Claim, tables: &Tables) -> weir_client::Result<bool> {
+    let until = Some(now_ms() + LEASE_MS);
+    let mut lease = claim.lease.clone();
+    lease.lease_until_ms = until;
+    let o = tables
+        .leases
+        .compare_and_set(
+            &LeaseRecord::key(lease.schedule_id),
+            Expectation::Version(claim.lease_version),
+            CasAction::Put(lease.to_row()),
+        )
+        .await?;
+    match (o.succeeded, o.current) {
+        (true, Some(row)) => {
+            claim.lease_version = row.version;
+            claim.lease = lease;
+        }
+        _ => return Ok(false),
+    }
+    let mut rec = claim.rec.clone();
+    rec.lease_until_ms = until;
+    let o = tables
+        .runs
+        .compare_and_set(
+            &RunRecord::key(&rec.schedule, rec.tick_ms),
+            Expectation::Version(claim.version),
+            CasAction::Put(rec.to_row()),
+        )
+        .await?;
+    match (o.succeeded, o.current) {
+        (true, Some(row)) => {
+            claim.version = row.version;
+            claim.rec = rec;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// One attempt of a claimed tick: runs the statement while renewing the lease, then records the
 /// outcome, unless the lease was lost (then the statement is cancelled and nothing is recorded).
+/// Every table write of the statement carries the claim's fencing token, raised in each table's
+/// regions before its first write, so once this attempt has written to a table an earlier one
+/// that outlived its lease cannot.
 async fn run_attempt(
     s: ScheduleMeta,
-    mut rec: RunRecord,
-    mut version: u64,
-    table: Table,
+    mut claim: Claim,
+    tables: Tables,
     cluster: Arc<NodeCluster>,
     engine_config: EngineConfig,
 ) {
-    let key = RunRecord::key(&s.name, rec.tick_ms);
-    let lease = Lease::new(rec.lease_until_ms.unwrap_or(0));
-    let inner: Arc<dyn Cluster> = cluster;
-    let fenced: Arc<dyn Cluster> = Arc::new(FencedCluster::new(
-        inner,
-        lease.clone(),
-        format!("run {} of schedule '{}'", rec.attempt, s.name),
-    ));
-    let result = match Engine::new(fenced, &engine_config) {
+    let lease = Lease::new(claim.lease.lease_until_ms.unwrap_or(0));
+    let what = format!("run {} of schedule '{}'", claim.rec.attempt, s.name);
+    let engine = match cluster
+        .fenced(&LeaseRecord::holder(s.id), claim.lease.token)
+        .await
+    {
+        Ok(view) => {
+            let inner: Arc<dyn Cluster> = Arc::new(view);
+            let fenced: Arc<dyn Cluster> = Arc::new(FencedCluster::new(inner, lease.clone(), what));
+            Engine::new(fenced, &engine_config).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let result = match engine {
         Ok(engine) => {
             let exec = execute(engine, s.statement.clone());
             tokio::pin!(exec);
-            let mut renew = tokio::time::interval(RENEW_EVERY);
-            renew.tick().await;
+            let mut every = tokio::time::interval(RENEW_EVERY);
+            every.tick().await;
             loop {
                 tokio::select! {
                     r = &mut exec => break Some(r),
-                    _ = renew.tick() => {
-                        let mut next = rec.clone();
-                        next.lease_until_ms = Some(now_ms() + LEASE_MS);
-                        match table
-                            .compare_and_set(&key, Expectation::Version(version), CasAction::Put(next.to_row()))
-                            .await
-                        {
-                            Ok(o) if o.succeeded => {
-                                version = o.current.map_or(version, |r| r.version);
-                                lease.set(next.lease_until_ms.unwrap_or(0));
-                                rec = next;
-                            }
-                            Ok(_) => {
-                                tracing::warn!("the run's tick was claimed by another node; cancelling");
-                                lease.lose();
-                                break None;
-                            }
-                            Err(e) if lease.holds() => {
-                                tracing::debug!(error = %e, "lease renewal failed; retrying");
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "lease could not be renewed in time; cancelling");
-                                lease.lose();
-                                break None;
-                            }
+                    _ = every.tick() => match renew(&mut claim, &tables).await {
+                        Ok(true) => lease.set(claim.lease.lease_until_ms.unwrap_or(0)),
+                        Ok(false) => {
+                            tracing::warn!("the run's lease was taken over by another node; cancelling");
+                            lease.lose();
+                            break None;
                         }
-                    }
+                        Err(e) if lease.holds() => {
+                            tracing::debug!(error = %e, "lease renewal failed; retrying");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lease could not be renewed in time; cancelling");
+                            lease.lose();
+                            break None;
+                        }
+                    },
                 }
             }
         }
-        Err(e) => Some(Err(e.to_string())),
+        Err(e) => Some(Err(e)),
     };
     let Some(result) = result else {
         return;
@@ -418,6 +518,7 @@ async fn run_attempt(
         tracing::warn!("the run ended after its lease; its outcome is not recorded");
         return;
     }
+    let mut rec = claim.rec.clone();
     let now = now_ms();
     rec.ended_ms = Some(now);
     rec.lease_until_ms = None;
@@ -435,15 +536,17 @@ async fn run_attempt(
             tracing::warn!(error = %e, "scheduled run failed");
         }
     }
-    match table
+    let key = RunRecord::key(&s.name, rec.tick_ms);
+    match tables
+        .runs
         .compare_and_set(
             &key,
-            Expectation::Version(version),
+            Expectation::Version(claim.version),
             CasAction::Put(rec.to_row()),
         )
         .await
     {
-        Ok(o) if o.succeeded => {}
+        Ok(o) if o.succeeded => release(&tables.leases, &claim.lease, claim.lease_version).await,
         Ok(_) => tracing::warn!("the run's tick was claimed by another node; outcome dropped"),
         // The lease runs out and another node retries the tick.
         Err(e) => tracing::warn!(error = %e, "could not record the run's outcome"),

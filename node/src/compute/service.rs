@@ -10,7 +10,7 @@ use weir_proto::v1::{
     JobName, SetJobRunningRequest, TaskState, TaskStatusReply, TaskStatusRequest,
 };
 use weir_sql::schedule::fence::now_ms;
-use weir_sql::schedule::runs::{runs_schema, RUNS_TABLE};
+use weir_sql::schedule::runs::{leases_schema, runs_schema, LEASES_TABLE, RUNS_TABLE};
 use weir_sql::schedule::MIN_EVERY_MS;
 use weir_storage::catalog::{
     JobInfo, MetaCommand, MetaResponse, Refusal, ScheduleInfo, TaskInfo, DEFAULT_SPLIT_BYTES,
@@ -36,32 +36,36 @@ impl JobsService {
 }
 
 impl JobsService {
-    /// Creates the run history table on first use; called on the metadata leader. It is internal
-    /// (its name is reserved), so it is proposed here rather than through `CreateTable`.
-    async fn ensure_runs_table(&self) -> Result<(), Status> {
-        let catalog = self.ctx.registry.catalog()?;
-        if catalog.tables.contains_key(RUNS_TABLE) {
-            return Ok(());
+    /// Creates the run history and lease tables on first use; called on the metadata leader.
+    /// They are internal (their names are reserved), so they are proposed here rather than
+    /// through `CreateTable`.
+    async fn ensure_schedule_tables(&self) -> Result<(), Status> {
+        for (name, schema) in [(RUNS_TABLE, runs_schema()), (LEASES_TABLE, leases_schema())] {
+            let catalog = self.ctx.registry.catalog()?;
+            if catalog.tables.contains_key(name) {
+                continue;
+            }
+            let replicas = crate::placement::default_replicas(&catalog, &self.ctx.liveness);
+            let placement = crate::placement::place_new(&catalog, &self.ctx.liveness, 1, replicas)?;
+            let answer = self
+                .ctx
+                .propose_meta(MetaCommand::CreateTable {
+                    name: name.to_string(),
+                    schema,
+                    replicas,
+                    split_bytes: DEFAULT_SPLIT_BYTES,
+                    split_keys: vec![],
+                    placement,
+                })
+                .await?;
+            match answer {
+                // Created by a concurrent first schedule: as good.
+                MetaResponse::Rejected(Refusal::AlreadyExists, _) => {}
+                MetaResponse::Rejected(kind, m) => return Err(NodeError::refused(kind, m).into()),
+                _ => {}
+            }
         }
-        let replicas = crate::placement::default_replicas(&catalog, &self.ctx.liveness);
-        let placement = crate::placement::place_new(&catalog, &self.ctx.liveness, 1, replicas)?;
-        let answer = self
-            .ctx
-            .propose_meta(MetaCommand::CreateTable {
-                name: RUNS_TABLE.to_string(),
-                schema: runs_schema(),
-                replicas,
-                split_bytes: DEFAULT_SPLIT_BYTES,
-                split_keys: vec![],
-                placement,
-            })
-            .await?;
-        match answer {
-            // Created by a concurrent first schedule: as good.
-            MetaResponse::Rejected(Refusal::AlreadyExists, _) => Ok(()),
-            MetaResponse::Rejected(kind, m) => Err(NodeError::refused(kind, m).into()),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -201,7 +205,7 @@ impl Jobs for JobsService {
             Ok(answer) => return Ok(answer),
             Err(here) => here,
         };
-        self.ensure_runs_table().await?;
+        self.ensure_schedule_tables().await?;
         let req = request.into_inner();
         let schedule = ScheduleInfo {
             name: req.name,

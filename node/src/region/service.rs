@@ -25,7 +25,7 @@ use weir_storage::catalog::{
     TableInfo as CatalogTable, DEFAULT_SPLIT_BYTES,
 };
 use weir_storage::region::{self, NotInRegion, StoredRow};
-use weir_storage::types::{Expect, KvCondition, KvOp};
+use weir_storage::types::{Expect, KvCondition, KvOp, WriterFence};
 use weir_storage::{Request as Cmd, Response as Resp};
 
 use crate::cluster::NodeContext;
@@ -589,6 +589,7 @@ impl KvService {
                     Cmd::KvWrite {
                         ops,
                         condition: None,
+                        fence: writer_fence(req.fence.as_ref())?,
                     },
                 )
                 .await?;
@@ -610,6 +611,9 @@ impl KvService {
                         table.merge_failed(column, &reason)
                     ))),
                     Resp::NotInRegion(st) => Err(not_in_region(group.id, NotInRegion(st))),
+                    Resp::StaleWriter { current } => {
+                        Err(stale_writer(group.id, req.fence.as_ref(), current))
+                    }
                     other => Err(NodeError::Internal(format!(
                         "region {} answered {other:?}",
                         group.id
@@ -624,6 +628,7 @@ impl KvService {
                     table: req.table.clone(),
                     mutations: idx.iter().map(|i| req.mutations[*i].clone()).collect(),
                     atomic: req.atomic,
+                    fence: req.fence.clone(),
                 };
                 let resp = self
                     .client(&addr)?
@@ -639,6 +644,29 @@ impl KvService {
             }
         }
     }
+}
+
+/// A write's fencing token as the region's command carries it.
+fn writer_fence(f: Option<&v1::WriterFence>) -> NodeResult<Option<WriterFence>> {
+    match f {
+        None => Ok(None),
+        Some(f) if f.holder.is_empty() => Err(NodeError::InvalidArgument(
+            "a fencing token needs its holder".into(),
+        )),
+        Some(f) => Ok(Some(WriterFence {
+            holder: f.holder.clone(),
+            token: f.token,
+        })),
+    }
+}
+
+/// The refusal of a write or fence whose token a newer one replaced in `region`.
+fn stale_writer(region: u64, f: Option<&v1::WriterFence>, current: u64) -> NodeError {
+    let (holder, token) = f.map_or(("", 0), |f| (f.holder.as_str(), f.token));
+    NodeError::WriterFenced(format!(
+        "{holder} wrote with token {token}, but region {region} has seen token {current}: \
+         a newer instance replaced it"
+    ))
 }
 
 #[tonic::async_trait]
@@ -986,6 +1014,53 @@ impl Kv for KvService {
         .map_err(Status::from)
     }
 
+    async fn fence(
+        &self,
+        request: Request<FenceRequest>,
+    ) -> Result<Response<FenceResponse>, Status> {
+        let fwd = was_forwarded(&request);
+        let req = request.into_inner();
+        let catalog = self.catalog()?;
+        let table = self.table(&catalog, &req.table)?;
+        let fence = writer_fence(req.fence.as_ref())?
+            .ok_or_else(|| invalid("a fence needs a holder and a token"))?;
+        let g = region_of(&catalog, table.info, &req.key, false)?;
+        let span = tracing::debug_span!("kv_fence", table = %req.table, region = g.id, holder = %fence.holder, token = fence.token);
+        async {
+            let h = match self.ctx.target(&catalog, g, fwd, false)? {
+                Target::Local(h) => h,
+                Target::Forward(addr) => {
+                    return self
+                        .client(&addr)?
+                        .fence(forwarded(req))
+                        .await
+                        .map_err(crate::error::relay)
+                }
+            };
+            let resp = leader::write(
+                &h,
+                &catalog,
+                Cmd::Fence {
+                    fence,
+                    key: req.key.to_vec(),
+                },
+            )
+            .await?;
+            match resp {
+                Resp::Fenced { end } => Ok(Response::new(FenceResponse { end: end.into() })),
+                Resp::NotInRegion(st) => Err(not_in_region(g.id, NotInRegion(st)).into()),
+                Resp::StaleWriter { current } => {
+                    Err(stale_writer(g.id, req.fence.as_ref(), current).into())
+                }
+                other => {
+                    Err(NodeError::Internal(format!("region {} answered {other:?}", g.id)).into())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn compare_and_set(
         &self,
         request: Request<CasRequest>,
@@ -1080,6 +1155,7 @@ impl Kv for KvService {
                     key: key.clone(),
                     expect,
                 }),
+                fence: None,
             },
         )
         .await?;

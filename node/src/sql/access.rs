@@ -2,7 +2,7 @@
 //! writes sent through the client library, which routes each to its region's leader and retries
 //! across leader changes and splits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -30,6 +30,10 @@ pub struct NodeCluster {
     client: tokio::sync::OnceCell<Client>,
     /// Table handles (with their cached region routes), by name and table id.
     tables: Mutex<HashMap<String, (u64, Table)>>,
+    /// The fencing token (holder, token) every write of this view carries, if any.
+    fence: Option<(String, u64)>,
+    /// Ids of the tables whose every region has this view's token already.
+    fenced_tables: Mutex<HashSet<u64>>,
 }
 
 impl std::fmt::Debug for NodeCluster {
@@ -174,7 +178,24 @@ impl NodeCluster {
             addr,
             client: tokio::sync::OnceCell::new(),
             tables: Mutex::new(HashMap::new()),
+            fence: None,
+            fenced_tables: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The same view with every table write carrying the fencing token `token` of `holder`:
+    /// before its first write to a table it raises the token in all of the table's regions, so
+    /// from then on no instance of `holder` with a lower token can write to that table.
+    pub async fn fenced(&self, holder: &str, token: u64) -> Result<NodeCluster, ClusterError> {
+        let client = self.client().await?.clone();
+        Ok(NodeCluster {
+            registry: self.registry.clone(),
+            addr: self.addr.clone(),
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+            tables: Mutex::new(HashMap::new()),
+            fence: Some((holder.to_string(), token)),
+            fenced_tables: Mutex::new(HashSet::new()),
+        })
     }
 
     fn catalog(&self) -> Result<Arc<Catalog>, ClusterError> {
@@ -190,8 +211,29 @@ impl NodeCluster {
             .map_err(to_cluster)
     }
 
+    /// A handle to write to the table: one carrying this view's token, raised in all of the
+    /// table's regions first.
+    async fn writable(&self, name: &str) -> Result<Table, ClusterError> {
+        let (id, t) = self.handle_of(name).await?;
+        let fenced = |ids: &HashSet<u64>| ids.contains(&id);
+        if self.fence.is_some() && !fenced(&self.fenced_set()) {
+            t.fence_all().await.map_err(to_cluster)?;
+            self.fenced_set().insert(id);
+        }
+        Ok(t)
+    }
+
+    fn fenced_set(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.fenced_tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A handle to the table, reused while the catalog shows the same table under the name.
     pub async fn handle(&self, name: &str) -> Result<Table, ClusterError> {
+        Ok(self.handle_of(name).await?.1)
+    }
+
+    /// The table's id and a handle to it (carrying this view's token, if any).
+    async fn handle_of(&self, name: &str) -> Result<(u64, Table), ClusterError> {
         let catalog = self.catalog()?;
         let id = catalog
             .tables
@@ -200,12 +242,15 @@ impl NodeCluster {
             .ok_or_else(|| ClusterError::NotFound(format!("table '{name}' does not exist")))?;
         if let Some((cached, t)) = self.cached().get(name) {
             if *cached == id {
-                return Ok(t.clone());
+                return Ok((id, t.clone()));
             }
         }
-        let t = self.client().await?.table(name).await.map_err(to_cluster)?;
+        let mut t = self.client().await?.table(name).await.map_err(to_cluster)?;
+        if let Some((holder, token)) = &self.fence {
+            t = t.fenced(holder, *token);
+        }
         self.cached().insert(name.to_string(), (id, t.clone()));
-        Ok(t)
+        Ok((id, t))
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Table)>> {
@@ -261,7 +306,7 @@ impl Cluster for NodeCluster {
     }
 
     async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
-        self.handle(table)
+        self.writable(table)
             .await?
             .put(rows)
             .await
@@ -269,7 +314,7 @@ impl Cluster for NodeCluster {
     }
 
     async fn delete(&self, table: &str, keys: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
-        self.handle(table)
+        self.writable(table)
             .await?
             .delete(&keys)
             .await
@@ -444,7 +489,7 @@ impl Cluster for NodeCluster {
             })
             .collect();
         let overlaps = self
-            .handle(table)
+            .writable(table)
             .await?
             .merge(merges)
             .await

@@ -6,6 +6,13 @@
 //! same way; it records the outcome by a compare-and-set on its own last version. A node that
 //! finds the lease passed (its holder died or stalled) claims the tick again as the next attempt,
 //! which changes the version, so the old holder can neither renew nor record success.
+//!
+//! Runs of one schedule never overlap, and every attempt writes under a fencing token: both come
+//! from the schedule's row in the internal table `__schedule_leases`. An attempt is claimed by a
+//! compare-and-set of that row (one row per schedule, so two nodes claiming different ticks of one
+//! schedule cannot both win) that raises its token by one; the attempt's writes carry the token,
+//! and the regions they reach refuse any lower one (`weir_storage::types::WriterFence`), so an
+//! attempt that stalled past its lease cannot write where its successor has.
 
 use weir_proto::table::{TableSchema, Value};
 
@@ -23,6 +30,76 @@ pub fn runs_schema() -> TableSchema {
     )
     // A constant definition; the unit test below parses it.
     .expect("the run history schema parses")
+}
+
+/// The table of schedule leases: per schedule, who runs it now and the last fencing token.
+pub const LEASES_TABLE: &str = "__schedule_leases";
+
+/// The lease table's columns and key (schedule_id).
+pub fn leases_schema() -> TableSchema {
+    TableSchema::parse(
+        "schedule_id BIGINT NOT NULL, token BIGINT NOT NULL, tick TIMESTAMP NOT NULL, \
+         attempt BIGINT NOT NULL, node BIGINT NOT NULL, lease_until TIMESTAMP",
+        &["schedule_id".to_string()],
+    )
+    // A constant definition; the unit test below parses it.
+    .expect("the lease schema parses")
+}
+
+/// The holder of a schedule's lease and its fencing token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRecord {
+    /// The schedule's id.
+    pub schedule_id: u64,
+    /// The token of the latest attempt; each claim takes the next.
+    pub token: u64,
+    /// The tick the attempt runs.
+    pub tick_ms: i64,
+    /// The attempt's number for its tick.
+    pub attempt: i64,
+    /// The node running it.
+    pub node: u64,
+    /// Until when it holds the lease (ms); none once it has ended.
+    pub lease_until_ms: Option<i64>,
+}
+
+impl LeaseRecord {
+    /// The row's key.
+    pub fn key(schedule_id: u64) -> Vec<Value> {
+        vec![Value::Int(schedule_id as i64)]
+    }
+
+    /// The row, in the table's column order.
+    pub fn to_row(&self) -> Vec<Value> {
+        vec![
+            Value::Int(self.schedule_id as i64),
+            Value::Int(self.token as i64),
+            ts(Some(self.tick_ms)),
+            Value::Int(self.attempt),
+            Value::Int(self.node as i64),
+            ts(self.lease_until_ms),
+        ]
+    }
+
+    /// Reads a row of the table; none when it is not one this version wrote.
+    pub fn from_row(row: &[Value]) -> Option<LeaseRecord> {
+        let [id, token, tick, attempt, node, lease] = row else {
+            return None;
+        };
+        Some(LeaseRecord {
+            schedule_id: int_of(id)? as u64,
+            token: int_of(token)? as u64,
+            tick_ms: ms_of(tick)?,
+            attempt: int_of(attempt)?,
+            node: int_of(node)? as u64,
+            lease_until_ms: ms_of(lease),
+        })
+    }
+
+    /// The holder name a schedule's writes carry with their token.
+    pub fn holder(schedule_id: u64) -> String {
+        format!("schedule {schedule_id}")
+    }
 }
 
 /// Where a run stands.
@@ -194,5 +271,24 @@ mod tests {
             assert!(v.clone().check(c).is_ok(), "{} holds {v:?}", c.name);
         }
         assert_eq!(RunRecord::from_row(&row), Some(r));
+    }
+
+    #[test]
+    fn a_lease_round_trips_through_its_row() {
+        let schema = leases_schema();
+        let l = LeaseRecord {
+            schedule_id: 7,
+            token: 12,
+            tick_ms: 1_700_000_000_000,
+            attempt: 2,
+            node: 3,
+            lease_until_ms: Some(1_700_000_010_000),
+        };
+        let row = l.to_row();
+        assert_eq!(row.len(), schema.columns.len());
+        for (v, c) in row.iter().zip(&schema.columns) {
+            assert!(v.clone().check(c).is_ok(), "{} holds {v:?}", c.name);
+        }
+        assert_eq!(LeaseRecord::from_row(&row), Some(l));
     }
 }

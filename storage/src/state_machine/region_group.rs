@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::{header_key, wrong_kind, ApplyCx, Capture, GroupState, GroupWatch, Header};
 use crate::engine::{group_key, CF_DATA};
 use crate::region::{self, RegionState};
-use crate::types::{Expect, KvCondition, KvOp};
+use crate::types::{Expect, KvCondition, KvOp, WriterFence};
 use crate::{encode, Engine, Request, Response, StorageError, TypeConfig};
 use openraft::alias::StoredMembershipOf;
 use openraft::vote::RaftLeaderId;
@@ -67,6 +67,7 @@ impl RegionGroup {
         cx: &mut ApplyCx<'_>,
         ops: &[KvOp],
         condition: Option<&KvCondition>,
+        fence: Option<&WriterFence>,
     ) -> Result<Response, StorageError> {
         let st = &mut self.state;
         let outside = ops
@@ -76,6 +77,16 @@ impl RegionGroup {
             .any(|k| !st.contains(k));
         if outside {
             return Ok(Response::NotInRegion(st.clone()));
+        }
+        // Checked before anything else, and raised only with a write that is applied: a refused
+        // write leaves the region as it was. `admit` raises the token on a clone until then.
+        let mut fenced = None;
+        if let Some(f) = fence {
+            let mut next = st.clone();
+            if let Err(current) = next.admit(f) {
+                return Ok(Response::StaleWriter { current });
+            }
+            fenced = Some(next.fences);
         }
         if let Some(cond) = condition {
             let stored = self.current_row(cx.engine, &region::row_key(cx.group, &cond.key))?;
@@ -161,6 +172,9 @@ impl RegionGroup {
         }
         let cf = CF_DATA;
         let st = &mut self.state;
+        if let Some(fences) = fenced {
+            st.fences = fences;
+        }
         for (rk, v, bytes) in changes {
             st.approx_bytes += bytes;
             match &v {
@@ -173,6 +187,26 @@ impl RegionGroup {
         Ok(Response::KvWritten {
             version: cx.index,
             overlaps,
+        })
+    }
+
+    /// Raises the region's token for `fence`'s holder, refusing a stale one.
+    fn fence(
+        &mut self,
+        cx: &mut ApplyCx<'_>,
+        fence: &WriterFence,
+        key: &[u8],
+    ) -> Result<Response, StorageError> {
+        let st = &mut self.state;
+        if !st.contains(key) {
+            return Ok(Response::NotInRegion(st.clone()));
+        }
+        if let Err(current) = st.admit(fence) {
+            return Ok(Response::StaleWriter { current });
+        }
+        region::put_state(cx.batch, cx.group, st)?;
+        Ok(Response::Fenced {
+            end: st.end.clone(),
         })
     }
 
@@ -240,6 +274,7 @@ impl RegionGroup {
                     epoch,
                     approx_bytes: moved,
                     last_split: None,
+                    fences: st.fences.clone(),
                 },
             )?;
         }
@@ -327,7 +362,12 @@ fn merge_row(
 impl GroupState for RegionGroup {
     fn apply(&mut self, cx: &mut ApplyCx<'_>, req: &Request) -> Result<Response, StorageError> {
         match req {
-            Request::KvWrite { ops, condition } => self.write(cx, ops, condition.as_ref()),
+            Request::KvWrite {
+                ops,
+                condition,
+                fence,
+            } => self.write(cx, ops, condition.as_ref(), fence.as_ref()),
+            Request::Fence { fence, key } => self.fence(cx, fence, key),
             Request::Split {
                 split_key,
                 child,

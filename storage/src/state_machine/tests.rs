@@ -646,6 +646,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
                 1,
                 Request::KvWrite {
                     ops,
+                    fence: None,
                     condition: None,
                 },
             ),
@@ -654,6 +655,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
                 2,
                 Request::KvWrite {
                     ops: vec![put("k000", "w")],
+                    fence: None,
                     condition: Some(crate::types::KvCondition {
                         key: b"k000".to_vec(),
                         expect: Expect::Version(1),
@@ -753,6 +755,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
             4,
             &Request::KvWrite {
                 ops: vec![put("k001", "x")],
+                fence: None,
                 condition: Some(crate::types::KvCondition {
                     key: b"k001".to_vec(),
                     expect: Expect::Version(99),
@@ -772,6 +775,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
             4,
             &Request::KvWrite {
                 ops: vec![put("k001", "x"), put("k077", "x")],
+                fence: None,
                 condition: None,
             },
             &mut b,
@@ -882,6 +886,7 @@ mod merges {
                 index,
                 &Request::KvWrite {
                     ops,
+                    fence: None,
                     condition: None,
                 },
                 &mut b,
@@ -976,6 +981,7 @@ mod merges {
                 4,
                 &Request::KvWrite {
                     ops: vec![put("k1", "x")],
+                    fence: None,
                     condition: Some(crate::types::KvCondition {
                         key: b"k1".to_vec(),
                         expect: Expect::Version(1),
@@ -1026,6 +1032,7 @@ mod merges {
                         add("k2", "a", 0, 1, 1, 1.0, "a"),
                         add("k1", "a", 1, 2, 1, 1.0, "a"),
                     ],
+                    fence: None,
                     condition: None,
                 },
                 &mut b,
@@ -1045,6 +1052,7 @@ mod merges {
                 3,
                 &Request::KvWrite {
                     ops: vec![add("k2", "a", 0, 1, 1, 1.0, "a")],
+                    fence: None,
                     condition: None,
                 },
                 &mut b,
@@ -1068,6 +1076,7 @@ mod merges {
                         1,
                         vec![MergeOp::Keep, MergeOp::Keep, MergeOp::Min(Value::Int(3))],
                     )],
+                    fence: None,
                     condition: None,
                 },
                 &mut b,
@@ -1118,6 +1127,7 @@ mod merges {
                 3,
                 &Request::KvWrite {
                     ops: vec![add("k7", "a", 0, 5, 1, 1.0, "a")],
+                    fence: None,
                     condition: None,
                 },
                 &mut b,
@@ -1140,4 +1150,119 @@ mod merges {
         assert_eq!(row(&engine, 7, "k4"), Some((1, cells(1, 1.0, "a"))));
         assert_eq!(state_of(&engine, 8, "k8").unwrap().marks.get("a"), Some(&8));
     }
+}
+
+#[tokio::test]
+async fn a_fenced_writer_is_refused_after_a_newer_token_even_in_a_region_split_off_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
+    let fence = |token: u64| crate::types::WriterFence {
+        holder: "schedule 1".into(),
+        token,
+    };
+    let write = |key: &str, token: Option<u64>| Request::KvWrite {
+        ops: vec![put(key, "v")],
+        fence: token.map(fence),
+        condition: None,
+    };
+    apply_all(
+        &mut sm,
+        vec![
+            entry(1, write("k010", Some(2))),
+            // A write refused for another reason does not raise the token.
+            entry(
+                2,
+                Request::KvWrite {
+                    ops: vec![put("k011", "v")],
+                    fence: Some(fence(9)),
+                    condition: Some(crate::types::KvCondition {
+                        key: b"k011".to_vec(),
+                        expect: Expect::Version(42),
+                    }),
+                },
+            ),
+            entry(3, write("k012", Some(2))),
+        ],
+    )
+    .await;
+    let k = |s: &str| s.as_bytes().to_vec();
+    let mut b = WriteBatch::default();
+    let r = sm
+        .apply_one(
+            4,
+            &Request::Fence {
+                fence: fence(3),
+                key: k("k000"),
+            },
+            &mut b,
+        )
+        .unwrap();
+    assert_eq!(r, Response::Fenced { end: Vec::new() });
+    engine.write(b).unwrap();
+    // The old instance is refused and writes nothing; writers without a token, or with another
+    // holder's, are not concerned.
+    let mut b = WriteBatch::default();
+    let r = sm.apply_one(5, &write("k020", Some(2)), &mut b).unwrap();
+    assert_eq!(r, Response::StaleWriter { current: 3 });
+    assert!(b.is_empty());
+    let r = sm.apply_one(5, &write("k020", None), &mut b).unwrap();
+    assert!(matches!(r, Response::KvWritten { .. }), "{r:?}");
+    let other = Request::KvWrite {
+        ops: vec![put("k021", "v")],
+        fence: Some(crate::types::WriterFence {
+            holder: "schedule 2".into(),
+            token: 1,
+        }),
+        condition: None,
+    };
+    let r = sm.apply_one(6, &other, &mut b).unwrap();
+    assert!(matches!(r, Response::KvWritten { .. }), "{r:?}");
+    engine.write(b).unwrap();
+    apply_all(
+        &mut sm,
+        vec![entry(
+            7,
+            Request::Split {
+                split_key: k("k050"),
+                child: 8,
+                epoch: 0,
+            },
+        )],
+    )
+    .await;
+    // The parent now ends at the split key, and says so to a fence walking the table.
+    let mut b = WriteBatch::default();
+    let r = sm
+        .apply_one(
+            8,
+            &Request::Fence {
+                fence: fence(3),
+                key: k("k000"),
+            },
+            &mut b,
+        )
+        .unwrap();
+    assert_eq!(r, Response::Fenced { end: k("k050") });
+    let r = sm
+        .apply_one(
+            8,
+            &Request::Fence {
+                fence: fence(4),
+                key: k("k077"),
+            },
+            &mut b,
+        )
+        .unwrap();
+    assert!(matches!(r, Response::NotInRegion(_)), "{r:?}");
+    // The new region took the tokens with it, and keeps them across a restart.
+    let mut child = StateMachine::open(engine.clone(), 8, &region_kind(), dir.path()).unwrap();
+    let mut b = WriteBatch::default();
+    let r = child.apply_one(6, &write("k060", Some(2)), &mut b).unwrap();
+    assert_eq!(r, Response::StaleWriter { current: 3 });
+    let r = child.apply_one(6, &write("k061", Some(3)), &mut b).unwrap();
+    assert!(matches!(r, Response::KvWritten { .. }), "{r:?}");
+    let st = region::load_state(&engine, 8).unwrap().unwrap();
+    assert_eq!(st.fences.get("schedule 1"), Some(&3));
+    assert_eq!(st.fences.get("schedule 2"), Some(&1));
 }
