@@ -241,6 +241,15 @@ async fn a_scheduled_run_whose_node_dies_is_retried_elsewhere_once() {
     .await
     .expect("history");
     assert_eq!(history, vec![format!("succeeded|{attempt}")]);
+    // Each attempt took the schedule's lease with the next fencing token; the last gave it back.
+    let lease = rows(
+        &survivor,
+        "SELECT token, node, CASE WHEN lease_until IS NULL THEN 'free' ELSE 'held' END \
+         FROM \"__schedule_leases\"",
+    )
+    .await
+    .expect("lease");
+    assert_eq!(lease, vec![format!("{attempt}|{}|free", done[4])]);
 }
 
 /// A chain of jobs, topic → job → topic → job → table, under SIGKILL: the middle topic holds each
