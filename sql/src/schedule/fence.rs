@@ -3,8 +3,11 @@
 //! tick another node may have claimed) stops writing before the other can start.
 //!
 //! The check is made before each write is sent, against this node's clock with a margin for the
-//! drift between nodes' clocks; a write already on the wire when the process stalls can still
-//! land, as with any lease without a fencing token in the store itself.
+//! drift between nodes' clocks. Table writes are also fenced in the store: the node gives a run a
+//! cluster view whose writes carry the run's fencing token, which regions check
+//! (`weir_storage::types::WriterFence`), so a table write already on the wire when the process
+//! stalls cannot land where a successor has written. Writes to topics and DDL have the lease
+//! check alone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
