@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use weir_client::Client;
+use weir_client::{Client, Value};
 use weir_tests::{sql_lines as rows, wait_until, Gen, InProcessCluster};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -88,6 +88,32 @@ async fn schedules_run_after_their_dependencies_and_keep_their_history() {
     assert_eq!(
         value(&client, "SELECT n, total FROM summary").await,
         "100|50500"
+    );
+    // Each run of sumup took the schedule's next fencing token and wrote `summary` under it: a
+    // write under the first run's token (an instance that outlived its lease) is refused there.
+    let id = value(
+        &client,
+        "SELECT DISTINCT schedule_id FROM \"__schedule_runs\" WHERE schedule = 'sumup'",
+    )
+    .await;
+    let token: u64 = value(
+        &client,
+        &format!("SELECT token FROM \"__schedule_leases\" WHERE schedule_id = {id}"),
+    )
+    .await
+    .parse()
+    .expect("a token");
+    assert!(token >= 3, "a token per run: {token}");
+    let stale = client
+        .table("summary")
+        .await
+        .expect("summary")
+        .fenced(&format!("schedule {id}"), 1)
+        .put(vec![vec![Value::Int(9), Value::Int(0), Value::Int(0)]])
+        .await;
+    assert!(
+        matches!(stale, Err(weir_client::ClientError::Fenced(_))),
+        "{stale:?}"
     );
     // Exactly one row per tick and every run wrote what its statement reported.
     let runs = rows(&client, "SHOW RUNS FOR sumup")
