@@ -51,14 +51,14 @@ pub struct SplitRecord {
 }
 
 impl RegionState {
-    /// Checks `fence` against the region's token for its holder and raises it; the token found
-    /// when the fence is stale (nothing is changed then).
-    pub fn admit(&mut self, fence: &crate::types::WriterFence) -> Result<(), u64> {
-        match self.fences.get(&fence.holder) {
-            Some(&current) if current > fence.token => Err(current),
-            Some(&current) if current == fence.token => Ok(()),
+    /// Checks the token `token` of writer `holder` against the region's and raises the region's
+    /// to it; the token found when `token` is below it (nothing is changed then).
+    pub fn admit(&mut self, holder: &str, token: u64) -> Result<(), u64> {
+        match self.fences.get(holder) {
+            Some(&current) if current > token => Err(current),
+            Some(&current) if current == token => Ok(()),
             _ => {
-                self.fences.insert(fence.holder.clone(), fence.token);
+                self.fences.insert(holder.to_string(), token);
                 Ok(())
             }
         }

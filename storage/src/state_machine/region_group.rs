@@ -83,7 +83,7 @@ impl RegionGroup {
         let mut fenced = None;
         if let Some(f) = fence {
             let mut next = st.clone();
-            if let Err(current) = next.admit(f) {
+            if let Err(current) = next.admit(&f.holder, f.token) {
                 return Ok(Response::StaleWriter { current });
             }
             fenced = Some(next.fences);
@@ -201,7 +201,7 @@ impl RegionGroup {
         if !st.contains(key) {
             return Ok(Response::NotInRegion(st.clone()));
         }
-        if let Err(current) = st.admit(fence) {
+        if let Err(current) = st.admit(&fence.holder, fence.token) {
             return Ok(Response::StaleWriter { current });
         }
         region::put_state(cx.batch, cx.group, st)?;
