@@ -23,6 +23,19 @@
 //! (One assumption: a replayed record yields the same key as the first time. A lookup join
 //! against a dimension table that changed between the two reads can break it, as it would make
 //! any replayed aggregate differ from the first attempt.)
+//!
+//! # Closed windows let go of their pairs
+//!
+//! With a window that closes (`tumble(ts, size, lateness)` as a group key), a pair's row also
+//! keeps when its window closes (`window_closes`: its end plus the lateness), and the task of
+//! partition 0 deletes, every few seconds, the rows whose window closed at or before the lowest
+//! watermark the job's partitions committed ([`sweep`]), so the table holds the pairs of open
+//! windows only. Why that cannot change a count: a record reaches [`mark_firsts`] only when its
+//! window closes after its partition's watermark, which its task holds in memory at or above what
+//! it committed (watermarks only grow), so at or above the lowest one swept at: no record still
+//! to be counted, and no replayed one (a restarted task starts from its committed watermark),
+//! belongs to a window swept. A partition that has not committed a watermark yet (no record read)
+//! holds every sweep back, as an idle source holds back Flink's watermark.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +47,8 @@ use weir_proto::table::{Column, ColumnType, TableSchema, Value, JOB_TABLES};
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, NewTable, SinkMerge};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
+use crate::scan_filter::{FilterOp, ScanFilter};
+use crate::types::batch_to_rows;
 
 /// The column of a distinct-values table holding the value counted.
 pub const VALUE_COLUMN: &str = "distinct_value";
@@ -41,6 +56,10 @@ pub const VALUE_COLUMN: &str = "distinct_value";
 pub const PARTITION_COLUMN: &str = "first_partition";
 /// The column naming that record's offset.
 pub const OFFSET_COLUMN: &str = "first_offset";
+/// The column naming when the pair's window closes (for a window that closes).
+pub const CLOSES_COLUMN: &str = "window_closes";
+/// Pairs read per page when sweeping closed windows.
+const SWEEP_PAGE: usize = 4096;
 /// The merge source every proposal is made under: one for all, so the first one wins.
 const FIRST: &str = "first";
 
@@ -55,8 +74,9 @@ pub fn table_name(job: &str, column: &str) -> String {
 }
 
 /// The columns of a distinct-values table: the sink's key columns (in key order), the value,
-/// then the record that first brought the pair; its key is the key columns and the value.
-fn schema(sink: &TableSchema, value: ColumnType) -> TableSchema {
+/// then the record that first brought the pair (and, when the job's window closes, when the
+/// pair's window closes); its key is the key columns and the value.
+fn schema(sink: &TableSchema, value: ColumnType, closes: bool) -> TableSchema {
     let mut columns: Vec<Column> = sink
         .key_columns()
         .map(|c| Column {
@@ -76,6 +96,13 @@ fn schema(sink: &TableSchema, value: ColumnType) -> TableSchema {
             nullable: false,
         });
     }
+    if closes {
+        columns.push(Column {
+            name: CLOSES_COLUMN.into(),
+            ty: ColumnType::Timestamp,
+            nullable: true,
+        });
+    }
     TableSchema {
         columns,
         primary_key: (0..key_len).collect(),
@@ -85,7 +112,7 @@ fn schema(sink: &TableSchema, value: ColumnType) -> TableSchema {
 /// The distinct-values tables of `plan` when it runs as job `job`: one per `count(DISTINCT)`,
 /// with the position of its aggregate.
 pub fn tables(plan: &JobPlan, job: &str) -> Vec<(usize, NewTable)> {
-    let Shape::Aggregate { keys, aggs, .. } = &plan.shape else {
+    let Shape::Aggregate { keys, aggs, closes } = &plan.shape else {
         return Vec::new();
     };
     let sink = &plan.sink.schema;
@@ -98,7 +125,7 @@ pub fn tables(plan: &JobPlan, job: &str) -> Vec<(usize, NewTable)> {
                 j,
                 NewTable {
                     name: table_name(job, &sink.columns[a.column].name),
-                    schema: schema(sink, value),
+                    schema: schema(sink, value, *closes),
                     replicas: 0,
                     split_bytes: 0,
                 },
@@ -167,8 +194,9 @@ pub async fn mark_firsts(
         .collect();
     for (j, table) in tables(plan, &job.name) {
         let at = keys.len() + j;
-        // Each pair once, with the first record carrying it; each row's pair, if it has one.
-        let mut pairs: Vec<(Vec<Value>, u64)> = Vec::new();
+        // Each pair once, with the first record carrying it (and its window's close, the same
+        // for every record of the pair); each row's pair, if it has one.
+        let mut pairs: Vec<(Vec<Value>, u64, Value)> = Vec::new();
         let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut pair_of: Vec<Option<usize>> = Vec::with_capacity(rows.len());
         for row in rows.iter() {
@@ -186,7 +214,8 @@ pub async fn mark_firsts(
             })?;
             let offset = offset_of(row, offset_at);
             let i = *index.entry(encoded).or_insert_with(|| {
-                pairs.push((key, offset));
+                let closes = row.get(offset_at + 2).cloned().unwrap_or(Value::Null);
+                pairs.push((key, offset, closes));
                 pairs.len() - 1
             });
             pairs[i].1 = pairs[i].1.min(offset);
@@ -195,13 +224,25 @@ pub async fn mark_firsts(
         if pairs.is_empty() {
             continue;
         }
-        let width = table.schema.columns.len();
+        let columns = &table.schema.columns;
+        let position = |name: &str| columns.iter().position(|c| c.name == name);
+        let (first_partition, first_offset, closes_at) = (
+            position(PARTITION_COLUMN),
+            position(OFFSET_COLUMN),
+            position(CLOSES_COLUMN),
+        );
         let proposals = pairs
             .iter()
-            .map(|(key, offset)| {
-                let mut ops = vec![MergeOp::Keep; width];
-                ops[width - 2] = MergeOp::Set(Value::Int(i64::from(partition)));
-                ops[width - 1] = MergeOp::Set(Value::Int(*offset as i64));
+            .map(|(key, offset, closes)| {
+                let mut ops = vec![MergeOp::Keep; columns.len()];
+                let mut set = |cell: Option<usize>, v: Value| {
+                    if let Some(cell) = cell {
+                        ops[cell] = MergeOp::Set(v);
+                    }
+                };
+                set(first_partition, Value::Int(i64::from(partition)));
+                set(first_offset, Value::Int(*offset as i64));
+                set(closes_at, closes.clone());
                 SinkMerge {
                     key: key.clone(),
                     source: FIRST.into(),
@@ -224,7 +265,7 @@ pub async fn mark_firsts(
         let firsts = cluster
             .get(
                 &table.name,
-                pairs.into_iter().map(|(k, _)| k).collect(),
+                pairs.into_iter().map(|(k, _, _)| k).collect(),
                 &[PARTITION_COLUMN.into(), OFFSET_COLUMN.into()],
             )
             .await
@@ -256,4 +297,59 @@ pub async fn mark_firsts(
         }
     }
     Ok(())
+}
+
+/// Deletes from the distinct-values tables of `plan` run as job `job` the pairs whose window
+/// closed at or before `watermark`, the lowest watermark the job's partitions committed (see the
+/// module's notes); returns the pairs deleted.
+pub async fn sweep(
+    cluster: &Arc<dyn Cluster>,
+    plan: &JobPlan,
+    job: &str,
+    watermark: i64,
+) -> Result<u64> {
+    let mut deleted = 0;
+    for (_, table) in tables(plan, job) {
+        let schema = &table.schema;
+        let Some(closes_at) = schema.columns.iter().position(|c| c.name == CLOSES_COLUMN) else {
+            continue;
+        };
+        let read: Vec<Column> = schema
+            .primary_key
+            .iter()
+            .chain([&closes_at])
+            .map(|c| schema.columns[*c].clone())
+            .collect();
+        let names: Vec<String> = read.iter().map(|c| c.name.clone()).collect();
+        let filters = [ScanFilter {
+            column: CLOSES_COLUMN.into(),
+            op: FilterOp::Le,
+            values: vec![Value::Timestamp(watermark)],
+        }];
+        let mut start = Vec::new();
+        loop {
+            let page = cluster
+                .scan(&table.name, (&start, &[]), &names, &filters, SWEEP_PAGE)
+                .await
+                .map_err(cluster_error)?;
+            let keys: Vec<Vec<Value>> = batch_to_rows(&page.batch, &read, 0)?
+                .into_iter()
+                .filter_map(|mut row| match row.pop() {
+                    Some(Value::Timestamp(t)) if t <= watermark => Some(row),
+                    _ => None,
+                })
+                .collect();
+            if !keys.is_empty() {
+                deleted += cluster
+                    .delete(&table.name, keys)
+                    .await
+                    .map_err(cluster_error)?;
+            }
+            match page.resume {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+    }
+    Ok(deleted)
 }

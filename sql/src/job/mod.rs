@@ -42,6 +42,8 @@
 //!   are cut. The latest event time is committed (group `__job.<id>.watermark`) just before the
 //!   offset, and reflects only applied batches: after a restart it may be ahead of the committed
 //!   offset, which changes decisions only for replayed records, whose merges the marks skip.
+//!   The distinct pairs of a window closed in every partition are deleted (see [`distinct`]), so
+//!   a windowed distinct count keeps the pairs of open windows only.
 //! - **Plain inserts** (no `GROUP BY`): each output row sets the cells it writes in the row of its
 //!   key, as a merge with the same marks as aggregates (the latest record of the key in the range
 //!   wins; on an overlap, the latest record at or past the row's mark). A replay, or an instance

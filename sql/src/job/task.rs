@@ -32,6 +32,8 @@ const FETCH_BYTES: u32 = 1 << 20;
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Longest pause after a failed batch before it is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the task of partition 0 looks whether closed windows' distinct pairs can go.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 fn cluster_error(e: ClusterError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
@@ -159,6 +161,36 @@ async fn commit_progress(
         .map_err(cluster_error)
 }
 
+/// Deletes the distinct pairs of windows closed in every partition: those closed at or before
+/// the lowest watermark the job's partitions committed, once each has committed one and it rose
+/// since the last sweep (`swept`).
+async fn sweep_closed(
+    cluster: &Arc<dyn Cluster>,
+    job: &JobMeta,
+    plan: &JobPlan,
+    swept: &mut Option<i64>,
+) -> Result<()> {
+    let marks = cluster
+        .committed(&watermark_group(job), &job.source)
+        .await
+        .map_err(cluster_error)?;
+    let lowest = (0..plan.source.partitions)
+        .map(|p| marks.get(&p).map(|w| *w as i64))
+        .collect::<Option<Vec<i64>>>()
+        .and_then(|w| w.into_iter().min());
+    let Some(lowest) = lowest else {
+        return Ok(());
+    };
+    if swept.is_some_and(|s| s >= lowest) {
+        return Ok(());
+    }
+    let deleted = distinct::sweep(cluster, plan, &job.name, lowest).await?;
+    tracing::debug!(job = %job.name, watermark = lowest, deleted,
+        "distinct pairs of closed windows deleted");
+    *swept = Some(lowest);
+    Ok(())
+}
+
 /// What processing a batch came to.
 #[derive(Debug, Default)]
 struct Done {
@@ -206,12 +238,23 @@ async fn run_once(
             .collect(),
         None => BTreeSet::new(),
     };
+    // The task of partition 0 lets go of the distinct pairs of windows closed everywhere.
+    let sweeps = partition == 0 && !distinct::tables(&plan, &job.name).is_empty();
+    let sweeps = sweeps && matches!(plan.shape, Shape::Aggregate { closes: true, .. });
+    let (mut swept, mut last_sweep) = (None, Instant::now());
     tracing::info!(job = %job.name, partition, offset = next, "stream task started");
     loop {
         if *stop.borrow() {
             return Ok(());
         }
         stats.tick();
+        if sweeps && last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            // A sweep that fails is tried again at the next one; the task goes on.
+            if let Err(e) = sweep_closed(cluster, job, &plan, &mut swept).await {
+                tracing::warn!(job = %job.name, error = %e, "closed windows were not swept");
+            }
+        }
         let page = cluster
             .fetch(&job.source, partition, next, FETCH_BYTES)
             .await
