@@ -54,14 +54,27 @@ impl RegionState {
     /// Checks the token `token` of writer `holder` against the region's and raises the region's
     /// to it; the token found when `token` is below it (nothing is changed then).
     pub fn admit(&mut self, holder: &str, token: u64) -> Result<(), u64> {
-        match self.fences.get(holder) {
-            Some(&current) if current > token => Err(current),
-            Some(&current) if current == token => Ok(()),
-            _ => {
-                self.fences.insert(holder.to_string(), token);
+        match self.stale(holder, token) {
+            Some(current) => Err(current),
+            None => {
+                self.raise(holder, token);
                 Ok(())
             }
         }
+    }
+
+    /// The token the region holds for writer `holder` when `token` is below it (a stale writer).
+    pub fn stale(&self, holder: &str, token: u64) -> Option<u64> {
+        self.fences
+            .get(holder)
+            .copied()
+            .filter(|current| *current > token)
+    }
+
+    /// Raises the region's token of writer `holder` to `token` (never lowers it).
+    pub fn raise(&mut self, holder: &str, token: u64) {
+        let current = self.fences.entry(holder.to_string()).or_insert(token);
+        *current = (*current).max(token);
     }
 
     /// True when `key` falls in the range.

@@ -204,25 +204,12 @@ async fn look(
 ) -> weir_client::Result<Look> {
     let now = now_ms();
     let key = RunRecord::key(&s.name, tick);
-    let found = tables
-        .runs
-        .get(std::slice::from_ref(&key), &[], false)
-        .await?
-        .into_iter()
-        .next()
-        .flatten();
-    let (previous, version) = match found {
-        Some(row) => match RunRecord::from_row(&row.values) {
-            // A row of an earlier schedule of the same name is this one's to overwrite.
-            Some(rec) if rec.schedule_id == s.id => (Some(rec), row.version),
-            Some(_) => (None, row.version),
-            None => {
-                tracing::warn!(schedule = %s.name, tick, "unreadable run history row; skipping the tick");
-                return Ok(Look::QuietUntil(i64::MAX));
-            }
-        },
-        None => (None, 0),
+    let Some((previous, version)) = read_row(&tables.runs, &key, RunRecord::from_row).await? else {
+        tracing::warn!(schedule = %s.name, tick, "unreadable run history row; skipping the tick");
+        return Ok(Look::QuietUntil(i64::MAX));
     };
+    // A row of an earlier schedule of the same name is this one's to overwrite.
+    let previous = previous.filter(|rec| rec.schedule_id == s.id);
     let attempt = match &previous {
         None if kind == Kind::Unfinished => return Ok(Look::QuietUntil(i64::MAX)),
         None => {
@@ -246,22 +233,11 @@ async fn look(
     };
     // The schedule's lease: free (never taken, released, or passed) or held by a live run.
     let lease_key = LeaseRecord::key(s.id);
-    let held = tables
-        .leases
-        .get(std::slice::from_ref(&lease_key), &[], false)
-        .await?
-        .into_iter()
-        .next()
-        .flatten();
-    let (held, lease_version) = match held {
-        Some(row) => match LeaseRecord::from_row(&row.values) {
-            Some(l) => (Some(l), row.version),
-            None => {
-                tracing::warn!(schedule = %s.name, "unreadable schedule lease row; not running it");
-                return Ok(Look::QuietUntil(i64::MAX));
-            }
-        },
-        None => (None, 0),
+    let Some((held, lease_version)) =
+        read_row(&tables.leases, &lease_key, LeaseRecord::from_row).await?
+    else {
+        tracing::warn!(schedule = %s.name, "unreadable schedule lease row; not running it");
+        return Ok(Look::QuietUntil(i64::MAX));
     };
     if let Some(until) = held
         .as_ref()
@@ -278,18 +254,11 @@ async fn look(
         node,
         lease_until_ms: Some(now + LEASE_MS),
     };
-    let taken = tables
-        .leases
-        .compare_and_set(
-            &lease_key,
-            Expectation::Version(lease_version),
-            CasAction::Put(lease.to_row()),
-        )
-        .await?;
-    let lease_version = match (taken.succeeded, taken.current) {
-        (true, Some(row)) => row.version,
+    let Some(lease_version) =
+        put_if(&tables.leases, &lease_key, lease_version, lease.to_row()).await?
+    else {
         // Another node took the lease first: look again later.
-        _ => return Ok(Look::QuietUntil(now)),
+        return Ok(Look::QuietUntil(now));
     };
     let manual = previous.as_ref().map_or(kind == Kind::Manual, |p| p.manual);
     let rec = RunRecord {
@@ -307,31 +276,59 @@ async fn look(
         retry_at_ms: None,
         schedule_id: s.id,
     };
-    let outcome = tables
-        .runs
-        .compare_and_set(
-            &key,
-            Expectation::Version(version),
-            CasAction::Put(rec.to_row()),
-        )
-        .await?;
-    match (outcome.succeeded, outcome.current) {
-        (true, Some(row)) => {
+    match put_if(&tables.runs, &key, version, rec.to_row()).await? {
+        Some(version) => {
             tracing::info!(schedule = %s.name, tick, attempt, token = lease.token, "claimed a scheduled run");
             Ok(Look::Claimed(Box::new(Claim {
                 rec,
-                version: row.version,
+                version,
                 lease,
                 lease_version,
             })))
         }
         // The tick's row changed since it was read (its previous attempt recorded an outcome
         // late): give the lease back and look again.
-        _ => {
+        None => {
             release(&tables.leases, &lease, lease_version).await;
             Ok(Look::QuietUntil(now))
         }
     }
+}
+
+/// The row of `table` at `key`, parsed by `parse`, with the version it was read at: none and 0
+/// when there is no row; `None` when the row does not parse.
+async fn read_row<T>(
+    table: &Table,
+    key: &[Value],
+    parse: fn(&[Value]) -> Option<T>,
+) -> weir_client::Result<Option<(Option<T>, u64)>> {
+    let found = table
+        .get(&[key.to_vec()], &[], false)
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    Ok(match found {
+        Some(row) => parse(&row.values).map(|r| (Some(r), row.version)),
+        None => Some((None, 0)),
+    })
+}
+
+/// Puts `row` at `key` if the row there is still at `version` (0: absent); the new version, or
+/// none when another writer changed it first.
+async fn put_if(
+    table: &Table,
+    key: &[Value],
+    version: u64,
+    row: Vec<Value>,
+) -> weir_client::Result<Option<u64>> {
+    let o = table
+        .compare_and_set(key, Expectation::Version(version), CasAction::Put(row))
+        .await?;
+    Ok(match (o.succeeded, o.current) {
+        (true, Some(row)) => Some(row.version),
+        _ => None,
+    })
 }
 
 /// Gives a schedule's lease back (the next claim needs not wait for it to pass); a lease that
@@ -340,16 +337,9 @@ async fn release(leases: &Table, lease: &LeaseRecord, version: u64) {
     let mut freed = lease.clone();
     freed.lease_until_ms = None;
     let key = LeaseRecord::key(lease.schedule_id);
-    match leases
-        .compare_and_set(
-            &key,
-            Expectation::Version(version),
-            CasAction::Put(freed.to_row()),
-        )
-        .await
-    {
-        Ok(o) if o.succeeded => {}
-        Ok(_) => tracing::debug!("the schedule's lease was taken over before it was given back"),
+    match put_if(leases, &key, version, freed.to_row()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => tracing::debug!("the schedule's lease was taken over before it was given back"),
         Err(e) => tracing::debug!(error = %e, "could not give the schedule's lease back"),
     }
 }
@@ -421,39 +411,20 @@ async fn renew(claim: &mut Claim, tables: &Tables) -> weir_client::Result<bool> 
     let until = Some(now_ms() + LEASE_MS);
     let mut lease = claim.lease.clone();
     lease.lease_until_ms = until;
-    let o = tables
-        .leases
-        .compare_and_set(
-            &LeaseRecord::key(lease.schedule_id),
-            Expectation::Version(claim.lease_version),
-            CasAction::Put(lease.to_row()),
-        )
-        .await?;
-    match (o.succeeded, o.current) {
-        (true, Some(row)) => {
-            claim.lease_version = row.version;
-            claim.lease = lease;
-        }
-        _ => return Ok(false),
-    }
+    let key = LeaseRecord::key(lease.schedule_id);
+    let Some(version) = put_if(&tables.leases, &key, claim.lease_version, lease.to_row()).await?
+    else {
+        return Ok(false);
+    };
+    (claim.lease_version, claim.lease) = (version, lease);
     let mut rec = claim.rec.clone();
     rec.lease_until_ms = until;
-    let o = tables
-        .runs
-        .compare_and_set(
-            &RunRecord::key(&rec.schedule, rec.tick_ms),
-            Expectation::Version(claim.version),
-            CasAction::Put(rec.to_row()),
-        )
-        .await?;
-    match (o.succeeded, o.current) {
-        (true, Some(row)) => {
-            claim.version = row.version;
-            claim.rec = rec;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    let key = RunRecord::key(&rec.schedule, rec.tick_ms);
+    let Some(version) = put_if(&tables.runs, &key, claim.version, rec.to_row()).await? else {
+        return Ok(false);
+    };
+    (claim.version, claim.rec) = (version, rec);
+    Ok(true)
 }
 
 /// One attempt of a claimed tick: runs the statement while renewing the lease, then records the
@@ -537,17 +508,9 @@ async fn run_attempt(
         }
     }
     let key = RunRecord::key(&s.name, rec.tick_ms);
-    match tables
-        .runs
-        .compare_and_set(
-            &key,
-            Expectation::Version(claim.version),
-            CasAction::Put(rec.to_row()),
-        )
-        .await
-    {
-        Ok(o) if o.succeeded => release(&tables.leases, &claim.lease, claim.lease_version).await,
-        Ok(_) => tracing::warn!("the run's tick was claimed by another node; outcome dropped"),
+    match put_if(&tables.runs, &key, claim.version, rec.to_row()).await {
+        Ok(Some(_)) => release(&tables.leases, &claim.lease, claim.lease_version).await,
+        Ok(None) => tracing::warn!("the run's tick was claimed by another node; outcome dropped"),
         // The lease runs out and another node retries the tick.
         Err(e) => tracing::warn!(error = %e, "could not record the run's outcome"),
     }

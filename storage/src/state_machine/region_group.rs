@@ -79,14 +79,9 @@ impl RegionGroup {
             return Ok(Response::NotInRegion(st.clone()));
         }
         // Checked before anything else, and raised only with a write that is applied: a refused
-        // write leaves the region as it was. `admit` raises the token on a clone until then.
-        let mut fenced = None;
-        if let Some(f) = fence {
-            let mut next = st.clone();
-            if let Err(current) = next.admit(&f.holder, f.token) {
-                return Ok(Response::StaleWriter { current });
-            }
-            fenced = Some(next.fences);
+        // write leaves the region as it was.
+        if let Some(current) = fence.and_then(|f| st.stale(&f.holder, f.token)) {
+            return Ok(Response::StaleWriter { current });
         }
         if let Some(cond) = condition {
             let stored = self.current_row(cx.engine, &region::row_key(cx.group, &cond.key))?;
@@ -172,8 +167,8 @@ impl RegionGroup {
         }
         let cf = CF_DATA;
         let st = &mut self.state;
-        if let Some(fences) = fenced {
-            st.fences = fences;
+        if let Some(f) = fence {
+            st.raise(&f.holder, f.token);
         }
         for (rk, v, bytes) in changes {
             st.approx_bytes += bytes;
