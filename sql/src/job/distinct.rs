@@ -32,10 +32,13 @@
 //! watermark the job's partitions committed ([`sweep`]), so the table holds the pairs of open
 //! windows only. Why that cannot change a count: a record reaches [`mark_firsts`] only when its
 //! window closes after its partition's watermark, which its task holds in memory at or above what
-//! it committed (watermarks only grow), so at or above the lowest one swept at: no record still
-//! to be counted, and no replayed one (a restarted task starts from its committed watermark),
-//! belongs to a window swept. A partition that has not committed a watermark yet (no record read)
-//! holds every sweep back, as an idle source holds back Flink's watermark.
+//! it committed, so at or above the lowest one swept at: no record still to be counted belongs
+//! to a window swept. The watermark a sweep uses is committed before it deletes anything
+//! (group `__job.<id>.swept`), and a task starts from the higher of its partition's committed
+//! watermark and that one, so neither a replay nor an older watermark committed late by an
+//! instance that was replaced can take a record of a swept window as on time. A partition that
+//! has not committed a watermark yet (no record read) holds every sweep back, as an idle source
+//! holds back Flink's watermark.
 
 use std::collections::HashMap;
 use std::sync::Arc;

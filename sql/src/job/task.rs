@@ -139,6 +139,22 @@ fn watermark_group(job: &JobMeta) -> String {
     format!("{}.watermark", progress_group(job))
 }
 
+/// The offsets group where a job keeps the watermark its closed windows' distinct pairs were
+/// swept at (as partition 0 of its source).
+fn swept_group(job: &JobMeta) -> String {
+    format!("{}.swept", progress_group(job))
+}
+
+/// The watermark the job's closed windows were last swept at, if they ever were.
+async fn swept_mark(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Option<i64>> {
+    Ok(cluster
+        .committed(&swept_group(job), &job.source)
+        .await
+        .map_err(cluster_error)?
+        .get(&0)
+        .map(|w| *w as i64))
+}
+
 /// Commits the task's progress: the watermark first (when the job's windows close), then the
 /// offset. A watermark ahead of the committed offset is harmless on replay: it reflects only
 /// batches already applied, whose merges the sink's marks skip anyway.
@@ -163,7 +179,8 @@ async fn commit_progress(
 
 /// Deletes the distinct pairs of windows closed in every partition: those closed at or before
 /// the lowest watermark the job's partitions committed, once each has committed one and it rose
-/// since the last sweep (`swept`).
+/// since the last sweep (`swept`). That watermark is committed first: tasks start at or above
+/// it (see [`run_once`]).
 async fn sweep_closed(
     cluster: &Arc<dyn Cluster>,
     job: &JobMeta,
@@ -184,6 +201,10 @@ async fn sweep_closed(
     if swept.is_some_and(|s| s >= lowest) {
         return Ok(());
     }
+    cluster
+        .commit(&swept_group(job), &job.source, 0, lowest as u64)
+        .await
+        .map_err(cluster_error)?;
     let deleted = distinct::sweep(cluster, plan, &job.name, lowest).await?;
     tracing::debug!(job = %job.name, watermark = lowest, deleted,
         "distinct pairs of closed windows deleted");
@@ -213,13 +234,20 @@ async fn run_once(
 ) -> Result<()> {
     let plan = JobPlan::new(cluster.clone(), &job.definition).await?;
     let mut next = start_offset(cluster, job, partition).await?;
+    // Never below the windows already swept: their pairs are gone, so none of their records may
+    // count again, even if an instance replaced before it stopped committed an older watermark.
+    let swept_at = match plan.shape {
+        Shape::Aggregate { closes: true, .. } => swept_mark(cluster, job).await?,
+        _ => None,
+    };
     let mut watermark = match plan.shape {
         Shape::Aggregate { closes: true, .. } => cluster
             .committed(&watermark_group(job), &job.source)
             .await
             .map_err(cluster_error)?
             .get(&partition)
-            .map(|w| *w as i64),
+            .map(|w| *w as i64)
+            .max(swept_at),
         _ => None,
     };
     stats.reached(next);
@@ -241,7 +269,7 @@ async fn run_once(
     // The task of partition 0 lets go of the distinct pairs of windows closed everywhere.
     let sweeps = partition == 0 && !distinct::tables(&plan, &job.name).is_empty();
     let sweeps = sweeps && matches!(plan.shape, Shape::Aggregate { closes: true, .. });
-    let (mut swept, mut last_sweep) = (None, Instant::now());
+    let (mut swept, mut last_sweep) = (swept_at, Instant::now());
     tracing::info!(job = %job.name, partition, offset = next, "stream task started");
     loop {
         if *stop.borrow() {
