@@ -50,8 +50,6 @@ use weir_proto::table::{Column, ColumnType, TableSchema, Value, JOB_TABLES};
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, NewTable, SinkMerge};
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
-use crate::scan_filter::{FilterOp, ScanFilter};
-use crate::types::batch_to_rows;
 
 /// The column of a distinct-values table holding the value counted.
 pub const VALUE_COLUMN: &str = "distinct_value";
@@ -61,8 +59,6 @@ pub const PARTITION_COLUMN: &str = "first_partition";
 pub const OFFSET_COLUMN: &str = "first_offset";
 /// The column naming when the pair's window closes (for a window that closes).
 pub const CLOSES_COLUMN: &str = "window_closes";
-/// Pairs read per page when sweeping closed windows.
-const SWEEP_PAGE: usize = 4096;
 /// The merge source every proposal is made under: one for all, so the first one wins.
 const FIRST: &str = "first";
 
@@ -304,55 +300,20 @@ pub async fn mark_firsts(
 
 /// Deletes from the distinct-values tables of `plan` run as job `job` the pairs whose window
 /// closed at or before `watermark`, the lowest watermark the job's partitions committed (see the
-/// module's notes); returns the pairs deleted.
-pub async fn sweep(
-    cluster: &Arc<dyn Cluster>,
-    plan: &JobPlan,
-    job: &str,
-    watermark: i64,
-) -> Result<u64> {
+/// module's notes), with a plain `DELETE`; returns the pairs deleted.
+pub async fn sweep(plan: &JobPlan, job: &str, watermark: i64) -> Result<u64> {
     let mut deleted = 0;
     for (_, table) in tables(plan, job) {
-        let schema = &table.schema;
-        let Some(closes_at) = schema.columns.iter().position(|c| c.name == CLOSES_COLUMN) else {
+        if table.schema.columns.iter().all(|c| c.name != CLOSES_COLUMN) {
             continue;
-        };
-        let read: Vec<Column> = schema
-            .primary_key
-            .iter()
-            .chain([&closes_at])
-            .map(|c| schema.columns[*c].clone())
-            .collect();
-        let names: Vec<String> = read.iter().map(|c| c.name.clone()).collect();
-        let filters = [ScanFilter {
-            column: CLOSES_COLUMN.into(),
-            op: FilterOp::Le,
-            values: vec![Value::Timestamp(watermark)],
-        }];
-        let mut start = Vec::new();
-        loop {
-            let page = cluster
-                .scan(&table.name, (&start, &[]), &names, &filters, SWEEP_PAGE)
-                .await
-                .map_err(cluster_error)?;
-            let keys: Vec<Vec<Value>> = batch_to_rows(&page.batch, &read, 0)?
-                .into_iter()
-                .filter_map(|mut row| match row.pop() {
-                    Some(Value::Timestamp(t)) if t <= watermark => Some(row),
-                    _ => None,
-                })
-                .collect();
-            if !keys.is_empty() {
-                deleted += cluster
-                    .delete(&table.name, keys)
-                    .await
-                    .map_err(cluster_error)?;
-            }
-            match page.resume {
-                Some(next) => start = next,
-                None => break,
-            }
         }
+        let name = table.name.replace('"', "\"\"");
+        deleted += plan
+            .execute(&format!(
+                "DELETE FROM \"{name}\" WHERE {CLOSES_COLUMN} <= \
+                 arrow_cast({watermark}, 'Timestamp(Microsecond, Some(\"UTC\"))')"
+            ))
+            .await?;
     }
     Ok(deleted)
 }

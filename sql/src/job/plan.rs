@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::UInt64Array;
 use datafusion::arrow::compute::can_cast_types;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -441,6 +442,19 @@ impl JobPlan {
             .await;
         *self.batch.batch.lock().unwrap_or_else(|p| p.into_inner()) = None;
         out
+    }
+
+    /// Runs one statement that does not read the source topic (a `DELETE` of the job's state) in
+    /// the task's session, with the cluster's tables; returns its count of rows.
+    pub async fn execute(&self, sql: &str) -> Result<u64> {
+        let batches = self.ctx.sql(sql).await?.collect().await?;
+        let count = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
+            .map(|c| c.value(0))
+            .sum();
+        Ok(count)
     }
 }
 
@@ -873,6 +887,17 @@ impl TableProvider for LookupCache {
             self.inner.schema(),
             projection.cloned(),
         )?)
+    }
+
+    /// Deletes from the table itself (a job letting go of its own state), and forgets what was
+    /// kept so that the next read sees the delete.
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<DfExpr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.inner.delete_from(state, filters).await
     }
 }
 

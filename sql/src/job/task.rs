@@ -114,12 +114,8 @@ pub async fn run_task(
 /// committed at once, so a restart does not move a `latest` start).
 async fn start_offset(cluster: &Arc<dyn Cluster>, job: &JobMeta, partition: u32) -> Result<u64> {
     let group = progress_group(job);
-    let committed = cluster
-        .committed(&group, &job.source)
-        .await
-        .map_err(cluster_error)?;
-    if let Some(o) = committed.get(&partition) {
-        return Ok(*o);
+    if let Some(o) = committed_at(cluster, &group, job, partition).await? {
+        return Ok(o);
     }
     let (earliest, latest) = cluster
         .offsets(&job.source, partition)
@@ -145,14 +141,20 @@ fn swept_group(job: &JobMeta) -> String {
     format!("{}.swept", progress_group(job))
 }
 
-/// The watermark the job's closed windows were last swept at, if they ever were.
-async fn swept_mark(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Option<i64>> {
+/// What offsets group `group` committed for partition `partition` of the job's source, if it
+/// committed anything.
+async fn committed_at(
+    cluster: &Arc<dyn Cluster>,
+    group: &str,
+    job: &JobMeta,
+    partition: u32,
+) -> Result<Option<u64>> {
     Ok(cluster
-        .committed(&swept_group(job), &job.source)
+        .committed(group, &job.source)
         .await
         .map_err(cluster_error)?
-        .get(&0)
-        .map(|w| *w as i64))
+        .get(&partition)
+        .copied())
 }
 
 /// Commits the task's progress: the watermark first (when the job's windows close), then the
@@ -205,7 +207,7 @@ async fn sweep_closed(
         .commit(&swept_group(job), &job.source, 0, lowest as u64)
         .await
         .map_err(cluster_error)?;
-    let deleted = distinct::sweep(cluster, plan, &job.name, lowest).await?;
+    let deleted = distinct::sweep(plan, &job.name, lowest).await?;
     tracing::debug!(job = %job.name, watermark = lowest, deleted,
         "distinct pairs of closed windows deleted");
     *swept = Some(lowest);
@@ -236,19 +238,15 @@ async fn run_once(
     let mut next = start_offset(cluster, job, partition).await?;
     // Never below the windows already swept: their pairs are gone, so none of their records may
     // count again, even if an instance replaced before it stopped committed an older watermark.
-    let swept_at = match plan.shape {
-        Shape::Aggregate { closes: true, .. } => swept_mark(cluster, job).await?,
-        _ => None,
-    };
-    let mut watermark = match plan.shape {
-        Shape::Aggregate { closes: true, .. } => cluster
-            .committed(&watermark_group(job), &job.source)
-            .await
-            .map_err(cluster_error)?
-            .get(&partition)
-            .map(|w| *w as i64)
-            .max(swept_at),
-        _ => None,
+    let closes = matches!(plan.shape, Shape::Aggregate { closes: true, .. });
+    let (swept_at, mut watermark) = match closes {
+        true => {
+            let swept = committed_at(cluster, &swept_group(job), job, 0).await?;
+            let mark = committed_at(cluster, &watermark_group(job), job, partition).await?;
+            let swept = swept.map(|w| w as i64);
+            (swept, mark.map(|w| w as i64).max(swept))
+        }
+        false => (None, None),
     };
     stats.reached(next);
     let mut committed = next;
@@ -267,8 +265,7 @@ async fn run_once(
         None => BTreeSet::new(),
     };
     // The task of partition 0 lets go of the distinct pairs of windows closed everywhere.
-    let sweeps = partition == 0 && !distinct::tables(&plan, &job.name).is_empty();
-    let sweeps = sweeps && matches!(plan.shape, Shape::Aggregate { closes: true, .. });
+    let sweeps = closes && partition == 0 && !distinct::tables(&plan, &job.name).is_empty();
     let (mut swept, mut last_sweep) = (swept_at, Instant::now());
     tracing::info!(job = %job.name, partition, offset = next, "stream task started");
     loop {
@@ -278,9 +275,11 @@ async fn run_once(
         stats.tick();
         if sweeps && last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
-            // A sweep that fails is tried again at the next one; the task goes on.
+            // A sweep that fails is tried again at the next one; the task goes on, and shows
+            // the error as its last.
             if let Err(e) = sweep_closed(cluster, job, &plan, &mut swept).await {
                 tracing::warn!(job = %job.name, error = %e, "closed windows were not swept");
+                stats.failed(&format!("sweeping closed windows: {e}"));
             }
         }
         let page = cluster
