@@ -12,7 +12,7 @@
 //! on both protocols, while it plans, computes or streams rows.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +45,7 @@ use datafusion_postgres::pgwire::api::{
 };
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
+use datafusion_postgres::pgwire::messages::extendedquery::Execute;
 use datafusion_postgres::pgwire::messages::response::EmptyQueryResponse;
 use datafusion_postgres::pgwire::messages::simplequery::Query;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -156,6 +157,41 @@ struct Handlers {
     extended: Arc<ExtendedQueries>,
     simple: Arc<SimpleQueries>,
     cancels: Arc<Cancels>,
+}
+
+tokio::task_local! {
+    /// The warning lines an `Execute` message sends after its rows: what the statements whose
+    /// rows it finished sending skipped.
+    static EXECUTE_NOTICES: Arc<Mutex<Vec<String>>>;
+}
+
+/// `response` with what its statement skipped (known once its rows were all sent) handed to the
+/// `Execute` that sends the last of them: a portal read in parts ends in a later one.
+fn reported(response: Response, warnings: Arc<QueryWarnings>) -> Response {
+    fn hand_over(warnings: &QueryWarnings) {
+        let lines = warnings.lines();
+        if !lines.is_empty() {
+            // Outside an `Execute` (none here) there is no one to tell.
+            let _ = EXECUTE_NOTICES
+                .try_with(|n| n.lock().unwrap_or_else(|p| p.into_inner()).extend(lines));
+        }
+    }
+    match response {
+        Response::Query(mut q) => {
+            let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+            let end = futures::stream::once(async move {
+                hand_over(&warnings);
+                None
+            })
+            .filter_map(futures::future::ready);
+            q.data_rows = Box::pin(rows.chain(end));
+            Response::Query(q)
+        }
+        other => {
+            hand_over(&warnings);
+            other
+        }
+    }
 }
 
 /// The extended protocol (what psycopg and most drivers send): datafusion-postgres plans and
@@ -297,18 +333,45 @@ impl ExtendedQueryHandler for ExtendedQueries {
                 .await
                 .map_err(stopped_error)?
                 .map_err(pg_error)?;
-            return Ok(guarded(response(output)?, &stop));
+            let warnings = match &output {
+                Output::Rows(_, w) => w.clone(),
+                Output::Done(_) => Arc::new(QueryWarnings::default()),
+            };
+            return Ok(guarded(reported(response(output)?, warnings), &stop));
         }
+        // datafusion-postgres plans the portal's statement in a session of its own: the topic
+        // scans planned meanwhile count what they skip here instead.
+        let warnings = Arc::new(QueryWarnings::default());
         let answered = stop
-            .run(ExtendedQueryHandler::do_query(
+            .run(warnings.clone().collect_in(ExtendedQueryHandler::do_query(
                 self.service.as_ref(),
                 client,
                 portal,
                 max_rows,
-            ))
+            )))
             .await
             .map_err(stopped_error)??;
-        Ok(guarded(answered, &stop))
+        Ok(guarded(reported(answered, warnings), &stop))
+    }
+
+    /// pgwire's own handling of an `Execute`, followed by a `WARNING` notice for each line of
+    /// what the statement skipped, when this `Execute` sent the last of its rows.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let outbox = Arc::new(Mutex::new(Vec::new()));
+        EXECUTE_NOTICES
+            .scope(outbox.clone(), self._on_execute(client, message))
+            .await?;
+        let lines = std::mem::take(&mut *outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        for line in lines {
+            client.feed(notice(line)).await?;
+        }
+        Ok(())
     }
 }
 
@@ -439,11 +502,14 @@ impl SimpleQueries {
 
 /// A notice (Postgres's `WARNING`, SQLSTATE 01000) for each line `warnings` holds.
 fn notices(warnings: &QueryWarnings) -> impl Iterator<Item = PgWireBackendMessage> {
-    warnings.lines().into_iter().map(|line| {
-        PgWireBackendMessage::NoticeResponse(
-            ErrorInfo::new("WARNING".into(), "01000".into(), line).into(),
-        )
-    })
+    warnings.lines().into_iter().map(notice)
+}
+
+/// `line` as a notice (Postgres's `WARNING`, SQLSTATE 01000).
+fn notice(line: String) -> PgWireBackendMessage {
+    PgWireBackendMessage::NoticeResponse(
+        ErrorInfo::new("WARNING".into(), "01000".into(), line).into(),
+    )
 }
 
 #[async_trait]

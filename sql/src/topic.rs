@@ -149,7 +149,7 @@ impl TableProvider for TopicTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
@@ -189,6 +189,7 @@ impl TableProvider for TopicTable {
             indexes,
             schema,
             parts,
+            QueryWarnings::of(state.config()),
         )))
     }
 
@@ -523,6 +524,8 @@ pub struct TopicScanExec {
     parts: Vec<PartitionPart>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    /// Where the statement counts records that do not decode (none: they are logged).
+    warnings: Option<Arc<QueryWarnings>>,
 }
 
 impl TopicScanExec {
@@ -533,6 +536,7 @@ impl TopicScanExec {
         projection: Vec<usize>,
         schema: SchemaRef,
         parts: Vec<PartitionPart>,
+        warnings: Option<Arc<QueryWarnings>>,
     ) -> TopicScanExec {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -548,6 +552,7 @@ impl TopicScanExec {
             parts,
             schema,
             properties,
+            warnings,
         }
     }
 
@@ -729,7 +734,7 @@ impl ExecutionPlan for TopicScanExec {
     fn execute(
         &self,
         partition: usize,
-        context: Arc<TaskContext>,
+        _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let Some(part) = self.parts.get(partition).cloned() else {
             // No partition has records in range: one empty partition.
@@ -748,7 +753,7 @@ impl ExecutionPlan for TopicScanExec {
             next: part.start,
             end: part.end,
             pending: Vec::new().into_iter(),
-            warnings: context.session_config().get_extension::<QueryWarnings>(),
+            warnings: self.warnings.clone(),
             unreported: 0,
         };
         let batches = stream::try_unfold(reader, |mut r| async move {

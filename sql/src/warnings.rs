@@ -3,7 +3,16 @@
 //! silently dropping it.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use datafusion::prelude::SessionConfig;
+
+tokio::task_local! {
+    /// Collects the warnings of the topic scans planned while it is set, for statements planned
+    /// in a session Weir does not configure (datafusion-postgres' extended protocol).
+    static PLANNED: Arc<QueryWarnings>;
+}
 
 /// Records skipped by one statement, per topic.
 #[derive(Debug, Default)]
@@ -19,6 +28,20 @@ struct Skipped {
 }
 
 impl QueryWarnings {
+    /// Runs `work` with `self` collecting what the topic scans planned within it skip, when
+    /// their session carries no warnings of its own.
+    pub async fn collect_in<F: Future>(self: Arc<Self>, work: F) -> F::Output {
+        PLANNED.scope(self, work).await
+    }
+
+    /// Where a topic scan planned now in a session with `config` counts what it skips: the
+    /// session's warnings, else those of the [`QueryWarnings::collect_in`] it runs within.
+    pub fn of(config: &SessionConfig) -> Option<Arc<QueryWarnings>> {
+        config
+            .get_extension::<QueryWarnings>()
+            .or_else(|| PLANNED.try_with(Arc::clone).ok())
+    }
+
     /// Notes that the record at `partition`/`offset` of `topic` did not decode, and why.
     pub fn record_undecodable(&self, topic: &str, partition: u32, offset: u64, reason: &str) {
         let mut skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());

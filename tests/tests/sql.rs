@@ -696,6 +696,72 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
         .expect("psql reads the topic");
     assert_eq!((out.as_str(), notices.as_str()), ("1\n2\n", ""));
 
+    // Drivers (psycopg, JDBC, Grafana's) send the extended protocol: the notice comes after the
+    // rows there too, with bound parameters, after the last part of a portal read in parts, and
+    // after an INSERT ... SELECT that skipped records.
+    let (mut pg, notices) = pg_connect_with_notices(port).await;
+    let skipped = "2 records of topic 'clicks' did not decode";
+    let rows = pg
+        .query(
+            "SELECT user_id FROM clicks WHERE _offset >= $1 ORDER BY _partition, _offset",
+            &[&0i64],
+        )
+        .await
+        .expect("a prepared topic query runs");
+    assert_eq!(rows.len(), 4);
+    wait_for_notices(&notices, 1).await;
+    assert!(notices.lock().unwrap()[0].contains(skipped), "{notices:?}");
+    let tx = pg.transaction().await.expect("BEGIN");
+    let portal = tx
+        .bind("SELECT user_id FROM clicks", &[])
+        .await
+        .expect("the portal binds");
+    let mut read = 0;
+    loop {
+        let part = tx
+            .query_portal(&portal, 1)
+            .await
+            .expect("a part of the portal");
+        if part.is_empty() {
+            break;
+        }
+        read += part.len();
+        if read < 4 {
+            assert_eq!(
+                notices.lock().unwrap().len(),
+                1,
+                "no notice before the last rows"
+            );
+        }
+    }
+    assert_eq!(read, 4);
+    tx.commit().await.expect("COMMIT");
+    wait_for_notices(&notices, 2).await;
+    assert!(notices.lock().unwrap()[1].contains(skipped), "{notices:?}");
+    pg.execute(
+        "CREATE TABLE click_users (id BIGINT, PRIMARY KEY (id))",
+        &[],
+    )
+    .await
+    .expect("table created");
+    let copied = pg
+        .execute(
+            "INSERT INTO click_users SELECT DISTINCT user_id FROM clicks",
+            &[],
+        )
+        .await
+        .expect("INSERT ... SELECT from a topic");
+    assert_eq!(copied, 2);
+    wait_for_notices(&notices, 3).await;
+    assert!(notices.lock().unwrap()[2].contains(skipped), "{notices:?}");
+    pg.query("SELECT n FROM lines", &[])
+        .await
+        .expect("reads lines");
+    pg.execute("DROP TABLE click_users", &[])
+        .await
+        .expect("dropped");
+    assert_eq!(notices.lock().unwrap().len(), 3, "{notices:?}");
+
     // Filters on partition and offset bound what is fetched.
     let sql = "SELECT count(*) FROM clicks WHERE _partition = 0 AND _offset >= 2";
     let got = weir_rows(&client, sql).await.unwrap();
@@ -1182,6 +1248,38 @@ async fn pg_connect(
     .await
     .expect("tokio-postgres connects");
     (pg, tokio::spawn(conn))
+}
+
+/// Notices the server sent a connection, in order.
+type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A tokio-postgres client of the node serving Postgres on `port`, with the notices it receives.
+async fn pg_connect_with_notices(port: u16) -> (tokio_postgres::Client, Notices) {
+    let (pg, mut conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=weir"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("tokio-postgres connects");
+    let notices = Notices::default();
+    let kept = notices.clone();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = message {
+                kept.lock().unwrap().push(n.message().to_string());
+            }
+        }
+    });
+    (pg, notices)
+}
+
+/// Waits until a connection has received `count` notices.
+async fn wait_for_notices(notices: &Notices, count: usize) {
+    wait_until("the notice", Duration::from_secs(30), || async {
+        (notices.lock().unwrap().len() >= count).then_some(())
+    })
+    .await;
 }
 
 /// A query that runs for hours: a sum (not answerable from statistics) over 10^11 rows.
