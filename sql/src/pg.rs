@@ -464,17 +464,22 @@ impl SimpleQueries {
             // Plain SQL, or text Weir's parser refuses: datafusion-postgres answers (with its own
             // error for what neither reads).
             _ => {
+                // An `INSERT ... SELECT` from a topic is among these: the scans it plans count
+                // what they skip here, reported after the last answer.
+                let warnings = Arc::new(QueryWarnings::default());
                 let answered = stop
-                    .run(SimpleQueryHandler::do_query(
+                    .run(warnings.clone().collect_in(SimpleQueryHandler::do_query(
                         self.service.as_ref(),
                         client,
                         query,
-                    ))
+                    )))
                     .await
                     .map_err(stopped_error)??;
+                let last = answered.len().saturating_sub(1);
                 return Ok(answered
                     .into_iter()
-                    .map(|r| (guarded(r, &stop), None))
+                    .enumerate()
+                    .map(|(i, r)| (guarded(r, &stop), (i == last).then(|| warnings.clone())))
                     .collect());
             }
         };

@@ -695,6 +695,25 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
         .await
         .expect("psql reads the topic");
     assert_eq!((out.as_str(), notices.as_str()), ("1\n2\n", ""));
+    let (out, notices) = psql_with_notices(
+        port,
+        &[
+            "-c",
+            "CREATE TABLE seen (id BIGINT, PRIMARY KEY (id))",
+            "-c",
+            "INSERT INTO seen SELECT DISTINCT user_id FROM clicks",
+            "-c",
+            "DROP TABLE seen",
+        ],
+    )
+    .await
+    .expect("psql copies from the topic");
+    assert!(out.contains("INSERT 0 2"), "{out:?}");
+    assert_eq!(
+        notices.matches("did not decode").count(),
+        1,
+        "one notice, after the INSERT: {notices:?}"
+    );
 
     // Drivers (psycopg, JDBC, Grafana's) send the extended protocol: the notice comes after the
     // rows there too, with bound parameters, after the last part of a portal read in parts, and
