@@ -333,11 +333,14 @@ impl ExtendedQueryHandler for ExtendedQueries {
                 .await
                 .map_err(stopped_error)?
                 .map_err(pg_error)?;
-            let warnings = match &output {
-                Output::Rows(_, w) => w.clone(),
-                Output::Done(_) => Arc::new(QueryWarnings::default()),
+            let answered = match &output {
+                Output::Rows(_, w) => {
+                    let warnings = w.clone();
+                    reported(response(output)?, warnings)
+                }
+                Output::Done(_) => response(output)?,
             };
-            return Ok(guarded(reported(response(output)?, warnings), &stop));
+            return Ok(guarded(answered, &stop));
         }
         // datafusion-postgres plans the portal's statement in a session of its own: the topic
         // scans planned meanwhile count what they skip here instead.

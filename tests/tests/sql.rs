@@ -718,7 +718,7 @@ async fn topics_read_as_tables_and_records_that_do_not_decode_are_reported() {
     // Drivers (psycopg, JDBC, Grafana's) send the extended protocol: the notice comes after the
     // rows there too, with bound parameters, after the last part of a portal read in parts, and
     // after an INSERT ... SELECT that skipped records.
-    let (mut pg, notices) = pg_connect_with_notices(port).await;
+    let (mut pg, notices, _) = pg_connect_with_notices(port).await;
     let skipped = "2 records of topic 'clicks' did not decode";
     let rows = pg
         .query(
@@ -1254,26 +1254,19 @@ async fn query_lines(client: &Client, sql: &str) -> Vec<String> {
 }
 
 /// A tokio-postgres client of the node serving Postgres on `port`, and its connection's task.
-async fn pg_connect(
-    port: u16,
-) -> (
-    tokio_postgres::Client,
-    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-) {
-    let (pg, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=weir"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("tokio-postgres connects");
-    (pg, tokio::spawn(conn))
+async fn pg_connect(port: u16) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (pg, _, connection) = pg_connect_with_notices(port).await;
+    (pg, connection)
 }
 
 /// Notices the server sent a connection, in order.
 type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-/// A tokio-postgres client of the node serving Postgres on `port`, with the notices it receives.
-async fn pg_connect_with_notices(port: u16) -> (tokio_postgres::Client, Notices) {
+/// A tokio-postgres client of the node serving Postgres on `port`, with the notices it receives
+/// and the task driving its connection (it ends when the client is dropped).
+async fn pg_connect_with_notices(
+    port: u16,
+) -> (tokio_postgres::Client, Notices, tokio::task::JoinHandle<()>) {
     let (pg, mut conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=weir"),
         tokio_postgres::NoTls,
@@ -1282,7 +1275,7 @@ async fn pg_connect_with_notices(port: u16) -> (tokio_postgres::Client, Notices)
     .expect("tokio-postgres connects");
     let notices = Notices::default();
     let kept = notices.clone();
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
             if let tokio_postgres::AsyncMessage::Notice(n) = message {
@@ -1290,7 +1283,7 @@ async fn pg_connect_with_notices(port: u16) -> (tokio_postgres::Client, Notices)
             }
         }
     });
-    (pg, notices)
+    (pg, notices, connection)
 }
 
 /// Waits until a connection has received `count` notices.
