@@ -63,6 +63,10 @@ pub struct GroupHandle {
     /// holding a configuration from before the drop would count this fresh, empty replica as the
     /// old member that had voted and stored entries there.
     pub founder: bool,
+    /// When this replica, leading, last began handing its group to another voter. The successor
+    /// is elected without waiting out this leader's lease, so for a while after that this
+    /// replica answers no read on the lease it kept in its metrics (see `leader::handing_over`).
+    pub handover_started: std::sync::Mutex<Option<Instant>>,
 }
 
 /// True when the replica these metrics describe leads its group. openraft keeps naming a leader
@@ -335,6 +339,7 @@ impl GroupManager {
             snapshots: SnapshotDir::new(&self.cfg.snapshot_root, id),
             no_votes_until,
             founder,
+            handover_started: Default::default(),
         }))
     }
 

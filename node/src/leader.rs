@@ -85,7 +85,8 @@ pub fn read_lease(h: &GroupHandle) -> Duration {
 /// The lease check made on the metrics openraft publishes instead of a round trip through the
 /// group's Raft task: this node leads, a quorum acknowledged it within the read lease (so no other
 /// leader can have been elected since), an entry of its own term is committed (so everything
-/// earlier leaders committed is too), and its state machine has applied everything committed.
+/// earlier leaders committed is too), its state machine has applied everything committed, and it
+/// is not handing the group over (openraft's own lease check knows that by itself).
 fn lease_is_fresh(h: &GroupHandle) -> bool {
     let m = h.raft.metrics();
     let m = m.borrow_watched();
@@ -94,7 +95,17 @@ fn lease_is_fresh(h: &GroupHandle) -> bool {
         .last_quorum_acked
         .as_ref()
         .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < lease);
-    fresh && term_applied(&m)
+    fresh && !handing_over(h) && term_applied(&m)
+}
+
+/// True while a handover of the group this node started may still be under way: its successor
+/// may have been elected, without waiting for this node's lease, until the transfer failed and the
+/// group's own election timeout ran out. openraft's lease check knows of the transfer itself; this
+/// only keeps the check on the metrics from answering for it meanwhile.
+fn handing_over(h: &GroupHandle) -> bool {
+    let window = Duration::from_millis(2 * h.raft.config().election_timeout_max);
+    let started = h.handover_started.lock().unwrap_or_else(|p| p.into_inner());
+    started.is_some_and(|t| t.elapsed() < window)
 }
 
 /// True when this node leads the group and its state machine has applied an entry of its own

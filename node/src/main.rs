@@ -45,6 +45,10 @@ struct Args {
     /// repeated scans (analytic queries) read instead of the stored rows (`1GiB`; 0 keeps none).
     #[arg(long, env = "WEIR_SCAN_CACHE", default_value = "1GiB", value_parser = parse_size)]
     scan_cache: usize,
+    /// Hand groups this node leads beyond its share to the voters leading fewest (`false`: keep
+    /// leaders where elections put them).
+    #[arg(long, env = "WEIR_LEADER_BALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_balance: bool,
     /// Address to serve the Postgres wire protocol on (psql, psycopg, dashboards); empty serves
     /// none.
     #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:7432")]
@@ -99,6 +103,7 @@ async fn main() {
     cfg.down_timeout = Duration::from_secs(args.down_timeout_secs);
     cfg.sql_memory = args.sql_memory;
     cfg.scan_cache = args.scan_cache;
+    cfg.leader_balance = args.leader_balance;
     cfg.sql_timeout = Some(Duration::from_secs(args.sql_timeout_secs)).filter(|t| !t.is_zero());
     cfg.pg = Some(args.pg).filter(|a| !a.is_empty());
     cfg.kafka = Some(args.kafka).filter(|a| !a.is_empty());

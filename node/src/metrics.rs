@@ -75,6 +75,11 @@ pub fn failover_prevote() {
     counter!("weir_failover_prevotes_total").increment(1);
 }
 
+/// Records a handover of a group this node led to another voter, to spread leadership.
+pub fn leader_handover() {
+    counter!("weir_leader_handovers_total").increment(1);
+}
+
 /// Records a snapshot sent to a replica: its bytes, and whether the replica kept part of its own
 /// copy (a partition replica that was behind gets only what it missed).
 pub fn snapshot_sent(bytes: u64, incremental: bool) {

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub down_timeout: Duration,
     /// How often placement runs on the metadata leader.
     pub placement_interval: Duration,
+    /// Whether this node hands groups it leads beyond its share to voters leading fewer.
+    pub leader_balance: bool,
     /// How often partition leaders apply retention.
     pub retention_interval: Duration,
     /// How often region leaders check whether their region should split.
@@ -91,6 +93,7 @@ impl NodeConfig {
             join: None,
             down_timeout: Duration::from_secs(30),
             placement_interval: Duration::from_secs(1),
+            leader_balance: true,
             retention_interval: Duration::from_secs(5),
             split_check_interval: Duration::from_secs(1),
             sql_memory: 2 << 30,
@@ -452,6 +455,12 @@ where
         ctx.registry.clone(),
         ctx.peers.clone(),
     )));
+    if cfg.leader_balance {
+        tasks.push(tokio::spawn(crate::raft::balance::balance_loop(
+            node_id,
+            ctx.registry.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(placement::placement_loop(
         ctx.clone(),
         cfg.placement_interval,

@@ -1,5 +1,6 @@
 //! Real `weir-node` processes: a partition whose leader's node is SIGKILLed serves again once the
-//! dead leader's lease has run out, because the followers probe the node and start a pre-vote.
+//! dead leader's lease has run out, because the followers probe the node and start a pre-vote;
+//! once the node is back, the survivors hand some of its leadership back to it.
 //!
 //! `failover_times_over_repeated_kills` is the failover benchmark of BENCHMARKS.md (ignored in the
 //! suite): `cargo test -p weir-tests --test process_failover -- --ignored --nocapture`.
@@ -122,6 +123,62 @@ async fn a_partition_serves_again_after_its_leader_is_killed() {
         prevotes > 0.0,
         "the survivors started pre-votes on their own"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_spreads_back_to_a_restarted_node() {
+    let (mut cluster, client, _) = three_nodes_with_topic().await;
+    // Enough partitions that the restarted node's share is some of them, whatever other groups
+    // (consumer offsets, system tables) it is also handed.
+    const SPREAD: &str = "spread";
+    const SPREAD_PARTITIONS: u32 = 12;
+    client
+        .create_topic(&NewTopic::new(SPREAD, SPREAD_PARTITIONS, 3))
+        .await
+        .expect("topic");
+    let (_, leader, victim) = partition_led_elsewhere(&client, &cluster).await;
+    cluster.kill(victim);
+    let led_by = |node: u64| {
+        let client = client.clone();
+        async move {
+            let info = client.describe_topic(SPREAD).await.ok()?;
+            if info.partition_info.iter().any(|p| p.leader == 0) {
+                return None;
+            }
+            Some(
+                info.partition_info
+                    .iter()
+                    .filter(|p| p.leader == node)
+                    .count(),
+            )
+        }
+    };
+    wait_until("the survivors to lead every partition", SETTLE, || async {
+        (led_by(leader).await? == 0).then_some(())
+    })
+    .await;
+    cluster.restart(victim);
+    cluster_up(&cluster, 3).await;
+    // Nothing elects the restarted node by itself: the survivors hand groups over to it.
+    wait_until(
+        "the restarted node to lead a partition again",
+        SETTLE,
+        || async { (led_by(leader).await? > 0).then_some(()) },
+    )
+    .await;
+    // Every partition serves on its new leader.
+    let producer = Producer::new(client.clone(), SPREAD, ProducerConfig::default())
+        .await
+        .expect("producer");
+    for p in 0..SPREAD_PARTITIONS {
+        produce_one(&producer, p).await;
+    }
+    let mut handovers = 0.0;
+    for n in &cluster.nodes {
+        let m = try_http_get(&n.http, "/metrics").await.unwrap_or_default();
+        handovers += weir_tests::metric(&m, "weir_leader_handovers_total");
+    }
+    assert!(handovers > 0.0, "a survivor handed a group over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,7 +1,9 @@
 //! Raft plumbing shared by every group: the outgoing network ([`network`]), the incoming gRPC
 //! service ([`service`]), the per-kind Raft timing ([`config`]), early elections when a leading
-//! node dies ([`failover`]) and when partitions snapshot themselves ([`compaction`]).
+//! node dies ([`failover`]), spreading leadership over the voters ([`balance`]) and when
+//! partitions snapshot themselves ([`compaction`]).
 
+pub mod balance;
 pub mod compaction;
 pub mod config;
 pub mod failover;

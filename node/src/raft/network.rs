@@ -9,7 +9,8 @@ use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -147,6 +148,20 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         let reply = self
             .client(Lane::Control)?
             .pre_vote(req)
+            .await
+            .map_err(unreachable)?;
+        Self::decode(&reply.into_inner().payload)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = self.request(&rpc, option)?;
+        let reply = self
+            .client(Lane::Control)?
+            .transfer_leader(req)
             .await
             .map_err(unreachable)?;
         Self::decode(&reply.into_inner().payload)

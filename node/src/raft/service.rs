@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use std::io::Write;
 use tonic::{Request, Response, Status, Streaming};
@@ -93,6 +93,17 @@ impl RaftTransport for RaftService {
         // A replica that would refuse the vote refuses the pre-vote too.
         let (g, rpc) = self.vote_request(request)?;
         reply(g.raft.pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        let rpc: TransferLeaderRequest<TypeConfig> =
+            bincode::deserialize(&req.payload).map_err(bad)?;
+        reply(g.raft.handle_transfer_leader(rpc).await)
     }
 
     async fn install_snapshot(
