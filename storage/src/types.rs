@@ -259,6 +259,9 @@ pub enum Response {
     /// written and the producer should retry it after the earlier batch (Kafka's out-of-order
     /// sequence), which keeps its batches in order across retries.
     OutOfOrder(String),
+    /// A retried batch older than the producer's batches remembered here: the partition holds it
+    /// already (a producer's batches are stored in unbroken order), at offsets no longer known.
+    StoredEarlier,
     /// A jumping producer's batch was not written: it had already written one numbered
     /// `last_sequence` (0: none yet), at or above this one's, or the batch was empty.
     Duplicate {

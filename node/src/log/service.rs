@@ -573,6 +573,14 @@ impl Log for LogService {
                 duplicate: true,
                 last_sequence,
             })),
+            // Acknowledged as stored; its offsets are no longer known (as acks=leader's are not).
+            Resp::StoredEarlier => Ok(Response::new(ProduceResponse {
+                base_offset: 0,
+                count: header.count,
+                offsets_pending: true,
+                duplicate: false,
+                last_sequence: 0,
+            })),
             Resp::Rejected(m) => Err(NodeError::InvalidArgument(m).into()),
             Resp::OutOfOrder(m) => Err(NodeError::Aborted(m).into()),
             other => Err(NodeError::Internal(format!("unexpected answer {other:?}")).into()),

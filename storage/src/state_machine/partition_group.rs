@@ -142,11 +142,11 @@ impl PartitionGroup {
                     )));
                 }
                 if ps.sequence < next {
-                    // Older than everything remembered: it may or may not be stored.
-                    return Ok(Response::Rejected(format!(
-                        "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
-                        ps.sequence, ps.producer_id
-                    )));
+                    // Older than everything remembered, yet numbered below the next batch: since
+                    // a batch is stored only right after the one before it, this one is stored.
+                    // (Refusing it would make the producer send its later batches again under a
+                    // new id, storing them twice.)
+                    return Ok(Response::StoredEarlier);
                 }
             }
             st.batches.push_back((ps.sequence, base_offset, count));

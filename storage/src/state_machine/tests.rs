@@ -533,6 +533,20 @@ async fn retried_batches_of_idempotent_producers_are_written_once() {
     let mut sm = StateMachine::open(engine, 2, &partition(), dir.path()).unwrap();
     let mut b = WriteBatch::default();
     assert_eq!(sm.apply_one(4, &req(1), &mut b).unwrap(), second);
+    // A retry arriving after more batches than the window holds is stored already (batches are
+    // stored in unbroken order): answered as such, not stored again, not refused.
+    for seq in 2..9 {
+        assert!(matches!(
+            sm.apply_one(5, &req(seq), &mut b).unwrap(),
+            Response::Appended { .. }
+        ));
+    }
+    let end = sm.header.partition.next_offset;
+    assert_eq!(
+        sm.apply_one(6, &req(1), &mut b).unwrap(),
+        Response::StoredEarlier
+    );
+    assert_eq!(sm.header.partition.next_offset, end);
 }
 
 #[tokio::test]
