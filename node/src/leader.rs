@@ -110,7 +110,7 @@ fn handing_over(h: &GroupHandle) -> bool {
 
 /// True when this node leads the group and its state machine has applied an entry of its own
 /// term, so its state holds everything any earlier leader committed.
-fn term_applied(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+pub(crate) fn term_applied(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
     let own_term_committed = m
         .cluster_committed
         .as_ref()

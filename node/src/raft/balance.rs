@@ -11,7 +11,7 @@
 //! successor's log matches the leader's last entry (openraft's transfer makes the successor elect
 //! itself at once only then; a successor behind would leave the group to its election timeout).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,18 +122,12 @@ fn ready(
     let membership = m.membership_config.membership();
     let settled = membership.get_joint_config().len() == 1
         && membership.learner_ids().next().is_none()
-        && membership.voter_ids().eq(sorted(replicas));
-    let own_term_applied = m.state == openraft::ServerState::Leader
-        && m.current_leader == Some(me)
-        && m.vote.committed
-        && m.cluster_committed
-            .as_ref()
-            .is_some_and(|c| c.leader_id.term == m.vote.leader_id.term)
-        && m.last_applied >= m.cluster_committed;
+        && membership.voter_ids().collect::<BTreeSet<u64>>()
+            == replicas.iter().copied().collect::<BTreeSet<u64>>();
     let Some(replication) = m.replication.as_ref() else {
         return Vec::new();
     };
-    if !settled || !own_term_applied {
+    if !settled || !crate::leader::term_applied(m) {
         return Vec::new();
     }
     membership
@@ -146,13 +140,6 @@ fn ready(
                 .is_some_and(|l| Some(l.index) == m.last_log_index)
         })
         .collect()
-}
-
-fn sorted(ids: &[u64]) -> impl Iterator<Item = u64> {
-    let mut v = ids.to_vec();
-    v.sort_unstable();
-    v.dedup();
-    v.into_iter()
 }
 
 /// Starts handing `group` to `to`. Lease reads on this replica stop first: the successor is

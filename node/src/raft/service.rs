@@ -38,13 +38,23 @@ impl RaftService {
             .ok_or_else(|| Status::unavailable(format!("group {id} is not running on this node")))
     }
 
+    /// The group a Raft message is for, and the message.
+    fn group_request<T: serde::de::DeserializeOwned>(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<(Arc<GroupHandle>, T), Status> {
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        let rpc = bincode::deserialize(&req.payload).map_err(bad)?;
+        Ok((g, rpc))
+    }
+
     /// The group and vote request of a (pre-)vote, refused while the replica may not vote.
     fn vote_request(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<(Arc<GroupHandle>, VoteRequest<TypeConfig>), Status> {
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
+        let (g, rpc) = self.group_request(request)?;
         if !g.may_vote() {
             return Err(Status::unavailable(format!(
                 "group {}: not voting yet (restarted within a leader lease, or not yet told by the \
@@ -52,7 +62,6 @@ impl RaftService {
                 g.id
             )));
         }
-        let rpc = bincode::deserialize(&req.payload).map_err(bad)?;
         Ok((g, rpc))
     }
 }
@@ -77,10 +86,7 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
-        let rpc: AppendEntriesRequest<TypeConfig> =
-            bincode::deserialize(&req.payload).map_err(bad)?;
+        let (g, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.group_request(request)?;
         reply(g.raft.append_entries(rpc).await)
     }
 
@@ -99,10 +105,7 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
-        let rpc: TransferLeaderRequest<TypeConfig> =
-            bincode::deserialize(&req.payload).map_err(bad)?;
+        let (g, rpc): (_, TransferLeaderRequest<TypeConfig>) = self.group_request(request)?;
         reply(g.raft.handle_transfer_leader(rpc).await)
     }
 
