@@ -71,4 +71,4 @@ pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]
 print(f"freshness over {len(v)} probes: p50 {pick(0.5)} ms, p99 {pick(0.99)} ms, max {v[-1]} ms")
 PY
 echo "== pyspark local[2], file source, trigger availableNow"
-python3 "$HERE/jobs/spark_stream.py" "$R/data" "$N"
+[ -n "${NO_SPARK:-}" ] || python3 "$HERE/jobs/spark_stream.py" "$R/data" "$N"

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value as Json;
 
-use crate::table::Column;
+use crate::table::{Cell, Column, ColumnType, Value};
 
 /// What one column found.
 #[derive(Default)]
@@ -125,6 +125,176 @@ impl<'de> Visitor<'de> for KeyOf<'_> {
     }
 }
 
+/// One column's value as [`pick_typed`] found it: converted, or text borrowed from the record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<'de> {
+    /// The value, converted and checked against its column as [`Value::from_json`] does.
+    Value(Value),
+    /// Text for a VARCHAR column, as it stands in the record (no escapes to undo).
+    Text(&'de str),
+}
+
+impl Field<'_> {
+    /// The field as a borrowed cell.
+    pub fn as_cell(&self) -> Cell<'_> {
+        match self {
+            Field::Value(v) => v.as_cell(),
+            Field::Text(s) => Cell::Str(s),
+        }
+    }
+
+    /// The owned value.
+    pub fn into_value(self) -> Value {
+        match self {
+            Field::Value(v) => v,
+            Field::Text(s) => Value::Str(s.to_string()),
+        }
+    }
+}
+
+/// The row `record` holds, each field converted straight from the bytes to its column's type
+/// without a JSON tree in between, when nothing about the record needs a closer look; `None`
+/// otherwise (a key that matches a column only ignoring case, a key given twice, a value that does
+/// not convert, a NULL in a NOT NULL column, a record that is not one JSON object). Where it
+/// answers, the row is exactly what [`pick`] and [`Value::from_json`] give; where it does not,
+/// they give the row or say why the record does not decode.
+pub fn pick_typed<'de>(record: &'de [u8], columns: &[Column]) -> Option<Vec<Field<'de>>> {
+    let mut de = serde_json::Deserializer::from_slice(record);
+    let found = TypedRecord { columns }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
+        .into_iter()
+        .zip(columns)
+        .map(|(f, c)| match f {
+            Some(f) => Some(f),
+            None => Value::Null.check(c).ok().map(Field::Value),
+        })
+        .collect()
+}
+
+struct TypedRecord<'c> {
+    columns: &'c [Column],
+}
+
+impl<'de> DeserializeSeed<'de> for TypedRecord<'_> {
+    type Value = Vec<Option<Field<'de>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TypedRecord<'_> {
+    type Value = Vec<Option<Field<'de>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found: Vec<Option<Field<'de>>> = vec![None; self.columns.len()];
+        while let Some(key) = map.next_key_seed(KeyOf {
+            columns: self.columns,
+        })? {
+            match key {
+                KeyMatch::Exact(i) if found[i].is_none() => {
+                    found[i] = Some(map.next_value_seed(Typed {
+                        column: &self.columns[i],
+                    })?);
+                }
+                // The slower path knows which of several candidates wins.
+                KeyMatch::Exact(_) | KeyMatch::Loose(..) => {
+                    return Err(serde::de::Error::custom("needs the whole parse"))
+                }
+                KeyMatch::None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// One field's value, read as its column's type.
+struct Typed<'c> {
+    column: &'c Column,
+}
+
+impl Typed<'_> {
+    /// The value a JSON scalar gives, as [`Value::from_json`] converts it; its errors end the
+    /// fast path (the slower one words them).
+    fn convert<E: serde::de::Error>(&self, json: Json) -> Result<Field<'static>, E> {
+        Value::from_json(&json, self.column)
+            .map(Field::Value)
+            .map_err(|_| E::custom("does not convert"))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Typed<'_> {
+    type Value = Field<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Typed<'_> {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON scalar")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Field<'de>, E> {
+        self.convert(Json::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Field<'de>, E> {
+        self.convert(Json::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Field<'de>, E> {
+        self.convert(Json::Number(v.into()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Field<'de>, E> {
+        self.convert(Json::Number(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Field<'de>, E> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.convert(Json::Number(n)),
+            None => Err(E::custom("not a finite number")),
+        }
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Field<'de>, E> {
+        match self.column.ty {
+            ColumnType::Utf8 => Ok(Field::Text(v)),
+            _ => self.text(v),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field<'de>, E> {
+        self.text(v)
+    }
+}
+
+impl Typed<'_> {
+    /// A JSON string for the column, as [`Value::from_json`] reads one (without copying it into
+    /// a JSON tree first).
+    fn text<'de, E: serde::de::Error>(&self, v: &str) -> Result<Field<'de>, E> {
+        let value = match self.column.ty {
+            ColumnType::Utf8 => Value::Str(v.to_string()).check(self.column),
+            ColumnType::Binary => Value::Bytes(v.as_bytes().to_vec()).check(self.column),
+            _ => Value::parse_text(v, self.column),
+        };
+        value
+            .map(Field::Value)
+            .map_err(|_| E::custom("does not convert"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +359,93 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(record)
             );
+        }
+    }
+
+    /// What the slower path gives: the fields picked, each converted as `Value::from_json` does.
+    fn slow(record: &[u8], columns: &[Column]) -> Option<Result<Vec<Value>, String>> {
+        let fields = pick(record, columns)?;
+        Some(
+            columns
+                .iter()
+                .zip(fields)
+                .map(|(c, f)| match f {
+                    Some(j) => Value::from_json(&j, c),
+                    None => Value::Null.check(c),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    #[test]
+    fn typed_fields_are_what_the_slower_path_gives_or_nothing() {
+        let typed = |name: &str, ty: ColumnType, nullable: bool| Column {
+            name: name.into(),
+            ty,
+            nullable,
+        };
+        let columns = [
+            typed("id", ColumnType::Int64, false),
+            typed("small", ColumnType::Int16, true),
+            typed("n", ColumnType::UInt64, true),
+            typed("x", ColumnType::Float64, true),
+            typed("r", ColumnType::Float32, true),
+            typed(
+                "d",
+                ColumnType::Decimal {
+                    precision: 10,
+                    scale: 2,
+                },
+                true,
+            ),
+            typed("s", ColumnType::Utf8, true),
+            typed("b", ColumnType::Binary, true),
+            typed("ok", ColumnType::Boolean, true),
+            typed("day", ColumnType::Date32, true),
+            typed("at", ColumnType::Timestamp, true),
+        ];
+        // Records the fast path answers.
+        let plain: &[&[u8]] = &[
+            br#"{"id": 1, "small": -3, "n": 7, "x": 1.5, "r": 0.1, "d": 12.34, "s": "a", "b": "bytes", "ok": true, "day": "1995-01-31", "at": "2024-06-01 10:00:00"}"#,
+            br#"{"id": -9, "x": 3, "d": "7.1", "s": "tab\there \u00e9", "day": 9000, "at": 1717236000000, "other": {"deep": [1, 2]}}"#,
+            br#"{"id": "42", "small": "12", "n": "18446744073709551615", "x": "2.5e3", "ok": "yes", "s": ""}"#,
+            br#"{"id": 3, "s": null, "x": null, "ok": false}"#,
+            br#"  {"id": 5}  "#,
+        ];
+        // Records it leaves to the slower path (which decodes some and refuses others).
+        let other: &[&[u8]] = &[
+            br#"{"ID": 1}"#,
+            br#"{"id": 1, "Id": 2}"#,
+            br#"{"id": 1, "id": 2}"#,
+            br#"{"id": null}"#,
+            br#"{"small": 1}"#,
+            br#"{"id": 1, "small": 40000}"#,
+            br#"{"id": 1.5}"#,
+            br#"{"id": 1, "n": -1}"#,
+            br#"{"id": 1, "s": [1]}"#,
+            br#"{"id": 1, "x": {"a": 1}}"#,
+            br#"{"id": 1, "day": "not a date"}"#,
+            br#"{"id": 1, "d": 123456789012.5}"#,
+            br#"{"id": 1, "d": 12.345}"#,
+            br#"{"id": 1, "ok": 1}"#,
+            br#"{"id": 1} {"id": 2}"#,
+            br#"{"id": 1"#,
+            br#"[1]"#,
+            b"",
+        ];
+        for (record, answers) in plain
+            .iter()
+            .map(|r| (r, true))
+            .chain(other.iter().map(|r| (r, false)))
+        {
+            let text = String::from_utf8_lossy(record);
+            let fast = pick_typed(record, &columns);
+            assert_eq!(fast.is_some(), answers, "{text}: {:?}", slow(record, &columns));
+            if let Some(fields) = fast {
+                let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
+                assert_eq!(slow(record, &columns), Some(Ok(values)), "{text}");
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod job;
 pub mod keyrange;
 pub mod output;
 pub mod pg;
+pub mod records;
 pub mod scan;
 pub mod scan_filter;
 pub mod schedule;

@@ -38,7 +38,7 @@ use weir_proto::format::TopicFormat;
 use weir_proto::table::{Column, ColumnType, TableSchema, Value};
 
 use crate::cluster::{Cluster, ClusterError, NewRecord, TopicMeta, TopicRecord};
-use crate::columnar::rows_to_batch;
+use crate::records::RecordDecoder;
 use crate::types::{arrow_schema, batch_to_rows};
 use crate::warnings::QueryWarnings;
 
@@ -79,31 +79,6 @@ pub fn topic_columns(meta: &TopicMeta) -> Vec<Column> {
     };
     columns.extend(metadata_columns());
     columns
-}
-
-/// A record of `partition` as a row of [`topic_columns`]; the error says why it does not decode.
-pub fn decode_record(
-    meta: &TopicMeta,
-    partition: u32,
-    r: &TopicRecord,
-) -> std::result::Result<Vec<Value>, String> {
-    let mut row = match &meta.format {
-        Some(f) => f.decode(&r.value).map_err(|e| e.to_string())?,
-        None => vec![Value::Bytes(r.value.to_vec())],
-    };
-    let key = match &r.key {
-        None => Value::Null,
-        Some(k) => Value::Str(
-            std::str::from_utf8(k)
-                .map_err(|_| "its key is not UTF-8 text".to_string())?
-                .to_string(),
-        ),
-    };
-    row.push(Value::Int(partition.into()));
-    row.push(Value::Int(r.offset as i64));
-    row.push(Value::Timestamp(r.timestamp_ms.saturating_mul(1000)));
-    row.push(key);
-    Ok(row)
 }
 
 fn cluster_error(e: ClusterError) -> DataFusionError {
@@ -602,17 +577,29 @@ struct Reader {
 impl Reader {
     /// The next non-empty batch, or none at the end of the partition's range.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let mut rows = Vec::new();
-        while rows.len() < BATCH_ROWS {
+        let topic = self.topic.clone();
+        let columns: Vec<Column> = self
+            .projection
+            .iter()
+            .map(|i| self.columns[*i].clone())
+            .collect();
+        let mut rows = RecordDecoder::new(
+            &topic,
+            self.partition,
+            self.projection.clone(),
+            &columns,
+            self.schema.clone(),
+            BATCH_ROWS,
+        )?;
+        while rows.rows() < BATCH_ROWS {
             let Some(record) = self.next_record().await? else {
                 break;
             };
-            match self.decode(&record) {
-                Ok(row) => rows.push(self.projection.iter().map(|i| row[*i].clone()).collect()),
-                Err(reason) => self.skip(&record, &reason),
+            if let Err(reason) = rows.push(&record)? {
+                self.skip(&record, &reason);
             }
         }
-        if rows.is_empty() {
+        if rows.rows() == 0 {
             if self.unreported > 0 {
                 tracing::warn!(
                     topic = %self.topic.name,
@@ -624,12 +611,7 @@ impl Reader {
             }
             return Ok(None);
         }
-        let columns: Vec<Column> = self
-            .projection
-            .iter()
-            .map(|i| self.columns[*i].clone())
-            .collect();
-        rows_to_batch(&self.schema, &columns, &rows).map(Some)
+        rows.finish().map(Some)
     }
 
     /// The next record in range, fetching more as needed.
@@ -670,11 +652,6 @@ impl Reader {
             }
             self.pending = page.records.into_iter();
         }
-    }
-
-    /// The record's full row: declared columns, then the metadata columns.
-    fn decode(&self, r: &TopicRecord) -> std::result::Result<Vec<Value>, String> {
-        decode_record(&self.topic, self.partition, r)
     }
 
     fn skip(&mut self, r: &TopicRecord, reason: &str) {

@@ -18,12 +18,12 @@ use weir_proto::table::merge::{self, MergeOp};
 use weir_proto::table::{ColumnType, Value};
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, SinkMerge, TableMeta, TopicRecord};
-use crate::columnar::rows_to_batch;
 use crate::job::dead_letter::{self, DeadLetter};
 use crate::job::distinct;
 use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
 use crate::job::stats::TaskStats;
-use crate::topic::{decode_record, encode_row};
+use crate::records::RecordDecoder;
+use crate::topic::encode_row;
 use crate::types::batch_to_rows;
 
 /// Bytes asked for per fetch (about one batch).
@@ -268,6 +268,8 @@ async fn run_once(
     let sweeps = closes && partition == 0 && !distinct::tables(&plan, &job.name).is_empty();
     let (mut swept, mut last_sweep) = (swept_at, Instant::now());
     tracing::info!(job = %job.name, partition, offset = next, "stream task started");
+    // The page at `next`, fetched while the batch before it was processed.
+    let mut ahead = None;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -282,10 +284,13 @@ async fn run_once(
                 stats.failed(&format!("sweeping closed windows: {e}"));
             }
         }
-        let page = cluster
-            .fetch(&job.source, partition, next, FETCH_BYTES)
-            .await
-            .map_err(cluster_error)?;
+        let page = match ahead.take() {
+            Some(page) => page,
+            None => cluster
+                .fetch(&job.source, partition, next, FETCH_BYTES)
+                .await
+                .map_err(cluster_error)?,
+        };
         let cut = cuts.first().copied();
         let records: Vec<TopicRecord> = page
             .records
@@ -323,7 +328,14 @@ async fn run_once(
             partition,
             stats,
         };
-        let done = match process(cluster, &batch, &records, (next, to), watermark).await {
+        // The next page is fetched while this batch is processed: the partition's leader reads
+        // it while this task decodes and merges. A fetch that fails is asked again.
+        let (processed, fetched) = tokio::join!(
+            process(cluster, &batch, &records, (next, to), watermark),
+            cluster.fetch(&job.source, partition, to, FETCH_BYTES)
+        );
+        ahead = fetched.ok();
+        let done = match processed {
             Ok(done) => done,
             Err(e) if is_record_error(&e) => {
                 // Some record of the batch does not fit (a value that does not cast, a row the
@@ -436,16 +448,22 @@ async fn process(
         partition,
         stats,
     } = *batch;
-    let mut rows = Vec::with_capacity(records.len());
+    let mut rows = RecordDecoder::new(
+        &plan.source,
+        partition,
+        (0..plan.source_columns.len()).collect(),
+        &plan.source_columns,
+        plan.source_schema.clone(),
+        records.len(),
+    )?;
     let mut letters = Vec::new();
     for r in records {
-        match decode_record(&plan.source, partition, r) {
-            Ok(row) => rows.push(row),
-            Err(reason) => letters.push(DeadLetter {
+        if let Err(reason) = rows.push(r)? {
+            letters.push(DeadLetter {
                 offset: r.offset,
                 reason,
                 record: String::from_utf8_lossy(&r.value).into_owned(),
-            }),
+            });
         }
     }
     let failed = letters.len() as u64;
@@ -457,7 +475,7 @@ async fn process(
             first.offset, first.reason
         ));
     }
-    let decoded = rows_to_batch(&plan.source_schema, &plan.source_columns, &rows)?;
+    let decoded = rows.finish()?;
     let mut out = Vec::new();
     for b in plan.run(decoded).await? {
         out.extend(batch_to_rows(&b, &plan.out_columns, out.len() as u64)?);
