@@ -6,6 +6,7 @@
 # usage: deploy/bench-jobs.sh [BIN_DIR] [RECORDS]
 #   BIN_DIR  where weir-node and weir are (default: target/release)
 #   RECORDS  transactions (default 1,000,000)
+#   NO_SPARK=1 skips the PySpark half; PROBES=N sets the freshness probes (default 40)
 #
 # Weir's throughput is measured on a backlog: the records are produced first, then the job is
 # created (start = 'earliest') and timed until every task's lag is 0. Needs python3 with pyspark

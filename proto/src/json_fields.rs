@@ -441,7 +441,12 @@ mod tests {
         {
             let text = String::from_utf8_lossy(record);
             let fast = pick_typed(record, &columns);
-            assert_eq!(fast.is_some(), answers, "{text}: {:?}", slow(record, &columns));
+            assert_eq!(
+                fast.is_some(),
+                answers,
+                "{text}: {:?}",
+                slow(record, &columns)
+            );
             if let Some(fields) = fast {
                 let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
                 assert_eq!(slow(record, &columns), Some(Ok(values)), "{text}");

@@ -196,8 +196,16 @@ mod tests {
             col("amount", ColumnType::Float64, true),
         ];
         let records = [
-            record(0, None, r#"{"id": 1, "name": "a", "day": "1995-03-01", "amount": 2.5}"#),
-            record(1, Some(b"k"), r#"{"id": 2, "name": "caf\u00e9", "amount": 3}"#),
+            record(
+                0,
+                None,
+                r#"{"id": 1, "name": "a", "day": "1995-03-01", "amount": 2.5}"#,
+            ),
+            record(
+                1,
+                Some(b"k"),
+                r#"{"id": 2, "name": "caf\u00e9", "amount": 3}"#,
+            ),
             record(2, None, r#"{"ID": 3, "Name": "loose keys"}"#),
             record(3, None, r#"{"id": null}"#),
             record(4, None, r#"not json"#),
