@@ -52,6 +52,14 @@ struct Store {
     generation: u64,
 }
 
+/// How the fake answers a batch of an idempotent producer that it already holds.
+enum Held {
+    /// A duplicate of a batch in the window: its base offset and count.
+    At(u64, u32),
+    /// Older than the window: stored, its offsets no longer known.
+    Earlier,
+}
+
 impl Store {
     fn high_watermark(&self, topic: &str, partition: u32) -> u64 {
         self.logs
@@ -60,16 +68,16 @@ impl Store {
             .map_or(0, |(base, count, _)| base + u64::from(*count))
     }
 
-    /// The server's rule for an idempotent producer's batch: `Ok(Some(..))` answers a duplicate
-    /// with its first (base offset, count), `Ok(None)` means append it; a batch ahead of its
-    /// predecessors is ABORTED (the client retries), one older than the window is refused.
+    /// The server's rule for an idempotent producer's batch: `Ok(Some(..))` answers a batch it
+    /// holds (a duplicate in the window with its offsets, or an older one without them), `Ok(None)`
+    /// means append it; a batch ahead of its predecessors is ABORTED (the client retries).
     fn sequence(
         &mut self,
         topic: &str,
         partition: u32,
         req: &ProduceRequest,
         count: u32,
-    ) -> Result<Option<(u64, u32)>, Status> {
+    ) -> Result<Option<Held>, Status> {
         if req.producer_id == 0 {
             return Ok(None);
         }
@@ -79,7 +87,7 @@ impl Store {
             .entry((topic.to_string(), partition, req.producer_id))
             .or_default();
         if let Some(&(_, base, count)) = window.iter().find(|(seq, _, _)| *seq == req.sequence) {
-            return Ok(Some((base, count)));
+            return Ok(Some(Held::At(base, count)));
         }
         let expected = window.back().map_or(0, |(seq, _, _)| seq + 1);
         if req.sequence > expected {
@@ -89,10 +97,9 @@ impl Store {
             )));
         }
         if req.sequence < expected {
-            return Err(Status::invalid_argument(format!(
-                "batch {} of producer {} is older than its last {PRODUCER_WINDOW} batches",
-                req.sequence, req.producer_id
-            )));
+            // Batches are stored only in unbroken order, so one numbered below the next expected
+            // is stored, even if it is older than the window remembers.
+            return Ok(Some(Held::Earlier));
         }
         window.push_back((req.sequence, base, count));
         if window.len() > PRODUCER_WINDOW {
@@ -386,22 +393,24 @@ impl Log for Node {
         }
         let mut store = self.shared.store.lock().unwrap();
         store.check(&req.topic, req.partition)?;
-        let (base, count) = match store.sequence(&req.topic, req.partition, &req, header.count)? {
-            Some(duplicate) => duplicate,
-            None => {
-                let base = store.high_watermark(&req.topic, req.partition);
-                store
-                    .logs
-                    .entry((req.topic.clone(), req.partition))
-                    .or_default()
-                    .push((base, header.count, req.batch));
-                (base, header.count)
-            }
-        };
-        drop(store);
-        self.shared.appended.notify_waiters();
         // Like the real server, a leader-only acknowledgement comes before offsets are assigned.
         let pending = req.acks == Acks::Leader as i32;
+        let (base, count, pending) =
+            match store.sequence(&req.topic, req.partition, &req, header.count)? {
+                Some(Held::At(base, count)) => (base, count, pending),
+                Some(Held::Earlier) => (0, header.count, true),
+                None => {
+                    let base = store.high_watermark(&req.topic, req.partition);
+                    store
+                        .logs
+                        .entry((req.topic.clone(), req.partition))
+                        .or_default()
+                        .push((base, header.count, req.batch));
+                    (base, header.count, pending)
+                }
+            };
+        drop(store);
+        self.shared.appended.notify_waiters();
         Ok(Response::new(ProduceResponse {
             base_offset: if pending { 0 } else { base },
             count,

@@ -4,7 +4,9 @@
 //! The fields picked are exactly those a whole parse into a `serde_json::Map` (a map sorted by
 //! key) would give the same lookup: a field named exactly as the column, else the first field in
 //! key order whose name equals the column's ignoring ASCII case; a repeated key keeps its last
-//! value.
+//! value. One difference: a field no column names is only checked to be well-formed JSON, so a
+//! lone UTF-16 surrogate escape (`"\ud800"`, which JSON's grammar allows and `serde_json`'s tree
+//! refuses) in such a field does not make the record undecodable.
 
 use std::fmt;
 
@@ -299,6 +301,7 @@ impl Typed<'_> {
 mod tests {
     use super::*;
     use crate::table::ColumnType;
+    use proptest::prelude::*;
 
     fn col(name: &str) -> Column {
         Column {
@@ -360,6 +363,14 @@ mod tests {
                 String::from_utf8_lossy(record)
             );
         }
+        // A field no column names is skipped, not built: a lone surrogate there is let be.
+        let lone = br#"{"id": 1, "other": "\ud800"}"#;
+        assert_eq!(whole(lone, &columns), None);
+        assert_eq!(
+            pick(lone, &columns),
+            Some(vec![Some(Json::from(1)), None, None])
+        );
+        assert_eq!(pick(br#"{"x": "\ud800"}"#, &columns), None);
     }
 
     /// What the slower path gives: the fields picked, each converted as `Value::from_json` does.
@@ -378,14 +389,14 @@ mod tests {
         )
     }
 
-    #[test]
-    fn typed_fields_are_what_the_slower_path_gives_or_nothing() {
+    /// One column of each type a topic can declare, the first NOT NULL.
+    fn typed_columns() -> Vec<Column> {
         let typed = |name: &str, ty: ColumnType, nullable: bool| Column {
             name: name.into(),
             ty,
             nullable,
         };
-        let columns = [
+        vec![
             typed("id", ColumnType::Int64, false),
             typed("small", ColumnType::Int16, true),
             typed("n", ColumnType::UInt64, true),
@@ -404,7 +415,12 @@ mod tests {
             typed("ok", ColumnType::Boolean, true),
             typed("day", ColumnType::Date32, true),
             typed("at", ColumnType::Timestamp, true),
-        ];
+        ]
+    }
+
+    #[test]
+    fn typed_fields_are_what_the_slower_path_gives_or_nothing() {
+        let columns = typed_columns();
         // Records the fast path answers.
         let plain: &[&[u8]] = &[
             br#"{"id": 1, "small": -3, "n": 7, "x": 1.5, "r": 0.1, "d": 12.34, "s": "a", "b": "bytes", "ok": true, "day": "1995-01-31", "at": "2024-06-01 10:00:00"}"#,
@@ -450,6 +466,152 @@ mod tests {
             if let Some(fields) = fast {
                 let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
                 assert_eq!(slow(record, &columns), Some(Ok(values)), "{text}");
+            }
+        }
+    }
+
+    /// A JSON value as text, of the kinds records hold: numbers in and out of every column's
+    /// range, text that parses as each type or not (with escapes), null, booleans, nesting.
+    fn json_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<u64>().prop_map(|v| v.to_string()),
+            (-40_000i64..40_000).prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| serde_json::to_string(&v).unwrap_or_default()),
+            (-1000i64..1000, 0u32..1000).prop_map(|(a, b)| format!("{a}.{b}")),
+            Just("null".to_string()),
+            prop_oneof![Just("true"), Just("false")].prop_map(String::from),
+            prop_oneof![
+                Just("1995-01-31"),
+                Just("2024-06-01 10:00:00"),
+                Just("12.34"),
+                Just("yes"),
+                Just("-7"),
+                Just("1e3"),
+                Just(""),
+                Just("tab\\there \\u00e9 \\\""),
+            ]
+            .prop_map(|t| format!("\"{t}\"")),
+            "[a-zA-Z0-9 ]{0,12}".prop_map(|t| format!("\"{t}\"")),
+            Just(r#"{"a": [1, {"b": null}]}"#.to_string()),
+            Just("[1, 2]".to_string()),
+        ]
+    }
+
+    /// A value of the kind column `name` of [`typed_columns`] takes (which may still be out of
+    /// its range or precision).
+    fn value_for(name: &str) -> BoxedStrategy<String> {
+        // Mostly values that convert, now and then one that does not.
+        let pick = |good: &'static [&'static str], bad: &'static [&'static str]| {
+            prop_oneof![
+                9 => prop::sample::select(good.to_vec()),
+                1 => prop::sample::select(bad.to_vec()),
+            ]
+            .prop_map(String::from)
+            .boxed()
+        };
+        match name {
+            "id" | "small" => prop_oneof![
+                9 => (-1000i64..1000).prop_map(|v| v.to_string()),
+                1 => any::<i64>().prop_map(|v| v.to_string()),
+                1 => Just("\"42\"".to_string()),
+            ]
+            .boxed(),
+            "n" => any::<u64>().prop_map(|v| v.to_string()).boxed(),
+            "x" | "r" | "d" => prop_oneof![
+                9 => (-100_000i64..100_000, 0u32..100).prop_map(|(a, b)| format!("{a}.{b:02}")),
+                1 => (any::<i64>(), 0u32..100_000).prop_map(|(a, b)| format!("{a}.{b}")),
+            ]
+            .boxed(),
+            "s" | "b" => prop_oneof![
+                9 => "[a-zA-Z0-9 ]{0,12}".prop_map(|t| format!("\"{t}\"")),
+                1 => Just(r#""\ud800""#.to_string()),
+            ]
+            .boxed(),
+            "ok" => pick(&["true", "false", "\"yes\""], &["1"]),
+            "day" => pick(
+                &["\"1995-01-31\"", "\"2024-02-29\"", "9000"],
+                &["\"2023-02-29\""],
+            ),
+            _ => pick(
+                &[
+                    "\"2024-06-01 10:00:00\"",
+                    "\"2024-06-01T10:00:00Z\"",
+                    "1717236000000",
+                ],
+                &["\"noon\""],
+            ),
+        }
+    }
+
+    /// A record: an object holding the columns' fields, mostly with values of their types and
+    /// under their names, sometimes with any value, under a name in another case, given twice,
+    /// or beside fields no column names; sometimes cut short, padded, or followed by more.
+    fn json_record() -> impl Strategy<Value = Vec<u8>> {
+        let field = |name: &'static str| {
+            let key = prop_oneof![
+                29 => Just(name.to_string()),
+                1 => Just(name.to_ascii_uppercase()),
+            ];
+            let value = prop_oneof![29 => value_for(name), 1 => json_value()];
+            // How many times the field is given.
+            let times = prop_oneof![29 => Just(1), 1 => Just(2)];
+            prop::option::weighted(0.85, (key, value, times))
+        };
+        let names = [
+            "id", "small", "n", "x", "r", "d", "s", "b", "ok", "day", "at",
+        ];
+        let fields: Vec<_> = names.iter().map(|n| field(n)).collect();
+        let other = prop::option::of(json_value());
+        (fields, other, 0u8..12, any::<usize>()).prop_map(|(fields, other, shape, cut)| {
+            let mut body: Vec<String> = Vec::new();
+            for (k, v, times) in fields.into_iter().flatten() {
+                for _ in 0..times {
+                    body.push(format!("\"{k}\": {v}"));
+                }
+            }
+            if let Some(v) = other {
+                body.insert(body.len() / 2, format!("\"other\": {v}"));
+            }
+            let text = format!("{{{}}}", body.join(", "));
+            let mut bytes = text.into_bytes();
+            match shape {
+                0 => bytes.truncate(cut % (bytes.len() + 1)),
+                1 => bytes.extend_from_slice(b" {}"),
+                2 => {
+                    bytes.insert(0, b' ');
+                    bytes.push(b'\n');
+                }
+                _ => {}
+            }
+            bytes
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn generated_records_pick_as_a_whole_parse_and_convert_as_the_slower_path(
+            record in json_record(),
+        ) {
+            let columns = typed_columns();
+            prop_assert_eq!(pick(&record, &columns), whole(&record, &columns));
+            if let Some(fields) = pick_typed(&record, &columns) {
+                let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
+                prop_assert_eq!(slow(&record, &columns), Some(Ok(values)));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_pick_as_a_whole_parse(
+            record in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let columns = typed_columns();
+            prop_assert_eq!(pick(&record, &columns), whole(&record, &columns));
+            if let Some(fields) = pick_typed(&record, &columns) {
+                let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
+                prop_assert_eq!(slow(&record, &columns), Some(Ok(values)));
             }
         }
     }

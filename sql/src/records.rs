@@ -15,6 +15,10 @@ use weir_proto::table::{Cell, Column, Value};
 use crate::cluster::{TopicMeta, TopicRecord};
 use crate::columnar::BatchBuilder;
 
+/// How many metadata columns follow a topic's declared ones: `_partition`, `_offset`,
+/// `_timestamp`, `_key` (see [`crate::topic::metadata_columns`]).
+const METADATA_COLUMNS: usize = 4;
+
 /// A record of `partition` as a row of [`crate::topic::topic_columns`]; the error says why it
 /// does not decode.
 pub fn decode_record(
@@ -72,7 +76,9 @@ impl<'t> RecordDecoder<'t> {
             .filter(|f| f.kind == RecordFormat::Json)
             .map(|f| f.columns.as_slice());
         let declared = topic.format.as_ref().map_or(1, |f| f.columns.len());
-        if projection.len() != columns.len() || projection.iter().any(|i| *i >= declared + 4) {
+        if projection.len() != columns.len()
+            || projection.iter().any(|i| *i >= declared + METADATA_COLUMNS)
+        {
             return Err(DataFusionError::Internal(format!(
                 "a projection {projection:?} of topic '{}' for {} columns",
                 topic.name,
@@ -99,7 +105,7 @@ impl<'t> RecordDecoder<'t> {
                 Some(k) => std::str::from_utf8(k).ok().map(Cell::Str),
             };
             if let (Some(fields), Some(key)) = (pick_typed(&r.value, columns), key) {
-                let meta = [
+                let meta: [Cell; METADATA_COLUMNS] = [
                     Cell::Int(self.partition.into()),
                     Cell::Int(r.offset as i64),
                     Cell::Timestamp(r.timestamp_ms.saturating_mul(1000)),
@@ -180,6 +186,11 @@ mod tests {
             primary_key: vec![],
         });
         (rows_to_batch(&schema, &columns, &rows).unwrap(), reasons)
+    }
+
+    #[test]
+    fn metadata_columns_are_counted_as_the_topic_declares_them() {
+        assert_eq!(crate::topic::metadata_columns().len(), METADATA_COLUMNS);
     }
 
     #[test]
