@@ -124,10 +124,7 @@ async fn ingest(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let Some(t) = catalog.topics.get(&topic) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("topic '{topic}' does not exist"),
-        );
+        return error(StatusCode::NOT_FOUND, catalog.no_topic(&topic));
     };
     let partitions = t.groups.len() as u32;
     let partition = match (params.partition, &params.key) {

@@ -9,12 +9,14 @@
 //! - [`ingest`]: the bodies of HTTP ingest requests (a JSON array or NDJSON), split into records.
 //! - [`format`]: a topic's record format (JSON, CSV, text) and columns, records to rows and back.
 //! - [`table`]: table schemas, typed values, and the key and row encodings of the region store.
+//! - [`names`]: the closest existing name to one that does not exist, for error messages.
 
 pub mod batch;
 pub mod format;
 pub mod ingest;
 pub mod json_fields;
 pub mod kafka_batch;
+pub mod names;
 pub mod random;
 pub mod record;
 pub mod table;

@@ -117,6 +117,13 @@ impl Engine {
         self.statement_timeout
     }
 
+    /// What to say instead of an error `message` holding the planner's "table '...' not found"
+    /// (from a planner Weir does not call itself, as the Postgres protocol's): that the relation
+    /// does not exist, and the closest existing name.
+    pub fn missing_relation(&self, message: &str) -> Option<String> {
+        self.schema.missing_relation(message)
+    }
+
     /// The DataFusion session (for the Postgres protocol, which plans through it).
     pub fn context(&self) -> Arc<SessionContext> {
         self.ctx.clone()
@@ -230,7 +237,10 @@ impl Engine {
         let warnings = Arc::new(QueryWarnings::default());
         let mut state = self.ctx.state();
         state.config_mut().set_extension(warnings.clone());
-        let plan = state.statement_to_plan(stmt).await?;
+        let plan = state
+            .statement_to_plan(stmt)
+            .await
+            .map_err(|e| self.schema.name_closest(e))?;
         match &plan {
             LogicalPlan::Ddl(d) => {
                 let tag = command_tag(d.name());
@@ -294,7 +304,8 @@ impl Engine {
                     .await
                     .map_err(|e| {
                         DataFusionError::Plan(format!(
-                            "the schedule's statement does not plan: {e}"
+                            "the schedule's statement does not plan: {}",
+                            self.schema.name_closest(e)
                         ))
                     })?;
                 Ok(())

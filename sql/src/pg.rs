@@ -254,10 +254,11 @@ impl QueryParser for WeirParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let Some(statement) = WeirParser::weir_statement(&self.engine, sql)? else {
-            return match self.engine.completed_insert(sql) {
+            let parsed = match self.engine.completed_insert(sql) {
                 Some(completed) => self.inner.parse_sql(client, &completed, types).await,
                 None => self.inner.parse_sql(client, sql, types).await,
             };
+            return parsed.map_err(|e| restated(&self.engine, e));
         };
         // The columns a statement answers with are described before it runs: a SHOW or
         // DESCRIBE (a read) runs once here for them.
@@ -353,7 +354,8 @@ impl ExtendedQueryHandler for ExtendedQueries {
                 max_rows,
             )))
             .await
-            .map_err(stopped_error)??;
+            .map_err(stopped_error)?
+            .map_err(|e| restated(&self.engine, e))?;
         Ok(guarded(reported(answered, warnings), &stop))
     }
 
@@ -477,10 +479,17 @@ impl SimpleQueries {
                         query,
                     )))
                     .await
-                    .map_err(stopped_error)??;
+                    .map_err(stopped_error)?
+                    .map_err(|e| restated(&self.engine, e))?;
                 let last = answered.len().saturating_sub(1);
                 return Ok(answered
                     .into_iter()
+                    .map(|r| match r {
+                        Response::Error(info) => {
+                            Response::Error(Box::new(undefined_table(&self.engine, *info)))
+                        }
+                        other => other,
+                    })
                     .enumerate()
                     .map(|(i, r)| (guarded(r, &stop), (i == last).then(|| warnings.clone())))
                     .collect());
@@ -615,6 +624,38 @@ struct CatalogHook {
 fn error_info(e: datafusion::error::DataFusionError) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), "XX000".into(), e.strip_backtrace())
 }
+
+/// `info`, or when it is the planner's "table not found" for a relation the statement named,
+/// Postgres's error for an undefined table (SQLSTATE 42P01) naming the closest existing name.
+fn undefined_table(engine: &Engine, mut info: ErrorInfo) -> ErrorInfo {
+    if let Some(message) = engine.missing_relation(&info.message) {
+        info.message = message;
+        info.code = UNDEFINED_TABLE.into();
+    }
+    info
+}
+
+/// `e` with a "table not found" restated by [`undefined_table`].
+fn restated(engine: &Engine, e: PgWireError) -> PgWireError {
+    match e {
+        PgWireError::UserError(info) => {
+            PgWireError::UserError(Box::new(undefined_table(engine, *info)))
+        }
+        // How datafusion-postgres passes on the planner's errors.
+        PgWireError::ApiError(inner) => match engine.missing_relation(&inner.to_string()) {
+            Some(message) => PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                UNDEFINED_TABLE.into(),
+                message,
+            ))),
+            None => PgWireError::ApiError(inner),
+        },
+        other => other,
+    }
+}
+
+/// Postgres's SQLSTATE for a relation that does not exist.
+const UNDEFINED_TABLE: &str = "42P01";
 
 fn pg_error(e: datafusion::error::DataFusionError) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(e)))

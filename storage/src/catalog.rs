@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_proto::format::TopicFormat;
+use weir_proto::names::did_you_mean;
 use weir_proto::table::{TableSchema, JOB_TABLES};
 
 /// The id of the metadata group.
@@ -396,7 +397,39 @@ pub enum Refusal {
     Conflict,
 }
 
+/// "`what` '`name`' does not exist", naming the closest of the `existing` names.
+fn does_not_exist<'a>(
+    what: &str,
+    name: &str,
+    existing: impl IntoIterator<Item = &'a String>,
+) -> String {
+    format!(
+        "{what} '{name}' does not exist{}",
+        did_you_mean(name, existing.into_iter().map(String::as_str))
+    )
+}
+
+/// The refusal of a command naming a `what` called `name` that does not exist, naming the closest
+/// of the `existing` names.
+fn not_found<'a>(
+    what: &str,
+    name: &str,
+    existing: impl IntoIterator<Item = &'a String>,
+) -> MetaResponse {
+    MetaResponse::Rejected(Refusal::NotFound, does_not_exist(what, name, existing))
+}
+
 impl Catalog {
+    /// Why topic `name` cannot be used: it does not exist (and the closest topic, if any).
+    pub fn no_topic(&self, name: &str) -> String {
+        does_not_exist("topic", name, self.topics.keys())
+    }
+
+    /// Why table `name` cannot be used: it does not exist (and the closest table, if any).
+    pub fn no_table(&self, name: &str) -> String {
+        does_not_exist("table", name, self.tables.keys())
+    }
+
     /// Applies a command; refused commands leave the catalog unchanged.
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaResponse {
         if let MetaCommand::DeleteTopic { name } | MetaCommand::DropTable { name } = cmd {
@@ -508,10 +541,7 @@ impl Catalog {
                     }
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("topic '{name}' does not exist"),
-                ),
+                None => not_found("topic", name, self.topics.keys()),
             },
             MetaCommand::CreateOffsetsGroup { replicas } => {
                 if self.offsets_group.is_some() {
@@ -601,10 +631,7 @@ impl Catalog {
                     }
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("table '{name}' does not exist"),
-                ),
+                None => not_found("table", name, self.tables.keys()),
             },
             MetaCommand::CreateExternalTable { table } => {
                 if let Some(kind) = self.name_taken(&table.name) {
@@ -619,10 +646,7 @@ impl Catalog {
             }
             MetaCommand::DropExternalTable { name } => match self.external_tables.remove(name) {
                 Some(_) => MetaResponse::Ok,
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("external table '{name}' does not exist"),
-                ),
+                None => not_found("external table", name, self.external_tables.keys()),
             },
             MetaCommand::CreateJob { job } => {
                 if self.jobs.contains_key(&job.name) {
@@ -632,16 +656,11 @@ impl Catalog {
                     );
                 }
                 if !self.topics.contains_key(&job.source) {
-                    return MetaResponse::Rejected(
-                        Refusal::NotFound,
-                        format!("topic '{}' does not exist", job.source),
-                    );
+                    return not_found("topic", &job.source, self.topics.keys());
                 }
                 if !self.tables.contains_key(&job.sink) && !self.topics.contains_key(&job.sink) {
-                    return MetaResponse::Rejected(
-                        Refusal::NotFound,
-                        format!("no table or topic '{}' exists to write into", job.sink),
-                    );
+                    let names = self.tables.keys().chain(self.topics.keys());
+                    return not_found("table or topic", &job.sink, names);
                 }
                 let id = self.next_job_id.max(1);
                 self.next_job_id = id + 1;
@@ -656,20 +675,14 @@ impl Catalog {
             }
             MetaCommand::DropJob { name } => match self.jobs.remove(name) {
                 Some(_) => MetaResponse::Ok,
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("job '{name}' does not exist"),
-                ),
+                None => not_found("job", name, self.jobs.keys()),
             },
             MetaCommand::SetJobRunning { name, running } => match self.jobs.get_mut(name) {
                 Some(j) => {
                     j.running = *running;
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("job '{name}' does not exist"),
-                ),
+                None => not_found("job", name, self.jobs.keys()),
             },
             MetaCommand::AssignTasks {
                 name,
@@ -701,10 +714,7 @@ impl Catalog {
             MetaCommand::CreateSchedule { schedule } => self.create_schedule(schedule),
             MetaCommand::DropSchedule { name } => {
                 if !self.schedules.contains_key(name) {
-                    return MetaResponse::Rejected(
-                        Refusal::NotFound,
-                        format!("schedule '{name}' does not exist"),
-                    );
+                    return not_found("schedule", name, self.schedules.keys());
                 }
                 if let Some(d) = self.schedules.values().find(|d| d.after.contains(name)) {
                     return MetaResponse::Rejected(
@@ -720,20 +730,14 @@ impl Catalog {
                     s.paused = *paused;
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("schedule '{name}' does not exist"),
-                ),
+                None => not_found("schedule", name, self.schedules.keys()),
             },
             MetaCommand::RunScheduleNow { name, at_ms } => match self.schedules.get_mut(name) {
                 Some(s) => {
                     s.run_now = Some(*at_ms);
                     MetaResponse::Ok
                 }
-                None => MetaResponse::Rejected(
-                    Refusal::NotFound,
-                    format!("schedule '{name}' does not exist"),
-                ),
+                None => not_found("schedule", name, self.schedules.keys()),
             },
             MetaCommand::AllocateGroup => MetaResponse::GroupId(self.alloc_group()),
             MetaCommand::SplitRegion {
@@ -900,7 +904,10 @@ impl Catalog {
             if !self.schedules.contains_key(d) {
                 return MetaResponse::Rejected(
                     Refusal::NotFound,
-                    format!("schedule '{d}' does not exist (named in AFTER)"),
+                    format!(
+                        "schedule '{d}' does not exist (named in AFTER){}",
+                        did_you_mean(d, self.schedules.keys().map(String::as_str))
+                    ),
                 );
             }
         }
@@ -1164,6 +1171,34 @@ mod tests {
         );
         assert_eq!(c.apply(&schedule("a", &[])), MetaResponse::JobId(1));
         assert_eq!(c.apply(&schedule("b", &["a"])), MetaResponse::JobId(2));
+        // A misspelt name is answered with the closest that exists.
+        assert_eq!(c.apply(&schedule("loyalty", &[])), MetaResponse::JobId(3));
+        rejected(
+            c.apply(&MetaCommand::SetSchedulePaused {
+                name: "loyality".into(),
+                paused: true,
+            }),
+            Refusal::NotFound,
+            "schedule 'loyality' does not exist; did you mean 'loyalty'?",
+        );
+        rejected(
+            c.apply(&schedule("c", &["loyal"])),
+            Refusal::NotFound,
+            "did you mean 'loyalty'?",
+        );
+        rejected(
+            c.apply(&MetaCommand::DropTable {
+                name: "loyalty".into(),
+            }),
+            Refusal::NotFound,
+            "table 'loyalty' does not exist",
+        );
+        assert_eq!(
+            c.apply(&MetaCommand::DropSchedule {
+                name: "loyalty".into()
+            }),
+            MetaResponse::Ok
+        );
         rejected(
             c.apply(&schedule("a", &[])),
             Refusal::AlreadyExists,
@@ -1193,6 +1228,6 @@ mod tests {
             MetaResponse::Ok
         );
         // Ids are not reused.
-        assert_eq!(c.apply(&schedule("a", &[])), MetaResponse::JobId(3));
+        assert_eq!(c.apply(&schedule("a", &[])), MetaResponse::JobId(4));
     }
 }

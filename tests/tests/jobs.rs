@@ -121,6 +121,14 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
             "does not exist",
         ),
         (
+            "CREATE JOB j AS INSERT INTO claen SELECT trans_id FROM trans",
+            "table or topic 'claen' does not exist; did you mean 'clean'?",
+        ),
+        (
+            "CREATE JOB j AS INSERT INTO clean SELECT trans_id FROM tarns",
+            "table or topic 'tarns' does not exist; did you mean 'trans'?",
+        ),
+        (
             "CREATE JOB j AS INSERT INTO clean (trans_id, amount) SELECT trans_id, make_array(amount) \
              FROM trans",
             "cannot be written",
@@ -260,6 +268,12 @@ async fn stream_jobs_keep_their_sinks_equal_to_the_batch_query() {
         .await
         .expect_err("in use");
     assert!(e.to_string().contains("drop the job first"), "{e}");
+    let e = rows(&client, "STOP JOB trnd").await.expect_err("misspelt");
+    assert!(
+        e.to_string()
+            .contains("job 'trnd' does not exist; did you mean 'trend'?"),
+        "{e}"
+    );
     exec(&client, "DROP JOB trend; DROP JOB IF EXISTS trend").await;
     let e = rows(&client, "DROP JOB trend").await.expect_err("gone");
     assert!(e.to_string().contains("does not exist"), "{e}");

@@ -317,9 +317,30 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.to_string().contains("Line: 1, Column: 1"), "{err}");
 
+    // A misspelt table is named with the closest that exists, wherever it is named.
     let err = weir_rows(&client, "SELECT * FROM tt").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    assert!(err.to_string().contains("tt"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("table or topic 'tt' does not exist; did you mean 't'?"),
+        "{err}"
+    );
+    for sql in [
+        "INSERT INTO tt VALUES (1, 'a')",
+        "SELECT count(*) FROM t JOIN tt ON t.k = tt.k",
+        "DROP TABLE tt",
+        "DESCRIBE tt",
+    ] {
+        let err = weir_rows(&client, sql).await.unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean 't'?"),
+            "{sql}: {err}"
+        );
+    }
+    let err = weir_rows(&client, "SELECT * FROM elsewhere")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("did you mean"), "{err}");
 
     let err = weir_rows(&client, "SELECT kk FROM t").await.unwrap_err();
     assert!(err.to_string().contains("kk"), "{err}");
@@ -450,6 +471,17 @@ async fn postgres_clients_create_list_and_query_tables() {
         .await
         .unwrap_err();
     assert!(err.contains("missing"), "{err}");
+    // A misspelt table: Postgres's SQLSTATE for an undefined table, and the closest name.
+    let err = psql(
+        port,
+        &["-v", "VERBOSITY=verbose", "-c", "SELECT * FROM kind"],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("42P01") && err.contains("did you mean 'kinds'?"),
+        "{err}"
+    );
 
     // Weir's own statements through psql: topics, external tables, jobs, mixed with plain SQL.
     let out = psql(
@@ -521,6 +553,13 @@ async fn postgres_clients_create_list_and_query_tables() {
         Some("héllo")
     );
     assert_eq!(rows[0].get::<_, Option<bool>>(3), Some(true));
+    let e = pg
+        .query("SELECT id FROM kinsd WHERE id = $1", &[&1i64])
+        .await
+        .expect_err("a misspelt table");
+    let db = e.as_db_error().expect("an error from the server");
+    assert_eq!(db.code().code(), "42P01", "{db:?}");
+    assert!(db.message().contains("did you mean 'kinds'?"), "{db:?}");
     let n = pg
         .execute(
             "INSERT INTO kinds (id, t) VALUES ($1, $2)",

@@ -137,7 +137,7 @@ impl LogService {
         let t = catalog
             .topics
             .get(topic)
-            .ok_or_else(|| NodeError::NotFound(format!("topic '{topic}' does not exist")))?;
+            .ok_or_else(|| NodeError::NotFound(catalog.no_topic(topic)))?;
         if p as usize >= t.groups.len() {
             return Err(NodeError::NotFound(format!(
                 "topic '{topic}' has {} partitions; partition {p} does not exist",
@@ -169,7 +169,7 @@ impl LogService {
         let t = catalog
             .topics
             .get(name)
-            .ok_or_else(|| NodeError::NotFound(format!("topic '{name}' does not exist")))?;
+            .ok_or_else(|| NodeError::NotFound(catalog.no_topic(name)))?;
         let led_groups = crate::cluster::led_groups(&self.ctx);
         let mut parts = Vec::new();
         for (i, g) in t.groups.iter().enumerate() {
@@ -706,7 +706,7 @@ impl Log for LogService {
         let topic = catalog
             .topics
             .get(&req.topic)
-            .ok_or_else(|| NodeError::NotFound(format!("topic '{}' does not exist", req.topic)))?;
+            .ok_or_else(|| NodeError::NotFound(catalog.no_topic(&req.topic)))?;
         if req.group.is_empty() {
             return Err(NodeError::InvalidArgument("consumer group name is empty".into()).into());
         }
@@ -815,7 +815,7 @@ impl Log for LogService {
         let topic = catalog
             .topics
             .get(&req.topic)
-            .ok_or_else(|| NodeError::NotFound(format!("topic '{}' does not exist", req.topic)))?;
+            .ok_or_else(|| NodeError::NotFound(catalog.no_topic(&req.topic)))?;
         let partitions = topic.groups.len() as u32;
         if req.group.is_empty() || req.member_id.is_empty() {
             return Err(

@@ -443,7 +443,7 @@ impl KvService {
             .tables
             .get(name)
             .map(|info| Table { info })
-            .ok_or_else(|| NodeError::NotFound(format!("table '{name}' does not exist")))
+            .ok_or_else(|| NodeError::NotFound(catalog.no_table(name)))
     }
 
     fn client(&self, addr: &str) -> NodeResult<KvClient<tonic::transport::Channel>> {

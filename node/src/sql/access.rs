@@ -239,7 +239,7 @@ impl NodeCluster {
             .tables
             .get(name)
             .map(|t| t.id)
-            .ok_or_else(|| ClusterError::NotFound(format!("table '{name}' does not exist")))?;
+            .ok_or_else(|| ClusterError::NotFound(catalog.no_table(name)))?;
         if let Some((cached, t)) = self.cached().get(name) {
             if *cached == id {
                 return Ok((id, t.clone()));

@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use weir_proto::names::did_you_mean;
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, NewJob, TaskStatus};
 use crate::job::distinct;
@@ -37,12 +38,17 @@ fn rows(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<Output> {
 }
 
 fn job(cluster: &Arc<dyn Cluster>, name: &str) -> Result<JobMeta> {
-    cluster
-        .list_jobs()
-        .map_err(cluster_error)?
-        .into_iter()
+    let jobs = cluster.list_jobs().map_err(cluster_error)?;
+    let missing = || {
+        DataFusionError::Plan(format!(
+            "job '{name}' does not exist{}",
+            did_you_mean(name, jobs.iter().map(|j| j.name.as_str()))
+        ))
+    };
+    jobs.iter()
         .find(|j| j.name == name)
-        .ok_or_else(|| DataFusionError::Plan(format!("job '{name}' does not exist")))
+        .cloned()
+        .ok_or_else(missing)
 }
 
 /// Runs a job statement.

@@ -37,6 +37,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use weir_proto::names::did_you_mean;
 use weir_proto::table::{Column, ColumnType, TableSchema};
 
 use crate::catalog::{ClusterSchema, CATALOG, SCHEMA};
@@ -159,6 +160,21 @@ impl std::fmt::Debug for JobPlan {
     }
 }
 
+/// Why a job cannot name `name`: no table or topic has that name (and the closest that does).
+fn no_relation(cluster: &Arc<dyn Cluster>, name: &str) -> DataFusionError {
+    let mut names: Vec<String> = cluster
+        .list_tables()
+        .map(|t| t.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default();
+    if let Ok(topics) = cluster.list_topics() {
+        names.extend(topics.into_iter().map(|t| t.name));
+    }
+    plan_err(format!(
+        "table or topic '{name}' does not exist{}",
+        did_you_mean(name, names.iter().map(String::as_str))
+    ))
+}
+
 fn plan_err(m: impl Into<String>) -> DataFusionError {
     DataFusionError::Plan(m.into())
 }
@@ -272,11 +288,7 @@ impl JobPlan {
                     },
                     Some(topic),
                 ),
-                None => {
-                    return Err(plan_err(format!(
-                        "table or topic '{sink_name}' does not exist"
-                    )))
-                }
+                None => return Err(no_relation(&cluster, &sink_name)),
             },
         };
         let Some(query) = &ins.source else {
@@ -529,6 +541,10 @@ fn find_source(
                     None => name.to_string(),
                 };
                 topics.push((t, qualifier));
+            } else if cluster.table(&n).map_err(cluster_error)?.is_none()
+                && cluster.external_table(&n).map_err(cluster_error)?.is_none()
+            {
+                return Err(no_relation(cluster, &n));
             }
         }
     }
