@@ -7,10 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::SchemaProvider;
-use datafusion::common::TableReference;
 use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
-use weir_proto::names::did_you_mean;
 
 use crate::cluster::Cluster;
 use crate::external::ExternalTables;
@@ -47,29 +45,6 @@ impl ClusterSchema {
     /// Forgets what this node built for the table over files `name` (it was dropped).
     pub fn forget_files(&self, name: &str) {
         self.files.forget(name);
-    }
-
-    /// `e`, or when it is the planner's "table not found" for a relation a statement named (a
-    /// misspelt table, topic or table over files), that error naming the closest existing name.
-    pub fn name_closest(&self, e: DataFusionError) -> DataFusionError {
-        let restated = match e.find_root() {
-            DataFusionError::Plan(msg) => self.missing_relation(msg),
-            _ => None,
-        };
-        restated.map_or(e, DataFusionError::Plan)
-    }
-
-    /// What to say instead of an error `message` holding the planner's "table '...' not found":
-    /// that the relation does not exist, and the closest existing name.
-    pub fn missing_relation(&self, message: &str) -> Option<String> {
-        let (_, rest) = message.split_once("table '")?;
-        let (reference, _) = rest.split_once("' not found")?;
-        let name = TableReference::parse_str(reference).table().to_string();
-        let names = self.table_names();
-        Some(format!(
-            "table or topic '{name}' does not exist{}",
-            did_you_mean(&name, names.iter().map(String::as_str))
-        ))
     }
 
     fn external(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn TableProvider>>> {

@@ -29,6 +29,7 @@ use weir_proto::table::{Column, TableSchema};
 
 use crate::catalog::ClusterSchema;
 use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
+use crate::restate::{restate, restate_error, Restated};
 use crate::schedule::statement::ScheduleStatement;
 use crate::statement::{self, Statement};
 use crate::topic::{metadata_columns, topic_columns};
@@ -117,11 +118,15 @@ impl Engine {
         self.statement_timeout
     }
 
-    /// What to say instead of an error `message` holding the planner's "table '...' not found"
-    /// (from a planner Weir does not call itself, as the Postgres protocol's): that the relation
-    /// does not exist, and the closest existing name.
-    pub fn missing_relation(&self, message: &str) -> Option<String> {
-        self.schema.missing_relation(message)
+    /// An error `message` from a planner Weir does not call itself (the Postgres protocol's)
+    /// restated as [`crate::restate`] words it, if it does.
+    pub fn restate(&self, message: &str) -> Option<Restated> {
+        restate(message, || self.schema.table_names())
+    }
+
+    /// `e` restated as [`crate::restate`] words it, if it does.
+    fn restated(&self, e: DataFusionError) -> DataFusionError {
+        restate_error(e, || self.schema.table_names())
     }
 
     /// The DataFusion session (for the Postgres protocol, which plans through it).
@@ -240,7 +245,7 @@ impl Engine {
         let plan = state
             .statement_to_plan(stmt)
             .await
-            .map_err(|e| self.schema.name_closest(e))?;
+            .map_err(|e| self.restated(e))?;
         match &plan {
             LogicalPlan::Ddl(d) => {
                 let tag = command_tag(d.name());
@@ -252,8 +257,10 @@ impl Engine {
                 Ok(Output::Rows(df.execute_stream().await?, warnings))
             }
             _ => {
+                // Type coercion runs here, as the plan is optimized.
                 let df = DataFrame::new(state, plan);
-                Ok(Output::Rows(df.execute_stream().await?, warnings))
+                let stream = df.execute_stream().await.map_err(|e| self.restated(e))?;
+                Ok(Output::Rows(stream, warnings))
             }
         }
     }
@@ -305,7 +312,7 @@ impl Engine {
                     .map_err(|e| {
                         DataFusionError::Plan(format!(
                             "the schedule's statement does not plan: {}",
-                            self.schema.name_closest(e)
+                            self.restated(e)
                         ))
                     })?;
                 Ok(())

@@ -17,6 +17,7 @@ pub mod keyrange;
 pub mod output;
 pub mod pg;
 pub mod records;
+pub mod restate;
 pub mod scan;
 pub mod scan_filter;
 pub mod schedule;

@@ -486,7 +486,7 @@ impl SimpleQueries {
                     .into_iter()
                     .map(|r| match r {
                         Response::Error(info) => {
-                            Response::Error(Box::new(undefined_table(&self.engine, *info)))
+                            Response::Error(Box::new(restated_info(&self.engine, *info)))
                         }
                         other => other,
                     })
@@ -625,37 +625,34 @@ fn error_info(e: datafusion::error::DataFusionError) -> ErrorInfo {
     ErrorInfo::new("ERROR".into(), "XX000".into(), e.strip_backtrace())
 }
 
-/// `info`, or when it is the planner's "table not found" for a relation the statement named,
-/// Postgres's error for an undefined table (SQLSTATE 42P01) naming the closest existing name.
-fn undefined_table(engine: &Engine, mut info: ErrorInfo) -> ErrorInfo {
-    if let Some(message) = engine.missing_relation(&info.message) {
-        info.message = message;
-        info.code = UNDEFINED_TABLE.into();
+/// `info` restated as [`weir_sql::restate`](crate::restate) words it (a misspelt relation, a
+/// function without a matching signature), with the SQLSTATE Postgres gives the same error.
+fn restated_info(engine: &Engine, mut info: ErrorInfo) -> ErrorInfo {
+    if let Some(r) = engine.restate(&info.message) {
+        info.message = r.message;
+        info.code = r.sqlstate.into();
     }
     info
 }
 
-/// `e` with a "table not found" restated by [`undefined_table`].
+/// `e` restated by [`restated_info`].
 fn restated(engine: &Engine, e: PgWireError) -> PgWireError {
     match e {
         PgWireError::UserError(info) => {
-            PgWireError::UserError(Box::new(undefined_table(engine, *info)))
+            PgWireError::UserError(Box::new(restated_info(engine, *info)))
         }
         // How datafusion-postgres passes on the planner's errors.
-        PgWireError::ApiError(inner) => match engine.missing_relation(&inner.to_string()) {
-            Some(message) => PgWireError::UserError(Box::new(ErrorInfo::new(
+        PgWireError::ApiError(inner) => match engine.restate(&inner.to_string()) {
+            Some(r) => PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
-                UNDEFINED_TABLE.into(),
-                message,
+                r.sqlstate.into(),
+                r.message,
             ))),
             None => PgWireError::ApiError(inner),
         },
         other => other,
     }
 }
-
-/// Postgres's SQLSTATE for a relation that does not exist.
-const UNDEFINED_TABLE: &str = "42P01";
 
 fn pg_error(e: datafusion::error::DataFusionError) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(e)))

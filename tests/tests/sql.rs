@@ -341,6 +341,18 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
         .await
         .unwrap_err();
     assert!(!err.to_string().contains("did you mean"), "{err}");
+    // A function given arguments none of its signatures takes says so, without DataFusion's
+    // "internal error, please file a bug report" preamble.
+    let err = weir_rows(&client, "SELECT sum(v) FROM t")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.to_string()
+            .contains("No function matches the given name and argument types 'sum(Utf8)'")
+            && !err.to_string().contains("bug"),
+        "{err}"
+    );
 
     let err = weir_rows(&client, "SELECT kk FROM t").await.unwrap_err();
     assert!(err.to_string().contains("kk"), "{err}");
@@ -480,6 +492,16 @@ async fn postgres_clients_create_list_and_query_tables() {
     .unwrap_err();
     assert!(
         err.contains("42P01") && err.contains("did you mean 'kinds'?"),
+        "{err}"
+    );
+    let err = psql(
+        port,
+        &["-v", "VERBOSITY=verbose", "-c", "SELECT sum(t) FROM kinds"],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("42883") && err.contains("No function matches") && !err.contains("bug"),
         "{err}"
     );
 
