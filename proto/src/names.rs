@@ -42,6 +42,18 @@ where
     }
 }
 
+/// "`what` '`name`' does not exist", naming the closest of `candidates` when one is close: the
+/// one wording of a missing table, topic, job or schedule, wherever it is looked up.
+pub fn does_not_exist<'a, I>(what: &str, name: &str, candidates: I) -> String
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    format!(
+        "{what} '{name}' does not exist{}",
+        did_you_mean(name, candidates)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +73,9 @@ mod tests {
         assert_eq!(closest("pages", ["pages"]), None);
         assert_eq!(did_you_mean("pagez", names), "; did you mean 'pages'?");
         assert_eq!(did_you_mean("zzz", names), "");
+        assert_eq!(
+            does_not_exist("table", "pagez", names),
+            "table 'pagez' does not exist; did you mean 'pages'?"
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
-use weir_proto::names::did_you_mean;
+use weir_proto::names::does_not_exist;
 
 /// Postgres's SQLSTATE for a relation that does not exist.
 pub const UNDEFINED_TABLE: &str = "42P01";
@@ -39,10 +39,7 @@ pub fn restate(message: &str, names: impl FnOnce() -> Vec<String>) -> Option<Res
     let name = TableReference::parse_str(reference).table().to_string();
     let names = names();
     Some(Restated {
-        message: format!(
-            "table or topic '{name}' does not exist{}",
-            did_you_mean(&name, names.iter().map(String::as_str))
-        ),
+        message: does_not_exist("table or topic", &name, names.iter().map(String::as_str)),
         sqlstate: UNDEFINED_TABLE,
     })
 }

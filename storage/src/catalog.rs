@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weir_proto::format::TopicFormat;
-use weir_proto::names::did_you_mean;
+use weir_proto::names::{did_you_mean, does_not_exist};
 use weir_proto::table::{TableSchema, JOB_TABLES};
 
 /// The id of the metadata group.
@@ -397,18 +397,6 @@ pub enum Refusal {
     Conflict,
 }
 
-/// "`what` '`name`' does not exist", naming the closest of the `existing` names.
-fn does_not_exist<'a>(
-    what: &str,
-    name: &str,
-    existing: impl IntoIterator<Item = &'a String>,
-) -> String {
-    format!(
-        "{what} '{name}' does not exist{}",
-        did_you_mean(name, existing.into_iter().map(String::as_str))
-    )
-}
-
 /// The refusal of a command naming a `what` called `name` that does not exist, naming the closest
 /// of the `existing` names.
 fn not_found<'a>(
@@ -416,18 +404,19 @@ fn not_found<'a>(
     name: &str,
     existing: impl IntoIterator<Item = &'a String>,
 ) -> MetaResponse {
+    let existing = existing.into_iter().map(String::as_str);
     MetaResponse::Rejected(Refusal::NotFound, does_not_exist(what, name, existing))
 }
 
 impl Catalog {
     /// Why topic `name` cannot be used: it does not exist (and the closest topic, if any).
     pub fn no_topic(&self, name: &str) -> String {
-        does_not_exist("topic", name, self.topics.keys())
+        does_not_exist("topic", name, self.topics.keys().map(String::as_str))
     }
 
     /// Why table `name` cannot be used: it does not exist (and the closest table, if any).
     pub fn no_table(&self, name: &str) -> String {
-        does_not_exist("table", name, self.tables.keys())
+        does_not_exist("table", name, self.tables.keys().map(String::as_str))
     }
 
     /// Applies a command; refused commands leave the catalog unchanged.

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use weir_proto::names::did_you_mean;
+use weir_proto::names::does_not_exist;
 
 use crate::cluster::{Cluster, ClusterError, JobMeta, NewJob, TaskStatus};
 use crate::job::distinct;
@@ -40,10 +40,8 @@ fn rows(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<Output> {
 fn job(cluster: &Arc<dyn Cluster>, name: &str) -> Result<JobMeta> {
     let jobs = cluster.list_jobs().map_err(cluster_error)?;
     let missing = || {
-        DataFusionError::Plan(format!(
-            "job '{name}' does not exist{}",
-            did_you_mean(name, jobs.iter().map(|j| j.name.as_str()))
-        ))
+        let names = jobs.iter().map(|j| j.name.as_str());
+        DataFusionError::Plan(does_not_exist("job", name, names))
     };
     jobs.iter()
         .find(|j| j.name == name)

@@ -37,7 +37,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use weir_proto::names::did_you_mean;
+use weir_proto::names::does_not_exist;
 use weir_proto::table::{Column, ColumnType, TableSchema};
 
 use crate::catalog::{ClusterSchema, CATALOG, SCHEMA};
@@ -169,9 +169,10 @@ fn no_relation(cluster: &Arc<dyn Cluster>, name: &str) -> DataFusionError {
     if let Ok(topics) = cluster.list_topics() {
         names.extend(topics.into_iter().map(|t| t.name));
     }
-    plan_err(format!(
-        "table or topic '{name}' does not exist{}",
-        did_you_mean(name, names.iter().map(String::as_str))
+    plan_err(does_not_exist(
+        "table or topic",
+        name,
+        names.iter().map(String::as_str),
     ))
 }
 
