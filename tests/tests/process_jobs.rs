@@ -241,15 +241,24 @@ async fn a_scheduled_run_whose_node_dies_is_retried_elsewhere_once() {
     .await
     .expect("history");
     assert_eq!(history, vec![format!("succeeded|{attempt}")]);
-    // Each attempt took the schedule's lease with the next fencing token; the last gave it back.
-    let lease = rows(
-        &survivor,
-        "SELECT token, node, CASE WHEN lease_until IS NULL THEN 'free' ELSE 'held' END \
-         FROM \"__schedule_leases\"",
+    // Each attempt took the schedule's lease with the next fencing token; the last gives it back
+    // once its outcome is recorded (which the history may show first).
+    let freed = format!("{attempt}|{}|free", done[4]);
+    wait_until(
+        "the lease to be given back",
+        Duration::from_secs(60),
+        || async {
+            let lease = rows(
+                &survivor,
+                "SELECT token, node, CASE WHEN lease_until IS NULL THEN 'free' ELSE 'held' END \
+             FROM \"__schedule_leases\"",
+            )
+            .await
+            .ok()?;
+            (lease == [freed.clone()]).then_some(())
+        },
     )
-    .await
-    .expect("lease");
-    assert_eq!(lease, vec![format!("{attempt}|{}|free", done[4])]);
+    .await;
 }
 
 /// A chain of jobs, topic → job → topic → job → table, under SIGKILL: the middle topic holds each

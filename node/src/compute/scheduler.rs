@@ -45,6 +45,11 @@ const MAX_BACKOFF_MS: i64 = 60_000;
 const END_OF_TIME_US: i64 = 253_402_300_799_999_999;
 /// Longest error text kept in the history.
 const MAX_ERROR_CHARS: usize = 2000;
+/// How many unanswered writes of one row are remembered (renewals retry every two seconds within a
+/// ten-second lease, so a handful covers a lease's life).
+const MAX_UNSURE: usize = 8;
+/// How long to wait between tries to record an outcome or give a lease back.
+const RELEASE_RETRY: Duration = Duration::from_millis(200);
 
 /// How long to wait after failed attempt `attempt` (1-based).
 fn backoff_ms(attempt: i64) -> i64 {
@@ -62,13 +67,69 @@ enum Kind {
     Manual,
 }
 
-/// An attempt claimed by this node: its history row and its schedule's lease row, each with the
-/// version it was last written at.
+/// An attempt claimed by this node: its history row and its schedule's lease row, as it last
+/// wrote them.
 struct Claim {
     rec: RunRecord,
-    version: u64,
+    run_row: Owned,
     lease: LeaseRecord,
-    lease_version: u64,
+    lease_row: Owned,
+}
+
+/// A row an attempt owns, written by compare-and-set on the version it last wrote it at.
+///
+/// A write whose answer was lost (a timeout, a leader change) may still have landed, which moves
+/// the row past the version this side knows; such writes are kept, and when the next write finds
+/// the row moved, the row holding exactly one of them (each carries its own lease time, so no
+/// other writer's row equals it) shows the row is still this attempt's.
+struct Owned {
+    key: Vec<Value>,
+    version: u64,
+    unsure: Vec<Vec<Value>>,
+}
+
+impl Owned {
+    /// A row last written (or read, 0: absent) at `version`.
+    fn new(key: Vec<Value>, version: u64) -> Owned {
+        Owned {
+            key,
+            version,
+            unsure: Vec::new(),
+        }
+    }
+
+    /// Puts `row` if the row is still this attempt's; false when another writer took it.
+    async fn put(&mut self, table: &Table, row: Vec<Value>) -> weir_client::Result<bool> {
+        loop {
+            match put_if(table, &self.key, self.version, row.clone()).await {
+                Ok(Some(version)) => {
+                    (self.version, self.unsure) = (version, Vec::new());
+                    return Ok(true);
+                }
+                Ok(None) if self.unsure.is_empty() => return Ok(false),
+                Ok(None) => {
+                    let current = table
+                        .get(std::slice::from_ref(&self.key), &[], false)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .flatten();
+                    match current {
+                        Some(now) if self.unsure.contains(&now.values) => {
+                            (self.version, self.unsure) = (now.version, Vec::new());
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+                Err(e) => {
+                    if self.unsure.len() < MAX_UNSURE {
+                        self.unsure.push(row);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// The two internal tables the scheduler keeps its state in.
@@ -254,12 +315,11 @@ async fn look(
         node,
         lease_until_ms: Some(now + LEASE_MS),
     };
-    let Some(lease_version) =
-        put_if(&tables.leases, &lease_key, lease_version, lease.to_row()).await?
-    else {
+    let mut lease_row = Owned::new(lease_key, lease_version);
+    if !lease_row.put(&tables.leases, lease.to_row()).await? {
         // Another node took the lease first: look again later.
         return Ok(Look::QuietUntil(now));
-    };
+    }
     let manual = previous.as_ref().map_or(kind == Kind::Manual, |p| p.manual);
     let rec = RunRecord {
         schedule: s.name.clone(),
@@ -276,22 +336,20 @@ async fn look(
         retry_at_ms: None,
         schedule_id: s.id,
     };
-    match put_if(&tables.runs, &key, version, rec.to_row()).await? {
-        Some(version) => {
-            tracing::info!(schedule = %s.name, tick, attempt, token = lease.token, "claimed a scheduled run");
-            Ok(Look::Claimed(Box::new(Claim {
-                rec,
-                version,
-                lease,
-                lease_version,
-            })))
-        }
+    let mut run_row = Owned::new(key, version);
+    if run_row.put(&tables.runs, rec.to_row()).await? {
+        tracing::info!(schedule = %s.name, tick, attempt, token = lease.token, "claimed a scheduled run");
+        Ok(Look::Claimed(Box::new(Claim {
+            rec,
+            run_row,
+            lease,
+            lease_row,
+        })))
+    } else {
         // The tick's row changed since it was read (its previous attempt recorded an outcome
         // late): give the lease back and look again.
-        None => {
-            release(&tables.leases, &lease, lease_version).await;
-            Ok(Look::QuietUntil(now))
-        }
+        release(&tables.leases, &lease, lease_row).await;
+        Ok(Look::QuietUntil(now))
     }
 }
 
@@ -331,16 +389,28 @@ async fn put_if(
     })
 }
 
-/// Gives a schedule's lease back (the next claim needs not wait for it to pass); a lease that
-/// cannot be given back passes on its own.
-async fn release(leases: &Table, lease: &LeaseRecord, version: u64) {
+/// Gives a schedule's lease back, so the next claim need not wait for it to pass; tried again
+/// while the lease lasts (after that it has passed on its own).
+async fn release(leases: &Table, lease: &LeaseRecord, mut row: Owned) {
     let mut freed = lease.clone();
     freed.lease_until_ms = None;
-    let key = LeaseRecord::key(lease.schedule_id);
-    match put_if(leases, &key, version, freed.to_row()).await {
-        Ok(Some(_)) => {}
-        Ok(None) => tracing::debug!("the schedule's lease was taken over before it was given back"),
-        Err(e) => tracing::debug!(error = %e, "could not give the schedule's lease back"),
+    let until = lease.lease_until_ms.unwrap_or(0);
+    loop {
+        match row.put(leases, freed.to_row()).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::debug!("the schedule's lease was taken over before it was given back");
+                return;
+            }
+            Err(e) if now_ms() < until => {
+                tracing::debug!(error = %e, "could not give the schedule's lease back yet; retrying");
+                tokio::time::sleep(RELEASE_RETRY).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not give the schedule's lease back; it passes");
+                return;
+            }
+        }
     }
 }
 
@@ -411,19 +481,16 @@ async fn renew(claim: &mut Claim, tables: &Tables) -> weir_client::Result<bool> 
     let until = Some(now_ms() + LEASE_MS);
     let mut lease = claim.lease.clone();
     lease.lease_until_ms = until;
-    let key = LeaseRecord::key(lease.schedule_id);
-    let Some(version) = put_if(&tables.leases, &key, claim.lease_version, lease.to_row()).await?
-    else {
+    if !claim.lease_row.put(&tables.leases, lease.to_row()).await? {
         return Ok(false);
-    };
-    (claim.lease_version, claim.lease) = (version, lease);
+    }
+    claim.lease = lease;
     let mut rec = claim.rec.clone();
     rec.lease_until_ms = until;
-    let key = RunRecord::key(&rec.schedule, rec.tick_ms);
-    let Some(version) = put_if(&tables.runs, &key, claim.version, rec.to_row()).await? else {
+    if !claim.run_row.put(&tables.runs, rec.to_row()).await? {
         return Ok(false);
-    };
-    (claim.version, claim.rec) = (version, rec);
+    }
+    claim.rec = rec;
     Ok(true)
 }
 
@@ -507,12 +574,26 @@ async fn run_attempt(
             tracing::warn!(error = %e, "scheduled run failed");
         }
     }
-    let key = RunRecord::key(&s.name, rec.tick_ms);
-    match put_if(&tables.runs, &key, claim.version, rec.to_row()).await {
-        Ok(Some(_)) => release(&tables.leases, &claim.lease, claim.lease_version).await,
-        Ok(None) => tracing::warn!("the run's tick was claimed by another node; outcome dropped"),
-        // The lease runs out and another node retries the tick.
-        Err(e) => tracing::warn!(error = %e, "could not record the run's outcome"),
+    // Tried again while the lease lasts; after that another node may claim the tick, and this
+    // write then finds the row taken.
+    let until = claim.lease.lease_until_ms.unwrap_or(0);
+    loop {
+        match claim.run_row.put(&tables.runs, rec.to_row()).await {
+            Ok(true) => return release(&tables.leases, &claim.lease, claim.lease_row).await,
+            Ok(false) => {
+                tracing::warn!("the run's tick was claimed by another node; outcome dropped");
+                return;
+            }
+            Err(e) if now_ms() < until => {
+                tracing::debug!(error = %e, "could not record the run's outcome yet; retrying");
+                tokio::time::sleep(RELEASE_RETRY).await;
+            }
+            // The lease runs out and another node retries the tick.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the run's outcome");
+                return;
+            }
+        }
     }
 }
 
