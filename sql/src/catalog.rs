@@ -106,8 +106,8 @@ impl SchemaProvider for ClusterSchema {
                 .map_err(cluster_error)?
                 .is_some()
         {
-            return Err(DataFusionError::Plan(format!(
-                "'{name}' already exists in the cluster"
+            return Err(cluster_error(crate::cluster::ClusterError::AlreadyExists(
+                format!("table '{name}' already exists in the cluster"),
             )));
         }
         let mut ext = self.external.write().unwrap_or_else(|p| p.into_inner());

@@ -423,9 +423,9 @@ impl Engine {
             if ct.if_not_exists {
                 return Ok(Output::Done("CREATE TOPIC".into()));
             }
-            return Err(DataFusionError::Plan(format!(
+            return Err(cluster_error(ClusterError::AlreadyExists(format!(
                 "topic '{name}' already exists"
-            )));
+            ))));
         }
         let topic = NewTopic {
             name,
@@ -465,11 +465,11 @@ impl Engine {
         match held {
             Some(other) => {
                 let a = |k: &str| if k.starts_with('e') { "an" } else { "a" };
-                Err(DataFusionError::Plan(format!(
+                Err(cluster_error(ClusterError::AlreadyExists(format!(
                     "{} {other} named '{name}' already exists; {} {kind} needs another name",
                     a(other),
                     a(kind)
-                )))
+                ))))
             }
             None => Ok(()),
         }
@@ -540,10 +540,10 @@ impl Engine {
                 return done();
             }
             if !c.or_replace {
-                return Err(DataFusionError::Plan(format!(
+                return Err(cluster_error(ClusterError::AlreadyExists(format!(
                     "external table '{name}' already exists (CREATE OR REPLACE EXTERNAL TABLE \
                      redefines it)"
-                )));
+                ))));
             }
             if existing.definition == definition {
                 return done();
@@ -622,9 +622,9 @@ impl Engine {
             if cmt.if_not_exists {
                 return Ok(Output::Done("CREATE TABLE".into()));
             }
-            return Err(DataFusionError::Plan(format!(
+            return Err(cluster_error(ClusterError::AlreadyExists(format!(
                 "table '{name}' already exists"
-            )));
+            ))));
         }
         match self
             .cluster

@@ -21,6 +21,7 @@ pub mod restate;
 pub mod scan;
 pub mod scan_filter;
 pub mod schedule;
+pub mod sqlstate;
 pub mod statement;
 pub mod syntax;
 pub mod table;

@@ -55,6 +55,7 @@ use tokio::net::TcpListener;
 
 use crate::cancel::{Cancels, Registration, Stop, Stopped};
 use crate::engine::{Engine, Output, CATALOG};
+use crate::sqlstate;
 use crate::statement::Statement as WeirStatement;
 use crate::warnings::QueryWarnings;
 
@@ -133,7 +134,7 @@ fn stop_of<C: ClientInfo>(client: &C, engine: &Engine) -> Stop {
 fn stopped_error(why: Stopped) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".into(),
-        "57014".into(),
+        sqlstate::QUERY_CANCELED.into(),
         why.message(),
     )))
 }
@@ -144,6 +145,7 @@ fn guarded(response: Response, stop: &Stop) -> Response {
     match response {
         Response::Query(mut q) => {
             let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
+            let rows = rows.map(|row| row.map_err(stated));
             q.data_rows = Box::pin(stop.guard(rows, stopped_error));
             Response::Query(q)
         }
@@ -258,7 +260,9 @@ impl QueryParser for WeirParser {
                 Some(completed) => self.inner.parse_sql(client, &completed, types).await,
                 None => self.inner.parse_sql(client, sql, types).await,
             };
-            return parsed.map_err(|e| restated(&self.engine, e));
+            return parsed.map_err(|e| {
+                weir_refusal_first(restated(&self.engine, e), || self.engine.parse(sql).err())
+            });
         };
         // The columns a statement answers with are described before it runs: a SHOW or
         // DESCRIBE (a read) runs once here for them.
@@ -480,7 +484,11 @@ impl SimpleQueries {
                     )))
                     .await
                     .map_err(stopped_error)?
-                    .map_err(|e| restated(&self.engine, e))?;
+                    .map_err(|e| {
+                        weir_refusal_first(restated(&self.engine, e), || {
+                            self.engine.parse(query).err()
+                        })
+                    })?;
                 let last = answered.len().saturating_sub(1);
                 return Ok(answered
                     .into_iter()
@@ -621,8 +629,13 @@ struct CatalogHook {
     engine: Engine,
 }
 
+/// `e` as Postgres reports an error: its message and SQLSTATE.
 fn error_info(e: datafusion::error::DataFusionError) -> ErrorInfo {
-    ErrorInfo::new("ERROR".into(), "XX000".into(), e.strip_backtrace())
+    ErrorInfo::new(
+        "ERROR".into(),
+        sqlstate::of(&e).into(),
+        sqlstate::message(&e),
+    )
 }
 
 /// `info` restated as [`weir_sql::restate`](crate::restate) words it (a misspelt relation, a
@@ -641,16 +654,53 @@ fn restated(engine: &Engine, e: PgWireError) -> PgWireError {
         PgWireError::UserError(info) => {
             PgWireError::UserError(Box::new(restated_info(engine, *info)))
         }
-        // How datafusion-postgres passes on the planner's errors.
+        // How datafusion-postgres passes on the planner's and the executor's errors.
         PgWireError::ApiError(inner) => match engine.restate(&inner.to_string()) {
             Some(r) => PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
                 r.sqlstate.into(),
                 r.message,
             ))),
-            None => PgWireError::ApiError(inner),
+            None => stated(PgWireError::ApiError(inner)),
         },
         other => other,
+    }
+}
+
+/// `e`, datafusion-postgres's answer to text it could not read, replaced by `weir`'s refusal of
+/// the same text when there is one: Weir's parser reads all DataFusion's does and Weir's own
+/// statements too, so its words name the real fault (`EVERY 'bogus': write a number and a unit
+/// ...`, where DataFusion's parser says it knows no `CREATE SCHEDULE`).
+fn weir_refusal_first(
+    e: PgWireError,
+    weir: impl FnOnce() -> Option<datafusion::error::DataFusionError>,
+) -> PgWireError {
+    match &e {
+        PgWireError::UserError(info) if info.code == sqlstate::SYNTAX_ERROR => {
+            weir().map_or(e, pg_error)
+        }
+        _ => e,
+    }
+}
+
+/// `e` with the SQLSTATE and words of the DataFusion or SQL parser error it passes on, if it
+/// passes one on (datafusion-postgres hands those over as they are).
+fn stated(e: PgWireError) -> PgWireError {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    let PgWireError::ApiError(inner) = e else {
+        return e;
+    };
+    let inner = match inner.downcast::<datafusion::error::DataFusionError>() {
+        Ok(e) => return pg_error(*e),
+        Err(inner) => inner,
+    };
+    match inner.downcast::<ParserError>() {
+        Ok(e) => PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            sqlstate::SYNTAX_ERROR.into(),
+            e.to_string(),
+        ))),
+        Err(inner) => PgWireError::ApiError(inner),
     }
 }
 

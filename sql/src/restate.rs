@@ -8,10 +8,9 @@ use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
 use weir_proto::names::does_not_exist;
 
-/// Postgres's SQLSTATE for a relation that does not exist.
-pub const UNDEFINED_TABLE: &str = "42P01";
-/// Postgres's SQLSTATE for a function that does not take the arguments given.
-pub const UNDEFINED_FUNCTION: &str = "42883";
+use crate::cluster::ClusterError;
+use crate::sqlstate::{UNDEFINED_FUNCTION, UNDEFINED_TABLE};
+use crate::types::sql_type_names;
 
 /// A planning error as Weir states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +22,14 @@ pub struct Restated {
 }
 
 /// The text DataFusion ends a failed function-signature match with.
-const NO_SIGNATURE: &str = "No function matches the given name and argument types";
+pub(crate) const NO_SIGNATURE: &str = "No function matches the given name and argument types";
 
 /// `message` (an error's text, with or without DataFusion's prefixes) restated, or `None` when it
 /// is not one this module words better; `names` lists the relations that exist.
 pub fn restate(message: &str, names: impl FnOnce() -> Vec<String>) -> Option<Restated> {
     if let Some(at) = message.find(NO_SIGNATURE) {
         return Some(Restated {
-            message: message[at..].to_string(),
+            message: sql_type_names(&message[at..]),
             sqlstate: UNDEFINED_FUNCTION,
         });
     }
@@ -44,13 +43,20 @@ pub fn restate(message: &str, names: impl FnOnce() -> Vec<String>) -> Option<Res
     })
 }
 
-/// `e` restated as a planning error when [`restate`] words it better, else `e` itself.
+/// `e` restated when [`restate`] words it better, else `e` itself: a missing relation becomes the
+/// cluster's "not found" (as the catalog reports it), a signature mismatch a planning error.
 pub fn restate_error(e: DataFusionError, names: impl FnOnce() -> Vec<String>) -> DataFusionError {
     let restated = match e.find_root() {
         DataFusionError::Plan(msg) | DataFusionError::Internal(msg) => restate(msg, names),
         _ => None,
     };
-    restated.map_or(e, |r| DataFusionError::Plan(r.message))
+    match restated {
+        Some(r) if r.sqlstate == UNDEFINED_TABLE => {
+            DataFusionError::External(Box::new(ClusterError::NotFound(r.message)))
+        }
+        Some(r) => DataFusionError::Plan(r.message),
+        None => e,
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +98,11 @@ mod tests {
             DataFusionError::Plan("table 'weir.public.pagez' not found".into()),
             names,
         );
-        assert!(e.to_string().contains("did you mean 'pages'?"), "{e}");
+        assert_eq!(
+            crate::sqlstate::message(&e),
+            "table or topic 'pagez' does not exist; did you mean 'pages'?"
+        );
+        assert_eq!(crate::sqlstate::of(&e), UNDEFINED_TABLE);
         let e = restate_error(DataFusionError::Execution("other".into()), names);
         assert_eq!(e.to_string(), "Execution error: other");
     }

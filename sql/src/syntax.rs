@@ -5,9 +5,12 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-/// A syntax error with this message.
+/// A syntax error with this message (a parser error passed on keeps its words, not its prefix
+/// twice).
 pub fn syntax(e: impl std::fmt::Display) -> DataFusionError {
-    DataFusionError::SQL(Box::new(ParserError::ParserError(e.to_string())), None)
+    let text = e.to_string();
+    let text = text.strip_prefix("sql parser error: ").unwrap_or(&text);
+    DataFusionError::SQL(Box::new(ParserError::ParserError(text.to_string())), None)
 }
 
 /// Fails when anything but the end of the input follows the `what` statement just parsed.

@@ -62,6 +62,57 @@ pub fn column_type(name: &str, dt: &DataType) -> Result<ColumnType> {
     })
 }
 
+/// `message` with the Arrow type names DataFusion's errors use (`Utf8`, `Int64`,
+/// `Decimal128(10, 2)`, `Timestamp(µs, "UTC")`) written as the SQL types a statement names
+/// (`VARCHAR`, `BIGINT`, `DECIMAL(10,2)`, `TIMESTAMP`); quoted identifiers and names Weir has no
+/// SQL type for are left as they are.
+pub fn sql_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(c) = rest.chars().next() {
+        if c == '"' {
+            // A quoted identifier: a column may be named `Int64`.
+            let end = rest[1..].find('"').map_or(rest.len(), |e| e + 2);
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        let word = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if word == 0 {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if !c.is_ascii_uppercase() {
+            out.push_str(&rest[..word]);
+            rest = &rest[word..];
+            continue;
+        }
+        // A parameterised type runs to its closing parenthesis.
+        let end = match rest[word..].starts_with('(') {
+            true => rest[word..].find(')').map_or(word, |e| word + e + 1),
+            false => word,
+        };
+        let sql = rest[..end]
+            .parse::<DataType>()
+            .ok()
+            .and_then(|dt| column_type("", &dt).ok());
+        match sql {
+            Some(ty) => {
+                out.push_str(&ty.sql_name());
+                rest = &rest[end..];
+            }
+            None => {
+                out.push_str(&rest[..word]);
+                rest = &rest[word..];
+            }
+        }
+    }
+    out
+}
+
 /// The Arrow schema of a table (all columns, in order). Every field is nullable to DataFusion:
 /// rows are checked against the table's own constraints when written, which names the row and
 /// column that break them (DataFusion's check names only a position in its input).
@@ -176,4 +227,39 @@ pub fn literal_value(v: &ScalarValue, col: &Column) -> Option<Value> {
         (v, _) => v,
     };
     value.check(col).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrow_type_names_in_messages_read_as_sql_types() {
+        assert_eq!(
+            sql_type_names(
+                "No function matches the given name and argument types 'sum(Utf8)'. \
+                 Candidate functions: sum(UserDefined)"
+            ),
+            "No function matches the given name and argument types 'sum(VARCHAR)'. \
+             Candidate functions: sum(UserDefined)"
+        );
+        assert_eq!(
+            sql_type_names("Cannot coerce arithmetic expression Utf8View + Int64 to valid types"),
+            "Cannot coerce arithmetic expression VARCHAR + BIGINT to valid types"
+        );
+        assert_eq!(
+            sql_type_names("Cannot cast string 'x' to value of Int32 type"),
+            "Cannot cast string 'x' to value of INT type"
+        );
+        assert_eq!(
+            sql_type_names("expected Decimal128(10, 2), got Timestamp(µs, \"UTC\") or Date32"),
+            "expected DECIMAL(10,2), got TIMESTAMP or DATE"
+        );
+        // Quoted identifiers, words that are no type, parts of names and types Weir has no SQL
+        // name for stay.
+        assert_eq!(
+            sql_type_names("No field named \"Int64\" in t_Int64 (Error: List(Null), Null)"),
+            "No field named \"Int64\" in t_Int64 (Error: List(Null), Null)"
+        );
+    }
 }

@@ -30,17 +30,17 @@ impl SqlService {
     }
 }
 
-/// The gRPC status a failed statement answers with; its message is DataFusion's, which names
-/// the line and column of a syntax error and the table or column that is unknown.
+/// The gRPC status a failed statement answers with; its message is the one Postgres clients see
+/// ([`weir_sql::sqlstate::message`]).
 pub fn status_of(e: DataFusionError) -> Status {
+    let message = weir_sql::sqlstate::message(&e);
     let e = e.find_root();
-    let message = e.strip_backtrace();
     match e {
         DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
-            Some(ClusterError::NotFound(m)) => Status::not_found(m.clone()),
-            Some(ClusterError::AlreadyExists(m)) => Status::already_exists(m.clone()),
-            Some(ClusterError::Invalid(m)) => Status::invalid_argument(m.clone()),
-            Some(ClusterError::Unavailable(m)) => Status::unavailable(m.clone()),
+            Some(ClusterError::NotFound(_)) => Status::not_found(message),
+            Some(ClusterError::AlreadyExists(_)) => Status::already_exists(message),
+            Some(ClusterError::Invalid(_)) => Status::invalid_argument(message),
+            Some(ClusterError::Unavailable(_)) => Status::unavailable(message),
             None => Status::internal(message),
         },
         DataFusionError::SQL(..)

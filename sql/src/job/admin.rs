@@ -41,7 +41,7 @@ fn job(cluster: &Arc<dyn Cluster>, name: &str) -> Result<JobMeta> {
     let jobs = cluster.list_jobs().map_err(cluster_error)?;
     let missing = || {
         let names = jobs.iter().map(|j| j.name.as_str());
-        DataFusionError::Plan(does_not_exist("job", name, names))
+        cluster_error(ClusterError::NotFound(does_not_exist("job", name, names)))
     };
     jobs.iter()
         .find(|j| j.name == name)

@@ -169,11 +169,11 @@ fn no_relation(cluster: &Arc<dyn Cluster>, name: &str) -> DataFusionError {
     if let Ok(topics) = cluster.list_topics() {
         names.extend(topics.into_iter().map(|t| t.name));
     }
-    plan_err(does_not_exist(
+    cluster_error(ClusterError::NotFound(does_not_exist(
         "table or topic",
         name,
         names.iter().map(String::as_str),
-    ))
+    )))
 }
 
 fn plan_err(m: impl Into<String>) -> DataFusionError {
