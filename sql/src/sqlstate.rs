@@ -57,19 +57,28 @@ fn root(e: &DataFusionError) -> &DataFusionError {
 
 /// The text a client is shown for `e`: the cluster's own wording for what the cluster refused,
 /// else DataFusion's (which names the line and column of a syntax error and the unknown column)
-/// with its types named as SQL names them.
+/// without its class prefix (`Error during planning: `, `Arrow error: Cast error: `; as in
+/// Postgres, the SQLSTATE says the class) and with its types named as SQL names them.
 pub fn message(e: &DataFusionError) -> String {
     let e = root(e);
-    match e {
+    let text = match e {
         DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
-            Some(c) => c.to_string(),
-            None => sql_type_names(&e.strip_backtrace()),
+            Some(c) => return c.to_string(),
+            None => e.strip_backtrace(),
         },
         // The parser's own words ("sql parser error: Expected: ... at Line: 1, Column: 8"), not
         // DataFusion's debug form of them.
-        DataFusionError::SQL(parser, _) => parser.to_string(),
-        _ => sql_type_names(&e.strip_backtrace()),
-    }
+        DataFusionError::SQL(parser, _) => return parser.to_string(),
+        DataFusionError::Plan(m) | DataFusionError::Execution(m) => m.clone(),
+        DataFusionError::SchemaError(s, _) => s.to_string(),
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            ArrowError::CastError(m) => m.clone(),
+            ArrowError::DivideByZero => "division by zero".into(),
+            other => other.to_string(),
+        },
+        _ => e.strip_backtrace(),
+    };
+    sql_type_names(&text)
 }
 
 /// The SQLSTATE Postgres answers an error like `e` with.
@@ -175,8 +184,10 @@ mod tests {
             Box::new(None),
         );
         assert_eq!(of(&unknown), UNDEFINED_COLUMN);
+        assert_eq!(message(&unknown), "No field named x.");
         let zero = DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None);
         assert_eq!(of(&zero), DIVISION_BY_ZERO);
+        assert_eq!(message(&zero), "division by zero");
         let cast = DataFusionError::ArrowError(
             Box::new(ArrowError::CastError(
                 "Cannot cast string 'x' to Int64".into(),
@@ -184,6 +195,7 @@ mod tests {
             None,
         );
         assert_eq!(of(&cast), INVALID_TEXT_REPRESENTATION);
+        assert_eq!(message(&cast), "Cannot cast string 'x' to BIGINT");
         assert_eq!(of(&DataFusionError::Plan("no".into())), PLANNING_ERROR);
         let syntax = DataFusionError::SQL(
             Box::new(
