@@ -9,7 +9,7 @@ use datafusion::error::DataFusionError;
 use weir_proto::names::does_not_exist;
 
 use crate::cluster::ClusterError;
-use crate::sqlstate::{UNDEFINED_FUNCTION, UNDEFINED_TABLE};
+use crate::sqlstate::{NO_SIGNATURE, UNDEFINED_FUNCTION, UNDEFINED_TABLE};
 use crate::types::sql_type_names;
 
 /// A planning error as Weir states it.
@@ -20,9 +20,6 @@ pub struct Restated {
     /// The SQLSTATE Postgres gives the same error.
     pub sqlstate: &'static str,
 }
-
-/// The text DataFusion ends a failed function-signature match with.
-pub(crate) const NO_SIGNATURE: &str = "No function matches the given name and argument types";
 
 /// `message` (an error's text, with or without DataFusion's prefixes) restated, or `None` when it
 /// is not one this module words better; `names` lists the relations that exist.

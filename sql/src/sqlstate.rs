@@ -50,6 +50,9 @@ pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// Anything else.
 pub const INTERNAL_ERROR: &str = "XX000";
 
+/// The text DataFusion ends a failed function-signature match with.
+pub(crate) const NO_SIGNATURE: &str = "No function matches the given name and argument types";
+
 /// The error a client is told about: the innermost one, where the cause is.
 fn root(e: &DataFusionError) -> &DataFusionError {
     e.find_root()
@@ -97,9 +100,7 @@ pub fn of(e: &DataFusionError) -> &'static str {
             },
         },
         DataFusionError::SQL(..) => SYNTAX_ERROR,
-        DataFusionError::Plan(m) if m.starts_with(crate::restate::NO_SIGNATURE) => {
-            UNDEFINED_FUNCTION
-        }
+        DataFusionError::Plan(m) if m.starts_with(NO_SIGNATURE) => UNDEFINED_FUNCTION,
         DataFusionError::Plan(_) => PLANNING_ERROR,
         DataFusionError::SchemaError(s, _) => match s.as_ref() {
             SchemaError::FieldNotFound { .. } => UNDEFINED_COLUMN,
@@ -210,8 +211,7 @@ mod tests {
             message(&syntax),
             "sql parser error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1"
         );
-        let signature =
-            DataFusionError::Plan(format!("{} 'sum(Utf8)'", crate::restate::NO_SIGNATURE));
+        let signature = DataFusionError::Plan(format!("{} 'sum(Utf8)'", NO_SIGNATURE));
         assert_eq!(of(&signature), UNDEFINED_FUNCTION);
         assert_eq!(
             of(&DataFusionError::ResourcesExhausted("pool".into())),
