@@ -49,7 +49,7 @@ const MAX_ERROR_CHARS: usize = 2000;
 /// ten-second lease, so a handful covers a lease's life).
 const MAX_UNSURE: usize = 8;
 /// How long to wait between tries to record an outcome or give a lease back.
-const RELEASE_RETRY: Duration = Duration::from_millis(200);
+const RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// How long to wait after failed attempt `attempt` (1-based).
 fn backoff_ms(attempt: i64) -> i64 {
@@ -95,6 +95,25 @@ impl Owned {
             key,
             version,
             unsure: Vec::new(),
+        }
+    }
+
+    /// [`Owned::put`], tried again on errors until `until` (ms; none: once), the end of the lease
+    /// that makes the row this attempt's.
+    async fn put_until(
+        &mut self,
+        table: &Table,
+        row: Vec<Value>,
+        until: Option<i64>,
+    ) -> weir_client::Result<bool> {
+        loop {
+            match self.put(table, row.clone()).await {
+                Err(e) if now_ms() < until.unwrap_or(0) => {
+                    tracing::debug!(error = %e, "a scheduler write failed; retrying");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+                done => return done,
+            }
         }
     }
 
@@ -394,22 +413,16 @@ async fn put_if(
 async fn release(leases: &Table, lease: &LeaseRecord, mut row: Owned) {
     let mut freed = lease.clone();
     freed.lease_until_ms = None;
-    let until = lease.lease_until_ms.unwrap_or(0);
-    loop {
-        match row.put(leases, freed.to_row()).await {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::debug!("the schedule's lease was taken over before it was given back");
-                return;
-            }
-            Err(e) if now_ms() < until => {
-                tracing::debug!(error = %e, "could not give the schedule's lease back yet; retrying");
-                tokio::time::sleep(RELEASE_RETRY).await;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "could not give the schedule's lease back; it passes");
-                return;
-            }
+    match row
+        .put_until(leases, freed.to_row(), lease.lease_until_ms)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!("the schedule's lease was taken over before it was given back")
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not give the schedule's lease back; it passes")
         }
     }
 }
@@ -576,24 +589,16 @@ async fn run_attempt(
     }
     // Tried again while the lease lasts; after that another node may claim the tick, and this
     // write then finds the row taken.
-    let until = claim.lease.lease_until_ms.unwrap_or(0);
-    loop {
-        match claim.run_row.put(&tables.runs, rec.to_row()).await {
-            Ok(true) => return release(&tables.leases, &claim.lease, claim.lease_row).await,
-            Ok(false) => {
-                tracing::warn!("the run's tick was claimed by another node; outcome dropped");
-                return;
-            }
-            Err(e) if now_ms() < until => {
-                tracing::debug!(error = %e, "could not record the run's outcome yet; retrying");
-                tokio::time::sleep(RELEASE_RETRY).await;
-            }
-            // The lease runs out and another node retries the tick.
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record the run's outcome");
-                return;
-            }
-        }
+    let until = claim.lease.lease_until_ms;
+    match claim
+        .run_row
+        .put_until(&tables.runs, rec.to_row(), until)
+        .await
+    {
+        Ok(true) => release(&tables.leases, &claim.lease, claim.lease_row).await,
+        Ok(false) => tracing::warn!("the run's tick was claimed by another node; outcome dropped"),
+        // The lease runs out and another node retries the tick.
+        Err(e) => tracing::warn!(error = %e, "could not record the run's outcome"),
     }
 }
 
