@@ -384,6 +384,7 @@ where
             .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(JobsServer::new(JobsService::new((*ctx).clone())))
+        .add_service(sql.worker().into_worker_server())
         .add_service(
             SqlServer::new(SqlService::new(sql.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -440,4 +440,20 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
         partition: u32,
         offset: u64,
     ) -> Result<(), ClusterError>;
+
+    /// The URL (`http://host:port`) of this node's query worker, when it serves one: queries
+    /// run across the cluster only from a node that is itself a worker.
+    fn worker_url(&self) -> Option<String> {
+        None
+    }
+
+    /// URLs of the workers a query may send tasks to now, this node's included.
+    fn worker_urls(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// URL of the worker on the node leading `region`, when this node knows it.
+    fn region_leader_url(&self, _region: u64) -> Option<String> {
+        None
+    }
 }

@@ -19,6 +19,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_distributed::Worker;
 use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     visit_relations, CreateTable, CreateTableOptions, Expr as SqlExpr, Ident, ObjectName,
@@ -28,6 +29,7 @@ use weir_proto::format::{RecordFormat, TopicFormat};
 use weir_proto::table::{Column, TableSchema};
 
 use crate::catalog::ClusterSchema;
+use crate::distributed::{self, EngineSlot};
 use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
 use crate::restate::{restate, restate_error, Restated};
 use crate::schedule::statement::ScheduleStatement;
@@ -58,6 +60,8 @@ pub struct EngineConfig {
 #[derive(Clone)]
 pub struct Engine {
     ctx: Arc<SessionContext>,
+    /// Runs the tasks of queries other nodes plan (served on the node's gRPC port).
+    worker: Worker,
     cluster: Arc<dyn Cluster>,
     schema: Arc<ClusterSchema>,
     statement_timeout: Option<Duration>,
@@ -97,7 +101,12 @@ impl Engine {
         if config.memory_limit > 0 {
             runtime = runtime.with_memory_limit(config.memory_limit, 1.0);
         }
-        let ctx = SessionContext::new_with_config_rt(session, runtime.build_arc()?);
+        let slot = EngineSlot::default();
+        let (state, worker) =
+            distributed::session_state(cluster.clone(), session, runtime.build_arc()?, slot.clone())?;
+        let ctx = Arc::new(SessionContext::new_with_state(state));
+        // Tasks other nodes send here resolve functions as this engine does.
+        let _ = slot.set(Arc::downgrade(&ctx));
         for f in crate::functions::all() {
             ctx.register_udf(f);
         }
@@ -106,7 +115,8 @@ impl Engine {
         catalog.register_schema(SCHEMA, schema.clone())?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
         Ok(Engine {
-            ctx: Arc::new(ctx),
+            ctx,
+            worker,
             cluster,
             schema,
             statement_timeout: config.statement_timeout.filter(|t| !t.is_zero()),
@@ -127,6 +137,11 @@ impl Engine {
     /// `e` restated as [`crate::restate`] words it, if it does.
     fn restated(&self, e: DataFusionError) -> DataFusionError {
         restate_error(e, || self.schema.table_names())
+    }
+
+    /// The worker that runs this node's share of queries planned anywhere in the cluster.
+    pub fn worker(&self) -> Worker {
+        self.worker.clone()
     }
 
     /// The DataFusion session (for the Postgres protocol, which plans through it).

@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod cluster;
 pub mod columnar;
+pub mod distributed;
 pub mod engine;
 pub mod external;
 pub mod functions;

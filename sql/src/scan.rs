@@ -143,6 +143,45 @@ impl RegionScanExec {
     pub fn parts(&self) -> &[RegionPart] {
         &self.parts
     }
+
+    /// The table scanned.
+    pub fn table(&self) -> &Arc<TableMeta> {
+        &self.table
+    }
+
+    /// The columns read, in output order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// The conditions the regions' nodes apply.
+    pub fn filters(&self) -> &[ScanFilter] {
+        &self.filters
+    }
+
+    /// Most rows each partition returns.
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// The same scan over `parts` only, padded with empty partitions to `partitions` (the tasks
+    /// of a distributed stage each read some of the regions, all with one partition count).
+    pub fn with_parts(&self, mut parts: Vec<RegionPart>, partitions: usize) -> RegionScanExec {
+        while parts.len() < partitions {
+            parts.push(RegionPart {
+                region: 0,
+                ranges: Vec::new(),
+            });
+        }
+        RegionScanExec::new(
+            self.cluster.clone(),
+            self.table.clone(),
+            (self.columns.clone(), self.schema.clone()),
+            parts,
+            self.filters.as_ref().clone(),
+            self.limit,
+        )
+    }
 }
 
 /// Estimated rows and output bytes of `parts`, from the sizes of their regions: known only

@@ -2,7 +2,7 @@
 //! writes sent through the client library, which routes each to its region's leader and retries
 //! across leader changes and splits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -62,6 +62,11 @@ fn to_cluster(e: ClientError) -> ClusterError {
         }
         _ => ClusterError::Unavailable(message),
     }
+}
+
+/// The URL of the query worker of the node whose gRPC address is `addr` (it serves on that port).
+fn worker_url(addr: &str) -> String {
+    format!("http://{}", addr.trim_start_matches("http://"))
 }
 
 /// A table as SQL sees it; region sizes are those of the replicas this node holds (every replica
@@ -525,6 +530,30 @@ impl Cluster for NodeCluster {
 
     fn list_topics(&self) -> Result<Vec<TopicMeta>, ClusterError> {
         Ok(self.catalog()?.topics.values().map(topic_meta).collect())
+    }
+
+    fn worker_url(&self) -> Option<String> {
+        Some(worker_url(&self.addr))
+    }
+
+    fn worker_urls(&self) -> Vec<String> {
+        // A node that leads a group here is alive (a dead node's groups elect someone else
+        // within an election timeout); nodes leading nothing here take no tasks.
+        let mut urls = BTreeSet::from([worker_url(&self.addr)]);
+        if let Ok(catalog) = self.catalog() {
+            for h in self.registry.all().values() {
+                if let Some(n) = h.leader().and_then(|id| catalog.nodes.get(&id)) {
+                    urls.insert(worker_url(&n.addr));
+                }
+            }
+        }
+        urls.into_iter().collect()
+    }
+
+    fn region_leader_url(&self, region: u64) -> Option<String> {
+        let leader = self.registry.get(region)?.leader()?;
+        let catalog = self.catalog().ok()?;
+        catalog.nodes.get(&leader).map(|n| worker_url(&n.addr))
     }
 
     fn topic(&self, name: &str) -> Result<Option<TopicMeta>, ClusterError> {

@@ -96,6 +96,18 @@ impl Cluster for FencedCluster {
         self.inner.table(name)
     }
 
+    fn worker_url(&self) -> Option<String> {
+        self.inner.worker_url()
+    }
+
+    fn worker_urls(&self) -> Vec<String> {
+        self.inner.worker_urls()
+    }
+
+    fn region_leader_url(&self, region: u64) -> Option<String> {
+        self.inner.region_leader_url(region)
+    }
+
     async fn scan(
         &self,
         table: &str,

@@ -1,0 +1,118 @@
+//! One query across the cluster. The node that receives a statement plans it; the plan is cut
+//! into stages where rows change hands (shuffles, broadcasts, the final gather) by
+//! datafusion-distributed, whose operators move the rows. A stage that scans a table runs as
+//! one task per node leading some of the scanned regions, on that node ([`tasks`]), so rows
+//! are filtered, projected and partially aggregated where they are stored and only what is
+//! left crosses the network; stages above them spread over the live nodes, and the last one
+//! runs on the planning node. Every node serves tasks on its gRPC port ([`workers`]); a scan
+//! travels to it as the table's name, regions and ranges ([`codec`]).
+//!
+//! A query runs on the planning node alone when it reads anything but Weir tables: a topic
+//! (its skipped-record counts are gathered by the statement on the planning node), a file
+//! (visible only where it was named), a catalog view; or when one node leads everything it
+//! reads.
+
+mod codec;
+mod tasks;
+mod workers;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::source_as_provider;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion::prelude::SessionConfig;
+use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, Worker};
+use url::Url;
+
+pub use codec::ScanCodec;
+pub use workers::{EngineSlot, TaskSessions, Workers};
+
+use crate::cluster::Cluster;
+use crate::table::RegionTable;
+
+/// Plans a query across the cluster when it reads only Weir tables, on this node otherwise.
+#[derive(Debug)]
+struct ClusterPlanner {
+    across: Arc<dyn QueryPlanner + Send + Sync>,
+}
+
+/// Whether `plan` reads Weir tables and nothing else a task on another node could not read.
+fn reads_only_tables(plan: &LogicalPlan) -> bool {
+    let mut tables = false;
+    let mut other = false;
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p {
+            match source_as_provider(&scan.source) {
+                Ok(t) if t.is::<RegionTable>() => tables = true,
+                _ => {
+                    other = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    tables && !other
+}
+
+#[async_trait]
+impl QueryPlanner for ClusterPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if reads_only_tables(plan) {
+            self.across.create_physical_plan(plan, session).await
+        } else {
+            DefaultPhysicalPlanner::default()
+                .create_physical_plan(plan, session)
+                .await
+        }
+    }
+}
+
+/// The session of a node's SQL engine over `cluster`, with `config` and `runtime`, planning
+/// queries across the cluster; and the worker that runs the tasks other nodes send here, with
+/// the functions of the engine `engine` will hold.
+pub fn session_state(
+    cluster: Arc<dyn Cluster>,
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+    engine: EngineSlot,
+) -> Result<(SessionState, Worker)> {
+    let worker = Worker::from_session_builder(TaskSessions::new(cluster.clone(), engine))
+        .with_runtime_env(runtime.clone());
+    let mut builder = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_distributed_worker_resolver(Workers::new(cluster.clone()))
+        .with_distributed_user_codec(ScanCodec::new(cluster.clone()))
+        .with_distributed_desired_task_count_handler(tasks::ScanTaskCount::new(cluster.clone()))
+        .with_distributed_scale_up_leaf_node_handler(tasks::ScanSplit::new(cluster.clone()))
+        .with_distributed_route_tasks_handler(tasks::ScanRouting::new(cluster.clone()));
+    if let Some(url) = cluster.worker_url() {
+        let url = Url::parse(&url).map_err(|e| {
+            DataFusionError::Configuration(format!("worker address '{url}' is no URL: {e}"))
+        })?;
+        builder = builder.with_distributed_local_worker_context(worker.to_local_worker_context(url));
+    }
+    let mut builder = builder.with_distributed_planner();
+    let across = builder.query_planner().take().ok_or_else(|| {
+        DataFusionError::Internal("the distributed planner did not install itself".into())
+    })?;
+    let state = builder
+        .with_query_planner(Arc::new(ClusterPlanner { across }))
+        .build();
+    Ok((state, worker))
+}
