@@ -13,24 +13,23 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
 use datafusion::common::Constraint;
-use datafusion::dataframe::DataFrame;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion_distributed::Worker;
 use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     visit_relations, CreateTable, CreateTableOptions, Expr as SqlExpr, Ident, ObjectName,
     ObjectType, SqlOption, Statement as Sql, TableObject, Value as SqlValue,
 };
+use datafusion_distributed::Worker;
 use weir_proto::format::{RecordFormat, TopicFormat};
 use weir_proto::table::{Column, TableSchema};
 
 use crate::catalog::ClusterSchema;
-use crate::distributed::{self, EngineSlot};
 use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
+use crate::distributed::{self, EngineSlot};
 use crate::restate::{restate, restate_error, Restated};
 use crate::schedule::statement::ScheduleStatement;
 use crate::statement::{self, Statement};
@@ -102,8 +101,12 @@ impl Engine {
             runtime = runtime.with_memory_limit(config.memory_limit, 1.0);
         }
         let slot = EngineSlot::default();
-        let (state, worker) =
-            distributed::session_state(cluster.clone(), session, runtime.build_arc()?, slot.clone())?;
+        let (state, worker) = distributed::session_state(
+            cluster.clone(),
+            session,
+            runtime.build_arc()?,
+            slot.clone(),
+        )?;
         let ctx = Arc::new(SessionContext::new_with_state(state));
         // Tasks other nodes send here resolve functions as this engine does.
         let _ = slot.set(Arc::downgrade(&ctx));
@@ -273,8 +276,9 @@ impl Engine {
             }
             _ => {
                 // Type coercion runs here, as the plan is optimized.
-                let df = DataFrame::new(state, plan);
-                let stream = df.execute_stream().await.map_err(|e| self.restated(e))?;
+                let stream = distributed::execute(state, plan)
+                    .await
+                    .map_err(|e| self.restated(e))?;
                 Ok(Output::Rows(stream, warnings))
             }
         }

@@ -1,7 +1,7 @@
 //! The leaf of a query over a table: one partition per region the key ranges touch, each reading
 //! its ranges page by page from the cluster and turning rows into Arrow record batches.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -275,9 +275,38 @@ struct Cursor {
     left: Option<usize>,
     read: Arc<ReadLog>,
     output_rows: Count,
+    /// Where the partition's metrics are kept (they travel back from another node with the
+    /// task's results, where the read log does not).
+    metrics: ExecutionPlanMetricsSet,
+    partition: usize,
+    /// Rows, pages and pages from the image read, by region and node.
+    served: HashMap<(u64, u64), [Count; 3]>,
 }
 
 impl Cursor {
+    /// Counts a page in the metrics `EXPLAIN ANALYZE` shows: `region_R_node_N_rows`, `_pages`
+    /// and `_image_pages` (pages cut from the region's columnar image).
+    fn count(&mut self, served: Served, rows: usize) {
+        let (metrics, partition) = (&self.metrics, self.partition);
+        let [r, p, i] = self
+            .served
+            .entry((served.region, served.node))
+            .or_insert_with(|| {
+                let counter = |what: &str| {
+                    MetricBuilder::new(metrics).counter(
+                        format!("region_{}_node_{}_{what}", served.region, served.node),
+                        partition,
+                    )
+                };
+                [counter("rows"), counter("pages"), counter("image_pages")]
+            });
+        r.add(rows);
+        p.add(1);
+        if served.from_image {
+            i.add(1);
+        }
+    }
+
     /// The next non-empty batch, or none at the end.
     async fn next_batch(&mut self) -> Result<Option<datafusion::arrow::record_batch::RecordBatch>> {
         loop {
@@ -309,6 +338,7 @@ impl Cursor {
             }
             let mut batch = page.batch;
             self.read.record(page.served, batch.num_rows());
+            self.count(page.served, batch.num_rows());
             if batch.num_rows() == 0 {
                 continue;
             }
@@ -387,6 +417,9 @@ impl ExecutionPlan for RegionScanExec {
             left: self.limit,
             read: self.read.clone(),
             output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
+            metrics: self.metrics.clone(),
+            partition,
+            served: HashMap::new(),
         };
         let batches = stream::try_unfold(cursor, |mut c| async move {
             Ok(c.next_batch().await?.map(|b| (b, c)))

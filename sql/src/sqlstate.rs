@@ -65,10 +65,15 @@ fn root(e: &DataFusionError) -> &DataFusionError {
 pub fn message(e: &DataFusionError) -> String {
     let e = root(e);
     let text = match e {
-        DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
-            Some(c) => return c.to_string(),
-            None => e.strip_backtrace(),
-        },
+        DataFusionError::External(inner) => {
+            if let Some(c) = inner.downcast_ref::<ClusterError>() {
+                return c.to_string();
+            }
+            if let Some(status) = inner.downcast_ref::<tonic::Status>() {
+                return unreachable_node(status);
+            }
+            e.strip_backtrace()
+        }
         // The parser's own words ("sql parser error: Expected: ... at Line: 1, Column: 8"), not
         // DataFusion's debug form of them.
         DataFusionError::SQL(parser, _) => return parser.to_string(),
@@ -84,6 +89,21 @@ pub fn message(e: &DataFusionError) -> String {
     sql_type_names(&text)
 }
 
+/// What a client is told when a node running part of a query (a task sent to it) could not be
+/// reached or went away: the transport's words, down to the cause.
+fn unreachable_node(status: &tonic::Status) -> String {
+    let mut cause = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !cause.contains(&text) {
+            cause = format!("{cause}: {text}");
+        }
+        source = s.source();
+    }
+    format!("a node running part of this query cannot be reached now ({cause}); retry")
+}
+
 /// The SQLSTATE Postgres answers an error like `e` with.
 pub fn of(e: &DataFusionError) -> &'static str {
     match root(e) {
@@ -94,9 +114,16 @@ pub fn of(e: &DataFusionError) -> &'static str {
             Some(ClusterError::AlreadyExists(_)) => DUPLICATE_OBJECT,
             Some(ClusterError::Invalid(_)) => INVALID_PARAMETER_VALUE,
             Some(ClusterError::Unavailable(_)) => CANNOT_CONNECT_NOW,
-            None => match inner.downcast_ref::<ArrowError>() {
-                Some(a) => of_arrow(a),
-                None => INTERNAL_ERROR,
+            None => match (
+                inner.downcast_ref::<ArrowError>(),
+                inner.downcast_ref::<tonic::Status>(),
+            ) {
+                (Some(a), _) => of_arrow(a),
+                (None, Some(s)) => match s.code() {
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => QUERY_CANCELED,
+                    _ => CANNOT_CONNECT_NOW,
+                },
+                (None, None) => INTERNAL_ERROR,
             },
         },
         DataFusionError::SQL(..) => SYNTAX_ERROR,

@@ -1,7 +1,7 @@
 //! SQL across a three-node cluster: results compared with DataFusion over an in-memory copy of
 //! the same rows, key-range pruning, inserts, deletes, catalog statements and bad input.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -211,6 +211,47 @@ async fn queries_match_an_independent_engine_across_regions() {
         60,
         "every inserted row is read back once"
     );
+    // Every query over tables runs across the nodes leading their regions (however small the
+    // tables: this node's setting, for these tests), once the leaders are spread.
+    weir_rows(&client, "SET weir.bytes_per_task = 1")
+        .await
+        .unwrap();
+    wait_until(
+        "customers' regions led by two nodes or more",
+        Duration::from_secs(120),
+        || {
+            let client = client.clone();
+            async move {
+                let t = client.describe_table("customers").await.ok()?;
+                let leaders: BTreeSet<String> = t
+                    .regions
+                    .iter()
+                    .map(|r| r.leader_addr.clone())
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                (leaders.len() >= 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let plan = weir_rows(
+        &client,
+        "EXPLAIN ANALYZE SELECT city, count(*) FROM customers GROUP BY city",
+    )
+    .await
+    .unwrap();
+    let text = pretty_format_batches(&plan[0]).unwrap().to_string();
+    assert!(
+        text.contains("DistributedExec") && text.contains("Stage 1 ── tasks="),
+        "a scan of regions led by several nodes runs in stages: {text}"
+    );
+    let tasks: usize = text
+        .split("Stage 1 ── tasks=")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(tasks >= 2, "one task per leader: {text}");
     for (sql, ordered) in QUERIES {
         let got = weir_rows(&client, sql)
             .await
@@ -254,34 +295,48 @@ async fn queries_match_an_independent_engine_across_regions() {
     );
 
     // EXPLAIN ANALYZE says which node read each region, and whether from the region's image
-    // (a quiet region scanned twice is read from its image from then on).
+    // (a quiet region scanned twice is read from its image from then on), in the scan's
+    // metrics (`region_R_node_N_rows|pages|image_pages`), which come back from every node a
+    // task of the query ran on.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let plan = weir_rows(&client, "EXPLAIN ANALYZE SELECT count(*) FROM customers")
             .await
             .unwrap();
         let text = pretty_format_batches(&plan[0]).unwrap().to_string();
-        let read = text
-            .split("read=[")
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .unwrap_or_else(|| panic!("no read=[...] in {text}"));
-        let mut regions = BTreeSet::new();
-        let mut rows = 0;
-        for entry in read.split("; ") {
-            // region R on node N: X rows in P pages[ from its image]
-            let words: Vec<&str> = entry.split_whitespace().collect();
-            assert_eq!(words[0], "region", "{entry}");
-            assert_eq!(words[2..4], ["on", "node"], "{entry}");
-            let node: u64 = words[4].trim_end_matches(':').parse().unwrap();
-            assert!((1..=3).contains(&node), "{entry}");
-            regions.insert(words[1].to_string());
-            rows += words[5].parse::<u64>().unwrap();
+        // (region, node) -> [rows, pages, image pages]
+        let mut read: BTreeMap<(u64, u64), [u64; 3]> = BTreeMap::new();
+        for metric in text.split("region_").skip(1) {
+            let (name, value) = metric.split_once('=').unwrap_or_default();
+            let Some((region, rest)) = name.split_once("_node_") else {
+                continue;
+            };
+            let Some((node, what)) = rest.split_once('_') else {
+                continue;
+            };
+            let (Ok(region), Ok(node)) = (region.parse::<u64>(), node.parse::<u64>()) else {
+                continue;
+            };
+            let value: u64 = value
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("metric {metric} in {text}"));
+            let slot = match what {
+                "rows" => 0,
+                "pages" => 1,
+                "image_pages" => 2,
+                other => panic!("metric {other} in {text}"),
+            };
+            read.entry((region, node)).or_default()[slot] += value;
         }
+        let regions: BTreeSet<u64> = read.keys().map(|(r, _)| *r).collect();
         assert_eq!(regions.len(), 3, "three regions read: {text}");
+        assert!(read.keys().all(|(_, n)| (1..=3).contains(n)), "{text}");
+        let rows: u64 = read.values().map(|v| v[0]).sum();
         assert_eq!(rows, 60, "every row read once: {text}");
         assert!(text.contains("output_rows=60"), "{text}");
-        if read.split("; ").all(|e| e.ends_with("from its image")) {
+        if read.values().all(|[_, pages, image]| pages == image) {
             break;
         }
         assert!(Instant::now() < deadline, "never read from images: {text}");

@@ -10,7 +10,7 @@ use datafusion::error::DataFusionError;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 use weir_proto::v1::sql_response::Part;
 use weir_proto::v1::sql_server::Sql;
@@ -41,7 +41,15 @@ pub fn status_of(e: DataFusionError) -> Status {
             Some(ClusterError::AlreadyExists(_)) => Status::already_exists(message),
             Some(ClusterError::Invalid(_)) => Status::invalid_argument(message),
             Some(ClusterError::Unavailable(_)) => Status::unavailable(message),
-            None => Status::internal(message),
+            // A task's node that could not be reached: retryable as the cluster's own
+            // unavailability is.
+            None => match inner.downcast_ref::<Status>() {
+                Some(s) if matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded) => {
+                    Status::cancelled(message)
+                }
+                Some(_) => Status::unavailable(message),
+                None => Status::internal(message),
+            },
         },
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)

@@ -127,9 +127,7 @@ impl PhysicalExtensionCodec for ScanCodec {
                     .collect(),
             })
             .collect();
-        let limit = m
-            .limit
-            .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+        let limit = m.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
         Ok(Arc::new(RegionScanExec::new(
             self.cluster.clone(),
             Arc::new(table),

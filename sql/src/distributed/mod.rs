@@ -5,7 +5,9 @@
 //! are filtered, projected and partially aggregated where they are stored and only what is
 //! left crosses the network; stages above them spread over the live nodes, and the last one
 //! runs on the planning node. Every node serves tasks on its gRPC port ([`workers`]); a scan
-//! travels to it as the table's name, regions and ranges ([`codec`]).
+//! travels to it as the table's name, regions and ranges ([`codec`]). A query that cannot
+//! reach a node it sent tasks to runs again on the planning node before any of it is answered
+//! ([`retry`]).
 //!
 //! A query runs on the planning node alone when it reads anything but Weir tables: a topic
 //! (its skipped-record counts are gathered by the statement on the planning node), a file
@@ -13,6 +15,7 @@
 //! reads.
 
 mod codec;
+mod retry;
 mod tasks;
 mod workers;
 
@@ -20,24 +23,57 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::display::{PlanType, StringifiedPlan};
+use datafusion::common::extensions_options;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::config::ConfigExtension;
 use datafusion::datasource::source_as_provider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Explain, LogicalPlan};
+use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionConfig;
-use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, Worker};
+use datafusion_distributed::{
+    display_plan_ascii, DistributedExec, DistributedExt, SessionStateBuilderExt, Worker,
+};
 use url::Url;
 
 pub use codec::ScanCodec;
+pub use retry::execute;
 pub use workers::{EngineSlot, TaskSessions, Workers};
 
 use crate::cluster::Cluster;
 use crate::table::RegionTable;
+
+extensions_options! {
+    /// Session settings of how Weir runs queries (`SET weir.<name> = ...`).
+    pub struct WeirOptions {
+        /// Whether queries over tables run across the nodes leading their regions (`false`:
+        /// every query runs on the node that received it, reading rows from the others).
+        pub distribute: bool, default = true
+        /// Stored bytes a table scan reads per task it runs across the cluster: a scan of
+        /// fewer bytes runs on fewer nodes (one: on the node that received the query), since
+        /// sending a stage to another node costs more than reading a small table from it.
+        pub bytes_per_task: u64, default = 64 * 1024 * 1024
+    }
+}
+
+impl ConfigExtension for WeirOptions {
+    const PREFIX: &'static str = "weir";
+}
+
+/// Whether `session` lets queries run across the cluster.
+fn distribute(session: &dyn Session) -> bool {
+    session
+        .config_options()
+        .extensions
+        .get::<WeirOptions>()
+        .is_none_or(|o| o.distribute)
+}
 
 /// Plans a query across the cluster when it reads only Weir tables, on this node otherwise.
 #[derive(Debug)]
@@ -64,6 +100,40 @@ fn reads_only_tables(plan: &LogicalPlan) -> bool {
     tables && !other
 }
 
+impl ClusterPlanner {
+    /// `EXPLAIN` of a query that runs across the cluster: its stages, the tasks of each and
+    /// the regions each task reads (DataFusion's own `EXPLAIN` would show the single-node plan
+    /// the stages are cut from). None when the query runs on one node, or for `EXPLAIN VERBOSE`.
+    async fn explain_across(
+        &self,
+        e: &Explain,
+        session: &dyn Session,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if e.verbose || !reads_only_tables(&e.plan) {
+            return Ok(None);
+        }
+        let physical = self.across.create_physical_plan(&e.plan, session).await?;
+        if !physical.is::<DistributedExec>() {
+            return Ok(None);
+        }
+        let plans = vec![
+            StringifiedPlan::new(
+                PlanType::FinalLogicalPlan,
+                e.plan.display_indent().to_string(),
+            ),
+            StringifiedPlan::new(
+                PlanType::FinalPhysicalPlan,
+                display_plan_ascii(physical.as_ref(), false),
+            ),
+        ];
+        Ok(Some(Arc::new(ExplainExec::new(
+            Arc::new(e.schema.as_arrow().clone()),
+            plans,
+            false,
+        ))))
+    }
+}
+
 #[async_trait]
 impl QueryPlanner for ClusterPlanner {
     async fn create_physical_plan(
@@ -71,6 +141,16 @@ impl QueryPlanner for ClusterPlanner {
         plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !distribute(session) {
+            return DefaultPhysicalPlanner::default()
+                .create_physical_plan(plan, session)
+                .await;
+        }
+        if let LogicalPlan::Explain(e) = plan {
+            if let Some(explained) = self.explain_across(e, session).await? {
+                return Ok(explained);
+            }
+        }
         if reads_only_tables(plan) {
             self.across.create_physical_plan(plan, session).await
         } else {
@@ -93,7 +173,7 @@ pub fn session_state(
     let worker = Worker::from_session_builder(TaskSessions::new(cluster.clone(), engine))
         .with_runtime_env(runtime.clone());
     let mut builder = SessionStateBuilder::new()
-        .with_config(config)
+        .with_config(config.with_option_extension(WeirOptions::default()))
         .with_runtime_env(runtime)
         .with_default_features()
         .with_distributed_worker_resolver(Workers::new(cluster.clone()))
@@ -105,7 +185,8 @@ pub fn session_state(
         let url = Url::parse(&url).map_err(|e| {
             DataFusionError::Configuration(format!("worker address '{url}' is no URL: {e}"))
         })?;
-        builder = builder.with_distributed_local_worker_context(worker.to_local_worker_context(url));
+        builder =
+            builder.with_distributed_local_worker_context(worker.to_local_worker_context(url));
     }
     let mut builder = builder.with_distributed_planner();
     let across = builder.query_planner().take().ok_or_else(|| {

@@ -16,6 +16,7 @@ use datafusion_distributed::{
 };
 use url::Url;
 
+use super::WeirOptions;
 use crate::cluster::Cluster;
 use crate::scan::{RegionPart, RegionScanExec};
 
@@ -59,7 +60,28 @@ fn deal(groups: Vec<Vec<RegionPart>>, tasks: usize) -> Vec<Vec<RegionPart>> {
     buckets
 }
 
-/// How many tasks a region scan asks for: one per node leading some of its regions.
+/// Stored bytes of the regions `scan` reads, as this node knows them (0: not known).
+fn scan_bytes(scan: &RegionScanExec) -> u64 {
+    scan.parts()
+        .iter()
+        .filter(|p| !p.ranges.is_empty())
+        .filter_map(|p| scan.table().regions.iter().find(|r| r.id == p.region))
+        .map(|r| r.approx_bytes)
+        .sum()
+}
+
+/// Tasks for a scan of `bytes` (0: unknown) over regions led by `leaders` nodes: one per
+/// leader, fewer when the scan is small (at least `per_task` bytes each).
+fn task_count(leaders: usize, bytes: u64, per_task: u64) -> usize {
+    let by_size = match bytes {
+        0 => leaders,
+        b => usize::try_from(b.div_ceil(per_task.max(1))).unwrap_or(usize::MAX),
+    };
+    leaders.min(by_size).max(1)
+}
+
+/// How many tasks a region scan asks for: one per node leading some of its regions, fewer
+/// for a small scan.
 #[derive(Debug)]
 pub struct ScanTaskCount {
     cluster: Arc<dyn Cluster>,
@@ -80,7 +102,17 @@ impl DesiredTaskCountHandler for ScanTaskCount {
     ) -> Option<Result<DesiredTaskCountEventResponse>> {
         let scan = ev.plan.downcast_ref::<RegionScanExec>()?;
         let leaders = by_leader(self.cluster.as_ref(), scan.parts()).len();
-        Some(Ok(DesiredTaskCountEventResponse::desired(leaders.max(1))))
+        let per_task = ev
+            .session_config
+            .options()
+            .extensions
+            .get::<WeirOptions>()
+            .map_or(WeirOptions::default().bytes_per_task, |o| o.bytes_per_task);
+        Some(Ok(DesiredTaskCountEventResponse::desired(task_count(
+            leaders,
+            scan_bytes(scan),
+            per_task,
+        ))))
     }
 }
 
@@ -104,7 +136,10 @@ impl ScaleUpLeafNodeHandler for ScanSplit {
         if ev.task_count <= 1 {
             return None;
         }
-        let buckets = deal(by_leader(self.cluster.as_ref(), scan.parts()), ev.task_count);
+        let buckets = deal(
+            by_leader(self.cluster.as_ref(), scan.parts()),
+            ev.task_count,
+        );
         let partitions = buckets.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let variants = buckets
             .into_iter()
@@ -201,9 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn small_scans_take_fewer_tasks() {
+        let mib = 1024 * 1024;
+        assert_eq!(task_count(3, 500 * mib, 64 * mib), 3);
+        assert_eq!(task_count(3, 100 * mib, 64 * mib), 2);
+        assert_eq!(task_count(3, 10 * mib, 64 * mib), 1);
+        // Sizes unknown here: one task per leader.
+        assert_eq!(task_count(3, 0, 64 * mib), 3);
+        assert_eq!(task_count(0, 0, 64 * mib), 1);
+    }
+
+    #[test]
     fn leaders_share_tasks_and_spare_tasks_take_regions_from_the_largest() {
         // Three leaders, two tasks: the third leader's regions join the first task.
-        let b = deal(vec![vec![part(1), part(2)], vec![part(3)], vec![part(4)]], 2);
+        let b = deal(
+            vec![vec![part(1), part(2)], vec![part(3)], vec![part(4)]],
+            2,
+        );
         assert_eq!(regions(&b[0]), vec![1, 2, 4]);
         assert_eq!(regions(&b[1]), vec![3]);
         // One leader, three tasks: its four regions are split over the three.

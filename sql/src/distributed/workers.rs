@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::prelude::SessionContext;
-use datafusion_distributed::{DistributedExt, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder};
+use datafusion_distributed::{
+    DistributedExt, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+};
 use url::Url;
 
 use super::codec::ScanCodec;
