@@ -34,9 +34,13 @@ for t in nation region part supplier partsupp customer orders lineitem; do
   rows=$(($(wc -l <"$DATA/csv/$t.csv") - 1))
   python3 -c "import sys; s=float(sys.argv[2]) - float(sys.argv[1]); print(f'$t: $rows rows in {s:.1f} s, {int($rows / s):,} rows/s')" "$start" "$end"
 done
-# Two rounds: the first reads the stored rows and leaves the regions' leaders with columnar images
-# of them (--scan-cache), which the second reads.
-for round in 1 2; do
+# Two rounds across the cluster: the first reads the stored rows and leaves the regions' leaders
+# with columnar images of them (--scan-cache), which the second reads. A third round runs every
+# query on the node that received it (`SET weir.distribute = false`), reading the same images.
+for round in 1 2 local; do
+  if [ "$round" = local ]; then
+    "$B/weir" sql "SET weir.distribute = false" >/dev/null
+  fi
   echo "== 22 queries through weir sql, round $round"
   mkdir -p "$OUT/weir-r$round"
   total=0
@@ -55,6 +59,6 @@ python3 "$HERE/tpch/duck.py" "$DATA" "$OUT/duck-parquet" parquet
 echo "== DuckDB 2 threads over its tables (loaded from the CSV files)"
 python3 "$HERE/tpch/duck.py" "$DATA" "$OUT/duck-tables" tables
 echo "== Weir's answers against DuckDB's"
-for round in 1 2; do
+for round in 1 2 local; do
   python3 "$HERE/tpch/compare.py" "$OUT/duck-parquet" "$OUT/weir-r$round" --skip-header
 done

@@ -1,9 +1,9 @@
 //! The leaf of a query over a table: one partition per region the key ranges touch, each reading
 //! its ranges page by page from the cluster and turning rows into Arrow record batches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::stats::Precision;
@@ -57,48 +57,7 @@ pub struct RegionScanExec {
     limit: Option<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
-    /// Where the pages were read, filled as the scan runs (what `EXPLAIN ANALYZE` shows).
-    read: Arc<ReadLog>,
     metrics: ExecutionPlanMetricsSet,
-}
-
-/// Pages and rows read, by region, node and source (image or rows).
-#[derive(Debug, Default)]
-struct ReadLog(Mutex<BTreeMap<Served, (u64, u64)>>);
-
-impl ReadLog {
-    fn record(&self, served: Served, rows: usize) {
-        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = m.entry(served).or_default();
-        e.0 += 1;
-        e.1 += rows as u64;
-    }
-
-    /// `region R on node N: X rows in P pages (I from its image)`, one per region and node.
-    fn describe(&self) -> Vec<String> {
-        let m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // (pages, rows, pages from an image) by (region, node).
-        let mut by: BTreeMap<(u64, u64), (u64, u64, u64)> = BTreeMap::new();
-        for (s, (pages, rows)) in m.iter() {
-            let e = by.entry((s.region, s.node)).or_default();
-            e.0 += pages;
-            e.1 += rows;
-            if s.from_image {
-                e.2 += pages;
-            }
-        }
-        by.into_iter()
-            .map(|((region, node), (pages, rows, image))| {
-                let noun = if pages == 1 { "page" } else { "pages" };
-                let source = match image {
-                    0 => String::new(),
-                    i if i == pages => " from its image".to_string(),
-                    i => format!(" ({i} from its image)"),
-                };
-                format!("region {region} on node {node}: {rows} rows in {pages} {noun}{source}")
-            })
-            .collect()
-    }
 }
 
 impl RegionScanExec {
@@ -134,7 +93,6 @@ impl RegionScanExec {
             limit,
             schema,
             properties,
-            read: Arc::default(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -255,10 +213,6 @@ impl DisplayAs for RegionScanExec {
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
         }
-        let read = self.read.describe();
-        if !read.is_empty() {
-            write!(f, ", read=[{}]", read.join("; "))?;
-        }
         Ok(())
     }
 }
@@ -273,10 +227,9 @@ struct Cursor {
     current: Option<KeyRange>,
     filters: Arc<Vec<ScanFilter>>,
     left: Option<usize>,
-    read: Arc<ReadLog>,
     output_rows: Count,
-    /// Where the partition's metrics are kept (they travel back from another node with the
-    /// task's results, where the read log does not).
+    /// Where the partition's metrics are kept (they travel back with a task's results from
+    /// the node that ran it).
     metrics: ExecutionPlanMetricsSet,
     partition: usize,
     /// Rows, pages and pages from the image read, by region and node.
@@ -337,7 +290,6 @@ impl Cursor {
                 }
             }
             let mut batch = page.batch;
-            self.read.record(page.served, batch.num_rows());
             self.count(page.served, batch.num_rows());
             if batch.num_rows() == 0 {
                 continue;
@@ -415,7 +367,6 @@ impl ExecutionPlan for RegionScanExec {
             current: None,
             filters: self.filters.clone(),
             left: self.limit,
-            read: self.read.clone(),
             output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
             metrics: self.metrics.clone(),
             partition,
