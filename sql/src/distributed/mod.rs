@@ -11,8 +11,9 @@
 //!
 //! A query runs on the planning node alone when it reads anything but Weir tables: a topic
 //! (its skipped-record counts are gathered by the statement on the planning node), a file
-//! (visible only where it was named), a catalog view; or when one node leads everything it
-//! reads.
+//! (visible only where it was named), a catalog view; when its scans are small (under
+//! `weir.bytes_per_task` of stored rows per task) or one node leads everything it reads; or
+//! when `weir.distribute` is off.
 
 mod codec;
 mod retry;
