@@ -173,15 +173,16 @@ pub fn session_state(
 ) -> Result<(SessionState, Worker)> {
     let worker = Worker::from_session_builder(TaskSessions::new(cluster.clone(), engine))
         .with_runtime_env(runtime.clone());
+    let scans = tasks::ScanTasks::new(cluster.clone());
     let mut builder = SessionStateBuilder::new()
         .with_config(config.with_option_extension(WeirOptions::default()))
         .with_runtime_env(runtime)
         .with_default_features()
         .with_distributed_worker_resolver(Workers::new(cluster.clone()))
         .with_distributed_user_codec(ScanCodec::new(cluster.clone()))
-        .with_distributed_desired_task_count_handler(tasks::ScanTaskCount::new(cluster.clone()))
-        .with_distributed_scale_up_leaf_node_handler(tasks::ScanSplit::new(cluster.clone()))
-        .with_distributed_route_tasks_handler(tasks::ScanRouting::new(cluster.clone()));
+        .with_distributed_desired_task_count_handler(scans.clone())
+        .with_distributed_scale_up_leaf_node_handler(scans.clone())
+        .with_distributed_route_tasks_handler(scans);
     if let Some(url) = cluster.worker_url() {
         let url = Url::parse(&url).map_err(|e| {
             DataFusionError::Configuration(format!("worker address '{url}' is no URL: {e}"))

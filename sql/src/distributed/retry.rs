@@ -46,28 +46,23 @@ pub async fn execute(state: SessionState, plan: LogicalPlan) -> Result<SendableR
     if !rerunnable(&plan) {
         return DataFrame::new(state, plan).execute_stream().await;
     }
-    let mut stream = match DataFrame::new(state.clone(), plan.clone())
+    let unreached = match DataFrame::new(state.clone(), plan.clone())
         .execute_stream()
         .await
     {
-        Ok(s) => s,
-        Err(e) if unreachable(&e) => {
-            tracing::info!(error = %e, "a node of the query is unreachable; running it here");
-            return here(state, plan).await;
-        }
+        Ok(mut stream) => match stream.next().await {
+            Some(Err(e)) if unreachable(&e) => e,
+            first => {
+                let schema = stream.schema();
+                return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::iter(first).chain(stream),
+                )));
+            }
+        },
+        Err(e) if unreachable(&e) => e,
         Err(e) => return Err(e),
     };
-    match stream.next().await {
-        Some(Err(e)) if unreachable(&e) => {
-            tracing::info!(error = %e, "a node of the query is unreachable; running it here");
-            here(state, plan).await
-        }
-        first => {
-            let schema = stream.schema();
-            Ok(Box::pin(RecordBatchStreamAdapter::new(
-                schema,
-                futures::stream::iter(first).chain(stream),
-            )))
-        }
-    }
+    tracing::info!(error = %unreached, "a node of the query is unreachable; running it here");
+    here(state, plan).await
 }

@@ -80,22 +80,24 @@ fn task_count(leaders: usize, bytes: u64, per_task: u64) -> usize {
     leaders.min(by_size).max(1)
 }
 
-/// How many tasks a region scan asks for: one per node leading some of its regions, fewer
-/// for a small scan.
-#[derive(Debug)]
-pub struct ScanTaskCount {
+/// The task handlers of region scans, by leaders as `cluster` knows them: how many tasks a
+/// scan asks for (one per node leading some of its regions, fewer for a small scan), how it is
+/// cut into the scans those tasks run, and where each task is sent (asked when the stage starts,
+/// so a leader that moved since planning is followed).
+#[derive(Debug, Clone)]
+pub struct ScanTasks {
     cluster: Arc<dyn Cluster>,
 }
 
-impl ScanTaskCount {
-    /// Counts leaders as `cluster` knows them.
-    pub fn new(cluster: Arc<dyn Cluster>) -> ScanTaskCount {
-        ScanTaskCount { cluster }
+impl ScanTasks {
+    /// Handlers reading leaders from `cluster`.
+    pub fn new(cluster: Arc<dyn Cluster>) -> ScanTasks {
+        ScanTasks { cluster }
     }
 }
 
 #[async_trait]
-impl DesiredTaskCountHandler for ScanTaskCount {
+impl DesiredTaskCountHandler for ScanTasks {
     async fn handle(
         &self,
         ev: DesiredTaskCountEvent<'_>,
@@ -116,21 +118,7 @@ impl DesiredTaskCountHandler for ScanTaskCount {
     }
 }
 
-/// Cuts a region scan into the scans its stage's tasks run, each over the regions one node
-/// leads.
-#[derive(Debug)]
-pub struct ScanSplit {
-    cluster: Arc<dyn Cluster>,
-}
-
-impl ScanSplit {
-    /// Splits by leaders as `cluster` knows them.
-    pub fn new(cluster: Arc<dyn Cluster>) -> ScanSplit {
-        ScanSplit { cluster }
-    }
-}
-
-impl ScaleUpLeafNodeHandler for ScanSplit {
+impl ScaleUpLeafNodeHandler for ScanTasks {
     fn handle(&self, ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLeafNodeEventResponse>> {
         let scan = ev.plan.downcast_ref::<RegionScanExec>()?;
         if ev.task_count <= 1 {
@@ -148,20 +136,6 @@ impl ScaleUpLeafNodeHandler for ScanSplit {
             DistributedLeafExec::try_new(ev.plan.clone(), variants)
                 .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))),
         )
-    }
-}
-
-/// Sends each task of a stage that scans regions to the node leading them (asked when the
-/// stage starts, so a leader that moved since planning is followed).
-#[derive(Debug)]
-pub struct ScanRouting {
-    cluster: Arc<dyn Cluster>,
-}
-
-impl ScanRouting {
-    /// Routes by leaders as `cluster` knows them.
-    pub fn new(cluster: Arc<dyn Cluster>) -> ScanRouting {
-        ScanRouting { cluster }
     }
 }
 
@@ -188,7 +162,7 @@ fn parse(url: &str) -> Result<Url> {
         .map_err(|e| DataFusionError::Internal(format!("worker address '{url}' is no URL: {e}")))
 }
 
-impl RouteTasksHandler for ScanRouting {
+impl RouteTasksHandler for ScanTasks {
     fn handle(&self, ev: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse>> {
         let leaf = split_scan(ev.plan)?;
         let leaf = leaf.downcast_ref::<DistributedLeafExec>()?;
