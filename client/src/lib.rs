@@ -51,7 +51,7 @@ pub use jobs::NewJob;
 pub use partitioner::Partitioner;
 pub use pool::Connector;
 pub use producer::{now_ms, Producer, ProducerConfig, ProducerStats, RecordAck};
-pub use sql::{SqlEvent, SqlStream};
+pub use sql::{SqlEvent, SqlSession, SqlStream};
 pub use table::{
     CasAction, CasOutcome, Expectation, MergeOp, MergeOverlapOut, RowMerge, ScanOptions, Table,
     TableRow,

@@ -1,6 +1,8 @@
 //! Running SQL on the cluster: statements go to the client's node, results stream back as Arrow
 //! record batches.
 
+use std::collections::BTreeMap;
+
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::record_batch::RecordBatch;
@@ -44,7 +46,22 @@ pub enum SqlEvent {
         elapsed_micros: u64,
         /// What it reports besides its rows (records of a topic it skipped).
         warnings: Vec<String>,
+        /// The session's settings after it, where they differ from the node's: what
+        /// [`SqlSession::settings`] becomes.
+        settings: BTreeMap<String, String>,
     },
+}
+
+/// What a client keeps across SQL requests, as a Postgres connection keeps it: the settings its
+/// `SET` statements made (sent with each request, since a request runs in a session of its own
+/// on the node) and how long each statement may run.
+#[derive(Debug, Clone, Default)]
+pub struct SqlSession {
+    /// Longest each statement may run before it is stopped with an error (DEADLINE_EXCEEDED);
+    /// none: the node's default.
+    pub timeout: Option<std::time::Duration>,
+    /// The session's settings, as the last statement's [`SqlEvent::Done`] gave them.
+    pub settings: BTreeMap<String, String>,
 }
 
 /// The results of a SQL request as they arrive; dropping it cancels what still runs.
@@ -108,6 +125,7 @@ impl SqlStream {
                     rows: d.rows,
                     elapsed_micros: d.elapsed_micros,
                     warnings: d.warnings,
+                    settings: d.settings.into_iter().collect(),
                 }),
                 None => {}
             }
@@ -133,6 +151,16 @@ impl Client {
         sql: &str,
         timeout: Option<std::time::Duration>,
     ) -> Result<SqlStream> {
+        let session = SqlSession {
+            timeout,
+            ..SqlSession::default()
+        };
+        self.sql_in(sql, &session).await
+    }
+
+    /// As [`Client::sql`], in `session`: its settings apply before the statements run (a bad
+    /// one fails the request, naming it), and its timeout to each of them.
+    pub async fn sql_in(&self, sql: &str, session: &SqlSession) -> Result<SqlStream> {
         let addr = self.seed().to_string();
         let channel = self.pool().channel(&addr)?;
         let mut client = SqlClient::new(channel)
@@ -142,7 +170,8 @@ impl Client {
             .execute(SqlRequest {
                 sql: sql.to_string(),
                 // At least a millisecond: 0 would mean the node's default.
-                timeout_ms: timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+                timeout_ms: session.timeout.map_or(0, |t| (t.as_millis() as u64).max(1)),
+                settings: session.settings.clone().into_iter().collect(),
             })
             .await
             .map_err(|s| ClientError::from_status(&addr, &s))?

@@ -464,6 +464,10 @@ proptest! {
                 prop_assert_eq!(column, "the_col");
                 prop_assert!(!reason.is_empty());
             }
+            Err(TableError::Null { column }) => {
+                prop_assert!(!nullable);
+                prop_assert_eq!(column, "the_col");
+            }
             Err(other) => prop_assert!(false, "'{}': {:?} does not name the column", text, other),
         }
     }
@@ -493,7 +497,9 @@ proptest! {
         let c = col(ty, nullable);
         match Value::from_json(&json, &c) {
             Ok(v) => prop_assert!(v.fits(&c), "{} gave {:?}, which does not fit {}", json, v, ty),
-            Err(TableError::Value { column, .. }) => prop_assert_eq!(column, "the_col"),
+            Err(TableError::Value { column, .. } | TableError::Null { column }) => {
+                prop_assert_eq!(column, "the_col")
+            }
             Err(other) => prop_assert!(false, "{}: {:?} does not name the column", json, other),
         }
     }

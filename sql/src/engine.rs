@@ -126,6 +126,15 @@ impl Engine {
         })
     }
 
+    /// An engine over the same cluster, catalog, functions and memory pool whose settings
+    /// (`SET`) are its own: one client's session ([`crate::session`]).
+    pub fn session(&self) -> Engine {
+        Engine {
+            ctx: Arc::new(SessionContext::new_with_state(self.ctx.state())),
+            ..self.clone()
+        }
+    }
+
     /// How long a statement may run when its client does not say (none: no limit).
     pub fn statement_timeout(&self) -> Option<Duration> {
         self.statement_timeout
@@ -270,7 +279,10 @@ impl Engine {
                 self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 Ok(Output::Done(tag))
             }
-            LogicalPlan::Statement(_) => {
+            LogicalPlan::Statement(s) => {
+                if let datafusion::logical_expr::Statement::SetVariable(set) = s {
+                    crate::session::check_settable(&set.variable)?;
+                }
                 let df = self.ctx.execute_logical_plan(plan).await?;
                 Ok(Output::Rows(df.execute_stream().await?, warnings))
             }

@@ -22,6 +22,7 @@ pub mod restate;
 pub mod scan;
 pub mod scan_filter;
 pub mod schedule;
+pub mod session;
 pub mod sqlstate;
 pub mod statement;
 pub mod syntax;

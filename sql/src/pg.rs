@@ -757,10 +757,45 @@ impl QueryHook for CatalogHook {
 }
 
 /// `SET` as datafusion-postgres answers it, also noting a session's `statement_timeout` of 0 (no
-/// limit) where [`stop_of`] finds it.
+/// limit) where [`stop_of`] finds it; except a namespaced setting (`weir.distribute`,
+/// `datafusion.execution.batch_size`), which is applied to the connection's session here and
+/// refused, naming it, when it is unknown or its value does not parse (datafusion-postgres
+/// answers `SET` to any of those, applied or not). Postgres's own variables a driver sets at
+/// connect (`extra_float_digits`, `client_encoding`) are still accepted as before.
 struct SetHook;
 
 impl SetHook {
+    /// Applies `statement` to `ctx` if it sets a namespaced setting, with its answer.
+    async fn namespaced(
+        statement: &Statement,
+        ctx: &SessionContext,
+    ) -> Option<PgWireResult<Response>> {
+        let Statement::Set(datafusion::sql::sqlparser::ast::Set::SingleAssignment {
+            variable, ..
+        }) = statement
+        else {
+            return None;
+        };
+        let name = variable.to_string();
+        if !name.contains('.') {
+            return None;
+        }
+        let applied = async {
+            crate::session::check_settable(&name)?;
+            let state = ctx.state();
+            let plan = state
+                .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                    statement.clone(),
+                )))
+                .await?;
+            ctx.execute_logical_plan(plan).await.map(|_| ())
+        };
+        Some(match applied.await {
+            Ok(()) => Ok(Response::Execution(Tag::new("SET"))),
+            Err(e) => Err(pg_error(e)),
+        })
+    }
+
     /// True for `SET statement_timeout ...`.
     fn sets_timeout(statement: &Statement) -> bool {
         matches!(
@@ -792,6 +827,9 @@ impl QueryHook for SetHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(answer) = Self::namespaced(statement, ctx).await {
+            return Some(answer);
+        }
         let answer = SetShowHook
             .handle_simple_query(statement, ctx, client)
             .await;
@@ -820,6 +858,9 @@ impl QueryHook for SetHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(answer) = Self::namespaced(statement, ctx).await {
+            return Some(answer);
+        }
         let answer = SetShowHook
             .handle_extended_query(statement, plan, params, ctx, client)
             .await;
@@ -836,39 +877,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> datafusion::error::Result<()> {
-    let ctx = engine.context();
-    setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(|e| *e)?;
-    let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(CatalogHook {
-            engine: engine.clone(),
-        }),
-        Arc::new(CursorStatementHook),
-        Arc::new(SetHook),
-        Arc::new(TransactionStatementHook),
-    ];
-    let service = Arc::new(DfSessionService::new_with_hooks(ctx, hooks));
-    let handlers = Arc::new(Handlers {
-        simple: Arc::new(SimpleQueries {
-            engine: engine.clone(),
-            service: service.clone(),
-        }),
-        extended: Arc::new(ExtendedQueries {
-            engine: engine.clone(),
-            parser: Arc::new(WeirParser {
-                engine: engine.clone(),
-                inner: service.query_parser(),
-            }),
-            service,
-        }),
-        cancels: Arc::new(Cancels::default()),
-    });
+    // Every session's context shares the engine's catalogs, `pg_catalog` among them.
+    setup_pg_catalog(&engine.context(), CATALOG, EmptyContextProvider).map_err(|e| *e)?;
+    let cancels = Arc::new(Cancels::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = handlers.clone();
+                    let handlers = connection(engine.session(), cancels.clone());
                     tokio::spawn(async move {
                         if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "postgres connection ended");
@@ -880,4 +898,32 @@ pub async fn serve(
             _ = &mut shutdown => return Ok(()),
         }
     }
+}
+
+/// The handlers of one connection, over `session`: its `SET`s change its own settings only.
+fn connection(session: Engine, cancels: Arc<Cancels>) -> Arc<Handlers> {
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(CatalogHook {
+            engine: session.clone(),
+        }),
+        Arc::new(CursorStatementHook),
+        Arc::new(SetHook),
+        Arc::new(TransactionStatementHook),
+    ];
+    let service = Arc::new(DfSessionService::new_with_hooks(session.context(), hooks));
+    Arc::new(Handlers {
+        simple: Arc::new(SimpleQueries {
+            engine: session.clone(),
+            service: service.clone(),
+        }),
+        extended: Arc::new(ExtendedQueries {
+            engine: session.clone(),
+            parser: Arc::new(WeirParser {
+                engine: session,
+                inner: service.query_parser(),
+            }),
+            service,
+        }),
+        cancels,
+    })
 }

@@ -7,7 +7,8 @@ use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
 
 use crate::cluster::ClusterError;
-use crate::types::sql_type_names;
+use crate::types::{sql_type_names, RowError};
+use weir_proto::table::TableError;
 
 /// A relation (table, topic) that does not exist.
 pub const UNDEFINED_TABLE: &str = "42P01";
@@ -37,6 +38,8 @@ pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 pub const DIVISION_BY_ZERO: &str = "22012";
 /// A value out of its type's range.
 pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+/// A NULL written to a column that does not take it.
+pub const NOT_NULL_VIOLATION: &str = "23502";
 /// Data a statement met that it cannot work with.
 pub const DATA_EXCEPTION: &str = "22000";
 /// Something Weir does not do (yet).
@@ -68,6 +71,9 @@ pub fn message(e: &DataFusionError) -> String {
         DataFusionError::External(inner) => {
             if let Some(c) = inner.downcast_ref::<ClusterError>() {
                 return c.to_string();
+            }
+            if let Some(r) = inner.downcast_ref::<RowError>() {
+                return sql_type_names(&r.to_string());
             }
             if let Some(status) = inner.downcast_ref::<tonic::Status>() {
                 return unreachable_node(status);
@@ -115,15 +121,20 @@ pub fn of(e: &DataFusionError) -> &'static str {
             Some(ClusterError::Invalid(_)) => INVALID_PARAMETER_VALUE,
             Some(ClusterError::Unavailable(_)) => CANNOT_CONNECT_NOW,
             None => match (
+                inner.downcast_ref::<RowError>(),
                 inner.downcast_ref::<ArrowError>(),
                 inner.downcast_ref::<tonic::Status>(),
             ) {
-                (Some(a), _) => of_arrow(a),
-                (None, Some(s)) => match s.code() {
+                (Some(r), _, _) => match r.error {
+                    TableError::Null { .. } => NOT_NULL_VIOLATION,
+                    _ => DATA_EXCEPTION,
+                },
+                (None, Some(a), _) => of_arrow(a),
+                (None, None, Some(s)) => match s.code() {
                     tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => QUERY_CANCELED,
                     _ => CANNOT_CONNECT_NOW,
                 },
-                (None, None) => INTERNAL_ERROR,
+                (None, None, None) => INTERNAL_ERROR,
             },
         },
         DataFusionError::SQL(..) => SYNTAX_ERROR,
@@ -172,6 +183,22 @@ mod tests {
 
     fn cluster(e: ClusterError) -> DataFusionError {
         DataFusionError::External(Box::new(e))
+    }
+
+    #[test]
+    fn rows_a_table_refuses_are_told_apart() {
+        let row = |error| DataFusionError::External(Box::new(RowError { row: 3, error }));
+        let null = row(TableError::Null {
+            column: "id".into(),
+        });
+        assert_eq!(of(&null), NOT_NULL_VIOLATION);
+        assert_eq!(message(&null), "row 3: column 'id': NULL is not allowed");
+        let range = row(TableError::Value {
+            column: "n".into(),
+            reason: "300 is out of range for Int8".into(),
+        });
+        assert_eq!(of(&range), DATA_EXCEPTION);
+        assert!(message(&range).starts_with("row 3: column 'n': 300"));
     }
 
     #[test]

@@ -12,7 +12,18 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
-use weir_proto::table::{Column, ColumnType, TableSchema, Value};
+use weir_proto::table::{Column, ColumnType, TableError, TableSchema, Value};
+
+/// A row a statement would write that its table refuses (a NULL in a NOT NULL column, a value
+/// out of its column's range), with its number in the statement.
+#[derive(Debug, thiserror::Error)]
+#[error("row {row}: {error}")]
+pub struct RowError {
+    /// The row's number in the statement, from 1.
+    pub row: u64,
+    /// What the table refused about it.
+    pub error: TableError,
+}
 
 /// The Arrow type of a column type.
 pub fn arrow_type(ty: ColumnType) -> DataType {
@@ -182,8 +193,11 @@ pub fn batch_to_rows(
         let mut row = Vec::with_capacity(columns.len());
         for (c, a) in columns.iter().zip(&arrays) {
             let v = value_at(a, r, c)?;
-            let v = v.check(c).map_err(|e| {
-                DataFusionError::Execution(format!("row {}: {e}", first_row + r as u64 + 1))
+            let v = v.check(c).map_err(|error| {
+                DataFusionError::External(Box::new(RowError {
+                    row: first_row + r as u64 + 1,
+                    error,
+                }))
             })?;
             row.push(v);
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use weir_client::{Client, ClientError, SqlEvent, TableSchema, Value};
+use weir_client::{Client, ClientError, SqlEvent, SqlSession, TableSchema, Value};
 use weir_tests::{members_up, wait_until, ProcessCluster};
 
 const ROWS: i64 = 60_000;
@@ -97,16 +97,16 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
     let want = vec![ROWS.to_string(), want_sum.to_string()];
     let aggregate = "SELECT count(*), sum(v) FROM t";
     // However small the table, queries run across the nodes leading its regions (a setting of
-    // the node that plans them).
-    for c in [&client, &Client::connect(cluster.addr(2)).await.unwrap()] {
-        let mut set = c.sql("SET weir.bytes_per_task = 1").await.expect("set");
-        while set.next().await.expect("set runs").is_some() {}
-    }
+    // the session, sent with each request).
+    let distributed = SqlSession {
+        settings: [("weir.bytes_per_task".to_string(), "1".to_string())].into(),
+        ..SqlSession::default()
+    };
 
     // 1. The node running the query dies while the rows stream back.
     let runner = Client::connect(cluster.addr(2)).await.unwrap();
     let stream = runner
-        .sql("SELECT id, v FROM t ORDER BY id")
+        .sql_in("SELECT id, v FROM t ORDER BY id", &distributed)
         .await
         .expect("query starts");
     let mut victim = Some(2usize);
@@ -129,7 +129,7 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
 
     // 2. A node leading regions dies while another node runs aggregates over every region.
     let answered = wait_until("a whole answer", Duration::from_secs(120), || async {
-        let out = drain(client.sql(aggregate).await.ok()?, || {}).await;
+        let out = drain(client.sql_in(aggregate, &distributed).await.ok()?, || {}).await;
         (out.done && out.error.is_none()).then_some(out)
     })
     .await;
@@ -137,7 +137,7 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
     let mut killed = false;
     let mut errors = 0;
     for round in 0..8 {
-        let stream = match client.sql(aggregate).await {
+        let stream = match client.sql_in(aggregate, &distributed).await {
             Ok(s) => s,
             Err(e) => {
                 errors += 1;
@@ -166,7 +166,7 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
         "answers after the failover",
         Duration::from_secs(120),
         || async {
-            let out = drain(client.sql(aggregate).await.ok()?, || {}).await;
+            let out = drain(client.sql_in(aggregate, &distributed).await.ok()?, || {}).await;
             (out.done && out.error.is_none()).then_some(out)
         },
     )

@@ -8,7 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 use tonic::Code;
-use weir_client::{Client, SqlEvent, Value};
+use weir_client::{Client, SqlEvent, SqlSession, Value};
 use weir_tests::{psql_with_notices, wait_until, InProcessCluster};
 
 /// The rows of every statement of `sql`, per statement.
@@ -24,7 +24,25 @@ async fn weir_rows_and_warnings(
     client: &Client,
     sql: &str,
 ) -> Result<(Vec<Vec<RecordBatch>>, Vec<String>), weir_client::ClientError> {
-    let mut stream = client.sql(sql).await?;
+    rows_and_warnings_in(client, &SqlSession::default(), sql).await
+}
+
+/// The rows of every statement of `sql` run in `session`.
+async fn weir_rows_in(
+    client: &Client,
+    session: &SqlSession,
+    sql: &str,
+) -> Result<Vec<Vec<RecordBatch>>, weir_client::ClientError> {
+    Ok(rows_and_warnings_in(client, session, sql).await?.0)
+}
+
+/// The rows of every statement of `sql` run in `session`, and the warnings they reported.
+async fn rows_and_warnings_in(
+    client: &Client,
+    session: &SqlSession,
+    sql: &str,
+) -> Result<(Vec<Vec<RecordBatch>>, Vec<String>), weir_client::ClientError> {
+    let mut stream = client.sql_in(sql, session).await?;
     let mut out: Vec<Vec<RecordBatch>> = Vec::new();
     let mut all_warnings = Vec::new();
     while let Some(e) = stream.next().await? {
@@ -212,10 +230,25 @@ async fn queries_match_an_independent_engine_across_regions() {
         "every inserted row is read back once"
     );
     // Every query over tables runs across the nodes leading their regions (however small the
-    // tables: this node's setting, for these tests), once the leaders are spread.
-    weir_rows(&client, "SET weir.bytes_per_task = 1")
+    // tables: a setting of this session), once the leaders are spread.
+    let mut set = client
+        .sql("SET weir.bytes_per_task = 1")
         .await
-        .unwrap();
+        .expect("SET runs");
+    let mut session = SqlSession::default();
+    while let Some(e) = set.next().await.expect("SET runs") {
+        if let SqlEvent::Done { settings, .. } = e {
+            session.settings = settings;
+        }
+    }
+    assert_eq!(
+        session
+            .settings
+            .get("weir.bytes_per_task")
+            .map(String::as_str),
+        Some("1"),
+        "a SET is answered with the session's settings"
+    );
     wait_until(
         "customers' regions led by two nodes or more",
         Duration::from_secs(120),
@@ -234,8 +267,9 @@ async fn queries_match_an_independent_engine_across_regions() {
         },
     )
     .await;
-    let plan = weir_rows(
+    let plan = weir_rows_in(
         &client,
+        &session,
         "EXPLAIN ANALYZE SELECT city, count(*) FROM customers GROUP BY city",
     )
     .await
@@ -253,7 +287,7 @@ async fn queries_match_an_independent_engine_across_regions() {
         .unwrap_or(0);
     assert!(tasks >= 2, "one task per leader: {text}");
     for (sql, ordered) in QUERIES {
-        let got = weir_rows(&client, sql)
+        let got = weir_rows_in(&client, &session, sql)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let want = reference_rows(&reference, sql).await;
@@ -265,8 +299,9 @@ async fn queries_match_an_independent_engine_across_regions() {
     }
 
     // Conditions on other columns go to the regions' nodes with the scan.
-    let plan = weir_rows(
+    let plan = weir_rows_in(
         &client,
+        &session,
         "EXPLAIN SELECT id FROM customers WHERE city = 'Oslo' AND joined < DATE '2024-03-01'",
     )
     .await
@@ -275,9 +310,13 @@ async fn queries_match_an_independent_engine_across_regions() {
     assert!(text.contains("filters=[city = "), "{text}");
 
     // A key-range query reads only the regions holding its keys.
-    let plan = weir_rows(&client, "EXPLAIN SELECT name FROM customers WHERE id = 25")
-        .await
-        .unwrap();
+    let plan = weir_rows_in(
+        &client,
+        &session,
+        "EXPLAIN SELECT name FROM customers WHERE id = 25",
+    )
+    .await
+    .unwrap();
     let text = pretty_format_batches(&plan[0]).unwrap().to_string();
     assert!(
         text.contains("RegionScanExec: table=customers, regions=["),
@@ -300,9 +339,13 @@ async fn queries_match_an_independent_engine_across_regions() {
     // task of the query ran on.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let plan = weir_rows(&client, "EXPLAIN ANALYZE SELECT count(*) FROM customers")
-            .await
-            .unwrap();
+        let plan = weir_rows_in(
+            &client,
+            &session,
+            "EXPLAIN ANALYZE SELECT count(*) FROM customers",
+        )
+        .await
+        .unwrap();
         let text = pretty_format_batches(&plan[0]).unwrap().to_string();
         // (region, node) -> [rows, pages, image pages]
         let mut read: BTreeMap<(u64, u64), [u64; 3]> = BTreeMap::new();
@@ -349,7 +392,7 @@ async fn queries_match_an_independent_engine_across_regions() {
         .unwrap();
     reference_rows(&reference, "DELETE FROM orders WHERE amount < 100").await;
     let sql = "SELECT customer, seq, amount FROM orders";
-    let got = weir_rows(&client, sql).await.unwrap();
+    let got = weir_rows_in(&client, &session, sql).await.unwrap();
     assert_eq!(
         lines(&got[0], false),
         lines(&reference_rows(&reference, sql).await, false)
@@ -381,6 +424,52 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
         1,
         "{err}"
     );
+
+    // Settings: an unknown one, or one that is the node's (its memory pool), is refused by name;
+    // one a request sets lasts for that request, or for the session that sends it back.
+    for (sql, named) in [
+        ("SET weir.nonsense = 1", "nonsense"),
+        (
+            "SET datafusion.runtime.memory_limit = '100G'",
+            "datafusion.runtime.memory_limit",
+        ),
+    ] {
+        let err = weir_rows(&client, sql).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.to_string().contains(named), "{sql}: {err}");
+    }
+    let setting = "SELECT value FROM information_schema.df_settings \
+                   WHERE name = 'datafusion.execution.batch_size'";
+    let node_default = weir_rows(&client, setting).await.unwrap();
+    let set = weir_rows(
+        &client,
+        &format!("SET datafusion.execution.batch_size = 77; {setting}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(lines(&set[1], false), vec!["|77|"]);
+    assert_eq!(
+        lines(&weir_rows(&client, setting).await.unwrap()[0], false),
+        lines(&node_default[0], false),
+        "another request starts from the node's settings"
+    );
+    let session = SqlSession {
+        settings: [(
+            "datafusion.execution.batch_size".to_string(),
+            "77".to_string(),
+        )]
+        .into(),
+        ..SqlSession::default()
+    };
+    let resent = weir_rows_in(&client, &session, setting).await.unwrap();
+    assert_eq!(lines(&resent[0], false), vec!["|77|"]);
+    let bad = SqlSession {
+        settings: [("weir.nonsense".to_string(), "1".to_string())].into(),
+        ..SqlSession::default()
+    };
+    let err = weir_rows_in(&client, &bad, "SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("weir.nonsense"), "{err}");
 
     // A misspelt table is named with the closest that exists, wherever it is named.
     let err = weir_rows(&client, "SELECT * FROM tt").await.unwrap_err();
@@ -443,8 +532,12 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
     )
     .await
     .unwrap_err();
-    eprintln!("bad insert: {err}");
-    assert!(err.to_string().contains("row 3"), "{err}");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.to_string()
+            .contains("row 3: column 'v': NULL is not allowed"),
+        "{err}"
+    );
     let got = weir_rows(&client, "SELECT count(*) AS n FROM t")
         .await
         .unwrap();
@@ -689,6 +782,37 @@ async fn postgres_clients_create_list_and_query_tables() {
     let db = e.as_db_error().expect("an error from the server");
     assert_eq!(db.code().code(), "42P01", "{db:?}");
     assert!(db.message().contains("did you mean 'kinds'?"), "{db:?}");
+    // Settings are the connection's own: another connection keeps the node's; an unknown one
+    // is refused by name, not answered `SET` and ignored.
+    pg.batch_execute("SET datafusion.execution.batch_size = 77")
+        .await
+        .expect("SET of a setting");
+    let (other, other_conn) = pg_connect(port).await;
+    let setting = "SELECT value FROM information_schema.df_settings \
+                   WHERE name = 'datafusion.execution.batch_size'";
+    let mine: Option<String> = pg.query_one(setting, &[]).await.unwrap().get(0);
+    let theirs: Option<String> = other.query_one(setting, &[]).await.unwrap().get(0);
+    assert_eq!(mine.as_deref(), Some("77"));
+    assert_ne!(theirs.as_deref(), Some("77"), "another connection's SET");
+    drop(other);
+    let _ = other_conn.await;
+    let e = pg
+        .batch_execute("SET weir.nonsense = 1")
+        .await
+        .expect_err("an unknown setting");
+    let db = e.as_db_error().expect("an error from the server");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("nonsense"), "{db:?}");
+    let e = pg
+        .execute("INSERT INTO kinds (id, t) VALUES (NULL, 'no key')", &[])
+        .await
+        .expect_err("a NULL key");
+    let db = e.as_db_error().expect("an error from the server");
+    assert_eq!(db.code().code(), "23502", "{db:?}");
+    assert!(
+        db.message() == "row 1: column 'id': NULL is not allowed",
+        "{db:?}"
+    );
     let n = pg
         .execute(
             "INSERT INTO kinds (id, t) VALUES ($1, $2)",

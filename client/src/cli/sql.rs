@@ -9,7 +9,7 @@ use arrow::json::writer::{JsonArray, WriterBuilder};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::array_value_to_string;
 use rustyline::error::ReadlineError;
-use weir_client::{Client, SqlEvent};
+use weir_client::{Client, SqlEvent, SqlSession};
 
 use super::output::{print_rows, Format, Rows};
 use super::{Context, SqlArgs};
@@ -34,8 +34,8 @@ pub async fn run(ctx: &Context, args: SqlArgs) -> Result<()> {
         (None, None) => None,
     };
     match script {
-        Some(sql) => execute(&client, ctx.format, &sql, false, args.timeout).await,
-        None => shell(&client, ctx.format, args.timeout).await,
+        Some(sql) => execute(&client, ctx.format, &sql, false, &mut session(args.timeout)).await,
+        None => shell(&client, ctx.format, &mut session(args.timeout)).await,
     }
 }
 
@@ -51,7 +51,7 @@ pub async fn job(ctx: &Context, cmd: super::JobCommand) -> Result<()> {
         JobCommand::Drop { name } => format!("DROP JOB {}", quoted(&name)),
     };
     let client = ctx.client().await?;
-    execute(&client, ctx.format, &sql, false, None).await
+    execute(&client, ctx.format, &sql, false, &mut SqlSession::default()).await
 }
 
 /// Runs `weir schedule ...` as the schedule statement it stands for.
@@ -68,7 +68,15 @@ pub async fn schedule(ctx: &Context, cmd: super::ScheduleCommand) -> Result<()> 
         ScheduleCommand::Drop { name } => format!("DROP SCHEDULE {}", quoted(&name)),
     };
     let client = ctx.client().await?;
-    execute(&client, ctx.format, &sql, false, None).await
+    execute(&client, ctx.format, &sql, false, &mut SqlSession::default()).await
+}
+
+/// A session whose statements may each run for `timeout` (none: the node's default).
+fn session(timeout: Option<Duration>) -> SqlSession {
+    SqlSession {
+        timeout,
+        ..SqlSession::default()
+    }
 }
 
 /// Rows of a statement's batches as printable cells: for JSON, JSON values (numbers stay
@@ -118,17 +126,18 @@ fn to_rows(
     Ok(rows)
 }
 
-/// Sends `sql` and prints each statement's result as it finishes; with `timing`, a line with the
-/// row count and time after each (the shell's summary).
+/// Sends `sql` in `session` and prints each statement's result as it finishes (keeping the
+/// settings its `SET`s leave); with `timing`, a line with the row count and time after each (the
+/// shell's summary).
 async fn execute(
     client: &Client,
     format: Format,
     sql: &str,
     timing: bool,
-    timeout: Option<Duration>,
+    session: &mut SqlSession,
 ) -> Result<()> {
     let started = Instant::now();
-    let mut stream = client.sql_with_timeout(sql, timeout).await?;
+    let mut stream = client.sql_in(sql, session).await?;
     let mut schema = None;
     let mut batches = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -143,8 +152,10 @@ async fn execute(
                 tag,
                 rows,
                 warnings,
+                settings,
                 ..
             } => {
+                session.settings = settings;
                 for w in &warnings {
                     eprintln!("warning: {w}");
                 }
@@ -170,7 +181,7 @@ async fn execute(
 
 /// The interactive shell: statements end with `;` and may span lines; history is kept in
 /// `~/.weir_sql_history`.
-async fn shell(client: &Client, format: Format, timeout: Option<Duration>) -> Result<()> {
+async fn shell(client: &Client, format: Format, session: &mut SqlSession) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
     let history =
         std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".weir_sql_history"));
@@ -202,7 +213,7 @@ async fn shell(client: &Client, format: Format, timeout: Option<Duration>) -> Re
                 // Ctrl-C stops the statement (dropping its stream cancels it on the node) and
                 // leaves the shell open, as psql does.
                 tokio::select! {
-                    done = execute(client, format, &sql, true, timeout) => {
+                    done = execute(client, format, &sql, true, session) => {
                         if let Err(e) = done {
                             eprintln!("error: {e:#}");
                         }

@@ -48,6 +48,10 @@ pub fn status_of(e: DataFusionError) -> Status {
                     Status::cancelled(message)
                 }
                 Some(_) => Status::unavailable(message),
+                // A row its table refuses (a NULL key, a value out of range).
+                None if inner.is::<weir_sql::types::RowError>() => {
+                    Status::invalid_argument(message)
+                }
                 None => Status::internal(message),
             },
         },
@@ -55,6 +59,7 @@ pub fn status_of(e: DataFusionError) -> Status {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::Execution(_)
+        | DataFusionError::Configuration(_)
         | DataFusionError::ArrowError(..) => Status::invalid_argument(message),
         DataFusionError::NotImplemented(_) => Status::unimplemented(message),
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
@@ -85,10 +90,11 @@ fn tag_of(sql: &str) -> String {
         .to_ascii_uppercase()
 }
 
-/// Runs one statement, sending its parts, until it ends, its caller goes away (then it returns
-/// false) or it runs past `timeout`; whatever it was doing is dropped, its remote scans too.
+/// Runs one statement in `session`, sending its parts, until it ends, its caller goes away (then
+/// it returns false) or it runs past `timeout`; whatever it was doing is dropped, its remote
+/// scans too.
 async fn run_statement(
-    engine: &Engine,
+    engine: &Session<'_>,
     index: u32,
     stmt: weir_sql::Statement,
     tx: &mpsc::Sender<Result<SqlResponse, Status>>,
@@ -105,9 +111,17 @@ async fn run_statement(
     }
 }
 
+/// The session a request runs in, and the node's engine it started from.
+struct Session<'a> {
+    /// The request's own engine: its `SET`s change only it.
+    session: Engine,
+    /// The node's engine, whose settings the session's are told apart from.
+    node: &'a Engine,
+}
+
 /// Runs one statement and sends its parts; returns false when the caller went away.
 async fn statement_parts(
-    engine: &Engine,
+    engine: &Session<'_>,
     index: u32,
     stmt: weir_sql::Statement,
     tx: &mpsc::Sender<Result<SqlResponse, Status>>,
@@ -118,7 +132,7 @@ async fn statement_parts(
         statement: index,
         part: Some(part),
     };
-    let (tag, rows, warnings) = match engine.run(stmt).await.map_err(status_of)? {
+    let (tag, rows, warnings) = match engine.session.run(stmt).await.map_err(status_of)? {
         Output::Done(tag) => (tag, 0, Vec::new()),
         Output::Rows(mut stream, warnings) => {
             let schema = stream.schema();
@@ -150,6 +164,9 @@ async fn statement_parts(
         rows,
         elapsed_micros: started.elapsed().as_micros() as u64,
         warnings,
+        settings: weir_sql::session::changed(&engine.session, engine.node)
+            .into_iter()
+            .collect(),
     });
     Ok(tx.send(Ok(send(done))).await.is_ok())
 }
@@ -162,7 +179,11 @@ impl Sql for SqlService {
         &self,
         request: Request<SqlRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let SqlRequest { sql, timeout_ms } = request.into_inner();
+        let SqlRequest {
+            sql,
+            timeout_ms,
+            settings,
+        } = request.into_inner();
         let timeout = match timeout_ms {
             0 => self.engine.statement_timeout(),
             ms => Some(Duration::from_millis(ms)),
@@ -172,11 +193,20 @@ impl Sql for SqlService {
         if statements.is_empty() {
             return Err(Status::invalid_argument("no SQL statement given"));
         }
+        let session = self.engine.session();
+        let settings = settings.into_iter().collect();
+        weir_sql::session::apply(&session, &settings)
+            .await
+            .map_err(status_of)?;
         let (tx, rx) = mpsc::channel(4);
-        let engine = self.engine.clone();
+        let node = self.engine.clone();
         let span = tracing::debug_span!("sql", statements = statements.len());
         tokio::spawn(
             async move {
+                let engine = Session {
+                    session,
+                    node: &node,
+                };
                 for (i, stmt) in statements.into_iter().enumerate() {
                     match run_statement(&engine, i as u32, stmt, &tx, timeout).await {
                         Ok(true) => {}

@@ -214,6 +214,7 @@ impl RowMerge {
             };
             let v = v.check(&target.column()).map_err(|e| match e {
                 TableError::Value { reason, .. } => at(reason),
+                TableError::Null { .. } => at("NULL is not allowed".into()),
                 other => at(other.to_string()),
             })?;
             cells.push(v);

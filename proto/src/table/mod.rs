@@ -42,6 +42,12 @@ pub enum TableError {
         /// What is wrong.
         reason: String,
     },
+    /// A column that does not take NULL was given NULL.
+    #[error("column '{column}': NULL is not allowed")]
+    Null {
+        /// The column.
+        column: String,
+    },
     /// Stored or sent bytes do not decode.
     #[error("bad encoding: {0}")]
     Encoding(String),

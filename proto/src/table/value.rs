@@ -206,7 +206,9 @@ impl Value {
         };
         match (self, col.ty) {
             (Value::Null, _) if col.nullable => Ok(Value::Null),
-            (Value::Null, _) => Err(bad(col, "NULL is not allowed")),
+            (Value::Null, _) => Err(TableError::Null {
+                column: col.name.clone(),
+            }),
             (Value::Int(v), ColumnType::Int8) => range(v, i8::MIN.into(), i8::MAX.into()),
             (Value::Int(v), ColumnType::Int16) => range(v, i16::MIN.into(), i16::MAX.into()),
             (Value::Int(v), ColumnType::Int32) => range(v, i32::MIN.into(), i32::MAX.into()),
