@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
 use weir_proto::format::TopicFormat;
 use weir_proto::table::merge::MergeOp;
 use weir_proto::table::{TableSchema, Value};
@@ -14,7 +15,7 @@ use weir_proto::table::{TableSchema, Value};
 use crate::scan_filter::ScanFilter;
 
 /// Why a cluster call failed, as the SQL layer reports it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// The named table or topic does not exist.
     #[error("{0}")]
@@ -28,6 +29,57 @@ pub enum ClusterError {
     /// The cluster could not serve the call in time (no leader, a node down); retrying may work.
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// What a [`ClusterError`] raised by a query's task is wrapped in, followed by its kind: the
+/// task may run on another node, and datafusion-distributed sends an external error back as its
+/// text alone, but a context's text with it.
+const TRAVELS_AS: &str = "weir.cluster_error.";
+
+impl ClusterError {
+    /// The name of its kind, as it travels.
+    fn kind(&self) -> &'static str {
+        match self {
+            ClusterError::NotFound(_) => "not_found",
+            ClusterError::AlreadyExists(_) => "already_exists",
+            ClusterError::Invalid(_) => "invalid",
+            ClusterError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// `self` as the error of a task that may run on another node: it arrives at the planning
+    /// node as itself ([`ClusterError::carried`] finds it), not as an anonymous text.
+    pub fn into_task_error(self) -> DataFusionError {
+        DataFusionError::Context(
+            format!("{TRAVELS_AS}{}", self.kind()),
+            Box::new(DataFusionError::External(Box::new(self))),
+        )
+    }
+
+    /// The cluster error `e` carries, raised on this node or by a task on another (then rebuilt
+    /// from its kind and text).
+    pub fn carried(e: &DataFusionError) -> Option<ClusterError> {
+        let mut kind = None;
+        let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut innermost: &(dyn std::error::Error + 'static) = e;
+        while let Some(err) = at {
+            if let Some(c) = err.downcast_ref::<ClusterError>() {
+                return Some(c.clone());
+            }
+            if let Some(DataFusionError::Context(tag, _)) = err.downcast_ref::<DataFusionError>() {
+                kind = tag.strip_prefix(TRAVELS_AS).or(kind);
+            }
+            innermost = err;
+            at = err.source();
+        }
+        let message = innermost.to_string();
+        kind.map(|kind| match kind {
+            "not_found" => ClusterError::NotFound(message),
+            "already_exists" => ClusterError::AlreadyExists(message),
+            "invalid" => ClusterError::Invalid(message),
+            _ => ClusterError::Unavailable(message),
+        })
+    }
 }
 
 /// A region of a table as the catalog last described it.

@@ -280,15 +280,29 @@ impl Engine {
                 Ok(Output::Done(tag))
             }
             LogicalPlan::Statement(s) => {
-                if let datafusion::logical_expr::Statement::SetVariable(set) = s {
-                    crate::session::check_settable(&set.variable)?;
-                }
+                use datafusion::logical_expr::Statement as Df;
+                // A setting's change answers with its command, as in Postgres, not with rows.
+                let tag = match s {
+                    Df::SetVariable(set) => {
+                        crate::session::check_settable(&set.variable)?;
+                        Some("SET")
+                    }
+                    Df::ResetVariable(_) => Some("RESET"),
+                    _ => None,
+                };
                 let df = self.ctx.execute_logical_plan(plan).await?;
-                Ok(Output::Rows(df.execute_stream().await?, warnings))
+                match tag {
+                    Some(tag) => {
+                        df.collect().await?;
+                        Ok(Output::Done(tag.into()))
+                    }
+                    None => Ok(Output::Rows(df.execute_stream().await?, warnings)),
+                }
             }
             _ => {
                 // Type coercion runs here, as the plan is optimized.
-                let stream = distributed::execute(state, plan)
+                let stream = datafusion::dataframe::DataFrame::new(state, plan)
+                    .execute_stream()
                     .await
                     .map_err(|e| self.restated(e))?;
                 Ok(Output::Rows(stream, warnings))

@@ -26,7 +26,7 @@ use datafusion::physical_plan::{
 use futures::stream;
 use weir_proto::table::{Column, ColumnType};
 
-use crate::cluster::{Cluster, Served, TableMeta};
+use crate::cluster::{Cluster, ClusterError, Served, TableMeta};
 use crate::columnar::with_schema;
 use crate::keyrange::KeyRange;
 use crate::scan_filter::ScanFilter;
@@ -280,7 +280,7 @@ impl Cursor {
                     want,
                 )
                 .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                .map_err(ClusterError::into_task_error)?;
             if let Some(resume) = page.resume {
                 if range.end.is_empty() || resume < range.end {
                     self.current = Some(KeyRange {

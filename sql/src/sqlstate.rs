@@ -66,12 +66,12 @@ fn root(e: &DataFusionError) -> &DataFusionError {
 /// without its class prefix (`Error during planning: `, `Arrow error: Cast error: `; as in
 /// Postgres, the SQLSTATE says the class) and with its types named as SQL names them.
 pub fn message(e: &DataFusionError) -> String {
+    if let Some(c) = ClusterError::carried(e) {
+        return c.to_string();
+    }
     let e = root(e);
     let text = match e {
         DataFusionError::External(inner) => {
-            if let Some(c) = inner.downcast_ref::<ClusterError>() {
-                return c.to_string();
-            }
             if let Some(r) = inner.downcast_ref::<RowError>() {
                 return sql_type_names(&r.to_string());
             }
@@ -112,30 +112,32 @@ fn unreachable_node(status: &tonic::Status) -> String {
 
 /// The SQLSTATE Postgres answers an error like `e` with.
 pub fn of(e: &DataFusionError) -> &'static str {
+    if let Some(c) = ClusterError::carried(e) {
+        return match c {
+            ClusterError::NotFound(m) if names_relation(&m) => UNDEFINED_TABLE,
+            ClusterError::NotFound(_) => UNDEFINED_OBJECT,
+            ClusterError::AlreadyExists(m) if names_relation(&m) => DUPLICATE_TABLE,
+            ClusterError::AlreadyExists(_) => DUPLICATE_OBJECT,
+            ClusterError::Invalid(_) => INVALID_PARAMETER_VALUE,
+            ClusterError::Unavailable(_) => CANNOT_CONNECT_NOW,
+        };
+    }
     match root(e) {
-        DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
-            Some(ClusterError::NotFound(m)) if names_relation(m) => UNDEFINED_TABLE,
-            Some(ClusterError::NotFound(_)) => UNDEFINED_OBJECT,
-            Some(ClusterError::AlreadyExists(m)) if names_relation(m) => DUPLICATE_TABLE,
-            Some(ClusterError::AlreadyExists(_)) => DUPLICATE_OBJECT,
-            Some(ClusterError::Invalid(_)) => INVALID_PARAMETER_VALUE,
-            Some(ClusterError::Unavailable(_)) => CANNOT_CONNECT_NOW,
-            None => match (
-                inner.downcast_ref::<RowError>(),
-                inner.downcast_ref::<ArrowError>(),
-                inner.downcast_ref::<tonic::Status>(),
-            ) {
-                (Some(r), _, _) => match r.error {
-                    TableError::Null { .. } => NOT_NULL_VIOLATION,
-                    _ => DATA_EXCEPTION,
-                },
-                (None, Some(a), _) => of_arrow(a),
-                (None, None, Some(s)) => match s.code() {
-                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => QUERY_CANCELED,
-                    _ => CANNOT_CONNECT_NOW,
-                },
-                (None, None, None) => INTERNAL_ERROR,
+        DataFusionError::External(inner) => match (
+            inner.downcast_ref::<RowError>(),
+            inner.downcast_ref::<ArrowError>(),
+            inner.downcast_ref::<tonic::Status>(),
+        ) {
+            (Some(r), _, _) => match r.error {
+                TableError::Null { .. } => NOT_NULL_VIOLATION,
+                _ => DATA_EXCEPTION,
             },
+            (None, Some(a), _) => of_arrow(a),
+            (None, None, Some(s)) => match s.code() {
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => QUERY_CANCELED,
+                _ => CANNOT_CONNECT_NOW,
+            },
+            (None, None, None) => INTERNAL_ERROR,
         },
         DataFusionError::SQL(..) => SYNTAX_ERROR,
         DataFusionError::Plan(m) if m.starts_with(NO_SIGNATURE) => UNDEFINED_FUNCTION,
@@ -183,6 +185,34 @@ mod tests {
 
     fn cluster(e: ClusterError) -> DataFusionError {
         DataFusionError::External(Box::new(e))
+    }
+
+    #[test]
+    fn a_cluster_error_raised_by_a_task_on_another_node_keeps_its_code() {
+        // What datafusion-distributed rebuilds from a remote task's error: the context's text,
+        // and an external error's text alone.
+        #[derive(Debug)]
+        struct Text(String);
+        impl std::fmt::Display for Text {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Text {}
+        let raised = ClusterError::Unavailable("region 7 has no leader".into()).into_task_error();
+        let DataFusionError::Context(tag, _) = &raised else {
+            panic!("{raised:?}");
+        };
+        let arrived = DataFusionError::Context(
+            tag.clone(),
+            Box::new(DataFusionError::External(Box::new(Text(
+                "region 7 has no leader".into(),
+            )))),
+        );
+        for e in [raised, arrived] {
+            assert_eq!(of(&e), CANNOT_CONNECT_NOW, "{e:?}");
+            assert_eq!(message(&e), "region 7 has no leader");
+        }
     }
 
     #[test]

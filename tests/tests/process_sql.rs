@@ -62,6 +62,16 @@ fn value_text(array: &dyn datafusion::arrow::array::Array) -> String {
     datafusion::arrow::util::display::array_value_to_string(array, 0).unwrap_or_default()
 }
 
+/// The port node `i` serves Postgres on.
+fn pg_port(cluster: &ProcessCluster, i: usize) -> u16 {
+    cluster.nodes[i]
+        .pg
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a Postgres port")
+}
+
 async fn all_up(cluster: &ProcessCluster) {
     let first = cluster.addr(0);
     wait_until("3 members up", Duration::from_secs(120), || {
@@ -134,9 +144,42 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
     })
     .await;
     assert_eq!(answered.values, want);
+    // The same over Postgres, whose statements datafusion-postgres runs: the same plans across
+    // the cluster, the same fall-back to the planning node.
+    let (pg, pg_conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=weir", pg_port(&cluster, 0)),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("a Postgres connection");
+    let pg_conn = tokio::spawn(pg_conn);
+    pg.batch_execute("SET weir.bytes_per_task = 1")
+        .await
+        .expect("SET over Postgres");
     let mut killed = false;
     let mut errors = 0;
+    let mut pg_errors = 0;
     for round in 0..8 {
+        match pg.simple_query(aggregate).await {
+            Ok(messages) => {
+                let values: Vec<String> = messages
+                    .iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                            (0..r.len())
+                                .map(|i| r.get(i).unwrap_or_default().to_string())
+                                .collect(),
+                        ),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                assert_eq!(values, want, "round {round}: a wrong answer over Postgres");
+            }
+            Err(e) => {
+                pg_errors += 1;
+                eprintln!("round {round}: failed over Postgres: {e:?}");
+            }
+        }
         let stream = match client.sql_in(aggregate, &distributed).await {
             Ok(s) => s,
             Err(e) => {
@@ -161,7 +204,18 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
             killed = true;
         }
     }
-    eprintln!("{errors} of 8 queries failed while node 1 was killed");
+    eprintln!(
+        "{errors} of 8 queries failed while node 1 was killed ({pg_errors} of 8 over Postgres)"
+    );
+    eprintln!(
+        "queries run again on the planning node: {}",
+        cluster
+            .log_text(0)
+            .matches("a node of the query is unreachable")
+            .count()
+    );
+    drop(pg);
+    let _ = pg_conn.await;
     let after = wait_until(
         "answers after the failover",
         Duration::from_secs(120),

@@ -34,26 +34,25 @@ impl SqlService {
 /// ([`weir_sql::sqlstate::message`]).
 pub fn status_of(e: DataFusionError) -> Status {
     let message = weir_sql::sqlstate::message(&e);
-    let e = e.find_root();
-    match e {
-        DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
-            Some(ClusterError::NotFound(_)) => Status::not_found(message),
-            Some(ClusterError::AlreadyExists(_)) => Status::already_exists(message),
-            Some(ClusterError::Invalid(_)) => Status::invalid_argument(message),
-            Some(ClusterError::Unavailable(_)) => Status::unavailable(message),
-            // A task's node that could not be reached: retryable as the cluster's own
-            // unavailability is.
-            None => match inner.downcast_ref::<Status>() {
-                Some(s) if matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded) => {
-                    Status::cancelled(message)
-                }
-                Some(_) => Status::unavailable(message),
-                // A row its table refuses (a NULL key, a value out of range).
-                None if inner.is::<weir_sql::types::RowError>() => {
-                    Status::invalid_argument(message)
-                }
-                None => Status::internal(message),
-            },
+    if let Some(c) = ClusterError::carried(&e) {
+        return match c {
+            ClusterError::NotFound(_) => Status::not_found(message),
+            ClusterError::AlreadyExists(_) => Status::already_exists(message),
+            ClusterError::Invalid(_) => Status::invalid_argument(message),
+            ClusterError::Unavailable(_) => Status::unavailable(message),
+        };
+    }
+    match e.find_root() {
+        // A task's node that could not be reached: retryable as the cluster's own
+        // unavailability is.
+        DataFusionError::External(inner) => match inner.downcast_ref::<Status>() {
+            Some(s) if matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded) => {
+                Status::cancelled(message)
+            }
+            Some(_) => Status::unavailable(message),
+            // A row its table refuses (a NULL key, a value out of range).
+            None if inner.is::<weir_sql::types::RowError>() => Status::invalid_argument(message),
+            None => Status::internal(message),
         },
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)

@@ -7,7 +7,7 @@
 //! runs on the planning node. Every node serves tasks on its gRPC port ([`workers`]); a scan
 //! travels to it as the table's name, regions and ranges ([`codec`]). A query that cannot
 //! reach a node it sent tasks to runs again on the planning node before any of it is answered
-//! ([`retry`]).
+//! ([`retry`]), whichever protocol sent it.
 //!
 //! A query runs on the planning node alone when it reads anything but Weir tables: a topic
 //! (its skipped-record counts are gathered by the statement on the planning node), a file
@@ -44,7 +44,6 @@ use datafusion_distributed::{
 use url::Url;
 
 pub use codec::ScanCodec;
-pub use retry::execute;
 pub use workers::{EngineSlot, TaskSessions, Workers};
 
 use crate::cluster::Cluster;
@@ -153,7 +152,18 @@ impl QueryPlanner for ClusterPlanner {
             }
         }
         if reads_only_tables(plan) {
-            self.across.create_physical_plan(plan, session).await
+            let state = session.as_any().downcast_ref::<SessionState>();
+            let rerun = state.filter(|_| retry::rerunnable(plan));
+            match (self.across.create_physical_plan(plan, session).await, rerun) {
+                (Ok(across), Some(state)) if across.is::<DistributedExec>() => Ok(Arc::new(
+                    retry::RetryHere::new(across, plan.clone(), state.clone()),
+                )),
+                (Err(e), Some(state)) if retry::unreachable(&e) => {
+                    tracing::info!(error = %e, "a node of the query is unreachable; planning it here");
+                    retry::plan_here(state, plan).await
+                }
+                (planned, _) => planned,
+            }
         } else {
             DefaultPhysicalPlanner::default()
                 .create_physical_plan(plan, session)
