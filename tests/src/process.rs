@@ -101,6 +101,11 @@ impl NodeProcess {
         self.child.is_some()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let ok = Command::new("kill")

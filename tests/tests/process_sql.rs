@@ -1,9 +1,10 @@
 //! SQL with real `weir-node` processes: a node SIGKILLed while a query runs — the node running it,
 //! or one leading regions it reads — makes the query fail with an error or answer whole, never
 //! hand over part of a result as if it were complete; and the cluster answers again once the
-//! regions have moved.
+//! regions have moved. A query running across the nodes that its client cancels stops on every
+//! one of them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weir_client::{Client, ClientError, SqlEvent, SqlSession, TableSchema, Value};
 use weir_tests::{members_up, wait_until, ProcessCluster};
@@ -62,6 +63,28 @@ fn value_text(array: &dyn datafusion::arrow::array::Array) -> String {
     datafusion::arrow::util::display::array_value_to_string(array, 0).unwrap_or_default()
 }
 
+/// Table `t (id BIGINT, k INT, v BIGINT)` keyed by `id`, 3 replicas, split at `splits`, with the
+/// rows `insert` writes.
+async fn table_t(client: &Client, splits: &[i64], insert: &str) {
+    let schema = TableSchema::parse("id BIGINT, k INT, v BIGINT", &["id".into()]).unwrap();
+    let splits: Vec<Vec<Value>> = splits.iter().map(|k| vec![Value::Int(*k)]).collect();
+    client
+        .create_table_split_at("t", &schema, 3, 0, &splits)
+        .await
+        .expect("table split");
+    let mut rows = client.sql(insert).await.expect("insert starts");
+    while rows.next().await.expect("insert runs").is_some() {}
+}
+
+/// A session whose queries run across the nodes leading the regions they read, however small
+/// the tables (a setting sent with each request).
+fn distributed() -> SqlSession {
+    SqlSession {
+        settings: [("weir.bytes_per_task".to_string(), "1".to_string())].into(),
+        ..SqlSession::default()
+    }
+}
+
 /// The port node `i` serves Postgres on.
 fn pg_port(cluster: &ProcessCluster, i: usize) -> u16 {
     cluster.nodes[i]
@@ -86,32 +109,19 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
     let mut cluster = ProcessCluster::start(3, &[]);
     all_up(&cluster).await;
     let client = Client::connect(cluster.addr(0)).await.unwrap();
-    let schema = TableSchema::parse("id BIGINT, k INT, v BIGINT", &["id".into()]).unwrap();
-    let splits: Vec<Vec<Value>> = [15_000, 30_000, 45_000]
-        .iter()
-        .map(|k| vec![Value::Int(*k)])
-        .collect();
-    client
-        .create_table_split_at("t", &schema, 3, 0, &splits)
-        .await
-        .expect("table split in four regions");
-    let mut insert = client
-        .sql(&format!(
+    table_t(
+        &client,
+        &[15_000, 30_000, 45_000],
+        &format!(
             "INSERT INTO t SELECT value, CAST(value % 100 AS INT), value * 7 \
              FROM generate_series(1, {ROWS})"
-        ))
-        .await
-        .expect("insert starts");
-    while insert.next().await.expect("insert runs").is_some() {}
+        ),
+    )
+    .await;
     let want_sum = 7 * ROWS * (ROWS + 1) / 2;
     let want = vec![ROWS.to_string(), want_sum.to_string()];
     let aggregate = "SELECT count(*), sum(v) FROM t";
-    // However small the table, queries run across the nodes leading its regions (a setting of
-    // the session, sent with each request).
-    let distributed = SqlSession {
-        settings: [("weir.bytes_per_task".to_string(), "1".to_string())].into(),
-        ..SqlSession::default()
-    };
+    let distributed = distributed();
 
     // 1. The node running the query dies while the rows stream back.
     let runner = Client::connect(cluster.addr(2)).await.unwrap();
@@ -226,4 +236,116 @@ async fn a_node_killed_during_a_query_fails_it_or_answers_whole() {
     )
     .await;
     assert_eq!(after.values, want, "the answer after the failover");
+}
+
+/// CPU time (user and system) process `pid` has used, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// The share of one core each node used over the next second.
+async fn cpu_use(cluster: &ProcessCluster) -> Vec<f64> {
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| cpu_ticks(*p).unwrap_or(b).saturating_sub(b) as f64 / 100.0 / seconds)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_query_stops_on_every_node_it_runs_on() {
+    let cluster = ProcessCluster::start(3, &[]);
+    all_up(&cluster).await;
+    let client = Client::connect(cluster.addr(0)).await.unwrap();
+    table_t(
+        &client,
+        &[5_000, 10_000],
+        "INSERT INTO t SELECT value, CAST(value % 20 AS INT), value + 0 \
+         FROM generate_series(1, 15000)",
+    )
+    .await;
+    let distributed = distributed();
+    // Three joins on a key of 20 values: 15,000 × 750 × 750 matches per key, hours of work
+    // spread over the nodes by hash shuffles.
+    let endless = "SELECT count(*) FROM t a JOIN t b ON a.k = b.k JOIN t c ON b.k = c.k \
+                   WHERE a.v + b.v + c.v < 0";
+    let mut explain = client
+        .sql_in(&format!("EXPLAIN {endless}"), &distributed)
+        .await
+        .expect("EXPLAIN runs");
+    let mut plan = String::new();
+    while let Some(e) = explain.next().await.expect("EXPLAIN runs") {
+        if let SqlEvent::Batch { batch, .. } = e {
+            plan.push_str(
+                &datafusion::arrow::util::pretty::pretty_format_batches(&[batch])
+                    .expect("printable")
+                    .to_string(),
+            );
+        }
+    }
+    assert!(
+        plan.contains("DistributedExec"),
+        "planned across the nodes: {plan}"
+    );
+    let mut stream = client
+        .sql_in(endless, &distributed)
+        .await
+        .expect("the query starts");
+    let running = tokio::spawn(async move {
+        let mut events = Vec::new();
+        loop {
+            match stream.next().await {
+                Ok(Some(e)) => events.push(format!("{e:?}")),
+                Ok(None) => return Ok(events),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    // Work on a node other than the planning node: tasks were sent there.
+    let busy = wait_until(
+        "the query's tasks busy on another node",
+        Duration::from_secs(120),
+        || async {
+            let used = cpu_use(&cluster).await;
+            (used.iter().skip(1).any(|u| *u > 0.3)).then_some(used)
+        },
+    )
+    .await;
+    eprintln!("CPU per node while the query runs: {busy:?}");
+    if running.is_finished() {
+        let outcome = running.await.expect("the query's task");
+        panic!("the endless query ended: {outcome:?}");
+    }
+    // The client cancels: its stream is dropped (what Ctrl-C in `weir sql` does).
+    running.abort();
+    let _ = running.await;
+    let used = wait_until(
+        "every node idle again after the cancel",
+        Duration::from_secs(60),
+        || async {
+            let used = cpu_use(&cluster).await;
+            used.iter().all(|u| *u < 0.15).then_some(used)
+        },
+    )
+    .await;
+    eprintln!("CPU per node after the cancel: {used:?}");
+    // And the cluster answers the next query.
+    let out = drain(
+        client
+            .sql_in("SELECT count(*) FROM t", &distributed)
+            .await
+            .unwrap(),
+        || {},
+    )
+    .await;
+    assert_eq!(out.values, vec!["15000".to_string()], "{out:?}");
 }
