@@ -260,6 +260,11 @@ impl Engine {
             if let Some(out) = self.catalog_statement(s).await? {
                 return Ok(out);
             }
+            if let Sql::ShowVariable { variable } = s.as_ref() {
+                if let Some((name, value)) = crate::session::show(&self.ctx, variable) {
+                    return Output::one_row(&[("name", name), ("value", value)]);
+                }
+            }
         }
         if let DfStatement::CreateExternalTable(c) = &stmt {
             if !c.temporary {
@@ -282,15 +287,22 @@ impl Engine {
             LogicalPlan::Statement(s) => {
                 use datafusion::logical_expr::Statement as Df;
                 // A setting's change answers with its command, as in Postgres, not with rows.
-                let tag = match s {
+                let (tag, name) = match s {
                     Df::SetVariable(set) => {
                         crate::session::check_settable(&set.variable)?;
-                        Some("SET")
+                        (Some("SET"), Some(set.variable.clone()))
                     }
-                    Df::ResetVariable(_) => Some("RESET"),
-                    _ => None,
+                    Df::ResetVariable(reset) => (Some("RESET"), Some(reset.variable.clone())),
+                    _ => (None, None),
                 };
-                let df = self.ctx.execute_logical_plan(plan).await?;
+                let df = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| match &name {
+                        Some(name) => crate::session::refused(name, e),
+                        None => e,
+                    })?;
                 match tag {
                     Some(tag) => {
                         df.collect().await?;

@@ -2,6 +2,11 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::Result;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
 
 use crate::warnings::QueryWarnings;
@@ -13,4 +18,26 @@ pub enum Output {
     Rows(SendableRecordBatchStream, Arc<QueryWarnings>),
     /// A statement without rows, with its command tag (`CREATE TABLE`, `DROP TABLE`).
     Done(String),
+}
+
+impl Output {
+    /// One row of text columns, each named by the first of its pair (a `SHOW` of a setting).
+    pub fn one_row(cells: &[(&str, String)]) -> Result<Output> {
+        let schema = Arc::new(Schema::new(
+            cells
+                .iter()
+                .map(|(name, _)| Field::new(*name, DataType::Utf8, false))
+                .collect::<Vec<_>>(),
+        ));
+        let columns: Vec<ArrayRef> = cells
+            .iter()
+            .map(|(_, v)| Arc::new(StringArray::from(vec![v.clone()])) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter([Ok(batch)]));
+        Ok(Output::Rows(
+            Box::pin(stream),
+            Arc::new(QueryWarnings::default()),
+        ))
+    }
 }

@@ -765,6 +765,20 @@ impl QueryHook for CatalogHook {
 struct SetHook;
 
 impl SetHook {
+    /// The answer to `SHOW` of an extension's setting (`weir.distribute`), as Postgres answers
+    /// `SHOW`: one column named after the setting; datafusion-postgres finds none of them.
+    fn show(statement: &Statement, ctx: &SessionContext) -> Option<PgWireResult<Response>> {
+        let Statement::ShowVariable { variable } = statement else {
+            return None;
+        };
+        let (name, value) = crate::session::show(ctx, variable)?;
+        Some(
+            Output::one_row(&[(name.as_str(), value)])
+                .map_err(pg_error)
+                .and_then(response),
+        )
+    }
+
     /// Applies `statement` to `ctx` if it sets a namespaced setting, with its answer.
     async fn namespaced(
         statement: &Statement,
@@ -788,7 +802,10 @@ impl SetHook {
                     statement.clone(),
                 )))
                 .await?;
-            ctx.execute_logical_plan(plan).await.map(|_| ())
+            ctx.execute_logical_plan(plan)
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::session::refused(&name, e))
         };
         Some(match applied.await {
             Ok(()) => Ok(Response::Execution(Tag::new("SET"))),
@@ -830,6 +847,9 @@ impl QueryHook for SetHook {
         if let Some(answer) = Self::namespaced(statement, ctx).await {
             return Some(answer);
         }
+        if let Some(answer) = Self::show(statement, ctx) {
+            return Some(answer);
+        }
         let answer = SetShowHook
             .handle_simple_query(statement, ctx, client)
             .await;
@@ -859,6 +879,9 @@ impl QueryHook for SetHook {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         if let Some(answer) = Self::namespaced(statement, ctx).await {
+            return Some(answer);
+        }
+        if let Some(answer) = Self::show(statement, ctx) {
             return Some(answer);
         }
         let answer = SetShowHook

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{LogicalPlan, SetVariable, Statement};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Ident;
 
 use crate::engine::Engine;
 
@@ -30,6 +32,16 @@ pub fn check_settable(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `e`, the refusal of a `SET` (or `RESET`) of `name`, worded to name the setting in full
+/// (DataFusion names an extension's setting without its prefix: `Config value "x" not found on
+/// WeirOptions`).
+pub fn refused(name: &str, e: DataFusionError) -> DataFusionError {
+    DataFusionError::Configuration(format!(
+        "cannot set '{name}': {}",
+        crate::sqlstate::message(&e)
+    ))
+}
+
 /// Applies `settings` (name and value, as `SET name = value` takes them) to the session
 /// `engine`; the first that is unknown or does not parse is refused, naming it.
 pub async fn apply(engine: &Engine, settings: &BTreeMap<String, String>) -> Result<()> {
@@ -40,12 +52,9 @@ pub async fn apply(engine: &Engine, settings: &BTreeMap<String, String>) -> Resu
             variable: name.clone(),
             value: value.clone(),
         }));
-        ctx.execute_logical_plan(set).await.map_err(|e| {
-            DataFusionError::Configuration(format!(
-                "setting '{name}' to '{value}': {}",
-                crate::sqlstate::message(&e)
-            ))
-        })?;
+        ctx.execute_logical_plan(set)
+            .await
+            .map_err(|e| refused(name, e))?;
     }
     Ok(())
 }
@@ -53,18 +62,34 @@ pub async fn apply(engine: &Engine, settings: &BTreeMap<String, String>) -> Resu
 /// The settings of `session` that differ from those of the node's `engine` it was started from:
 /// what a client resends to continue the session.
 pub fn changed(session: &Engine, engine: &Engine) -> BTreeMap<String, String> {
-    let node = settings(engine);
-    settings(session)
+    let node = settings(&engine.context());
+    settings(&session.context())
         .into_iter()
         .filter(|(key, value)| node.get(key) != Some(value))
         .filter_map(|(key, value)| Some((key, value?)))
         .collect()
 }
 
-/// Every setting of `engine`'s session by its full name (`datafusion.execution.batch_size`,
+/// `SHOW name` of a setting of an extension (`weir.distribute`, `distributed.compression`):
+/// its full name and value. None for any other name: DataFusion answers `datafusion.*` itself,
+/// but lists an extension's settings without their prefix, so it finds none of these.
+pub fn show(ctx: &SessionContext, variable: &[Ident]) -> Option<(String, String)> {
+    let name = variable
+        .iter()
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".");
+    if name.starts_with("datafusion.") {
+        return None;
+    }
+    let value = settings(ctx).remove(&name)?;
+    Some((name, value.unwrap_or_default()))
+}
+
+/// Every setting of the session `ctx` by its full name (`datafusion.execution.batch_size`,
 /// `weir.distribute`): DataFusion lists an extension's (`weir.*`) without its prefix.
-fn settings(engine: &Engine) -> BTreeMap<String, Option<String>> {
-    let config = engine.context().copied_config();
+fn settings(ctx: &SessionContext) -> BTreeMap<String, Option<String>> {
+    let config = ctx.copied_config();
     let options = config.options();
     let own = options
         .entries()

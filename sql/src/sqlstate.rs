@@ -78,12 +78,14 @@ pub fn message(e: &DataFusionError) -> String {
             if let Some(status) = inner.downcast_ref::<tonic::Status>() {
                 return unreachable_node(status);
             }
-            e.strip_backtrace()
+            inner.to_string()
         }
         // The parser's own words ("sql parser error: Expected: ... at Line: 1, Column: 8"), not
         // DataFusion's debug form of them.
         DataFusionError::SQL(parser, _) => return parser.to_string(),
-        DataFusionError::Plan(m) | DataFusionError::Execution(m) => m.clone(),
+        DataFusionError::Plan(m)
+        | DataFusionError::Execution(m)
+        | DataFusionError::Configuration(m) => m.clone(),
         DataFusionError::SchemaError(s, _) => s.to_string(),
         DataFusionError::ArrowError(a, _) => match a.as_ref() {
             ArrowError::CastError(m) => m.clone(),

@@ -470,6 +470,11 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
     let err = weir_rows_in(&client, &bad, "SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.to_string().contains("weir.nonsense"), "{err}");
+    // SHOW names Weir's settings in full, as SET does.
+    let shown = weir_rows(&client, "SET weir.distribute = false; SHOW weir.distribute")
+        .await
+        .unwrap();
+    assert_eq!(lines(&shown[1], false), vec!["|weir.distribute|false|"]);
 
     // A misspelt table is named with the closest that exists, wherever it is named.
     let err = weir_rows(&client, "SELECT * FROM tt").await.unwrap_err();
@@ -790,6 +795,29 @@ async fn postgres_clients_create_list_and_query_tables() {
     let (other, other_conn) = pg_connect(port).await;
     let setting = "SELECT value FROM information_schema.df_settings \
                    WHERE name = 'datafusion.execution.batch_size'";
+    pg.batch_execute("SET weir.bytes_per_task = 5")
+        .await
+        .expect("SET of Weir's setting");
+    let shown = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
+        messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        shown(pg.simple_query("SHOW weir.bytes_per_task").await.unwrap()).as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        shown(
+            other
+                .simple_query("SHOW weir.bytes_per_task")
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("67108864")
+    );
     let mine: Option<String> = pg.query_one(setting, &[]).await.unwrap().get(0);
     let theirs: Option<String> = other.query_one(setting, &[]).await.unwrap().get(0);
     assert_eq!(mine.as_deref(), Some("77"));
