@@ -165,19 +165,33 @@ impl Engine {
     pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
         let mut statements = statement::parse(sql)?;
         for s in statements.iter_mut() {
-            self.name_topic_columns(s);
+            self.rewrite(s);
         }
         Ok(statements)
     }
 
-    /// `sql` with its column list filled in, when it is one `INSERT INTO topic` without one (for
-    /// the extended protocol, which plans the text itself).
-    pub fn completed_insert(&self, sql: &str) -> Option<String> {
+    /// `sql` as Weir rewrites it before planning, when it rewrites any of it (an `INSERT INTO
+    /// topic` without a column list, an `INSERT ... SELECT` naming one column twice), for the
+    /// Postgres protocol, whose planner reads the text itself.
+    pub fn completed(&self, sql: &str) -> Option<String> {
         let mut statements = statement::parse(sql).ok()?;
-        let (Some(mut one), true) = (statements.pop_front(), statements.is_empty()) else {
-            return None;
-        };
-        self.name_topic_columns(&mut one).then(|| one.to_string())
+        let mut changed = false;
+        for s in statements.iter_mut() {
+            changed |= self.rewrite(s);
+        }
+        changed.then(|| {
+            statements
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(";\n")
+        })
+    }
+
+    /// Rewrites what DataFusion would refuse but Postgres takes: an `INSERT INTO topic` without
+    /// a column list, an `INSERT ... SELECT` naming one column twice. Whether it changed `stmt`.
+    fn rewrite(&self, stmt: &mut Statement) -> bool {
+        self.name_topic_columns(stmt) | name_repeated_columns(stmt)
     }
 
     /// Gives an `INSERT INTO topic` without a column list the topic's own columns, as Postgres
@@ -714,6 +728,44 @@ fn command_tag(name: &str) -> String {
 }
 
 /// The unqualified name of a table (`weir.public.t` and `t` both name `t`).
+/// Gives the repeated items of an `INSERT ... SELECT`'s select list (`SELECT a, a`) names of
+/// their own: an insert matches columns by position, and Postgres and Spark take it, but
+/// DataFusion refuses a select list that names one column twice. Whether it changed `stmt`.
+fn name_repeated_columns(stmt: &mut Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let Statement::Sql(DfStatement::Statement(s)) = stmt else {
+        return false;
+    };
+    let Sql::Insert(insert) = s.as_mut() else {
+        return false;
+    };
+    let Some(source) = insert.source.as_mut() else {
+        return false;
+    };
+    let SetExpr::Select(select) = source.body.as_mut() else {
+        return false;
+    };
+    let mut times: std::collections::HashMap<String, usize> = Default::default();
+    for item in &select.projection {
+        if let SelectItem::UnnamedExpr(e) = item {
+            *times.entry(e.to_string()).or_default() += 1;
+        }
+    }
+    let mut changed = false;
+    for (i, item) in select.projection.iter_mut().enumerate() {
+        if let SelectItem::UnnamedExpr(e) = item {
+            if times.get(&e.to_string()).is_some_and(|n| *n > 1) {
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::with_quote('"', format!("column {}", i + 1)),
+                };
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
 fn object_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
     let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
     match last.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {

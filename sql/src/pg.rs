@@ -256,7 +256,7 @@ impl QueryParser for WeirParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let Some(statement) = WeirParser::weir_statement(&self.engine, sql)? else {
-            let parsed = match self.engine.completed_insert(sql) {
+            let parsed = match self.engine.completed(sql) {
                 Some(completed) => self.inner.parse_sql(client, &completed, types).await,
                 None => self.inner.parse_sql(client, sql, types).await,
             };
@@ -476,11 +476,12 @@ impl SimpleQueries {
                 // An `INSERT ... SELECT` from a topic is among these: the scans it plans count
                 // what they skip here, reported after the last answer.
                 let warnings = Arc::new(QueryWarnings::default());
+                let completed = self.engine.completed(query);
                 let answered = stop
                     .run(warnings.clone().collect_in(SimpleQueryHandler::do_query(
                         self.service.as_ref(),
                         client,
-                        query,
+                        completed.as_deref().unwrap_or(query),
                     )))
                     .await
                     .map_err(stopped_error)?

@@ -787,6 +787,31 @@ async fn postgres_clients_create_list_and_query_tables() {
     let db = e.as_db_error().expect("an error from the server");
     assert_eq!(db.code().code(), "42P01", "{db:?}");
     assert!(db.message().contains("did you mean 'kinds'?"), "{db:?}");
+    // An insert's select list may name a column twice, as in Postgres (columns are matched by
+    // position), over both protocols and through `weir sql`.
+    pg.batch_execute(
+        "CREATE TABLE pairs (a BIGINT, b BIGINT, PRIMARY KEY (a)) WITH (replicas = 1); \
+         INSERT INTO pairs SELECT value, value FROM generate_series(1, 3)",
+    )
+    .await
+    .expect("a repeated column over the simple protocol");
+    pg.execute(
+        "INSERT INTO pairs SELECT value + $1, value + $1 FROM generate_series(1, 3)",
+        &[&10i64],
+    )
+    .await
+    .expect("a repeated column over the extended protocol");
+    let client = Client::connect(cluster.addr(0)).await.unwrap();
+    weir_rows(
+        &client,
+        "INSERT INTO pairs SELECT value + 20, value + 20 FROM generate_series(1, 3)",
+    )
+    .await
+    .expect("a repeated column through weir sql");
+    let got = weir_rows(&client, "SELECT count(*) FROM pairs WHERE a = b")
+        .await
+        .unwrap();
+    assert_eq!(lines(&got[0], false), vec!["|9|"]);
     // Settings are the connection's own: another connection keeps the node's; an unknown one
     // is refused by name, not answered `SET` and ignored.
     pg.batch_execute("SET datafusion.execution.batch_size = 77")
