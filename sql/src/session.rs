@@ -15,8 +15,6 @@ use datafusion::logical_expr::{LogicalPlan, SetVariable, Statement};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Ident;
 
-use crate::engine::Engine;
-
 /// Settings that are the node's, not a session's: the memory pool and spill directory every
 /// query on the node shares (`--sql-memory`), which a session replacing them would escape.
 const NODE_SETTINGS: &str = "datafusion.runtime.";
@@ -42,10 +40,9 @@ pub fn refused(name: &str, e: DataFusionError) -> DataFusionError {
     ))
 }
 
-/// Applies `settings` (name and value, as `SET name = value` takes them) to the session
-/// `engine`; the first that is unknown or does not parse is refused, naming it.
-pub async fn apply(engine: &Engine, settings: &BTreeMap<String, String>) -> Result<()> {
-    let ctx = engine.context();
+/// Applies `settings` (name and value, as `SET name = value` takes them) to the session `ctx`;
+/// the first that is unknown or does not parse is refused, naming it.
+pub async fn apply(ctx: &SessionContext, settings: &BTreeMap<String, String>) -> Result<()> {
     for (name, value) in settings {
         check_settable(name)?;
         let set = LogicalPlan::Statement(Statement::SetVariable(SetVariable {
@@ -59,11 +56,11 @@ pub async fn apply(engine: &Engine, settings: &BTreeMap<String, String>) -> Resu
     Ok(())
 }
 
-/// The settings of `session` that differ from those of the node's `engine` it was started from:
-/// what a client resends to continue the session.
-pub fn changed(session: &Engine, engine: &Engine) -> BTreeMap<String, String> {
-    let node = settings(&engine.context());
-    settings(&session.context())
+/// The settings of `session` that differ from those of the node's context `node` it was started
+/// from: what a client resends to continue the session.
+pub fn changed(session: &SessionContext, node: &SessionContext) -> BTreeMap<String, String> {
+    let node = settings(node);
+    settings(session)
         .into_iter()
         .filter(|(key, value)| node.get(key) != Some(value))
         .filter_map(|(key, value)| Some((key, value?)))

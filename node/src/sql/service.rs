@@ -163,7 +163,7 @@ async fn statement_parts(
         rows,
         elapsed_micros: started.elapsed().as_micros() as u64,
         warnings,
-        settings: weir_sql::session::changed(&engine.session, engine.node)
+        settings: weir_sql::session::changed(&engine.session.context(), &engine.node.context())
             .into_iter()
             .collect(),
     });
@@ -194,7 +194,7 @@ impl Sql for SqlService {
         }
         let session = self.engine.session();
         let settings = settings.into_iter().collect();
-        weir_sql::session::apply(&session, &settings)
+        weir_sql::session::apply(&session.context(), &settings)
             .await
             .map_err(status_of)?;
         let (tx, rx) = mpsc::channel(4);
