@@ -298,6 +298,49 @@ async fn queries_match_an_independent_engine_across_regions() {
         );
     }
 
+    // The session's DataFusion settings hold in the tasks other nodes run: its time zone is
+    // the one `to_unixtime` reads dates in, where the partial aggregates run too.
+    let sql = "SELECT city, min(to_unixtime(concat(CAST(joined AS VARCHAR), 'T00:00:00'))) \
+               AS first FROM customers GROUP BY city";
+    let in_utc = weir_rows_in(&client, &session, sql).await.unwrap();
+    let mut zoned = session.clone();
+    zoned.settings.insert(
+        "datafusion.execution.time_zone".into(),
+        "+05:00".to_string(),
+    );
+    let plan = weir_rows_in(&client, &zoned, &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap();
+    let text = pretty_format_batches(&plan[0]).unwrap().to_string();
+    assert!(text.contains("DistributedExec"), "{text}");
+    let across = weir_rows_in(&client, &zoned, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut here = zoned.clone();
+    here.settings
+        .insert("weir.distribute".into(), "false".to_string());
+    let local = weir_rows_in(&client, &here, sql).await.unwrap();
+    let seconds = |batches: &[RecordBatch]| -> BTreeMap<String, i64> {
+        lines(batches, false)
+            .iter()
+            .filter_map(|l| {
+                // `|city|seconds|`, the city empty for NULL.
+                let f: Vec<&str> = l.split('|').collect();
+                Some((f.get(1)?.to_string(), f.get(2)?.parse().ok()?))
+            })
+            .collect()
+    };
+    let (in_utc, across, local) = (seconds(&in_utc[0]), seconds(&across[0]), seconds(&local[0]));
+    assert_eq!(across, local, "the same on every node");
+    assert_eq!(across.len(), 5, "{across:?}");
+    for (city, utc) in &in_utc {
+        assert_eq!(
+            across[city],
+            utc - 5 * 3600,
+            "{city}: {across:?} against {in_utc:?}"
+        );
+    }
+
     // Conditions on other columns go to the regions' nodes with the scan.
     let plan = weir_rows_in(
         &client,

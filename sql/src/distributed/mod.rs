@@ -17,6 +17,7 @@
 
 mod codec;
 mod retry;
+mod settings;
 mod tasks;
 mod workers;
 
@@ -26,7 +27,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::display::{PlanType, StringifiedPlan};
 use datafusion::common::extensions_options;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigExtension;
 use datafusion::datasource::source_as_provider;
 use datafusion::error::{DataFusionError, Result};
@@ -79,6 +80,8 @@ fn distribute(session: &dyn Session) -> bool {
 #[derive(Debug)]
 struct ClusterPlanner {
     across: Arc<dyn QueryPlanner + Send + Sync>,
+    /// DataFusion's settings of the node, which a session's tasks are sent the changes from.
+    baseline: settings::Baseline,
 }
 
 /// Whether `plan` reads Weir tables and nothing else a task on another node could not read.
@@ -100,7 +103,30 @@ fn reads_only_tables(plan: &LogicalPlan) -> bool {
     tables && !other
 }
 
+/// Whether `plan` sends tasks to other nodes.
+fn runs_across(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut across = false;
+    let _ = plan.apply(|p| {
+        across = p.is::<DistributedExec>();
+        Ok(if across {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    across
+}
+
 impl ClusterPlanner {
+    /// `plan`, whose tasks (if it sends any) run with the session's settings.
+    fn with_settings(&self, plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        if runs_across(&plan) {
+            Arc::new(settings::SessionSettings::new(plan, self.baseline.clone()))
+        } else {
+            plan
+        }
+    }
+
     /// `EXPLAIN` of a query that runs across the cluster: its stages, the tasks of each and
     /// the regions each task reads (DataFusion's own `EXPLAIN` would show the single-node plan
     /// the stages are cut from). None when the query runs on one node, or for `EXPLAIN VERBOSE`.
@@ -154,8 +180,13 @@ impl QueryPlanner for ClusterPlanner {
         if reads_only_tables(plan) {
             let state = session.as_any().downcast_ref::<SessionState>();
             let rerun = state.filter(|_| retry::rerunnable(plan));
-            match (self.across.create_physical_plan(plan, session).await, rerun) {
-                (Ok(across), Some(state)) if across.is::<DistributedExec>() => Ok(Arc::new(
+            let planned = self
+                .across
+                .create_physical_plan(plan, session)
+                .await
+                .map(|p| self.with_settings(p));
+            match (planned, rerun) {
+                (Ok(across), Some(state)) if runs_across(&across) => Ok(Arc::new(
                     retry::RetryHere::new(across, plan.clone(), state.clone()),
                 )),
                 (Err(e), Some(state)) if retry::unreachable(&e) => {
@@ -201,11 +232,19 @@ pub fn session_state(
             builder.with_distributed_local_worker_context(worker.to_local_worker_context(url));
     }
     let mut builder = builder.with_distributed_planner();
+    // The node's settings as its sessions start (the distributed planner changes some).
+    let baseline: settings::Baseline = Arc::new(
+        builder
+            .config()
+            .as_ref()
+            .map(|c| settings::datafusion_settings(c.options()))
+            .unwrap_or_default(),
+    );
     let across = builder.query_planner().take().ok_or_else(|| {
         DataFusionError::Internal("the distributed planner did not install itself".into())
     })?;
     let state = builder
-        .with_query_planner(Arc::new(ClusterPlanner { across }))
+        .with_query_planner(Arc::new(ClusterPlanner { across, baseline }))
         .build();
     Ok((state, worker))
 }

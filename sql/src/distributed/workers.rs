@@ -80,6 +80,7 @@ impl WorkerSessionBuilder for TaskSessions {
                 state.register_udwf(f.clone())?;
             }
         }
+        super::settings::apply(&ctx.headers, &mut state)?;
         Ok(state)
     }
 }
