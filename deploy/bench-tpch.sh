@@ -38,11 +38,17 @@ done
 # with columnar images of them (--scan-cache), which the second reads. A third round runs every
 # query on the node that received it (`SET weir.distribute = false` ahead of it in the same
 # request: a setting lasts for its session), reading the same images.
-for round in 1 2 local; do
-  session=""
-  if [ "$round" = local ]; then
-    session="SET weir.distribute = false;"
-  fi
+# WEIR_TPCH_ROUNDS adds rounds after these, each across the cluster with one planner setting
+# changed: `reduce` (distributed.partial_reduce = true: partial aggregates below the shuffles) and
+# `plain` (distributed.compression = 'none': rows cross loopback uncompressed).
+ROUNDS="1 2 local ${WEIR_TPCH_ROUNDS:-}"
+for round in $ROUNDS; do
+  case "$round" in
+    local) session="SET weir.distribute = false;" ;;
+    reduce) session="SET distributed.partial_reduce = true;" ;;
+    plain) session="SET distributed.compression = 'none';" ;;
+    *) session="" ;;
+  esac
   echo "== 22 queries through weir sql, round $round"
   mkdir -p "$OUT/weir-r$round"
   total=0
@@ -61,6 +67,6 @@ python3 "$HERE/tpch/duck.py" "$DATA" "$OUT/duck-parquet" parquet
 echo "== DuckDB 2 threads over its tables (loaded from the CSV files)"
 python3 "$HERE/tpch/duck.py" "$DATA" "$OUT/duck-tables" tables
 echo "== Weir's answers against DuckDB's"
-for round in 1 2 local; do
+for round in $ROUNDS; do
   python3 "$HERE/tpch/compare.py" "$OUT/duck-parquet" "$OUT/weir-r$round" --skip-header
 done

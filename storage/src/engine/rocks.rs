@@ -47,6 +47,9 @@ impl RocksBackend {
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let mut log_opts = Options::default();
         log_opts.set_write_buffer_size(64 << 20);
+        // A region's Raft log holds each write's rows until the region snapshots (rarely: its
+        // snapshot copies the rows), so its entries reach the files flushed and compacted.
+        log_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Point reads (a row by key, a vote, a header) skip the files that cannot hold the key.
         let mut with_bloom = rocksdb::BlockBasedOptions::default();
         with_bloom.set_bloom_filter(10.0, false);
