@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use futures::future::try_join_all;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
-use weir_proto::table::{key, TableSchema, Value};
+use weir_proto::table::{key, row, TableSchema, Value};
 use weir_proto::v1::kv_client::KvClient;
 use weir_proto::v1::{self, mutation, ColumnExpect, Mutation, RegionInfo};
 
@@ -429,8 +429,8 @@ impl Table {
         key::encode_key(&self.schema, key).map_err(|e| ClientError::InvalidArgument(e.to_string()))
     }
 
-    /// The key values of a full row.
-    fn key_of(&self, row: &[Value]) -> Result<Vec<Value>> {
+    /// Refuses a row without one value per column.
+    fn check_width(&self, row: &[Value]) -> Result<()> {
         if row.len() != self.schema.columns.len() {
             return Err(ClientError::InvalidArgument(format!(
                 "a row of '{}' has {} columns ({}), {} values given",
@@ -440,6 +440,12 @@ impl Table {
                 row.len()
             )));
         }
+        Ok(())
+    }
+
+    /// The key values of a full row.
+    fn key_of(&self, row: &[Value]) -> Result<Vec<Value>> {
+        self.check_width(row)?;
         Ok(self
             .schema
             .primary_key
@@ -610,16 +616,22 @@ impl Table {
 
     /// Writes full rows (values in column order); rows of different regions are written in
     /// parallel and each region's part atomically. Returns the rows written.
+    ///
+    /// Rows are checked and encoded here, as the regions store them, so the regions only check
+    /// the bytes instead of decoding and encoding every value again.
     pub async fn put(&self, rows: Vec<Vec<Value>>) -> Result<u64> {
         let mut items = Vec::with_capacity(rows.len());
-        for r in rows {
-            let k = self.encode_key(&self.key_of(&r)?)?;
+        for (i, r) in rows.into_iter().enumerate() {
+            self.check_width(&r)?;
+            let (key, value) = row::encode_row(&self.schema, r).map_err(|e| {
+                ClientError::InvalidArgument(format!("row {i} of '{}': {e}", self.name))
+            })?;
             items.push((
-                k,
+                key.clone(),
                 Mutation {
-                    op: Some(mutation::Op::Put(v1::Row {
-                        values: r.iter().map(Value::to_proto).collect(),
-                        version: 0,
+                    op: Some(mutation::Op::PutEncoded(v1::EncodedRow {
+                        key: key.into(),
+                        value: value.into(),
                     })),
                 },
             ));

@@ -297,6 +297,34 @@ async fn compare_and_set_and_bad_input() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("bytes"), "{err}");
+    // A row its writer encoded is checked where it is stored: bytes no encoder writes (here a
+    // string where `n` holds integers) are refused with the column named, and nothing is written.
+    let mut raw = weir_proto::v1::kv_client::KvClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(0)))
+            .expect("address")
+            .connect_lazy(),
+    );
+    let forged = weir_proto::v1::WriteRequest {
+        table: "acct".into(),
+        mutations: vec![weir_proto::v1::Mutation {
+            op: Some(weir_proto::v1::mutation::Op::PutEncoded(
+                weir_proto::v1::EncodedRow {
+                    key: t.encode_key(&[Value::Str("b".into())]).unwrap().into(),
+                    value: weir_proto::table::row::encode_cells(&[
+                        Value::Str("many".into()),
+                        Value::Null,
+                        Value::Null,
+                    ])
+                    .into(),
+                },
+            )),
+        }],
+        atomic: false,
+        fence: None,
+    };
+    let err = raw.write(forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("column 'n'"), "{err:?}");
     assert!(t
         .get(&[vec![Value::Str("b".into())]], &[], false)
         .await

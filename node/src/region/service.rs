@@ -139,6 +139,12 @@ impl Table<'_> {
         row::encode_row(self.schema(), values).map_err(invalid)
     }
 
+    /// Checks a row its writer encoded against the table; its key and value as stored.
+    fn check_encoded(&self, r: &v1::EncodedRow) -> NodeResult<(Vec<u8>, Vec<u8>)> {
+        row::check_encoded(self.schema(), &r.key, &r.value).map_err(invalid)?;
+        Ok((r.key.to_vec(), r.value.to_vec()))
+    }
+
     /// Checks a merge against the table and encodes it for the region's log.
     fn encode_merge(&self, m: &v1::RowMerge) -> NodeResult<KvOp> {
         let schema = self.schema();
@@ -955,6 +961,10 @@ impl Kv for KvService {
                         let (key, value) = table.encode_row(r).map_err(at)?;
                         KvOp::Put { key, value }
                     }
+                    Some(mutation::Op::PutEncoded(r)) => {
+                        let (key, value) = table.check_encoded(r).map_err(at)?;
+                        KvOp::Put { key, value }
+                    }
                     Some(mutation::Op::Delete(k)) => KvOp::Delete {
                         key: table.encode_key(k).map_err(at)?,
                     },
@@ -1105,9 +1115,14 @@ impl Kv for KvService {
                 )
             }
         };
-        let op = match req.then.as_ref().and_then(|m| m.op.as_ref()) {
-            Some(mutation::Op::Put(r)) => {
-                let (k, value) = table.encode_row(r)?;
+        let then = req.then.as_ref().and_then(|m| m.op.as_ref());
+        let put = match then {
+            Some(mutation::Op::Put(r)) => Some(table.encode_row(r)?),
+            Some(mutation::Op::PutEncoded(r)) => Some(table.check_encoded(r)?),
+            _ => None,
+        };
+        let op = match (then, put) {
+            (_, Some((k, value))) => {
                 if k != key {
                     return Err(invalid(
                         "the row to put has a different key than the one compared",
@@ -1116,18 +1131,18 @@ impl Kv for KvService {
                 }
                 KvOp::Put { key: k, value }
             }
-            Some(mutation::Op::Delete(k)) => {
+            (Some(mutation::Op::Delete(k)), None) => {
                 if table.encode_key(k)? != key {
                     return Err(invalid("the key to delete differs from the one compared").into());
                 }
                 KvOp::Delete { key: key.clone() }
             }
-            Some(mutation::Op::Merge(_)) => {
+            (Some(mutation::Op::Merge(_)), None) => {
                 return Err(
                     invalid("compare-and-set applies a put or a delete, not a merge").into(),
                 )
             }
-            None => return Err(invalid("compare-and-set needs a put or delete to apply").into()),
+            _ => return Err(invalid("compare-and-set needs a put or delete to apply").into()),
         };
         let g = region_of(&catalog, table.info, &key, false)?;
         tracing::debug!(table = %req.table, region = g.id, "compare-and-set");

@@ -53,6 +53,45 @@ pub fn encode_row(schema: &TableSchema, row: Vec<Value>) -> Result<(Vec<u8>, Vec
     Ok((k, v))
 }
 
+/// Checks a row already encoded (a writer's [`encode_row`] output, sent as such) against `schema`:
+/// accepted only if it is what [`encode_row`] writes for some row of the table, so a region never
+/// stores bytes its readers would refuse. Nothing is decoded into values.
+pub fn check_encoded(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<()> {
+    key::decode_key(schema, k)?;
+    if v.len() > MAX_ROW_BYTES {
+        return Err(TableError::Schema(format!(
+            "the row is {} bytes encoded; at most {MAX_ROW_BYTES} are allowed",
+            v.len()
+        )));
+    }
+    let mut rest = v;
+    for i in schema.value_columns() {
+        let col = &schema.columns[i];
+        if rest.is_empty() {
+            return Err(TableError::Encoding(format!(
+                "the row ends before column '{}'",
+                col.name
+            )));
+        }
+        let cell = decode_cell_ref(&mut rest)?;
+        if !cell.fits(col) {
+            return Err(TableError::Encoding(format!(
+                "column '{}' holds {cell:?}, which is not a {}{} value",
+                col.name,
+                if col.nullable { "" } else { "NOT NULL " },
+                col.ty
+            )));
+        }
+    }
+    if !rest.is_empty() {
+        return Err(TableError::Encoding(format!(
+            "{} bytes left after the row",
+            rest.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Rebuilds the full row from its stored key and value.
 ///
 /// Only what [`encode_row`] writes is accepted: every cell must hold its column's kind of value
@@ -292,5 +331,45 @@ mod tests {
         assert!(e.to_string().contains("column 'n'"), "{e}");
         let e = encode_row(&schema, vec![Value::Int(1), Value::Null]).unwrap_err();
         assert!(e.to_string().contains("NULL"), "{e}");
+    }
+
+    #[test]
+    fn encoded_rows_are_checked_as_encode_row_would_have_written_them() {
+        let schema =
+            TableSchema::parse("id INT, n SMALLINT NOT NULL, s VARCHAR", &["id".into()]).unwrap();
+        let row = vec![Value::Int(1), Value::Int(5), Value::Str("x".into())];
+        let (k, v) = encode_row(&schema, row).unwrap();
+        check_encoded(&schema, &k, &v).unwrap();
+        let cells = |c: &[Value]| encode_cells(c);
+        // A NULL in a NOT NULL column, a value out of the column's range, a cell of another
+        // kind, a missing cell, a cell too many, a key of another type.
+        let bad = [
+            (
+                k.clone(),
+                cells(&[Value::Null, Value::Str("x".into())]),
+                "NOT NULL",
+            ),
+            (
+                k.clone(),
+                cells(&[Value::Int(1 << 20), Value::Null]),
+                "column 'n'",
+            ),
+            (
+                k.clone(),
+                cells(&[Value::Int(5), Value::Int(5)]),
+                "column 's'",
+            ),
+            (k.clone(), cells(&[Value::Int(5)]), "before column 's'"),
+            (
+                k.clone(),
+                cells(&[Value::Int(5), Value::Null, Value::Null]),
+                "left after",
+            ),
+            (vec![1, 2, 3], v.clone(), "key"),
+        ];
+        for (k, v, want) in bad {
+            let e = check_encoded(&schema, &k, &v).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }

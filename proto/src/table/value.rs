@@ -62,6 +62,30 @@ pub enum Cell<'a> {
 }
 
 impl Cell<'_> {
+    /// Whether the cell is exactly what [`Value::check`] stores for `col` (see [`Value::fits`]).
+    pub fn fits(&self, col: &Column) -> bool {
+        match (self, col.ty) {
+            (Cell::Null, _) => col.nullable,
+            (Cell::Int(v), ColumnType::Int8) => i8::try_from(*v).is_ok(),
+            (Cell::Int(v), ColumnType::Int16) => i16::try_from(*v).is_ok(),
+            (Cell::Int(v), ColumnType::Int32) => i32::try_from(*v).is_ok(),
+            (Cell::Int(_), ColumnType::Int64) => true,
+            (Cell::UInt(_), ColumnType::UInt64) => true,
+            // `check` rounds to the column's width, so a stored REAL is always an f32 widened.
+            (Cell::Float(f), ColumnType::Float32) => f64::from(*f as f32).to_bits() == f.to_bits(),
+            (Cell::Float(_), ColumnType::Float64) => true,
+            (Cell::Decimal(d), ColumnType::Decimal { precision, .. }) => {
+                digits(*d) <= u32::from(precision)
+            }
+            (Cell::Bool(_), ColumnType::Boolean)
+            | (Cell::Str(_), ColumnType::Utf8)
+            | (Cell::Bytes(_), ColumnType::Binary)
+            | (Cell::Date(_), ColumnType::Date32)
+            | (Cell::Timestamp(_), ColumnType::Timestamp) => true,
+            _ => false,
+        }
+    }
+
     /// The owned value.
     pub fn to_value(self) -> Value {
         match self {
@@ -285,26 +309,7 @@ impl Value {
     /// within its range. Decoders of stored and sent bytes use it, so that a value no encoder could
     /// have written is refused rather than handed on under the wrong type.
     pub fn fits(&self, col: &Column) -> bool {
-        match (self, col.ty) {
-            (Value::Null, _) => col.nullable,
-            (Value::Int(v), ColumnType::Int8) => i8::try_from(*v).is_ok(),
-            (Value::Int(v), ColumnType::Int16) => i16::try_from(*v).is_ok(),
-            (Value::Int(v), ColumnType::Int32) => i32::try_from(*v).is_ok(),
-            (Value::Int(_), ColumnType::Int64) => true,
-            (Value::UInt(_), ColumnType::UInt64) => true,
-            // `check` rounds to the column's width, so a stored REAL is always an f32 widened.
-            (Value::Float(f), ColumnType::Float32) => f64::from(*f as f32).to_bits() == f.to_bits(),
-            (Value::Float(_), ColumnType::Float64) => true,
-            (Value::Decimal(d), ColumnType::Decimal { precision, .. }) => {
-                digits(*d) <= u32::from(precision)
-            }
-            (Value::Bool(_), ColumnType::Boolean)
-            | (Value::Str(_), ColumnType::Utf8)
-            | (Value::Bytes(_), ColumnType::Binary)
-            | (Value::Date(_), ColumnType::Date32)
-            | (Value::Timestamp(_), ColumnType::Timestamp) => true,
-            _ => false,
-        }
+        self.as_cell().fits(col)
     }
 
     /// The kind of value, for messages ("an integer", "NULL").
