@@ -34,6 +34,8 @@ for t in nation region part supplier partsupp customer orders lineitem; do
   rows=$(($(wc -l <"$DATA/csv/$t.csv") - 1))
   python3 -c "import sys; s=float(sys.argv[2]) - float(sys.argv[1]); print(f'$t: $rows rows in {s:.1f} s, {int($rows / s):,} rows/s')" "$start" "$end"
 done
+# The timed rounds start once the load's flushes, compactions and splits are done.
+quiet 300
 # Two rounds across the cluster: the first reads the stored rows and leaves the regions' leaders
 # with columnar images of them (--scan-cache), which the second reads. A third round runs every
 # query on the node that received it (`SET weir.distribute = false` ahead of it in the same
