@@ -3,34 +3,146 @@
 //! and `try_to_date` / `try_to_timestamp(text, format, ...)`, which parse with the first format
 //! that fits and give NULL when none does (as Spark's `to_date` does), for cleaning messy input
 //! where DataFusion's `to_date` fails the whole query on one bad value; and Postgres's
-//! `pg_sleep(seconds)`, which waits without holding a thread.
+//! `pg_sleep(seconds)`, which waits without holding a thread. DataFusion's `to_timestamp` family
+//! is replaced by itself wrapped in [`Zoned`], whose results carry the session's time zone.
 
 use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{
-    Array, ArrayRef, Date32Builder, StringArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, Date32Builder, StringArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{
+    DataType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
 use datafusion::common::ScalarValue;
+use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::functions::datetime::date_bin;
+use datafusion::functions::datetime::{self, date_bin};
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
+    ColumnarValue, Documentation, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TypeSignature, Volatility,
 };
 
-/// Every function Weir adds.
+/// Every function Weir adds, and those it replaces.
 pub fn all() -> Vec<ScalarUDF> {
-    vec![
+    let config = ConfigOptions::default();
+    let mut all = vec![
         ScalarUDF::from(Tumble::new()),
         ScalarUDF::from(TryParse::new(Parsed::Date)),
         ScalarUDF::from(TryParse::new(Parsed::Timestamp)),
         AsyncScalarUDF::new(Arc::new(PgSleep::new())).into_scalar_udf(),
-    ]
+    ];
+    all.extend(
+        [
+            datetime::to_timestamp(&config),
+            datetime::to_timestamp_seconds(&config),
+            datetime::to_timestamp_millis(&config),
+            datetime::to_timestamp_micros(&config),
+            datetime::to_timestamp_nanos(&config),
+        ]
+        .into_iter()
+        .map(|f| Zoned::wrap(f.as_ref().clone())),
+    );
+    all
+}
+
+/// One of DataFusion's `to_timestamp` functions, whose results over a column carry the time zone
+/// its type declares. DataFusion 55 declares `Timestamp(unit, <session zone>)` once
+/// `datafusion.execution.time_zone` is set but builds the arrays without the zone, and the query
+/// fails (apache/datafusion#24632, fixed upstream after 55). The values are the same instants
+/// either way, so the zone is only attached.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Zoned {
+    inner: ScalarUDF,
+}
+
+impl Zoned {
+    /// `inner`, with its results' zone attached.
+    pub fn wrap(inner: ScalarUDF) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Zoned { inner })
+    }
+}
+
+/// `array` with the time zone of `ty` when both are timestamps of one unit; unchanged otherwise.
+fn with_zone(array: ArrayRef, ty: &DataType) -> ArrayRef {
+    let DataType::Timestamp(unit, zone) = ty else {
+        return array;
+    };
+    if array.data_type() == ty {
+        return array;
+    }
+    let zone = zone.clone();
+    match (array.data_type(), unit) {
+        (DataType::Timestamp(TimeUnit::Second, _), TimeUnit::Second) => Arc::new(
+            array
+                .as_primitive::<TimestampSecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        (DataType::Timestamp(TimeUnit::Millisecond, _), TimeUnit::Millisecond) => Arc::new(
+            array
+                .as_primitive::<TimestampMillisecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        (DataType::Timestamp(TimeUnit::Microsecond, _), TimeUnit::Microsecond) => Arc::new(
+            array
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        (DataType::Timestamp(TimeUnit::Nanosecond, _), TimeUnit::Nanosecond) => Arc::new(
+            array
+                .as_primitive::<TimestampNanosecondType>()
+                .clone()
+                .with_timezone_opt(zone),
+        ),
+        _ => array,
+    }
+}
+
+impl ScalarUDFImpl for Zoned {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        self.inner
+            .inner()
+            .with_updated_config(config)
+            .map(Zoned::wrap)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let ty = args.return_field.data_type().clone();
+        // The function's own implementation: `ScalarUDF::invoke_with_args` checks the result's
+        // type, which is what this mends.
+        Ok(match self.inner.inner().invoke_with_args(args)? {
+            ColumnarValue::Array(a) => ColumnarValue::Array(with_zone(a, &ty)),
+            scalar => scalar,
+        })
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
 }
 
 /// `pg_sleep(seconds)`: waits that long (once per batch for a constant, else the sum of the
@@ -308,6 +420,36 @@ impl ScalarUDFImpl for TryParse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::prelude::SessionContext;
+
+    #[tokio::test]
+    async fn to_timestamp_over_a_column_gives_the_sessions_zone() {
+        let ctx = SessionContext::new();
+        for f in all() {
+            ctx.register_udf(f);
+        }
+        ctx.sql("SET datafusion.execution.time_zone = '+05:00'")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        for f in [
+            "to_timestamp",
+            "to_timestamp_seconds",
+            "to_timestamp_millis",
+        ] {
+            let sql = format!(
+                "SELECT CAST({f}(s) AS VARCHAR) FROM (VALUES ('2024-01-02T00:00:00')) AS t(s)"
+            );
+            let batches = ctx.sql(&sql).await.unwrap().collect().await;
+            let batches = batches.unwrap_or_else(|e| panic!("{f}: {e}"));
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string();
+            assert!(text.contains("2024-01-02T00:00:00+05:00"), "{f}: {text}");
+        }
+    }
 
     #[test]
     fn the_first_format_that_fits_wins_and_nothing_fitting_is_null() {
