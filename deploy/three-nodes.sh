@@ -37,13 +37,13 @@ done
 # seconds (default 300). Prints how long it waited.
 quiet() {
   local limit=${1:-300} waited=0
-  cpu() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+  _ticks() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
   while [ "$waited" -lt "$limit" ]; do
     local before after
-    before=$(cpu)
+    before=$(_ticks)
     sleep 5
     waited=$((waited + 5))
-    after=$(cpu)
+    after=$(_ticks)
     # clock ticks (100 per second) over 5 s: under 100 is under a fifth of a core
     [ $((after - before)) -lt 100 ] && break
   done
