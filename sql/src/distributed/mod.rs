@@ -7,7 +7,8 @@
 //! runs on the planning node. Every node serves tasks on its gRPC port ([`workers`]); a scan
 //! travels to it as the table's name, regions and ranges ([`codec`]). A query that cannot
 //! reach a node it sent tasks to runs again on the planning node before any of it is answered
-//! ([`retry`]), whichever protocol sent it.
+//! ([`retry`]), whichever protocol sent it. The session's DataFusion settings travel with the
+//! tasks, so they run as the query was planned ([`settings`]).
 //!
 //! A query runs on the planning node alone when it reads anything but Weir tables: a topic
 //! (its skipped-record counts are gathered by the statement on the planning node), a file
