@@ -10,13 +10,10 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Builder, StringArray, TimestampMicrosecondBuilder,
+    make_array, Array, ArrayRef, Date32Builder, StringArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
@@ -68,41 +65,21 @@ impl Zoned {
     }
 }
 
-/// `array` with the time zone of `ty` when both are timestamps of one unit; unchanged otherwise.
-fn with_zone(array: ArrayRef, ty: &DataType) -> ArrayRef {
-    let DataType::Timestamp(unit, zone) = ty else {
-        return array;
-    };
-    if array.data_type() == ty {
-        return array;
-    }
-    let zone = zone.clone();
-    match (array.data_type(), unit) {
-        (DataType::Timestamp(TimeUnit::Second, _), TimeUnit::Second) => Arc::new(
-            array
-                .as_primitive::<TimestampSecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        (DataType::Timestamp(TimeUnit::Millisecond, _), TimeUnit::Millisecond) => Arc::new(
-            array
-                .as_primitive::<TimestampMillisecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        (DataType::Timestamp(TimeUnit::Microsecond, _), TimeUnit::Microsecond) => Arc::new(
-            array
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        (DataType::Timestamp(TimeUnit::Nanosecond, _), TimeUnit::Nanosecond) => Arc::new(
-            array
-                .as_primitive::<TimestampNanosecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        _ => array,
+/// `array` with the time zone of `ty` when both are timestamps of one unit (only the type
+/// changes: the values are instants either way); unchanged otherwise.
+fn with_zone(array: ArrayRef, ty: &DataType) -> Result<ArrayRef> {
+    match (array.data_type(), ty) {
+        (DataType::Timestamp(have, zone), DataType::Timestamp(want, want_zone))
+            if have == want && zone != want_zone =>
+        {
+            let data = array
+                .to_data()
+                .into_builder()
+                .data_type(ty.clone())
+                .build()?;
+            Ok(make_array(data))
+        }
+        _ => Ok(array),
     }
 }
 
@@ -135,7 +112,7 @@ impl ScalarUDFImpl for Zoned {
         // The function's own implementation: `ScalarUDF::invoke_with_args` checks the result's
         // type, which is what this mends.
         Ok(match self.inner.inner().invoke_with_args(args)? {
-            ColumnarValue::Array(a) => ColumnarValue::Array(with_zone(a, &ty)),
+            ColumnarValue::Array(a) => ColumnarValue::Array(with_zone(a, &ty)?),
             scalar => scalar,
         })
     }

@@ -64,6 +64,17 @@ pub fn check_encoded(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<()> {
             v.len()
         )));
     }
+    value_cells(schema, v, |_, _| {})
+}
+
+/// Walks the cells of a stored value, handing each to `visit` with its column's position once
+/// it is checked to be of its column's kind (or NULL where allowed); refuses a value with a
+/// cell missing or bytes left over.
+fn value_cells<'a>(
+    schema: &TableSchema,
+    v: &'a [u8],
+    mut visit: impl FnMut(usize, Cell<'a>),
+) -> Result<()> {
     let mut rest = v;
     for i in schema.value_columns() {
         let col = &schema.columns[i];
@@ -82,6 +93,7 @@ pub fn check_encoded(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<()> {
                 col.ty
             )));
         }
+        visit(i, cell);
     }
     if !rest.is_empty() {
         return Err(TableError::Encoding(format!(
@@ -102,26 +114,7 @@ pub fn decode_row(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<Vec<Value>
     for (i, kv) in schema.primary_key.iter().zip(key_values) {
         row[*i] = kv;
     }
-    let mut rest = v;
-    for i in schema.value_columns() {
-        let cell = decode_cell(&mut rest)?;
-        let col = &schema.columns[i];
-        if !cell.fits(col) {
-            return Err(TableError::Encoding(format!(
-                "column '{}' holds {cell:?}, which is not a {}{} value",
-                col.name,
-                if col.nullable { "" } else { "NOT NULL " },
-                col.ty
-            )));
-        }
-        row[i] = cell;
-    }
-    if !rest.is_empty() {
-        return Err(TableError::Encoding(format!(
-            "{} bytes left after the row",
-            rest.len()
-        )));
-    }
+    value_cells(schema, v, |i, cell| row[i] = cell.to_value())?;
     Ok(row)
 }
 
