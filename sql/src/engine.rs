@@ -275,9 +275,17 @@ impl Engine {
                 return Ok(out);
             }
             if let Sql::ShowVariable { variable } = s.as_ref() {
+                if crate::session::shows_all(variable) {
+                    let all = crate::session::show_all(&self.ctx);
+                    return Output::text_rows(&["name", "value", "description"], &all);
+                }
                 if let Some((name, value)) = crate::session::show(&self.ctx, variable) {
                     return Output::one_row(&[("name", name), ("value", value)]);
                 }
+            }
+            if let Some(change) = crate::session::zone_change(s) {
+                crate::session::change_zone(&self.ctx, &change?).await?;
+                return Ok(Output::Done("SET".into()));
             }
         }
         if let DfStatement::CreateExternalTable(c) = &stmt {

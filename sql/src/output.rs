@@ -23,15 +23,26 @@ pub enum Output {
 impl Output {
     /// One row of text columns, each named by the first of its pair (a `SHOW` of a setting).
     pub fn one_row(cells: &[(&str, String)]) -> Result<Output> {
+        let names: Vec<&str> = cells.iter().map(|(name, _)| *name).collect();
+        let row: Vec<String> = cells.iter().map(|(_, v)| v.clone()).collect();
+        Output::text_rows(&names, &[row])
+    }
+
+    /// Rows of text columns named `names` (`SHOW ALL`); every row has one cell per name.
+    pub fn text_rows<R: AsRef<[String]>>(names: &[&str], rows: &[R]) -> Result<Output> {
         let schema = Arc::new(Schema::new(
-            cells
+            names
                 .iter()
-                .map(|(name, _)| Field::new(*name, DataType::Utf8, false))
+                .map(|name| Field::new(*name, DataType::Utf8, false))
                 .collect::<Vec<_>>(),
         ));
-        let columns: Vec<ArrayRef> = cells
-            .iter()
-            .map(|(_, v)| Arc::new(StringArray::from(vec![v.clone()])) as ArrayRef)
+        let columns: Vec<ArrayRef> = (0..names.len())
+            .map(|c| {
+                let cells = rows
+                    .iter()
+                    .map(|r| r.as_ref().get(c).map_or("", String::as_str));
+                Arc::new(StringArray::from_iter_values(cells)) as ArrayRef
+            })
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         let stream = RecordBatchStreamAdapter::new(schema, futures::stream::iter([Ok(batch)]));

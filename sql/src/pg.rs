@@ -48,6 +48,7 @@ use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
 use datafusion_postgres::pgwire::messages::extendedquery::Execute;
 use datafusion_postgres::pgwire::messages::response::EmptyQueryResponse;
 use datafusion_postgres::pgwire::messages::simplequery::Query;
+use datafusion_postgres::pgwire::messages::startup::ParameterStatus;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::{Sink, SinkExt, StreamExt};
@@ -772,6 +773,14 @@ impl SetHook {
         let Statement::ShowVariable { variable } = statement else {
             return None;
         };
+        if crate::session::shows_all(variable) {
+            let all = crate::session::show_all(ctx);
+            return Some(
+                Output::text_rows(&["name", "setting", "description"], &all)
+                    .map_err(pg_error)
+                    .and_then(response),
+            );
+        }
         let (name, value) = crate::session::show(ctx, variable)?;
         Some(
             Output::one_row(&[(name.as_str(), value)])
@@ -814,6 +823,37 @@ impl SetHook {
         })
     }
 
+    /// Applies `statement` to `ctx` if it changes the time zone in one of Postgres's forms
+    /// (`SET TIME ZONE 'Europe/Paris'`, `SET timezone TO '+02:00'`), telling the client the new
+    /// zone as Postgres does (`ParameterStatus`). datafusion-postgres would change a copy of the
+    /// session's settings only, leaving the queries in the zone they had.
+    async fn zone(
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        let change = crate::session::zone_change(statement)?;
+        let applied = match change {
+            Ok(change) => crate::session::change_zone(ctx, &change).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
+            return Some(Err(pg_error(e)));
+        }
+        let zone = crate::session::time_zone(ctx);
+        // Where datafusion-postgres keeps the zone it reports.
+        client
+            .metadata_mut()
+            .insert("timezone".to_string(), zone.clone());
+        let status = ParameterStatus::new("TimeZone".to_string(), zone);
+        Some(
+            client
+                .send_message(PgWireBackendMessage::ParameterStatus(status))
+                .await
+                .map(|()| Response::Execution(Tag::new("SET"))),
+        )
+    }
+
     /// True for `SET statement_timeout ...`.
     fn sets_timeout(statement: &Statement) -> bool {
         matches!(
@@ -845,6 +885,9 @@ impl QueryHook for SetHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(answer) = Self::zone(statement, ctx, client).await {
+            return Some(answer);
+        }
         if let Some(answer) = Self::namespaced(statement, ctx).await {
             return Some(answer);
         }
@@ -879,6 +922,9 @@ impl QueryHook for SetHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(answer) = Self::zone(statement, ctx, client).await {
+            return Some(answer);
+        }
         if let Some(answer) = Self::namespaced(statement, ctx).await {
             return Some(answer);
         }

@@ -531,6 +531,32 @@ async fn bad_statements_are_refused_clearly_and_write_nothing() {
         .await
         .unwrap();
     assert_eq!(lines(&shown[1], false), vec!["|weir.distribute|false|"]);
+    // SHOW ALL lists every setting by the name SET takes; the time zone set in Postgres's form
+    // holds for the session's queries (2024-01-02 00:00 in Kolkata is 18:30 UTC the day before).
+    let shown = weir_rows(
+        &client,
+        "SET weir.distribute = false; SET TIME ZONE 'Asia/Kolkata'; SHOW ALL; SHOW TIME ZONE; \
+         SELECT to_unixtime('2024-01-02T00:00:00')",
+    )
+    .await
+    .unwrap();
+    let all = lines(&shown[2], false);
+    assert!(
+        all.iter().any(|l| l.starts_with("|weir.distribute|false|")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|l| l.starts_with("|datafusion.execution.time_zone|Asia/Kolkata|")),
+        "{all:?}"
+    );
+    assert_eq!(lines(&shown[3], false), vec!["|TimeZone|Asia/Kolkata|"]);
+    assert_eq!(lines(&shown[4], false), vec!["|1704133800|"]);
+    let err = weir_rows(&client, "SET TIME ZONE 'Mars/Olympus'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("Mars/Olympus"), "{err}");
 
     // A misspelt table is named with the closest that exists, wherever it is named.
     let err = weir_rows(&client, "SELECT * FROM tt").await.unwrap_err();
@@ -905,6 +931,58 @@ async fn postgres_clients_create_list_and_query_tables() {
     assert_ne!(theirs.as_deref(), Some("77"), "another connection's SET");
     drop(other);
     let _ = other_conn.await;
+    // Postgres's forms of the time zone change the zone the session's queries run in, and SHOW
+    // reads it back; a zone that does not exist is refused and the session keeps its own.
+    let unix = "SELECT to_unixtime('2024-01-02T00:00:00')";
+    assert_eq!(
+        shown(pg.simple_query("SHOW TIME ZONE").await.unwrap()).as_deref(),
+        Some("UTC")
+    );
+    for (set, zone, unix_then) in [
+        ("SET TIME ZONE 'Europe/Paris'", "Europe/Paris", "1704150000"),
+        ("SET timezone TO '+05:30'", "+05:30", "1704133800"),
+        ("SET TIME ZONE -2", "-02:00", "1704160800"),
+        ("SET TIME ZONE DEFAULT", "UTC", "1704153600"),
+    ] {
+        pg.batch_execute(set).await.expect(set);
+        assert_eq!(
+            shown(pg.simple_query("SHOW timezone").await.unwrap()).as_deref(),
+            Some(zone),
+            "{set}"
+        );
+        assert_eq!(
+            shown(pg.simple_query(unix).await.unwrap()).as_deref(),
+            Some(unix_then),
+            "{set}"
+        );
+    }
+    pg.batch_execute("SET TIME ZONE 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let e = pg
+        .batch_execute("SET TIME ZONE 'Mars/Olympus'")
+        .await
+        .expect_err("a zone that does not exist");
+    let db = e.as_db_error().expect("an error from the server");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("Mars/Olympus"), "{db:?}");
+    assert_eq!(
+        shown(
+            pg.simple_query("SHOW datafusion.execution.time_zone")
+                .await
+                .unwrap()
+        )
+        .as_deref(),
+        Some("Asia/Tokyo")
+    );
+    let all = pg.simple_query("SHOW ALL").await.unwrap();
+    assert!(
+        all.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+            if r.get(0) == Some("weir.bytes_per_task") && r.get(1) == Some("5"))),
+        "SHOW ALL lists Weir's settings by their full names"
+    );
+    pg.batch_execute("SET TIME ZONE DEFAULT").await.unwrap();
     let e = pg
         .batch_execute("SET weir.nonsense = 1")
         .await
