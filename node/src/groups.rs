@@ -84,6 +84,39 @@ pub fn known_leader(m: &openraft::RaftMetrics<weir_storage::TypeConfig>) -> Opti
     }
 }
 
+/// How long the first founder of a new group waits for the votes it asked for before asking
+/// again (doubled at each attempt, so that a slow round trip is not cut short forever).
+const NEW_GROUP_FIRST_WAIT: Duration = Duration::from_millis(100);
+/// How long it keeps asking; after that the group elects as any group does.
+const NEW_GROUP_CAMPAIGN_FOR: Duration = Duration::from_secs(3);
+
+/// Makes the first founder of a group it just initialized stand for election at once, and again
+/// after a wait that doubles until the group has a leader: left to itself it would wait out an
+/// election timeout (one to two seconds) first, and a topic or table is of no use until its
+/// groups have leaders. The other founders may not have created the group yet when the first
+/// votes are asked for, hence the retries. Nobody is deposed: a new group has no leader before.
+async fn campaign_new(id: u64, raft: &Raft) {
+    let until = Instant::now() + NEW_GROUP_CAMPAIGN_FOR;
+    let mut wait = NEW_GROUP_FIRST_WAIT;
+    while Instant::now() < until {
+        if known_leader(&raft.metrics().borrow_watched()).is_some() {
+            return;
+        }
+        if let Err(e) = raft.trigger().elect(false).await {
+            tracing::debug!(group = id, error = %e, "standing for election");
+            return;
+        }
+        let led = raft
+            .wait(Some(wait))
+            .metrics(|m| known_leader(m).is_some(), "a leader")
+            .await;
+        if led.is_ok() {
+            return;
+        }
+        wait *= 2;
+    }
+}
+
 impl GroupHandle {
     /// The current leader's node id, if any.
     pub fn leader(&self) -> Option<u64> {
@@ -141,6 +174,34 @@ impl Registry {
     pub fn metadata(&self) -> NodeResult<Arc<GroupHandle>> {
         self.get(METADATA_GROUP)
             .ok_or_else(|| NodeError::Unavailable("node is starting".into()))
+    }
+
+    /// A receiver that sees each catalog this node applies, for loops that act on changes.
+    pub fn catalog_changes(&self) -> NodeResult<watch::Receiver<Arc<Catalog>>> {
+        match &self.metadata()?.watch {
+            GroupWatch::Catalog(rx) => Ok(rx.clone()),
+            _ => Err(NodeError::Internal(
+                "group 0 is not the metadata group".into(),
+            )),
+        }
+    }
+
+    /// Waits until the catalog changes after `seen` (a receiver from
+    /// [`Registry::catalog_changes`], taken when there is none yet); never returns while the
+    /// node has no metadata group, nor once it stopped.
+    pub async fn catalog_changed(&self, seen: &mut Option<watch::Receiver<Arc<Catalog>>>) {
+        if seen.is_none() {
+            *seen = self.catalog_changes().ok();
+        }
+        match seen {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    *seen = None;
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 
     /// The catalog as this node last applied it.
@@ -327,6 +388,10 @@ impl GroupManager {
                     tracing::info!(group = id, members = ?members.keys(), "initializing group");
                     if let Err(e) = raft.initialize(members).await {
                         tracing::warn!(group = id, error = %e, "initialize refused");
+                        return;
+                    }
+                    if first {
+                        campaign_new(id, &raft).await;
                     }
                 }
             });

@@ -203,8 +203,16 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
     let mut was_leader = false;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = None;
+    // The last task assignment proposed.
+    let mut last: Option<MetaCommand> = None;
     loop {
-        tick.tick().await;
+        // Tasks are placed as soon as a change of the catalog asks for it (a job created or
+        // started); replicas move only at the ticks.
+        let changed = tokio::select! {
+            _ = tick.tick() => false,
+            _ = ctx.registry.catalog_changed(&mut seen) => true,
+        };
         let leader = ctx.is_metadata_leader();
         if leader && !was_leader {
             // Give every member a fresh window to report in to the new leader.
@@ -235,11 +243,18 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
             .collect();
         if let Some(cmd) =
             crate::compute::assign::next_assignment(&catalog, &ctx.liveness, &leaders)
+                // An assignment that did not change the catalog is not repeated until the next
+                // tick, or each try would wake the loop for the next one.
+                .filter(|cmd| !changed || last.as_ref() != Some(cmd))
         {
+            last = Some(cmd.clone());
             tracing::info!(?cmd, "task placement");
             if let Err(e) = ctx.propose_meta(cmd).await {
                 tracing::warn!(error = %e, "task placement proposal failed");
             }
+        }
+        if changed {
+            continue;
         }
         let healthy = |g: u64, replicas: &[u64]| {
             led_voters

@@ -16,7 +16,8 @@ use weir_storage::catalog::Catalog;
 use crate::groups::Registry;
 use crate::sql::access::job_meta;
 
-/// How often the pool compares what runs with what the catalog assigns.
+/// How often the pool compares what runs with what the catalog assigns, besides at each change
+/// of the catalog (a task that ended by itself is restarted at the next check).
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// How long a task told to stop may take before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -59,9 +60,12 @@ pub async fn compute_loop(
     let mut running: BTreeMap<(u64, u32), Running> = BTreeMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A job created, stopped or assigned is acted on as soon as its catalog is applied here.
+    let mut seen = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = registry.catalog_changed(&mut seen) => {}
             _ = shutdown.changed() => {}
         }
         let want = if *shutdown.borrow() {
