@@ -43,7 +43,7 @@ t0=$(date +%s.%N)
 while :; do
   done_count=$("$B/weir" --format csv sql "SELECT coalesce(sum(transaction_count), 0) FROM monthly_trend" | tail -1)
   [ "$done_count" = "$N" ] && break
-  sleep 0.2
+  sleep 0.05
 done
 t1=$(date +%s.%N)
 el=$(echo "$t1 - $t0" | bc)
