@@ -176,34 +176,78 @@ pub fn batch_to_rows(
     columns: &[Column],
     first_row: u64,
 ) -> Result<Vec<Vec<Value>>> {
-    if batch.num_columns() != columns.len() {
-        return Err(DataFusionError::Plan(format!(
-            "{} values per row given, the table has {} columns",
-            batch.num_columns(),
-            columns.len()
-        )));
-    }
-    let arrays = columns
-        .iter()
-        .zip(batch.columns())
-        .map(|(c, a)| cast(a, &arrow_type(c.ty)).map_err(DataFusionError::from))
-        .collect::<Result<Vec<_>>>()?;
-    let mut rows = Vec::with_capacity(batch.num_rows());
-    for r in 0..batch.num_rows() {
-        let mut row = Vec::with_capacity(columns.len());
-        for (c, a) in columns.iter().zip(&arrays) {
-            let v = value_at(a, r, c)?;
-            let v = v.check(c).map_err(|error| {
-                DataFusionError::External(Box::new(RowError {
-                    row: first_row + r as u64 + 1,
-                    error,
-                }))
-            })?;
-            row.push(v);
+    SinkCells::new(std::slice::from_ref(batch), columns, first_row)?.to_rows()
+}
+
+/// Rows a statement writes, as the columns of the table they go to: each array cast once to its
+/// column's type, each cell read and checked only when asked for, so that a reader of a few
+/// cells per row (a job folding aggregates) builds no row of values.
+pub struct SinkCells<'c> {
+    columns: &'c [Column],
+    /// Per column, its arrays (one per batch), cast.
+    arrays: Vec<Vec<ArrayRef>>,
+    /// Where each batch starts among the rows.
+    starts: Vec<usize>,
+    rows: usize,
+    first_row: u64,
+}
+
+impl<'c> SinkCells<'c> {
+    /// The rows of `batches` (each with the columns `columns`, in order), numbered from
+    /// `first_row` + 1 in errors.
+    pub fn new(batches: &[RecordBatch], columns: &'c [Column], first_row: u64) -> Result<Self> {
+        let mut arrays = vec![Vec::with_capacity(batches.len()); columns.len()];
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut rows = 0;
+        for batch in batches {
+            if batch.num_columns() != columns.len() {
+                return Err(DataFusionError::Plan(format!(
+                    "{} values per row given, the table has {} columns",
+                    batch.num_columns(),
+                    columns.len()
+                )));
+            }
+            for ((c, a), out) in columns.iter().zip(batch.columns()).zip(&mut arrays) {
+                out.push(cast(a, &arrow_type(c.ty))?);
+            }
+            starts.push(rows);
+            rows += batch.num_rows();
         }
-        rows.push(row);
+        Ok(SinkCells {
+            columns,
+            arrays,
+            starts,
+            rows,
+            first_row,
+        })
     }
-    Ok(rows)
+
+    /// How many rows there are.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Every row as values, each checked against its column; an error names the first row and
+    /// column that do not fit.
+    pub fn to_rows(&self) -> Result<Vec<Vec<Value>>> {
+        (0..self.rows)
+            .map(|r| (0..self.columns.len()).map(|c| self.value(r, c)).collect())
+            .collect()
+    }
+
+    /// The value of `row` in `column`, checked against the column; an error names the row and
+    /// the column.
+    pub fn value(&self, row: usize, column: usize) -> Result<Value> {
+        let batch = self.starts.partition_point(|s| *s <= row) - 1;
+        let col = &self.columns[column];
+        let v = value_at(&self.arrays[column][batch], row - self.starts[batch], col)?;
+        v.check(col).map_err(|error| {
+            DataFusionError::External(Box::new(RowError {
+                row: self.first_row + row as u64 + 1,
+                error,
+            }))
+        })
+    }
 }
 
 /// A literal as a value of `col`, when it is one (filters narrow scans with it: to key ranges,
@@ -246,6 +290,58 @@ pub fn literal_value(v: &ScalarValue, col: &Column) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sink_cells_read_rows_across_batches_and_number_them_in_errors() {
+        let columns = vec![
+            Column {
+                name: "k".into(),
+                ty: ColumnType::Int32,
+                nullable: false,
+            },
+            Column {
+                name: "v".into(),
+                ty: ColumnType::Utf8,
+                nullable: true,
+            },
+        ];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let batch = |k: Vec<Option<i64>>, v: Vec<Option<&str>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(k)) as ArrayRef,
+                    Arc::new(StringArray::from(v)) as ArrayRef,
+                ],
+            )
+            .unwrap()
+        };
+        let batches = [
+            batch(vec![Some(1), Some(2)], vec![Some("a"), None]),
+            batch(vec![], vec![]),
+            batch(vec![Some(3), None], vec![Some("c"), Some("d")]),
+        ];
+        let cells = SinkCells::new(&batches, &columns, 10).unwrap();
+        assert_eq!(cells.rows(), 4);
+        assert_eq!(cells.value(2, 0).unwrap(), Value::Int(3));
+        assert_eq!(cells.value(1, 1).unwrap(), Value::Null);
+        assert_eq!(cells.value(3, 1).unwrap(), Value::Str("d".into()));
+        // Row 4 of these, 14 of the statement: a NULL in a NOT NULL column.
+        let e = cells.value(3, 0).unwrap_err().to_string();
+        assert!(e.contains("row 14") && e.contains("'k'"), "{e}");
+        assert!(cells.to_rows().is_err());
+        let first = SinkCells::new(&batches[..1], &columns, 0).unwrap();
+        assert_eq!(
+            first.to_rows().unwrap(),
+            vec![
+                vec![Value::Int(1), Value::Str("a".into())],
+                vec![Value::Int(2), Value::Null]
+            ]
+        );
+    }
 
     #[test]
     fn arrow_type_names_in_messages_read_as_sql_types() {

@@ -4,6 +4,7 @@
 //! the offset reached.
 //! Why replays after a crash are exact is argued in [`crate::job`].
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::job::plan::{Agg, AggKind, JobPlan, Shape};
 use crate::job::stats::TaskStats;
 use crate::records::RecordDecoder;
 use crate::topic::encode_row;
-use crate::types::batch_to_rows;
+use crate::types::SinkCells;
 
 /// Bytes asked for per fetch (about one batch).
 const FETCH_BYTES: u32 = 1 << 20;
@@ -476,22 +477,39 @@ async fn process(
         ));
     }
     let decoded = rows.finish()?;
-    let mut out = Vec::new();
-    for b in plan.run(decoded).await? {
-        out.extend(batch_to_rows(&b, &plan.out_columns, out.len() as u64)?);
-    }
+    let batches = plan.run(decoded).await?;
+    let cells = SinkCells::new(&batches, &plan.out_columns, 0)?;
     let mut done = Done {
-        out: out.len() as u64,
+        out: cells.rows() as u64,
         failed,
         late: 0,
         watermark,
     };
+    if let Shape::Aggregate { keys, aggs, closes } = &plan.shape {
+        // Folded straight from the query's arrays: no row of values per record.
+        if !*closes && aggs.iter().all(|a| a.kind != AggKind::CountDistinct) {
+            merge_all(cluster, job, plan, partition, keys, aggs, &cells, from, to).await?;
+            return finish(cluster, job, partition, letters, done).await;
+        }
+    }
+    let out = cells.to_rows()?;
     match &plan.shape {
         Shape::Upsert { targets } => {
             // Written as merges that set the cells, so the sink's marks keep an instance of this
             // task that was replaced (or a replay) from writing an older record over a newer one.
             let (keys, aggs, rows) = upserts(&plan.sink, targets, out)?;
-            merge_all(cluster, job, plan, partition, &keys, &aggs, rows, from, to).await?;
+            merge_all(
+                cluster,
+                job,
+                plan,
+                partition,
+                &keys,
+                &aggs,
+                &rows[..],
+                from,
+                to,
+            )
+            .await?;
         }
         Shape::Produce { targets } => {
             let topic = plan.sink_topic.as_ref().ok_or_else(|| {
@@ -536,9 +554,31 @@ async fn process(
                 distinct::mark_firsts(cluster, job, plan, partition, (keys, aggs), &mut on_time)
                     .await?;
             }
-            merge_all(cluster, job, plan, partition, keys, aggs, on_time, from, to).await?;
+            merge_all(
+                cluster,
+                job,
+                plan,
+                partition,
+                keys,
+                aggs,
+                &on_time[..],
+                from,
+                to,
+            )
+            .await?;
         }
     }
+    finish(cluster, job, partition, letters, done).await
+}
+
+/// Ends a batch written to the sink: sends its dead letters.
+async fn finish(
+    cluster: &Arc<dyn Cluster>,
+    job: &JobMeta,
+    partition: u32,
+    letters: Vec<DeadLetter>,
+    done: Done,
+) -> Result<Done> {
     // Letters go after the sink writes: a batch that fails on a record is taken again one record
     // at a time, and its letters must then reach the topic in offset order with the others.
     dead_letter::send(
@@ -639,24 +679,56 @@ fn drop_late(
     (kept, late, watermark)
 }
 
+/// The rows a batch's query gave (one per record, or more with a join) as merges read them:
+/// rows of values, or the query's arrays read cell by cell.
+trait PerRecord {
+    /// How many rows there are.
+    fn len(&self) -> usize;
+    /// The value of `row` in `column`.
+    fn cell(&self, row: usize, column: usize) -> Result<Cow<'_, Value>>;
+}
+
+impl PerRecord for [Vec<Value>] {
+    fn len(&self) -> usize {
+        <[Vec<Value>]>::len(self)
+    }
+
+    fn cell(&self, row: usize, column: usize) -> Result<Cow<'_, Value>> {
+        self.get(row)
+            .and_then(|r| r.get(column))
+            .map(Cow::Borrowed)
+            .ok_or_else(|| DataFusionError::Internal(format!("no cell {row}, {column}")))
+    }
+}
+
+impl PerRecord for SinkCells<'_> {
+    fn len(&self) -> usize {
+        self.rows()
+    }
+
+    fn cell(&self, row: usize, column: usize) -> Result<Cow<'_, Value>> {
+        self.value(row, column).map(Cow::Owned)
+    }
+}
+
 /// Folds the per-record rows by key and merges them into the sink, re-folding a key from the
 /// offset its row reached when the row had already taken part of the batch.
 #[allow(clippy::too_many_arguments)]
-async fn merge_all(
+async fn merge_all<R: PerRecord + ?Sized>(
     cluster: &Arc<dyn Cluster>,
     job: &JobMeta,
     plan: &JobPlan,
     partition: u32,
     keys: &[usize],
     aggs: &[Agg],
-    rows: Vec<Vec<Value>>,
+    rows: &R,
     from: u64,
     to: u64,
 ) -> Result<()> {
     let schema = &plan.sink.schema;
     let offset_at = keys.len() + aggs.len();
-    // Key values in primary-key order, and the rows of each key.
-    let mut groups: Vec<(Vec<Value>, Vec<Vec<Value>>)> = Vec::new();
+    // Key values in primary-key order, and the rows of each key with their offsets.
+    let mut groups: Vec<(Vec<Value>, Vec<(usize, u64)>)> = Vec::new();
     let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut null_keys = 0u64;
     // Where each primary-key column is among the outputs (the keys are the primary key).
@@ -665,19 +737,28 @@ async fn merge_all(
         .iter()
         .map(|c| keys.iter().position(|kc| kc == c).unwrap_or(0))
         .collect();
-    for row in rows {
-        let key: Vec<Value> = key_at.iter().map(|k| row[*k].clone()).collect();
+    let mut key: Vec<Value> = Vec::with_capacity(key_at.len());
+    for r in 0..rows.len() {
+        key.clear();
+        for k in &key_at {
+            key.push(rows.cell(r, *k)?.into_owned());
+        }
         if key.iter().any(|v| matches!(v, Value::Null)) {
             null_keys += 1;
             continue;
         }
         let encoded =
             encode_key(schema, &key).map_err(|e| DataFusionError::Execution(e.to_string()))?;
-        let i = *index.entry(encoded).or_insert_with(|| {
-            groups.push((key, Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].1.push(row);
+        let offset = offset_value(rows.cell(r, offset_at)?.as_ref());
+        let i = match index.get(&encoded) {
+            Some(i) => *i,
+            None => {
+                groups.push((key.clone(), Vec::new()));
+                index.insert(encoded, groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        groups[i].1.push((r, offset));
     }
     if null_keys > 0 {
         tracing::warn!(job = %job.name, partition, rows = null_keys,
@@ -685,14 +766,19 @@ async fn merge_all(
     }
     let source = mark_source(job, partition);
     let build = |g: usize, from: u64| -> Result<SinkMerge> {
-        let (key, rows) = &groups[g];
+        let (key, members) = &groups[g];
         let mut ops = vec![MergeOp::Keep; schema.columns.len()];
         for (j, agg) in aggs.iter().enumerate() {
-            let values = rows
+            let values = members
                 .iter()
-                .filter(|r| offset_of(r, offset_at) >= from)
-                .map(|r| &r[keys.len() + j]);
-            ops[agg.column] = fold(agg.kind, schema.columns[agg.column].ty, values)?;
+                .filter(|(_, offset)| *offset >= from)
+                .map(|(r, _)| rows.cell(*r, keys.len() + j))
+                .collect::<Result<Vec<_>>>()?;
+            ops[agg.column] = fold(
+                agg.kind,
+                schema.columns[agg.column].ty,
+                values.iter().map(|v| v.as_ref()),
+            )?;
         }
         Ok(SinkMerge {
             key: key.clone(),
@@ -721,11 +807,16 @@ async fn merge_all(
     Ok(())
 }
 
-fn offset_of(row: &[Value], at: usize) -> u64 {
-    match row.get(at) {
-        Some(Value::Int(o)) => u64::try_from(*o).unwrap_or(0),
+/// The record offset a row's offset column holds.
+fn offset_value(v: &Value) -> u64 {
+    match v {
+        Value::Int(o) => u64::try_from(*o).unwrap_or(0),
         _ => 0,
     }
+}
+
+fn offset_of(row: &[Value], at: usize) -> u64 {
+    row.get(at).map_or(0, offset_value)
 }
 
 /// One aggregate over a key's values in a batch, as the merge that adds it to the row. The
