@@ -344,42 +344,14 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
     out
 }
 
-/// How often a node sends its heartbeat when nothing changed.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// How often it looks for a change of the groups it leads, which it reports at once.
-const LEADERSHIP_CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// The groups this node leads, with their terms: a heartbeat goes out as soon as these change.
-fn leadership(registry: &Registry) -> Vec<(u64, u64)> {
-    registry
-        .all()
-        .values()
-        .filter_map(|h| {
-            let m = h.raft.metrics();
-            let m = m.borrow_watched();
-            crate::groups::leads(&m).then_some((h.id, m.current_term))
-        })
-        .collect()
-}
-
-/// Sends this node's heartbeat to the metadata leader every second, and at once when it starts
-/// or stops leading a group (a new topic or table is described as soon as its groups have
-/// leaders; clients find a new leader sooner), forever (through any member it knows while it
-/// does not know the leader).
+/// Sends this node's heartbeat to the metadata leader every second, forever (through any member it
+/// knows while it does not know the leader).
 pub async fn heartbeat_loop(ctx: Arc<NodeContext>, seeds: Vec<String>) {
-    let mut tick = tokio::time::interval(LEADERSHIP_CHECK_EVERY);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fallback = 0usize;
-    let mut sent: Option<(tokio::time::Instant, Vec<(u64, u64)>)> = None;
     loop {
         tick.tick().await;
-        let led = leadership(&ctx.registry);
-        if let Some((at, before)) = &sent {
-            if at.elapsed() < HEARTBEAT_EVERY && *before == led {
-                continue;
-            }
-        }
-        sent = Some((tokio::time::Instant::now(), led));
         let hb = NodeHeartbeat {
             node_id: ctx.node_id,
             groups: group_reports(&ctx.registry),

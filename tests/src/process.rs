@@ -211,12 +211,18 @@ impl ProcessCluster {
         self.nodes[i].signal("CONT");
     }
 
-    /// Waits (up to `timeout`) until node 0 reports `n` members up.
+    /// Waits (up to `timeout`) until node 0 reports `n` members up, and at least as many voters
+    /// of the metadata group (three at most): nodes join it as learners, and until they vote a
+    /// test that kills the first node would kill the cluster's metadata with it.
     pub async fn wait_members_up(&self, n: usize, timeout: std::time::Duration) {
         let addr = self.addr(0);
         crate::wait_until(&format!("{n} members up"), timeout, || {
             let addr = addr.clone();
-            async move { (crate::members_up(&addr).await == n).then_some(()) }
+            async move {
+                (crate::members_up(&addr).await == n
+                    && crate::metadata_voters(&addr).await >= n.min(3))
+                .then_some(())
+            }
         })
         .await;
     }
