@@ -198,6 +198,33 @@ fn next_move(
     })
 }
 
+/// Proposes the next assignment of stream tasks, if one is due. At a change of the catalog
+/// (`changed`) an assignment just proposed is not proposed again: it did not change the catalog,
+/// and each try would wake the loop for the next one; the tick tries it again.
+async fn place_tasks(
+    ctx: &NodeContext,
+    catalog: &Catalog,
+    last: &mut Option<MetaCommand>,
+    changed: bool,
+) {
+    let leaders: BTreeMap<u64, u64> = ctx
+        .liveness
+        .reports()
+        .iter()
+        .flat_map(|(node, rs)| rs.iter().filter(|r| r.leader).map(|r| (r.group_id, *node)))
+        .collect();
+    let Some(cmd) = crate::compute::assign::next_assignment(catalog, &ctx.liveness, &leaders)
+        .filter(|cmd| !changed || last.as_ref() != Some(cmd))
+    else {
+        return;
+    };
+    *last = Some(cmd.clone());
+    tracing::info!(?cmd, "task placement");
+    if let Err(e) = ctx.propose_meta(cmd).await {
+        tracing::warn!(error = %e, "task placement proposal failed");
+    }
+}
+
 /// Runs placement while this node leads the metadata group.
 pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
     let mut was_leader = false;
@@ -213,6 +240,16 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
             _ = tick.tick() => false,
             _ = ctx.registry.catalog_changed(&mut seen) => true,
         };
+        if changed {
+            // Only tasks, and only by a leader already in charge: what happens at a change of
+            // leadership waits for the tick.
+            if was_leader && ctx.is_metadata_leader() {
+                if let Ok(catalog) = ctx.registry.catalog() {
+                    place_tasks(&ctx, &catalog, &mut last, true).await;
+                }
+            }
+            continue;
+        }
         let leader = ctx.is_metadata_leader();
         if leader && !was_leader {
             // Give every member a fresh window to report in to the new leader.
@@ -237,25 +274,7 @@ pub async fn placement_loop(ctx: Arc<NodeContext>, interval: Duration) {
                 led_voters.insert(r.group_id, r.voters.iter().copied().collect());
             }
         }
-        let leaders: BTreeMap<u64, u64> = reports
-            .iter()
-            .flat_map(|(node, rs)| rs.iter().filter(|r| r.leader).map(|r| (r.group_id, *node)))
-            .collect();
-        if let Some(cmd) =
-            crate::compute::assign::next_assignment(&catalog, &ctx.liveness, &leaders)
-                // An assignment that did not change the catalog is not repeated until the next
-                // tick, or each try would wake the loop for the next one.
-                .filter(|cmd| !changed || last.as_ref() != Some(cmd))
-        {
-            last = Some(cmd.clone());
-            tracing::info!(?cmd, "task placement");
-            if let Err(e) = ctx.propose_meta(cmd).await {
-                tracing::warn!(error = %e, "task placement proposal failed");
-            }
-        }
-        if changed {
-            continue;
-        }
+        place_tasks(&ctx, &catalog, &mut last, false).await;
         let healthy = |g: u64, replicas: &[u64]| {
             led_voters
                 .get(&g)
