@@ -711,6 +711,9 @@ impl PerRecord for SinkCells<'_> {
     }
 }
 
+/// A key's values, and its rows among a batch's with their records' offsets.
+type KeyRows = (Vec<Value>, Vec<(usize, u64)>);
+
 /// Folds the per-record rows by key and merges them into the sink, re-folding a key from the
 /// offset its row reached when the row had already taken part of the batch.
 #[allow(clippy::too_many_arguments)]
@@ -728,7 +731,7 @@ async fn merge_all<R: PerRecord + ?Sized>(
     let schema = &plan.sink.schema;
     let offset_at = keys.len() + aggs.len();
     // Key values in primary-key order, and the rows of each key with their offsets.
-    let mut groups: Vec<(Vec<Value>, Vec<(usize, u64)>)> = Vec::new();
+    let mut groups: Vec<KeyRows> = Vec::new();
     let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut null_keys = 0u64;
     // Where each primary-key column is among the outputs (the keys are the primary key).
