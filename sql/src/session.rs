@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use datafusion::arrow::array::timezone::Tz;
+use datafusion::config::ConfigEntry;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{LogicalPlan, ResetVariable, SetVariable, Statement};
 use datafusion::prelude::SessionContext;
@@ -99,29 +100,16 @@ pub fn shows_all(variable: &[Ident]) -> bool {
 
 /// `SHOW ALL`: every setting of the session by its full name, with its value and what it is for.
 pub fn show_all(ctx: &SessionContext) -> Vec<[String; 3]> {
-    let config = ctx.copied_config();
-    let options = config.options();
-    let own = options
-        .entries()
+    let mut all: Vec<[String; 3]> = entries(ctx)
         .into_iter()
-        .filter(|e| e.key.starts_with("datafusion."))
         .map(|e| {
             [
                 e.key,
                 e.value.unwrap_or_default(),
                 e.description.to_string(),
             ]
-        });
-    let extensions = options.extensions.iter().flat_map(|(prefix, ext)| {
-        ext.entries().into_iter().map(move |e| {
-            [
-                format!("{prefix}.{}", e.key.trim_start_matches('.')),
-                e.value.unwrap_or_default(),
-                e.description.to_string(),
-            ]
         })
-    });
-    let mut all: Vec<[String; 3]> = own.chain(extensions).collect();
+        .collect();
     all.sort();
     all
 }
@@ -237,21 +225,24 @@ pub async fn change_zone(ctx: &SessionContext, change: &ZoneChange) -> Result<()
 }
 
 /// Every setting of the session `ctx` by its full name (`datafusion.execution.batch_size`,
-/// `weir.distribute`): DataFusion lists an extension's (`weir.*`) without its prefix.
+/// `weir.distribute`), with its value.
 fn settings(ctx: &SessionContext) -> BTreeMap<String, Option<String>> {
+    entries(ctx).into_iter().map(|e| (e.key, e.value)).collect()
+}
+
+/// Every setting of the session `ctx`, each keyed by its full name: DataFusion lists an
+/// extension's (`weir.*`) without its prefix.
+fn entries(ctx: &SessionContext) -> Vec<ConfigEntry> {
     let config = ctx.copied_config();
     let options = config.options();
     let own = options
         .entries()
         .into_iter()
-        .filter(|e| e.key.starts_with("datafusion."))
-        .map(|e| (e.key, e.value));
+        .filter(|e| e.key.starts_with("datafusion."));
     let extensions = options.extensions.iter().flat_map(|(prefix, ext)| {
-        ext.entries().into_iter().map(move |e| {
-            (
-                format!("{prefix}.{}", e.key.trim_start_matches('.')),
-                e.value,
-            )
+        ext.entries().into_iter().map(move |e| ConfigEntry {
+            key: format!("{prefix}.{}", e.key.trim_start_matches('.')),
+            ..e
         })
     });
     own.chain(extensions).collect()
