@@ -63,10 +63,22 @@ pub struct GroupHandle {
     /// holding a configuration from before the drop would count this fresh, empty replica as the
     /// old member that had voted and stored entries there.
     pub founder: bool,
-    /// When this replica, leading, last began handing its group to another voter. The successor
-    /// is elected without waiting out this leader's lease, so for a while after that this
-    /// replica answers no read on the lease it kept in its metrics (see `leader::handing_over`).
-    pub handover_started: std::sync::Mutex<Option<Instant>>,
+    /// The last handover of its group this replica began while leading it. openraft keeps a
+    /// leader that began one in that state for the rest of its term, and the voters that heard of
+    /// it vote for anyone at once: for the rest of that term this replica answers no read on the
+    /// lease it kept in its metrics (see `leader::handing_over`).
+    pub handover: std::sync::Mutex<Option<Handover>>,
+}
+
+/// A handover of a group's leadership this replica began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handover {
+    /// The term this replica led in when it began.
+    pub term: u64,
+    /// The voter it was handed to.
+    pub to: u64,
+    /// When it began.
+    pub started: Instant,
 }
 
 /// True when the replica these metrics describe leads its group. openraft keeps naming a leader
@@ -107,6 +119,25 @@ impl GroupHandle {
     /// True when this node leads the group.
     pub fn is_leader(&self) -> bool {
         leads(&self.raft.metrics().borrow_watched())
+    }
+
+    /// True when this node leads the group and a quorum acknowledged it within an election
+    /// timeout (or it is the group's only voter). A leader that heard nothing that long may have
+    /// been deposed without knowing: openraft keeps a leader that began a handover leading and
+    /// silent, and a successor that then removes it from the group never tells it. Such a
+    /// replica must not act for the group (change its membership) nor keep it as the leader.
+    pub fn leads_acknowledged(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if !leads(&m) {
+            return false;
+        }
+        let alone = m.membership_config.membership().voter_ids().all(|v| v == m.id);
+        let timeout = Duration::from_millis(self.raft.config().election_timeout_max);
+        alone
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < timeout)
     }
 }
 
@@ -367,7 +398,7 @@ impl GroupManager {
             snapshots: SnapshotDir::new(&self.cfg.snapshot_root, id),
             no_votes_until,
             founder,
-            handover_started: Default::default(),
+            handover: Default::default(),
         }))
     }
 
@@ -518,7 +549,7 @@ impl GroupManager {
         let Some(h) = self.groups.get(&id) else {
             return false;
         };
-        if h.is_leader() {
+        if h.leads_acknowledged() {
             // Its own reconciliation moves the group off this node and hands leadership over.
             return false;
         }
@@ -566,7 +597,7 @@ impl GroupManager {
     fn reconcile(&mut self, catalog: &Catalog) {
         self.changes.retain(|_, h| !h.is_finished());
         for (id, h) in &self.groups {
-            if !h.is_leader() || self.changes.contains_key(id) {
+            if !h.leads_acknowledged() || self.changes.contains_key(id) {
                 continue;
             }
             let (voters, learners) = if *id == METADATA_GROUP {

@@ -85,8 +85,13 @@ pub fn read_lease(h: &GroupHandle) -> Duration {
 /// The lease check made on the metrics openraft publishes instead of a round trip through the
 /// group's Raft task: this node leads, a quorum acknowledged it within the read lease (so no other
 /// leader can have been elected since), an entry of its own term is committed (so everything
-/// earlier leaders committed is too), its state machine has applied everything committed, and it
-/// is not handing the group over (openraft's own lease check knows that by itself).
+/// earlier leaders committed is too), its state machine has applied everything committed, and no
+/// handover may be under way (openraft's own lease check knows of one by itself; the metrics do
+/// not show it). A handover makes the voters that hear of it vote for a successor at once,
+/// whatever lease they granted: it is under way once this node began one in this term, and as soon
+/// as this node is not a voter of its newest membership (openraft hands the group over by itself
+/// when the change that removes its leader commits, and the new voters acknowledged this leader
+/// until then).
 fn lease_is_fresh(h: &GroupHandle) -> bool {
     let m = h.raft.metrics();
     let m = m.borrow_watched();
@@ -95,17 +100,22 @@ fn lease_is_fresh(h: &GroupHandle) -> bool {
         .last_quorum_acked
         .as_ref()
         .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < lease);
-    fresh && !handing_over(h) && term_applied(&m)
+    let voter = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == m.id);
+    fresh && voter && !handing_over(h, m.current_term) && term_applied(&m)
 }
 
-/// True while a handover of the group this node started may still be under way: its successor
-/// may have been elected, without waiting for this node's lease, until the transfer failed and the
-/// group's own election timeout ran out. openraft's lease check knows of the transfer itself; this
-/// only keeps the check on the metrics from answering for it meanwhile.
-fn handing_over(h: &GroupHandle) -> bool {
-    let window = Duration::from_millis(2 * h.raft.config().election_timeout_max);
-    let started = h.handover_started.lock().unwrap_or_else(|p| p.into_inner());
-    started.is_some_and(|t| t.elapsed() < window)
+/// True when this node began handing the group over in `term`, the term it leads in. The voters
+/// that heard of the handover vote for any candidate at once, without waiting for this leader's
+/// lease, and openraft keeps this leader handing over (taking no writes, sending no heartbeats)
+/// until a leader of a later term deposes it, even when the successor never stood: quorum
+/// acknowledgements of entries it still replicates then prove nothing.
+fn handing_over(h: &GroupHandle, term: u64) -> bool {
+    let handover = h.handover.lock().unwrap_or_else(|p| p.into_inner());
+    handover.is_some_and(|o| o.term == term)
 }
 
 /// True when this node leads the group and its state machine has applied an entry of its own

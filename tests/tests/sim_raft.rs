@@ -118,7 +118,7 @@ async fn run_replica(
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
         no_votes_until: Instant::now(),
         founder,
-        handover_started: Default::default(),
+        handover: Default::default(),
     });
     replicas.lock().expect("replica map").insert(
         id,

@@ -30,7 +30,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use weir_storage::catalog::{Catalog, GroupKind, METADATA_GROUP};
 
-use crate::groups::{known_leader, GroupHandle, Registry};
+use crate::groups::{known_leader, GroupHandle, Handover, Registry};
 
 /// Pause between balance rounds (jittered by ±20%).
 pub const BALANCE_EVERY: Duration = Duration::from_secs(5);
@@ -233,14 +233,16 @@ fn ready(
         .collect()
 }
 
-/// Starts handing `group` to `to`. Lease reads on this replica stop first: the successor is
-/// elected without waiting for this leader's lease to run out.
+/// Starts handing `group` to `to`. Lease reads on this replica stop first, for the rest of its
+/// term: the successor is elected without waiting out this leader's lease.
 async fn hand_over(group: &GroupHandle, to: u64) {
-    *group
-        .handover_started
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
-    tracing::info!(group = group.id, to, "handing leadership over");
+    let term = group.raft.metrics().borrow_watched().current_term;
+    *group.handover.lock().unwrap_or_else(|p| p.into_inner()) = Some(Handover {
+        term,
+        to,
+        started: tokio::time::Instant::now(),
+    });
+    tracing::info!(group = group.id, to, term, "handing leadership over");
     crate::metrics::leader_handover();
     if let Err(e) = group.raft.trigger().transfer_leader(to).await {
         tracing::warn!(group = group.id, error = %e, "leadership handover not started");
