@@ -344,14 +344,19 @@ pub fn group_reports(registry: &Registry) -> Vec<GroupReport> {
     out
 }
 
-/// Sends this node's heartbeat to the metadata leader every second, forever (through any member it
-/// knows while it does not know the leader).
+/// Sends this node's heartbeat to the metadata leader every second, and at once when it won the
+/// first election of a group it founded (a new topic or table is described, and usable, as soon
+/// as its groups' leaders are reported), forever (through any member it knows while it does not
+/// know the leader).
 pub async fn heartbeat_loop(ctx: Arc<NodeContext>, seeds: Vec<String>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fallback = 0usize;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.registry.first_leadership() => {}
+        }
         let hb = NodeHeartbeat {
             node_id: ctx.node_id,
             groups: group_reports(&ctx.registry),

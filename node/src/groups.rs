@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use futures::FutureExt;
 use openraft::{BasicNode, ChangeMembers, Membership};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::{MembershipReply, MembershipRequest};
@@ -96,6 +96,41 @@ pub fn known_leader(m: &openraft::RaftMetrics<weir_storage::TypeConfig>) -> Opti
     }
 }
 
+/// How long the first founder of a new group waits for the votes it asked for before asking
+/// again (doubled at each attempt, so that a slow round trip is not cut short forever).
+const NEW_GROUP_FIRST_WAIT: Duration = Duration::from_millis(100);
+/// How long it keeps asking; after that the group elects as any group does.
+const NEW_GROUP_CAMPAIGN_FOR: Duration = Duration::from_secs(3);
+
+/// Makes the first founder of a group it just initialized stand for election at once, and again
+/// after a wait that doubles until the group has a leader: left to itself it would wait out an
+/// election timeout (one to two seconds) first, and a topic or table is of no use until its
+/// groups have leaders. The other founders may not have created the group yet when the first
+/// votes are asked for, hence the retries. Nobody is deposed: a new group has no leader before.
+/// Returns true when this node won.
+async fn campaign_new(id: u64, raft: &Raft) -> bool {
+    let until = Instant::now() + NEW_GROUP_CAMPAIGN_FOR;
+    let mut wait = NEW_GROUP_FIRST_WAIT;
+    while Instant::now() < until {
+        if known_leader(&raft.metrics().borrow_watched()).is_some() {
+            break;
+        }
+        if let Err(e) = raft.trigger().elect(false).await {
+            tracing::debug!(group = id, error = %e, "standing for election");
+            return false;
+        }
+        let led = raft
+            .wait(Some(wait))
+            .metrics(|m| known_leader(m).is_some(), "a leader")
+            .await;
+        if led.is_ok() {
+            break;
+        }
+        wait *= 2;
+    }
+    leads(&raft.metrics().borrow_watched())
+}
+
 impl GroupHandle {
     /// The current leader's node id, if any.
     pub fn leader(&self) -> Option<u64> {
@@ -145,6 +180,8 @@ impl GroupHandle {
 #[derive(Clone)]
 pub struct Registry {
     rx: watch::Receiver<Arc<BTreeMap<u64, Arc<GroupHandle>>>>,
+    /// Rung when this node won the first election of a group it founded.
+    first_leaderships: Arc<Notify>,
 }
 
 impl Registry {
@@ -155,7 +192,17 @@ impl Registry {
             groups.into_iter().map(|g| (g.id, g)).collect();
         // A receiver keeps the last value after its sender is gone.
         let (_, rx) = watch::channel(Arc::new(groups));
-        Registry { rx }
+        Registry {
+            rx,
+            first_leaderships: Arc::default(),
+        }
+    }
+
+    /// Waits until this node wins the first election of a group it founded (a new topic's or
+    /// table's), which its next heartbeat should report without waiting for its tick: the
+    /// statement that created the group waits for the report.
+    pub async fn first_leadership(&self) {
+        self.first_leaderships.notified().await;
     }
 
     /// The group `id`, if it runs here.
@@ -236,6 +283,8 @@ pub struct GroupManager {
     cfg: GroupManagerConfig,
     groups: BTreeMap<u64, Arc<GroupHandle>>,
     tx: watch::Sender<Arc<BTreeMap<u64, Arc<GroupHandle>>>>,
+    /// Rung when this node won the first election of a group it founded.
+    first_leaderships: Arc<Notify>,
     changes: BTreeMap<u64, JoinHandle<()>>,
     moved_away: BTreeMap<u64, RemovalCheck>,
     /// Groups with state on disk that the catalog did not place here when the node started (they
@@ -255,10 +304,12 @@ impl GroupManager {
     /// Starts group 0 and the manager task; returns the registry.
     pub async fn start(cfg: GroupManagerConfig) -> NodeResult<Registry> {
         let (tx, rx) = watch::channel(Arc::new(BTreeMap::new()));
+        let first_leaderships = Arc::new(Notify::new());
         let mut mgr = GroupManager {
             cfg,
             groups: BTreeMap::new(),
             tx,
+            first_leaderships: first_leaderships.clone(),
             changes: BTreeMap::new(),
             moved_away: BTreeMap::new(),
             leftovers: BTreeSet::new(),
@@ -282,7 +333,10 @@ impl GroupManager {
         mgr.groups.insert(METADATA_GROUP, meta);
         mgr.publish();
         tokio::spawn(mgr.run(catalog_rx));
-        Ok(Registry { rx })
+        Ok(Registry {
+            rx,
+            first_leaderships,
+        })
     }
 
     /// Every group with Raft state in this node's engine, except the metadata group.
@@ -380,12 +434,17 @@ impl GroupManager {
                 FOUNDER_INIT_DELAY
             };
             let raft = raft.clone();
+            let won = self.first_leaderships.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 if let Ok(false) = raft.is_initialized().await {
                     tracing::info!(group = id, members = ?members.keys(), "initializing group");
                     if let Err(e) = raft.initialize(members).await {
                         tracing::warn!(group = id, error = %e, "initialize refused");
+                        return;
+                    }
+                    if first && campaign_new(id, &raft).await {
+                        won.notify_one();
                     }
                 }
             });

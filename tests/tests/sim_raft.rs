@@ -12,7 +12,7 @@
 //! the replicas' Raft handles through a shared map, so its own calls never cross the network.
 //! Every wait is a poll against a deadline in simulated time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +24,14 @@ use openraft::raft::ClientWriteResponse;
 use openraft::raft::VoteRequest;
 use openraft::{BasicNode, ServerState};
 use tokio::time::Instant;
-use weir_node::groups::{GroupHandle, Registry};
+use weir_node::groups::{leads, GroupHandle, Registry};
+use weir_node::leader::{self, ReadConfirmation};
 use weir_node::raft::network::GroupNetwork;
 use weir_node::raft::{config, service::RaftService};
 use weir_proto::v1::raft_transport_client::RaftTransportClient;
 use weir_proto::v1::raft_transport_server::RaftTransportServer;
 use weir_proto::v1::RaftRequest;
-use weir_storage::catalog::GroupKind;
+use weir_storage::catalog::{Catalog, GroupKind};
 use weir_storage::engine::memory::MemoryDisk;
 use weir_storage::partition::{read_batches, PartitionState};
 use weir_storage::snapshot::SnapshotDir;
@@ -493,6 +494,58 @@ fn a_joining_replica_votes_only_once_the_log_names_it_a_member() {
         .await;
         let answered = joiner.vote(ask).await;
         assert!(answered.is_ok(), "the member votes again: {answered:?}");
+        Ok(())
+    });
+}
+
+/// A leader that moves its group off itself answers no read on its lease once the membership
+/// that removes it is its newest: when that change commits, openraft hands the group to a voter
+/// that is elected at once, without waiting out the lease the voters granted, while the removed
+/// leader still says it leads, with a quorum acknowledgement within the lease, until it steps
+/// down. A read on that lease would miss what the successor commits.
+#[test]
+fn a_leader_that_removed_itself_reads_nothing_on_its_lease() {
+    run(12, &[JOINER], |seed, replicas| async move {
+        wait_for(
+            &replicas,
+            "every replica to start",
+            ELECTION_DEADLINE,
+            || (replicas.lock().expect("replica map").len() == NODES.len() + 1).then_some(()),
+        )
+        .await;
+        let (leader, term) = agreed_leader(&replicas, &NODES, 0).await;
+        write(&replicas, leader, "before the move", seed).await;
+        let old = replica(&replicas, leader).group;
+        let joiner_addr = format!("{}:{PORT}", host(JOINER));
+        old.raft
+            .add_learner(JOINER, BasicNode::new(joiner_addr), true)
+            .await?;
+        let voters: BTreeSet<u64> = NODES
+            .iter()
+            .copied()
+            .filter(|n| *n != leader)
+            .chain([JOINER])
+            .collect();
+        old.raft.change_membership(voters.clone(), false).await?;
+        let successor = wait_for(&replicas, "a successor", ELECTION_DEADLINE, || {
+            voters.iter().copied().find(|n| {
+                let m = replica(&replicas, *n).group.raft.metrics();
+                let m = m.borrow_watched();
+                m.state == ServerState::Leader && m.current_term > term
+            })
+        })
+        .await;
+        assert!(
+            leads(&old.raft.metrics().borrow_watched()),
+            "seed {seed}: node {leader} no longer says it leads once node {successor} was \
+             elected, so this run checks nothing"
+        );
+        let read = leader::linearizable(&old, &Catalog::default()).await;
+        assert!(
+            !matches!(read, Ok(ReadConfirmation::Lease)),
+            "seed {seed}: node {leader}, removed from its group and succeeded by node \
+             {successor}, still reads on its lease"
+        );
         Ok(())
     });
 }
