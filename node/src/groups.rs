@@ -167,7 +167,11 @@ impl GroupHandle {
         if !leads(&m) {
             return false;
         }
-        let alone = m.membership_config.membership().voter_ids().all(|v| v == m.id);
+        let alone = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .all(|v| v == m.id);
         let timeout = Duration::from_millis(self.raft.config().election_timeout_max);
         alone
             || m.last_quorum_acked
