@@ -63,22 +63,19 @@ pub struct GroupHandle {
     /// holding a configuration from before the drop would count this fresh, empty replica as the
     /// old member that had voted and stored entries there.
     pub founder: bool,
-    /// The last handover of its group this replica began while leading it. openraft keeps a
-    /// leader that began one in that state for the rest of its term, and the voters that heard of
-    /// it vote for anyone at once: for the rest of that term this replica answers no read on the
-    /// lease it kept in its metrics (see `leader::handing_over`).
-    pub handover: std::sync::Mutex<Option<Handover>>,
+    /// The term in which this replica, leading, last began handing its group over. openraft
+    /// keeps a leader that began one in that state for the rest of its term, and the voters that
+    /// heard of it vote for anyone at once: for the rest of that term this replica answers no read
+    /// on the lease it kept in its metrics (see `leader::handing_over`).
+    pub handover_term: std::sync::Mutex<Option<u64>>,
 }
 
-/// A handover of a group's leadership this replica began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Handover {
-    /// The term this replica led in when it began.
-    pub term: u64,
-    /// The voter it was handed to.
-    pub to: u64,
-    /// When it began.
-    pub started: Instant,
+/// True when a quorum acknowledged the leader these metrics describe less than `within` ago
+/// (openraft records when it sent what was acknowledged).
+pub fn acked_within(m: &openraft::RaftMetrics<weir_storage::TypeConfig>, within: Duration) -> bool {
+    m.last_quorum_acked
+        .as_ref()
+        .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < within)
 }
 
 /// True when the replica these metrics describe leads its group. openraft keeps naming a leader
@@ -173,10 +170,7 @@ impl GroupHandle {
             .voter_ids()
             .all(|v| v == m.id);
         let timeout = Duration::from_millis(self.raft.config().election_timeout_max);
-        alone
-            || m.last_quorum_acked
-                .as_ref()
-                .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < timeout)
+        alone || acked_within(&m, timeout)
     }
 }
 
@@ -461,7 +455,7 @@ impl GroupManager {
             snapshots: SnapshotDir::new(&self.cfg.snapshot_root, id),
             no_votes_until,
             founder,
-            handover: Default::default(),
+            handover_term: Default::default(),
         }))
     }
 

@@ -95,11 +95,7 @@ pub fn read_lease(h: &GroupHandle) -> Duration {
 fn lease_is_fresh(h: &GroupHandle) -> bool {
     let m = h.raft.metrics();
     let m = m.borrow_watched();
-    let lease = read_lease(h);
-    let fresh = m
-        .last_quorum_acked
-        .as_ref()
-        .is_some_and(|t| openraft::Instant::elapsed(std::ops::Deref::deref(t)) < lease);
+    let fresh = crate::groups::acked_within(&m, read_lease(h));
     let voter = m
         .membership_config
         .membership()
@@ -114,8 +110,8 @@ fn lease_is_fresh(h: &GroupHandle) -> bool {
 /// until a leader of a later term deposes it, even when the successor never stood: quorum
 /// acknowledgements of entries it still replicates then prove nothing.
 fn handing_over(h: &GroupHandle, term: u64) -> bool {
-    let handover = h.handover.lock().unwrap_or_else(|p| p.into_inner());
-    handover.is_some_and(|o| o.term == term)
+    let began = h.handover_term.lock().unwrap_or_else(|p| p.into_inner());
+    *began == Some(term)
 }
 
 /// True when this node leads the group and its state machine has applied an entry of its own

@@ -119,7 +119,7 @@ async fn run_replica(
         snapshots: SnapshotDir::new(&snapshot_root, GROUP),
         no_votes_until: Instant::now(),
         founder,
-        handover: Default::default(),
+        handover_term: Default::default(),
     });
     replicas.lock().expect("replica map").insert(
         id,
@@ -441,6 +441,21 @@ where
     }
 }
 
+/// Waits until the founders and the joiner have started and the founders agree on a ready
+/// leader, has it acknowledge `batch`, and returns the leader and its term.
+async fn led_with_joiner(replicas: &Replicas, batch: &str, seed: u64) -> (u64, u64) {
+    wait_for(
+        replicas,
+        "every replica to start",
+        ELECTION_DEADLINE,
+        || (replicas.lock().expect("replica map").len() == NODES.len() + 1).then_some(()),
+    )
+    .await;
+    let (leader, term) = agreed_leader(replicas, &NODES, 0).await;
+    write(replicas, leader, batch, seed).await;
+    (leader, term)
+}
+
 /// A replica that joins a running group empty (as on a node the group once dropped and took
 /// back) grants no vote until the group's log has told it that it is a member: a candidate still
 /// holding a configuration from before the drop would otherwise count it as the old member,
@@ -448,15 +463,7 @@ where
 #[test]
 fn a_joining_replica_votes_only_once_the_log_names_it_a_member() {
     run(11, &[JOINER], |seed, replicas| async move {
-        wait_for(
-            &replicas,
-            "every replica to start",
-            ELECTION_DEADLINE,
-            || (replicas.lock().expect("replica map").len() == NODES.len() + 1).then_some(()),
-        )
-        .await;
-        let (leader, _) = agreed_leader(&replicas, &NODES, 0).await;
-        write(&replicas, leader, "before the joiner", seed).await;
+        let (leader, _) = led_with_joiner(&replicas, "before the joiner", seed).await;
         let leading = replica(&replicas, leader).group;
         let m = leading.raft.metrics().borrow_watched().clone();
         let ask = RaftRequest {
@@ -506,15 +513,7 @@ fn a_joining_replica_votes_only_once_the_log_names_it_a_member() {
 #[test]
 fn a_leader_that_removed_itself_reads_nothing_on_its_lease() {
     run(12, &[JOINER], |seed, replicas| async move {
-        wait_for(
-            &replicas,
-            "every replica to start",
-            ELECTION_DEADLINE,
-            || (replicas.lock().expect("replica map").len() == NODES.len() + 1).then_some(()),
-        )
-        .await;
-        let (leader, term) = agreed_leader(&replicas, &NODES, 0).await;
-        write(&replicas, leader, "before the move", seed).await;
+        let (leader, term) = led_with_joiner(&replicas, "before the move", seed).await;
         let old = replica(&replicas, leader).group;
         let joiner_addr = format!("{}:{PORT}", host(JOINER));
         old.raft

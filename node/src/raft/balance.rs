@@ -30,7 +30,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use weir_storage::catalog::{Catalog, GroupKind, METADATA_GROUP};
 
-use crate::groups::{known_leader, GroupHandle, Handover, Registry};
+use crate::groups::{known_leader, GroupHandle, Registry};
 
 /// Pause between balance rounds (jittered by ±20%).
 pub const BALANCE_EVERY: Duration = Duration::from_secs(5);
@@ -237,11 +237,10 @@ fn ready(
 /// term: the successor is elected without waiting out this leader's lease.
 async fn hand_over(group: &GroupHandle, to: u64) {
     let term = group.raft.metrics().borrow_watched().current_term;
-    *group.handover.lock().unwrap_or_else(|p| p.into_inner()) = Some(Handover {
-        term,
-        to,
-        started: tokio::time::Instant::now(),
-    });
+    *group
+        .handover_term
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(term);
     tracing::info!(group = group.id, to, term, "handing leadership over");
     crate::metrics::leader_handover();
     if let Err(e) = group.raft.trigger().transfer_leader(to).await {
