@@ -227,7 +227,7 @@ impl Producer {
             topic: topic.to_string(),
             partitions,
             state: Mutex::new(Accumulator {
-                partitioner: Partitioner::new(partitions),
+                partitioner: Partitioner::new(partitions, config.batch_bytes),
                 parts: (0..partitions).map(|_| PartitionQueue::default()).collect(),
                 pending: BTreeMap::new(),
                 next_seq: 0,
@@ -335,6 +335,9 @@ impl Producer {
 
         let mut st = core.lock();
         let p = partition.unwrap_or_else(|| st.partitioner.partition(key));
+        if partition.is_none() && key.is_none() {
+            st.partitioner.keyless_taken(size);
+        }
         let batch_bytes = core.config.batch_bytes;
         let full = st.parts[p as usize]
             .open
@@ -503,7 +506,6 @@ impl Accumulator {
             permits: open.permits,
             seq: open.seq,
         });
-        self.partitioner.batch_sealed(partition);
     }
 }
 

@@ -167,7 +167,7 @@ async fn kcat_lists_produces_and_consumes_with_keys_on_their_partitions() {
     )
     .await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let partitioner = Partitioner::new(3);
+    let partitioner = Partitioner::new(3, 1);
     let mut per_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for line in text.lines() {
         let mut f = line.splitn(3, '|');

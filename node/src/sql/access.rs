@@ -109,15 +109,14 @@ pub fn job_meta(j: &JobInfo) -> JobMeta {
 }
 
 /// Records encoded into one batch per partition: each to its partition, else the one its key
-/// hashes to, else `keyless` when given (deterministic), else spread batch by batch as producers
-/// do.
+/// hashes to, else `keyless` when given (deterministic), else spread record by record.
 fn batches_by_partition(
     topic: &str,
     partitions: u32,
     records: &[NewRecord],
     keyless: Option<u32>,
 ) -> Result<BTreeMap<u32, BatchBuilder>, ClusterError> {
-    let mut partitioner = Partitioner::new(partitions);
+    let mut partitioner = Partitioner::new(partitions, 1);
     let mut batches: BTreeMap<u32, BatchBuilder> = BTreeMap::new();
     let now = weir_client::now_ms();
     for r in records {
@@ -137,8 +136,7 @@ fn batches_by_partition(
             r.timestamp_ms.unwrap_or(now),
         );
         if r.key.is_none() && r.partition.is_none() {
-            // Spread keyless records batch by batch, as producers do.
-            partitioner.batch_sealed(p);
+            partitioner.keyless_taken(1);
         }
     }
     Ok(batches)
