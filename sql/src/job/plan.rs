@@ -141,10 +141,13 @@ pub struct JobPlan {
     pub shape: Shape,
     /// The per-batch query's output columns, typed as the task reads them.
     pub out_columns: Vec<Column>,
-    /// Columns of the decoded records (the topic's, then its metadata columns).
-    pub source_columns: Vec<Column>,
-    /// Arrow schema of the decoded records.
-    pub source_schema: SchemaRef,
+    /// The columns of the topic (declared, then metadata) the per-batch query reads, by index:
+    /// only these are decoded from the records.
+    pub read: Vec<usize>,
+    /// The columns at `read`.
+    pub read_columns: Vec<Column>,
+    /// Arrow schema of the decoded records (the columns at `read`).
+    pub read_schema: SchemaRef,
     ctx: SessionContext,
     plan: LogicalPlan,
     batch: Arc<BatchSource>,
@@ -373,6 +376,7 @@ impl JobPlan {
         });
         let batch = Arc::new(BatchSource {
             schema: source_schema.clone(),
+            read: std::sync::OnceLock::new(),
             batch: Mutex::new(None),
         });
         let ctx = job_context(cluster.clone(), &source.name, batch.clone())?;
@@ -381,6 +385,13 @@ impl JobPlan {
             .create_logical_plan(&per_batch)
             .await
             .map_err(|e| plan_err(format!("{e}")))?;
+        let read = columns_read(&ctx, &plan, &batch, source_columns.len())?;
+        let read_columns: Vec<Column> = read.iter().map(|i| source_columns[*i].clone()).collect();
+        let read_schema = Arc::new(source_schema.project(&read)?);
+        batch
+            .read
+            .set(read.clone())
+            .map_err(|_| DataFusionError::Internal("a job's batch source planned twice".into()))?;
         let mut stateful = None;
         plan.apply(|n| {
             if matches!(
@@ -439,8 +450,9 @@ impl JobPlan {
             sink_topic,
             shape,
             out_columns,
-            source_columns,
-            source_schema,
+            read,
+            read_columns,
+            read_schema,
             ctx,
             plan,
             batch,
@@ -921,8 +933,40 @@ impl TableProvider for LookupCache {
 /// The records of the batch a task is processing, as a table.
 #[derive(Debug)]
 struct BatchSource {
+    /// The source topic's columns, all of them, as the query is planned against.
     schema: SchemaRef,
+    /// The columns of `schema` the batches hold (those the query reads), in order; set once
+    /// the query is planned.
+    read: std::sync::OnceLock<Vec<usize>>,
     batch: Mutex<Option<RecordBatch>>,
+}
+
+/// The columns of the source (indexes into its `width` columns) that `plan` reads from `batch`,
+/// in order: the union of the projections the optimizer gives its scans.
+fn columns_read(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    batch: &Arc<BatchSource>,
+    width: usize,
+) -> Result<Vec<usize>> {
+    let optimized = ctx.state().optimize(plan)?;
+    let mut read = BTreeSet::new();
+    optimized.apply(|n| {
+        if let LogicalPlan::TableScan(scan) = n {
+            let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+            let is_batch = provider
+                .downcast_ref::<BatchSource>()
+                .is_some_and(|b| std::ptr::eq(b, batch.as_ref()));
+            if is_batch {
+                match &scan.projection {
+                    Some(p) => read.extend(p.iter().copied()),
+                    None => read.extend(0..width),
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(read.into_iter().collect())
 }
 
 #[async_trait]
@@ -949,10 +993,31 @@ impl TableProvider for BatchSource {
             .iter()
             .cloned()
             .collect();
+        let Some(read) = self.read.get() else {
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[batches],
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        };
+        // The batch holds the columns at `read`: the scan's columns are found among them (the
+        // query is optimized the same way for every batch as when `read` was found).
+        let all: Vec<usize> = (0..self.schema.fields().len()).collect();
+        let at = projection
+            .unwrap_or(&all)
+            .iter()
+            .map(|i| {
+                read.binary_search(i).map_err(|_| {
+                    DataFusionError::Internal(format!(
+                        "a job's scan of column {i} of its source, which is not decoded"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],
-            self.schema.clone(),
-            projection.cloned(),
+            Arc::new(self.schema.project(read)?),
+            Some(at),
         )?)
     }
 }

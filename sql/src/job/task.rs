@@ -452,9 +452,9 @@ async fn process(
     let mut rows = RecordDecoder::new(
         &plan.source,
         partition,
-        (0..plan.source_columns.len()).collect(),
-        &plan.source_columns,
-        plan.source_schema.clone(),
+        plan.read.clone(),
+        &plan.read_columns,
+        plan.read_schema.clone(),
         records.len(),
     )?;
     let mut letters = Vec::new();
