@@ -34,6 +34,7 @@ t=$(date +%s.%N)
 "$B/weir" produce trans --max-in-flight 8 <"$R/data/trans/trans.json"
 echo "produced in $(echo "$(date +%s.%N) - $t" | bc) s"
 echo "== weir: the job over the backlog"
+c0=$(cpu_ticks)
 t0=$(date +%s.%N)
 "$B/weir" sql "CREATE JOB monthly AS INSERT INTO monthly_trend
   SELECT CAST(date_part('month', t.date) AS INT), count(*), sum(t.amount)
@@ -46,8 +47,10 @@ while :; do
   sleep 0.05
 done
 t1=$(date +%s.%N)
+c1=$(cpu_ticks)
 el=$(echo "$t1 - $t0" | bc)
 echo "weir: $N records in $el s = $(echo "$N / $el" | bc) records/s"
+echo "weir: the nodes used $(echo "scale=2; ($c1 - $c0) / 100" | bc) CPU-seconds during the job"
 "$B/weir" job describe monthly
 echo "== weir: freshness, from a record's acknowledgement to its row visible to SQL (${PROBES:=40} probes)"
 "$B/weir" sql "CREATE TABLE fresh (trans_id BIGINT, amount DOUBLE, PRIMARY KEY (trans_id));

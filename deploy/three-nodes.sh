@@ -32,18 +32,20 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 
+# cpu_ticks: CPU time the three nodes have used so far, in clock ticks (100 per second).
+cpu_ticks() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+
 # quiet [LIMIT_S]: waits until the nodes' background work after a load (flushes, compactions,
 # region splits) has settled: their CPU use over 5 s below a fifth of a core, at most LIMIT_S
 # seconds (default 300). Prints how long it waited.
 quiet() {
   local limit=${1:-300} waited=0
-  _ticks() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
   while [ "$waited" -lt "$limit" ]; do
     local before after
-    before=$(_ticks)
+    before=$(cpu_ticks)
     sleep 5
     waited=$((waited + 5))
-    after=$(_ticks)
+    after=$(cpu_ticks)
     # clock ticks (100 per second) over 5 s: under 100 is under a fifth of a core
     [ $((after - before)) -lt 100 ] && break
   done
