@@ -993,11 +993,16 @@ impl TableProvider for BatchSource {
             .iter()
             .cloned()
             .collect();
-        // The batch holds the columns at `read` (all of them before the query is planned): the
-        // scan's columns are found among them (the query is optimized the same way for every
-        // batch as when `read` was found).
+        let Some(read) = self.read.get() else {
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[batches],
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        };
+        // The batch holds the columns at `read`: the scan's columns are found among them (the
+        // query is optimized the same way for every batch as when `read` was found).
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
-        let read = self.read.get().unwrap_or(&all);
         let at = projection
             .unwrap_or(&all)
             .iter()
