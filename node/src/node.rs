@@ -345,7 +345,11 @@ where
 
     let (stop, stop_rx) = watch::channel(false);
     let log = Arc::new(LogService::new((*ctx).clone()));
-    let node_cluster = Arc::new(NodeCluster::new(ctx.registry.clone(), advertise.clone()));
+    let node_cluster = Arc::new(NodeCluster::new(
+        ctx.registry.clone(),
+        ctx.engine.clone(),
+        advertise.clone(),
+    ));
     let sql_cluster: Arc<dyn weir_sql::Cluster> = node_cluster.clone();
     let engine_config = weir_sql::EngineConfig {
         memory_limit: cfg.sql_memory,

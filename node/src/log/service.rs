@@ -29,18 +29,12 @@ use crate::groups::GroupHandle;
 use crate::leader::{self, forwarded, was_forwarded};
 use crate::log::coordinator::{Coordinator, Heartbeat, Leadership};
 use crate::log::produce_order::ProduceOrder;
+use crate::log::read;
 use crate::metrics;
 use crate::placement;
 
 /// Largest batch a producer may send (Kafka's `message.max.bytes` applies per batch too).
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
-/// Largest fetch answer.
-const MAX_FETCH_BYTES: u32 = 32 << 20;
-/// Longest long-poll a fetch may ask for.
-const MAX_WAIT: Duration = Duration::from_secs(30);
-/// How long a fetch waits for a just-elected leader to apply its own term before answering
-/// UNAVAILABLE (the client retries).
-const TERM_APPLIED_WAIT: Duration = Duration::from_secs(2);
 /// Most partitions a topic may have.
 const MAX_PARTITIONS: u32 = 4096;
 /// Session timeout of a group member that asks for none.
@@ -591,7 +585,6 @@ impl Log for LogService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let started = Instant::now();
         let catalog = self.catalog()?;
         let req = request.get_ref();
         let group = self.partition(&catalog, &req.topic, req.partition)?;
@@ -605,59 +598,14 @@ impl Log for LogService {
             }
         };
         let req = request.into_inner();
-        leader::term_applied_within(&h, TERM_APPLIED_WAIT).await?;
-        let mut rx = match &h.watch {
-            GroupWatch::Partition(rx) => rx.clone(),
-            _ => return Err(NodeError::Internal("not a partition group".into()).into()),
+        let f = read::Fetch {
+            topic: &req.topic,
+            partition: req.partition,
+            offset: req.offset,
+            max_bytes: req.max_bytes,
+            max_wait_ms: req.max_wait_ms,
         };
-        let mut st = *rx.borrow_and_update();
-        if req.offset < st.earliest || req.offset > st.next_offset {
-            return Err(NodeError::OutOfRange(format!(
-                "offset {} is outside partition {} of '{}': earliest {}, latest {}",
-                req.offset, req.partition, req.topic, st.earliest, st.next_offset
-            ))
-            .into());
-        }
-        let wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
-        let deadline = tokio::time::Instant::now() + wait;
-        while req.offset >= st.next_offset {
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => st = *rx.borrow_and_update(),
-                _ => break,
-            }
-        }
-        let max_bytes = if req.max_bytes == 0 {
-            1 << 20
-        } else {
-            req.max_bytes.min(MAX_FETCH_BYTES)
-        };
-        let engine = self.ctx.engine.clone();
-        let (group_id, offset) = (h.id, req.offset.max(st.earliest));
-        let batches = on_blocking_thread(move || {
-            partition::read_batches(
-                &engine,
-                group_id,
-                offset,
-                st.next_offset,
-                max_bytes as usize,
-            )
-        })
-        .await
-        .map_err(NodeError::from)?;
-        let records: u64 = batches.iter().map(|b| u64::from(b.count)).sum();
-        metrics::fetched(records, started.elapsed());
-        Ok(Response::new(FetchResponse {
-            batches: batches
-                .into_iter()
-                .map(|b| StoredBatch {
-                    base_offset: b.base_offset,
-                    batch: b.batch,
-                })
-                .collect(),
-            high_watermark: st.next_offset,
-            earliest_offset: st.earliest,
-            leader_epoch: leader::term_of(&h),
-        }))
+        Ok(Response::new(read::fetch(&self.ctx.engine, &h, f).await?))
     }
 
     async fn list_offsets(
@@ -676,7 +624,7 @@ impl Log for LogService {
                     .map_err(crate::error::relay)
             }
         };
-        leader::term_applied_within(&h, TERM_APPLIED_WAIT).await?;
+        leader::term_applied_within(&h, read::TERM_APPLIED_WAIT).await?;
         let st = partition_state(&h)?;
         let (epoch_found, epoch_end_offset) = match request.get_ref().epoch {
             Some(epoch) => {

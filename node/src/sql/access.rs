@@ -21,10 +21,13 @@ use weir_storage::catalog::{
 };
 
 use crate::groups::Registry;
+use crate::log::read;
 
 /// The SQL layer's view of the cluster from this node.
 pub struct NodeCluster {
     registry: Registry,
+    /// The storage engine, for reading the partitions this node leads without a round trip.
+    engine: weir_storage::Engine,
     /// This node's own gRPC address: the client's first hop.
     addr: String,
     client: tokio::sync::OnceCell<Client>,
@@ -175,15 +178,40 @@ fn topic_meta(t: &TopicInfo) -> TopicMeta {
 
 impl NodeCluster {
     /// The view from the node at `addr` whose groups are `registry`.
-    pub fn new(registry: Registry, addr: String) -> NodeCluster {
+    pub fn new(registry: Registry, engine: weir_storage::Engine, addr: String) -> NodeCluster {
         NodeCluster {
             registry,
+            engine,
             addr,
             client: tokio::sync::OnceCell::new(),
             tables: Mutex::new(HashMap::new()),
             fence: None,
             fenced_tables: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A fetch answered in process when this node leads the partition, as it does for the stream
+    /// tasks placed beside their partition's leader: a page through gRPC over loopback costs a
+    /// copy into and out of the socket. `None` when another node leads or the read fails here;
+    /// the client then finds the leader, retries and reports what is wrong.
+    async fn fetch_here(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Option<weir_proto::v1::FetchResponse> {
+        let catalog = self.registry.catalog().ok()?;
+        let group = *catalog.topics.get(topic)?.groups.get(partition as usize)?;
+        let h = self.registry.get(group).filter(|h| h.is_leader())?;
+        let f = read::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms: 0,
+        };
+        read::fetch(&self.engine, &h, f).await.ok()
     }
 
     /// The same view with every table write carrying the fencing token `token` of `holder`:
@@ -193,6 +221,7 @@ impl NodeCluster {
         let client = self.client().await?.clone();
         Ok(NodeCluster {
             registry: self.registry.clone(),
+            engine: self.engine.clone(),
             addr: self.addr.clone(),
             client: tokio::sync::OnceCell::new_with(Some(client)),
             tables: Mutex::new(HashMap::new()),
@@ -575,17 +604,20 @@ impl Cluster for NodeCluster {
         offset: u64,
         max_bytes: u32,
     ) -> Result<RecordPage, ClusterError> {
-        let resp = self
-            .client()
-            .await?
-            .fetch(topic, partition, offset, max_bytes, 0)
-            .await
-            .map_err(to_cluster)?;
+        let resp = match self.fetch_here(topic, partition, offset, max_bytes).await {
+            Some(resp) => resp,
+            None => self
+                .client()
+                .await?
+                .fetch(topic, partition, offset, max_bytes, 0)
+                .await
+                .map_err(to_cluster)?,
+        };
         let mut records = Vec::new();
         for stored in &resp.batches {
             let decoded = batch::decode(&stored.batch).map_err(|e| {
                 ClusterError::Unavailable(format!(
-                    "topic '{topic}' partition {partition}: a stored batch at offset {} does                      not decode: {e}",
+                    "topic '{topic}' partition {partition}: a stored batch at offset {} does not decode: {e}",
                     stored.base_offset
                 ))
             })?;
