@@ -58,9 +58,38 @@ impl ProduceOrder {
         f(&mut slots)
     }
 
+    /// Whether this leader knows in `term` which batch of `producer` on `group` comes next.
+    pub fn knows(&self, group: u64, producer: u64, term: u64) -> bool {
+        self.with(|slots| slots.get(&(group, producer)).is_some_and(|s| s.term == term))
+    }
+
+    /// Starts the expectation for `producer` on `group` in `term` at `next`, the batch after the
+    /// last one the partition has applied from it, unless a proposal of this term has set it. A
+    /// leader that has applied its term holds every batch proposed before it, so from here on a
+    /// batch that overtook its predecessor waits for it even when it is the producer's first
+    /// batch this leader sees (a new producer sends its first batches together).
+    pub fn seed(&self, group: u64, producer: u64, term: u64, next: u64) {
+        self.with(|slots| {
+            if slots.len() >= MAX_TRACKED && !slots.contains_key(&(group, producer)) {
+                slots.retain(|_, s| s.last_used.elapsed() < IDLE);
+            }
+            let slot = slots.entry((group, producer)).or_insert_with(|| Slot {
+                term,
+                next,
+                last_used: Instant::now(),
+                proposed: Arc::new(Notify::new()),
+            });
+            if slot.term != term {
+                slot.term = term;
+                slot.next = next;
+                slot.last_used = Instant::now();
+            }
+        });
+    }
+
     /// Waits until batch `sequence` of `producer` on `group` may be proposed in leader term
     /// `term`: at once when its predecessor was proposed in this term (or nothing is known of the
-    /// producer here), else once the predecessor is, for at most [`WAIT_FOR_PREDECESSOR`]. The
+    /// producer here in this term: see [`ProduceOrder::seed`]), else once the predecessor is, for at most [`WAIT_FOR_PREDECESSOR`]. The
     /// batch's successor is numbered `sequence + step`.
     pub async fn turn(
         &self,
@@ -163,6 +192,30 @@ mod tests {
         order.turn(1, 7, 0, 1, 3).await.expect("first").proposed();
         let err = order.turn(1, 7, 5, 1, 3).await.err().expect("refused");
         assert!(matches!(err, NodeError::Aborted(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_new_producers_later_batch_waits_for_its_first_once_seeded() {
+        let order = Arc::new(ProduceOrder::default());
+        assert!(!order.knows(1, 7, 3));
+        // The partition holds nothing of producer 7: its batch 0 comes first.
+        order.seed(1, 7, 3, 0);
+        assert!(order.knows(1, 7, 3));
+        let second = {
+            let order = order.clone();
+            tokio::spawn(async move { order.turn(1, 7, 1, 1, 3).await.map(|t| t.sequence) })
+        };
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "batch 1 waits for batch 0");
+        order.turn(1, 7, 0, 1, 3).await.expect("batch 0").proposed();
+        assert_eq!(second.await.expect("task").expect("batch 1 goes"), 1);
+        // A seed does not move back what a proposal of the term set.
+        order.seed(1, 7, 3, 0);
+        order.turn(1, 7, 1, 1, 3).await.expect("a retry").proposed();
+        order.turn(1, 7, 2, 1, 3).await.expect("next in line");
+        // A new term's seed is the applied state: its next batch goes at once.
+        order.seed(1, 7, 4, 5);
+        order.turn(1, 7, 5, 1, 4).await.expect("next after the applied ones");
     }
 
     #[tokio::test]

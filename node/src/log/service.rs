@@ -516,6 +516,20 @@ impl Log for LogService {
                 } else {
                     1
                 };
+                // The first batch of the producer this leader sees in its term: where it stands
+                // is in the applied state, once the leader has applied everything before its term.
+                if !self.order.knows(group.id, p.producer_id, term)
+                    && leader::term_applied(&h.raft.metrics().borrow_watched())
+                {
+                    let engine = self.ctx.engine.clone();
+                    let (gid, pid, epoch, counted) = (group.id, p.producer_id, p.epoch, p.counted);
+                    let next = on_blocking_thread(move || {
+                        weir_storage::state_machine::next_sequence(&engine, gid, pid, epoch, counted)
+                    })
+                    .await
+                    .map_err(NodeError::from)?;
+                    self.order.seed(group.id, p.producer_id, term, next);
+                }
                 let turn = self
                     .order
                     .turn(group.id, p.producer_id, p.sequence, step, term);

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 
 pub use build::SnapshotBuilder;
 pub use offsets_group::OffsetKey;
+pub use partition_group::next_sequence;
 pub use region_group::REGION_INIT_INDEX;
 pub use transfer::{kept_below, write_transfer};
 

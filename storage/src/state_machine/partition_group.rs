@@ -266,6 +266,32 @@ impl GroupState for PartitionGroup {
     }
 }
 
+/// The sequence number the next batch of idempotent `producer` on partition `group` must carry
+/// after the batches applied so far: 0 when the partition holds none of the producer's batches
+/// (or, for a producer numbering records, only batches of an epoch other than `epoch`).
+pub fn next_sequence(
+    engine: &Engine,
+    group: u64,
+    producer: u64,
+    epoch: u64,
+    counted: bool,
+) -> Result<u64, StorageError> {
+    let Some(raw) = engine.get(CF_DATA, &producer_key(group, producer))? else {
+        return Ok(0);
+    };
+    let st: ProducerState = decode(&raw)?;
+    if counted && st.epoch != epoch {
+        return Ok(0);
+    }
+    Ok(st.batches.back().map_or(0, |(seq, _, n)| {
+        if counted {
+            seq + u64::from(*n)
+        } else {
+            seq + 1
+        }
+    }))
+}
+
 fn producer_key(group: u64, producer: u64) -> Vec<u8> {
     crate::engine::group_key_u64(group, TAG_PRODUCER, producer)
 }
