@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value as Json;
+use smallvec::{smallvec, SmallVec};
 
 use crate::table::{Cell, Column, ColumnType, Value};
 
@@ -154,13 +155,17 @@ impl Field<'_> {
     }
 }
 
+/// One record's fields, one per column read: inline for up to eight columns, since a stream job
+/// picks one such row from every record it reads.
+pub type Fields<'de> = SmallVec<[Field<'de>; 8]>;
+
 /// The row `record` holds, each field converted straight from the bytes to its column's type
 /// without a JSON tree in between, when nothing about the record needs a closer look; `None`
 /// otherwise (a key that matches a column only ignoring case, a key given twice, a value that does
 /// not convert, a NULL in a NOT NULL column, a record that is not one JSON object). Where it
 /// answers, the row is exactly what [`pick`] and [`Value::from_json`] give; where it does not,
 /// they give the row or say why the record does not decode.
-pub fn pick_typed<'de>(record: &'de [u8], columns: &[Column]) -> Option<Vec<Field<'de>>> {
+pub fn pick_typed<'de>(record: &'de [u8], columns: &[Column]) -> Option<Fields<'de>> {
     let mut de = serde_json::Deserializer::from_slice(record);
     let found = TypedRecord { columns }.deserialize(&mut de).ok()?;
     de.end().ok()?;
@@ -179,7 +184,7 @@ struct TypedRecord<'c> {
 }
 
 impl<'de> DeserializeSeed<'de> for TypedRecord<'_> {
-    type Value = Vec<Option<Field<'de>>>;
+    type Value = SmallVec<[Option<Field<'de>>; 8]>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -187,14 +192,14 @@ impl<'de> DeserializeSeed<'de> for TypedRecord<'_> {
 }
 
 impl<'de> Visitor<'de> for TypedRecord<'_> {
-    type Value = Vec<Option<Field<'de>>>;
+    type Value = SmallVec<[Option<Field<'de>>; 8]>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found: Vec<Option<Field<'de>>> = vec![None; self.columns.len()];
+        let mut found: Self::Value = smallvec![None; self.columns.len()];
         while let Some(key) = map.next_key_seed(KeyOf {
             columns: self.columns,
         })? {

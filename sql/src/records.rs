@@ -1,9 +1,9 @@
 //! A topic's records as Arrow record batches: each record's declared columns and its metadata
 //! columns appended straight to the columns' arrays. A JSON record whose fields convert without
 //! question is read field by field into the arrays (no JSON tree, no row of values); any other
-//! record is decoded into a row of values first ([`decode_record`]), which also says why a record
-//! does not decode. Both give the same cells, so a query over a topic and a stream job over it see
-//! the same rows.
+//! record is decoded into a row of values first, which also says why a record does not decode.
+//! Both give the same cells, so a query over a topic and a stream job over it that read the same
+//! columns see the same rows.
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -20,8 +20,9 @@ use crate::columnar::BatchBuilder;
 const METADATA_COLUMNS: usize = 4;
 
 /// A record of `partition` as a row of [`crate::topic::topic_columns`]; the error says why it
-/// does not decode.
-pub fn decode_record(
+/// does not decode. The whole decode the tests check the decoder against.
+#[cfg(test)]
+fn decode_record(
     meta: &TopicMeta,
     partition: u32,
     r: &TopicRecord,
@@ -85,8 +86,6 @@ pub struct RecordDecoder {
     /// The format records are decoded with: the topic's, narrowed to the projection's declared
     /// columns for JSON.
     format: Option<TopicFormat>,
-    /// Whether records are JSON objects (the fast path's).
-    json: bool,
     partition: u32,
     slots: Vec<Slot>,
     builder: BatchBuilder,
@@ -149,7 +148,6 @@ impl RecordDecoder {
             .collect();
         Ok(RecordDecoder {
             format,
-            json,
             partition,
             slots,
             builder: BatchBuilder::new(columns, capacity)?,
@@ -160,7 +158,11 @@ impl RecordDecoder {
     /// Appends the row of `r`; `Ok(Err(reason))` when the record does not decode (nothing is
     /// appended then).
     pub fn push(&mut self, r: &TopicRecord) -> Result<std::result::Result<(), String>> {
-        if let (true, Some(format)) = (self.json, &self.format) {
+        if let Some(format) = self
+            .format
+            .as_ref()
+            .filter(|f| f.kind == RecordFormat::Json)
+        {
             let key = match &r.key {
                 None => Some(Cell::Null),
                 Some(k) => std::str::from_utf8(k).ok().map(Cell::Str),

@@ -60,7 +60,11 @@ impl ProduceOrder {
 
     /// Whether this leader knows in `term` which batch of `producer` on `group` comes next.
     pub fn knows(&self, group: u64, producer: u64, term: u64) -> bool {
-        self.with(|slots| slots.get(&(group, producer)).is_some_and(|s| s.term == term))
+        self.with(|slots| {
+            slots
+                .get(&(group, producer))
+                .is_some_and(|s| s.term == term)
+        })
     }
 
     /// Starts the expectation for `producer` on `group` in `term` at `next`, the batch after the
@@ -215,7 +219,10 @@ mod tests {
         order.turn(1, 7, 2, 1, 3).await.expect("next in line");
         // A new term's seed is the applied state: its next batch goes at once.
         order.seed(1, 7, 4, 5);
-        order.turn(1, 7, 5, 1, 4).await.expect("next after the applied ones");
+        order
+            .turn(1, 7, 5, 1, 4)
+            .await
+            .expect("next after the applied ones");
     }
 
     #[tokio::test]

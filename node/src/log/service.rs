@@ -524,7 +524,9 @@ impl Log for LogService {
                     let engine = self.ctx.engine.clone();
                     let (gid, pid, epoch, counted) = (group.id, p.producer_id, p.epoch, p.counted);
                     let next = on_blocking_thread(move || {
-                        weir_storage::state_machine::next_sequence(&engine, gid, pid, epoch, counted)
+                        weir_storage::state_machine::next_sequence(
+                            &engine, gid, pid, epoch, counted,
+                        )
                     })
                     .await
                     .map_err(NodeError::from)?;

@@ -471,28 +471,48 @@ fn render_decimal(d: i128, scale: u32) -> String {
 }
 
 fn parse_date(t: &str) -> std::result::Result<i32, String> {
-    if let Some(d) = plain_date(t) {
-        return i32::try_from((d - EPOCH).num_days()).map_err(|_| format!("'{t}' is out of range"));
+    if let Some(days) = plain_date(t) {
+        return Ok(days);
     }
     let d = NaiveDate::parse_from_str(t, "%Y-%m-%d")
         .map_err(|_| format!("'{t}' is not a date (YYYY-MM-DD)"))?;
     i32::try_from((d - EPOCH).num_days()).map_err(|_| format!("'{t}' is out of range"))
 }
 
-/// `YYYY-MM-DD` with exactly those digits, read without a format parser (most dates in records
-/// look so); anything else, or a day that does not exist, is left to the format parser.
-fn plain_date(t: &str) -> Option<NaiveDate> {
+/// The days since 1970-01-01 of `YYYY-MM-DD` with exactly those digits, read without a format
+/// parser or a calendar type (most dates in records look so, and a stream job reads one per
+/// record); anything else, or a day that does not exist, is left to the format parser.
+fn plain_date(t: &str) -> Option<i32> {
     let b = t.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b[r].iter().try_fold(0u32, |n, c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
         })
     };
-    let year = i32::try_from(num(0..4)?).ok()?;
-    NaiveDate::from_ymd_opt(year, num(5..7)?, num(8..10)?)
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > month_days {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), counting years from March so that the
+    // leap day ends a year; era = 400 years.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    i32::try_from(era * 146_097 + doe - 719_468).ok()
 }
 
 /// Accepts RFC 3339 (`2024-05-01T12:00:00Z`), `2024-05-01 12:00:00[.fff]` (UTC), a bare date, or
@@ -551,12 +571,23 @@ mod tests {
         ] {
             let format = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok();
             let plain = plain_date(t);
-            assert!(plain.is_none() || plain == format, "{t}");
+            let format_days = format.map(|d| (d - EPOCH).num_days() as i32);
+            assert!(plain.is_none() || plain == format_days, "{t}");
             assert_eq!(
                 parse_date(t).ok(),
                 format.map(|d| (d - EPOCH).num_days() as i32),
                 "{t}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_plain_date_counts_the_days_the_calendar_does(days in -719_528i64..2_932_896) {
+            // 0000-01-01 to 9999-12-31, the dates with four-digit years.
+            let date = EPOCH + chrono::TimeDelta::days(days);
+            let text = date.format("%Y-%m-%d").to_string();
+            proptest::prop_assert_eq!(plain_date(&text), Some(days as i32), "{}", text);
         }
     }
 
