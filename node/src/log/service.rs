@@ -517,10 +517,10 @@ impl Log for LogService {
                     1
                 };
                 // The first batch of the producer this leader sees in its term: where it stands
-                // is in the applied state, once the leader has applied everything before its term.
-                if !self.order.knows(group.id, p.producer_id, term)
-                    && leader::term_applied(&h.raft.metrics().borrow_watched())
-                {
+                // is in the applied state, once the leader has applied everything before its term
+                // (a leader just elected takes no write before that anyway).
+                if !self.order.knows(group.id, p.producer_id, term) {
+                    leader::term_applied_within(&h, read::TERM_APPLIED_WAIT).await?;
                     let engine = self.ctx.engine.clone();
                     let (gid, pid, epoch, counted) = (group.id, p.producer_id, p.epoch, p.counted);
                     let next = on_blocking_thread(move || {
