@@ -5,8 +5,11 @@
 //! (out of order), but only after the entry was replicated and fsynced on every replica, and the
 //! producer sends it again: on a loaded partition about half of the log was such retries. Here a
 //! batch whose predecessor has not been proposed yet waits briefly for it, and is refused without
-//! touching the log if it does not come. The state machine's check stays the rule; this only keeps
-//! the log free of batches it would refuse.
+//! touching the log if it does not come. The first batch of a producer a leader sees in its term
+//! finds where the producer stands in the partition's applied state ([`ProduceOrder::seed`]):
+//! a new producer's first batches arrive together, and without that its batch 2 could overtake
+//! its batch 0 and start a cascade of refusals and retries with back-off. The state machine's
+//! check stays the rule; this only keeps the log free of batches it would refuse.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
