@@ -77,27 +77,14 @@ impl ProduceOrder {
     /// batch this leader sees (a new producer sends its first batches together).
     pub fn seed(&self, group: u64, producer: u64, term: u64, next: u64) {
         self.with(|slots| {
-            if slots.len() >= MAX_TRACKED && !slots.contains_key(&(group, producer)) {
-                slots.retain(|_, s| s.last_used.elapsed() < IDLE);
-            }
-            let slot = slots.entry((group, producer)).or_insert_with(|| Slot {
-                term,
-                next,
-                last_used: Instant::now(),
-                proposed: Arc::new(Notify::new()),
-            });
-            if slot.term != term {
-                slot.term = term;
-                slot.next = next;
-                slot.last_used = Instant::now();
-            }
+            slot_in_term(slots, (group, producer), term, next);
         });
     }
 
     /// Waits until batch `sequence` of `producer` on `group` may be proposed in leader term
     /// `term`: at once when its predecessor was proposed in this term (or nothing is known of the
-    /// producer here in this term: see [`ProduceOrder::seed`]), else once the predecessor is, for at most [`WAIT_FOR_PREDECESSOR`]. The
-    /// batch's successor is numbered `sequence + step`.
+    /// producer here in this term: see [`ProduceOrder::seed`]), else once the predecessor is, for
+    /// at most [`WAIT_FOR_PREDECESSOR`]. The batch's successor is numbered `sequence + step`.
     pub async fn turn(
         &self,
         group: u64,
@@ -139,6 +126,32 @@ impl ProduceOrder {
     }
 }
 
+/// The slot of `key` for leader term `term`, made (expecting batch `next`) when there is none or
+/// it is of another term, whose proposals the log may have lost; idle producers are forgotten
+/// first when too many are tracked.
+fn slot_in_term(
+    slots: &mut BTreeMap<(u64, u64), Slot>,
+    key: (u64, u64),
+    term: u64,
+    next: u64,
+) -> &mut Slot {
+    if slots.len() >= MAX_TRACKED && !slots.contains_key(&key) {
+        slots.retain(|_, s| s.last_used.elapsed() < IDLE);
+    }
+    let slot = slots.entry(key).or_insert_with(|| Slot {
+        term,
+        next,
+        last_used: Instant::now(),
+        proposed: Arc::new(Notify::new()),
+    });
+    if slot.term != term {
+        slot.term = term;
+        slot.next = next;
+    }
+    slot.last_used = Instant::now();
+    slot
+}
+
 impl Turn<'_> {
     /// Records that the batch is in the log's queue, so its successor may follow.
     pub fn proposed(self) {
@@ -150,19 +163,7 @@ impl Turn<'_> {
             step,
         } = self;
         order.with(|slots| {
-            if slots.len() >= MAX_TRACKED && !slots.contains_key(&key) {
-                slots.retain(|_, s| s.last_used.elapsed() < IDLE);
-            }
-            let slot = slots.entry(key).or_insert_with(|| Slot {
-                term,
-                next: 0,
-                last_used: Instant::now(),
-                proposed: Arc::new(Notify::new()),
-            });
-            if slot.term != term {
-                slot.term = term;
-                slot.next = 0;
-            }
+            let slot = slot_in_term(slots, key, term, 0);
             // A retry of an earlier batch leaves the expectation where it is.
             slot.next = slot.next.max(sequence + step);
             slot.last_used = Instant::now();

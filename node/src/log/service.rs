@@ -109,6 +109,28 @@ impl LogService {
         Ok(Leadership { term, assign_after })
     }
 
+    /// Seeds the order of producer `p`'s batches on the partition led through `h`, at the first
+    /// batch of it this leader sees in `term`: where the producer stands is in the applied state
+    /// once the leader has applied everything before its term (a leader just elected takes no
+    /// write before that anyway).
+    async fn seed_order(&self, h: &GroupHandle, p: ProducerSeq, term: u64) -> NodeResult<()> {
+        leader::term_applied_within(h, read::TERM_APPLIED_WAIT).await?;
+        let engine = self.ctx.engine.clone();
+        let group = h.id;
+        let next = on_blocking_thread(move || {
+            weir_storage::state_machine::next_sequence(
+                &engine,
+                group,
+                p.producer_id,
+                p.epoch,
+                p.counted,
+            )
+        })
+        .await?;
+        self.order.seed(group, p.producer_id, term, next);
+        Ok(())
+    }
+
     fn catalog(&self) -> NodeResult<Arc<Catalog>> {
         self.ctx.registry.catalog()
     }
@@ -516,21 +538,8 @@ impl Log for LogService {
                 } else {
                     1
                 };
-                // The first batch of the producer this leader sees in its term: where it stands
-                // is in the applied state, once the leader has applied everything before its term
-                // (a leader just elected takes no write before that anyway).
                 if !self.order.knows(group.id, p.producer_id, term) {
-                    leader::term_applied_within(&h, read::TERM_APPLIED_WAIT).await?;
-                    let engine = self.ctx.engine.clone();
-                    let (gid, pid, epoch, counted) = (group.id, p.producer_id, p.epoch, p.counted);
-                    let next = on_blocking_thread(move || {
-                        weir_storage::state_machine::next_sequence(
-                            &engine, gid, pid, epoch, counted,
-                        )
-                    })
-                    .await
-                    .map_err(NodeError::from)?;
-                    self.order.seed(group.id, p.producer_id, term, next);
+                    self.seed_order(&h, p, term).await?;
                 }
                 let turn = self
                     .order

@@ -202,7 +202,7 @@ impl NodeCluster {
         max_bytes: u32,
     ) -> Option<weir_proto::v1::FetchResponse> {
         let catalog = self.registry.catalog().ok()?;
-        let group = *catalog.topics.get(topic)?.groups.get(partition as usize)?;
+        let group = catalog.partition_group(topic, partition)?.id;
         let h = self.registry.get(group).filter(|h| h.is_leader())?;
         let f = read::Fetch {
             topic,

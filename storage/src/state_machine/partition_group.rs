@@ -117,15 +117,8 @@ impl PartitionGroup {
             // A producer's first batch here is its batch 0; a later one arriving first (several
             // in flight) waits for it.
             // The number the producer's next batch must carry.
-            let step = |(seq, _, n): &(u64, u64, u32)| {
-                if ps.counted {
-                    seq + u64::from(*n)
-                } else {
-                    seq + 1
-                }
-            };
             let next = match st.batches.back() {
-                Some(b) => Some(step(b)),
+                Some(b) => Some(number_after(b, ps.counted)),
                 None if ps.sequence == 0 => None,
                 None => {
                     return Ok(Response::OutOfOrder(format!(
@@ -283,13 +276,17 @@ pub fn next_sequence(
     if counted && st.epoch != epoch {
         return Ok(0);
     }
-    Ok(st.batches.back().map_or(0, |(seq, _, n)| {
-        if counted {
-            seq + u64::from(*n)
-        } else {
-            seq + 1
-        }
-    }))
+    Ok(st.batches.back().map_or(0, |b| number_after(b, counted)))
+}
+
+/// The number the batch after `(sequence, base offset, count)` carries: a producer numbering
+/// records (Kafka's) counts the batch's records, one numbering batches counts one.
+fn number_after(&(sequence, _, count): &(u64, u64, u32), counted: bool) -> u64 {
+    if counted {
+        sequence + u64::from(count)
+    } else {
+        sequence + 1
+    }
 }
 
 fn producer_key(group: u64, producer: u64) -> Vec<u8> {
