@@ -18,7 +18,9 @@ use weir_storage::catalog::METADATA_GROUP;
 
 use crate::error::{NodeError, NodeResult};
 use crate::groups::{GroupHandle, Registry};
-use crate::peers::Peers;
+use crate::peers::{Lane, Peers};
+use weir_proto::v1::raft_transport_client::RaftTransportClient;
+use weir_proto::v1::ReadIndexRequest;
 
 /// Where a request for a group is served.
 pub enum Target {
@@ -212,6 +214,60 @@ pub async fn linearizable(h: &GroupHandle, catalog: &Catalog) -> NodeResult<Read
             ))),
         },
     }
+}
+
+/// How long a follower read waits for its leader's read index, and then for its own copy.
+const FOLLOWER_READ_WAIT: Duration = Duration::from_secs(5);
+
+/// The log index a replica must have applied for a read of it to be linearizable, once a quorum
+/// has confirmed that this node still leads `h`'s group.
+pub async fn read_index(h: &GroupHandle) -> NodeResult<u64> {
+    match h.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+        Ok(l) => Ok(l.read_log_id().log_id().index()),
+        Err(e) => Err(NodeError::Unavailable(match e.forward_to_leader() {
+            Some(_) => format!(
+                "this node does not lead group {}; retry on its leader",
+                h.id
+            ),
+            None => format!("group {} cannot confirm its leadership: {e}; retry", h.id),
+        })),
+    }
+}
+
+/// Waits until this node's replica of `h`'s group has applied every entry its leader had
+/// committed when this was called, so that what it then reads from its own copy is current (a
+/// follower read): a follower otherwise learns that an entry committed only with the leader's
+/// next message, up to a heartbeat later.
+pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> NodeResult<()> {
+    let index = if h.is_leader() {
+        read_index(h).await?
+    } else {
+        let addr = leader_addr(h, catalog).ok_or_else(|| {
+            NodeError::Unavailable(format!("group {} has no leader yet; retry", h.id))
+        })?;
+        let mut client = RaftTransportClient::new(peers.lane(&addr, Lane::Requests)?);
+        let mut ask = tonic::Request::new(ReadIndexRequest { group_id: h.id });
+        ask.set_timeout(FOLLOWER_READ_WAIT);
+        let reply = client.read_index(ask).await.map_err(|e| {
+            NodeError::Unavailable(format!(
+                "group {}: its leader at {addr} did not confirm a read: {}",
+                h.id,
+                e.message()
+            ))
+        })?;
+        reply.into_inner().index
+    };
+    h.raft
+        .wait(Some(FOLLOWER_READ_WAIT))
+        .applied_index_at_least(Some(index), "follower read")
+        .await
+        .map_err(|e| {
+            NodeError::Unavailable(format!(
+                "group {}: this replica did not catch up with its leader: {e}; retry",
+                h.id
+            ))
+        })?;
+    Ok(())
 }
 
 /// Address of the group's leader, if known.

@@ -348,6 +348,7 @@ where
     let node_cluster = Arc::new(NodeCluster::new(
         ctx.registry.clone(),
         ctx.engine.clone(),
+        ctx.peers.clone(),
         advertise.clone(),
     ));
     let sql_cluster: Arc<dyn weir_sql::Cluster> = node_cluster.clone();

@@ -439,6 +439,11 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
     /// Forgets a table over files (the files stay).
     async fn drop_external_table(&self, name: &str) -> Result<(), ClusterError>;
 
+    /// Waits until this node's catalog holds every change the cluster committed before the call
+    /// (each node applies the catalog on its own, a little after its leader), so that what is
+    /// listed next is current.
+    async fn catalog_caught_up(&self) -> Result<(), ClusterError>;
+
     /// Every stream job, as this node last applied the catalog.
     fn list_jobs(&self) -> Result<Vec<JobMeta>, ClusterError>;
 

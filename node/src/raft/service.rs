@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::raft_transport_server::RaftTransport;
 use weir_proto::v1::{
     MembershipReply, MembershipRequest, ProbeReply, ProbeRequest, RaftReply, RaftRequest,
-    SnapshotChunk, SnapshotFromReply, SnapshotFromRequest,
+    ReadIndexReply, ReadIndexRequest, SnapshotChunk, SnapshotFromReply, SnapshotFromRequest,
 };
 use weir_storage::engine::{off_runtime, on_blocking_thread};
 use weir_storage::snapshot::SnapshotData;
@@ -191,6 +191,15 @@ impl RaftTransport for RaftService {
         Ok(Response::new(SnapshotFromReply {
             next_offset: held_below(&g),
         }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let g = self.group(request.into_inner().group_id)?;
+        let index = crate::leader::read_index(&g).await?;
+        Ok(Response::new(ReadIndexReply { index }))
     }
 
     async fn probe(&self, _request: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {

@@ -22,12 +22,15 @@ use weir_storage::catalog::{
 
 use crate::groups::Registry;
 use crate::log::read;
+use crate::peers::Peers;
 
 /// The SQL layer's view of the cluster from this node.
 pub struct NodeCluster {
     registry: Registry,
     /// The storage engine, for reading the partitions this node leads without a round trip.
     engine: weir_storage::Engine,
+    /// Channels to the other nodes, for asking the metadata leader how current the catalog is.
+    peers: Peers,
     /// This node's own gRPC address: the client's first hop.
     addr: String,
     client: tokio::sync::OnceCell<Client>,
@@ -178,10 +181,16 @@ fn topic_meta(t: &TopicInfo) -> TopicMeta {
 
 impl NodeCluster {
     /// The view from the node at `addr` whose groups are `registry`.
-    pub fn new(registry: Registry, engine: weir_storage::Engine, addr: String) -> NodeCluster {
+    pub fn new(
+        registry: Registry,
+        engine: weir_storage::Engine,
+        peers: Peers,
+        addr: String,
+    ) -> NodeCluster {
         NodeCluster {
             registry,
             engine,
+            peers,
             addr,
             client: tokio::sync::OnceCell::new(),
             tables: Mutex::new(HashMap::new()),
@@ -222,6 +231,7 @@ impl NodeCluster {
         Ok(NodeCluster {
             registry: self.registry.clone(),
             engine: self.engine.clone(),
+            peers: self.peers.clone(),
             addr: self.addr.clone(),
             client: tokio::sync::OnceCell::new_with(Some(client)),
             tables: Mutex::new(HashMap::new()),
@@ -399,6 +409,16 @@ impl Cluster for NodeCluster {
             .drop_external_table(name)
             .await
             .map_err(to_cluster)
+    }
+
+    async fn catalog_caught_up(&self) -> Result<(), ClusterError> {
+        let h = self
+            .registry
+            .metadata()
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        crate::leader::caught_up(&h, &*self.catalog()?, &self.peers)
+            .await
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))
     }
 
     fn list_jobs(&self) -> Result<Vec<JobMeta>, ClusterError> {

@@ -49,8 +49,10 @@ fn job(cluster: &Arc<dyn Cluster>, name: &str) -> Result<JobMeta> {
         .ok_or_else(missing)
 }
 
-/// Runs a job statement.
+/// Runs a job statement, on the catalog as current as the cluster's: a job created or moved
+/// through another node is seen as it is now.
 pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Output> {
+    cluster.catalog_caught_up().await.map_err(cluster_error)?;
     match stmt {
         JobStatement::Create {
             name,
@@ -111,7 +113,7 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: JobStatement) -> Result<Outpu
             ))
         }
         JobStatement::Show => show(cluster),
-        JobStatement::Describe { name } => describe(cluster, &job(cluster, &name)?).await,
+        JobStatement::Describe { name } => describe(cluster, &name).await,
     }
 }
 
@@ -268,11 +270,23 @@ async fn task_statuses(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> BTreeMap<u3
 /// and, as the node running it reports, the records it read, produced and failed (totals since it
 /// started there and rates over the last seconds), its last error, and the records it dropped
 /// because their window had closed.
-async fn describe(cluster: &Arc<dyn Cluster>, job: &JobMeta) -> Result<Output> {
+///
+/// The offsets are read before the assignment: a task commits only once the catalog has assigned
+/// it, so the catalog, brought up to date after the offsets were read, names the node that
+/// committed them (or a later one), never an earlier state in which the task had no node yet.
+async fn describe(cluster: &Arc<dyn Cluster>, name: &str) -> Result<Output> {
+    let before = job(cluster, name)?;
     let committed = cluster
-        .committed(&progress_group(job), &job.source)
+        .committed(&progress_group(&before), &before.source)
         .await
         .map_err(cluster_error)?;
+    cluster.catalog_caught_up().await.map_err(cluster_error)?;
+    let job = &job(cluster, name)?;
+    if job.id != before.id {
+        return Err(DataFusionError::Plan(format!(
+            "job '{name}' was dropped and created again while it was described; describe it again"
+        )));
+    }
     let statuses = task_statuses(cluster, job).await;
     let (mut partition, mut node, mut epoch, mut offset, mut end, mut lag) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

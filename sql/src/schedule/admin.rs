@@ -60,7 +60,10 @@ pub async fn run(cluster: &Arc<dyn Cluster>, stmt: ScheduleStatement) -> Result<
                 Err(e) => Err(cluster_error(e)),
             }
         }
-        ScheduleStatement::Show => show(cluster),
+        ScheduleStatement::Show => {
+            cluster.catalog_caught_up().await.map_err(cluster_error)?;
+            show(cluster)
+        }
         ScheduleStatement::ShowRuns { .. } => Err(DataFusionError::Internal(
             "SHOW RUNS is a query the engine runs".into(),
         )),

@@ -216,6 +216,10 @@ impl Cluster for FencedCluster {
         self.inner.drop_external_table(name).await
     }
 
+    async fn catalog_caught_up(&self) -> Result<(), ClusterError> {
+        self.inner.catalog_caught_up().await
+    }
+
     fn list_jobs(&self) -> Result<Vec<JobMeta>, ClusterError> {
         self.inner.list_jobs()
     }
