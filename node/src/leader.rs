@@ -236,8 +236,9 @@ pub async fn read_index(h: &GroupHandle) -> NodeResult<u64> {
 
 /// Waits until this node's replica of `h`'s group has applied every entry its leader had
 /// committed when this was called, so that what it then reads from its own copy is current (a
-/// follower read): a follower otherwise learns that an entry committed only with the leader's
-/// next message, up to a heartbeat later.
+/// follower read): a follower learns that an entry committed only from the leader's next
+/// message, so without this a statement sent to it right after a change made through another
+/// node could miss the change.
 pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> NodeResult<()> {
     let index = if h.is_leader() {
         read_index(h).await?

@@ -47,6 +47,24 @@ impl ClusterSchema {
         self.files.forget(name);
     }
 
+    /// What `name` names in the catalog as this node has applied it, if anything.
+    async fn lookup(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(t) = self.external().get(name) {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(meta) = self.cluster.external_table(name).map_err(cluster_error)? {
+            return self.files.get(&meta).await.map(Some);
+        }
+        if let Some(meta) = self.cluster.table(name).map_err(cluster_error)? {
+            return Ok(Some(Arc::new(RegionTable::new(self.cluster.clone(), meta))));
+        }
+        Ok(self
+            .cluster
+            .topic(name)
+            .map_err(cluster_error)?
+            .map(|meta| Arc::new(TopicTable::new(self.cluster.clone(), meta)) as _))
+    }
+
     fn external(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn TableProvider>>> {
         self.external.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -77,20 +95,16 @@ impl SchemaProvider for ClusterSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if let Some(t) = self.external().get(name) {
-            return Ok(Some(t.clone()));
+        if let Some(t) = self.lookup(name).await? {
+            return Ok(Some(t));
         }
-        if let Some(meta) = self.cluster.external_table(name).map_err(cluster_error)? {
-            return self.files.get(&meta).await.map(Some);
+        // A name just created through another node (or through this one, forwarded to the
+        // metadata leader) may not be applied here yet; a statement naming it must find it.
+        if let Err(e) = self.cluster.catalog_caught_up().await {
+            tracing::debug!(table = name, error = %e, "catalog not brought up to date");
+            return Ok(None);
         }
-        if let Some(meta) = self.cluster.table(name).map_err(cluster_error)? {
-            return Ok(Some(Arc::new(RegionTable::new(self.cluster.clone(), meta))));
-        }
-        Ok(self
-            .cluster
-            .topic(name)
-            .map_err(cluster_error)?
-            .map(|meta| Arc::new(TopicTable::new(self.cluster.clone(), meta)) as _))
+        self.lookup(name).await
     }
 
     fn register_table(

@@ -1960,3 +1960,64 @@ async fn an_insert_writes_the_rows_of_one_key_in_the_order_it_read_them() {
     assert_eq!(lines(&out[1], true), vec!["|100|1995050|19901|"]);
     cluster.shutdown().await;
 }
+
+/// A table or topic created through one node is usable at once through every other: each node
+/// applies the catalog a little after the metadata leader, and a statement naming something its
+/// node has not applied yet brings that node's catalog up to date first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_one_node_creates_the_others_use_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("points.csv");
+    std::fs::write(&csv, "id,label\n1,a\n2,b\n3,c\n").expect("written");
+    let cluster = InProcessCluster::start(3).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(Client::connect(cluster.addr(i)).await.expect("connects"));
+    }
+    for round in 0..3 {
+        let (a, b, c) = (
+            &clients[round % 3],
+            &clients[(round + 1) % 3],
+            &clients[(round + 2) % 3],
+        );
+        weir_rows(
+            a,
+            &format!(
+                "CREATE TABLE t{round} (k BIGINT, v VARCHAR, PRIMARY KEY (k));
+                 CREATE TOPIC e{round} (id BIGINT NOT NULL)
+                   WITH (partitions = 1, replicas = 3, format = 'json');
+                 CREATE EXTERNAL TABLE f{round} (id BIGINT, label VARCHAR) STORED AS CSV
+                   LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+                csv.display()
+            ),
+        )
+        .await
+        .expect("created");
+        weir_rows(
+            b,
+            &format!(
+                "INSERT INTO t{round} VALUES (1, 'x'), (2, 'y');
+                 INSERT INTO e{round} (id) VALUES (7)"
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: the next node did not find them: {e}"));
+        let read = weir_rows(b, &format!("SELECT label FROM f{round} WHERE id = 2"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the next node did not find f{round}: {e}"));
+        assert_eq!(lines(&read[0], false), ["|b|"], "round {round}");
+        let out = weir_rows(
+            c,
+            &format!(
+                "SELECT k, v FROM t{round} ORDER BY k; SELECT count(*) FROM e{round};
+                 SELECT count(*) FROM f{round}"
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: the third node did not find them: {e}"));
+        assert_eq!(lines(&out[0], false), ["|1|x|", "|2|y|"], "round {round}");
+        assert_eq!(lines(&out[1], false), ["|1|"], "round {round}");
+        assert_eq!(lines(&out[2], false), ["|3|"], "round {round}");
+    }
+    cluster.shutdown().await;
+}
