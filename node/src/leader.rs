@@ -4,23 +4,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::ClientWriteError;
-use openraft::error::RaftError;
+use openraft::error::{LinearizableReadError, ClientWriteError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
 use openraft::type_config::alias::OneshotReceiverOf;
 use openraft::LinearizerOption;
 use openraft::ReadPolicy;
-use weir_storage::catalog::{Catalog, GroupInfo};
+use weir_proto::v1::raft_transport_client::RaftTransportClient;
+use weir_proto::v1::ReadIndexRequest;
+use weir_storage::catalog::{Catalog, GroupInfo, METADATA_GROUP};
 use weir_storage::{Request, Response, TypeConfig};
-
-use weir_storage::catalog::METADATA_GROUP;
 
 use crate::error::{NodeError, NodeResult};
 use crate::groups::{GroupHandle, Registry};
 use crate::peers::{Lane, Peers};
-use weir_proto::v1::raft_transport_client::RaftTransportClient;
-use weir_proto::v1::ReadIndexRequest;
 
 /// Where a request for a group is served.
 pub enum Target {
@@ -199,20 +196,39 @@ pub async fn linearizable(h: &GroupHandle, catalog: &Catalog) -> NodeResult<Read
     if raft_lease_is_valid(h).await {
         return Ok(ReadConfirmation::Lease);
     }
-    match h.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-        Ok(_) => Ok(ReadConfirmation::Quorum),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => Err(NodeError::NotLeader {
-                group: h.id,
-                leader: f
-                    .leader_id
-                    .and_then(|id| catalog.nodes.get(&id).map(|n| n.addr.clone())),
-            }),
-            None => Err(NodeError::Unavailable(format!(
-                "group {} cannot confirm its leadership: {e}; retry",
-                h.id
-            ))),
+    confirmed_and_applied(h, catalog).await?;
+    Ok(ReadConfirmation::Quorum)
+}
+
+/// Waits until a quorum has confirmed that this node still leads `h`'s group and its state
+/// machine has applied everything committed before: then a read of it is linearizable, with
+/// nothing to check afterwards.
+pub async fn confirmed_and_applied(h: &GroupHandle, catalog: &Catalog) -> NodeResult<()> {
+    h.raft
+        .ensure_linearizable(ReadPolicy::ReadIndex)
+        .await
+        .map_err(|e| not_leading(h, catalog, e))?;
+    Ok(())
+}
+
+/// What a failed leadership check tells the caller: which node leads, when this one knows, else
+/// to retry.
+fn not_leading(
+    h: &GroupHandle,
+    catalog: &Catalog,
+    e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>,
+) -> NodeError {
+    match e.forward_to_leader() {
+        Some(f) => NodeError::NotLeader {
+            group: h.id,
+            leader: f
+                .leader_id
+                .and_then(|id| catalog.nodes.get(&id).map(|n| n.addr.clone())),
         },
+        None => NodeError::Unavailable(format!(
+            "group {} cannot confirm its leadership: {e}; retry",
+            h.id
+        )),
     }
 }
 
@@ -221,17 +237,13 @@ const FOLLOWER_READ_WAIT: Duration = Duration::from_secs(5);
 
 /// The log index a replica must have applied for a read of it to be linearizable, once a quorum
 /// has confirmed that this node still leads `h`'s group.
-pub async fn read_index(h: &GroupHandle) -> NodeResult<u64> {
-    match h.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-        Ok(l) => Ok(l.read_log_id().log_id().index()),
-        Err(e) => Err(NodeError::Unavailable(match e.forward_to_leader() {
-            Some(_) => format!(
-                "this node does not lead group {}; retry on its leader",
-                h.id
-            ),
-            None => format!("group {} cannot confirm its leadership: {e}; retry", h.id),
-        })),
-    }
+pub async fn read_index(h: &GroupHandle, catalog: &Catalog) -> NodeResult<u64> {
+    let linearizer = h
+        .raft
+        .get_read_linearizer(ReadPolicy::ReadIndex)
+        .await
+        .map_err(|e| not_leading(h, catalog, e))?;
+    Ok(linearizer.read_log_id().log_id().index())
 }
 
 /// Waits until this node's replica of `h`'s group has applied every entry its leader had
@@ -241,7 +253,7 @@ pub async fn read_index(h: &GroupHandle) -> NodeResult<u64> {
 /// node could miss the change.
 pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> NodeResult<()> {
     let index = if h.is_leader() {
-        read_index(h).await?
+        read_index(h, catalog).await?
     } else {
         let addr = leader_addr(h, catalog).ok_or_else(|| {
             NodeError::Unavailable(format!("group {} has no leader yet; retry", h.id))
@@ -318,7 +330,7 @@ fn write_error(
         // The entry was appended but its leader lost office before it committed; a later leader
         // may still commit it. Retrying blindly could apply it twice.
         return NodeError::OutcomeUnknown(format!(
-            "group {}: the leader changed before the write committed; it may or may not have              been applied",
+            "group {}: the leader changed before the write committed; it may or may not have been applied",
             h.id
         ));
     }

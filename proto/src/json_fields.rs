@@ -159,55 +159,69 @@ impl Field<'_> {
 /// picks one such row from every record it reads.
 pub type Fields<'de> = SmallVec<[Field<'de>; 8]>;
 
-/// The row `record` holds, each field converted straight from the bytes to its column's type
-/// without a JSON tree in between, when nothing about the record needs a closer look; `None`
-/// otherwise (a key that matches a column only ignoring case, a key given twice, a value that does
-/// not convert, a NULL in a NOT NULL column, a record that is not one JSON object). Where it
-/// answers, the row is exactly what [`pick`] and [`Value::from_json`] give; where it does not,
-/// they give the row or say why the record does not decode.
-pub fn pick_typed<'de>(record: &'de [u8], columns: &[Column]) -> Option<Fields<'de>> {
+/// Fills `out` with the row `record` holds, each field converted straight from the bytes to its
+/// column's type without a JSON tree in between, and answers true, when nothing about the record
+/// needs a closer look; answers false otherwise (a key that matches a column only ignoring case,
+/// a key given twice, a value that does not convert, a NULL in a NOT NULL column, a record that
+/// is not one JSON object), `out` then holding nothing of use. Where it answers true, the row is
+/// exactly what [`pick`] and [`Value::from_json`] give; where it does not, they give the row or
+/// say why the record does not decode.
+///
+/// The caller's `out` is written in place: a row of eight fields is a few hundred bytes, and
+/// moving it through the deserializer's return values cost a stream job more than the parse of
+/// the fields it reads.
+pub fn pick_typed<'de>(record: &'de [u8], columns: &[Column], out: &mut Fields<'de>) -> bool {
+    out.clear();
+    out.resize(columns.len(), Field::Value(Value::Null));
+    let mut seen: SmallVec<[bool; 16]> = smallvec![false; columns.len()];
     let mut de = serde_json::Deserializer::from_slice(record);
-    let found = TypedRecord { columns }.deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    found
-        .into_iter()
-        .zip(columns)
-        .map(|(f, c)| match f {
-            Some(f) => Some(f),
-            None => Value::Null.check(c).ok().map(Field::Value),
-        })
-        .collect()
+    let parsed = TypedRecord {
+        columns,
+        out,
+        seen: &mut seen,
+    }
+    .deserialize(&mut de);
+    if parsed.is_err() || de.end().is_err() {
+        return false;
+    }
+    // A column the record has no field for is NULL, where its column allows that.
+    columns
+        .iter()
+        .zip(&seen)
+        .all(|(c, seen)| *seen || Value::Null.check(c).is_ok())
 }
 
-struct TypedRecord<'c> {
+struct TypedRecord<'c, 'o, 'de> {
     columns: &'c [Column],
+    out: &'o mut Fields<'de>,
+    seen: &'o mut [bool],
 }
 
-impl<'de> DeserializeSeed<'de> for TypedRecord<'_> {
-    type Value = SmallVec<[Option<Field<'de>>; 8]>;
+impl<'de> DeserializeSeed<'de> for TypedRecord<'_, '_, 'de> {
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for TypedRecord<'_> {
-    type Value = SmallVec<[Option<Field<'de>>; 8]>;
+impl<'de> Visitor<'de> for TypedRecord<'_, '_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found: Self::Value = smallvec![None; self.columns.len()];
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(KeyOf {
             columns: self.columns,
         })? {
             match key {
-                KeyMatch::Exact(i) if found[i].is_none() => {
-                    found[i] = Some(map.next_value_seed(Typed {
+                KeyMatch::Exact(i) if !self.seen[i] => {
+                    self.seen[i] = true;
+                    self.out[i] = map.next_value_seed(Typed {
                         column: &self.columns[i],
-                    })?);
+                    })?;
                 }
                 // The slower path knows which of several candidates wins.
                 KeyMatch::Exact(_) | KeyMatch::Loose(..) => {
@@ -218,7 +232,7 @@ impl<'de> Visitor<'de> for TypedRecord<'_> {
                 }
             }
         }
-        Ok(found)
+        Ok(())
     }
 }
 
@@ -455,21 +469,18 @@ mod tests {
             br#"[1]"#,
             b"",
         ];
+        let mut out = Fields::new();
         for (record, answers) in plain
             .iter()
             .map(|r| (r, true))
             .chain(other.iter().map(|r| (r, false)))
         {
             let text = String::from_utf8_lossy(record);
-            let fast = pick_typed(record, &columns);
-            assert_eq!(
-                fast.is_some(),
-                answers,
-                "{text}: {:?}",
-                slow(record, &columns)
-            );
-            if let Some(fields) = fast {
-                let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
+            // One buffer for all the records, as a stream job reuses it.
+            let fast = pick_typed(record, &columns, &mut out);
+            assert_eq!(fast, answers, "{text}: {:?}", slow(record, &columns));
+            if fast {
+                let values: Vec<Value> = out.drain(..).map(Field::into_value).collect();
                 assert_eq!(slow(record, &columns), Some(Ok(values)), "{text}");
             }
         }
@@ -593,6 +604,12 @@ mod tests {
         })
     }
 
+    /// What [`pick_typed`] gives in a buffer of its own.
+    fn typed<'de>(record: &'de [u8], columns: &[Column]) -> Option<Fields<'de>> {
+        let mut out = Fields::new();
+        pick_typed(record, columns, &mut out).then_some(out)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -602,7 +619,7 @@ mod tests {
         ) {
             let columns = typed_columns();
             prop_assert_eq!(pick(&record, &columns), whole(&record, &columns));
-            if let Some(fields) = pick_typed(&record, &columns) {
+            if let Some(fields) = typed(&record, &columns) {
                 let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
                 prop_assert_eq!(slow(&record, &columns), Some(Ok(values)));
             }
@@ -614,7 +631,7 @@ mod tests {
         ) {
             let columns = typed_columns();
             prop_assert_eq!(pick(&record, &columns), whole(&record, &columns));
-            if let Some(fields) = pick_typed(&record, &columns) {
+            if let Some(fields) = typed(&record, &columns) {
                 let values: Vec<Value> = fields.into_iter().map(Field::into_value).collect();
                 prop_assert_eq!(slow(&record, &columns), Some(Ok(values)));
             }

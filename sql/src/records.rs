@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use weir_proto::format::{RecordFormat, TopicFormat};
-use weir_proto::json_fields::pick_typed;
+use weir_proto::json_fields::{pick_typed, Fields};
 use weir_proto::table::{Cell, Column, Value};
 
 use crate::cluster::{TopicMeta, TopicRecord};
@@ -167,7 +167,9 @@ impl RecordDecoder {
                 None => Some(Cell::Null),
                 Some(k) => std::str::from_utf8(k).ok().map(Cell::Str),
             };
-            if let (Some(fields), Some(key)) = (pick_typed(&r.value, &format.columns), key) {
+            // Filled in place: the row is a few hundred bytes, not worth moving per record.
+            let mut fields = Fields::new();
+            if let (true, Some(key)) = (pick_typed(&r.value, &format.columns, &mut fields), key) {
                 let meta: [Cell; METADATA_COLUMNS] = [
                     Cell::Int(self.partition.into()),
                     Cell::Int(r.offset as i64),

@@ -758,10 +758,7 @@ impl Log for LogService {
         };
         let req = request.into_inner();
         // A read index makes sure a commit acknowledged by a previous leader is visible.
-        h.raft
-            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
-            .await
-            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        leader::confirmed_and_applied(&h, &catalog).await?;
         let GroupWatch::Offsets(rx) = &h.watch else {
             return Err(NodeError::Internal("offsets group has the wrong kind".into()).into());
         };

@@ -198,7 +198,8 @@ impl RaftTransport for RaftService {
         request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
         let g = self.group(request.into_inner().group_id)?;
-        let index = crate::leader::read_index(&g).await?;
+        let catalog = self.registry.catalog()?;
+        let index = crate::leader::read_index(&g, &catalog).await?;
         Ok(Response::new(ReadIndexReply { index }))
     }
 

@@ -633,17 +633,25 @@ impl Cluster for NodeCluster {
                 .await
                 .map_err(to_cluster)?,
         };
-        let mut records = Vec::new();
-        for stored in &resp.batches {
-            let decoded = batch::decode(&stored.batch).map_err(|e| {
-                ClusterError::Unavailable(format!(
-                    "topic '{topic}' partition {partition}: a stored batch at offset {} does not decode: {e}",
-                    stored.base_offset
-                ))
-            })?;
-            for (i, r) in decoded.into_iter().enumerate() {
+        let decoded = resp
+            .batches
+            .iter()
+            .map(|stored| {
+                let records = batch::decode(&stored.batch).map_err(|e| {
+                    ClusterError::Unavailable(format!(
+                        "topic '{topic}' partition {partition}: a stored batch at offset {} does not decode: {e}",
+                        stored.base_offset
+                    ))
+                })?;
+                Ok((stored.base_offset, records))
+            })
+            .collect::<Result<Vec<_>, ClusterError>>()?;
+        // Sized once: a 4 MiB page is tens of thousands of records.
+        let mut records = Vec::with_capacity(decoded.iter().map(|(_, d)| d.len()).sum());
+        for (base_offset, batch) in decoded {
+            for (i, r) in batch.into_iter().enumerate() {
                 records.push(TopicRecord {
-                    offset: stored.base_offset + i as u64,
+                    offset: base_offset + i as u64,
                     timestamp_ms: r.timestamp_ms,
                     key: r.key,
                     value: r.value,
