@@ -94,14 +94,21 @@ struct KeyOf<'c> {
 
 impl KeyOf<'_> {
     fn classify(&self, key: &str) -> KeyMatch {
-        if let Some(i) = self.columns.iter().position(|c| c.name == key) {
-            return KeyMatch::Exact(i);
+        // One pass: a column named exactly so wins over any matching it ignoring case, wherever
+        // they stand; most keys differ from every column in length and cost no byte compare.
+        let mut loose = None;
+        for (i, c) in self.columns.iter().enumerate() {
+            if c.name.len() != key.len() {
+                continue;
+            }
+            if c.name == key {
+                return KeyMatch::Exact(i);
+            }
+            if loose.is_none() && c.name.eq_ignore_ascii_case(key) {
+                loose = Some(i);
+            }
         }
-        match self
-            .columns
-            .iter()
-            .position(|c| c.name.eq_ignore_ascii_case(key))
-        {
+        match loose {
             Some(i) => KeyMatch::Loose(i, key.to_string()),
             None => KeyMatch::None,
         }

@@ -276,9 +276,9 @@ impl Value {
             (Value::Str(s), ColumnType::Binary) => Ok(Value::Bytes(s.into_bytes())),
             // Only dates and times that can be printed are taken, so that what `render` writes
             // (a CSV export, a scan as text) `parse_text` reads back.
-            (Value::Date(d), ColumnType::Date32) => match date_of(d) {
-                Some(_) => Ok(Value::Date(d)),
-                None => Err(bad(
+            (Value::Date(d), ColumnType::Date32) => match date_in_range(d) {
+                true => Ok(Value::Date(d)),
+                false => Err(bad(
                     col,
                     format!(
                         "day {d} is out of range for DATE (years {} to {})",
@@ -410,6 +410,16 @@ impl Value {
             Some(Kind::TimestampUs(t)) => Value::Timestamp(*t),
         })
     }
+}
+
+/// Days from 1970-01-01 that are surely dates chrono can represent (about 200,000 years either
+/// way; it goes to 262,142): most dates are checked without building one, which a stream job
+/// would do for every record.
+const SURELY_A_DATE: i32 = 200_000 * 365;
+
+/// True when chrono can represent the date `days` after 1970-01-01.
+fn date_in_range(days: i32) -> bool {
+    (-SURELY_A_DATE..=SURELY_A_DATE).contains(&days) || date_of(days).is_some()
 }
 
 /// The calendar date `days` after 1970-01-01, when chrono can represent it.
@@ -550,6 +560,28 @@ fn parse_timestamp(t: &str) -> std::result::Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_in_range_exactly_where_chrono_has_them() {
+        let last = (NaiveDate::MAX - EPOCH).num_days() as i32;
+        let first = (NaiveDate::MIN - EPOCH).num_days() as i32;
+        for d in [
+            i32::MIN,
+            first - 1,
+            first,
+            -SURELY_A_DATE - 1,
+            -SURELY_A_DATE,
+            0,
+            SURELY_A_DATE,
+            SURELY_A_DATE + 1,
+            last,
+            last + 1,
+            i32::MAX,
+        ] {
+            assert_eq!(date_in_range(d), date_of(d).is_some(), "day {d}");
+        }
+        assert!(date_in_range(last) && !date_in_range(last + 1));
+    }
 
     #[test]
     fn plain_dates_read_as_the_format_parser_reads_them() {
