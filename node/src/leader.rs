@@ -221,9 +221,7 @@ fn not_leading(
     match e.forward_to_leader() {
         Some(f) => NodeError::NotLeader {
             group: h.id,
-            leader: f
-                .leader_id
-                .and_then(|id| catalog.nodes.get(&id).map(|n| n.addr.clone())),
+            leader: f.leader_id.and_then(|id| addr_of(catalog, id)),
         },
         None => NodeError::Unavailable(format!(
             "group {} cannot confirm its leadership: {e}; retry",
@@ -285,8 +283,12 @@ pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> Nod
 
 /// Address of the group's leader, if known.
 pub fn leader_addr(h: &GroupHandle, catalog: &Catalog) -> Option<String> {
-    let leader = h.leader()?;
-    catalog.nodes.get(&leader).map(|n| n.addr.clone())
+    addr_of(catalog, h.leader()?)
+}
+
+/// Address of node `id`, when the catalog knows the node.
+fn addr_of(catalog: &Catalog, id: u64) -> Option<String> {
+    catalog.nodes.get(&id).map(|n| n.addr.clone())
 }
 
 /// Replicates `req` through `h` and returns what applying it answered (after quorum commit).
@@ -335,10 +337,7 @@ fn write_error(
         ));
     }
     if let Some(f) = e.forward_to_leader() {
-        let leader = f
-            .leader_id
-            .and_then(|id| catalog.nodes.get(&id).map(|n| n.addr.clone()));
-        return match leader {
+        return match f.leader_id.and_then(|id| addr_of(catalog, id)) {
             Some(addr) => NodeError::NotLeader {
                 group: h.id,
                 leader: Some(addr),
