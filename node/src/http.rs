@@ -5,10 +5,13 @@
 //! parameters: `key` (records get this key and so one partition), `partition` (explicit). The answer
 //! lists the offsets given to the records. A body may be at most [`MAX_INGEST_BODY_BYTES`] and hold
 //! at most [`MAX_INGEST_RECORDS`](weir_proto::ingest::MAX_INGEST_RECORDS) records; the body is
-//! split into records by [`weir_proto::ingest::parse_records`].
+//! split into records by [`weir_proto::ingest::parse_records`]. A request rides out a leader
+//! election of its partition (it is answered once a new leader has stored its records, within
+//! [`INGEST_RETRY_FOR`]); its records are stored once however often a batch had to be sent.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -22,7 +25,7 @@ use tonic::Code;
 use weir_proto::batch::BatchBuilder;
 use weir_proto::ingest::parse_records;
 use weir_proto::v1::log_server::Log;
-use weir_proto::v1::{Acks, ProduceRequest};
+use weir_proto::v1::{Acks, ProduceRequest, ProduceResponse};
 
 use crate::cluster::NodeContext;
 use crate::log::service::{LogService, MAX_BATCH_BYTES};
@@ -99,6 +102,43 @@ pub struct IngestParams {
     partition: Option<u32>,
 }
 
+/// How long an ingest request keeps sending a batch through an election or a leader move before it
+/// answers 503: about what a Kafka producer's retries cover, well above an election here.
+pub const INGEST_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Produces `req`, sent again with back-off while the partition is between leaders (no leader
+/// yet, a leader that cannot take writes yet, a node that just lost leadership, an answer lost on
+/// the way); any other refusal is answered at once. Safe to repeat: `req` is idempotent.
+async fn produce_through_leader_changes(
+    log: &LogService,
+    req: ProduceRequest,
+) -> Result<ProduceResponse, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + INGEST_RETRY_FOR;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let status = match log.produce(tonic::Request::new(req.clone())).await {
+            Ok(resp) => return Ok(resp.into_inner()),
+            Err(status) => status,
+        };
+        let fenced = status
+            .metadata()
+            .get(weir_proto::FENCED_METADATA_KEY)
+            .is_some();
+        let transient = match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Aborted => true,
+            Code::FailedPrecondition => !fenced,
+            _ => false,
+        };
+        if !transient || tokio::time::Instant::now() + backoff >= deadline {
+            return Err(status);
+        }
+        tracing::debug!(topic = %req.topic, partition = req.partition, error = %status.message(),
+            "ingest batch refused for now; sending it again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(250));
+    }
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
@@ -153,22 +193,23 @@ async fn ingest(
         builder.push(key, r, now);
     }
     batches.push(builder.finish());
-    for batch in batches {
-        let req = tonic::Request::new(ProduceRequest {
+    // One idempotent producer per request: a batch sent again after a refusal or a lost answer
+    // is stored once, so a leader change during the request costs a wait rather than a 503 or a
+    // duplicate.
+    let producer_id = weir_proto::random::u64().max(1);
+    for (sequence, batch) in batches.into_iter().enumerate() {
+        let req = ProduceRequest {
             topic: topic.clone(),
             partition,
             batch,
             acks: Acks::All as i32,
-            producer_id: 0,
-            sequence: 0,
+            producer_id,
+            sequence: sequence as u64,
             jumping: false,
             producer_epoch: 0,
-        });
-        match s.log.produce(req).await {
-            Ok(resp) => {
-                let r = resp.into_inner();
-                offsets.extend(r.base_offset..r.base_offset + u64::from(r.count));
-            }
+        };
+        match produce_through_leader_changes(&s.log, req).await {
+            Ok(r) => offsets.extend(r.base_offset..r.base_offset + u64::from(r.count)),
             Err(status) => {
                 let code = match status.code() {
                     Code::NotFound => StatusCode::NOT_FOUND,

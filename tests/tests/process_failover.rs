@@ -125,6 +125,62 @@ async fn a_partition_serves_again_after_its_leader_is_killed() {
     );
 }
 
+/// Records posted over HTTP to a node that does not lead their partition, while its leader is
+/// killed: every post is answered 200 once a new leader serves (the node sends the batch again
+/// through the election instead of answering 503), and each record is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_ingest_rides_out_a_killed_leader() {
+    let (mut cluster, client, _) = three_nodes_with_topic().await;
+    let (p, _, victim) = partition_led_elsewhere(&client, &cluster).await;
+    let via = (0..cluster.nodes.len())
+        .find(|i| *i != victim)
+        .expect("a survivor");
+    let http = cluster.nodes[via].http.clone();
+    let post = |n: u32| {
+        let http = http.clone();
+        async move {
+            let body = format!("{{\"n\":{n}}}\n");
+            weir_tests::http(
+                &http,
+                "POST",
+                &format!("/v1/topics/{TOPIC}/records?partition={p}"),
+                "application/x-ndjson",
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let (status, body) = post(0).await;
+    assert_eq!(status, 200, "{body}");
+    cluster.kill(victim);
+    for n in 1..=5 {
+        let (status, body) = post(n).await;
+        assert_eq!(status, 200, "record {n}, posted after the kill: {body}");
+    }
+    let mut stored = Vec::new();
+    let mut offset = 0;
+    while stored.len() < 6 {
+        let page = client
+            .fetch(TOPIC, p, offset, 1 << 20, 1000)
+            .await
+            .expect("fetch");
+        for b in &page.batches {
+            let records = weir_proto::batch::decode(&b.batch).expect("a stored batch decodes");
+            for (at, r) in (b.base_offset..).zip(records) {
+                if at >= offset {
+                    stored.push(String::from_utf8_lossy(&r.value).into_owned());
+                    offset = at + 1;
+                }
+            }
+        }
+        if page.batches.is_empty() {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..=5).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(stored, want, "each posted record once, in order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leadership_spreads_back_to_a_restarted_node() {
     let (mut cluster, client, _) = three_nodes_with_topic().await;
