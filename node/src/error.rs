@@ -132,16 +132,37 @@ pub type NodeResult<T> = Result<T, NodeError>;
 /// The answer to pass back for a forwarded request: the other node's own status as it is, but a
 /// failure of the forwarding connection itself (the node died or the stream was reset, which tonic
 /// reports as CANCELLED or UNKNOWN with the I/O error as its source) becomes UNKNOWN with a message
-/// saying so, since the other node may have applied the request before it went away.
+/// saying so, since the other node may have applied the request before it went away. A connection
+/// that was refused carried nothing, so that one is UNAVAILABLE: safe to send again.
 pub fn relay(status: tonic::Status) -> tonic::Status {
-    if std::error::Error::source(&status).is_none() {
+    let Some(source) = std::error::Error::source(&status) else {
         return status;
+    };
+    if never_connected(source) {
+        return tonic::Status::unavailable(format!(
+            "the node this request was forwarded to could not be reached ({}); nothing was sent",
+            status.message()
+        ));
     }
     tonic::Status::unknown(format!(
         "the node this request was forwarded to failed before answering ({}); it may or may not \
          have been applied",
         status.message()
     ))
+}
+
+/// Whether `err`'s chain holds a refused connection: the peer never read a byte of the request.
+fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -157,6 +178,14 @@ mod tests {
         let relayed = relay(broken);
         assert_eq!(relayed.code(), tonic::Code::Unknown);
         assert!(relayed.message().contains("may or may not"));
+        // A refused connection sent nothing: safe to send again, and said so.
+        let refused = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        let relayed = relay(refused);
+        assert_eq!(relayed.code(), tonic::Code::Unavailable);
+        assert!(relayed.message().contains("nothing was sent"));
         // The other node's own answers pass through unchanged.
         let own = tonic::Status::not_found("table 't' does not exist");
         assert_eq!(relay(own.clone()).code(), own.code());

@@ -2,7 +2,7 @@
 //! trims whole batches for retention. Offsets and size live in the shared header, so they are
 //! written with the applied index in every apply.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -32,10 +32,62 @@ pub(super) struct ProducerState {
     epoch: u64,
 }
 
+/// A partition's idempotent producers, with the forgettable ones ordered by their last write so
+/// the least recently active is found without a scan (one HTTP request is one producer, so a busy
+/// partition meets the limit often).
+#[derive(Default)]
+struct Producers {
+    by_id: BTreeMap<u64, ProducerState>,
+    /// `(last_index, id)` of every producer in `by_id` that is not pinned.
+    by_age: BTreeSet<(u64, u64)>,
+}
+
+impl Producers {
+    /// The state of producer `id`, a fresh one if it has none; its last write and pin are changed
+    /// only through [`Producers::written`], which keeps the age order.
+    fn state(&mut self, id: u64) -> &mut ProducerState {
+        let by_age = &mut self.by_age;
+        self.by_id.entry(id).or_insert_with(|| {
+            by_age.insert((0, id));
+            ProducerState::default()
+        })
+    }
+
+    /// Records that producer `id` wrote at log index `index` (and is pinned from now on if `pin`).
+    fn written(&mut self, id: u64, index: u64, pin: bool) -> &ProducerState {
+        let st = self.by_id.entry(id).or_default();
+        self.by_age.remove(&(st.last_index, id));
+        st.last_index = index;
+        st.pinned |= pin;
+        if !st.pinned {
+            self.by_age.insert((index, id));
+        }
+        st
+    }
+
+    /// Forgets producer `id`.
+    fn remove(&mut self, id: u64) {
+        if let Some(st) = self.by_id.remove(&id) {
+            self.by_age.remove(&(st.last_index, id));
+        }
+    }
+
+    /// Forgets the least recently active unpinned producer if there are more than `max`; the id
+    /// forgotten.
+    fn evict_over(&mut self, max: usize) -> Option<u64> {
+        if self.by_id.len() <= max {
+            return None;
+        }
+        let (_, id) = self.by_age.pop_first()?;
+        self.by_id.remove(&id);
+        Some(id)
+    }
+}
+
 /// A partition's in-memory state: its published offsets and its producers.
 pub(super) struct PartitionGroup {
     tx: watch::Sender<PartitionState>,
-    producers: BTreeMap<u64, ProducerState>,
+    producers: Producers,
     /// The leader-epoch index (term → first offset it wrote): a handful of entries, one per
     /// leadership that wrote records.
     epochs: BTreeMap<u64, u64>,
@@ -67,7 +119,7 @@ impl PartitionGroup {
         let group = cx.group;
         let base_offset = cx.header.partition.next_offset;
         if let Some(ps) = producer.filter(|ps| ps.jumping) {
-            let st = self.producers.entry(ps.producer_id).or_default();
+            let st = self.producers.state(ps.producer_id);
             if ps.epoch < st.epoch {
                 return Ok(Response::StaleProducer {
                     current_epoch: st.epoch,
@@ -78,26 +130,24 @@ impl PartitionGroup {
                 if ps.epoch > st.epoch {
                     // A new instance announces itself: from now on the old one is refused.
                     st.epoch = ps.epoch;
-                    st.pinned = true;
-                    st.last_index = cx.index;
+                    let st = self.producers.written(ps.producer_id, cx.index, true);
                     cx.batch
-                        .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+                        .put(cf, producer_key(group, ps.producer_id), encode(st)?);
                 } else if st.batches.is_empty() && st.epoch == 0 {
-                    self.producers.remove(&ps.producer_id);
+                    self.producers.remove(ps.producer_id);
                 }
                 return Ok(Response::Duplicate {
                     last_sequence: last,
                 });
             }
             st.epoch = ps.epoch;
-            st.pinned = true;
             st.batches.clear();
             st.batches.push_back((ps.sequence, base_offset, count));
-            st.last_index = cx.index;
+            let st = self.producers.written(ps.producer_id, cx.index, true);
             cx.batch
-                .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
+                .put(cf, producer_key(group, ps.producer_id), encode(st)?);
         } else if let Some(ps) = producer {
-            let st = self.producers.entry(ps.producer_id).or_default();
+            let st = self.producers.state(ps.producer_id);
             if ps.counted && ps.epoch != st.epoch {
                 if ps.epoch < st.epoch {
                     return Ok(Response::StaleProducer {
@@ -146,20 +196,11 @@ impl PartitionGroup {
             if st.batches.len() > PRODUCER_WINDOW {
                 st.batches.pop_front();
             }
-            st.last_index = cx.index;
+            let st = self.producers.written(ps.producer_id, cx.index, false);
             cx.batch
-                .put(cf, producer_key(group, ps.producer_id), encode(&*st)?);
-            if self.producers.len() > MAX_PRODUCERS {
-                if let Some(oldest) = self
-                    .producers
-                    .iter()
-                    .filter(|(_, st)| !st.pinned)
-                    .min_by_key(|(_, st)| st.last_index)
-                    .map(|(id, _)| *id)
-                {
-                    self.producers.remove(&oldest);
-                    cx.batch.delete(cf, producer_key(group, oldest));
-                }
+                .put(cf, producer_key(group, ps.producer_id), encode(st)?);
+            if let Some(oldest) = self.producers.evict_over(MAX_PRODUCERS) {
+                cx.batch.delete(cf, producer_key(group, oldest));
             }
         }
         let mut value = partition::batch_value(count, max_timestamp_ms, batch);
@@ -243,6 +284,7 @@ impl GroupState for PartitionGroup {
         // Producer de-duplication state and the leader-epoch index are small: captured as rows.
         let mut producers = self
             .producers
+            .by_id
             .iter()
             .map(|(id, st)| Ok((producer_key(group, *id), encode(st)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
@@ -293,11 +335,8 @@ fn producer_key(group: u64, producer: u64) -> Vec<u8> {
     crate::engine::group_key_u64(group, TAG_PRODUCER, producer)
 }
 
-fn load_producers(
-    engine: &Engine,
-    group: u64,
-) -> Result<BTreeMap<u64, ProducerState>, StorageError> {
-    let mut map = BTreeMap::new();
+fn load_producers(engine: &Engine, group: u64) -> Result<Producers, StorageError> {
+    let mut map = Producers::default();
     engine.scan(
         CF_DATA,
         &group_key(group, &[TAG_PRODUCER]),
@@ -305,9 +344,43 @@ fn load_producers(
         |k, v| {
             let id = key_suffix_u64(k)
                 .ok_or_else(|| StorageError::Corrupt("bad producer key".into()))?;
-            map.insert(id, decode(v)?);
+            let st: ProducerState = decode(v)?;
+            if !st.pinned {
+                map.by_age.insert((st.last_index, id));
+            }
+            map.by_id.insert(id, st);
             Ok(true)
         },
     )?;
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_written_unpinned_producer_is_forgotten_first() {
+        let mut p = Producers::default();
+        p.state(7);
+        p.written(7, 10, false);
+        p.state(3);
+        p.written(3, 11, true); // pinned: never forgotten
+        p.state(5);
+        p.written(5, 12, false);
+        p.written(7, 13, false); // 7 wrote again: 5 is now the oldest
+        assert_eq!(p.evict_over(3), None, "at the limit nothing is forgotten");
+        p.state(9);
+        p.written(9, 14, false);
+        assert_eq!(p.evict_over(3), Some(5));
+        assert_eq!(p.evict_over(2), Some(7));
+        assert_eq!(p.evict_over(1), Some(9));
+        assert_eq!(p.evict_over(0), None, "a pinned producer stays");
+        assert!(p.by_id.contains_key(&3));
+        // A producer removed leaves no trace in the age order.
+        p.state(4);
+        p.written(4, 20, false);
+        p.remove(4);
+        assert!(p.by_age.is_empty());
+    }
 }
