@@ -30,6 +30,7 @@ use weir_proto::table::{Column, TableSchema};
 use crate::catalog::ClusterSchema;
 use crate::cluster::{Cluster, ClusterError, ExternalTableMeta, NewTable, NewTopic, TopicMeta};
 use crate::distributed::{self, EngineSlot};
+use crate::repeated_names;
 use crate::restate::{restate, restate_error, Restated};
 use crate::schedule::statement::ScheduleStatement;
 use crate::statement::{self, Statement};
@@ -171,8 +172,8 @@ impl Engine {
     }
 
     /// `sql` as Weir rewrites it before planning, when it rewrites any of it (an `INSERT INTO
-    /// topic` without a column list, an `INSERT ... SELECT` naming one column twice), for the
-    /// Postgres protocol, whose planner reads the text itself.
+    /// topic` without a column list, a select list naming one column twice), for the Postgres
+    /// protocol, whose planner reads the text itself.
     pub fn completed(&self, sql: &str) -> Option<String> {
         let mut statements = statement::parse(sql).ok()?;
         let mut changed = false;
@@ -189,7 +190,7 @@ impl Engine {
     }
 
     /// Rewrites what DataFusion would refuse but Postgres takes: an `INSERT INTO topic` without
-    /// a column list, an `INSERT ... SELECT` naming one column twice. Whether it changed `stmt`.
+    /// a column list, a select list naming one column twice. Whether it changed `stmt`.
     fn rewrite(&self, stmt: &mut Statement) -> bool {
         self.name_topic_columns(stmt) | name_repeated_columns(stmt)
     }
@@ -339,7 +340,10 @@ impl Engine {
                     .execute_stream()
                     .await
                     .map_err(|e| self.restated(e))?;
-                Ok(Output::Rows(stream, warnings))
+                Ok(Output::Rows(
+                    repeated_names::restore_stream(stream),
+                    warnings,
+                ))
             }
         }
     }
@@ -735,45 +739,23 @@ fn command_tag(name: &str) -> String {
     tag
 }
 
-/// The unqualified name of a table (`weir.public.t` and `t` both name `t`).
-/// Gives the repeated items of an `INSERT ... SELECT`'s select list (`SELECT a, a`) names of
-/// their own: an insert matches columns by position, and Postgres and Spark take it, but
-/// DataFusion refuses a select list that names one column twice. Whether it changed `stmt`.
+/// Names the repeated items of the select list of a query or an `INSERT ... SELECT` (see
+/// [`crate::repeated_names`]). Whether it changed `stmt`.
 fn name_repeated_columns(stmt: &mut Statement) -> bool {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
     let Statement::Sql(DfStatement::Statement(s)) = stmt else {
         return false;
     };
-    let Sql::Insert(insert) = s.as_mut() else {
-        return false;
-    };
-    let Some(source) = insert.source.as_mut() else {
-        return false;
-    };
-    let SetExpr::Select(select) = source.body.as_mut() else {
-        return false;
-    };
-    let mut times: std::collections::HashMap<String, usize> = Default::default();
-    for item in &select.projection {
-        if let SelectItem::UnnamedExpr(e) = item {
-            *times.entry(e.to_string()).or_default() += 1;
-        }
+    match s.as_mut() {
+        Sql::Insert(insert) => insert
+            .source
+            .as_mut()
+            .is_some_and(|q| repeated_names::name_repeats(q)),
+        Sql::Query(q) => repeated_names::name_repeats(q),
+        _ => false,
     }
-    let mut changed = false;
-    for (i, item) in select.projection.iter_mut().enumerate() {
-        if let SelectItem::UnnamedExpr(e) = item {
-            if times.get(&e.to_string()).is_some_and(|n| *n > 1) {
-                *item = SelectItem::ExprWithAlias {
-                    expr: e.clone(),
-                    alias: Ident::with_quote('"', format!("column {}", i + 1)),
-                };
-                changed = true;
-            }
-        }
-    }
-    changed
 }
 
+/// The unqualified name of a table (`weir.public.t` and `t` both name `t`).
 fn object_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
     let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
     match last.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {

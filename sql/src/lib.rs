@@ -18,6 +18,7 @@ pub mod keyrange;
 pub mod output;
 pub mod pg;
 pub mod records;
+pub mod repeated_names;
 pub mod restate;
 pub mod scan;
 pub mod scan_filter;

@@ -56,6 +56,7 @@ use tokio::net::TcpListener;
 
 use crate::cancel::{Cancels, Registration, Stop, Stopped};
 use crate::engine::{Engine, Output, CATALOG};
+use crate::repeated_names;
 use crate::sqlstate;
 use crate::statement::Statement as WeirStatement;
 use crate::warnings::QueryWarnings;
@@ -141,10 +142,14 @@ fn stopped_error(why: Stopped) -> PgWireError {
 }
 
 /// `response` with its rows (if it has any) stopped by `stop` too: rows are computed as they
-/// are sent, after the handler returned them.
+/// are sent, after the handler returned them. Its columns carry the names the statement gave
+/// them, a repeated one too (see [`crate::repeated_names`]).
 fn guarded(response: Response, stop: &Stop) -> Response {
     match response {
         Response::Query(mut q) => {
+            if let Some(fields) = restored_fields(&q.row_schema) {
+                q.row_schema = Arc::new(fields);
+            }
             let rows = std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
             let rows = rows.map(|row| row.map_err(stated));
             q.data_rows = Box::pin(stop.guard(rows, stopped_error));
@@ -300,7 +305,8 @@ impl QueryParser for WeirParser {
         stmt: &Prepared,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.inner.get_result_schema(stmt, column_format)
+        let fields = self.inner.get_result_schema(stmt, column_format)?;
+        Ok(restored_fields(&fields).unwrap_or(fields))
     }
 }
 
@@ -405,6 +411,30 @@ impl PgWireServerHandlers for Handlers {
             cancels: self.cancels.clone(),
         })
     }
+}
+
+/// `fields` with the names of repeated select items restored; `None` when none was renamed.
+fn restored_fields(fields: &[FieldInfo]) -> Option<Vec<FieldInfo>> {
+    let names: Vec<&str> = fields.iter().map(FieldInfo::name).collect();
+    let names = repeated_names::restore(&names)?;
+    Some(
+        fields
+            .iter()
+            .zip(names)
+            .map(|(f, name)| {
+                FieldInfo::new(
+                    name,
+                    f.table_id(),
+                    f.column_id(),
+                    f.datatype().clone(),
+                    f.format(),
+                )
+                .with_format_options(f.format_options().clone())
+                .with_type_size(f.type_size())
+                .with_type_modifier(f.type_modifier())
+            })
+            .collect(),
+    )
 }
 
 /// Simple queries (what `psql` sends): see [`SimpleQueries::answer`] for which runs where.

@@ -894,6 +894,39 @@ async fn postgres_clients_create_list_and_query_tables() {
         .await
         .unwrap();
     assert_eq!(lines(&got[0], false), vec!["|9|"]);
+    // A query's select list may name a column twice too: every column comes back, under the
+    // name it was given, over both protocols and through `weir sql`.
+    let repeated = "SELECT a, a, count(*), count(*), b AS a FROM pairs WHERE a = 1 GROUP BY a, b";
+    let simple = pg.simple_query(repeated).await.expect("simple protocol");
+    let row = simple
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["a", "a", "count(*)", "count(*)", "a"]);
+    let values: Vec<Option<&str>> = (0..5).map(|i| row.get(i)).collect();
+    assert_eq!(
+        values,
+        [Some("1"), Some("1"), Some("1"), Some("1"), Some("1")]
+    );
+    let extended = pg
+        .query("SELECT a, a + $1 AS a FROM pairs WHERE a = 2", &[&100i64])
+        .await
+        .expect("extended protocol");
+    let names: Vec<&str> = extended[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["a", "a"]);
+    assert_eq!(
+        (extended[0].get::<_, i64>(0), extended[0].get::<_, i64>(1)),
+        (2, 102)
+    );
+    let got = weir_rows(&client, repeated).await.unwrap();
+    let schema = got[0][0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["a", "a", "count(*)", "count(*)", "a"]);
+    assert_eq!(lines(&got[0], false), vec!["|1|1|1|1|1|"]);
     // Settings are the connection's own: another connection keeps the node's; an unknown one
     // is refused by name, not answered `SET` and ignored.
     pg.batch_execute("SET datafusion.execution.batch_size = 77")

@@ -105,15 +105,20 @@ pub fn print_summary(
     Ok(())
 }
 
-/// One row as a JSON object keyed by column name.
+/// One row as a JSON object keyed by column name; a name the row has twice (`SELECT a, a`) keys
+/// its later columns `a_1`, `a_2`, ... (as DuckDB names them), so no value is lost.
 pub fn object(columns: &[String], row: &[Value]) -> Value {
-    Value::Object(
-        columns
-            .iter()
-            .zip(row)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
+    let mut obj = Map::with_capacity(columns.len());
+    for (name, v) in columns.iter().zip(row) {
+        let mut key = name.clone();
+        let mut n = 0;
+        while obj.contains_key(&key) {
+            n += 1;
+            key = format!("{name}_{n}");
+        }
+        obj.insert(key, v.clone());
+    }
+    Value::Object(obj)
 }
 
 /// A cell as text: strings unquoted, lists comma-joined, null as `empty`.
@@ -146,6 +151,14 @@ mod tests {
         let mut out = Vec::new();
         print_rows(format, rows, &mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_repeated_column_name_keeps_every_value_in_json() {
+        let mut rows = Rows::new(vec!["a", "a", "a_1", "a"]);
+        rows.push(vec![json!(1), json!(2), json!(3), json!(4)]);
+        let v: Value = serde_json::from_str(&render(Format::Json, &rows)).unwrap();
+        assert_eq!(v, json!([{"a": 1, "a_1": 2, "a_1_1": 3, "a_2": 4}]));
     }
 
     #[test]

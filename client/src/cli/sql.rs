@@ -1,6 +1,7 @@
 //! `weir sql`: one statement, a file of statements, or an interactive shell.
 
 use std::io::{IsTerminal, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -105,20 +106,34 @@ fn to_rows(
             }
             continue;
         }
+        // Keyed by position while rendered: a result may name two columns alike.
+        let positional = Arc::new(arrow::datatypes::Schema::new(
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f.as_ref().clone().with_name(i.to_string()))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new_with_options(
+            positional,
+            batch.columns().to_vec(),
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?;
         let mut buf = Vec::new();
         let mut w = WriterBuilder::new()
             .with_explicit_nulls(true)
             .build::<_, JsonArray>(&mut buf);
-        w.write(batch)?;
+        w.write(&batch)?;
         w.finish()?;
         drop(w);
         let objects: Vec<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_slice(&buf).context("rendering a result")?;
         for mut o in objects {
             rows.push(
-                rows.columns
-                    .iter()
-                    .map(|c| o.remove(c).unwrap_or(serde_json::Value::Null))
+                (0..rows.columns.len())
+                    .map(|i| o.remove(&i.to_string()).unwrap_or(serde_json::Value::Null))
                     .collect(),
             );
         }
