@@ -11,11 +11,9 @@
 //! its batch 0 and start a cascade of refusals and retries with back-off. The state machine's
 //! check stays the rule; this only keeps the log free of batches it would refuse.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -23,10 +21,10 @@ use crate::error::{NodeError, NodeResult};
 
 /// How long a batch waits for its predecessor to be proposed before it is refused.
 pub const WAIT_FOR_PREDECESSOR: Duration = Duration::from_secs(1);
-/// Producers remembered before idle ones are forgotten.
+/// Producers remembered; the least recently active is forgotten first (its next batch finds
+/// where it stands in the applied state again). An HTTP ingest request is a producer of its own,
+/// so a busy node meets this limit often.
 const MAX_TRACKED: usize = 10_000;
-/// A producer idle this long may be forgotten.
-const IDLE: Duration = Duration::from_secs(60);
 
 /// What the leader proposed last for one producer on one partition.
 struct Slot {
@@ -34,14 +32,36 @@ struct Slot {
     term: u64,
     /// The sequence number expected next.
     next: u64,
-    last_used: Instant,
+    /// When the slot was last used, as a count of uses of all slots (its place in `by_use`).
+    used: u64,
     proposed: Arc<Notify>,
+}
+
+/// The slots of (partition group, producer), with an order of last use so the least recently
+/// active is found without a scan.
+#[derive(Default)]
+struct Slots {
+    by_key: BTreeMap<(u64, u64), Slot>,
+    by_use: BTreeSet<(u64, (u64, u64))>,
+    uses: u64,
+}
+
+impl Slots {
+    /// The slot of `key`, marked as used now.
+    fn used(&mut self, key: (u64, u64)) -> Option<&mut Slot> {
+        let slot = self.by_key.get_mut(&key)?;
+        self.by_use.remove(&(slot.used, key));
+        self.uses += 1;
+        slot.used = self.uses;
+        self.by_use.insert((slot.used, key));
+        Some(slot)
+    }
 }
 
 /// The proposal order of idempotent producers on the partitions this node leads.
 #[derive(Default)]
 pub struct ProduceOrder {
-    slots: Mutex<BTreeMap<(u64, u64), Slot>>,
+    slots: Mutex<Slots>,
 }
 
 /// The right to propose one batch; [`Turn::proposed`] lets its successor go.
@@ -56,7 +76,7 @@ pub struct Turn<'a> {
 }
 
 impl ProduceOrder {
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<(u64, u64), Slot>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Slots) -> T) -> T {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut slots)
     }
@@ -65,6 +85,7 @@ impl ProduceOrder {
     pub fn knows(&self, group: u64, producer: u64, term: u64) -> bool {
         self.with(|slots| {
             slots
+                .by_key
                 .get(&(group, producer))
                 .is_some_and(|s| s.term == term)
         })
@@ -96,9 +117,8 @@ impl ProduceOrder {
         let key = (group, producer);
         let deadline = tokio::time::Instant::now() + WAIT_FOR_PREDECESSOR;
         loop {
-            let waiting = self.with(|slots| match slots.get_mut(&key) {
+            let waiting = self.with(|slots| match slots.used(key) {
                 Some(s) if s.term == term && sequence > s.next => {
-                    s.last_used = Instant::now();
                     Some((s.next, s.proposed.clone()))
                 }
                 _ => None,
@@ -114,7 +134,9 @@ impl ProduceOrder {
             };
             let notified = proposed.notified();
             // Proposed meanwhile? Then look again rather than wait for a wake-up already sent.
-            if self.with(|slots| slots.get(&key).map(|s| (s.term, s.next))) != Some((term, next)) {
+            if self.with(|slots| slots.by_key.get(&key).map(|s| (s.term, s.next)))
+                != Some((term, next))
+            {
                 continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -127,28 +149,29 @@ impl ProduceOrder {
 }
 
 /// The slot of `key` for leader term `term`, made (expecting batch `next`) when there is none or
-/// it is of another term, whose proposals the log may have lost; idle producers are forgotten
-/// first when too many are tracked.
-fn slot_in_term(
-    slots: &mut BTreeMap<(u64, u64), Slot>,
-    key: (u64, u64),
-    term: u64,
-    next: u64,
-) -> &mut Slot {
-    if slots.len() >= MAX_TRACKED && !slots.contains_key(&key) {
-        slots.retain(|_, s| s.last_used.elapsed() < IDLE);
+/// it is of another term, whose proposals the log may have lost; the least recently active
+/// producer is forgotten when too many are tracked.
+fn slot_in_term(slots: &mut Slots, key: (u64, u64), term: u64, next: u64) -> &mut Slot {
+    if slots.by_key.len() >= MAX_TRACKED && !slots.by_key.contains_key(&key) {
+        if let Some((_, oldest)) = slots.by_use.pop_first() {
+            slots.by_key.remove(&oldest);
+        }
     }
-    let slot = slots.entry(key).or_insert_with(|| Slot {
+    slots.uses += 1;
+    let used = slots.uses;
+    let slot = slots.by_key.entry(key).or_insert_with(|| Slot {
         term,
         next,
-        last_used: Instant::now(),
+        used,
         proposed: Arc::new(Notify::new()),
     });
+    slots.by_use.remove(&(slot.used, key));
+    slot.used = used;
+    slots.by_use.insert((used, key));
     if slot.term != term {
         slot.term = term;
         slot.next = next;
     }
-    slot.last_used = Instant::now();
     slot
 }
 
@@ -166,7 +189,6 @@ impl Turn<'_> {
             let slot = slot_in_term(slots, key, term, 0);
             // A retry of an earlier batch leaves the expectation where it is.
             slot.next = slot.next.max(sequence + step);
-            slot.last_used = Instant::now();
             slot.proposed.notify_waiters();
         });
     }
@@ -250,5 +272,23 @@ mod tests {
             .proposed();
         // Next in line in the new term.
         order.turn(1, 9, 9, 1, 4).await.expect("next");
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_active_producer_is_forgotten_first() {
+        let order = ProduceOrder::default();
+        for producer in 0..MAX_TRACKED as u64 {
+            order.seed(1, producer, 3, 0);
+        }
+        // Producer 0 is active again: producer 1 is now the least recently active.
+        order.turn(1, 0, 0, 1, 3).await.expect("batch 0").proposed();
+        order.seed(1, 99_999, 3, 0);
+        assert!(order.knows(1, 0, 3) && order.knows(1, 99_999, 3));
+        assert!(!order.knows(1, 1, 3), "the least recently active is forgotten");
+        assert!(order.knows(1, 2, 3));
+        order.with(|slots| {
+            assert_eq!(slots.by_key.len(), MAX_TRACKED);
+            assert_eq!(slots.by_use.len(), MAX_TRACKED);
+        });
     }
 }
