@@ -352,6 +352,20 @@ async fn a_new_replica_catches_up_from_a_streamed_snapshot() {
             .expect("produce");
         }
     }
+    // A describe right after the produce counts every record stored, from the leaders.
+    let info = c
+        .describe_topic(weir_proto::v1::DescribeTopicRequest {
+            name: "moved".into(),
+        })
+        .await
+        .expect("describe")
+        .into_inner();
+    let latest: Vec<u64> = info
+        .partition_info
+        .iter()
+        .map(|p| p.latest_offset)
+        .collect();
+    assert_eq!(latest, [1000, 1000, 1000, 1000]);
     // Snapshot every partition and purge its whole log.
     let groups = cluster.nodes[0].ctx.registry.all();
     for h in groups

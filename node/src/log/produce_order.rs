@@ -284,7 +284,10 @@ mod tests {
         order.turn(1, 0, 0, 1, 3).await.expect("batch 0").proposed();
         order.seed(1, 99_999, 3, 0);
         assert!(order.knows(1, 0, 3) && order.knows(1, 99_999, 3));
-        assert!(!order.knows(1, 1, 3), "the least recently active is forgotten");
+        assert!(
+            !order.knows(1, 1, 3),
+            "the least recently active is forgotten"
+        );
         assert!(order.knows(1, 2, 3));
         order.with(|slots| {
             assert_eq!(slots.by_key.len(), MAX_TRACKED);

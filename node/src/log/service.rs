@@ -33,6 +33,9 @@ use crate::log::read;
 use crate::metrics;
 use crate::placement;
 
+/// How long `DescribeTopic` waits for a partition's leader to tell its offsets.
+const DESCRIBE_OFFSETS_WAIT: Duration = Duration::from_secs(2);
+
 /// Largest batch a producer may send (Kafka's `message.max.bytes` applies per batch too).
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Most partitions a topic may have.
@@ -452,9 +455,29 @@ impl Log for LogService {
             }
         }
         let catalog = self.catalog()?;
-        Ok(Response::new(
-            self.topic_info(&catalog, &request.get_ref().name)?,
-        ))
+        let mut info = self.topic_info(&catalog, &request.get_ref().name)?;
+        // The heartbeats' offsets are a few hundred milliseconds old: a describe right after a
+        // produce should count what it stored, so each partition's leader is asked (a partition
+        // without an answer keeps the heartbeat's figures).
+        let asked = info.partition_info.iter().map(|p| {
+            tokio::time::timeout(
+                DESCRIBE_OFFSETS_WAIT,
+                self.list_offsets(Request::new(ListOffsetsRequest {
+                    topic: info.name.clone(),
+                    partition: p.partition,
+                    epoch: None,
+                })),
+            )
+        });
+        let answers = futures::future::join_all(asked).await;
+        for (p, answer) in info.partition_info.iter_mut().zip(answers) {
+            if let Ok(Ok(a)) = answer {
+                let a = a.into_inner();
+                p.earliest_offset = a.earliest;
+                p.latest_offset = a.latest;
+            }
+        }
+        Ok(Response::new(info))
     }
 
     async fn produce(
