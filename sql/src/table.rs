@@ -236,13 +236,24 @@ impl DataSink for RegionSink {
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
         let (mut seen, mut done) = (0u64, 0u64);
+        // Rows carry over from one batch to the next, so every request but the last is full
+        // (DataFusion's 8,192-row batches would otherwise end in a short request each).
+        let mut pending = Vec::with_capacity(WRITE_ROWS);
         while let Some(batch) = data.next().await {
-            let mut rows = batch_to_rows(&batch?, &self.meta.schema.columns, seen)?;
+            let rows = batch_to_rows(&batch?, &self.meta.schema.columns, seen)?;
             seen += rows.len() as u64;
-            while !rows.is_empty() {
-                let rest = rows.split_off(rows.len().min(WRITE_ROWS));
-                done += self.apply(std::mem::replace(&mut rows, rest)).await?;
+            let mut rows = rows.into_iter();
+            loop {
+                pending.extend(rows.by_ref().take(WRITE_ROWS - pending.len()));
+                if pending.len() < WRITE_ROWS {
+                    break;
+                }
+                let full = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_ROWS));
+                done += self.apply(full).await?;
             }
+        }
+        if !pending.is_empty() {
+            done += self.apply(pending).await?;
         }
         Ok(done)
     }

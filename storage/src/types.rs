@@ -112,19 +112,24 @@ impl fmt::Display for Request {
     }
 }
 
-/// One change to a region's rows (keys and cells encoded as in `weir_proto::table`).
+/// One change to a region's rows (keys and cells encoded as in `weir_proto::table`). Its byte
+/// strings are (de)serialized whole rather than byte by byte: bincode writes the same bytes
+/// either way (a length, then the bytes), so stored Raft logs and snapshots read as before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
     /// Write a row.
     Put {
         /// Encoded primary key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Encoded non-key cells.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Delete a row (absent rows are fine).
     Delete {
         /// Encoded primary key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Merge aggregates into a row, once per source offset range (`weir_proto::table::merge`):
@@ -132,6 +137,7 @@ pub enum KvOp {
     /// left as it is (covered, or an overlap the response reports).
     Merge {
         /// Encoded primary key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The writer's source.
         source: String,
@@ -141,6 +147,7 @@ pub enum KvOp {
         to: u64,
         /// One op per value column with the column's type, encoded by
         /// `weir_proto::table::merge::encode_ops`.
+        #[serde(with = "serde_bytes")]
         ops: Vec<u8>,
     },
 }
@@ -285,4 +292,64 @@ pub enum Response {
         /// The epoch the partition has seen.
         current_epoch: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `KvOp` as it was declared before its byte strings were serialized whole.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum PlainKvOp {
+        Put {
+            key: Vec<u8>,
+            value: Vec<u8>,
+        },
+        Delete {
+            key: Vec<u8>,
+        },
+        Merge {
+            key: Vec<u8>,
+            source: String,
+            from: u64,
+            to: u64,
+            ops: Vec<u8>,
+        },
+    }
+
+    #[test]
+    fn kv_ops_encode_to_the_bytes_they_always_did() {
+        let ops = vec![
+            KvOp::Put {
+                key: vec![1, 2, 3],
+                value: (0..=255).collect(),
+            },
+            KvOp::Delete { key: vec![] },
+            KvOp::Merge {
+                key: vec![9],
+                source: "job 3".into(),
+                from: 7,
+                to: 11,
+                ops: vec![0, 255, 4],
+            },
+        ];
+        let plain = vec![
+            PlainKvOp::Put {
+                key: vec![1, 2, 3],
+                value: (0..=255).collect(),
+            },
+            PlainKvOp::Delete { key: vec![] },
+            PlainKvOp::Merge {
+                key: vec![9],
+                source: "job 3".into(),
+                from: 7,
+                to: 11,
+                ops: vec![0, 255, 4],
+            },
+        ];
+        let old = crate::encode(&plain).expect("encodes");
+        assert_eq!(crate::encode(&ops).expect("encodes"), old);
+        let read: Vec<KvOp> = crate::decode(&old).expect("decodes");
+        assert_eq!(read, ops);
+    }
 }
