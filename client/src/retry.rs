@@ -88,6 +88,12 @@ pub(crate) fn classify(status: &Status) -> Verdict {
     }
 }
 
+/// Whether a failed call may succeed if sent again (to the same node or the leader it names):
+/// for a server that relays an idempotent request, as the client itself retries.
+pub fn worth_retrying(status: &Status) -> bool {
+    classify(status) != Verdict::Fail
+}
+
 /// True when a failed request may nevertheless have been applied: the connection broke before
 /// the answer, or the server said the outcome is unknown.
 pub(crate) fn is_ambiguous(status: &Status) -> bool {

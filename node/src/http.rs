@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tonic::Code;
+use weir_client::retry::{worth_retrying, Backoff};
 use weir_proto::batch::BatchBuilder;
 use weir_proto::ingest::parse_records;
 use weir_proto::v1::log_server::Log;
@@ -114,28 +115,19 @@ async fn produce_through_leader_changes(
     req: ProduceRequest,
 ) -> Result<ProduceResponse, tonic::Status> {
     let deadline = tokio::time::Instant::now() + INGEST_RETRY_FOR;
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = Backoff::default();
     loop {
         let status = match log.produce(tonic::Request::new(req.clone())).await {
             Ok(resp) => return Ok(resp.into_inner()),
             Err(status) => status,
         };
-        let fenced = status
-            .metadata()
-            .get(weir_proto::FENCED_METADATA_KEY)
-            .is_some();
-        let transient = match status.code() {
-            Code::Unavailable | Code::Unknown | Code::Aborted => true,
-            Code::FailedPrecondition => !fenced,
-            _ => false,
-        };
-        if !transient || tokio::time::Instant::now() + backoff >= deadline {
+        let pause = backoff.next_delay();
+        if !worth_retrying(&status) || tokio::time::Instant::now() + pause >= deadline {
             return Err(status);
         }
         tracing::debug!(topic = %req.topic, partition = req.partition, error = %status.message(),
             "ingest batch refused for now; sending it again");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(250));
+        tokio::time::sleep(pause).await;
     }
 }
 
