@@ -21,12 +21,15 @@ use weir_proto::table::row;
 /// do not hold the split's data get it from a snapshot.
 pub const REGION_INIT_INDEX: u64 = 5;
 
-/// A region's range, epoch and size, and the rows written by entries of the current apply call
-/// that are not in RocksDB yet (a compare-and-set must see them).
+/// A region's range, epoch and size.
+///
+/// Rows written by earlier entries of an apply call are in its write batch, not in RocksDB yet: a
+/// write that reads stored rows (a compare-and-set, a merge, a split) has that batch written
+/// first ([`GroupState::reads_stored_rows`]), so puts and deletes, the bulk of a region's
+/// entries, are not kept twice to be seen.
 pub(super) struct RegionGroup {
     tx: watch::Sender<RegionState>,
     state: RegionState,
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl RegionGroup {
@@ -50,16 +53,13 @@ impl RegionGroup {
         Ok(RegionGroup {
             tx: watch::channel(state.clone()).0,
             state,
-            pending: BTreeMap::new(),
         })
     }
 
-    /// The row `rk` as this apply call sees it: written earlier in the call, or stored.
+    /// The stored row `rk`: the entries before this one are in RocksDB when it is read, as
+    /// [`RegionGroup::reads_stored_rows`] asks.
     fn current_row(&self, engine: &Engine, rk: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        match self.pending.get(rk) {
-            Some(v) => Ok(v.clone()),
-            None => engine.get(CF_DATA, rk),
-        }
+        engine.get(CF_DATA, rk)
     }
 
     fn write(
@@ -172,11 +172,10 @@ impl RegionGroup {
         }
         for (rk, v, bytes) in changes {
             st.approx_bytes += bytes;
-            match &v {
-                Some(v) => cx.batch.put(cf, rk.as_slice(), v.as_slice()),
-                None => cx.batch.delete(cf, rk.as_slice()),
+            match v {
+                Some(v) => cx.batch.put(cf, rk, v),
+                None => cx.batch.delete(cf, rk),
             }
-            self.pending.insert(rk, v);
         }
         region::put_state(cx.batch, cx.group, st)?;
         Ok(Response::KvWritten {
@@ -373,17 +372,22 @@ impl GroupState for RegionGroup {
     }
 
     fn reads_stored_rows(&self, req: &Request) -> bool {
-        // A split moves rows by reading them from RocksDB.
-        matches!(req, Request::Split { .. })
+        match req {
+            // A split moves rows by reading them from RocksDB.
+            Request::Split { .. } => true,
+            // A compare-and-set reads the row it checks, a merge the row it merges into.
+            Request::KvWrite { ops, condition, .. } => {
+                condition.is_some() || ops.iter().any(|op| matches!(op, KvOp::Merge { .. }))
+            }
+            _ => false,
+        }
     }
 
     fn publish(&mut self, _header: &Header) {
-        self.pending.clear();
         self.tx.send_replace(self.state.clone());
     }
 
     fn reload(&mut self, engine: &Engine, group: u64) -> Result<(), StorageError> {
-        self.pending.clear();
         if let Some(stored) = region::load_state(engine, group)? {
             self.state = stored;
         }
