@@ -378,7 +378,8 @@ impl GroupManager {
         let raft_config = match &kind {
             GroupKind::Metadata => config::metadata(),
             GroupKind::Partition { .. } => config::partition(),
-            GroupKind::Offsets | GroupKind::Region { .. } => config::data(),
+            GroupKind::Offsets => config::data(),
+            GroupKind::Region { .. } => config::region(),
         };
         // Read from disk: Raft's metrics show the stored vote only once its core has started,
         // which may be after the check below.
@@ -409,8 +410,12 @@ impl GroupManager {
         } else {
             Instant::now()
         };
-        if let GroupWatch::Partition(state) = &watch {
-            crate::raft::compaction::spawn(id, raft.clone(), state.clone());
+        match &watch {
+            GroupWatch::Partition(state) => {
+                crate::raft::compaction::spawn(id, raft.clone(), state.clone())
+            }
+            GroupWatch::Region(_) => crate::raft::log_gc::spawn(id, raft.clone()),
+            GroupWatch::Catalog(_) | GroupWatch::Offsets(_) => {}
         }
         if restarted {
             raft.runtime_config().elect(false);

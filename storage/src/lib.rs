@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod header;
+pub mod log_cache;
 pub mod log_store;
 pub mod partition;
 pub mod region;

@@ -14,6 +14,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use crate::engine::{group_key, group_key_u64, CF_LOG, CF_META};
+use crate::log_cache::RecentEntries;
 use crate::{decode, encode, Engine, StorageError, TypeConfig};
 
 const TAG_ENTRY: u8 = 0;
@@ -21,17 +22,45 @@ const META_VOTE: &[u8] = b"v";
 const META_COMMITTED: &[u8] = b"c";
 const META_PURGED: &[u8] = b"p";
 
-/// The Raft log of one group; cheap to clone (the reader is a clone).
+/// The Raft log of one group; cheap to clone (the reader is a clone, sharing its cache of the
+/// entries appended last).
+///
+/// Nothing else may change the group's entries in the engine while a log store of it is in use
+/// ([`LogStore::clear_keeping_vote`] and `StateMachine::destroy` run while the group is closed).
 #[derive(Debug, Clone)]
 pub struct LogStore {
     engine: Engine,
     group: u64,
+    recent: RecentEntries,
 }
 
 impl LogStore {
     /// The log of `group` in `engine`.
     pub fn new(engine: Engine, group: u64) -> LogStore {
-        LogStore { engine, group }
+        let recent = RecentEntries::new(engine.log_cache_bytes());
+        LogStore {
+            engine,
+            group,
+            recent,
+        }
+    }
+
+    /// The stored entries in `[start, end)`, read from the engine.
+    fn read_stored(&self, start: u64, end: u64) -> Result<Vec<EntryOf<TypeConfig>>, StorageError> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        self.engine.scan(
+            CF_LOG,
+            &self.entry_key(start),
+            &self.entry_key(end),
+            |_, v| {
+                out.push(decode::<EntryOf<TypeConfig>>(v)?);
+                Ok(true)
+            },
+        )?;
+        Ok(out)
     }
 
     fn entry_key(&self, index: u64) -> Vec<u8> {
@@ -112,27 +141,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
+        // The cache holds the log's last entries; only what lies below them is read back.
+        let (cached, below) = self.recent.get(start, end);
+        let mut out = self.read_stored(start, below)?;
+        out.extend(cached);
         let mut expect = None;
-        self.engine.scan(
-            CF_LOG,
-            &self.entry_key(start),
-            &self.entry_key(end),
-            |_, v| {
-                let e: EntryOf<TypeConfig> = decode(v)?;
-                if let Some(x) = expect {
-                    if e.log_id.index != x {
-                        return Err(StorageError::Corrupt(format!(
-                            "group log has a hole: expected index {x}, found {}",
-                            e.log_id.index
-                        )));
-                    }
+        for e in &out {
+            if let Some(x) = expect {
+                if e.log_id.index != x {
+                    return Err(StorageError::Corrupt(format!(
+                        "group log has a hole: expected index {x}, found {}",
+                        e.log_id.index
+                    ))
+                    .into());
                 }
-                expect = Some(e.log_id.index + 1);
-                out.push(e);
-                Ok(true)
-            },
-        )?;
+            }
+            expect = Some(e.log_id.index + 1);
+        }
         Ok(out)
     }
 
@@ -194,10 +219,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = CF_LOG;
         let mut b = WriteBatch::default();
+        let mut written = Vec::new();
         for e in entries {
-            b.put(cf, self.entry_key(e.log_id.index), encode(&e)?);
+            let bytes = encode(&e)?;
+            let size = bytes.len();
+            b.put(cf, self.entry_key(e.log_id.index), bytes);
+            written.push((e, size));
         }
         self.engine.write(b)?;
+        self.recent.appended(written);
         self.engine.sync(Box::new(move |r| {
             callback.io_completed(r.map_err(io::Error::from))
         }));
@@ -218,6 +248,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.entry_key(from),
             group_key(self.group, &[TAG_ENTRY + 1]),
         );
+        self.recent.truncated_after(from.checked_sub(1));
         Ok(self.engine.write_sync(b)?)
     }
 
@@ -240,6 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.entry_key(log_id.index + 1),
             );
         }
+        self.recent.purged(log_id.index);
         Ok(self.engine.write(b)?)
     }
 }

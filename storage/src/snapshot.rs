@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::alias::SnapshotMetaOf;
 
+use crate::engine::PinnedRange;
 use crate::{decode, encode, StorageError, TypeConfig};
 
 const MAGIC: &[u8; 5] = b"WSNP2";
@@ -40,11 +41,37 @@ const CURRENT: &str = "current.snap";
 /// Size of the chunks a snapshot is streamed in.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
-/// A snapshot on disk: what openraft hands between the state machine and the network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotData {
-    /// The snapshot file.
-    pub path: PathBuf,
+/// A snapshot as openraft hands it between the state machine and the network.
+#[derive(Debug, Clone)]
+pub enum SnapshotData {
+    /// A snapshot file: a group's own, or one received from a leader.
+    File(PathBuf),
+    /// A region's rows as they were at the snapshot's log id, pinned in the engine and written
+    /// out only when the snapshot is sent (a region has no snapshot file of its own).
+    Pinned(PinnedRows),
+}
+
+impl SnapshotData {
+    /// The snapshot's file, for a snapshot that is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            SnapshotData::File(path) => Some(path),
+            SnapshotData::Pinned(_) => None,
+        }
+    }
+}
+
+/// The rows of a region's snapshot, held as the engine had them when the snapshot was taken.
+#[derive(Debug, Clone)]
+pub struct PinnedRows {
+    /// The snapshot's metadata: the log id applied and the membership, as the header says.
+    pub(crate) meta: SnapshotMetaOf<TypeConfig>,
+    /// The engine's view, from the group's header key to the end of its rows.
+    pub(crate) view: PinnedRange,
+    /// The header's key, read last (the replica takes it as the end of the rows).
+    pub(crate) header_key: Vec<u8>,
+    /// The rows the snapshot copies: `[from, to)`.
+    pub(crate) rows: (Vec<u8>, Vec<u8>),
 }
 
 /// The snapshot directory of one group.
@@ -111,7 +138,7 @@ impl SnapshotDir {
     ) -> Result<Option<(SnapshotMetaOf<TypeConfig>, SnapshotData)>, StorageError> {
         let path = self.data_path();
         match verify(&path) {
-            Ok(meta) => Ok(Some((meta, SnapshotData { path }))),
+            Ok(meta) => Ok(Some((meta, SnapshotData::File(path)))),
             Err(SnapshotError::Missing) => Ok(None),
             Err(SnapshotError::Io(e)) => Err(StorageError::Io(e)),
             Err(e) => {
@@ -128,16 +155,14 @@ impl SnapshotDir {
     pub fn promote(&self, path: &Path) -> Result<SnapshotData, StorageError> {
         let target = self.data_path();
         if path == target {
-            return Ok(SnapshotData { path: target });
+            return Ok(SnapshotData::File(target));
         }
         let promoted = (|| {
             std::fs::create_dir_all(&self.dir)?;
             std::fs::rename(path, &target)?;
             // The rename is only durable once the directory entry is.
             File::open(&self.dir)?.sync_all()?;
-            Ok(SnapshotData {
-                path: target.clone(),
-            })
+            Ok(SnapshotData::File(target.clone()))
         })();
         if promoted.is_err() {
             // A snapshot that cannot become current is of no use; do not leave it behind.
@@ -540,7 +565,7 @@ mod tests {
         let path = write(&sd, &meta, 1000);
         let data = sd.promote(&path).unwrap();
         let mut n = 0u32;
-        let read = read_rows(&data.path, |k, v| {
+        let read = read_rows(data.file().expect("a file"), |k, v| {
             assert_eq!(k, n.to_be_bytes());
             assert_eq!(v.len(), (n % 300) as usize);
             n += 1;

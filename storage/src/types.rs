@@ -1,6 +1,7 @@
 //! The Raft type configuration shared by every group, and the commands groups replicate.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -44,8 +45,9 @@ pub enum Request {
     },
     /// Region group: puts and deletes applied atomically, all of them only if `condition` holds.
     KvWrite {
-        /// The changes, applied in order.
-        ops: Vec<KvOp>,
+        /// The changes, applied in order; shared, so the copies of an entry openraft hands
+        /// around (to apply, to each replica) do not copy its rows.
+        ops: Arc<[KvOp]>,
         /// Compare-and-set: what must hold first.
         condition: Option<KvCondition>,
         /// The writer's fencing token: the write is refused when the region has seen a higher

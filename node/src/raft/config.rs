@@ -27,10 +27,21 @@ pub const DATA_HEARTBEAT_MS: u64 = 500;
 /// randomises each election timeout in the range, so groups do not beat in step.
 /// `WEIR_RAFT_HEARTBEAT_MS` trades idle CPU (one heartbeat per group and follower per interval)
 /// against failover time.
-/// Region and offsets snapshots copy their rows, so they are taken rarely.
+/// Offsets snapshots copy their rows, so they are taken rarely.
 pub fn data() -> Arc<Config> {
     let hb = data_heartbeat_ms();
     build(hb, hb * 2, hb * 4, ROWS_COMPACTION)
+}
+
+/// Raft settings of regions: as [`data`], but snapshotted often. A region's snapshot pins its
+/// rows in the engine (a RocksDB snapshot) instead of copying them, so taking one costs the same
+/// at any size, and the [`log_gc`](super::log_gc) task can purge the log up to what every
+/// replica holds: a row is then in the region's Raft log for a few dozen entries, usually deleted
+/// before the log's memtable is flushed. A replica more than `keep` entries behind the snapshot
+/// is not waited for: it gets the region's rows as they are (as TiKV's Raft log GC does).
+pub fn region() -> Arc<Config> {
+    let hb = data_heartbeat_ms();
+    build(hb, hb * 2, hb * 4, REGION_COMPACTION)
 }
 
 /// Raft settings of log partitions: as [`data`], but snapshotted often and their Raft log kept
@@ -63,6 +74,14 @@ const ROWS_COMPACTION: Compaction = Compaction {
     snapshot_every: 20_000,
     keep: 1_000,
     purge_batch: 256,
+};
+
+/// Regions, whose snapshots pin their rows instead of copying them: taken often; openraft keeps
+/// as much log behind them as for other groups, and `log_gc` purges it sooner.
+const REGION_COMPACTION: Compaction = Compaction {
+    snapshot_every: 32,
+    keep: 1_000,
+    purge_batch: 8,
 };
 
 /// Entries between two snapshots of a partition, whatever their size (the

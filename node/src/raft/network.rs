@@ -205,7 +205,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             tokio::sync::Semaphore::MAX_PERMITS
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(ahead);
-        let (engine, path) = (self.engine.clone(), snapshot.snapshot.path.clone());
+        let (engine, data) = (self.engine.clone(), snapshot.snapshot);
         let writer = start_on_blocking_thread(move || {
             let sink = ChunkSink {
                 group,
@@ -219,7 +219,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             let mut sink = weir_storage::state_machine::write_transfer(
                 &engine,
                 group,
-                &path,
+                &data,
                 replica_end,
                 sink,
             )?;

@@ -170,7 +170,7 @@ impl RaftTransport for RaftService {
         tracing::info!(group = g.id, snapshot = ?meta.last_log_id, "installing snapshot");
         let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: SnapshotData { path },
+            snapshot: SnapshotData::File(path),
         };
         reply(g.raft.install_full_snapshot(vote, snapshot).await)
     }

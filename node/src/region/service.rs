@@ -593,7 +593,7 @@ impl KvService {
                     &h,
                     catalog,
                     Cmd::KvWrite {
-                        ops,
+                        ops: ops.into(),
                         condition: None,
                         fence: writer_fence(req.fence.as_ref())?,
                     },
@@ -1165,7 +1165,7 @@ impl Kv for KvService {
             &h,
             &catalog,
             Cmd::KvWrite {
-                ops: vec![op],
+                ops: Arc::from([op]),
                 condition: Some(KvCondition {
                     key: key.clone(),
                     expect,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    Backend, EngineStats, KeyValue, ReadView, SyncCallback, Visit, WriteBatch, WriteOp,
+    Backend, EngineStats, KeyValue, PinnedView, ReadView, SyncCallback, Visit, WriteBatch, WriteOp,
     COLUMN_FAMILIES,
 };
 use crate::StorageError;
@@ -348,6 +348,16 @@ impl Backend for MemoryBackend {
         read(&MemoryView { live: &st.live })
     }
 
+    fn pin(&self, cf: &'static str, from: &[u8], to: &[u8]) -> Result<PinnedView, StorageError> {
+        let st = self.state()?;
+        let rows: Table = range_of(MemoryView { live: &st.live }.table(cf)?, from, to)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Arc::new(PinnedMemory {
+            live: std::iter::once((cf, rows)).collect(),
+        }))
+    }
+
     fn describe(&self) -> String {
         format!("in-memory disk (epoch {})", self.epoch)
     }
@@ -363,6 +373,32 @@ impl MemoryView<'_> {
         self.live
             .get(cf)
             .ok_or_else(|| StorageError::Corrupt(format!("column family {cf} is missing")))
+    }
+}
+
+/// A copy of one range of the live tables, as [`Backend::pin`] took it.
+struct PinnedMemory {
+    live: Tables,
+}
+
+impl ReadView for PinnedMemory {
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        MemoryView { live: &self.live }.get(cf, key)
+    }
+
+    fn multi_get(&self, cf: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        MemoryView { live: &self.live }.multi_get(cf, keys)
+    }
+
+    fn scan(
+        &self,
+        cf: &str,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        visit: Visit<'_>,
+    ) -> Result<(), StorageError> {
+        MemoryView { live: &self.live }.scan(cf, from, to, reverse, visit)
     }
 }
 

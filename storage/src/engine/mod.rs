@@ -11,7 +11,7 @@
 pub mod memory;
 pub mod rocks;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use crate::StorageError;
@@ -173,6 +173,63 @@ pub trait ReadView {
     ) -> Result<(), StorageError>;
 }
 
+/// A read view that stays at the point in time it was taken for as long as it is held.
+pub type PinnedView = Arc<dyn ReadView + Send + Sync>;
+
+/// One key range of a column family as it was when [`Engine::pin`] took it, readable for as long
+/// as it is held: a snapshot of rows that change in place, taken in the time of a RocksDB
+/// snapshot and read (or sent) later.
+#[derive(Clone)]
+pub struct PinnedRange {
+    view: PinnedView,
+    cf: &'static str,
+    from: Vec<u8>,
+    to: Vec<u8>,
+}
+
+impl std::fmt::Debug for PinnedRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedRange")
+            .field("cf", &self.cf)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+impl PinnedRange {
+    fn check(&self, key: &[u8]) -> Result<(), StorageError> {
+        if key < self.from.as_slice() || key >= self.to.as_slice() {
+            return Err(StorageError::Io(format!(
+                "key {key:?} read outside the pinned range {:?}..{:?}",
+                self.from, self.to
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads one value of the range as it was pinned.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.check(key)?;
+        self.view.get(self.cf, key)
+    }
+
+    /// Visits the keys of `[from, to)`, clamped to the pinned range, in key order.
+    pub fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let from = from.max(self.from.as_slice());
+        let to = to.min(self.to.as_slice());
+        if from >= to {
+            return Ok(());
+        }
+        self.view.scan(self.cf, from, to, false, &mut visit)
+    }
+}
+
 /// What a storage engine must do; everything else is built on these.
 pub trait Backend: Send + Sync + 'static {
     /// Reads one value.
@@ -195,6 +252,10 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         read: &mut dyn FnMut(&dyn ReadView) -> Result<(), StorageError>,
     ) -> Result<(), StorageError>;
+    /// A view of the engine as it is now that stays so for as long as it is held; only `cf`
+    /// within `[from, to)` is read through it (RocksDB holds a snapshot of everything, the
+    /// in-memory store copies just that range).
+    fn pin(&self, cf: &'static str, from: &[u8], to: &[u8]) -> Result<PinnedView, StorageError>;
     /// Where the engine keeps its data, for logs.
     fn describe(&self) -> String;
 }
@@ -255,6 +316,8 @@ pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
 pub struct Engine {
     backend: Arc<dyn Backend>,
     stats: Arc<EngineStats>,
+    /// Bytes of Raft entries the node's log stores keep decoded ([`crate::log_cache`]).
+    log_cache: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -273,6 +336,7 @@ impl Engine {
         Ok(Engine {
             backend: Arc::new(backend),
             stats,
+            log_cache: Arc::default(),
         })
     }
 
@@ -282,12 +346,18 @@ impl Engine {
         Engine {
             backend: Arc::new(disk.open(stats.clone())),
             stats,
+            log_cache: Arc::default(),
         }
     }
 
     /// Group-commit statistics.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// The count of bytes of Raft entries kept decoded, shared by the node's log stores.
+    pub fn log_cache_bytes(&self) -> Arc<AtomicUsize> {
+        self.log_cache.clone()
     }
 
     /// Reads one value.
@@ -342,6 +412,22 @@ impl Engine {
         to: &[u8],
     ) -> Result<Option<KeyValue>, StorageError> {
         self.backend.last_in(cf, from, to)
+    }
+
+    /// Pins `cf`'s keys in `[from, to)` as they are now: later writes do not show through the
+    /// returned range. Cheap to take; RocksDB keeps the versions it needs until it is dropped.
+    pub fn pin(
+        &self,
+        cf: &'static str,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<PinnedRange, StorageError> {
+        Ok(PinnedRange {
+            view: self.backend.pin(cf, from, to)?,
+            cf,
+            from: from.to_vec(),
+            to: to.to_vec(),
+        })
     }
 
     /// Runs `read` against one consistent view of the engine and returns what it returns.

@@ -15,8 +15,8 @@ use rocksdb::{
 };
 
 use super::{
-    Backend, EngineStats, KeyValue, ReadView, SyncCallback, Visit, WriteBatch, WriteOp, CF_DATA,
-    CF_LOG, CF_META, COLUMN_FAMILIES,
+    Backend, EngineStats, KeyValue, PinnedView, ReadView, SyncCallback, Visit, WriteBatch, WriteOp,
+    CF_DATA, CF_LOG, CF_META, COLUMN_FAMILIES,
 };
 use crate::StorageError;
 
@@ -47,8 +47,8 @@ impl RocksBackend {
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let mut log_opts = Options::default();
         log_opts.set_write_buffer_size(64 << 20);
-        // A region's Raft log holds each write's rows until the region snapshots (rarely: its
-        // snapshot copies the rows), so its entries reach the files flushed and compacted.
+        // Entries still held when the memtable is flushed (a partition's recent batches, a
+        // region's last few dozen writes) are compressed like data.
         log_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Point reads (a row by key, a vote, a header) skip the files that cannot hold the key.
         let mut with_bloom = rocksdb::BlockBasedOptions::default();
@@ -178,8 +178,56 @@ impl Backend for RocksBackend {
         })
     }
 
+    fn pin(&self, _cf: &'static str, _from: &[u8], _to: &[u8]) -> Result<PinnedView, StorageError> {
+        Ok(Arc::new(PinnedRocks::new(self.db.clone(), |db| {
+            db.snapshot()
+        })))
+    }
+
     fn describe(&self) -> String {
         self.db.path().display().to_string()
+    }
+}
+
+/// A RocksDB snapshot of the database it keeps open.
+type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot held past the call that took it, with the database it reads.
+    struct PinnedRocks {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: Snapshot,
+    }
+);
+
+impl PinnedRocks {
+    fn view(&self) -> RocksView<'_> {
+        RocksView {
+            db: self.borrow_owner(),
+            snap: self.borrow_dependent(),
+        }
+    }
+}
+
+impl ReadView for PinnedRocks {
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.view().get(cf, key)
+    }
+
+    fn multi_get(&self, cf: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.view().multi_get(cf, keys)
+    }
+
+    fn scan(
+        &self,
+        cf: &str,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        visit: Visit<'_>,
+    ) -> Result<(), StorageError> {
+        self.view().scan(cf, from, to, reverse, visit)
     }
 }
 

@@ -40,7 +40,7 @@ use crate::catalog::{Catalog, GroupKind};
 use crate::engine::{group_key, CF_DATA};
 use crate::partition::PartitionState;
 use crate::region::RegionState;
-use crate::snapshot::{SnapshotData, SnapshotDir};
+use crate::snapshot::{PinnedRows, SnapshotData, SnapshotDir};
 use crate::{decode, encode, Engine, Request, Response, StorageError, TypeConfig};
 use build::CapturedRows;
 use install::{clear_interrupted_install, install_file};
@@ -80,8 +80,9 @@ enum Capture {
     Rows(Vec<(Vec<u8>, Vec<u8>)>),
     /// A partition: its (append-only) batches below this offset, and these rows.
     PartitionBelow(u64, Vec<(Vec<u8>, Vec<u8>)>),
-    /// Rows of this key range change in place: they are copied to the snapshot file at once.
-    RangeNow(Vec<u8>, Vec<u8>),
+    /// Rows of this key range change in place: the snapshot pins the engine's view of them
+    /// (and of the header) and has no file; the rows are written out only when it is sent.
+    Pinned(Vec<u8>, Vec<u8>),
 }
 
 /// One kind of group's state: how it applies its commands, what it shows the node, and what a
@@ -107,6 +108,13 @@ trait GroupState: Send + Sync {
 
     /// What a snapshot of the state as it is now must copy.
     fn capture(&self, group: u64, header: &Header) -> Result<Capture, StorageError>;
+
+    /// True for a group whose snapshots are pinned views of the engine ([`Capture::Pinned`]):
+    /// taking one costs the same at any size, so one is taken whenever a snapshot is asked for
+    /// and none is kept on disk.
+    fn pins_snapshots(&self) -> bool {
+        false
+    }
 }
 
 /// The answer to a command sent to a group of another kind.
@@ -157,12 +165,35 @@ impl StateMachine {
                 Box::new(region_group::RegionGroup::open(&engine, group, origin)?)
             }
         };
+        if state.pins_snapshots() {
+            // Its snapshots are taken when asked for: a file kept from an earlier version would
+            // only hold disk.
+            snapshots.destroy()?;
+        }
         Ok(StateMachine {
             engine,
             group,
             header,
             state,
             snapshots,
+        })
+    }
+
+    /// Pins the group's header and its rows in `[from, to)` as they are now, as a snapshot at the
+    /// applied log id; called while no apply runs, so the two agree.
+    fn pin_rows(&self, from: Vec<u8>, to: Vec<u8>) -> Result<PinnedRows, StorageError> {
+        let header_key = header_key(self.group);
+        if header_key.as_slice() >= from.as_slice() {
+            return Err(StorageError::Corrupt(format!(
+                "group {}: snapshot rows start before its header",
+                self.group
+            )));
+        }
+        Ok(PinnedRows {
+            meta: build::snapshot_meta(&self.header),
+            view: self.engine.pin(CF_DATA, &header_key, &to)?,
+            header_key,
+            rows: (from, to),
         })
     }
 
@@ -293,27 +324,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         let rows = match self.state.capture(self.group, &self.header) {
-            Ok(Capture::RangeNow(from, to)) => {
-                // Awaited while the state machine is borrowed, so no apply lands while the rows
-                // (changed in place) are copied.
-                let (engine, group, header, snapshots) = (
-                    self.engine.clone(),
-                    self.group,
-                    self.header.clone(),
-                    self.snapshots.clone(),
-                );
-                CapturedRows::File(
-                    crate::engine::on_blocking_thread(move || {
-                        build::write_range_now(&engine, group, &header, (&from, &to), &snapshots)
-                    })
-                    .await,
-                )
-            }
+            // Pinned while the state machine is borrowed, so no apply lands between the header
+            // and the rows it labels.
+            Ok(Capture::Pinned(from, to)) => match self.pin_rows(from, to) {
+                Ok(pinned) => CapturedRows::Pinned(pinned),
+                Err(e) => CapturedRows::Failed(e),
+            },
             Ok(captured) => CapturedRows::Captured(captured),
             Err(e) => CapturedRows::Failed(e),
         };
         SnapshotBuilder {
-            engine: self.engine.clone(),
             group: self.group,
             header: self.header.clone(),
             rows,
@@ -326,15 +346,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let (engine, group, meta_owned, path) = (
-            self.engine.clone(),
-            self.group,
-            meta.clone(),
-            snapshot.path.clone(),
-        );
+        let SnapshotData::File(path) = snapshot else {
+            // A pinned snapshot is this replica's own state, taken to be sent.
+            return Err(io::Error::other(format!(
+                "group {}: only a received snapshot file can be installed",
+                self.group
+            )));
+        };
+        let (engine, group, meta_owned, received) =
+            (self.engine.clone(), self.group, meta.clone(), path.clone());
         let held = self.header.partition.next_offset;
         let installed = crate::engine::on_blocking_thread(move || {
-            install_file(&engine, group, &meta_owned, &path, held)
+            install_file(&engine, group, &meta_owned, &received, held)
         })
         .await;
         let header = match installed {
@@ -368,14 +391,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.get_snapshot_builder().await.build_snapshot().await?;
             return Ok(());
         }
+        if self.state.pins_snapshots() {
+            // Its rows are in the engine now; its next snapshot pins them there.
+            crate::engine::on_blocking_thread(move || {
+                std::fs::remove_file(&path)?;
+                Ok(())
+            })
+            .await?;
+            return Ok(());
+        }
         let snapshots = self.snapshots.clone();
-        crate::engine::on_blocking_thread(move || snapshots.promote(&snapshot.path)).await?;
+        crate::engine::on_blocking_thread(move || snapshots.promote(&path)).await?;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        if self.state.pins_snapshots() {
+            // The state as it is now: openraft asks at start (and gets the applied id, cheaply)
+            // and when a replica needs a snapshot (which then holds everything applied so far).
+            if self.header.applied.is_none() {
+                return Ok(None);
+            }
+            let Capture::Pinned(from, to) = self.state.capture(self.group, &self.header)? else {
+                return Err(io::Error::other(format!(
+                    "group {}: a pinned snapshot was asked of a group that copies its state",
+                    self.group
+                )));
+            };
+            let pinned = self.pin_rows(from, to)?;
+            return Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+                meta: pinned.meta.clone(),
+                snapshot: SnapshotData::Pinned(pinned),
+            }));
+        }
         let snapshots = self.snapshots.clone();
         if let Some((meta, snapshot)) =
             crate::engine::on_blocking_thread(move || snapshots.current()).await?

@@ -107,8 +107,8 @@ async fn partition_applies_snapshots_installs_and_restarts() {
     )
     .unwrap();
     let copy = dir.path().join("incoming.snap");
-    sent_copy(&engine, &snap.snapshot.path, 0, &copy);
-    sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy })
+    sent_copy(&engine, &own_file(&snap.snapshot), 0, &copy);
+    sm_b.install_snapshot(&snap.meta, SnapshotData::File(copy))
         .await
         .unwrap();
     assert_eq!(state(&sm_b), state(&sm));
@@ -177,8 +177,8 @@ async fn leader_epochs_end_where_the_next_term_wrote_and_travel_with_snapshots()
     )
     .unwrap();
     let copy = dir.path().join("incoming.snap");
-    sent_copy(&engine, &snap.snapshot.path, 0, &copy);
-    sm_b.install_snapshot(&snap.meta, SnapshotData { path: copy })
+    sent_copy(&engine, &own_file(&snap.snapshot), 0, &copy);
+    sm_b.install_snapshot(&snap.meta, SnapshotData::File(copy))
         .await
         .unwrap();
     assert_eq!(
@@ -237,7 +237,7 @@ async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
         .await
         .unwrap();
     let sent = dir.path().join("sent.snap");
-    sent_copy(&engine, &snap.snapshot.path, 0, &sent);
+    sent_copy(&engine, &own_file(&snap.snapshot), 0, &sent);
     let good = std::fs::read(&sent).unwrap();
 
     let engine_b = Engine::open(&dir.path().join("b")).unwrap();
@@ -254,7 +254,9 @@ async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
     for (what, bytes) in [("flipped", flipped), ("cut", cut)] {
         let path = dir.path().join(format!("{what}.snap"));
         std::fs::write(&path, &bytes).unwrap();
-        let r = b.install_snapshot(&snap.meta, SnapshotData { path }).await;
+        let r = b
+            .install_snapshot(&snap.meta, SnapshotData::File(path))
+            .await;
         assert!(r.is_err(), "{what} snapshot installed");
         assert_eq!(
             b.applied_state().await.unwrap().0.map(|l| l.index),
@@ -268,7 +270,7 @@ async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
     // The intact file installs.
     let path = dir.path().join("good.snap");
     std::fs::write(&path, &good).unwrap();
-    b.install_snapshot(&snap.meta, SnapshotData { path })
+    b.install_snapshot(&snap.meta, SnapshotData::File(path))
         .await
         .unwrap();
     assert_eq!(state(&b).next_offset, 30);
@@ -298,7 +300,7 @@ async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::
         .await
         .unwrap();
     let copy = dir.join("sent.snap");
-    sent_copy(&engine, &snap.snapshot.path, 0, &copy);
+    sent_copy(&engine, &own_file(&snap.snapshot), 0, &copy);
     (snap.meta, copy)
 }
 
@@ -306,7 +308,8 @@ async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::
 /// replica whose copy ends at `replica_end`; returns the bytes sent.
 fn sent_copy(engine: &Engine, path: &Path, replica_end: u64, dest: &Path) -> u64 {
     let out = std::fs::File::create(dest).unwrap();
-    super::write_transfer(engine, 5, path, replica_end, out).unwrap();
+    let data = SnapshotData::File(path.to_path_buf());
+    super::write_transfer(engine, 5, &data, replica_end, out).unwrap();
     std::fs::metadata(dest).unwrap().len()
 }
 
@@ -324,10 +327,10 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
         .await
         .unwrap();
     // The leader's own file refers to its batches rather than copying them.
-    let own = std::fs::metadata(&snap.snapshot.path).unwrap().len();
+    let own = std::fs::metadata(&own_file(&snap.snapshot)).unwrap().len();
     let full = sent_copy(
         &engine,
-        &snap.snapshot.path,
+        &own_file(&snap.snapshot),
         0,
         &dir.path().join("full.snap"),
     );
@@ -341,7 +344,7 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
         StateMachine::open(f_engine.clone(), 5, &partition(), &dir.path().join("sf")).unwrap();
     assert_eq!(state(&f).next_offset, 30);
     let rest = dir.path().join("rest.snap");
-    let sent = sent_copy(&engine, &snap.snapshot.path, 30, &rest);
+    let sent = sent_copy(&engine, &own_file(&snap.snapshot), 30, &rest);
     assert!(
         sent * 2 < full + 400,
         "sent {sent} bytes of {full} to a replica holding half"
@@ -356,12 +359,12 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
     )
     .unwrap();
     let refused = short
-        .install_snapshot(&snap.meta, SnapshotData { path: rest.clone() })
+        .install_snapshot(&snap.meta, SnapshotData::File(rest.clone()))
         .await;
     assert!(refused.is_err(), "install over a gap");
     assert_eq!(state(&short).next_offset, 0);
 
-    f.install_snapshot(&snap.meta, SnapshotData { path: rest })
+    f.install_snapshot(&snap.meta, SnapshotData::File(rest))
         .await
         .unwrap();
     assert_eq!(state(&f), state(&sm));
@@ -370,7 +373,7 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
     assert_eq!(a, b);
     // The follower's own snapshot refers to its batches too.
     let own_f = f.get_current_snapshot().await.unwrap().unwrap();
-    assert!(std::fs::metadata(&own_f.snapshot.path).unwrap().len() < 400);
+    assert!(std::fs::metadata(&own_file(&own_f.snapshot)).unwrap().len() < 400);
 }
 
 /// A follower replica of group 5 holding 10 entries, a vote, and a log purged up to 4.
@@ -624,6 +627,11 @@ async fn jumping_producers_write_only_above_their_last_number_and_survive_restar
     ));
 }
 
+/// The file of a snapshot that is one.
+fn own_file(data: &SnapshotData) -> &Path {
+    data.file().expect("a snapshot file")
+}
+
 fn region_kind() -> GroupKind {
     GroupKind::Region {
         table: "t".into(),
@@ -654,12 +662,12 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
     let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), dir.path()).unwrap();
     // 100 rows, a CAS that must see them within the same apply call, a split at k050.
     let log = || {
-        let ops = (0..100).map(|i| put(&format!("k{i:03}"), "v")).collect();
+        let ops: Vec<KvOp> = (0..100).map(|i| put(&format!("k{i:03}"), "v")).collect();
         vec![
             entry(
                 1,
                 Request::KvWrite {
-                    ops,
+                    ops: ops.into(),
                     fence: None,
                     condition: None,
                 },
@@ -668,7 +676,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
             entry(
                 2,
                 Request::KvWrite {
-                    ops: vec![put("k000", "w")],
+                    ops: vec![put("k000", "w")].into(),
                     fence: None,
                     condition: Some(crate::types::KvCondition {
                         key: b"k000".to_vec(),
@@ -768,7 +776,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
         .apply_one(
             4,
             &Request::KvWrite {
-                ops: vec![put("k001", "x")],
+                ops: vec![put("k001", "x")].into(),
                 fence: None,
                 condition: Some(crate::types::KvCondition {
                     key: b"k001".to_vec(),
@@ -788,7 +796,7 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
         .apply_one(
             4,
             &Request::KvWrite {
-                ops: vec![put("k001", "x"), put("k077", "x")],
+                ops: vec![put("k001", "x"), put("k077", "x")].into(),
                 fence: None,
                 condition: None,
             },
@@ -810,6 +818,97 @@ async fn regions_apply_writes_cas_and_splits_atomically() {
         .unwrap();
     assert!(matches!(r, Response::Rejected(_)));
     assert!(b.is_empty());
+}
+
+#[tokio::test]
+async fn region_snapshots_pin_their_rows_and_are_sent_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("a")).unwrap();
+    let snaps = dir.path().join("snap-a");
+    let mut sm = StateMachine::open(engine.clone(), 7, &region_kind(), &snaps).unwrap();
+    // A replica that applied nothing has nothing to give.
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    let write = |index: u64, ops: Vec<KvOp>| {
+        entry(
+            index,
+            Request::KvWrite {
+                ops: ops.into(),
+                fence: None,
+                condition: None,
+            },
+        )
+    };
+    let ops: Vec<KvOp> = (0..10).map(|i| put(&format!("k{i:03}"), "a")).collect();
+    apply_all(&mut sm, vec![write(1, ops)]).await;
+
+    // Building one copies nothing and writes no file: it pins the rows where they are.
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(1));
+    assert!(built.snapshot.file().is_none());
+    let files = std::fs::read_dir(&snaps).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files, 0, "a region writes no snapshot file");
+
+    // Writes applied after the pin do not show in what is sent.
+    let pinned = sm.get_current_snapshot().await.unwrap().expect("pinned");
+    assert_eq!(pinned.meta.last_log_id.map(|l| l.index), Some(1));
+    apply_all(
+        &mut sm,
+        vec![write(
+            2,
+            vec![
+                put("k000", "b"),
+                KvOp::Delete {
+                    key: b"k001".to_vec(),
+                },
+                put("k010", "b"),
+            ],
+        )],
+    )
+    .await;
+    let sent = dir.path().join("sent.snap");
+    let out = std::fs::File::create(&sent).unwrap();
+    super::write_transfer(&engine, 7, &pinned.snapshot, 0, out).unwrap();
+    drop(pinned);
+
+    // A replica installs it and holds the region as it was at entry 1, keeping no file.
+    let engine_b = Engine::open(&dir.path().join("b")).unwrap();
+    let mut b = StateMachine::open(
+        engine_b.clone(),
+        7,
+        &region_kind(),
+        &dir.path().join("snap-b"),
+    )
+    .unwrap();
+    let meta = crate::snapshot::verify(&sent).unwrap();
+    b.install_snapshot(&meta, SnapshotData::File(sent.clone()))
+        .await
+        .unwrap();
+    assert!(!sent.exists(), "the received file is not kept");
+    let (applied, _) = b.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    let k = |s: &str| s.as_bytes().to_vec();
+    let rows = region::get_rows(&engine_b, 7, &[k("k000"), k("k001"), k("k010")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows[0].as_ref().map(|r| r.value.clone()), Some(k("a")));
+    assert!(rows[1].is_some());
+    assert!(rows[2].is_none());
+    let count = region::scan_rows(&engine_b, 7, b"", b"", 1000, usize::MAX, false)
+        .unwrap()
+        .unwrap()
+        .rows
+        .len();
+    assert_eq!(count, 10);
+
+    // The leader's next snapshot is its state now; a pinned one cannot be installed.
+    let now = sm.get_current_snapshot().await.unwrap().expect("pinned");
+    assert_eq!(now.meta.last_log_id.map(|l| l.index), Some(2));
+    assert!(b.install_snapshot(&now.meta, now.snapshot).await.is_err());
 }
 
 #[tokio::test]
@@ -899,7 +998,7 @@ mod merges {
             .apply_one(
                 index,
                 &Request::KvWrite {
-                    ops,
+                    ops: ops.into(),
                     fence: None,
                     condition: None,
                 },
@@ -994,7 +1093,7 @@ mod merges {
             .apply_one(
                 4,
                 &Request::KvWrite {
-                    ops: vec![put("k1", "x")],
+                    ops: vec![put("k1", "x")].into(),
                     fence: None,
                     condition: Some(crate::types::KvCondition {
                         key: b"k1".to_vec(),
@@ -1045,7 +1144,8 @@ mod merges {
                         put("k0", "v"),
                         add("k2", "a", 0, 1, 1, 1.0, "a"),
                         add("k1", "a", 1, 2, 1, 1.0, "a"),
-                    ],
+                    ]
+                    .into(),
                     fence: None,
                     condition: None,
                 },
@@ -1065,7 +1165,7 @@ mod merges {
             .apply_one(
                 3,
                 &Request::KvWrite {
-                    ops: vec![add("k2", "a", 0, 1, 1, 1.0, "a")],
+                    ops: vec![add("k2", "a", 0, 1, 1, 1.0, "a")].into(),
                     fence: None,
                     condition: None,
                 },
@@ -1089,7 +1189,8 @@ mod merges {
                         0,
                         1,
                         vec![MergeOp::Keep, MergeOp::Keep, MergeOp::Min(Value::Int(3))],
-                    )],
+                    )]
+                    .into(),
                     fence: None,
                     condition: None,
                 },
@@ -1140,7 +1241,7 @@ mod merges {
             .apply_one(
                 3,
                 &Request::KvWrite {
-                    ops: vec![add("k7", "a", 0, 5, 1, 1.0, "a")],
+                    ops: vec![add("k7", "a", 0, 5, 1, 1.0, "a")].into(),
                     fence: None,
                     condition: None,
                 },
@@ -1176,7 +1277,7 @@ async fn a_fenced_writer_is_refused_after_a_newer_token_even_in_a_region_split_o
         token,
     };
     let write = |key: &str, token: Option<u64>| Request::KvWrite {
-        ops: vec![put(key, "v")],
+        ops: vec![put(key, "v")].into(),
         fence: token.map(fence),
         condition: None,
     };
@@ -1188,7 +1289,7 @@ async fn a_fenced_writer_is_refused_after_a_newer_token_even_in_a_region_split_o
             entry(
                 2,
                 Request::KvWrite {
-                    ops: vec![put("k011", "v")],
+                    ops: vec![put("k011", "v")].into(),
                     fence: Some(fence(9)),
                     condition: Some(crate::types::KvCondition {
                         key: b"k011".to_vec(),
@@ -1223,7 +1324,7 @@ async fn a_fenced_writer_is_refused_after_a_newer_token_even_in_a_region_split_o
     let r = sm.apply_one(5, &write("k020", None), &mut b).unwrap();
     assert!(matches!(r, Response::KvWritten { .. }), "{r:?}");
     let other = Request::KvWrite {
-        ops: vec![put("k021", "v")],
+        ops: vec![put("k021", "v")].into(),
         fence: Some(crate::types::WriterFence {
             holder: "schedule 2".into(),
             token: 1,

@@ -8,7 +8,9 @@
 //! replica to keep its batches below that offset. A replica that was down for ten seconds gets ten
 //! seconds of batches, not the partition.
 //!
-//! Snapshots of other kinds (regions, the catalog, offsets) are sent as their files are.
+//! A region's snapshot is its rows pinned in the engine (they change in place): they are written
+//! out as they were at the snapshot's log id while it is sent. Snapshots of the catalog and of
+//! offsets are sent as their files are.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,7 +18,7 @@ use std::path::Path;
 use super::{header_key, Header};
 use crate::engine::{group_key, CF_DATA};
 use crate::partition;
-use crate::snapshot::{first_row, read_rows, verify, SnapshotEncoder};
+use crate::snapshot::{first_row, read_rows, verify, PinnedRows, SnapshotData, SnapshotEncoder};
 use crate::{decode, encode, Engine, StorageError};
 
 /// Tag of the reference row in a partition's own snapshot file: the batches below the row's
@@ -61,17 +63,20 @@ pub fn kept_below(group: u64, path: &Path) -> Result<u64, StorageError> {
     }
 }
 
-/// Writes the snapshot of `group` whose own file is at `path` into `out` as it is sent to a
-/// replica whose copy of the partition ends at offset `replica_end` (0 for an empty replica, and
-/// ignored for other kinds of groups), and returns `out`. Runs on a blocking thread: it reads the
-/// engine and the file.
+/// Writes the snapshot `snapshot` of `group` into `out` as it is sent to a replica whose copy of
+/// the partition ends at offset `replica_end` (0 for an empty replica, and ignored for other kinds
+/// of groups), and returns `out`. Runs on a blocking thread: it reads the engine and the file.
 pub fn write_transfer<W: Write>(
     engine: &Engine,
     group: u64,
-    path: &Path,
+    snapshot: &SnapshotData,
     replica_end: u64,
     mut out: W,
 ) -> Result<W, StorageError> {
+    let path = match snapshot {
+        SnapshotData::Pinned(pinned) => return write_pinned(pinned, out),
+        SnapshotData::File(path) => path,
+    };
     let end = match first_row(path)? {
         Some((k, v)) if k == batches_ref_key(group) => offset_value("batches-ref", &v)?,
         _ => {
@@ -109,5 +114,29 @@ pub fn write_transfer<W: Write>(
         }
         enc.row(&k, &v)
     })?;
+    enc.finish()
+}
+
+/// Writes a region's pinned rows and then its header as one snapshot: what the region held at
+/// the snapshot's log id, however much was applied since.
+fn write_pinned<W: Write>(pinned: &PinnedRows, out: W) -> Result<W, StorageError> {
+    let mut enc = SnapshotEncoder::start(out, &pinned.meta)?;
+    let (from, to) = &pinned.rows;
+    pinned.view.scan(from, to, |k, v| {
+        enc.row(k, v)?;
+        Ok(true)
+    })?;
+    let header = pinned
+        .view
+        .get(&pinned.header_key)?
+        .ok_or_else(|| StorageError::Corrupt("a pinned snapshot has no header".into()))?;
+    let applied = decode::<Header>(&header)?.applied;
+    if applied != pinned.meta.last_log_id {
+        return Err(StorageError::Corrupt(format!(
+            "pinned rows are at {applied:?}, the snapshot says {:?}",
+            pinned.meta.last_log_id
+        )));
+    }
+    enc.row(&pinned.header_key, &header)?;
     enc.finish()
 }
