@@ -56,12 +56,6 @@ impl RegionGroup {
         })
     }
 
-    /// The stored row `rk`: the entries before this one are in RocksDB when it is read, as
-    /// [`RegionGroup::reads_stored_rows`] asks.
-    fn current_row(&self, engine: &Engine, rk: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        engine.get(CF_DATA, rk)
-    }
-
     fn write(
         &mut self,
         cx: &mut ApplyCx<'_>,
@@ -84,7 +78,10 @@ impl RegionGroup {
             return Ok(Response::StaleWriter { current });
         }
         if let Some(cond) = condition {
-            let stored = self.current_row(cx.engine, &region::row_key(cx.group, &cond.key))?;
+            // The entries before this one are in RocksDB (`reads_stored_rows`).
+            let stored = cx
+                .engine
+                .get(CF_DATA, &region::row_key(cx.group, &cond.key))?;
             let current = match &stored {
                 Some(v) => {
                     let (version, cells) = region::split_value(v)?;
@@ -131,7 +128,7 @@ impl RegionGroup {
                     let index = u32::try_from(i).unwrap_or(u32::MAX);
                     let current = match mine.get(&rk) {
                         Some(&c) => changes[c].1.clone(),
-                        None => self.current_row(cx.engine, &rk)?,
+                        None => cx.engine.get(CF_DATA, &rk)?,
                     };
                     let merge = MergeArgs {
                         key,
