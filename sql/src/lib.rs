@@ -24,6 +24,7 @@ pub mod scan;
 pub mod scan_filter;
 pub mod schedule;
 pub mod session;
+pub mod settings_table;
 pub mod sqlstate;
 pub mod statement;
 pub mod syntax;

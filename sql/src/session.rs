@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use datafusion::arrow::array::timezone::Tz;
-use datafusion::config::ConfigEntry;
+use datafusion::config::{ConfigEntry, ConfigOptions};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{LogicalPlan, ResetVariable, SetVariable, Statement};
 use datafusion::prelude::SessionContext;
@@ -100,7 +100,7 @@ pub fn shows_all(variable: &[Ident]) -> bool {
 
 /// `SHOW ALL`: every setting of the session by its full name, with its value and what it is for.
 pub fn show_all(ctx: &SessionContext) -> Vec<[String; 3]> {
-    let mut all: Vec<[String; 3]> = entries(ctx)
+    let mut all: Vec<[String; 3]> = entries(ctx.copied_config().options())
         .into_iter()
         .map(|e| {
             [
@@ -227,14 +227,15 @@ pub async fn change_zone(ctx: &SessionContext, change: &ZoneChange) -> Result<()
 /// Every setting of the session `ctx` by its full name (`datafusion.execution.batch_size`,
 /// `weir.distribute`), with its value.
 fn settings(ctx: &SessionContext) -> BTreeMap<String, Option<String>> {
-    entries(ctx).into_iter().map(|e| (e.key, e.value)).collect()
+    entries(ctx.copied_config().options())
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect()
 }
 
-/// Every setting of the session `ctx`, each keyed by its full name: DataFusion lists an
-/// extension's (`weir.*`) without its prefix.
-fn entries(ctx: &SessionContext) -> Vec<ConfigEntry> {
-    let config = ctx.copied_config();
-    let options = config.options();
+/// Every setting in `options`, each keyed by its full name: DataFusion lists an extension's
+/// (`weir.*`) without its prefix.
+pub fn entries(options: &ConfigOptions) -> Vec<ConfigEntry> {
     let own = options
         .entries()
         .into_iter()

@@ -958,6 +958,11 @@ async fn postgres_clients_create_list_and_query_tables() {
         .as_deref(),
         Some("67108864")
     );
+    // information_schema.df_settings lists Weir's settings under the names SET and SHOW take.
+    let weir_setting = "SELECT value FROM information_schema.df_settings \
+                        WHERE name = 'weir.bytes_per_task'";
+    let listed: Option<String> = pg.query_one(weir_setting, &[]).await.unwrap().get(0);
+    assert_eq!(listed.as_deref(), Some("5"));
     let mine: Option<String> = pg.query_one(setting, &[]).await.unwrap().get(0);
     let theirs: Option<String> = other.query_one(setting, &[]).await.unwrap().get(0);
     assert_eq!(mine.as_deref(), Some("77"));
