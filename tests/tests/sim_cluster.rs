@@ -324,10 +324,16 @@ fn run_seed(seed: u64, chaos: Duration) -> Result<u64, String> {
         .take()
         .unwrap_or_else(|| Err("the client never finished".into()));
     match result {
-        Ok(()) => Ok(trace.digest()),
+        Ok(()) => {
+            if std::env::var_os("WEIR_SIM_TRACE").is_some() {
+                println!("seed {seed} trace:\n  {}", trace.lines().join("\n  "));
+            }
+            Ok(trace.digest())
+        }
         Err(e) => {
             let lines = trace.lines();
-            // WEIR_SIM_TRACE=1 prints the whole trace of a failing seed, not just its end.
+            // WEIR_SIM_TRACE=1 prints the whole trace of a failing seed, not just its end (and that of
+            // a passing one, with --nocapture).
             let keep = if std::env::var_os("WEIR_SIM_TRACE").is_some() {
                 lines.len()
             } else {
@@ -372,12 +378,12 @@ async fn workload_and_checks(
     let history = Arc::new(History::new());
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(produce(
+    let producer = tokio::spawn(produce(
         client.clone(),
         observed.clone(),
         stop.clone(),
         trace.clone(),
-    )));
+    ));
     let consumer_stop = Arc::new(AtomicBool::new(false));
     tasks.push(tokio::spawn(consume(
         client.clone(),
@@ -404,6 +410,12 @@ async fn workload_and_checks(
     }
     stop.store(true, Ordering::Relaxed);
     trace.note(format!("{:?} workload stopped", turmoil::elapsed()));
+    // The producer flushes what it has sent and notes every answer: only then is the set of
+    // acknowledged records final, and the checks below can judge it.
+    if tokio::time::timeout(SETTLE, producer).await.is_err() {
+        return Err("the producer still waits for answers to what it sent".into());
+    }
+    trace.note(format!("{:?} producer flushed", turmoil::elapsed()));
 
     // Every acknowledged record must be read by the consumer group.
     let acked = lock(&observed).acked.len();
@@ -461,8 +473,7 @@ async fn workload_and_checks(
         ));
     }
     consumer_stop.store(true, Ordering::Relaxed);
-    // The producer (the first task) stops by itself once its acknowledgements are noted.
-    for t in tasks.iter().skip(1) {
+    for t in &tasks {
         t.abort();
     }
     trace.note(format!(
@@ -472,7 +483,7 @@ async fn workload_and_checks(
 
     settled(&client, &running).await?;
     trace.note(format!("{:?} placement settled", turmoil::elapsed()));
-    check_log(&client, &observed).await?;
+    check_log(&client, &observed, &running).await?;
     converged(&running).await?;
     trace.note(format!("{:?} replicas converged", turmoil::elapsed()));
 
@@ -763,13 +774,23 @@ fn replica_states(
 }
 
 /// Checks the log against what was acknowledged and what the consumer group read.
-async fn check_log(client: &Client, observed: &Shared<Observed>) -> Result<(), String> {
+async fn check_log(
+    client: &Client,
+    observed: &Shared<Observed>,
+    running: &Running,
+) -> Result<(), String> {
     let mut log: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+    let mut answers = Vec::new();
     for p in 0..PARTITIONS {
-        let latest = wait_for("partition offsets", SETTLE, || async {
-            client.list_offsets(TOPIC, p).await.ok().map(|o| o.latest)
+        let listed = wait_for("partition offsets", SETTLE, || async {
+            client.list_offsets(TOPIC, p).await.ok()
         })
         .await?;
+        let latest = listed.latest;
+        answers.push(format!(
+            "partition {p}: latest {latest} in term {}",
+            listed.leader_epoch
+        ));
         let mut offset = 0u64;
         while offset < latest {
             let batches = wait_for("a fetch", SETTLE, || async {
@@ -815,8 +836,10 @@ async fn check_log(client: &Client, observed: &Shared<Observed>) -> Result<(), S
             None => {
                 let held = log.get(&at.0).map_or(0, Vec::len);
                 return Err(format!(
-                    "{value} acknowledged at {at:?} but lost (partition {} holds {held} records)",
-                    at.0
+                    "{value} acknowledged at {at:?} but lost (partition {} holds {held} records; listed {answers:?}); \
+                     its replicas: {}",
+                    at.0,
+                    partition_replicas(&running.all(), at.0)
                 ));
             }
         }
@@ -841,6 +864,31 @@ async fn check_log(client: &Client, observed: &Shared<Observed>) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// Each replica of partition `p` of the topic, for a failure report: its Raft state and the
+/// offsets it holds.
+fn partition_replicas(
+    nodes: &BTreeMap<String, Arc<weir_node::cluster::NodeContext>>,
+    p: u32,
+) -> String {
+    let Some(catalog) = nodes.values().find_map(|c| c.registry.catalog().ok()) else {
+        return "no catalog".into();
+    };
+    let Some(g) = catalog.groups.values().find(|g| {
+        matches!(&g.kind, GroupKind::Partition { topic, partition } if topic == TOPIC && *partition == p)
+    }) else {
+        return "no such group".into();
+    };
+    let mut out = vec![format!("group {} on {:?}", g.id, g.replicas)];
+    out.push(replica_states(nodes, g.id));
+    for (name, ctx) in nodes {
+        if let Some(GroupWatch::Partition(rx)) = ctx.registry.get(g.id).map(|h| h.watch.clone()) {
+            let st: PartitionState = *rx.borrow();
+            out.push(format!("{name} holds {}..{}", st.earliest, st.next_offset));
+        }
+    }
+    out.join("; ")
 }
 
 /// Waits until the replicas of every group hold the same data.

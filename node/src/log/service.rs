@@ -684,6 +684,14 @@ impl Log for LogService {
             }
             None => (None, 0),
         };
+        tracing::debug!(
+            group = h.id,
+            node = self.ctx.node_id,
+            term = leader::term_of(&h),
+            earliest = st.earliest,
+            latest = st.next_offset,
+            "offsets listed"
+        );
         Ok(Response::new(ListOffsetsResponse {
             earliest: st.earliest,
             latest: st.next_offset,
