@@ -7,11 +7,13 @@
 //! at most [`MAX_INGEST_RECORDS`](weir_proto::ingest::MAX_INGEST_RECORDS) records; the body is
 //! split into records by [`weir_proto::ingest::parse_records`]. A request rides out a leader
 //! election of its partition (it is answered once a new leader has stored its records, within
-//! [`INGEST_RETRY_FOR`]); its records are stored once however often a batch had to be sent.
+//! [`INGEST_RETRY_FOR`](crate::log::ingest::INGEST_RETRY_FOR)); its records are stored once
+//! however often a batch had to be sent. Concurrent requests to one partition are stored together
+//! in one batch (see [`crate::log::ingest`]); the answer's `offsets` is `null` in the rare case a
+//! batch's offsets were lost with its first answer (the records are stored).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -22,14 +24,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tonic::Code;
-use weir_client::retry::{worth_retrying, Backoff};
-use weir_proto::batch::BatchBuilder;
 use weir_proto::ingest::parse_records;
-use weir_proto::v1::log_server::Log;
-use weir_proto::v1::{Acks, ProduceRequest, ProduceResponse};
 
 use crate::cluster::NodeContext;
-use crate::log::service::{LogService, MAX_BATCH_BYTES};
+use crate::log::ingest::{IngestLanes, IngestRecords, Stored};
 
 /// Largest ingest body accepted; larger ones are refused with 413 before they are read in full.
 pub const MAX_INGEST_BODY_BYTES: usize = 2 << 20;
@@ -39,8 +37,8 @@ pub const MAX_INGEST_BODY_BYTES: usize = 2 << 20;
 pub struct HttpState {
     /// Node context.
     pub ctx: Arc<NodeContext>,
-    /// The log service the ingest endpoint produces through.
-    pub log: Arc<LogService>,
+    /// The per-partition lanes the ingest endpoint produces through.
+    pub lanes: IngestLanes,
     /// Round-robin cursor for keyless records.
     pub next_partition: Arc<AtomicU32>,
 }
@@ -103,34 +101,6 @@ pub struct IngestParams {
     partition: Option<u32>,
 }
 
-/// How long an ingest request keeps sending a batch through an election or a leader move before it
-/// answers 503: about what a Kafka producer's retries cover, well above an election here.
-pub const INGEST_RETRY_FOR: Duration = Duration::from_secs(10);
-
-/// Produces `req`, sent again with back-off while the partition is between leaders (no leader
-/// yet, a leader that cannot take writes yet, a node that just lost leadership, an answer lost on
-/// the way); any other refusal is answered at once. Safe to repeat: `req` is idempotent.
-async fn produce_through_leader_changes(
-    log: &LogService,
-    req: ProduceRequest,
-) -> Result<ProduceResponse, tonic::Status> {
-    let deadline = tokio::time::Instant::now() + INGEST_RETRY_FOR;
-    let mut backoff = Backoff::default();
-    loop {
-        let status = match log.produce(tonic::Request::new(req.clone())).await {
-            Ok(resp) => return Ok(resp.into_inner()),
-            Err(status) => status,
-        };
-        let pause = backoff.next_delay();
-        if !worth_retrying(&status) || tokio::time::Instant::now() + pause >= deadline {
-            return Err(status);
-        }
-        tracing::debug!(topic = %req.topic, partition = req.partition, error = %status.message(),
-            "ingest batch refused for now; sending it again");
-        tokio::time::sleep(pause).await;
-    }
-}
-
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
@@ -174,57 +144,34 @@ async fn ingest(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let key = params.key.as_deref().map(str::as_bytes);
-    let mut offsets = Vec::with_capacity(records.len());
-    let mut builder = BatchBuilder::new();
-    let mut batches = Vec::new();
-    for r in &records {
-        if builder.body_len() + r.len() > MAX_BATCH_BYTES / 2 && !builder.is_empty() {
-            batches.push(std::mem::take(&mut builder).finish());
+    let count = records.len();
+    let records = IngestRecords {
+        key: params.key.map(String::into_bytes),
+        values: records,
+        timestamp_ms: now,
+    };
+    let offsets = match s.lanes.produce(&topic, partition, records).await {
+        Stored::All(offsets) => offsets,
+        Stored::Failed { status, written } => {
+            let code = match status.code() {
+                Code::NotFound => StatusCode::NOT_FOUND,
+                Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                Code::Unavailable | Code::FailedPrecondition => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(
+                code,
+                format!(
+                    "{} ({written} of {count} records were written before the failure)",
+                    status.message(),
+                ),
+            );
         }
-        builder.push(key, r, now);
-    }
-    batches.push(builder.finish());
-    // One idempotent producer per request: a batch sent again after a refusal or a lost answer
-    // is stored once, so a leader change during the request costs a wait rather than a 503 or a
-    // duplicate.
-    let producer_id = weir_proto::random::u64().max(1);
-    for (sequence, batch) in batches.into_iter().enumerate() {
-        let req = ProduceRequest {
-            topic: topic.clone(),
-            partition,
-            batch,
-            acks: Acks::All as i32,
-            producer_id,
-            sequence: sequence as u64,
-            jumping: false,
-            producer_epoch: 0,
-        };
-        match produce_through_leader_changes(&s.log, req).await {
-            Ok(r) => offsets.extend(r.base_offset..r.base_offset + u64::from(r.count)),
-            Err(status) => {
-                let code = match status.code() {
-                    Code::NotFound => StatusCode::NOT_FOUND,
-                    Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                    Code::Unavailable | Code::FailedPrecondition => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                return error(
-                    code,
-                    format!(
-                        "{} ({} of {} records were written before the failure)",
-                        status.message(),
-                        offsets.len(),
-                        records.len()
-                    ),
-                );
-            }
-        }
-    }
+    };
     Json(serde_json::json!({
         "topic": topic,
         "partition": partition,
-        "count": offsets.len(),
+        "count": count,
         "offsets": offsets,
     }))
     .into_response()

@@ -29,6 +29,7 @@ use crate::compute::service::JobsService;
 use crate::groups::{GroupManager, GroupManagerConfig};
 use crate::http::{self, HttpState};
 use crate::liveness::Liveness;
+use crate::log::ingest::IngestLanes;
 use crate::log::retention;
 use crate::log::service::LogService;
 use crate::peers::Peers;
@@ -408,7 +409,7 @@ where
     if let Some(http_listener) = http_listener {
         let app = http::router(HttpState {
             ctx: ctx.clone(),
-            log: log.clone(),
+            lanes: IngestLanes::new(log.clone()),
             next_partition: Arc::new(AtomicU32::new(0)),
         });
         let mut rx = stop_rx.clone();

@@ -48,7 +48,7 @@ pub enum SnapshotData {
     File(PathBuf),
     /// A region's rows as they were at the snapshot's log id, pinned in the engine and written
     /// out only when the snapshot is sent (a region has no snapshot file of its own).
-    Pinned(PinnedRows),
+    Pinned(Box<PinnedRows>),
 }
 
 impl SnapshotData {

@@ -83,16 +83,17 @@ mod tests {
         purged: Option<u64>,
         replicas: Option<&[Option<u64>]>,
     ) -> RaftDataMetrics<TypeConfig> {
-        let mut m = RaftDataMetrics::<TypeConfig>::default();
-        m.snapshot = id(snapshot);
-        m.purged = purged.and_then(id);
-        m.replication = replicas.map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(n, matched)| (n as u64 + 1, matched.and_then(id)))
-                .collect()
-        });
-        m
+        RaftDataMetrics::<TypeConfig> {
+            snapshot: id(snapshot),
+            purged: purged.and_then(id),
+            replication: replicas.map(|r| {
+                r.iter()
+                    .enumerate()
+                    .map(|(n, matched)| (n as u64 + 1, matched.and_then(id)))
+                    .collect()
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]

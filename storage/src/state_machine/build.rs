@@ -25,7 +25,7 @@ pub(super) enum CapturedRows {
     /// Captured rows (see [`Capture`]), written when the snapshot is built.
     Captured(Capture),
     /// Rows that change in place, pinned when the builder was made: the snapshot is the pin.
-    Pinned(PinnedRows),
+    Pinned(Box<PinnedRows>),
     /// The state could not be captured: building fails with this error rather than writing a
     /// snapshot that silently lacks part of the state (an empty catalog, a missing producer).
     Failed(StorageError),

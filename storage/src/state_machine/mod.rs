@@ -181,7 +181,7 @@ impl StateMachine {
 
     /// Pins the group's header and its rows in `[from, to)` as they are now, as a snapshot at the
     /// applied log id; called while no apply runs, so the two agree.
-    fn pin_rows(&self, from: Vec<u8>, to: Vec<u8>) -> Result<PinnedRows, StorageError> {
+    fn pin_rows(&self, from: Vec<u8>, to: Vec<u8>) -> Result<Box<PinnedRows>, StorageError> {
         let header_key = header_key(self.group);
         if header_key.as_slice() >= from.as_slice() {
             return Err(StorageError::Corrupt(format!(
@@ -189,12 +189,12 @@ impl StateMachine {
                 self.group
             )));
         }
-        Ok(PinnedRows {
+        Ok(Box::new(PinnedRows {
             meta: build::snapshot_meta(&self.header),
             view: self.engine.pin(CF_DATA, &header_key, &to)?,
             header_key,
             rows: (from, to),
-        })
+        }))
     }
 
     /// Opens the state machine of `group` for Raft to run, repairing what a crash can leave: an

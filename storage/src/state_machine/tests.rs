@@ -107,7 +107,7 @@ async fn partition_applies_snapshots_installs_and_restarts() {
     )
     .unwrap();
     let copy = dir.path().join("incoming.snap");
-    sent_copy(&engine, &own_file(&snap.snapshot), 0, &copy);
+    sent_copy(&engine, own_file(&snap.snapshot), 0, &copy);
     sm_b.install_snapshot(&snap.meta, SnapshotData::File(copy))
         .await
         .unwrap();
@@ -177,7 +177,7 @@ async fn leader_epochs_end_where_the_next_term_wrote_and_travel_with_snapshots()
     )
     .unwrap();
     let copy = dir.path().join("incoming.snap");
-    sent_copy(&engine, &own_file(&snap.snapshot), 0, &copy);
+    sent_copy(&engine, own_file(&snap.snapshot), 0, &copy);
     sm_b.install_snapshot(&snap.meta, SnapshotData::File(copy))
         .await
         .unwrap();
@@ -237,7 +237,7 @@ async fn torn_or_corrupt_snapshots_are_refused_and_change_nothing() {
         .await
         .unwrap();
     let sent = dir.path().join("sent.snap");
-    sent_copy(&engine, &own_file(&snap.snapshot), 0, &sent);
+    sent_copy(&engine, own_file(&snap.snapshot), 0, &sent);
     let good = std::fs::read(&sent).unwrap();
 
     let engine_b = Engine::open(&dir.path().join("b")).unwrap();
@@ -300,7 +300,7 @@ async fn leader_snapshot(dir: &Path) -> (SnapshotMetaOf<TypeConfig>, std::path::
         .await
         .unwrap();
     let copy = dir.join("sent.snap");
-    sent_copy(&engine, &own_file(&snap.snapshot), 0, &copy);
+    sent_copy(&engine, own_file(&snap.snapshot), 0, &copy);
     (snap.meta, copy)
 }
 
@@ -327,10 +327,10 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
         .await
         .unwrap();
     // The leader's own file refers to its batches rather than copying them.
-    let own = std::fs::metadata(&own_file(&snap.snapshot)).unwrap().len();
+    let own = std::fs::metadata(own_file(&snap.snapshot)).unwrap().len();
     let full = sent_copy(
         &engine,
-        &own_file(&snap.snapshot),
+        own_file(&snap.snapshot),
         0,
         &dir.path().join("full.snap"),
     );
@@ -344,7 +344,7 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
         StateMachine::open(f_engine.clone(), 5, &partition(), &dir.path().join("sf")).unwrap();
     assert_eq!(state(&f).next_offset, 30);
     let rest = dir.path().join("rest.snap");
-    let sent = sent_copy(&engine, &own_file(&snap.snapshot), 30, &rest);
+    let sent = sent_copy(&engine, own_file(&snap.snapshot), 30, &rest);
     assert!(
         sent * 2 < full + 400,
         "sent {sent} bytes of {full} to a replica holding half"
@@ -373,7 +373,7 @@ async fn a_replica_that_holds_the_front_of_a_partition_gets_only_the_rest() {
     assert_eq!(a, b);
     // The follower's own snapshot refers to its batches too.
     let own_f = f.get_current_snapshot().await.unwrap().unwrap();
-    assert!(std::fs::metadata(&own_file(&own_f.snapshot)).unwrap().len() < 400);
+    assert!(std::fs::metadata(own_file(&own_f.snapshot)).unwrap().len() < 400);
 }
 
 /// A follower replica of group 5 holding 10 entries, a vote, and a log purged up to 4.
