@@ -15,7 +15,8 @@ use std::sync::{Arc, RwLock};
 use futures::future::try_join_all;
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
-use weir_proto::table::{key, row, TableSchema, Value};
+use weir_proto::table::row::EncodedRows;
+use weir_proto::table::{key, TableSchema, Value};
 use weir_proto::v1::kv_client::KvClient;
 use weir_proto::v1::{self, mutation, ColumnExpect, Mutation, RegionInfo};
 
@@ -560,12 +561,13 @@ impl Table {
         }
     }
 
-    /// Groups `items` by the region their key falls in (by the cached routes).
-    fn by_region<I>(&self, items: Vec<(Vec<u8>, I)>) -> Vec<(Vec<u8>, Vec<I>)> {
+    /// Groups `items` by the region their key falls in (by the cached routes); each group comes
+    /// with its first key.
+    fn by_region<K: AsRef<[u8]>, I>(&self, items: Vec<(K, I)>) -> Vec<(K, Vec<I>)> {
         let cache = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let mut groups: std::collections::BTreeMap<usize, (Vec<u8>, Vec<I>)> = Default::default();
+        let mut groups: std::collections::BTreeMap<usize, (K, Vec<I>)> = Default::default();
         for (k, item) in items {
-            let idx = cache.find(&k).unwrap_or(0);
+            let idx = cache.find(k.as_ref()).unwrap_or(0);
             groups
                 .entry(idx)
                 .or_insert_with(|| (k, Vec::new()))
@@ -620,22 +622,31 @@ impl Table {
     /// Rows are checked and encoded here, as the regions store them, so the regions only check
     /// the bytes instead of decoding and encoding every value again.
     pub async fn put(&self, rows: Vec<Vec<Value>>) -> Result<u64> {
-        let mut items = Vec::with_capacity(rows.len());
-        for (i, r) in rows.into_iter().enumerate() {
-            self.check_width(&r)?;
-            let (key, value) = row::encode_row(&self.schema, r).map_err(|e| {
+        let mut encoded = EncodedRows::with_capacity(rows.len(), 64);
+        for (i, r) in rows.iter().enumerate() {
+            self.check_width(r)?;
+            encoded.push_values(&self.schema, r).map_err(|e| {
                 ClientError::InvalidArgument(format!("row {i} of '{}': {e}", self.name))
             })?;
-            items.push((
-                key.clone(),
-                Mutation {
-                    op: Some(mutation::Op::PutEncoded(v1::EncodedRow {
-                        key: key.into(),
-                        value: value.into(),
-                    })),
-                },
-            ));
         }
+        self.put_encoded(encoded).await
+    }
+
+    /// Writes rows already checked and encoded for this table (see [`put`](Self::put)); the
+    /// requests carry slices of their buffer, so no row is copied on the way.
+    pub async fn put_encoded(&self, rows: EncodedRows) -> Result<u64> {
+        let items = rows
+            .into_rows()
+            .map(|(key, value)| {
+                let put = Mutation {
+                    op: Some(mutation::Op::PutEncoded(v1::EncodedRow {
+                        key: key.clone(),
+                        value,
+                    })),
+                };
+                (key, put)
+            })
+            .collect();
         self.mutate(items).await
     }
 
@@ -653,11 +664,15 @@ impl Table {
         self.mutate(items).await
     }
 
-    async fn mutate(&self, items: Vec<(Vec<u8>, Mutation)>) -> Result<u64> {
+    async fn mutate<K: AsRef<[u8]>>(&self, items: Vec<(K, Mutation)>) -> Result<u64> {
         let parts = self.by_region(items);
         let applied = try_join_all(parts.into_iter().map(|(first, mutations)| async move {
             // Puts and deletes are idempotent: a retry after a lost answer rewrites the same rows.
-            Ok::<_, ClientError>(self.write_part(&first, mutations, false).await?.applied)
+            Ok::<_, ClientError>(
+                self.write_part(first.as_ref(), mutations, false)
+                    .await?
+                    .applied,
+            )
         }))
         .await?;
         Ok(applied.into_iter().sum())

@@ -10,6 +10,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use weir_proto::format::TopicFormat;
 use weir_proto::table::merge::MergeOp;
+use weir_proto::table::row::EncodedRows;
 use weir_proto::table::{TableSchema, Value};
 
 use crate::scan_filter::ScanFilter;
@@ -364,8 +365,9 @@ pub trait Cluster: std::fmt::Debug + Send + Sync + 'static {
         limit: usize,
     ) -> Result<ScanPage, ClusterError>;
 
-    /// Writes full rows, replacing any row with the same primary key; returns rows written.
-    async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError>;
+    /// Writes full rows, encoded and checked for the table, replacing any row with the same
+    /// primary key; returns rows written.
+    async fn upsert(&self, table: &str, rows: EncodedRows) -> Result<u64, ClusterError>;
 
     /// Deletes the rows with these primary keys; returns keys deleted (present or not).
     async fn delete(&self, table: &str, keys: Vec<Vec<Value>>) -> Result<u64, ClusterError>;

@@ -19,17 +19,21 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
+use weir_proto::table::row::EncodedRows;
 use weir_proto::table::Value;
 
 use crate::cluster::{Cluster, TableMeta};
 use crate::keyrange::key_ranges;
 use crate::scan::{RegionPart, RegionScanExec};
 use crate::scan_filter;
-use crate::types::{arrow_schema, batch_to_rows};
+use crate::types::{arrow_schema, batch_to_rows, SinkCells};
 
 /// Rows per write request of an insert: large enough to amortise a Raft round, small enough to
 /// keep a request well under the message limits.
 const WRITE_ROWS: usize = 2_000;
+
+/// Room reserved per row in a request's buffer before its rows are encoded (it grows as needed).
+const ROW_BYTES: usize = 128;
 
 /// A table of the region store.
 #[derive(Debug)]
@@ -203,20 +207,77 @@ impl DisplayAs for RegionSink {
 }
 
 impl RegionSink {
-    /// Applies one write request's worth of rows; returns rows written or keys deleted.
-    async fn apply(&self, rows: Vec<Vec<Value>>) -> Result<u64> {
-        let done = match self.op {
-            SinkOp::Upsert => self.cluster.upsert(&self.meta.name, rows).await,
-            SinkOp::Delete => {
-                let key = &self.meta.schema.primary_key;
-                let keys = rows
-                    .into_iter()
-                    .map(|r| key.iter().map(|i| r[*i].clone()).collect())
-                    .collect();
-                self.cluster.delete(&self.meta.name, keys).await
+    /// Upserts the inserted rows, encoded straight from the arrays into one buffer per request.
+    async fn upsert_all(&self, mut data: SendableRecordBatchStream) -> Result<u64> {
+        let (mut seen, mut done) = (0u64, 0u64);
+        let schema = &self.meta.schema;
+        // Rows carry over from one batch to the next, so every request but the last is full
+        // (DataFusion's 8,192-row batches would otherwise end in a short request each).
+        let mut pending = EncodedRows::with_capacity(WRITE_ROWS, ROW_BYTES);
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            let cells = SinkCells::new(std::slice::from_ref(&batch), &schema.columns, seen)?;
+            let mut row = 0;
+            while row < cells.rows() {
+                let take = (WRITE_ROWS - pending.len()).min(cells.rows() - row);
+                cells.encode(schema, row..row + take, &mut pending)?;
+                row += take;
+                if pending.len() == WRITE_ROWS {
+                    let full = std::mem::replace(
+                        &mut pending,
+                        EncodedRows::with_capacity(WRITE_ROWS, ROW_BYTES),
+                    );
+                    done += self.upsert(full).await?;
+                }
             }
-        };
-        done.map_err(|e| DataFusionError::External(Box::new(e)))
+            seen += cells.rows() as u64;
+        }
+        if !pending.is_empty() {
+            done += self.upsert(pending).await?;
+        }
+        Ok(done)
+    }
+
+    /// Writes one request's worth of encoded rows; returns the rows written.
+    async fn upsert(&self, rows: EncodedRows) -> Result<u64> {
+        self.cluster
+            .upsert(&self.meta.name, rows)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    /// Deletes the keys of the rows a `DELETE` selected, a request's worth at a time.
+    async fn delete_all(&self, mut data: SendableRecordBatchStream) -> Result<u64> {
+        let (mut seen, mut done) = (0u64, 0u64);
+        let key = &self.meta.schema.primary_key;
+        let mut pending: Vec<Vec<Value>> = Vec::with_capacity(WRITE_ROWS);
+        while let Some(batch) = data.next().await {
+            let rows = batch_to_rows(&batch?, &self.meta.schema.columns, seen)?;
+            seen += rows.len() as u64;
+            let mut keys = rows
+                .into_iter()
+                .map(|r| key.iter().map(|i| r[*i].clone()).collect());
+            loop {
+                pending.extend(keys.by_ref().take(WRITE_ROWS - pending.len()));
+                if pending.len() < WRITE_ROWS {
+                    break;
+                }
+                let full = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_ROWS));
+                done += self.delete(full).await?;
+            }
+        }
+        if !pending.is_empty() {
+            done += self.delete(pending).await?;
+        }
+        Ok(done)
+    }
+
+    /// Deletes one request's worth of keys; returns the keys processed.
+    async fn delete(&self, keys: Vec<Vec<Value>>) -> Result<u64> {
+        self.cluster
+            .delete(&self.meta.name, keys)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 
@@ -232,29 +293,12 @@ impl DataSink for RegionSink {
 
     async fn write_all(
         &self,
-        mut data: SendableRecordBatchStream,
+        data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let (mut seen, mut done) = (0u64, 0u64);
-        // Rows carry over from one batch to the next, so every request but the last is full
-        // (DataFusion's 8,192-row batches would otherwise end in a short request each).
-        let mut pending = Vec::with_capacity(WRITE_ROWS);
-        while let Some(batch) = data.next().await {
-            let rows = batch_to_rows(&batch?, &self.meta.schema.columns, seen)?;
-            seen += rows.len() as u64;
-            let mut rows = rows.into_iter();
-            loop {
-                pending.extend(rows.by_ref().take(WRITE_ROWS - pending.len()));
-                if pending.len() < WRITE_ROWS {
-                    break;
-                }
-                let full = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_ROWS));
-                done += self.apply(full).await?;
-            }
+        match self.op {
+            SinkOp::Upsert => self.upsert_all(data).await,
+            SinkOp::Delete => self.delete_all(data).await,
         }
-        if !pending.is_empty() {
-            done += self.apply(pending).await?;
-        }
-        Ok(done)
     }
 }

@@ -12,7 +12,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
-use weir_proto::table::{Column, ColumnType, TableError, TableSchema, Value};
+use weir_proto::table::row::EncodedRows;
+use weir_proto::table::{Cell, Column, ColumnType, TableError, TableSchema, Value};
 
 /// A row a statement would write that its table refuses (a NULL in a NOT NULL column, a value
 /// out of its column's range), with its number in the statement.
@@ -143,30 +144,69 @@ fn downcast<'a, T: 'static>(a: &'a ArrayRef, col: &Column) -> Result<&'a T> {
     })
 }
 
-/// The value at `row` of an array already cast to the column's Arrow type.
-fn value_at(a: &ArrayRef, row: usize, col: &Column) -> Result<Value> {
-    if a.is_null(row) {
-        return Ok(Value::Null);
+/// One array already cast to its column's Arrow type, downcast once, read cell by cell without
+/// copying.
+enum TypedCells<'a> {
+    Int8(&'a Int8Array),
+    Int16(&'a Int16Array),
+    Int32(&'a Int32Array),
+    Int64(&'a Int64Array),
+    UInt64(&'a UInt64Array),
+    Float32(&'a Float32Array),
+    Float64(&'a Float64Array),
+    Decimal(&'a Decimal128Array),
+    Boolean(&'a BooleanArray),
+    Utf8(&'a StringArray),
+    Binary(&'a BinaryArray),
+    Date32(&'a Date32Array),
+    Timestamp(&'a TimestampMicrosecondArray),
+}
+
+impl<'a> TypedCells<'a> {
+    /// The array `a` of column `col`, which must already have the column's Arrow type.
+    fn of(a: &'a ArrayRef, col: &Column) -> Result<TypedCells<'a>> {
+        Ok(match col.ty {
+            ColumnType::Int8 => TypedCells::Int8(downcast(a, col)?),
+            ColumnType::Int16 => TypedCells::Int16(downcast(a, col)?),
+            ColumnType::Int32 => TypedCells::Int32(downcast(a, col)?),
+            ColumnType::Int64 => TypedCells::Int64(downcast(a, col)?),
+            ColumnType::UInt64 => TypedCells::UInt64(downcast(a, col)?),
+            ColumnType::Float32 => TypedCells::Float32(downcast(a, col)?),
+            ColumnType::Float64 => TypedCells::Float64(downcast(a, col)?),
+            ColumnType::Decimal { .. } => TypedCells::Decimal(downcast(a, col)?),
+            ColumnType::Boolean => TypedCells::Boolean(downcast(a, col)?),
+            ColumnType::Utf8 => TypedCells::Utf8(downcast(a, col)?),
+            ColumnType::Binary => TypedCells::Binary(downcast(a, col)?),
+            ColumnType::Date32 => TypedCells::Date32(downcast(a, col)?),
+            ColumnType::Timestamp => TypedCells::Timestamp(downcast(a, col)?),
+        })
     }
-    Ok(match col.ty {
-        ColumnType::Int8 => Value::Int(downcast::<Int8Array>(a, col)?.value(row).into()),
-        ColumnType::Int16 => Value::Int(downcast::<Int16Array>(a, col)?.value(row).into()),
-        ColumnType::Int32 => Value::Int(downcast::<Int32Array>(a, col)?.value(row).into()),
-        ColumnType::Int64 => Value::Int(downcast::<Int64Array>(a, col)?.value(row)),
-        ColumnType::UInt64 => Value::UInt(downcast::<UInt64Array>(a, col)?.value(row)),
-        ColumnType::Float32 => Value::Float(downcast::<Float32Array>(a, col)?.value(row).into()),
-        ColumnType::Float64 => Value::Float(downcast::<Float64Array>(a, col)?.value(row)),
-        ColumnType::Decimal { .. } => {
-            Value::Decimal(downcast::<Decimal128Array>(a, col)?.value(row))
+
+    /// The cell at `row`.
+    fn cell(&self, row: usize) -> Cell<'a> {
+        fn at<A: Array>(a: &A, row: usize, get: impl FnOnce(&A) -> Cell<'_>) -> Cell<'_> {
+            if a.is_null(row) {
+                Cell::Null
+            } else {
+                get(a)
+            }
         }
-        ColumnType::Boolean => Value::Bool(downcast::<BooleanArray>(a, col)?.value(row)),
-        ColumnType::Utf8 => Value::Str(downcast::<StringArray>(a, col)?.value(row).to_string()),
-        ColumnType::Binary => Value::Bytes(downcast::<BinaryArray>(a, col)?.value(row).to_vec()),
-        ColumnType::Date32 => Value::Date(downcast::<Date32Array>(a, col)?.value(row)),
-        ColumnType::Timestamp => {
-            Value::Timestamp(downcast::<TimestampMicrosecondArray>(a, col)?.value(row))
+        match *self {
+            TypedCells::Int8(a) => at(a, row, |a| Cell::Int(a.value(row).into())),
+            TypedCells::Int16(a) => at(a, row, |a| Cell::Int(a.value(row).into())),
+            TypedCells::Int32(a) => at(a, row, |a| Cell::Int(a.value(row).into())),
+            TypedCells::Int64(a) => at(a, row, |a| Cell::Int(a.value(row))),
+            TypedCells::UInt64(a) => at(a, row, |a| Cell::UInt(a.value(row))),
+            TypedCells::Float32(a) => at(a, row, |a| Cell::Float(a.value(row).into())),
+            TypedCells::Float64(a) => at(a, row, |a| Cell::Float(a.value(row))),
+            TypedCells::Decimal(a) => at(a, row, |a| Cell::Decimal(a.value(row))),
+            TypedCells::Boolean(a) => at(a, row, |a| Cell::Bool(a.value(row))),
+            TypedCells::Utf8(a) => at(a, row, |a| Cell::Str(a.value(row))),
+            TypedCells::Binary(a) => at(a, row, |a| Cell::Bytes(a.value(row))),
+            TypedCells::Date32(a) => at(a, row, |a| Cell::Date(a.value(row))),
+            TypedCells::Timestamp(a) => at(a, row, |a| Cell::Timestamp(a.value(row))),
         }
-    })
+    }
 }
 
 /// The rows of `batch` (whose columns are `columns`, in order) as values, each checked against
@@ -240,13 +280,50 @@ impl<'c> SinkCells<'c> {
     pub fn value(&self, row: usize, column: usize) -> Result<Value> {
         let batch = self.starts.partition_point(|s| *s <= row) - 1;
         let col = &self.columns[column];
-        let v = value_at(&self.arrays[column][batch], row - self.starts[batch], col)?;
-        v.check(col).map_err(|error| {
-            DataFusionError::External(Box::new(RowError {
-                row: self.first_row + row as u64 + 1,
-                error,
-            }))
-        })
+        let cell = TypedCells::of(&self.arrays[column][batch], col)?.cell(row - self.starts[batch]);
+        cell.to_value()
+            .check(col)
+            .map_err(|error| self.row_error(row, error))
+    }
+
+    /// Encodes rows `rows` (numbered as [`SinkCells::rows`] counts them) into `out` as `schema`
+    /// stores them, straight from the arrays; an error names the first row that does not fit,
+    /// and adds nothing of it.
+    pub fn encode(
+        &self,
+        schema: &TableSchema,
+        rows: std::ops::Range<usize>,
+        out: &mut EncodedRows,
+    ) -> Result<()> {
+        let mut cells = Vec::with_capacity(self.columns.len());
+        for (batch, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(batch + 1).copied().unwrap_or(self.rows);
+            let (from, to) = (rows.start.max(start), rows.end.min(end));
+            if from >= to {
+                continue;
+            }
+            let readers = self
+                .columns
+                .iter()
+                .zip(&self.arrays)
+                .map(|(col, arrays)| TypedCells::of(&arrays[batch], col))
+                .collect::<Result<Vec<_>>>()?;
+            for row in from..to {
+                cells.clear();
+                cells.extend(readers.iter().map(|r| r.cell(row - start)));
+                out.push(schema, &cells)
+                    .map_err(|error| self.row_error(row, error))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The error of `row`, numbered in the statement.
+    fn row_error(&self, row: usize, error: TableError) -> DataFusionError {
+        DataFusionError::External(Box::new(RowError {
+            row: self.first_row + row as u64 + 1,
+            error,
+        }))
     }
 }
 
@@ -341,6 +418,71 @@ mod tests {
                 vec![Value::Int(2), Value::Null]
             ]
         );
+    }
+
+    #[test]
+    fn sink_cells_encode_rows_as_the_table_stores_them_and_number_errors() {
+        let schema =
+            TableSchema::parse("k INT NOT NULL, v VARCHAR, d DATE", &["k".into()]).unwrap();
+        let arrow = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("d", DataType::Date32, true),
+        ]));
+        let batch = |k: Vec<Option<i64>>, v: Vec<Option<&str>>, d: Vec<Option<i32>>| {
+            RecordBatch::try_new(
+                arrow.clone(),
+                vec![
+                    Arc::new(Int64Array::from(k)) as ArrayRef,
+                    Arc::new(StringArray::from(v)) as ArrayRef,
+                    Arc::new(Date32Array::from(d)) as ArrayRef,
+                ],
+            )
+            .unwrap()
+        };
+        let batches = [
+            batch(
+                vec![Some(5), Some(6)],
+                vec![Some("x"), None],
+                vec![None, Some(3)],
+            ),
+            batch(
+                vec![Some(7), None],
+                vec![Some("z"), Some("w")],
+                vec![Some(1), None],
+            ),
+        ];
+        let cells = SinkCells::new(&batches, &schema.columns, 100).unwrap();
+        // Rows 1..3 span both batches; each is what encode_row writes for its values.
+        let mut out = EncodedRows::default();
+        cells.encode(&schema, 1..3, &mut out).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = (1..3)
+            .map(|r| {
+                let row = (0..3).map(|c| cells.value(r, c).unwrap()).collect();
+                weir_proto::table::row::encode_row(&schema, row).unwrap()
+            })
+            .collect();
+        let got: Vec<(Vec<u8>, Vec<u8>)> = out
+            .into_rows()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(got, want);
+        // Row 4 of these (104 of the statement) has a NULL key: named, and nothing of it added.
+        let mut out = EncodedRows::default();
+        let e = cells
+            .encode(&schema, 2..4, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 104") && e.contains("'k'"), "{e}");
+        assert_eq!(out.len(), 1);
+        // An integer out of the column's range is refused the same way.
+        let wide = [batch(vec![Some(1 << 40)], vec![None], vec![None])];
+        let cells = SinkCells::new(&wide, &schema.columns, 0).unwrap();
+        let e = cells
+            .encode(&schema, 0..1, &mut EncodedRows::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 1"), "{e}");
     }
 
     #[test]

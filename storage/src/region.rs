@@ -477,9 +477,14 @@ pub(crate) fn move_rows(
     Ok(moved)
 }
 
-/// The key at which the region's rows divide into two halves of about equal size, and the
-/// region's measured size; None when the region cannot split (fewer than two rows).
-pub fn middle_key(engine: &Engine, group: u64) -> Result<(Option<Vec<u8>>, u64), StorageError> {
+/// The region's measured size and, when it holds at least `threshold` bytes, the key at which its
+/// rows divide into two halves of about equal size (None when it is smaller, or cannot split:
+/// fewer than two rows). A region below the threshold is read once, not twice.
+pub fn middle_key(
+    engine: &Engine,
+    group: u64,
+    threshold: u64,
+) -> Result<(Option<Vec<u8>>, u64), StorageError> {
     let from = group_key(group, &[TAG_ROW]);
     let to = rows_end(group);
     let mut total = 0u64;
@@ -487,6 +492,9 @@ pub fn middle_key(engine: &Engine, group: u64) -> Result<(Option<Vec<u8>>, u64),
         total += (k.len() - 9 + v.len()) as u64;
         Ok(true)
     })?;
+    if total < threshold {
+        return Ok((None, total));
+    }
     let mut seen = 0u64;
     let mut first = true;
     let mut mid = None;

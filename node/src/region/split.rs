@@ -26,15 +26,36 @@ use crate::error::{NodeError, NodeResult};
 use crate::groups::GroupHandle;
 use crate::leader;
 
-/// A region is measured again only after it has grown by this fraction of its threshold since its
-/// last measurement (overwrites and deletes make the running estimate larger than the region).
+/// A region is measured again only after at least this fraction of its threshold was written to it
+/// since its last measurement (overwrites and deletes make the running estimate larger than the
+/// region, so the estimate alone would have it measured again and again).
 const REMEASURE_FRACTION: u64 = 8;
+
+/// What the split check remembers of a region's last measurement.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    /// The region's running size estimate when it was measured.
+    estimate: u64,
+    /// The bytes its rows held then.
+    size: u64,
+}
+
+impl Measured {
+    /// Whether the region may have reached `threshold` since: its rows can only have grown by
+    /// what was written to it (the estimate's growth), so until that covers the gap to the
+    /// threshold a new measurement cannot find it there.
+    fn due(&self, estimate: u64, threshold: u64) -> bool {
+        let written = estimate.saturating_sub(self.estimate);
+        let gap = threshold.saturating_sub(self.size);
+        written >= gap.max(threshold / REMEASURE_FRACTION)
+    }
+}
 
 /// Runs the split check of the regions this node leads every `interval`, forever.
 pub async fn split_loop(ctx: Arc<NodeContext>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut measured: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut measured: BTreeMap<u64, Measured> = BTreeMap::new();
     loop {
         tick.tick().await;
         let Ok(catalog) = ctx.registry.catalog() else {
@@ -63,7 +84,7 @@ async fn check(
     catalog: &Catalog,
     h: &Arc<GroupHandle>,
     st: &RegionState,
-    measured: &mut BTreeMap<u64, u64>,
+    measured: &mut BTreeMap<u64, Measured>,
 ) -> NodeResult<()> {
     let Some(GroupKind::Region { table, epoch, .. }) = catalog.groups.get(&h.id).map(|g| &g.kind)
     else {
@@ -82,19 +103,31 @@ async fn check(
         return Ok(());
     }
     if let Some(last) = measured.get(&h.id) {
-        if st.approx_bytes < last + t.split_bytes / REMEASURE_FRACTION {
+        if !last.due(st.approx_bytes, t.split_bytes) {
             return Ok(());
         }
     }
-    measured.insert(h.id, st.approx_bytes);
     let engine = ctx.engine.clone();
-    let id = h.id;
-    let (mid, size) =
-        weir_storage::engine::on_blocking_thread(move || region::middle_key(&engine, id)).await?;
-    let Some(split_key) = mid.filter(|_| size >= t.split_bytes) else {
+    let (id, threshold) = (h.id, t.split_bytes);
+    let (mid, size) = weir_storage::engine::on_blocking_thread(move || {
+        region::middle_key(&engine, id, threshold)
+    })
+    .await?;
+    measured.insert(
+        h.id,
+        Measured {
+            estimate: st.approx_bytes,
+            size,
+        },
+    );
+    let Some(split_key) = mid else {
         return Ok(());
     };
-    split(ctx, catalog, h, split_key, st.epoch, size).await
+    split(ctx, catalog, h, split_key, st.epoch, size).await?;
+    // What is left of the region may still be over the threshold (it grew faster than it was
+    // checked): the next check measures it again.
+    measured.remove(&h.id);
+    Ok(())
 }
 
 async fn split(
@@ -168,4 +201,31 @@ async fn report(ctx: &NodeContext, parent: u64, rec: &SplitRecord) -> NodeResult
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Measured;
+
+    #[test]
+    fn a_region_is_measured_again_only_once_enough_was_written_to_reach_the_threshold() {
+        let t = 64 << 20;
+        // Measured at half the threshold: rewriting the same rows cannot bring it there before
+        // half the threshold was written.
+        let half = Measured {
+            estimate: 100 << 20,
+            size: 32 << 20,
+        };
+        assert!(!half.due((100 << 20) + (31 << 20), t));
+        assert!(half.due((100 << 20) + (32 << 20), t));
+        // Measured just below it: not before an eighth of the threshold was written.
+        let near = Measured {
+            estimate: 100 << 20,
+            size: (64 << 20) - 1,
+        };
+        assert!(!near.due((100 << 20) + (7 << 20), t));
+        assert!(near.due((100 << 20) + (8 << 20), t));
+        // An estimate that shrank (a split moved rows away) is not a write.
+        assert!(!near.due(10 << 20, t));
+    }
 }

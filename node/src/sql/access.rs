@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tonic::Code;
 use weir_client::{Acks, Client, ClientConfig, ClientError, Partitioner, Table};
 use weir_proto::batch::{self, BatchBuilder};
+use weir_proto::table::row::EncodedRows;
 use weir_proto::table::Value;
 use weir_sql::scan_filter::ScanFilter;
 use weir_sql::{
@@ -347,10 +348,10 @@ impl Cluster for NodeCluster {
         })
     }
 
-    async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
+    async fn upsert(&self, table: &str, rows: EncodedRows) -> Result<u64, ClusterError> {
         self.writable(table)
             .await?
-            .put(rows)
+            .put_encoded(rows)
             .await
             .map_err(to_cluster)
     }

@@ -15,7 +15,7 @@
 //!   group zero-padded (as TiDB encodes bytes), so that shorter strings sort first.
 
 use super::types::{ColumnType, TableSchema};
-use super::value::Value;
+use super::value::{Cell, Value};
 use super::{Result, TableError, MAX_KEY_BYTES};
 
 const GROUP: usize = 8;
@@ -34,7 +34,7 @@ pub fn encode_key(schema: &TableSchema, key: &[Value]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(16 * key.len());
     for (v, col) in key.iter().zip(schema.key_columns()) {
         let v = v.clone().check(col)?;
-        encode_value(&v, col.ty, &mut out).map_err(|reason| TableError::Value {
+        encode_value(v.as_cell(), col.ty, &mut out).map_err(|reason| TableError::Value {
             column: col.name.clone(),
             reason,
         })?;
@@ -92,20 +92,20 @@ fn flip_i64(v: i64) -> [u8; 8] {
 
 /// Appends the encoding of one non-null key value of type `ty`.
 pub fn encode_value(
-    v: &Value,
+    v: Cell<'_>,
     ty: ColumnType,
     out: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
     match (v, ty) {
-        (Value::Int(i), _) => out.extend_from_slice(&flip_i64(*i)),
-        (Value::Date(d), _) => out.extend_from_slice(&flip_i64(i64::from(*d))),
-        (Value::Timestamp(t), _) => out.extend_from_slice(&flip_i64(*t)),
-        (Value::UInt(u), _) => out.extend_from_slice(&u.to_be_bytes()),
-        (Value::Float(f), _) => {
+        (Cell::Int(i), _) => out.extend_from_slice(&flip_i64(i)),
+        (Cell::Date(d), _) => out.extend_from_slice(&flip_i64(i64::from(d))),
+        (Cell::Timestamp(t), _) => out.extend_from_slice(&flip_i64(t)),
+        (Cell::UInt(u), _) => out.extend_from_slice(&u.to_be_bytes()),
+        (Cell::Float(f), _) => {
             if f.is_nan() {
                 return Err("NaN cannot be part of a key".into());
             }
-            let f = if *f == 0.0 { 0.0f64 } else { *f };
+            let f = if f == 0.0 { 0.0f64 } else { f };
             let bits = f.to_bits();
             let bits = if bits >> 63 == 0 {
                 bits | (1 << 63)
@@ -114,11 +114,11 @@ pub fn encode_value(
             };
             out.extend_from_slice(&bits.to_be_bytes());
         }
-        (Value::Decimal(d), _) => out.extend_from_slice(&((*d as u128) ^ (1 << 127)).to_be_bytes()),
-        (Value::Bool(b), _) => out.push(u8::from(*b)),
-        (Value::Str(s), _) => encode_bytes(s.as_bytes(), out),
-        (Value::Bytes(b), _) => encode_bytes(b, out),
-        (Value::Null, _) => return Err("NULL cannot be part of a key".into()),
+        (Cell::Decimal(d), _) => out.extend_from_slice(&((d as u128) ^ (1 << 127)).to_be_bytes()),
+        (Cell::Bool(b), _) => out.push(u8::from(b)),
+        (Cell::Str(s), _) => encode_bytes(s.as_bytes(), out),
+        (Cell::Bytes(b), _) => encode_bytes(b, out),
+        (Cell::Null, _) => return Err("NULL cannot be part of a key".into()),
     }
     Ok(())
 }

@@ -6,7 +6,10 @@
 
 use super::types::TableSchema;
 use super::value::{Cell, Value};
-use super::{key, Result, TableError, MAX_ROW_BYTES};
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::{key, Result, TableError, MAX_KEY_BYTES, MAX_ROW_BYTES};
 
 const T_NULL: u8 = 0;
 const T_INT: u8 = 1;
@@ -22,35 +25,133 @@ const T_TIMESTAMP: u8 = 9;
 /// Checks a full row (one value per column, in column order) against `schema` and returns its
 /// encoded key and encoded value.
 pub fn encode_row(schema: &TableSchema, row: Vec<Value>) -> Result<(Vec<u8>, Vec<u8>)> {
-    if row.len() != schema.columns.len() {
+    let cells: SmallVec<[Cell<'_>; 16]> = row.iter().map(Value::as_cell).collect();
+    let mut key = Vec::with_capacity(64);
+    let at = encode_cells_into(schema, &cells, &mut key)?;
+    let value = key.split_off(at);
+    Ok((key, value))
+}
+
+/// Checks a full row of cells against `schema` and appends its encoded key, then its encoded
+/// value, to `out`; returns where the key ends. On error `out` may hold part of the row.
+fn encode_cells_into(schema: &TableSchema, cells: &[Cell<'_>], out: &mut Vec<u8>) -> Result<usize> {
+    if cells.len() != schema.columns.len() {
         return Err(TableError::Schema(format!(
             "a row of this table has {} columns ({}), {} values given",
             schema.columns.len(),
             schema.column_names().join(", "),
-            row.len()
+            cells.len()
         )));
     }
-    let mut checked = Vec::with_capacity(row.len());
-    for (v, col) in row.into_iter().zip(&schema.columns) {
-        checked.push(v.check(col)?);
-    }
-    let key_values: Vec<Value> = schema
-        .primary_key
+    if cells
         .iter()
-        .map(|i| checked[*i].clone())
-        .collect();
-    let k = key::encode_key(schema, &key_values)?;
-    let mut v = Vec::with_capacity(64);
-    for i in schema.value_columns() {
-        encode_cell(&checked[i], &mut v);
+        .zip(&schema.columns)
+        .any(|(c, col)| !c.passes_check(col))
+    {
+        // Some cell is converted (an integer for a FLOAT column) or refused: check them as
+        // values, which names what does not fit, and encode what the check stores.
+        let checked = cells
+            .iter()
+            .zip(&schema.columns)
+            .map(|(c, col)| c.to_value().check(col))
+            .collect::<Result<Vec<Value>>>()?;
+        let cells: SmallVec<[Cell<'_>; 16]> = checked.iter().map(Value::as_cell).collect();
+        return encode_checked(schema, &cells, out);
     }
-    if v.len() > MAX_ROW_BYTES {
+    encode_checked(schema, cells, out)
+}
+
+/// Appends the key and value of a row whose cells all passed their columns' checks.
+fn encode_checked(schema: &TableSchema, cells: &[Cell<'_>], out: &mut Vec<u8>) -> Result<usize> {
+    let start = out.len();
+    for (i, col) in schema.key_columns().enumerate() {
+        let cell = cells[schema.primary_key[i]];
+        key::encode_value(cell, col.ty, out).map_err(|reason| TableError::Value {
+            column: col.name.clone(),
+            reason,
+        })?;
+    }
+    let at = out.len();
+    if at - start > MAX_KEY_BYTES {
+        return Err(TableError::Schema(format!(
+            "the key is {} bytes encoded; at most {MAX_KEY_BYTES} are allowed",
+            at - start
+        )));
+    }
+    for i in schema.value_columns() {
+        put_cell(cells[i], out);
+    }
+    if out.len() - at > MAX_ROW_BYTES {
         return Err(TableError::Schema(format!(
             "the row is {} bytes encoded; at most {MAX_ROW_BYTES} are allowed",
-            v.len()
+            out.len() - at
         )));
     }
-    Ok((k, v))
+    Ok(at)
+}
+
+/// Rows of one table encoded as they are stored, packed in one buffer: a writer encodes a
+/// statement's rows here straight from its columns, and sends slices of the buffer, so no row
+/// is built as values or allocated on its own.
+#[derive(Debug, Default)]
+pub struct EncodedRows {
+    buf: Vec<u8>,
+    /// Per row, where its key ends and where its value ends in `buf`; each row starts where the
+    /// one before ends.
+    ends: Vec<(usize, usize)>,
+}
+
+impl EncodedRows {
+    /// An empty set with room for `rows` rows of about `row_bytes` bytes.
+    pub fn with_capacity(rows: usize, row_bytes: usize) -> EncodedRows {
+        EncodedRows {
+            buf: Vec::with_capacity(rows * row_bytes),
+            ends: Vec::with_capacity(rows),
+        }
+    }
+
+    /// How many rows there are.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Checks a full row of cells (one per column, in column order) against `schema` and adds
+    /// its encoding; a row that does not fit adds nothing.
+    pub fn push(&mut self, schema: &TableSchema, cells: &[Cell<'_>]) -> Result<()> {
+        let start = self.buf.len();
+        match encode_cells_into(schema, cells, &mut self.buf) {
+            Ok(at) => {
+                self.ends.push((at, self.buf.len()));
+                Ok(())
+            }
+            Err(e) => {
+                self.buf.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a full row of values and adds its encoding, like [`EncodedRows::push`].
+    pub fn push_values(&mut self, schema: &TableSchema, row: &[Value]) -> Result<()> {
+        let cells: SmallVec<[Cell<'_>; 16]> = row.iter().map(Value::as_cell).collect();
+        self.push(schema, &cells)
+    }
+
+    /// The rows' keys and values as shared slices of one buffer, in the order they were added.
+    pub fn into_rows(self) -> impl ExactSizeIterator<Item = (Bytes, Bytes)> {
+        let buf = Bytes::from(self.buf);
+        let mut start = 0;
+        self.ends.into_iter().map(move |(key_end, end)| {
+            let row = (buf.slice(start..key_end), buf.slice(key_end..end));
+            start = end;
+            row
+        })
+    }
 }
 
 /// Checks a row already encoded (a writer's [`encode_row`] output, sent as such) against `schema`:
@@ -120,43 +221,48 @@ pub fn decode_row(schema: &TableSchema, k: &[u8], v: &[u8]) -> Result<Vec<Value>
 
 /// Appends one cell.
 pub fn encode_cell(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Null => out.push(T_NULL),
-        Value::Int(i) => {
+    put_cell(v.as_cell(), out);
+}
+
+/// Appends the encoding of one cell (what [`encode_cell`] writes for its value).
+pub fn put_cell(c: Cell<'_>, out: &mut Vec<u8>) {
+    match c {
+        Cell::Null => out.push(T_NULL),
+        Cell::Int(i) => {
             out.push(T_INT);
             out.extend_from_slice(&i.to_le_bytes());
         }
-        Value::UInt(u) => {
+        Cell::UInt(u) => {
             out.push(T_UINT);
             out.extend_from_slice(&u.to_le_bytes());
         }
-        Value::Float(f) => {
+        Cell::Float(f) => {
             out.push(T_FLOAT);
             out.extend_from_slice(&f.to_le_bytes());
         }
-        Value::Bool(b) => {
+        Cell::Bool(b) => {
             out.push(T_BOOL);
-            out.push(u8::from(*b));
+            out.push(u8::from(b));
         }
-        Value::Str(s) => {
+        Cell::Str(s) => {
             out.push(T_STR);
             put_len(s.len(), out);
             out.extend_from_slice(s.as_bytes());
         }
-        Value::Bytes(b) => {
+        Cell::Bytes(b) => {
             out.push(T_BYTES);
             put_len(b.len(), out);
             out.extend_from_slice(b);
         }
-        Value::Decimal(d) => {
+        Cell::Decimal(d) => {
             out.push(T_DECIMAL);
             out.extend_from_slice(&d.to_le_bytes());
         }
-        Value::Date(d) => {
+        Cell::Date(d) => {
             out.push(T_DATE);
             out.extend_from_slice(&d.to_le_bytes());
         }
-        Value::Timestamp(t) => {
+        Cell::Timestamp(t) => {
             out.push(T_TIMESTAMP);
             out.extend_from_slice(&t.to_le_bytes());
         }
@@ -313,6 +419,60 @@ mod tests {
         assert_eq!(cells.len(), 4);
         assert_eq!(cells[1], Value::Decimal(1999));
         assert_eq!(encode_cells(&cells), v);
+    }
+
+    #[test]
+    fn encoded_rows_hold_what_encode_row_writes_and_nothing_of_a_refused_row() {
+        let schema = TableSchema::parse(
+            "name VARCHAR, id BIGINT, price DOUBLE, day DATE, r REAL NOT NULL",
+            &["id".into()],
+        )
+        .unwrap();
+        let rows = [
+            vec![
+                Value::Str("a".into()),
+                Value::Int(2),
+                Value::Float(1.5),
+                Value::Date(19_000),
+                Value::Float(0.5),
+            ],
+            // Converted by the check: an integer for DOUBLE, a float REAL rounds.
+            vec![
+                Value::Null,
+                Value::Int(-7),
+                Value::Int(3),
+                Value::Null,
+                Value::Float(0.1),
+            ],
+        ];
+        let mut out = EncodedRows::with_capacity(1, 8);
+        let mut want = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            out.push_values(&schema, r).unwrap();
+            want.push(encode_row(&schema, r.clone()).unwrap());
+            // Refused rows between them leave nothing behind: a NULL in a NOT NULL column, a
+            // date out of range, a NaN key, a row too short.
+            let mut bad = r.clone();
+            match i {
+                0 => bad[4] = Value::Null,
+                _ => bad[3] = Value::Date(i32::MAX),
+            }
+            let e = out.push_values(&schema, &bad).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                encode_row(&schema, bad).unwrap_err().to_string()
+            );
+            let mut nan = r.clone();
+            nan[1] = Value::Float(f64::NAN);
+            assert!(out.push_values(&schema, &nan).is_err());
+            assert!(out.push_values(&schema, &r[..4]).is_err());
+        }
+        assert_eq!(out.len(), 2);
+        let got: Vec<(Vec<u8>, Vec<u8>)> = out
+            .into_rows()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -86,6 +86,17 @@ impl Cell<'_> {
         }
     }
 
+    /// Whether [`Value::check`] takes the cell for `col` as it is: the column's own kind, within
+    /// its range (a writer encodes such a cell without building a value).
+    pub fn passes_check(&self, col: &Column) -> bool {
+        self.fits(col)
+            && match self {
+                Cell::Date(d) => date_in_range(*d),
+                Cell::Timestamp(t) => DateTime::<Utc>::from_timestamp_micros(*t).is_some(),
+                _ => true,
+            }
+    }
+
     /// The owned value.
     pub fn to_value(self) -> Value {
         match self {

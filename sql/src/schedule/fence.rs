@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use weir_proto::table::row::EncodedRows;
 use weir_proto::table::Value;
 
 use crate::cluster::{
@@ -119,7 +120,7 @@ impl Cluster for FencedCluster {
         self.inner.scan(table, range, columns, filters, limit).await
     }
 
-    async fn upsert(&self, table: &str, rows: Vec<Vec<Value>>) -> Result<u64, ClusterError> {
+    async fn upsert(&self, table: &str, rows: EncodedRows) -> Result<u64, ClusterError> {
         self.check()?;
         self.inner.upsert(table, rows).await
     }

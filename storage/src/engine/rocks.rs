@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    ReadOptions, WriteOptions, DB,
 };
 
 use super::{
@@ -23,6 +23,16 @@ use crate::StorageError;
 /// The most bytes of write-ahead log kept before the column families holding the oldest WAL file
 /// are flushed (so disk use after a load does not stay at every WAL file written during it).
 const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+
+/// Compression by level, L0 first, then the level L0 is compacted into, then the levels below it
+/// (RocksDB counts from the base level with dynamic level sizes). The two upper levels are
+/// rewritten by almost every flush and compaction of a table being written, so compressing them
+/// costs CPU on every rewrite for bytes that soon move down; the levels below hold the bulk and
+/// change rarely, so they are compressed (the split TiKV makes).
+const LEVEL_COMPRESSION: [DBCompressionType; 7] = {
+    use DBCompressionType::{Lz4, None as Plain};
+    [Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]
+};
 
 /// The RocksDB backend.
 pub struct RocksBackend {
@@ -49,13 +59,13 @@ impl RocksBackend {
         log_opts.set_write_buffer_size(64 << 20);
         // Entries still held when the memtable is flushed (a partition's recent batches, a
         // region's last few dozen writes) are compressed like data.
-        log_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        log_opts.set_compression_per_level(&LEVEL_COMPRESSION);
         // Point reads (a row by key, a vote, a header) skip the files that cannot hold the key.
         let mut with_bloom = rocksdb::BlockBasedOptions::default();
         with_bloom.set_bloom_filter(10.0, false);
         let mut data_opts = Options::default();
         data_opts.set_write_buffer_size(64 << 20);
-        data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        data_opts.set_compression_per_level(&LEVEL_COMPRESSION);
         data_opts.set_block_based_table_factory(&with_bloom);
         let mut meta_opts = Options::default();
         meta_opts.set_block_based_table_factory(&with_bloom);
