@@ -129,18 +129,6 @@ async fn campaign_new(id: u64, raft: &Raft) -> bool {
 }
 
 impl GroupHandle {
-    /// Starts handing the group, led here, to `to`. Lease reads on this replica stop first, for
-    /// the rest of its term: the successor is elected without waiting out this leader's lease.
-    pub async fn hand_over(&self, to: u64) {
-        let term = self.raft.metrics().borrow_watched().current_term;
-        *self.handover_term.lock().unwrap_or_else(|p| p.into_inner()) = Some(term);
-        tracing::info!(group = self.id, to, term, "handing leadership over");
-        crate::metrics::leader_handover();
-        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
-            tracing::warn!(group = self.id, error = %e, "leadership handover not started");
-        }
-    }
-
     /// The current leader's node id, if any.
     pub fn leader(&self) -> Option<u64> {
         known_leader(&self.raft.metrics().borrow_watched())
@@ -791,17 +779,12 @@ enum MembershipPlan {
     ChangeVoters(BTreeSet<u64>),
     /// Drop learners that are no longer wanted.
     RemoveLearners(BTreeSet<u64>),
-    /// Hand leadership to this voter, which stays, before changing the voters without the
-    /// leader: a leader that removed itself would leave the group to wait out an election
-    /// timeout (seconds without a leader), while a handed-over group elects at once.
-    HandOver(u64),
 }
 
 /// The next step from `membership` towards `voters` + `learners`, if any; `caught_up` says
 /// whether a node's log is close enough to the leader's for it to become a voter.
 fn plan_membership(
     membership: &Membership<u64, BasicNode>,
-    me: u64,
     voters: &BTreeSet<u64>,
     learners: &BTreeSet<u64>,
     caught_up: impl Fn(&u64) -> bool,
@@ -827,19 +810,8 @@ fn plan_membership(
         let new_ready = voters
             .iter()
             .filter(|n| !cur_voters.contains(n))
-            .all(&caught_up);
-        if !new_ready {
-            return None;
-        }
-        if !voters.contains(&me) {
-            // Without a voter that stays (every voter replaced at once) the leader changes
-            // the voters itself and steps down once the change is committed.
-            let stays = cur_voters.intersection(voters).copied().find(&caught_up);
-            if let Some(to) = stays {
-                return Some(MembershipPlan::HandOver(to));
-            }
-        }
-        return Some(MembershipPlan::ChangeVoters(voters.clone()));
+            .all(caught_up);
+        return new_ready.then(|| MembershipPlan::ChangeVoters(voters.clone()));
     }
     let extra: BTreeSet<u64> = cur_learners.difference(learners).copied().collect();
     (!extra.is_empty()).then_some(MembershipPlan::RemoveLearners(extra))
@@ -847,7 +819,7 @@ fn plan_membership(
 
 /// The next membership change that moves `h` towards `voters` + `learners`, as a task, if any.
 fn membership_step(
-    h: &Arc<GroupHandle>,
+    h: &GroupHandle,
     catalog: &Catalog,
     voters: BTreeSet<u64>,
     learners: BTreeSet<u64>,
@@ -862,13 +834,11 @@ fn membership_step(
     };
     let plan = plan_membership(
         m.membership_config.membership(),
-        m.id,
         &voters,
         &learners,
         caught_up,
     )?;
     let raft = h.raft.clone();
-    let handle = h.clone();
     let group = h.id;
     let nodes: Vec<(u64, BasicNode)> = match &plan {
         MembershipPlan::AddLearners(ids) => ids
@@ -904,7 +874,6 @@ fn membership_step(
                     tracing::warn!(group, error = %e, "membership change failed");
                 }
             }
-            MembershipPlan::HandOver(to) => handle.hand_over(to).await,
             MembershipPlan::RemoveLearners(extra) => {
                 tracing::info!(group, ?extra, "removing learners");
                 if let Err(e) = raft
@@ -943,10 +912,10 @@ mod tests {
     fn a_joint_membership_is_finished_at_its_newest_configuration() {
         // A leader that crashed between the two steps of {1,2,3} -> {2,3,4} left both configs.
         let joint = membership(&[&[1, 2, 3], &[2, 3, 4]], &[]);
-        let plan = plan_membership(&joint, 2, &ids(&[2, 3, 4]), &BTreeSet::new(), |_| true);
+        let plan = plan_membership(&joint, &ids(&[2, 3, 4]), &BTreeSet::new(), |_| true);
         assert_eq!(plan, Some(MembershipPlan::FinishJoint(ids(&[2, 3, 4]))));
         // Even when the catalog has since moved on to yet another replica set.
-        let plan = plan_membership(&joint, 2, &ids(&[3, 4, 5]), &BTreeSet::new(), |_| true);
+        let plan = plan_membership(&joint, &ids(&[3, 4, 5]), &BTreeSet::new(), |_| true);
         assert_eq!(plan, Some(MembershipPlan::FinishJoint(ids(&[2, 3, 4]))));
     }
 
@@ -956,52 +925,24 @@ mod tests {
         let target = ids(&[2, 3, 4]);
         let none = BTreeSet::new();
         assert_eq!(
-            plan_membership(&start, 2, &target, &none, |_| true),
+            plan_membership(&start, &target, &none, |_| true),
             Some(MembershipPlan::AddLearners(vec![4]))
         );
         let with_learner = membership(&[&[1, 2, 3]], &[4]);
         assert_eq!(
-            plan_membership(&with_learner, 2, &target, &none, |_| false),
+            plan_membership(&with_learner, &target, &none, |_| false),
             None
         );
         assert_eq!(
-            plan_membership(&with_learner, 2, &target, &none, |n| *n == 4),
+            plan_membership(&with_learner, &target, &none, |n| *n == 4),
             Some(MembershipPlan::ChangeVoters(target.clone()))
         );
         let done = membership(&[&[2, 3, 4]], &[]);
-        assert_eq!(plan_membership(&done, 2, &target, &none, |_| true), None);
+        assert_eq!(plan_membership(&done, &target, &none, |_| true), None);
         let extra_learner = membership(&[&[2, 3, 4]], &[1]);
         assert_eq!(
-            plan_membership(&extra_learner, 2, &target, &none, |_| true),
+            plan_membership(&extra_learner, &target, &none, |_| true),
             Some(MembershipPlan::RemoveLearners(ids(&[1])))
-        );
-    }
-
-    #[test]
-    fn a_leader_moved_away_hands_the_group_to_a_voter_that_stays_first() {
-        let with_learner = membership(&[&[1, 2, 3]], &[4]);
-        let target = ids(&[2, 3, 4]);
-        let none = BTreeSet::new();
-        // Leader 1 leaves: once 4 caught up, it hands over to a caught-up voter that stays.
-        assert_eq!(
-            plan_membership(&with_learner, 1, &target, &none, |_| false),
-            None
-        );
-        assert_eq!(
-            plan_membership(&with_learner, 1, &target, &none, |n| *n != 2),
-            Some(MembershipPlan::HandOver(3))
-        );
-        // With no voter staying that has caught up, or none staying at all, it changes the
-        // voters itself.
-        assert_eq!(
-            plan_membership(&with_learner, 1, &target, &none, |n| *n == 4),
-            Some(MembershipPlan::ChangeVoters(target.clone()))
-        );
-        let all_new = membership(&[&[1, 2, 3]], &[4, 5, 6]);
-        let elsewhere = ids(&[4, 5, 6]);
-        assert_eq!(
-            plan_membership(&all_new, 1, &elsewhere, &none, |_| true),
-            Some(MembershipPlan::ChangeVoters(elsewhere.clone()))
         );
     }
 

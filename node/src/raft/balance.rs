@@ -47,7 +47,7 @@ pub async fn balance_loop(me: u64, registry: Registry) {
             continue;
         };
         for (group, to) in handovers(me, &registry, &catalog) {
-            group.hand_over(to).await;
+            hand_over(&group, to).await;
         }
     }
 }
@@ -231,6 +231,21 @@ fn ready(
                 .is_some_and(|l| Some(l.index) == m.last_log_index)
         })
         .collect()
+}
+
+/// Starts handing `group` to `to`. Lease reads on this replica stop first, for the rest of its
+/// term: the successor is elected without waiting out this leader's lease.
+async fn hand_over(group: &GroupHandle, to: u64) {
+    let term = group.raft.metrics().borrow_watched().current_term;
+    *group
+        .handover_term
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(term);
+    tracing::info!(group = group.id, to, term, "handing leadership over");
+    crate::metrics::leader_handover();
+    if let Err(e) = group.raft.trigger().transfer_leader(to).await {
+        tracing::warn!(group = group.id, error = %e, "leadership handover not started");
+    }
 }
 
 #[cfg(test)]
