@@ -27,6 +27,12 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000 on 127.0.0.1")
 }
 
+/// The log filter of the nodes a test starts: `WEIR_NODE_LOG` when set (to see more of a failing
+/// run), else informational lines with openraft's warnings.
+fn node_log_filter() -> String {
+    std::env::var("WEIR_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".to_string())
+}
+
 /// Path of a workspace binary, next to the test executable's directory (`target/<profile>/`).
 pub fn binary(name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!(
@@ -85,7 +91,7 @@ impl NodeProcess {
             .arg("--kafka")
             .arg(&self.kafka)
             .args(extra)
-            .env("WEIR_LOG", "info,openraft=warn")
+            .env("WEIR_LOG", node_log_filter())
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

@@ -243,24 +243,34 @@ async fn a_scheduled_run_whose_node_dies_is_retried_elsewhere_once() {
     .await
     .expect("history");
     assert_eq!(history, vec![format!("succeeded|{attempt}")]);
-    // Each attempt took the schedule's lease with the next fencing token; the last gives it back
-    // once its outcome is recorded (which the history may show first).
+    // Each claim took the schedule's lease with the next fencing token (a claim that lost its
+    // tick's row to another writer took one too, so the last attempt's token is at least its
+    // number); the last attempt gives the lease back once its outcome is recorded (which the
+    // history may show first).
     let freed = format!("{attempt}|{}|free", done[4]);
-    wait_until(
-        "the lease to be given back",
-        Duration::from_secs(60),
-        || async {
-            let lease = rows(
-                &survivor,
-                "SELECT token, node, CASE WHEN lease_until IS NULL THEN 'free' ELSE 'held' END \
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let token: i64 = loop {
+        let lease = rows(
+            &survivor,
+            "SELECT token, attempt, node, \
+               CASE WHEN lease_until IS NULL THEN 'free' ELSE 'held' END \
              FROM \"__schedule_leases\"",
-            )
-            .await
-            .ok()?;
-            (lease == [freed.clone()]).then_some(())
-        },
-    )
-    .await;
+        )
+        .await;
+        if let Ok([row]) = lease.as_deref() {
+            if let Some((token, rest)) = row.split_once('|') {
+                if rest == freed {
+                    break token.parse().expect("token");
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease was not given back ({freed} expected after the token): {lease:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(token >= attempt, "token {token} below attempt {attempt}");
 }
 
 /// A chain of jobs, topic → job → topic → job → table, under SIGKILL: the middle topic holds each
