@@ -15,13 +15,14 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider
 use datafusion::common::Constraint;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     visit_relations, CreateTable, CreateTableOptions, Expr as SqlExpr, Ident, ObjectName,
-    ObjectType, SqlOption, Statement as Sql, TableObject, Value as SqlValue,
+    ObjectType, Query, SetExpr, SqlOption, Statement as Sql, TableObject, Value as SqlValue,
 };
 use datafusion_distributed::Worker;
 use weir_proto::format::{RecordFormat, TopicFormat};
@@ -189,6 +190,22 @@ impl Engine {
         })
     }
 
+    /// `sql` (one statement) with the item DataFusion's `refusal` names as repeating an earlier
+    /// item's column name named apart (see [`Engine::plan`]), for the Postgres protocol to plan
+    /// again; `None` when the refusal is another or nothing can be renamed.
+    pub fn renamed_after(&self, sql: &str, refusal: &str) -> Option<String> {
+        let (earlier, later) = repeated_names::refused_repeat(refusal)?;
+        let mut statements = self.parse(sql).ok()?;
+        if statements.len() != 1 {
+            return None;
+        }
+        let Some(Statement::Sql(stmt)) = statements.front_mut() else {
+            return None;
+        };
+        let q = outer_query_mut(stmt)?;
+        repeated_names::name_refused(q, earlier, later).then(|| stmt.to_string())
+    }
+
     /// Rewrites what DataFusion would refuse but Postgres takes: an `INSERT INTO topic` without
     /// a column list, a select list naming one column twice. Whether it changed `stmt`.
     fn rewrite(&self, stmt: &mut Statement) -> bool {
@@ -297,10 +314,7 @@ impl Engine {
         let warnings = Arc::new(QueryWarnings::default());
         let mut state = self.ctx.state();
         state.config_mut().set_extension(warnings.clone());
-        let plan = state
-            .statement_to_plan(stmt)
-            .await
-            .map_err(|e| self.restated(e))?;
+        let plan = self.plan(&state, stmt).await?;
         match &plan {
             LogicalPlan::Ddl(d) => {
                 let tag = command_tag(d.name());
@@ -344,6 +358,27 @@ impl Engine {
                     repeated_names::restore_stream(stream),
                     warnings,
                 ))
+            }
+        }
+    }
+
+    /// Plans `stmt`; a select list DataFusion refuses for naming one column twice in a way the
+    /// text did not show (see [`repeated_names::refused_repeat`]) is named and planned again.
+    async fn plan(&self, state: &SessionState, mut stmt: DfStatement) -> Result<LogicalPlan> {
+        loop {
+            let again = outer_query(&stmt).is_some().then(|| stmt.clone());
+            let e = match state.statement_to_plan(stmt).await {
+                Ok(plan) => return Ok(plan),
+                Err(e) => e,
+            };
+            let renamed = again.and_then(|mut again| {
+                let (earlier, later) = repeated_names::refused_repeat(&e.to_string())?;
+                let q = outer_query_mut(&mut again)?;
+                repeated_names::name_refused(q, earlier, later).then_some(again)
+            });
+            match renamed {
+                Some(again) => stmt = again,
+                None => return Err(self.restated(e)),
             }
         }
     }
@@ -742,16 +777,40 @@ fn command_tag(name: &str) -> String {
 /// Names the repeated items of the select list of a query or an `INSERT ... SELECT` (see
 /// [`crate::repeated_names`]). Whether it changed `stmt`.
 fn name_repeated_columns(stmt: &mut Statement) -> bool {
-    let Statement::Sql(DfStatement::Statement(s)) = stmt else {
+    let Statement::Sql(s) = stmt else {
         return false;
+    };
+    outer_query_mut(s).is_some_and(repeated_names::name_repeats)
+}
+
+/// The query whose select lists name a statement's columns: a query's own, an `INSERT`'s
+/// source unless it is a `VALUES` list (which names nothing and may be long to copy).
+fn outer_query(stmt: &DfStatement) -> Option<&Query> {
+    let DfStatement::Statement(s) = stmt else {
+        return None;
+    };
+    match s.as_ref() {
+        Sql::Insert(insert) => insert
+            .source
+            .as_deref()
+            .filter(|q| !matches!(q.body.as_ref(), SetExpr::Values(_))),
+        Sql::Query(q) => Some(q),
+        _ => None,
+    }
+}
+
+/// [`outer_query`], to change.
+fn outer_query_mut(stmt: &mut DfStatement) -> Option<&mut Query> {
+    let DfStatement::Statement(s) = stmt else {
+        return None;
     };
     match s.as_mut() {
         Sql::Insert(insert) => insert
             .source
-            .as_mut()
-            .is_some_and(|q| repeated_names::name_repeats(q)),
-        Sql::Query(q) => repeated_names::name_repeats(q),
-        _ => false,
+            .as_deref_mut()
+            .filter(|q| !matches!(q.body.as_ref(), SetExpr::Values(_))),
+        Sql::Query(q) => Some(q),
+        _ => None,
     }
 }
 

@@ -262,9 +262,18 @@ impl QueryParser for WeirParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let Some(statement) = WeirParser::weir_statement(&self.engine, sql)? else {
-            let parsed = match self.engine.completed(sql) {
-                Some(completed) => self.inner.parse_sql(client, &completed, types).await,
-                None => self.inner.parse_sql(client, sql, types).await,
+            let mut text = self
+                .engine
+                .completed(sql)
+                .unwrap_or_else(|| sql.to_string());
+            let parsed = loop {
+                match self.inner.parse_sql(client, &text, types).await {
+                    Err(e) => match self.engine.renamed_after(&text, &e.to_string()) {
+                        Some(renamed) => text = renamed,
+                        None => break Err(e),
+                    },
+                    planned => break planned,
+                }
             };
             return parsed.map_err(|e| {
                 weir_refusal_first(restated(&self.engine, e), || self.engine.parse(sql).err())
@@ -507,20 +516,36 @@ impl SimpleQueries {
                 // An `INSERT ... SELECT` from a topic is among these: the scans it plans count
                 // what they skip here, reported after the last answer.
                 let warnings = Arc::new(QueryWarnings::default());
-                let completed = self.engine.completed(query);
-                let answered = stop
-                    .run(warnings.clone().collect_in(SimpleQueryHandler::do_query(
-                        self.service.as_ref(),
-                        client,
-                        completed.as_deref().unwrap_or(query),
-                    )))
-                    .await
-                    .map_err(stopped_error)?
-                    .map_err(|e| {
-                        weir_refusal_first(restated(&self.engine, e), || {
-                            self.engine.parse(query).err()
-                        })
-                    })?;
+                let mut text = self
+                    .engine
+                    .completed(query)
+                    .unwrap_or_else(|| query.to_string());
+                // A select list DataFusion refuses for naming a column twice is planned again
+                // with the item named apart (nothing of the statement ran).
+                let answered = loop {
+                    let answered = stop
+                        .run(warnings.clone().collect_in(SimpleQueryHandler::do_query(
+                            self.service.as_ref(),
+                            client,
+                            &text,
+                        )))
+                        .await
+                        .map_err(stopped_error)?;
+                    let refusal = match &answered {
+                        Err(e) => Some(e.to_string()),
+                        Ok(r) => match r.as_slice() {
+                            [Response::Error(info)] => Some(info.message.clone()),
+                            _ => None,
+                        },
+                    };
+                    match refusal.and_then(|m| self.engine.renamed_after(&text, &m)) {
+                        Some(renamed) => text = renamed,
+                        None => break answered,
+                    }
+                };
+                let answered = answered.map_err(|e| {
+                    weir_refusal_first(restated(&self.engine, e), || self.engine.parse(query).err())
+                })?;
                 let last = answered.len().saturating_sub(1);
                 return Ok(answered
                     .into_iter()

@@ -67,6 +67,60 @@ fn name_in_select(projection: &mut [SelectItem]) -> bool {
     changed
 }
 
+/// The positions of the two items DataFusion found giving their column one name, from its
+/// refusal of the select list (`... the expression "x" at position 0 and "y" at position 3 have
+/// the same name ...`): earlier, later. The cases [`name_repeats`] cannot tell from the text
+/// (`count(*), COUNT(*)`, `CAST(NULL AS BIGINT), NULL`) reach DataFusion and come back this way.
+pub fn refused_repeat(message: &str) -> Option<(usize, usize)> {
+    let (_, rest) = message.split_once("Projections require unique expression names")?;
+    let mut positions = rest.split(" at position ").skip(1).map(|s| {
+        let digits = s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        s[..digits].parse::<usize>().ok()
+    });
+    let (earlier, later) = (positions.next()??, positions.next()??);
+    (earlier < later).then_some((earlier, later))
+}
+
+/// Names item `later` of the query's outermost select lists (each side of a `UNION`) as a repeat
+/// of item `earlier`, after DataFusion refused them for giving one name ([`refused_repeat`]).
+/// Whether it changed `query`: not when those lists have a wildcard, fewer items, or the item is
+/// named so already (the refusal came from a list inside the query, which keeps its refusal).
+pub fn name_refused(query: &mut Query, earlier: usize, later: usize) -> bool {
+    name_refused_in(query.body.as_mut(), earlier, later)
+}
+
+fn name_refused_in(body: &mut SetExpr, earlier: usize, later: usize) -> bool {
+    match body {
+        SetExpr::Select(select) => {
+            let items = &mut select.projection;
+            let alias = Ident::with_quote('"', format!("{PREFIX}{later}_{earlier}"));
+            let plain = items.iter().all(|i| {
+                matches!(
+                    i,
+                    SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+                )
+            });
+            let expr = match items.get(later) {
+                Some(SelectItem::ExprWithAlias { alias: a, .. }) if *a == alias => return false,
+                Some(SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. })
+                    if plain =>
+                {
+                    e.clone()
+                }
+                _ => return false,
+            };
+            items[later] = SelectItem::ExprWithAlias { expr, alias };
+            true
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            name_refused_in(left.as_mut(), earlier, later)
+                | name_refused_in(right.as_mut(), earlier, later)
+        }
+        SetExpr::Query(q) => name_refused_in(q.body.as_mut(), earlier, later),
+        _ => false,
+    }
+}
+
 /// The name a select item without an alias gives its column, as far as telling repeats apart
 /// needs: a column's own name (unquoted names folded to lower case, as DataFusion does), else the
 /// expression's text.
@@ -177,6 +231,29 @@ mod tests {
             named("(SELECT a, a FROM t) UNION ALL SELECT 1, 1").1,
             "(SELECT a, a AS \"__weir_repeat_1_0\" FROM t) UNION ALL SELECT 1, 1 AS \"__weir_repeat_1_0\""
         );
+    }
+
+    #[test]
+    fn a_refused_repeat_names_the_later_item() {
+        let message = "Error during planning: Projections require unique expression names but \
+            the expression \"count(Int64(1)) AS count(*)\" at position 0 and \"count(Int64(1)) \
+            AS count(*)\" at position 2 have the same name. Consider aliasing (\"AS\") one of them.";
+        assert_eq!(refused_repeat(message), Some((0, 2)));
+        assert_eq!(refused_repeat("table 't' not found"), None);
+        let mut stmts =
+            Parser::parse_sql(&PostgreSqlDialect {}, "SELECT count(*), a, COUNT(*) FROM t")
+                .expect("parses");
+        let datafusion::sql::sqlparser::ast::Statement::Query(q) = &mut stmts[0] else {
+            panic!("not a query");
+        };
+        assert!(name_refused(q, 0, 2));
+        assert_eq!(
+            q.to_string(),
+            "SELECT count(*), a, COUNT(*) AS \"__weir_repeat_2_0\" FROM t"
+        );
+        // Named so already (the refusal came from inside), or not an item: nothing changes.
+        assert!(!name_refused(q, 0, 2));
+        assert!(!name_refused(q, 0, 7));
     }
 
     #[test]

@@ -895,8 +895,9 @@ async fn postgres_clients_create_list_and_query_tables() {
         .unwrap();
     assert_eq!(lines(&got[0], false), vec!["|9|"]);
     // A query's select list may name a column twice too: every column comes back, under the
-    // name it was given, over both protocols and through `weir sql`.
-    let repeated = "SELECT a, a, count(*), count(*), b AS a FROM pairs WHERE a = 1 GROUP BY a, b";
+    // name it was given, over both protocols and through `weir sql` (`count(*)` and `COUNT(*)`
+    // are told apart only by DataFusion's refusal, which the statement is planned again after).
+    let repeated = "SELECT a, a, count(*), COUNT(*), b AS a FROM pairs WHERE a = 1 GROUP BY a, b";
     let simple = pg.simple_query(repeated).await.expect("simple protocol");
     let row = simple
         .iter()
@@ -922,11 +923,39 @@ async fn postgres_clients_create_list_and_query_tables() {
         (extended[0].get::<_, i64>(0), extended[0].get::<_, i64>(1)),
         (2, 102)
     );
+    let counted = pg
+        .query(
+            "SELECT count(*), COUNT(*) FROM pairs WHERE a = $1",
+            &[&3i64],
+        )
+        .await
+        .expect("extended protocol, names equal only once planned");
+    let names: Vec<&str> = counted[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["count(*)", "count(*)"]);
+    assert_eq!(
+        (counted[0].get::<_, i64>(0), counted[0].get::<_, i64>(1)),
+        (1, 1)
+    );
     let got = weir_rows(&client, repeated).await.unwrap();
     let schema = got[0][0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["a", "a", "count(*)", "count(*)", "a"]);
     assert_eq!(lines(&got[0], false), vec!["|1|1|1|1|1|"]);
+    let got = weir_rows(&client, "SELECT CAST(NULL AS BIGINT), 'x', NULL")
+        .await
+        .expect("a cast NULL and a NULL, one name");
+    let schema = got[0][0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names[0], names[2], "{names:?}");
+    assert_eq!(lines(&got[0], false), vec!["||x||"]);
+    // A list inside the query that names a column twice keeps DataFusion's refusal.
+    let e = weir_rows(
+        &client,
+        "SELECT * FROM (SELECT count(*), COUNT(*) FROM pairs) t",
+    )
+    .await
+    .expect_err("a subquery naming a column twice");
+    assert!(e.to_string().contains("unique expression names"), "{e}");
     // Settings are the connection's own: another connection keeps the node's; an unknown one
     // is refused by name, not answered `SET` and ignored.
     pg.batch_execute("SET datafusion.execution.batch_size = 77")
