@@ -13,6 +13,7 @@ pub mod distributed;
 pub mod engine;
 pub mod external;
 pub mod functions;
+pub mod group_keys;
 pub mod job;
 pub mod keyrange;
 pub mod output;

@@ -221,6 +221,7 @@ pub fn session_state(
         .with_runtime_env(runtime)
         .with_default_features()
         .with_analyzer_rule(Arc::new(crate::settings_table::FullNames))
+        .with_optimizer_rule(Arc::new(crate::group_keys::ComputedKeysBelow))
         .with_distributed_worker_resolver(Workers::new(cluster.clone()))
         .with_distributed_user_codec(ScanCodec::new(cluster.clone()))
         .with_distributed_desired_task_count_handler(scans.clone())
