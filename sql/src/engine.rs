@@ -366,7 +366,7 @@ impl Engine {
     /// text did not show (see [`repeated_names::refused_repeat`]) is named and planned again.
     async fn plan(&self, state: &SessionState, mut stmt: DfStatement) -> Result<LogicalPlan> {
         loop {
-            let again = outer_query(&stmt).is_some().then(|| stmt.clone());
+            let again = outer_query_mut(&mut stmt).is_some().then(|| stmt.clone());
             let e = match state.statement_to_plan(stmt).await {
                 Ok(plan) => return Ok(plan),
                 Err(e) => e,
@@ -785,21 +785,6 @@ fn name_repeated_columns(stmt: &mut Statement) -> bool {
 
 /// The query whose select lists name a statement's columns: a query's own, an `INSERT`'s
 /// source unless it is a `VALUES` list (which names nothing and may be long to copy).
-fn outer_query(stmt: &DfStatement) -> Option<&Query> {
-    let DfStatement::Statement(s) = stmt else {
-        return None;
-    };
-    match s.as_ref() {
-        Sql::Insert(insert) => insert
-            .source
-            .as_deref()
-            .filter(|q| !matches!(q.body.as_ref(), SetExpr::Values(_))),
-        Sql::Query(q) => Some(q),
-        _ => None,
-    }
-}
-
-/// [`outer_query`], to change.
 fn outer_query_mut(stmt: &mut DfStatement) -> Option<&mut Query> {
     let DfStatement::Statement(s) = stmt else {
         return None;

@@ -168,6 +168,20 @@ mod tests {
         ctx
     }
 
+    /// The rows `sql` answers with, as a printed table.
+    async fn printed(ctx: &SessionContext, sql: &str) -> String {
+        let rows = ctx
+            .sql(sql)
+            .await
+            .expect("plans")
+            .collect()
+            .await
+            .expect("runs");
+        datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .expect("prints")
+            .to_string()
+    }
+
     #[tokio::test]
     async fn unused_columns_of_a_keyed_table_are_not_grouped_on() {
         let ctx = session().await;
@@ -187,16 +201,7 @@ mod tests {
             .expect("an aggregate");
         assert!(!aggregate.contains("c.name"), "{text}");
         assert!(!aggregate.contains("c.email"), "{text}");
-        let rows = ctx
-            .sql(sql)
-            .await
-            .expect("plans")
-            .collect()
-            .await
-            .expect("runs");
-        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
-            .expect("prints")
-            .to_string();
+        let shown = printed(&ctx, sql).await;
         assert!(
             shown.contains("| 1  | 2026-01-01T00:00:00 | 2 | 5.0 |"),
             "{shown}"
@@ -206,20 +211,13 @@ mod tests {
             "{shown}"
         );
         // A column the query names is still there, from the group it belongs to.
-        let named = ctx
-            .sql(
-                "SELECT c.id, c.name, date_trunc('day', o.ts) AS day, count(*) AS n \
-                 FROM orders o JOIN customers c ON o.customer = c.id \
-                 GROUP BY c.id, date_trunc('day', o.ts) ORDER BY c.id",
-            )
-            .await
-            .expect("plans")
-            .collect()
-            .await
-            .expect("runs");
-        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&named)
-            .expect("prints")
-            .to_string();
+        let shown = printed(
+            &ctx,
+            "SELECT c.id, c.name, date_trunc('day', o.ts) AS day, count(*) AS n \
+             FROM orders o JOIN customers c ON o.customer = c.id \
+             GROUP BY c.id, date_trunc('day', o.ts) ORDER BY c.id",
+        )
+        .await;
         assert!(shown.contains("| 1  | ann  |"), "{shown}");
         assert!(shown.contains("| 2  | bo   |"), "{shown}");
     }

@@ -69,6 +69,12 @@ async fn rows_and_warnings_in(
     Ok((out, all_warnings))
 }
 
+/// The column names of a statement's result.
+fn column_names(batches: &[RecordBatch]) -> Vec<String> {
+    let schema = batches.first().expect("a batch").schema();
+    schema.fields().iter().map(|f| f.name().clone()).collect()
+}
+
 /// Text lines of batches without the table frame, sorted unless `ordered`.
 fn lines(batches: &[RecordBatch], ordered: bool) -> Vec<String> {
     if batches.iter().all(|b| b.num_rows() == 0) {
@@ -937,15 +943,15 @@ async fn postgres_clients_create_list_and_query_tables() {
         (1, 1)
     );
     let got = weir_rows(&client, repeated).await.unwrap();
-    let schema = got[0][0].schema();
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["a", "a", "count(*)", "count(*)", "a"]);
+    assert_eq!(
+        column_names(&got[0]),
+        ["a", "a", "count(*)", "count(*)", "a"]
+    );
     assert_eq!(lines(&got[0], false), vec!["|1|1|1|1|1|"]);
     let got = weir_rows(&client, "SELECT CAST(NULL AS BIGINT), 'x', NULL")
         .await
         .expect("a cast NULL and a NULL, one name");
-    let schema = got[0][0].schema();
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let names = column_names(&got[0]);
     assert_eq!(names[0], names[2], "{names:?}");
     assert_eq!(lines(&got[0], false), vec!["||x||"]);
     // A list inside the query that names a column twice keeps DataFusion's refusal.
