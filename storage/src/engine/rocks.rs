@@ -55,6 +55,21 @@ impl RocksBackend {
         // family written rarely (Raft metadata) would otherwise pin every WAL file written since
         // its last flush. Past this total RocksDB flushes the families holding the oldest file.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // Flushes and compactions write tens of megabytes at once. Through the page cache, that
+        // data becomes ordered data of the file system's running journal transaction (ext4's
+        // default), and the next WAL fsync, which commits that transaction, waits until all of it
+        // is on disk: every acknowledged write then stalls for the length of a flush, on every
+        // replica at once since they flush the same bytes. Written directly, it is on disk before
+        // its metadata is journaled, and WAL fsyncs stay short (see BENCHMARKS.md, "Latency at a
+        // paced rate").
+        let direct = direct_io_supported(dir);
+        if !direct {
+            tracing::info!(
+                dir = %dir.display(),
+                "the data directory's file system refuses direct I/O: flushes and compactions go through the page cache"
+            );
+        }
+        opts.set_use_direct_io_for_flush_and_compaction(direct);
         let mut log_opts = Options::default();
         log_opts.set_write_buffer_size(64 << 20);
         // Entries still held when the memtable is flushed (a partition's recent batches, a
@@ -94,6 +109,31 @@ impl RocksBackend {
             }
         }
         Ok(b)
+    }
+}
+
+/// Whether files under `dir` can be opened for direct I/O (`O_DIRECT`); some file systems (tmpfs
+/// before Linux 6.6, for one) refuse it, and RocksDB would then fail every flush.
+fn direct_io_supported(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let probe = dir.join(".direct-io-probe");
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        // The probe may not even have been created; nothing to report if removing it fails.
+        let _ = std::fs::remove_file(&probe);
+        opened
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
     }
 }
 
@@ -372,6 +412,10 @@ fn tidy(db: &DB) -> Result<(), rocksdb::Error> {
     Ok(())
 }
 
+/// A WAL fsync at least this long is logged (as etcd warns of a slow fdatasync): on a healthy disk
+/// it takes a millisecond or two, and every acknowledged write waits for one.
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The group-commit thread: batches fsync requests of all groups into single WAL fsyncs.
 #[derive(Clone)]
 struct GroupCommit {
@@ -399,8 +443,16 @@ impl GroupCommit {
                     };
                     // Every acknowledged write waits for one of these: its time is the floor of
                     // produce and put latency.
+                    let took = started.elapsed();
                     metrics::histogram!("weir_group_commit_fsync_seconds")
-                        .record(started.elapsed().as_secs_f64());
+                        .record(took.as_secs_f64());
+                    if took >= SLOW_FSYNC {
+                        tracing::warn!(
+                            ms = took.as_millis() as u64,
+                            writes = waiting.len(),
+                            "slow fdatasync of the write-ahead log: acknowledgements waited for it"
+                        );
+                    }
                     stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                     stats
                         .synced_appends
@@ -418,5 +470,56 @@ impl GroupCommit {
         if let Err(mpsc::SendError(cb)) = self.tx.send(cb) {
             cb(Err(StorageError::Io("storage engine is shut down".into())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes rows, flushes them to a table file (with direct I/O where the file system allows
+    /// it) and reads them back after reopening.
+    fn flushed_rows_survive_a_reopen(parent: &Path) {
+        let dir = tempfile::tempdir_in(parent).expect("temp dir");
+        {
+            let engine = RocksBackend::open(dir.path(), Arc::default()).expect("open");
+            let mut batch = WriteBatch::default();
+            for i in 0..1_000u32 {
+                batch.put(CF_DATA, i.to_be_bytes(), vec![i as u8; 300]);
+            }
+            engine.write(batch, true).expect("write");
+            tidy(&engine.db).expect("flush");
+            let tables = engine
+                .db
+                .property_int_value_cf(
+                    engine.cf(CF_DATA).expect("cf"),
+                    "rocksdb.num-files-at-level0",
+                )
+                .expect("property")
+                .unwrap_or(0);
+            assert!(tables > 0, "the flush wrote no table file");
+        }
+        let engine = RocksBackend::open(dir.path(), Arc::default()).expect("reopen");
+        for i in [0u32, 500, 999] {
+            assert_eq!(
+                engine.get(CF_DATA, &i.to_be_bytes()).expect("get"),
+                Some(vec![i as u8; 300])
+            );
+        }
+    }
+
+    #[test]
+    fn flushes_work_on_a_disk_file_system() {
+        flushed_rows_survive_a_reopen(&std::env::temp_dir());
+    }
+
+    #[test]
+    fn flushes_work_on_tmpfs_whether_or_not_it_takes_direct_io() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            eprintln!("no /dev/shm here: nothing to check");
+            return;
+        }
+        flushed_rows_survive_a_reopen(shm);
     }
 }
