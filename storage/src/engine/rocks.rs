@@ -509,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn flushes_work_on_a_disk_file_system() {
+    fn flushes_work_in_the_temp_dir() {
         flushed_rows_survive_a_reopen(&std::env::temp_dir());
     }
 
