@@ -244,29 +244,30 @@ pub async fn read_index(h: &GroupHandle, catalog: &Catalog) -> NodeResult<u64> {
     Ok(linearizer.read_log_id().log_id().index())
 }
 
+/// How long a follower read rides out its group's leader election (a dead leader is replaced
+/// within about two seconds) before it gives up.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
 /// Waits until this node's replica of `h`'s group has applied every entry its leader had
 /// committed when this was called, so that what it then reads from its own copy is current (a
 /// follower read): a follower learns that an entry committed only from the leader's next
 /// message, so without this a statement sent to it right after a change made through another
-/// node could miss the change.
+/// node could miss the change. While the group elects a leader (the old one died or was
+/// deposed) it asks again until one confirms: a read changes nothing, so asking twice is safe.
 pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> NodeResult<()> {
-    let index = if h.is_leader() {
-        read_index(h, catalog).await?
-    } else {
-        let addr = leader_addr(h, catalog).ok_or_else(|| {
-            NodeError::Unavailable(format!("group {} has no leader yet; retry", h.id))
-        })?;
-        let mut client = RaftTransportClient::new(peers.lane(&addr, Lane::Requests)?);
-        let mut ask = tonic::Request::new(ReadIndexRequest { group_id: h.id });
-        ask.set_timeout(FOLLOWER_READ_WAIT);
-        let reply = client.read_index(ask).await.map_err(|e| {
-            NodeError::Unavailable(format!(
-                "group {}: its leader at {addr} did not confirm a read: {}",
-                h.id,
-                e.message()
-            ))
-        })?;
-        reply.into_inner().index
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    let mut pause = Duration::from_millis(20);
+    let index = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match committed_index(h, catalog, peers, left.min(FOLLOWER_READ_WAIT)).await {
+            Ok(index) => break index,
+            Err(e) if left > pause => {
+                tracing::debug!(group = h.id, error = %e, "no leader confirmed a read yet; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
     };
     h.raft
         .wait(Some(FOLLOWER_READ_WAIT))
@@ -279,6 +280,33 @@ pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> Nod
             ))
         })?;
     Ok(())
+}
+
+/// The index the group's leader had committed, confirmed by a quorum: asked of this node when it
+/// leads, else of the leader it knows, waiting at most `wait` for the answer.
+async fn committed_index(
+    h: &GroupHandle,
+    catalog: &Catalog,
+    peers: &Peers,
+    wait: Duration,
+) -> NodeResult<u64> {
+    if h.is_leader() {
+        return read_index(h, catalog).await;
+    }
+    let addr = leader_addr(h, catalog).ok_or_else(|| {
+        NodeError::Unavailable(format!("group {} has no leader yet; retry", h.id))
+    })?;
+    let mut client = RaftTransportClient::new(peers.lane(&addr, Lane::Requests)?);
+    let mut ask = tonic::Request::new(ReadIndexRequest { group_id: h.id });
+    ask.set_timeout(wait);
+    let reply = client.read_index(ask).await.map_err(|e| {
+        NodeError::Unavailable(format!(
+            "group {}: its leader at {addr} did not confirm a read: {}",
+            h.id,
+            e.message()
+        ))
+    })?;
+    Ok(reply.into_inner().index)
 }
 
 /// Address of the group's leader, if known.

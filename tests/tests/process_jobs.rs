@@ -2,13 +2,16 @@
 //! six-partition topic while the node running most of the job's tasks is killed and later
 //! restarted, and the sink's regions split; at the end the sink equals the job's `SELECT` run as
 //! a batch over the topic, exactly. Also a chain of jobs through a topic (its last job keeping a
-//! `count(DISTINCT)`) under a kill, and a scheduled run whose node is killed mid-run.
+//! `count(DISTINCT)`) under a kill, a scheduled run whose node is killed mid-run, and job
+//! statements sent while the metadata group elects a new leader.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use weir_client::Client;
-use weir_tests::{members_up, node_id_of, sql_lines as rows, wait_until, ProcessCluster};
+use weir_tests::{
+    members_up, metadata_voters, node_id_of, sql_lines as rows, wait_until, ProcessCluster,
+};
 
 const RECORDS: i64 = 200_000;
 const CHUNK: i64 = 10_000;
@@ -405,4 +408,50 @@ async fn a_chain_of_jobs_through_a_topic_is_exact_after_a_kill() {
             diff.join("\n")
         );
     }
+}
+
+/// Job statements read the catalog as the cluster has it: sent to a surviving node right after
+/// the metadata group's leader was killed, they wait for the new leader instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_statements_ride_out_an_election_of_the_metadata_group() {
+    let mut cluster = ProcessCluster::start(3, &[]);
+    cluster.wait_members_up(3, Duration::from_secs(120)).await;
+    let seed = cluster.addr(0);
+    wait_until(
+        "three voters in the metadata group",
+        Duration::from_secs(120),
+        || {
+            let seed = seed.clone();
+            async move { (metadata_voters(&seed).await == 3).then_some(()) }
+        },
+    )
+    .await;
+    let client = Client::connect(cluster.addr(0)).await.expect("client");
+    let leader = client
+        .cluster_status()
+        .await
+        .expect("status")
+        .metadata_leader;
+    let dead = index_of(&cluster, &client, leader).await;
+    let survivor = Client::connect(cluster.addr((dead + 1) % 3))
+        .await
+        .expect("client of a survivor");
+    rows(&survivor, "SHOW JOBS")
+        .await
+        .expect("SHOW JOBS before the kill");
+
+    cluster.kill(dead);
+    for statement in ["SHOW JOBS", "SHOW SCHEDULES"] {
+        let answer = rows(&survivor, statement).await;
+        assert!(
+            answer.is_ok(),
+            "{statement} while the metadata group elects a leader: {answer:?}"
+        );
+    }
+    let now = survivor
+        .cluster_status()
+        .await
+        .expect("status")
+        .metadata_leader;
+    assert_ne!(now, leader, "a new metadata leader answered");
 }
