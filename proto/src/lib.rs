@@ -30,6 +30,9 @@ pub mod v1 {
 /// gRPC metadata key that carries the leader's address on a `FAILED_PRECONDITION` "not leader" error.
 pub const LEADER_METADATA_KEY: &str = "weir-leader";
 
+/// Header naming the Raft group of a `StreamAppend` stream.
+pub const RAFT_GROUP_METADATA_KEY: &str = "weir-raft-group";
+
 /// gRPC metadata key set on the `FAILED_PRECONDITION` a consumer group gives a member whose
 /// generation is stale or who commits a partition it does not own: retrying cannot help, rejoining
 /// does.

@@ -20,6 +20,10 @@ use weir_storage::{GroupWatch, TypeConfig};
 
 use crate::groups::{GroupHandle, Registry};
 
+/// The answers to a stream of appends, in the order of the appends.
+pub type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
 /// The gRPC face of every Raft group on this node.
 pub struct RaftService {
     node_id: u64,
@@ -88,6 +92,46 @@ impl RaftTransport for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let (g, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.group_request(request)?;
         reply(g.raft.append_entries(rpc).await)
+    }
+
+    type StreamAppendStream = AppendReplies;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        let id = request
+            .metadata()
+            .get(weir_proto::RAFT_GROUP_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "an append stream names its group in the `{}` header",
+                    weir_proto::RAFT_GROUP_METADATA_KEY
+                ))
+            })?;
+        let g = self.group(id)?;
+        // The stream's messages up to the first that is cut off or does not decode: openraft then
+        // answers what it was given and the leader opens a new stream for the rest.
+        let rpcs = request.into_inner().scan((), move |_, m| {
+            let rpc = match m {
+                Ok(m) => bincode::deserialize::<AppendEntriesRequest<TypeConfig>>(&m.payload)
+                    .map_err(|e| tracing::warn!(group = id, error = %e, "undecodable append in a stream"))
+                    .ok(),
+                Err(_) => None,
+            };
+            futures::future::ready(rpc)
+        });
+        let replies = g.raft.stream_append(rpcs).map(|r| {
+            let r: Result<_, String> = r.map_err(|e| e.to_string());
+            bincode::serialize(&r)
+                .map(|payload| RaftReply {
+                    payload: payload.into(),
+                })
+                .map_err(|e| Status::internal(e.to_string()))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
