@@ -257,11 +257,11 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
                 match input.next().now_or_never() {
                     Some(None) => {
                         let rpc = head.remove(0);
-                        let prev = rpc.prev_log_id.clone();
+                        let prev = rpc.prev_log_id;
                         let result = self
                             .append_entries(rpc, option)
                             .await
-                            .map(|r| r.into_stream_result(prev.clone(), prev));
+                            .map(|r| r.into_stream_result(prev, prev));
                         return Ok(Box::pin(futures::stream::once(async move { result }))
                             as AppendResults<'s>);
                     }
