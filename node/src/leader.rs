@@ -256,17 +256,19 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// deposed) it asks again until one confirms: a read changes nothing, so asking twice is safe.
 pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> NodeResult<()> {
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-    let mut pause = Duration::from_millis(20);
+    let mut backoff = weir_client::retry::Backoff::default();
     let index = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match committed_index(h, catalog, peers, left.min(FOLLOWER_READ_WAIT)).await {
             Ok(index) => break index,
-            Err(e) if left > pause => {
+            Err(e) => {
+                let pause = backoff.next_delay();
+                if left <= pause {
+                    return Err(e);
+                }
                 tracing::debug!(group = h.id, error = %e, "no leader confirmed a read yet; asking again");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
             }
-            Err(e) => return Err(e),
         }
     };
     h.raft
