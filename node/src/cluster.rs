@@ -14,7 +14,7 @@ use weir_proto::v1::{
     JoinResponse, Member, NodeHeartbeat, ReportSplitRequest, ReportSplitResponse, StatusRequest,
     StatusResponse,
 };
-use weir_storage::catalog::{MetaCommand, MetaResponse};
+use weir_storage::catalog::{Catalog, MetaCommand, MetaResponse};
 use weir_storage::{Request as Cmd, Response as Resp};
 
 use crate::error::{NodeError, NodeResult};
@@ -44,6 +44,17 @@ impl NodeContext {
     /// Address of the metadata leader, or `Unavailable` while there is none.
     pub fn metadata_leader_addr(&self) -> NodeResult<String> {
         leader::metadata_leader_addr(&self.registry)
+    }
+
+    /// The catalog, first brought up to date through the metadata leader when it does not know
+    /// `topic`: a topic created through another node a moment ago is found, not refused.
+    pub async fn catalog_knowing_topic(&self, topic: &str) -> NodeResult<Arc<Catalog>> {
+        let catalog = self.registry.catalog()?;
+        if catalog.topics.contains_key(topic) {
+            return Ok(catalog);
+        }
+        leader::catalog_caught_up(&self.registry, &self.peers).await?;
+        self.registry.catalog()
     }
 
     /// Applies a catalog change through the metadata leader, which must be this node.

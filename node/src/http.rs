@@ -121,7 +121,7 @@ async fn ingest(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let catalog = match s.ctx.registry.catalog() {
+    let catalog = match s.ctx.catalog_knowing_topic(&topic).await {
         Ok(c) => c,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };

@@ -284,6 +284,14 @@ pub async fn caught_up(h: &GroupHandle, catalog: &Catalog, peers: &Peers) -> Nod
     Ok(())
 }
 
+/// Brings this node's catalog up to date with every change committed before the call (see
+/// [`caught_up`]): for a name this node does not know yet, which may have been created a moment
+/// ago through another node.
+pub async fn catalog_caught_up(registry: &Registry, peers: &Peers) -> NodeResult<()> {
+    let h = registry.metadata()?;
+    caught_up(&h, &*registry.catalog()?, peers).await
+}
+
 /// The index the group's leader had committed, confirmed by a quorum: asked of this node when it
 /// leads, else of the leader it knows, waiting at most `wait` for the answer.
 async fn committed_index(

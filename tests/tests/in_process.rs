@@ -953,3 +953,52 @@ async fn malformed_batches_are_refused_and_change_nothing() {
     assert_eq!(values, expected);
     cluster.shutdown().await;
 }
+
+/// A topic created through one node takes records through every other node at once: a node that
+/// has not applied the creation yet catches its catalog up through the metadata leader instead
+/// of answering that the topic does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_created_through_one_node_is_found_at_once_through_the_others() {
+    let cluster = InProcessCluster::start(3).await;
+    let mut creator = log_client(&cluster.addr(0)).await;
+    let others = [
+        log_client(&cluster.addr(1)).await,
+        log_client(&cluster.addr(2)).await,
+    ];
+    for t in 0..10 {
+        let name = format!("fresh-{t}");
+        creator
+            .create_topic(CreateTopicRequest {
+                name: name.clone(),
+                partitions: 1,
+                replicas: 3,
+                retention_ms: 0,
+                retention_bytes: 0,
+                format: None,
+            })
+            .await
+            .expect("topic created");
+        let sends = others.iter().map(|c| {
+            let mut c = c.clone();
+            let mut b = BatchBuilder::new();
+            b.push(None, b"first", 1_000);
+            let req = ProduceRequest {
+                topic: name.clone(),
+                partition: 0,
+                batch: b.finish(),
+                acks: Acks::All as i32,
+                ..Default::default()
+            };
+            async move { c.produce(req).await }
+        });
+        for (i, sent) in futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let r = sent.unwrap_or_else(|e| panic!("topic {name} through node {}: {e:?}", i + 1));
+            assert_eq!(r.into_inner().count, 1);
+        }
+    }
+    cluster.shutdown().await;
+}

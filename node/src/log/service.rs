@@ -454,7 +454,10 @@ impl Log for LogService {
                     .map_err(crate::error::relay);
             }
         }
-        let catalog = self.catalog()?;
+        let catalog = self
+            .ctx
+            .catalog_knowing_topic(&request.get_ref().name)
+            .await?;
         let mut info = self.topic_info(&catalog, &request.get_ref().name)?;
         // The heartbeats' offsets are a few hundred milliseconds old: a describe right after a
         // produce should count what it stored, so each partition's leader is asked (a partition
@@ -485,7 +488,10 @@ impl Log for LogService {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let started = Instant::now();
-        let catalog = self.catalog()?;
+        let catalog = self
+            .ctx
+            .catalog_knowing_topic(&request.get_ref().topic)
+            .await?;
         let req = request.get_ref();
         let group = self.partition(&catalog, &req.topic, req.partition)?;
         if req.batch.len() > MAX_BATCH_BYTES {
@@ -633,7 +639,10 @@ impl Log for LogService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let catalog = self.catalog()?;
+        let catalog = self
+            .ctx
+            .catalog_knowing_topic(&request.get_ref().topic)
+            .await?;
         let req = request.get_ref();
         let group = self.partition(&catalog, &req.topic, req.partition)?;
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
@@ -660,7 +669,10 @@ impl Log for LogService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
-        let catalog = self.catalog()?;
+        let catalog = self
+            .ctx
+            .catalog_knowing_topic(&request.get_ref().topic)
+            .await?;
         let req = request.get_ref();
         let group = self.partition(&catalog, &req.topic, req.partition)?;
         let h = match self.serve(&catalog, &group, was_forwarded(&request))? {
@@ -705,7 +717,10 @@ impl Log for LogService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        let catalog = self.catalog()?;
+        let catalog = self
+            .ctx
+            .catalog_knowing_topic(&request.get_ref().topic)
+            .await?;
         let req = request.get_ref();
         let topic = catalog
             .topics
@@ -811,7 +826,10 @@ impl Log for LogService {
         &self,
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
-        let catalog = self.catalog()?;
+        let catalog = self
+            .ctx
+            .catalog_knowing_topic(&request.get_ref().topic)
+            .await?;
         let req = request.get_ref();
         let topic = catalog
             .topics

@@ -413,11 +413,7 @@ impl Cluster for NodeCluster {
     }
 
     async fn catalog_caught_up(&self) -> Result<(), ClusterError> {
-        let h = self
-            .registry
-            .metadata()
-            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        crate::leader::caught_up(&h, &*self.catalog()?, &self.peers)
+        crate::leader::catalog_caught_up(&self.registry, &self.peers)
             .await
             .map_err(|e| ClusterError::Unavailable(e.to_string()))
     }
