@@ -39,6 +39,19 @@ pub fn produced(records: u32, latency: Duration) {
     histogram!("weir_produce_latency_seconds").record(latency.as_secs_f64());
 }
 
+/// Records one stage of a produce request led here: `order` (waiting for the producer's earlier
+/// batches to be proposed), `commit` (proposed to applied on a quorum), as Kafka splits its request
+/// time into local, remote and queue time.
+pub fn produce_stage(stage: &'static str, took: Duration) {
+    histogram!("weir_produce_stage_seconds", "stage" => stage).record(took.as_secs_f64());
+}
+
+/// Records the round trip of one append a leader streamed to a follower: sent, appended and
+/// flushed by the follower, answered. A write with `acks=all` waits for the faster follower's.
+pub fn append_answered(round_trip: Duration) {
+    histogram!("weir_raft_append_round_trip_seconds").record(round_trip.as_secs_f64());
+}
+
 /// Records a fetch answer.
 pub fn fetched(records: u64, latency: Duration) {
     counter!("weir_fetch_requests_total").increment(1);

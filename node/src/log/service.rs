@@ -573,7 +573,10 @@ impl Log for LogService {
                 let turn = self
                     .order
                     .turn(group.id, p.producer_id, p.sequence, step, term);
-                Some(turn.await?)
+                let waiting = std::time::Instant::now();
+                let turn = turn.await?;
+                metrics::produce_stage("order", waiting.elapsed());
+                Some(turn)
             }
         };
         if req.acks == Acks::Leader as i32 && !req.jumping {
@@ -593,11 +596,14 @@ impl Log for LogService {
                 last_sequence: 0,
             }));
         }
+        let writing = std::time::Instant::now();
         let submitted = leader::submit(&h, cmd).await?;
         if let Some(turn) = turn {
             turn.proposed();
         }
-        match leader::outcome(&h, &catalog, submitted).await? {
+        let outcome = leader::outcome(&h, &catalog, submitted).await?;
+        metrics::produce_stage("commit", writing.elapsed());
+        match outcome {
             Resp::Appended { base_offset, count } => {
                 metrics::produced(count, started.elapsed());
                 Ok(Response::new(ProduceResponse {

@@ -133,8 +133,10 @@ impl Unanswered {
         }
     }
 
-    fn answered(&self) {
-        self.queue().pop_front();
+    /// Takes the oldest append off the queue, its answer having come, and returns when it was
+    /// sent.
+    fn answered(&self) -> Option<tokio::time::Instant> {
+        self.queue().pop_front()
     }
 
     fn oldest(&self) -> Option<tokio::time::Instant> {
@@ -222,7 +224,9 @@ async fn next_result(
     };
     match got {
         Ok(Some(reply)) => {
-            unanswered.answered();
+            if let Some(sent) = unanswered.answered() {
+                crate::metrics::append_answered(sent.elapsed());
+            }
             let result = PeerLink::decode::<StreamAppendResult<TypeConfig>>(&reply.payload);
             // After a refusal (a conflict, a higher vote) or an error the stream is over.
             let more = matches!(result, Ok(Ok(_)));

@@ -283,6 +283,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut b = WriteBatch::default();
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -316,6 +317,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         self.commit(b)?;
+        // Committed writes are answered only once applied: part of every write's latency.
+        metrics::histogram!("weir_raft_apply_seconds").record(started.elapsed().as_secs_f64());
         for (r, resp) in replies {
             r.send(resp);
         }
