@@ -33,6 +33,7 @@ pub mod table;
 pub mod topic;
 pub mod types;
 pub mod warnings;
+pub mod write_window;
 
 pub use cluster::{
     Cluster, ClusterError, ExternalTableMeta, JobMeta, NewJob, NewRecord, NewSchedule, NewTable,

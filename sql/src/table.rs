@@ -27,10 +27,23 @@ use crate::keyrange::key_ranges;
 use crate::scan::{RegionPart, RegionScanExec};
 use crate::scan_filter;
 use crate::types::{arrow_schema, batch_to_rows, SinkCells};
+use crate::write_window::WriteWindow;
 
-/// Rows per write request of an insert: large enough to amortise a Raft round, small enough to
-/// keep a request well under the message limits.
-const WRITE_ROWS: usize = 2_000;
+/// Rows per write request of an insert, at most: large enough to amortise a Raft round.
+const WRITE_ROWS: usize = 8_192;
+
+/// Encoded bytes after which a write request is sent even if it has fewer rows, to keep it well
+/// under the message limits (a row may take up to [`weir_proto::table::MAX_ROW_BYTES`]).
+const WRITE_BYTES: usize = 4 << 20;
+
+/// Rows encoded between two checks of a request's size.
+const ENCODE_CHUNK: usize = 64;
+
+/// Write requests of one insert in flight at once.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// Keys deleted per request of a `DELETE`.
+const DELETE_KEYS: usize = 2_000;
 
 /// Room reserved per row in a request's buffer before its rows are encoded (it grows as needed).
 const ROW_BYTES: usize = 128;
@@ -208,9 +221,12 @@ impl DisplayAs for RegionSink {
 
 impl RegionSink {
     /// Upserts the inserted rows, encoded straight from the arrays into one buffer per request.
+    /// Several requests are in flight while the next is encoded, so the query and the writes
+    /// overlap (see [`WriteWindow`] for why a key given twice still keeps its last row).
     async fn upsert_all(&self, mut data: SendableRecordBatchStream) -> Result<u64> {
-        let (mut seen, mut done) = (0u64, 0u64);
+        let mut seen = 0u64;
         let schema = &self.meta.schema;
+        let mut window = WriteWindow::new(WRITES_IN_FLIGHT);
         // Rows carry over from one batch to the next, so every request but the last is full
         // (DataFusion's 8,192-row batches would otherwise end in a short request each).
         let mut pending = EncodedRows::with_capacity(WRITE_ROWS, ROW_BYTES);
@@ -219,38 +235,47 @@ impl RegionSink {
             let cells = SinkCells::new(std::slice::from_ref(&batch), &schema.columns, seen)?;
             let mut row = 0;
             while row < cells.rows() {
-                let take = (WRITE_ROWS - pending.len()).min(cells.rows() - row);
+                let take = (WRITE_ROWS - pending.len())
+                    .min(ENCODE_CHUNK)
+                    .min(cells.rows() - row);
                 cells.encode(schema, row..row + take, &mut pending)?;
                 row += take;
-                if pending.len() == WRITE_ROWS {
+                if pending.len() == WRITE_ROWS || pending.bytes() >= WRITE_BYTES {
                     let full = std::mem::replace(
                         &mut pending,
                         EncodedRows::with_capacity(WRITE_ROWS, ROW_BYTES),
                     );
-                    done += self.upsert(full).await?;
+                    self.send(&mut window, full).await?;
                 }
             }
             seen += cells.rows() as u64;
         }
         if !pending.is_empty() {
-            done += self.upsert(pending).await?;
+            self.send(&mut window, pending).await?;
         }
-        Ok(done)
+        window.finish().await
     }
 
-    /// Writes one request's worth of encoded rows; returns the rows written.
-    async fn upsert(&self, rows: EncodedRows) -> Result<u64> {
-        self.cluster
-            .upsert(&self.meta.name, rows)
+    /// Hands one request's worth of encoded rows to the window of writes in flight.
+    async fn send(&self, window: &mut WriteWindow, rows: EncodedRows) -> Result<()> {
+        let keys = window.keys(rows.keys());
+        let cluster = Arc::clone(&self.cluster);
+        let table = self.meta.name.clone();
+        window
+            .send(keys, async move {
+                cluster
+                    .upsert(&table, rows)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+            })
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     /// Deletes the keys of the rows a `DELETE` selected, a request's worth at a time.
     async fn delete_all(&self, mut data: SendableRecordBatchStream) -> Result<u64> {
         let (mut seen, mut done) = (0u64, 0u64);
         let key = &self.meta.schema.primary_key;
-        let mut pending: Vec<Vec<Value>> = Vec::with_capacity(WRITE_ROWS);
+        let mut pending: Vec<Vec<Value>> = Vec::with_capacity(DELETE_KEYS);
         while let Some(batch) = data.next().await {
             let rows = batch_to_rows(&batch?, &self.meta.schema.columns, seen)?;
             seen += rows.len() as u64;
@@ -258,11 +283,11 @@ impl RegionSink {
                 .into_iter()
                 .map(|r| key.iter().map(|i| r[*i].clone()).collect());
             loop {
-                pending.extend(keys.by_ref().take(WRITE_ROWS - pending.len()));
-                if pending.len() < WRITE_ROWS {
+                pending.extend(keys.by_ref().take(DELETE_KEYS - pending.len()));
+                if pending.len() < DELETE_KEYS {
                     break;
                 }
-                let full = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_ROWS));
+                let full = std::mem::replace(&mut pending, Vec::with_capacity(DELETE_KEYS));
                 done += self.delete(full).await?;
             }
         }

@@ -1628,6 +1628,30 @@ async fn loyalty_batch_layer_cleans_messy_customers() {
     cluster.shutdown().await;
 }
 
+/// An insert's rows go out in several requests in flight at once; a key given again in a later
+/// request must still end with its last row, as if the requests had gone one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_inserted_twice_in_one_statement_keeps_its_last_row() {
+    let cluster = InProcessCluster::start(3).await;
+    let client = Client::connect(cluster.addr(1)).await.unwrap();
+    // 60,000 rows over 100 keys: every request holds every key, each later than the one before.
+    let got = weir_rows(
+        &client,
+        "CREATE TABLE last (k BIGINT, v BIGINT, PRIMARY KEY (k));
+         INSERT INTO last SELECT value % 100, value FROM generate_series(0, 59999) ORDER BY value;
+         SELECT count(*), sum(CASE WHEN v = 59900 + k THEN 1 ELSE 0 END) FROM last",
+    )
+    .await
+    .expect("the statements run");
+    assert_eq!(lines(&got[1], false), vec!["|60000|"], "every row written");
+    assert_eq!(
+        lines(&got[2], false),
+        vec!["|100|100|"],
+        "every key holds its last row"
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn external_tables_are_kept_by_the_cluster_and_copy_round_trips() {
     let dir = tempfile::tempdir().unwrap();

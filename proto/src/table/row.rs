@@ -115,6 +115,11 @@ impl EncodedRows {
         self.ends.len()
     }
 
+    /// How many bytes the rows' keys and values take together.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// True when there is no row.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
@@ -140,6 +145,16 @@ impl EncodedRows {
     pub fn push_values(&mut self, schema: &TableSchema, row: &[Value]) -> Result<()> {
         let cells: SmallVec<[Cell<'_>; 16]> = row.iter().map(Value::as_cell).collect();
         self.push(schema, &cells)
+    }
+
+    /// The rows' keys, in the order they were added.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, end)| {
+            let key = &self.buf[start..key_end];
+            start = end;
+            key
+        })
     }
 
     /// The rows' keys and values as shared slices of one buffer, in the order they were added.
