@@ -80,7 +80,7 @@ fn apply(tables: &mut Tables, batch: &WriteBatch) {
                 tables
                     .entry(cf)
                     .or_default()
-                    .insert(key.clone(), value.clone());
+                    .insert(key.to_vec(), value.to_vec());
             }
             WriteOp::Delete { cf, key } => {
                 if let Some(t) = tables.get_mut(cf) {
@@ -90,7 +90,7 @@ fn apply(tables: &mut Tables, batch: &WriteBatch) {
             WriteOp::DeleteRange { cf, from, to } => {
                 if let Some(t) = tables.get_mut(cf) {
                     let doomed: Vec<Vec<u8>> = t
-                        .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&to[..])))
+                        .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in doomed {

@@ -57,71 +57,98 @@ pub struct EngineStats {
     pub synced_appends: AtomicU64,
 }
 
-/// One change of a [`WriteBatch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOp {
+/// One change of a [`WriteBatch`], its keys and value borrowed from the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp<'a> {
     /// Sets `key` to `value`.
     Put {
         /// Column family.
         cf: &'static str,
         /// Key.
-        key: Vec<u8>,
+        key: &'a [u8],
         /// Value.
-        value: Vec<u8>,
+        value: &'a [u8],
     },
     /// Removes `key`.
     Delete {
         /// Column family.
         cf: &'static str,
         /// Key.
-        key: Vec<u8>,
+        key: &'a [u8],
     },
     /// Removes every key in `[from, to)`.
     DeleteRange {
         /// Column family.
         cf: &'static str,
         /// First key removed.
-        from: Vec<u8>,
+        from: &'a [u8],
         /// First key kept after the range.
-        to: Vec<u8>,
+        to: &'a [u8],
     },
 }
 
-/// Changes applied together: all of them or (after a crash) none.
+/// What one change of a [`WriteBatch`] does; its bytes are in the batch's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Put,
+    Delete,
+    DeleteRange,
+}
+
+/// One change of a [`WriteBatch`]: its first byte string (key, or start of a range) ends at
+/// `first_end` in the buffer, its second (value, or end of a range) at `end`; it starts where the
+/// change before it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Op {
+    kind: OpKind,
+    cf: &'static str,
+    first_end: usize,
+    end: usize,
+}
+
+/// Changes applied together: all of them or (after a crash) none. Keys and values are packed in
+/// one buffer, so a batch of many small rows costs no allocation per row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
-    ops: Vec<WriteOp>,
+    ops: Vec<Op>,
+    buf: Vec<u8>,
 }
 
 impl WriteBatch {
     /// Sets `key` to `value` in column family `cf`.
-    pub fn put(&mut self, cf: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push(WriteOp::Put {
-            cf,
-            key: key.into(),
-            value: value.into(),
-        });
+    pub fn put(&mut self, cf: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.put_parts(cf, &[key.as_ref()], &[value.as_ref()]);
+    }
+
+    /// Sets the key made of `key` (its parts one after another) to the value made of `value`,
+    /// in column family `cf`, without building either first.
+    pub fn put_parts(&mut self, cf: &'static str, key: &[&[u8]], value: &[&[u8]]) {
+        self.push(OpKind::Put, cf, key, value);
     }
 
     /// Removes `key` from column family `cf`.
-    pub fn delete(&mut self, cf: &'static str, key: impl Into<Vec<u8>>) {
-        self.ops.push(WriteOp::Delete {
-            cf,
-            key: key.into(),
-        });
+    pub fn delete(&mut self, cf: &'static str, key: impl AsRef<[u8]>) {
+        self.push(OpKind::Delete, cf, &[key.as_ref()], &[]);
     }
 
     /// Removes every key of column family `cf` in `[from, to)`.
-    pub fn delete_range(
-        &mut self,
-        cf: &'static str,
-        from: impl Into<Vec<u8>>,
-        to: impl Into<Vec<u8>>,
-    ) {
-        self.ops.push(WriteOp::DeleteRange {
+    pub fn delete_range(&mut self, cf: &'static str, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
+        self.push(OpKind::DeleteRange, cf, &[from.as_ref()], &[to.as_ref()]);
+    }
+
+    fn push(&mut self, kind: OpKind, cf: &'static str, first: &[&[u8]], second: &[&[u8]]) {
+        for part in first {
+            self.buf.extend_from_slice(part);
+        }
+        let first_end = self.buf.len();
+        for part in second {
+            self.buf.extend_from_slice(part);
+        }
+        self.ops.push(Op {
+            kind,
             cf,
-            from: from.into(),
-            to: to.into(),
+            first_end,
+            end: self.buf.len(),
         });
     }
 
@@ -136,8 +163,36 @@ impl WriteBatch {
     }
 
     /// The changes, in order.
-    pub fn ops(&self) -> &[WriteOp] {
-        &self.ops
+    pub fn ops(&self) -> impl ExactSizeIterator<Item = WriteOp<'_>> + '_ {
+        let mut start = 0;
+        self.ops.iter().map(move |op| {
+            let (first, second) = (
+                &self.buf[start..op.first_end],
+                &self.buf[op.first_end..op.end],
+            );
+            start = op.end;
+            match op.kind {
+                OpKind::Put => WriteOp::Put {
+                    cf: op.cf,
+                    key: first,
+                    value: second,
+                },
+                OpKind::Delete => WriteOp::Delete {
+                    cf: op.cf,
+                    key: first,
+                },
+                OpKind::DeleteRange => WriteOp::DeleteRange {
+                    cf: op.cf,
+                    from: first,
+                    to: second,
+                },
+            }
+        })
+    }
+
+    /// How many bytes the batch's keys and values take together.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
     }
 
     /// True when the batch changes nothing.

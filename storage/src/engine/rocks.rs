@@ -100,8 +100,11 @@ impl RocksBackend {
     }
 
     fn to_rocks(&self, batch: WriteBatch) -> Result<rocksdb::WriteBatch, StorageError> {
-        let mut b = rocksdb::WriteBatch::default();
-        for op in batch.ops {
+        // Room for the keys, values and RocksDB's few bytes of framing per change, so the batch
+        // is not grown (and copied) again and again as changes are added.
+        let mut b =
+            rocksdb::WriteBatch::with_capacity_bytes(batch.bytes() + 16 * batch.ops().len() + 12);
+        for op in batch.ops() {
             match op {
                 WriteOp::Put { cf, key, value } => b.put_cf(self.cf(cf)?, key, value),
                 WriteOp::Delete { cf, key } => b.delete_cf(self.cf(cf)?, key),

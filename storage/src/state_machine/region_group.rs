@@ -102,10 +102,34 @@ impl RegionGroup {
                 return Ok(Response::CasFailed { current });
             }
         }
+        let merges = ops.iter().any(|op| matches!(op, KvOp::Merge { .. }));
+        if !merges {
+            // Puts and deletes cannot fail: each goes straight into the batch.
+            let st = &mut self.state;
+            if let Some(f) = fence {
+                st.raise(&f.holder, f.token);
+            }
+            for op in ops {
+                st.approx_bytes += match op {
+                    KvOp::Put { key, value } => {
+                        region::put_row(cx.batch, cx.group, cx.index, key, value)
+                    }
+                    KvOp::Delete { key } => {
+                        cx.batch.delete(CF_DATA, region::row_key(cx.group, key));
+                        key.len() as u64
+                    }
+                    KvOp::Merge { .. } => 0,
+                };
+            }
+            region::put_state(cx.batch, cx.group, st)?;
+            return Ok(Response::KvWritten {
+                version: cx.index,
+                overlaps: Vec::new(),
+            });
+        }
         // Every change is worked out before any is written, so a merge that fails leaves nothing
         // of the write behind. `mine` finds this write's latest change of a row in `changes`: a
         // merge sees the ops before it, merges of the same row included.
-        let merges = ops.iter().any(|op| matches!(op, KvOp::Merge { .. }));
         let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>, u64)> = Vec::with_capacity(ops.len());
         let mut mine: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
         let mut overlaps = Vec::new();
@@ -157,9 +181,7 @@ impl RegionGroup {
                     }
                 }
             };
-            if merges {
-                mine.insert(rk.clone(), changes.len());
-            }
+            mine.insert(rk.clone(), changes.len());
             changes.push((rk, v, bytes as u64));
         }
         let cf = CF_DATA;
