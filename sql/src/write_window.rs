@@ -19,7 +19,7 @@ pub struct WriteKeys(HashSet<u64, FixedState>);
 pub struct WriteWindow {
     limit: usize,
     hasher: RandomState,
-    in_flight: VecDeque<(HashSet<u64, FixedState>, RemoteHandle<Result<u64>>)>,
+    in_flight: VecDeque<(WriteKeys, RemoteHandle<Result<u64>>)>,
     done: u64,
 }
 
@@ -44,7 +44,7 @@ impl WriteWindow {
     /// in the way, and answers the first error any of them met.
     pub async fn send(
         &mut self,
-        WriteKeys(hashes): WriteKeys,
+        keys: WriteKeys,
         write: impl Future<Output = Result<u64>> + Send + 'static,
     ) -> Result<()> {
         // The newest write that shares a key must be done first; all older ones go with it, so
@@ -52,7 +52,7 @@ impl WriteWindow {
         let must_finish = self
             .in_flight
             .iter()
-            .rposition(|(other, _)| !other.is_disjoint(&hashes))
+            .rposition(|(other, _)| !other.0.is_disjoint(&keys.0))
             .map_or(0, |i| i + 1);
         let must_finish = must_finish.max((self.in_flight.len() + 1).saturating_sub(self.limit));
         for _ in 0..must_finish {
@@ -60,7 +60,7 @@ impl WriteWindow {
         }
         let (write, handle) = write.remote_handle();
         tokio::spawn(write);
-        self.in_flight.push_back((hashes, handle));
+        self.in_flight.push_back((keys, handle));
         Ok(())
     }
 

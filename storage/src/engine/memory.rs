@@ -445,7 +445,7 @@ mod tests {
 
     fn put(engine: &Engine, key: &[u8], sync: bool) {
         let mut b = WriteBatch::default();
-        b.put(CF_DATA, key.to_vec(), b"v".to_vec());
+        b.put(CF_DATA, key, b"v");
         if sync {
             engine.write_sync(b).unwrap();
         } else {

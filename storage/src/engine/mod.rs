@@ -530,7 +530,7 @@ mod tests {
             let (tx, rx) = std::sync::mpsc::channel();
             for i in 0..100u64 {
                 let mut b = WriteBatch::default();
-                b.put(CF_LOG, group_key_u64(1, 0, i), b"x".to_vec());
+                b.put(CF_LOG, group_key_u64(1, 0, i), b"x");
                 engine.write(b).unwrap();
                 let tx = tx.clone();
                 engine.sync(Box::new(move |r| tx.send(r.is_ok()).unwrap()));

@@ -56,15 +56,11 @@ pub(super) fn begin_install(
         b.delete_group(CF_DATA, group);
     } else {
         let cf = CF_DATA;
-        b.delete_range(
-            cf,
-            group.to_be_bytes().to_vec(),
-            partition::batch_key(group, 0),
-        );
+        b.delete_range(cf, group.to_be_bytes(), partition::batch_key(group, 0));
         b.delete_range(
             cf,
             partition::batch_key(group, keep_below),
-            (group + 1).to_be_bytes().to_vec(),
+            (group + 1).to_be_bytes(),
         );
     }
     // After the range deletion in the same batch, so the mark survives it.

@@ -221,7 +221,7 @@ impl PartitionGroup {
             cx.batch.put(
                 cf,
                 partition::epoch_key(group, cx.term),
-                base_offset.to_be_bytes().to_vec(),
+                base_offset.to_be_bytes(),
             );
         }
         let p = &mut cx.header.partition;
